@@ -1,0 +1,79 @@
+-- Resource Manager D1 schema. Idempotent: safe to apply on every start.
+-- Money is integer nano-dollars (1e-9 USD); times are epoch milliseconds, UTC.
+
+CREATE TABLE IF NOT EXISTS tiers (
+  id TEXT PRIMARY KEY CHECK (id IN ('enterprise', 'premium', 'standard', 'basic')),
+  priority_points INTEGER NOT NULL CHECK (priority_points BETWEEN 0 AND 40),
+  max_concurrent INTEGER NOT NULL CHECK (max_concurrent > 0),
+  -- NULL: no tier default; the client's own budget applies ("custom").
+  monthly_budget_nano INTEGER CHECK (monthly_budget_nano IS NULL OR monthly_budget_nano >= 0)
+);
+
+CREATE TABLE IF NOT EXISTS clients (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  email TEXT NOT NULL,
+  tier TEXT NOT NULL REFERENCES tiers (id),
+  -- NULL: the tier's budget; a value overrides it.
+  monthly_budget_nano INTEGER CHECK (monthly_budget_nano IS NULL OR monthly_budget_nano >= 0),
+  status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'suspended')),
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS api_keys (
+  id TEXT PRIMARY KEY,
+  client_id TEXT NOT NULL REFERENCES clients (id) ON DELETE CASCADE,
+  -- SHA-256 of the whole key, hex. The key itself is never stored.
+  key_hash TEXT NOT NULL UNIQUE,
+  prefix TEXT NOT NULL,
+  -- JSON array of scopes, e.g. ["resources:read","execute"].
+  scopes TEXT NOT NULL DEFAULT '[]',
+  created_at INTEGER NOT NULL,
+  revoked_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS api_keys_client ON api_keys (client_id);
+
+CREATE TABLE IF NOT EXISTS pools (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  unit TEXT NOT NULL,
+  capacity INTEGER NOT NULL CHECK (capacity > 0),
+  refill_per_sec REAL NOT NULL CHECK (refill_per_sec >= 0),
+  cost_per_unit_nano INTEGER NOT NULL CHECK (cost_per_unit_nano >= 0),
+  -- JSON: {"mode":"shared"} | {"mode":"reserved","shares":[{"tier"|"clientId":..,"fraction":0.2}]} | {"mode":"dedicated","clientId":".."}
+  sharing TEXT NOT NULL DEFAULT '{"mode":"shared"}',
+  status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'draining', 'disabled')),
+  -- Bumped on every change; pool objects adopt a configuration only when its version is newer.
+  version INTEGER NOT NULL DEFAULT 1,
+  updated_at INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS templates (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  -- Name of the service binding of the worker that does this work.
+  binding TEXT NOT NULL,
+  -- JSON array of {"pool","amount"}.
+  requirements TEXT NOT NULL,
+  alternative_id TEXT REFERENCES templates (id),
+  cacheable INTEGER NOT NULL DEFAULT 0,
+  batchable INTEGER NOT NULL DEFAULT 0,
+  timeout_ms INTEGER NOT NULL DEFAULT 30000 CHECK (timeout_ms > 0),
+  updated_at INTEGER NOT NULL
+);
+
+-- The usage ledger: append-only, delivered from the pool objects' outboxes, keyed by event id.
+CREATE TABLE IF NOT EXISTS usage_events (
+  event_id TEXT PRIMARY KEY,
+  pool_id TEXT NOT NULL,
+  client_id TEXT NOT NULL,
+  request_id TEXT,
+  via TEXT NOT NULL,
+  kind TEXT NOT NULL CHECK (kind IN ('consume', 'reservation')),
+  units INTEGER NOT NULL CHECK (units >= 0),
+  cost_nano INTEGER NOT NULL CHECK (cost_nano >= 0),
+  at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_events_client_at ON usage_events (client_id, at);
+CREATE INDEX IF NOT EXISTS usage_events_pool_at ON usage_events (pool_id, at);

@@ -1,0 +1,40 @@
+/** Shared shapes of the domain: one name per thing (see ../shared/DESIGN.md). */
+export const TIERS = ["enterprise", "premium", "standard", "basic"] as const;
+export type Tier = (typeof TIERS)[number];
+
+export type Sharing =
+  | { mode: "shared" }
+  | { mode: "reserved"; shares: ReservedShare[] }
+  | { mode: "dedicated"; clientId: string };
+
+/** A fraction of capacity kept for one tier or one client; others cannot take it. */
+export interface ReservedShare {
+  tier?: Tier;
+  clientId?: string;
+  fraction: number;
+}
+
+export interface PoolConfig {
+  id: string;
+  name: string;
+  unit: string;
+  capacity: number;
+  refillPerSec: number;
+  costPerUnitNano: number;
+  sharing: Sharing;
+  status: "active" | "draining" | "disabled";
+  /** Monotonic; a pool object adopts a configuration only when its version is newer. */
+  version: number;
+}
+
+/** Who is spending: the client the work is for, and the channel it came through. */
+export interface Caller {
+  clientId: string;
+  tier: Tier;
+  via: string;
+}
+
+export interface PoolAmount {
+  pool: string;
+  amount: number;
+}

@@ -1,0 +1,55 @@
+/**
+ * The one table of error codes. HTTP statuses, the error envelope and the OpenAPI error responses are
+ * all derived from it, so documented and actual errors cannot drift apart.
+ */
+export const ERRORS = {
+  bad_request: { status: 400, description: "The request is malformed (JSON, content type, missing body)." },
+  validation_failed: { status: 400, description: "A field failed validation; details name each failing field." },
+  amount_exceeds_capacity: { status: 400, description: "More units than the pool can ever hold for this caller." },
+  unauthorized: { status: 401, description: "No credential, or one that is not valid." },
+  forbidden: { status: 403, description: "A valid credential that may not do this." },
+  pool_forbidden: { status: 403, description: "The pool is dedicated to another client." },
+  not_found: { status: 404, description: "No such route or resource." },
+  pool_not_found: { status: 404, description: "No such pool." },
+  template_not_found: { status: 404, description: "No such template." },
+  client_not_found: { status: 404, description: "No such client." },
+  reservation_not_found: { status: 404, description: "No such reservation in this pool." },
+  reservation_closed: { status: 409, description: "The reservation was already released or has expired." },
+  idempotency_conflict: { status: 409, description: "The idempotency key was used with different parameters." },
+  pool_inactive: { status: 409, description: "The pool is draining or disabled and takes no new spending." },
+  rate_limited: { status: 429, description: "Not enough units now; Retry-After says when there will be." },
+  internal: { status: 500, description: "Unexpected failure; the trace id finds it in the logs." },
+  unavailable: { status: 503, description: "A dependency is down." },
+} as const satisfies Record<string, { status: number; description: string }>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+export interface ErrorBody {
+  code: ErrorCode;
+  message: string;
+  details?: Record<string, unknown>;
+}
+
+/** The one error type the app throws; turned into the envelope by the error handler. */
+export class AppError extends Error {
+  readonly code: ErrorCode;
+  readonly details?: Record<string, unknown>;
+  /** Seconds for a Retry-After header (429 and some 503s). */
+  readonly retryAfterSec?: number;
+
+  constructor(code: ErrorCode, message: string, details?: Record<string, unknown>, retryAfterSec?: number) {
+    super(message);
+    this.name = "AppError";
+    this.code = code;
+    this.details = details;
+    this.retryAfterSec = retryAfterSec;
+  }
+
+  get status(): number {
+    return ERRORS[this.code].status;
+  }
+
+  static from(body: ErrorBody, retryAfterSec?: number): AppError {
+    return new AppError(body.code, body.message, body.details, retryAfterSec);
+  }
+}

@@ -1,0 +1,63 @@
+import { z } from "@hono/zod-openapi";
+import type { Context, ErrorHandler, NotFoundHandler } from "hono";
+import { HTTPException } from "hono/http-exception";
+import type { ContentfulStatusCode } from "hono/utils/http-status";
+import { AppError, ERRORS, type ErrorCode } from "../errors";
+import type { AppEnv } from "./context";
+
+export const ErrorEnvelope = z
+  .object({
+    error: z.object({
+      code: z.enum(Object.keys(ERRORS) as [ErrorCode, ...ErrorCode[]]),
+      message: z.string(),
+      details: z.record(z.string(), z.unknown()).optional(),
+    }),
+    trace_id: z.string(),
+  })
+  .openapi("Error");
+
+/** OpenAPI responses for the given error codes, generated from the one table. */
+export function errorResponses(...codes: ErrorCode[]) {
+  const byStatus = new Map<number, string[]>();
+  for (const code of codes) {
+    const { status } = ERRORS[code];
+    byStatus.set(status, [...(byStatus.get(status) ?? []), `\`${code}\`: ${ERRORS[code].description}`]);
+  }
+  return Object.fromEntries(
+    [...byStatus].map(([status, lines]) => [
+      status,
+      { description: lines.join(" "), content: { "application/json": { schema: ErrorEnvelope } } },
+    ]),
+  );
+}
+
+export function errorJson(c: Context<AppEnv>, err: AppError): Response {
+  const body = {
+    error: { code: err.code, message: err.message, ...(err.details ? { details: err.details } : {}) },
+    trace_id: c.get("traceId") ?? "",
+  };
+  if (err.retryAfterSec !== undefined) c.header("Retry-After", String(err.retryAfterSec));
+  return c.json(body, err.status as ContentfulStatusCode);
+}
+
+/** Every thrown error becomes the envelope; unexpected ones are logged with the trace id and hidden. */
+export const onError: ErrorHandler<AppEnv> = (err, c) => {
+  if (err instanceof AppError) return errorJson(c, err);
+  if (err instanceof HTTPException && err.status < 500) {
+    // Hono's body parsers: malformed JSON, wrong content type.
+    const code: ErrorCode = err.status === 401 ? "unauthorized" : err.status === 404 ? "not_found" : "bad_request";
+    return errorJson(c, new AppError(code, err.message || "bad request"));
+  }
+  c.get("logger")?.error("unhandled_error", { error: err instanceof Error ? err.message : String(err), stack: err instanceof Error ? err.stack : undefined });
+  return errorJson(c, new AppError("internal", "internal error; quote the trace id when reporting it"));
+};
+
+export const notFound: NotFoundHandler<AppEnv> = (c) =>
+  errorJson(c, new AppError("not_found", `no route for ${c.req.method} ${c.req.path}`));
+
+/** zod failures become one 400 naming each failing field. */
+export function validationError(error: z.ZodError, target: string): AppError {
+  return new AppError("validation_failed", `invalid ${target}`, {
+    fields: error.issues.map((i) => ({ path: [target === "json" ? "" : target, ...i.path].filter((p) => p !== "").join("."), message: i.message })),
+  });
+}

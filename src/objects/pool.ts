@@ -1,0 +1,441 @@
+import { DurableObject } from "cloudflare:workers";
+import { fits, giveBack, msUntil, refill, take, type BucketState } from "../domain/bucket";
+import { costOf } from "../domain/money";
+import { accessFor } from "../domain/sharing";
+import type { Caller, PoolConfig } from "../domain/types";
+import type { ErrorBody } from "../errors";
+import { insertUsageEvents, type UsageEvent } from "../storage/usage";
+import { log } from "../log";
+
+export type Result<T> = { ok: true; value: T } | { ok: false; error: ErrorBody };
+
+export interface Availability {
+  pool: string;
+  level: number;
+  capacity: number;
+  refillPerSec: number;
+  /** Whole units this caller could take now (after shares kept for others). */
+  available: number;
+  utilization: number;
+  reserved: number;
+  outbox: number;
+}
+
+export interface CheckResult {
+  pool: string;
+  allowed: boolean;
+  available: number;
+  retryAfterMs: number | null;
+}
+
+export interface ConsumeResult {
+  pool: string;
+  eventId: string;
+  units: number;
+  costNano: number;
+  remaining: number;
+}
+
+export interface ReserveResult {
+  pool: string;
+  reservationId: string;
+  amount: number;
+  expiresAt: number;
+  remaining: number;
+}
+
+export interface ReleaseResult {
+  pool: string;
+  reservationId: string;
+  consumed: number;
+  refunded: number;
+  costNano: number;
+  eventId: string | null;
+}
+
+export interface SpendOptions {
+  amount: number;
+  requestId?: string;
+  idempotencyKey?: string;
+}
+
+const IDEMPOTENCY_TTL_MS = 24 * 60 * 60 * 1000;
+const FLUSH_BATCH = 200;
+const MAX_FLUSH_BACKOFF_MS = 60_000;
+
+/**
+ * One pool's limit owner: its token bucket, reservations, idempotency records and usage outbox.
+ * Every method that decides a limit is synchronous (SQLite storage only), so calls cannot interleave
+ * inside a decision. The outbox is delivered to D1 by alarm, never on the hot path.
+ */
+export class PoolObject extends DurableObject<Env> {
+  private sql: SqlStorage;
+  private config: PoolConfig | null = null;
+  private bucket: BucketState = { level: 0, updatedAt: 0 };
+  /** Time of the alarm we know to be set, to avoid rewriting it on every spend. */
+  private alarmAt: number | null = null;
+  private flushing = false;
+  private flushFailures = 0;
+
+  constructor(ctx: DurableObjectState, env: Env) {
+    super(ctx, env);
+    this.sql = ctx.storage.sql;
+    this.sql.exec(`
+      CREATE TABLE IF NOT EXISTS bucket (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        level REAL NOT NULL,
+        updated_at INTEGER NOT NULL,
+        config TEXT NOT NULL
+      );
+      CREATE TABLE IF NOT EXISTS reservations (
+        id TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        request_id TEXT,
+        via TEXT NOT NULL,
+        amount INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        settled_at INTEGER,
+        consumed INTEGER
+      );
+      CREATE INDEX IF NOT EXISTS reservations_held ON reservations (status, expires_at);
+      CREATE TABLE IF NOT EXISTS outbox (
+        event_id TEXT PRIMARY KEY,
+        payload TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+      );
+      CREATE TABLE IF NOT EXISTS idempotency (
+        key TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        response TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+      );
+    `);
+    const row = this.sql.exec<{ level: number; updated_at: number; config: string }>(
+      "SELECT level, updated_at, config FROM bucket WHERE id = 1",
+    ).toArray()[0];
+    if (row) {
+      this.config = JSON.parse(row.config) as PoolConfig;
+      this.bucket = { level: row.level, updatedAt: row.updated_at };
+    }
+    void ctx.blockConcurrencyWhile(async () => {
+      this.alarmAt = await ctx.storage.getAlarm();
+    });
+  }
+
+  /** Liveness probe for /health. */
+  ping(): string {
+    return "pong";
+  }
+
+  availability(config: PoolConfig, caller: Caller | null): Availability {
+    const cfg = this.adopt(config);
+    const now = Date.now();
+    this.refillTo(now, cfg);
+    const access = caller ? accessFor(cfg, caller) : { allowed: true as const, protectedUnits: 0 };
+    const available = access.allowed ? Math.max(0, Math.floor(this.bucket.level - access.protectedUnits + 1e-9)) : 0;
+    const reserved = this.sql.exec<{ n: number }>(
+      "SELECT COALESCE(SUM(amount), 0) AS n FROM reservations WHERE status = 'held'",
+    ).one().n;
+    const outbox = this.sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM outbox").one().n;
+    return {
+      pool: cfg.id,
+      level: round3(this.bucket.level),
+      capacity: cfg.capacity,
+      refillPerSec: cfg.refillPerSec,
+      available,
+      utilization: cfg.capacity > 0 ? round3(1 - this.bucket.level / cfg.capacity) : 0,
+      reserved,
+      outbox,
+    };
+  }
+
+  check(config: PoolConfig, caller: Caller, amount: number): Result<CheckResult> {
+    const cfg = this.adopt(config);
+    const admitted = this.admit(cfg, caller, amount, Date.now());
+    if (!admitted.ok && admitted.error.code !== "rate_limited") return admitted;
+    if (admitted.ok) return { ok: true, value: { pool: cfg.id, allowed: true, available: admitted.value, retryAfterMs: 0 } };
+    const d = admitted.error.details as { available: number; retry_after_ms: number | null };
+    return { ok: true, value: { pool: cfg.id, allowed: false, available: d.available, retryAfterMs: d.retry_after_ms } };
+  }
+
+  consume(config: PoolConfig, caller: Caller, opts: SpendOptions): Result<ConsumeResult> {
+    const cfg = this.adopt(config);
+    return this.idempotent(caller, "consume", opts, () => {
+      const now = Date.now();
+      const admitted = this.admit(cfg, caller, opts.amount, now, true);
+      if (!admitted.ok) return admitted;
+      this.bucket = take(this.bucket, opts.amount);
+      this.saveBucket();
+      const event = this.recordUsage(cfg, caller, opts.requestId ?? null, "consume", opts.amount, now);
+      return {
+        ok: true,
+        value: { pool: cfg.id, eventId: event.eventId, units: opts.amount, costNano: event.costNano, remaining: this.whole() },
+      };
+    });
+  }
+
+  reserve(config: PoolConfig, caller: Caller, opts: SpendOptions & { ttlMs: number }): Result<ReserveResult> {
+    const cfg = this.adopt(config);
+    return this.idempotent(caller, "reserve", opts, () => {
+      const now = Date.now();
+      const admitted = this.admit(cfg, caller, opts.amount, now, true);
+      if (!admitted.ok) return admitted;
+      this.bucket = take(this.bucket, opts.amount);
+      this.saveBucket();
+      const id = `res_${crypto.randomUUID().replaceAll("-", "")}`;
+      const expiresAt = now + opts.ttlMs;
+      this.sql.exec(
+        `INSERT INTO reservations (id, client_id, request_id, via, amount, status, created_at, expires_at)
+         VALUES (?, ?, ?, ?, ?, 'held', ?, ?)`,
+        id, caller.clientId, opts.requestId ?? null, caller.via, opts.amount, now, expiresAt,
+      );
+      this.ensureAlarm(expiresAt);
+      return {
+        ok: true,
+        value: { pool: cfg.id, reservationId: id, amount: opts.amount, expiresAt, remaining: this.whole() },
+      };
+    });
+  }
+
+  /**
+   * Settle a reservation: consume `actualUsed` (default 0) and refund the rest. Using more than was
+   * reserved is refused; the caller should have reserved enough. Only the holder's client may settle.
+   */
+  release(config: PoolConfig, caller: Caller, reservationId: string, actualUsed = 0): Result<ReleaseResult> {
+    const cfg = this.adopt(config);
+    const now = Date.now();
+    const row = this.sql.exec<ReservationRow>("SELECT * FROM reservations WHERE id = ?", reservationId).toArray()[0];
+    if (!row || row.client_id !== caller.clientId) {
+      return fail("reservation_not_found", `no reservation ${reservationId} in pool ${cfg.id}`);
+    }
+    if (row.status === "held" && row.expires_at <= now) this.expire(row, now, cfg);
+    if (row.status !== "held") {
+      const status = this.sql.exec<{ status: string }>("SELECT status FROM reservations WHERE id = ?", reservationId).one().status;
+      return fail("reservation_closed", `reservation ${reservationId} is ${status}`, { status });
+    }
+    if (actualUsed > row.amount) {
+      return fail("validation_failed", "actual_used exceeds the reserved amount", {
+        fields: [{ path: "actual_used", message: `must be at most ${row.amount}` }],
+      });
+    }
+    this.refillTo(now, cfg);
+    const refunded = row.amount - actualUsed;
+    this.bucket = giveBack(this.bucket, refunded, cfg);
+    this.saveBucket();
+    this.sql.exec(
+      "UPDATE reservations SET status = 'released', settled_at = ?, consumed = ? WHERE id = ?",
+      now, actualUsed, reservationId,
+    );
+    const event = actualUsed > 0
+      ? this.recordUsage(cfg, { clientId: row.client_id, tier: caller.tier, via: row.via }, row.request_id, "reservation", actualUsed, now)
+      : null;
+    return {
+      ok: true,
+      value: {
+        pool: cfg.id, reservationId, consumed: actualUsed, refunded,
+        costNano: event?.costNano ?? 0, eventId: event?.eventId ?? null,
+      },
+    };
+  }
+
+  /** Deliver the outbox to D1 now (cron backstop, tests). Returns how many events were delivered. */
+  async flush(): Promise<number> {
+    return this.flushOutbox();
+  }
+
+  override async alarm(): Promise<void> {
+    this.alarmAt = null;
+    const now = Date.now();
+    if (this.config) {
+      const due = this.sql.exec<ReservationRow>(
+        "SELECT * FROM reservations WHERE status = 'held' AND expires_at <= ?", now,
+      ).toArray();
+      for (const row of due) this.expire(row, now, this.config);
+      if (due.length) log.info("reservations_expired", { pool: this.config.id, count: due.length });
+    }
+    this.sql.exec("DELETE FROM idempotency WHERE created_at < ?", now - IDEMPOTENCY_TTL_MS);
+    await this.flushOutbox();
+    this.scheduleNext(Date.now());
+  }
+
+  // --- internals -------------------------------------------------------------------------------
+
+  /** Adopt the caller's configuration when it is newer than ours; the bucket starts full. */
+  private adopt(config: PoolConfig): PoolConfig {
+    const current = this.config;
+    if (current && current.version >= config.version) return current;
+    const now = Date.now();
+    if (current) {
+      this.refillTo(now, current);
+      this.bucket = { level: Math.min(this.bucket.level, config.capacity), updatedAt: now };
+    } else {
+      this.bucket = { level: config.capacity, updatedAt: now };
+    }
+    this.config = config;
+    this.sql.exec(
+      `INSERT INTO bucket (id, level, updated_at, config) VALUES (1, ?, ?, ?)
+       ON CONFLICT (id) DO UPDATE SET level = excluded.level, updated_at = excluded.updated_at, config = excluded.config`,
+      this.bucket.level, this.bucket.updatedAt, JSON.stringify(config),
+    );
+    return config;
+  }
+
+  /**
+   * Whether `amount` may be taken by `caller` now. On success the value is what the caller could take.
+   * Refills the bucket to `now` as a side effect (in memory; persisted by the caller's write).
+   */
+  private admit(cfg: PoolConfig, caller: Caller, amount: number, now: number, spending = false): Result<number> {
+    if (spending && cfg.status !== "active") return fail("pool_inactive", `pool ${cfg.id} is ${cfg.status}`);
+    const access = accessFor(cfg, caller);
+    if (!access.allowed) return fail("pool_forbidden", `pool ${cfg.id} is dedicated to another client`);
+    const ceiling = cfg.capacity - access.protectedUnits;
+    if (amount > ceiling + 1e-9) {
+      return fail("amount_exceeds_capacity", `pool ${cfg.id} can never grant ${amount} ${cfg.unit} to this caller`, {
+        pool: cfg.id, requested: amount, max: Math.floor(ceiling + 1e-9),
+      });
+    }
+    this.refillTo(now, cfg);
+    const available = this.bucket.level - access.protectedUnits;
+    if (fits(available, amount)) return { ok: true, value: Math.floor(available + 1e-9) };
+    const retryAfterMs = msUntil(this.bucket.level, amount + access.protectedUnits, cfg);
+    return fail("rate_limited", `pool ${cfg.id} has ${Math.max(0, Math.floor(available + 1e-9))} ${cfg.unit} for ${amount} requested`, {
+      pool: cfg.id,
+      requested: amount,
+      available: Math.max(0, Math.floor(available + 1e-9)),
+      retry_after_ms: retryAfterMs,
+      available_at: retryAfterMs === null ? null : now + retryAfterMs,
+    });
+  }
+
+  private refillTo(now: number, cfg: PoolConfig): void {
+    this.bucket = refill(this.bucket, cfg, now);
+  }
+
+  private whole(): number {
+    return Math.floor(this.bucket.level + 1e-9);
+  }
+
+  private saveBucket(): void {
+    this.sql.exec("UPDATE bucket SET level = ?, updated_at = ? WHERE id = 1", this.bucket.level, this.bucket.updatedAt);
+  }
+
+  private expire(row: ReservationRow, now: number, cfg: PoolConfig): void {
+    this.refillTo(now, cfg);
+    this.bucket = giveBack(this.bucket, row.amount, cfg);
+    this.saveBucket();
+    this.sql.exec(
+      "UPDATE reservations SET status = 'expired', settled_at = ?, consumed = 0 WHERE id = ? AND status = 'held'",
+      now, row.id,
+    );
+    row.status = "expired";
+  }
+
+  private recordUsage(cfg: PoolConfig, caller: Caller, requestId: string | null, kind: UsageEvent["kind"], units: number, at: number): UsageEvent {
+    const event: UsageEvent = {
+      eventId: `evt_${crypto.randomUUID().replaceAll("-", "")}`,
+      poolId: cfg.id,
+      clientId: caller.clientId,
+      requestId,
+      via: caller.via,
+      kind,
+      units,
+      costNano: costOf(units, cfg.costPerUnitNano),
+      at,
+    };
+    this.sql.exec("INSERT INTO outbox (event_id, payload, created_at) VALUES (?, ?, ?)", event.eventId, JSON.stringify(event), at);
+    this.ensureAlarm(at + Number(this.env.USAGE_FLUSH_DELAY_MS ?? 1000));
+    return event;
+  }
+
+  /**
+   * Replay the stored answer for a repeated idempotency key (same parameters), refuse it for different
+   * parameters, or run `fn` and store its answer. Denials are not stored: a retry may succeed later.
+   */
+  private idempotent<T>(caller: Caller, op: string, opts: SpendOptions & { ttlMs?: number }, fn: () => Result<T>): Result<T> {
+    if (!opts.idempotencyKey) return fn();
+    const key = `${caller.clientId}:${op}:${opts.idempotencyKey}`;
+    const fingerprint = JSON.stringify([opts.amount, opts.requestId ?? null, opts.ttlMs ?? null]);
+    const prior = this.sql.exec<{ fingerprint: string; response: string }>(
+      "SELECT fingerprint, response FROM idempotency WHERE key = ?", key,
+    ).toArray()[0];
+    if (prior) {
+      if (prior.fingerprint !== fingerprint) {
+        return fail("idempotency_conflict", "idempotency key reused with different parameters", { idempotency_key: opts.idempotencyKey });
+      }
+      return JSON.parse(prior.response) as Result<T>;
+    }
+    const result = fn();
+    if (result.ok) {
+      this.sql.exec(
+        "INSERT INTO idempotency (key, fingerprint, response, created_at) VALUES (?, ?, ?, ?)",
+        key, fingerprint, JSON.stringify(result), Date.now(),
+      );
+    }
+    return result;
+  }
+
+  private async flushOutbox(): Promise<number> {
+    if (this.flushing) return 0;
+    this.flushing = true;
+    let delivered = 0;
+    try {
+      for (;;) {
+        const rows = this.sql.exec<{ event_id: string; payload: string }>(
+          "SELECT event_id, payload FROM outbox ORDER BY created_at LIMIT ?", FLUSH_BATCH,
+        ).toArray();
+        if (rows.length === 0) break;
+        await insertUsageEvents(this.env.DB, rows.map((r) => JSON.parse(r.payload) as UsageEvent));
+        for (const r of rows) this.sql.exec("DELETE FROM outbox WHERE event_id = ?", r.event_id);
+        delivered += rows.length;
+      }
+      this.flushFailures = 0;
+    } catch (err) {
+      this.flushFailures += 1;
+      const backoff = Math.min(MAX_FLUSH_BACKOFF_MS, 500 * 2 ** this.flushFailures);
+      log.warn("usage_flush_failed", { pool: this.config?.id, attempt: this.flushFailures, retry_in_ms: backoff, error: String(err) });
+      this.ensureAlarm(Date.now() + backoff);
+    } finally {
+      this.flushing = false;
+    }
+    return delivered;
+  }
+
+  /** Make sure an alarm fires no later than `at`. */
+  private ensureAlarm(at: number): void {
+    if (this.alarmAt !== null && this.alarmAt <= at) return;
+    this.alarmAt = at;
+    void this.ctx.storage.setAlarm(at);
+  }
+
+  /** After an alarm: wake for the next reservation expiry, or soon if events are still waiting. */
+  private scheduleNext(now: number): void {
+    const next = this.sql.exec<{ t: number | null }>(
+      "SELECT MIN(expires_at) AS t FROM reservations WHERE status = 'held'",
+    ).one().t;
+    if (next !== null) this.ensureAlarm(Math.max(next, now));
+    const pending = this.sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM outbox").one().n;
+    if (pending > 0 && this.flushFailures === 0) this.ensureAlarm(now + Number(this.env.USAGE_FLUSH_DELAY_MS ?? 1000));
+  }
+}
+
+interface ReservationRow {
+  id: string;
+  client_id: string;
+  request_id: string | null;
+  via: string;
+  amount: number;
+  status: string;
+  created_at: number;
+  expires_at: number;
+  [key: string]: SqlStorageValue;
+}
+
+function fail(code: ErrorBody["code"], message: string, details?: Record<string, unknown>): { ok: false; error: ErrorBody } {
+  return { ok: false, error: details ? { code, message, details } : { code, message } };
+}
+
+function round3(n: number): number {
+  return Math.round(n * 1000) / 1000;
+}

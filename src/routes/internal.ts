@@ -1,0 +1,111 @@
+import { createRoute, OpenAPIHono, z } from "@hono/zod-openapi";
+import { AppError } from "../errors";
+import { authenticate } from "../http/auth";
+import type { AppEnv } from "../http/context";
+import { errorResponses } from "../http/errors";
+import { poolConfig } from "../services/config";
+import { callerFor, poolStub, unwrap } from "../services/pools";
+import { ClientId, IdempotencyKey, Nano, PoolId, RequestRef, TraceId, Units } from "./schemas";
+
+const MIN_TTL_MS = 1_000;
+const MAX_TTL_MS = 24 * 60 * 60 * 1000;
+
+const Spend = {
+  client_id: ClientId,
+  pool: PoolId,
+  amount: Units,
+  request_id: RequestRef.optional(),
+  idempotency_key: IdempotencyKey.optional().openapi({ description: "A retried call with the same key spends once and gets the same answer (or send an Idempotency-Key header)" }),
+};
+
+const ConsumeRequest = z.object(Spend).strict().openapi("ConsumeRequest");
+const ReserveRequest = z
+  .object({ ...Spend, ttl_ms: z.number().int().min(MIN_TTL_MS).max(MAX_TTL_MS).default(60_000).openapi({ description: "Released by alarm when not settled by then" }) })
+  .strict()
+  .openapi("ReserveRequest");
+const ReleaseRequest = z
+  .object({
+    client_id: ClientId,
+    pool: PoolId,
+    reservation_id: z.string().regex(/^res_[a-f0-9]{32}$/, "a reservation id from /internal/reserve"),
+    actual_used: z.number().int().min(0).max(1_000_000_000_000).optional().openapi({ description: "Units really used; the rest is refunded. Default 0" }),
+  })
+  .strict()
+  .openapi("ReleaseRequest");
+
+const Consumed = z
+  .object({ pool: z.string(), event_id: z.string(), units: z.number(), cost_nano: Nano, remaining: z.number(), trace_id: TraceId })
+  .openapi("Consumed");
+const Reserved = z
+  .object({ pool: z.string(), reservation_id: z.string(), amount: z.number(), expires_at: z.number().int(), remaining: z.number(), trace_id: TraceId })
+  .openapi("Reserved");
+const Released = z
+  .object({ pool: z.string(), reservation_id: z.string(), consumed: z.number(), refunded: z.number(), cost_nano: Nano, event_id: z.string().nullable(), trace_id: TraceId })
+  .openapi("Released");
+
+const json = <T extends z.ZodType>(schema: T) => ({ required: true, content: { "application/json": { schema } } });
+const guard = { security: [{ bearer: [] }], middleware: [authenticate("internal", "admin")], tags: ["internal"] };
+const spendErrors = errorResponses(
+  "bad_request", "validation_failed", "amount_exceeds_capacity", "unauthorized", "forbidden", "pool_forbidden",
+  "pool_not_found", "client_not_found", "idempotency_conflict", "pool_inactive", "rate_limited",
+);
+
+/** The body's idempotency key, or the Idempotency-Key header; both given must agree. */
+function idempotencyKey(bodyKey: string | undefined, header: string | undefined): string | undefined {
+  if (header !== undefined && (header.length === 0 || header.length > 128)) {
+    throw new AppError("validation_failed", "invalid Idempotency-Key header", { fields: [{ path: "header.idempotency-key", message: "1 to 128 characters" }] });
+  }
+  if (bodyKey !== undefined && header !== undefined && bodyKey !== header) {
+    throw new AppError("validation_failed", "idempotency_key and the Idempotency-Key header differ", { fields: [{ path: "idempotency_key", message: "differs from the header" }] });
+  }
+  return bodyKey ?? header;
+}
+
+export const internalRoutes = new OpenAPIHono<AppEnv>()
+  .openapi(
+    createRoute({
+      method: "post", path: "/internal/consume", ...guard, summary: "Spend units from a pool now",
+      request: { body: json(ConsumeRequest) },
+      responses: { 200: { description: "Spent; a usage event is recorded.", content: { "application/json": { schema: Consumed } } }, ...spendErrors },
+    }),
+    async (c) => {
+      const b = c.req.valid("json");
+      const key = idempotencyKey(b.idempotency_key, c.req.header("idempotency-key"));
+      const [caller, cfg] = await Promise.all([callerFor(c.env, c.var.principal, b.client_id, "internal"), poolConfig(c.env, b.pool)]);
+      const r = unwrap(await poolStub(c.env, b.pool).consume(cfg, caller, { amount: b.amount, requestId: b.request_id, idempotencyKey: key }));
+      return c.json({ pool: r.pool, event_id: r.eventId, units: r.units, cost_nano: r.costNano, remaining: r.remaining, trace_id: c.var.traceId }, 200);
+    },
+  )
+  .openapi(
+    createRoute({
+      method: "post", path: "/internal/reserve", ...guard, summary: "Hold units in a pool until released or expired",
+      request: { body: json(ReserveRequest) },
+      responses: { 200: { description: "Held.", content: { "application/json": { schema: Reserved } } }, ...spendErrors },
+    }),
+    async (c) => {
+      const b = c.req.valid("json");
+      const key = idempotencyKey(b.idempotency_key, c.req.header("idempotency-key"));
+      const [caller, cfg] = await Promise.all([callerFor(c.env, c.var.principal, b.client_id, "internal"), poolConfig(c.env, b.pool)]);
+      const r = unwrap(await poolStub(c.env, b.pool).reserve(cfg, caller, { amount: b.amount, ttlMs: b.ttl_ms, requestId: b.request_id, idempotencyKey: key }));
+      return c.json({ pool: r.pool, reservation_id: r.reservationId, amount: r.amount, expires_at: r.expiresAt, remaining: r.remaining, trace_id: c.var.traceId }, 200);
+    },
+  )
+  .openapi(
+    createRoute({
+      method: "post", path: "/internal/release", ...guard, summary: "Settle a reservation: consume what was used, refund the rest",
+      request: { body: json(ReleaseRequest) },
+      responses: {
+        200: { description: "Settled.", content: { "application/json": { schema: Released } } },
+        ...errorResponses("bad_request", "validation_failed", "unauthorized", "forbidden", "pool_not_found", "client_not_found", "reservation_not_found", "reservation_closed"),
+      },
+    }),
+    async (c) => {
+      const b = c.req.valid("json");
+      const [caller, cfg] = await Promise.all([callerFor(c.env, c.var.principal, b.client_id, "internal"), poolConfig(c.env, b.pool)]);
+      const r = unwrap(await poolStub(c.env, b.pool).release(cfg, caller, b.reservation_id, b.actual_used ?? 0));
+      return c.json({
+        pool: r.pool, reservation_id: r.reservationId, consumed: r.consumed, refunded: r.refunded,
+        cost_nano: r.costNano, event_id: r.eventId, trace_id: c.var.traceId,
+      }, 200);
+    },
+  );

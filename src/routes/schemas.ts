@@ -1,0 +1,28 @@
+import { z } from "@hono/zod-openapi";
+
+/** Shared request/response pieces. Units are whole numbers; money is integer nano-dollars. */
+export const PoolId = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9-]{0,63}$/, "lowercase letters, digits and dashes, at most 64")
+  .openapi({ example: "openai-gpt4" });
+
+export const ClientId = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/, "letters, digits, _ and -, at most 64")
+  .openapi({ example: "acme" });
+
+export const Units = z
+  .number()
+  .int()
+  .positive()
+  .max(1_000_000_000_000)
+  .openapi({ description: "Whole units of the pool (tokens, e-mails, ...)", example: 500 });
+
+export const IdempotencyKey = z.string().min(1).max(128).openapi({ example: "job-42-step-1" });
+export const RequestRef = z.string().min(1).max(128).openapi({ example: "req_01" });
+
+export const PoolAmount = z.object({ pool: PoolId, amount: Units }).strict().openapi("PoolAmount");
+
+export const TraceId = z.string().openapi({ example: "6f1c1a0e-..." });
+
+export const Nano = z.number().int().openapi({ description: "Integer nano-dollars (1e-9 USD)" });

@@ -1,0 +1,51 @@
+import type { PoolConfig, Tier } from "../domain/types";
+import { AppError } from "../errors";
+import { findClientTier, findKeyOwner, type KeyOwner } from "../storage/clients";
+import { listPools } from "../storage/pools";
+import { listTemplates, type Template } from "../storage/templates";
+import { TtlCache } from "./cache";
+
+const pools = new TtlCache<Map<string, PoolConfig>>(1);
+const templates = new TtlCache<Map<string, Template>>(1);
+const keys = new TtlCache<KeyOwner | null>();
+const clients = new TtlCache<{ tier: Tier; status: string } | null>();
+
+function ttl(env: Env): number {
+  return Number(env.CONFIG_TTL_MS) || 5000;
+}
+
+export function poolConfigs(env: Env): Promise<Map<string, PoolConfig>> {
+  return pools.get("all", ttl(env), async () => new Map((await listPools(env.DB)).map((p) => [p.id, p])));
+}
+
+export async function poolConfig(env: Env, id: string): Promise<PoolConfig> {
+  const pool = (await poolConfigs(env)).get(id);
+  if (!pool) throw new AppError("pool_not_found", `no pool named ${id}`, { pool: id });
+  return pool;
+}
+
+export function templateConfigs(env: Env): Promise<Map<string, Template>> {
+  return templates.get("all", ttl(env), async () => new Map((await listTemplates(env.DB)).map((t) => [t.id, t])));
+}
+
+export async function templateConfig(env: Env, id: string): Promise<Template> {
+  const template = (await templateConfigs(env)).get(id);
+  if (!template) throw new AppError("template_not_found", `no template named ${id}`, { template: id });
+  return template;
+}
+
+export function keyOwner(env: Env, keyHash: string): Promise<KeyOwner | null> {
+  return keys.get(keyHash, ttl(env), () => findKeyOwner(env.DB, keyHash));
+}
+
+export function clientTier(env: Env, clientId: string) {
+  return clients.get(clientId, ttl(env), () => findClientTier(env.DB, clientId));
+}
+
+/** Forget everything cached in this isolate (after an admin change, and in tests). */
+export function clearConfigCache(): void {
+  pools.clear();
+  templates.clear();
+  keys.clear();
+  clients.clear();
+}

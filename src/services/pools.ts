@@ -1,0 +1,43 @@
+import type { Caller, PoolConfig } from "../domain/types";
+import { AppError } from "../errors";
+import type { Result } from "../objects/pool";
+import type { Principal } from "../http/context";
+import { clientTier } from "./config";
+
+export function poolStub(env: Env, poolId: string): DurableObjectStub<import("../objects/pool").PoolObject> {
+  return env.POOL.get(env.POOL.idFromName(poolId));
+}
+
+/** A pool object's answer, or the AppError it stands for (429s carry Retry-After in seconds). */
+export function unwrap<T>(result: Result<T>): T {
+  if (result.ok) return result.value;
+  const retryMs = result.error.details?.retry_after_ms;
+  const retryAfterSec = result.error.code === "rate_limited"
+    ? typeof retryMs === "number" ? Math.max(1, Math.ceil(retryMs / 1000)) : 3600
+    : undefined;
+  throw AppError.from(result.error, retryAfterSec);
+}
+
+/**
+ * The caller a spend is attributed to. A client's key speaks for its own client only; the internal
+ * and admin tokens name the client they act for.
+ */
+export async function callerFor(env: Env, principal: Principal, clientId: string | undefined, via: string): Promise<Caller> {
+  if (principal.kind === "client") {
+    if (clientId !== undefined && clientId !== principal.clientId) {
+      throw new AppError("forbidden", "an API key may act only for its own client", { client_id: clientId });
+    }
+    return { clientId: principal.clientId, tier: principal.tier, via };
+  }
+  if (clientId === undefined) {
+    throw new AppError("validation_failed", "client_id is required with this credential", {
+      fields: [{ path: "client_id", message: "Required" }],
+    });
+  }
+  const client = await clientTier(env, clientId);
+  if (!client) throw new AppError("client_not_found", `no client ${clientId}`, { client_id: clientId });
+  if (client.status === "suspended") throw new AppError("forbidden", `client ${clientId} is suspended`);
+  return { clientId, tier: client.tier, via };
+}
+
+export type { PoolConfig };

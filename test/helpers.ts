@@ -1,0 +1,78 @@
+import { env, exports } from "cloudflare:workers";
+import { expect } from "vitest";
+import { clearConfigCache } from "../src/services/config";
+import { upsertPool } from "../src/storage/pools";
+import type { PoolConfig } from "../src/domain/types";
+
+export const ADMIN = "test-admin-token";
+export const INTERNAL = "test-internal-token";
+/** Demo keys from seed.sql. */
+export const KEYS = {
+  acme: "rmk_demo_enterprise_acme",
+  globex: "rmk_demo_premium_globex",
+  initech: "rmk_demo_standard_initech",
+  hooli: "rmk_demo_basic_hooli",
+  hooliReadOnly: "rmk_demo_readonly_hooli",
+} as const;
+
+export interface Call {
+  status: number;
+  body: any;
+  headers: Headers;
+}
+
+/** Call the worker over HTTP and read the whole body (an unread body breaks storage isolation). */
+export async function call(method: string, path: string, opts: { token?: string; json?: unknown; body?: string; headers?: Record<string, string> } = {}): Promise<Call> {
+  const headers: Record<string, string> = { ...(opts.headers ?? {}) };
+  if (opts.token) headers.authorization = `Bearer ${opts.token}`;
+  let body: string | undefined = opts.body;
+  if (opts.json !== undefined) {
+    body = JSON.stringify(opts.json);
+    headers["content-type"] ??= "application/json";
+  }
+  const res = await exports.default.fetch(new Request(`https://rm.test${path}`, { method, headers, body }));
+  const text = await res.text();
+  let parsed: unknown = text;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    /* not JSON: keep the text */
+  }
+  return { status: res.status, body: parsed, headers: res.headers };
+}
+
+/** Assert the one error envelope with a status and code. */
+export function expectError(r: Call, status: number, code: string): void {
+  expect(r.status, JSON.stringify(r.body)).toBe(status);
+  expect(r.body.error.code).toBe(code);
+  expect(typeof r.body.error.message).toBe("string");
+  expect(typeof r.body.trace_id).toBe("string");
+}
+
+let seq = 0;
+/** A fresh pool for one test (unique name, so a fresh Durable Object). */
+export async function makePool(overrides: Partial<Omit<PoolConfig, "version">> = {}): Promise<PoolConfig> {
+  seq += 1;
+  const pool: Omit<PoolConfig, "version"> = {
+    id: `t-${crypto.randomUUID().slice(0, 8)}-${seq}`,
+    name: "Test pool",
+    unit: "units",
+    capacity: 100,
+    refillPerSec: 0,
+    costPerUnitNano: 1000,
+    sharing: { mode: "shared" },
+    status: "active",
+    ...overrides,
+  };
+  await upsertPool(env.DB, pool);
+  clearConfigCache();
+  return { ...pool, version: 1 };
+}
+
+export function consume(pool: string, amount: number, extra: Record<string, unknown> = {}, clientId = "acme"): Promise<Call> {
+  return call("POST", "/internal/consume", { token: INTERNAL, json: { client_id: clientId, pool, amount, ...extra } });
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
