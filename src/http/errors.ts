@@ -46,7 +46,11 @@ export const onError: ErrorHandler<AppEnv> = (err, c) => {
   if (err instanceof HTTPException && err.status < 500) {
     // Hono's body parsers: malformed JSON, wrong content type.
     const code: ErrorCode = err.status === 401 ? "unauthorized" : err.status === 404 ? "not_found" : "bad_request";
-    return errorJson(c, new AppError(code, err.message || "bad request"));
+    const emptyBody = c.req.header("content-length") === "0" || (c.req.method !== "GET" && !c.req.raw.body);
+    const message = err.message.startsWith("Malformed JSON") && emptyBody
+      ? "a JSON request body is required"
+      : err.message === "Unsupported Media Type" ? "send the body as application/json" : err.message || "bad request";
+    return errorJson(c, new AppError(code, message));
   }
   c.get("logger")?.error("unhandled_error", { error: err instanceof Error ? err.message : String(err), stack: err instanceof Error ? err.stack : undefined });
   return errorJson(c, new AppError("internal", "internal error; quote the trace id when reporting it"));
@@ -57,7 +61,8 @@ export const notFound: NotFoundHandler<AppEnv> = (c) =>
 
 /** zod failures become one 400 naming each failing field. */
 export function validationError(error: z.ZodError, target: string): AppError {
-  return new AppError("validation_failed", `invalid ${target}`, {
+  const where = target === "json" ? "request body" : target === "param" ? "path" : target;
+  return new AppError("validation_failed", `invalid ${where}`, {
     fields: error.issues.map((i) => ({ path: [target === "json" ? "" : target, ...i.path].filter((p) => p !== "").join("."), message: i.message })),
   });
 }

@@ -1,0 +1,20 @@
+#!/usr/bin/env node
+// `npm start`: prepare local secrets and the local D1 (schema + demo data, idempotent), then run
+// `wrangler dev` offline with the cron test endpoint. Extra arguments go to wrangler dev.
+import { spawn, spawnSync } from "node:child_process";
+import { copyFileSync, existsSync } from "node:fs";
+
+const env = { ...process.env, CLOUDFLARE_CF_FETCH_ENABLED: "false", WRANGLER_SEND_METRICS: "false" };
+const wrangler = (args, opts = {}) => spawnSync("npx", ["--no-install", "wrangler", ...args], { stdio: "inherit", env, ...opts });
+
+if (!existsSync(".dev.vars")) {
+  copyFileSync(".dev.vars.example", ".dev.vars");
+  console.log("created .dev.vars from .dev.vars.example (local secrets)");
+}
+for (const file of ["schema.sql", "seed.sql"]) {
+  const r = wrangler(["d1", "execute", "DB", "--local", "--file", file]);
+  if (r.status !== 0) process.exit(r.status ?? 1);
+}
+const dev = spawn("npx", ["--no-install", "wrangler", "dev", "--ip", "127.0.0.1", "--port", process.env.PORT ?? "8787", "--test-scheduled", ...process.argv.slice(2)], { stdio: "inherit", env });
+for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => dev.kill(sig));
+dev.on("exit", (code) => process.exit(code ?? 0));
