@@ -205,11 +205,11 @@ describe("usage outbox", () => {
     await runInDurableObject(stub, async (instance: PoolObject) => {
       const real = env.DB;
       const target = instance as unknown as { env: Env };
-      target.env = { ...real, DB: { prepare: real.prepare.bind(real), batch: async () => { throw new Error("D1 down"); } } as unknown as D1Database };
+      target.env = { ...env, DB: { prepare: real.prepare.bind(real), batch: async () => { throw new Error("D1 down"); } } as unknown as D1Database };
       expect(await instance.flush()).toBe(0);
-      target.env = { ...real, DB: { prepare: real.prepare.bind(real), batch: async (s: D1PreparedStatement[]) => { await real.batch(s); throw new Error("connection reset"); } } as unknown as D1Database };
+      target.env = { ...env, DB: { prepare: real.prepare.bind(real), batch: async (s: D1PreparedStatement[]) => { await real.batch(s); throw new Error("connection reset"); } } as unknown as D1Database };
       expect(await instance.flush()).toBe(0);
-      target.env = { ...real, DB: real };
+      target.env = env;
     });
     expect(await listUsageEvents(env.DB, { poolId: pool.id })).toHaveLength(3); // committed by fault 2
     await consume(pool.id, 10);
