@@ -11,6 +11,10 @@ function statements(file: string): string[] {
   return text.split(/;\s*$/m).map((s) => s.trim()).filter(Boolean);
 }
 
+/** The pool names the worker under test after the project: "vitest-pool-workers-runner-<name>". */
+const PROJECT = "resource-manager";
+const RUNNER = `vitest-pool-workers-runner-${PROJECT}`;
+
 export default defineConfig({
   plugins: [
     cloudflareTest({
@@ -21,15 +25,25 @@ export default defineConfig({
           INTERNAL_TOKEN: "test-internal-token",
           CONFIG_TTL_MS: "5000",
           USAGE_FLUSH_DELAY_MS: "1000",
+          LEASE_MARGIN_MS: "1000",
           TEST_SQL: JSON.stringify([
             { name: "schema.sql", queries: statements("./schema.sql") },
             { name: "seed.sql", queries: statements("./seed.sql") },
           ]),
         },
+        // The sample workers from examples/ stand behind the service bindings, as under `npm start`,
+        // plus a KAM stand-in that binds to the RPC entrypoint.
+        workers: [
+          { name: "rm-content-generator", modules: true, modulesRules: [{ type: "ESModule", include: ["**/*.js"] }], scriptPath: "./examples/content-generator/index.js", compatibilityDate: "2026-04-20", bindings: { LATENCY_MS: "5", FAILURE_RATE: "0" } },
+          { name: "rm-notifier", modules: true, modulesRules: [{ type: "ESModule", include: ["**/*.js"] }], scriptPath: "./examples/notifier/index.js", compatibilityDate: "2026-04-20", bindings: { LATENCY_MS: "5", FAILURE_RATE: "0" } },
+          { name: "kam", modules: true, modulesRules: [{ type: "ESModule", include: ["**/*.js"] }], scriptPath: "./test/fixtures/kam-worker.js", compatibilityDate: "2026-04-20", serviceBindings: { RM: { name: RUNNER, entrypoint: "ResourceManagerRpc" } } },
+        ],
+        serviceBindings: { KAM: "kam" },
       },
     }),
   ],
   test: {
+    name: PROJECT,
     include: ["test/**/*.test.ts"],
     setupFiles: ["./test/setup.ts"],
     testTimeout: 30_000,

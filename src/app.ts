@@ -2,8 +2,10 @@ import { OpenAPIHono } from "@hono/zod-openapi";
 import type { AppEnv } from "./http/context";
 import { notFound, onError, validationError } from "./http/errors";
 import { traceRequests } from "./http/trace";
+import { adminRoutes } from "./routes/admin";
 import { healthRoutes } from "./routes/health";
 import { internalRoutes } from "./routes/internal";
+import { queueRoutes } from "./routes/queue";
 import { resourceRoutes } from "./routes/resources";
 
 /** Compose the HTTP app: middleware, route groups, the OpenAPI document, error handling. */
@@ -17,6 +19,8 @@ export function createApp() {
   app.route("/", healthRoutes);
   app.route("/", resourceRoutes);
   app.route("/", internalRoutes);
+  app.route("/", queueRoutes);
+  app.route("/", adminRoutes);
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", {
     type: "http",
     scheme: "bearer",

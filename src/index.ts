@@ -1,7 +1,10 @@
 import { createApp } from "./app";
 import { runCron } from "./scheduler/cron";
 
+export { ClientObject } from "./objects/client";
 export { PoolObject } from "./objects/pool";
+export { SchedulerObject } from "./objects/scheduler";
+export { ResourceManagerRpc } from "./rpc/entrypoint";
 
 const app = createApp();
 

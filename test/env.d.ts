@@ -4,3 +4,9 @@ declare namespace Cloudflare {
     TEST_SQL: string;
   }
 }
+declare namespace Cloudflare {
+  interface Env {
+    /** The KAM stand-in auxiliary worker (test/fixtures/kam-worker.js). */
+    KAM: Fetcher;
+  }
+}

@@ -53,6 +53,19 @@ export interface ReleaseResult {
   eventId: string | null;
 }
 
+export interface BatchReserveItem {
+  caller: Caller;
+  amount: number;
+  ttlMs: number;
+  requestId: string | null;
+}
+
+export interface BatchReleaseItem {
+  caller: Caller;
+  reservationId: string;
+  actualUsed: number;
+}
+
 export interface SpendOptions {
   amount: number;
   requestId?: string;
@@ -178,25 +191,22 @@ export class PoolObject extends DurableObject<Env> {
 
   reserve(config: PoolConfig, caller: Caller, opts: SpendOptions & { ttlMs: number }): Result<ReserveResult> {
     const cfg = this.adopt(config);
-    return this.idempotent(caller, "reserve", opts, () => {
-      const now = Date.now();
-      const admitted = this.admit(cfg, caller, opts.amount, now, true);
-      if (!admitted.ok) return admitted;
-      this.bucket = take(this.bucket, opts.amount);
-      this.saveBucket();
-      const id = `res_${crypto.randomUUID().replaceAll("-", "")}`;
-      const expiresAt = now + opts.ttlMs;
-      this.sql.exec(
-        `INSERT INTO reservations (id, client_id, request_id, via, amount, status, created_at, expires_at)
-         VALUES (?, ?, ?, ?, ?, 'held', ?, ?)`,
-        id, caller.clientId, opts.requestId ?? null, caller.via, opts.amount, now, expiresAt,
-      );
-      this.ensureAlarm(expiresAt);
-      return {
-        ok: true,
-        value: { pool: cfg.id, reservationId: id, amount: opts.amount, expiresAt, remaining: this.whole() },
-      };
-    });
+    return this.idempotent(caller, "reserve", opts, () => this.reserveOne(cfg, caller, opts.amount, opts.ttlMs, opts.requestId ?? null, Date.now()));
+  }
+
+  /**
+   * Reserve for many requests in one call (the scheduler's batched admission), in the order given.
+   * Each item is answered on its own; one denial does not stop the others.
+   */
+  reserveMany(config: PoolConfig, items: BatchReserveItem[]): Result<ReserveResult>[] {
+    const cfg = this.adopt(config);
+    const now = Date.now();
+    return items.map((item) => this.reserveOne(cfg, item.caller, item.amount, item.ttlMs, item.requestId, now));
+  }
+
+  /** Settle many reservations in one call; each answered on its own. */
+  releaseMany(config: PoolConfig, items: BatchReleaseItem[]): Result<ReleaseResult>[] {
+    return items.map((item) => this.release(config, item.caller, item.reservationId, item.actualUsed));
   }
 
   /**
@@ -307,6 +317,22 @@ export class PoolObject extends DurableObject<Env> {
       retry_after_ms: retryAfterMs,
       available_at: retryAfterMs === null ? null : now + retryAfterMs,
     });
+  }
+
+  private reserveOne(cfg: PoolConfig, caller: Caller, amount: number, ttlMs: number, requestId: string | null, now: number): Result<ReserveResult> {
+    const admitted = this.admit(cfg, caller, amount, now, true);
+    if (!admitted.ok) return admitted;
+    this.bucket = take(this.bucket, amount);
+    this.saveBucket();
+    const id = `res_${crypto.randomUUID().replaceAll("-", "")}`;
+    const expiresAt = now + ttlMs;
+    this.sql.exec(
+      `INSERT INTO reservations (id, client_id, request_id, via, amount, status, created_at, expires_at)
+       VALUES (?, ?, ?, ?, ?, 'held', ?, ?)`,
+      id, caller.clientId, requestId, caller.via, amount, now, expiresAt,
+    );
+    this.ensureAlarm(expiresAt);
+    return { ok: true, value: { pool: cfg.id, reservationId: id, amount, expiresAt, remaining: this.whole() } };
   }
 
   private refillTo(now: number, cfg: PoolConfig): void {

@@ -5,6 +5,7 @@ import type { AppEnv } from "../http/context";
 import { errorResponses } from "../http/errors";
 import { poolConfig } from "../services/config";
 import { callerFor, poolStub, unwrap } from "../services/pools";
+import { schedulerStub } from "../services/requests";
 import { ClientId, IdempotencyKey, Nano, PoolId, RequestRef, TraceId, Units } from "./schemas";
 
 const MIN_TTL_MS = 1_000;
@@ -103,6 +104,8 @@ export const internalRoutes = new OpenAPIHono<AppEnv>()
       const b = c.req.valid("json");
       const [caller, cfg] = await Promise.all([callerFor(c.env, c.var.principal, b.client_id, "internal"), poolConfig(c.env, b.pool)]);
       const r = unwrap(await poolStub(c.env, b.pool).release(cfg, caller, b.reservation_id, b.actual_used ?? 0));
+      // Capacity came back: let waiting requests go without waiting for the cron.
+      if (r.refunded > 0) c.executionCtx.waitUntil(schedulerStub(c.env).wake());
       return c.json({
         pool: r.pool, reservation_id: r.reservationId, consumed: r.consumed, refunded: r.refunded,
         cost_nano: r.costNano, event_id: r.eventId, trace_id: c.var.traceId,

@@ -1,6 +1,6 @@
 import type { PoolConfig, Tier } from "../domain/types";
 import { AppError } from "../errors";
-import { findClientTier, findKeyOwner, type KeyOwner } from "../storage/clients";
+import { findClientTier, findKeyOwner, listTiers, type KeyOwner, type TierRow } from "../storage/clients";
 import { listPools } from "../storage/pools";
 import { listTemplates, type Template } from "../storage/templates";
 import { TtlCache } from "./cache";
@@ -8,6 +8,7 @@ import { TtlCache } from "./cache";
 const pools = new TtlCache<Map<string, PoolConfig>>(1);
 const templates = new TtlCache<Map<string, Template>>(1);
 const keys = new TtlCache<KeyOwner | null>();
+const tiers = new TtlCache<Map<Tier, TierRow>>(1);
 const clients = new TtlCache<{ tier: Tier; status: string } | null>();
 
 function ttl(env: Env): number {
@@ -42,10 +43,15 @@ export function clientTier(env: Env, clientId: string) {
   return clients.get(clientId, ttl(env), () => findClientTier(env.DB, clientId));
 }
 
+export function tierLimits(env: Env): Promise<Map<Tier, TierRow>> {
+  return tiers.get("all", ttl(env), async () => new Map((await listTiers(env.DB)).map((t) => [t.id, t])));
+}
+
 /** Forget everything cached in this isolate (after an admin change, and in tests). */
 export function clearConfigCache(): void {
   pools.clear();
   templates.clear();
   keys.clear();
   clients.clear();
+  tiers.clear();
 }

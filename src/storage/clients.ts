@@ -37,3 +37,15 @@ export async function countRows(db: D1Database): Promise<Record<string, number>>
     .first<Record<string, number>>();
   return row ?? {};
 }
+
+export interface TierRow {
+  id: Tier;
+  priority_points: number;
+  max_concurrent: number;
+  monthly_budget_nano: number | null;
+}
+
+export async function listTiers(db: D1Database): Promise<TierRow[]> {
+  const { results } = await db.prepare("SELECT id, priority_points, max_concurrent, monthly_budget_nano FROM tiers").all<TierRow>();
+  return results;
+}

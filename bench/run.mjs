@@ -1,0 +1,534 @@
+#!/usr/bin/env node
+// Load benchmark: starts three `wrangler dev` instances on 127.0.0.1 and measures them with autocannon.
+//
+//   (a) floor          bench/floor      a worker that answers 200 and does nothing
+//   (b) bucket-do      bench/bucket-do  JSON body -> one RPC into one hot SQLite Durable Object (token bucket)
+//   (c) product-hot    repo root        POST /internal/consume, one hot pool
+//   (d) product-spread repo root        POST /internal/consume, pools bench-p-0 .. bench-p-63 in turn
+//
+// Usage: node bench/run.mjs   (or npm run bench). Knobs (environment):
+//   BENCH_DURATION   seconds per measurement (default 5)
+//   BENCH_RUNS       measurements per scenario and connection count (default 3); the median is reported
+//   BENCH_WARMUP     warm-up seconds per scenario before measuring (default 2)
+//   BENCH_CONNECTIONS comma list of connection counts (default "32,1")
+//   BENCH_PORT       first of three consecutive ports (default 8911)
+//   BENCH_KEEP_STATE set to 1 to keep the temporary persist directory and wrangler logs
+// Results: a table on stdout and bench/results/latest.json. Exit status 0 unless the run failed
+// (a target missed is reported, not an error).
+
+import { spawn } from "node:child_process";
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync, createWriteStream, readFileSync, existsSync } from "node:fs";
+import { createServer } from "node:net";
+import { cpus, tmpdir, platform, release } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { setTimeout as sleep } from "node:timers/promises";
+import autocannon from "autocannon";
+
+const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
+const ROOT = dirname(BENCH_DIR);
+const WRANGLER = join(ROOT, "node_modules", "wrangler", "bin", "wrangler.js");
+const HOST = "127.0.0.1";
+
+function intEnv(name, fallback, min, max) {
+  const raw = process.env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n < min || n > max) throw new Error(`${name} must be a number in [${min}, ${max}], got ${raw}`);
+  return n;
+}
+
+const DURATION = intEnv("BENCH_DURATION", 5, 1, 120);
+const RUNS = Math.round(intEnv("BENCH_RUNS", 3, 1, 20));
+const WARMUP = intEnv("BENCH_WARMUP", 2, 0, 60);
+const PORT = Math.round(intEnv("BENCH_PORT", 8911, 1024, 65000));
+const CONNECTIONS = (process.env.BENCH_CONNECTIONS || "32,1").split(",").map((s) => {
+  const n = Number(s.trim());
+  if (!Number.isInteger(n) || n < 1 || n > 1000) throw new Error(`BENCH_CONNECTIONS: bad value ${s}`);
+  return n;
+});
+const KEEP_STATE = process.env.BENCH_KEEP_STATE === "1";
+const PAUSE_MS = 500; // idle gap between measurements
+const SETTLE_MAX_MS = 15_000; // longest wait for the product's usage outbox to drain after a measurement
+const READY_TIMEOUT_MS = 120_000;
+const SPREAD_POOLS = 64;
+
+const INTERNAL_TOKEN = "bench-internal-token";
+const ADMIN_TOKEN = "bench-admin-token";
+const CHILD_ENV = {
+  ...process.env,
+  CLOUDFLARE_CF_FETCH_ENABLED: "false",
+  WRANGLER_SEND_METRICS: "false",
+  FORCE_COLOR: "0",
+  NO_COLOR: "1",
+};
+
+// ---------------------------------------------------------------- child processes
+
+/** Every child runs in its own process group so that the whole tree (npx/node/workerd) can be ended. */
+const children = new Set();
+let activeCannon = null;
+let shuttingDown = false;
+
+function spawnGroup(args, { cwd, logFile }) {
+  const child = spawn(process.execPath, [WRANGLER, ...args], {
+    cwd,
+    env: CHILD_ENV,
+    detached: true,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const log = logFile ? createWriteStream(logFile) : null;
+  const tail = [];
+  const keep = (chunk) => {
+    log?.write(chunk);
+    tail.push(chunk.toString());
+    while (tail.length > 50) tail.shift();
+  };
+  child.stdout.on("data", keep);
+  child.stderr.on("data", keep);
+  child.exited = new Promise((resolve) => child.on("exit", (code, signal) => {
+    children.delete(child);
+    log?.end();
+    resolve({ code, signal });
+  }));
+  child.tail = () => tail.join("").split("\n").slice(-25).join("\n");
+  children.add(child);
+  return child;
+}
+
+function signalGroups(signal) {
+  for (const child of children) {
+    try {
+      process.kill(-child.pid, signal);
+    } catch {
+      // already gone
+    }
+  }
+}
+
+async function stopAll() {
+  if (children.size === 0) return;
+  signalGroups("SIGTERM");
+  const deadline = Date.now() + 5_000;
+  while (children.size > 0 && Date.now() < deadline) await sleep(100);
+  signalGroups("SIGKILL");
+}
+
+// Last resort: whatever happens, no process group outlives this script.
+process.on("exit", () => signalGroups("SIGKILL"));
+for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"]) {
+  process.on(sig, async () => {
+    if (shuttingDown) return;
+    shuttingDown = true;
+    console.error(`\n${sig}: stopping`);
+    activeCannon?.stop();
+    await stopAll();
+    process.exit(130);
+  });
+}
+
+/** Run a wrangler command to completion (bounded), failing with its output when it fails. */
+async function wranglerOnce(args, timeoutMs = 60_000) {
+  const child = spawnGroup(args, { cwd: ROOT });
+  const timer = setTimeout(() => {
+    try { process.kill(-child.pid, "SIGKILL"); } catch { /* gone */ }
+  }, timeoutMs);
+  const { code, signal } = await child.exited;
+  clearTimeout(timer);
+  if (code !== 0) throw new Error(`wrangler ${args.join(" ")} failed (${signal ?? code}):\n${child.tail()}`);
+}
+
+function portFree(port) {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.once("error", () => resolve(false));
+    srv.listen(port, HOST, () => srv.close(() => resolve(true)));
+  });
+}
+
+async function waitReady(name, child, url) {
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  let exited = null;
+  child.exited.then((e) => (exited = e));
+  while (Date.now() < deadline) {
+    if (exited) throw new Error(`${name}: wrangler dev exited early (${exited.signal ?? exited.code}):\n${child.tail()}`);
+    try {
+      const res = await fetch(url, { signal: AbortSignal.timeout(2_000) });
+      await res.arrayBuffer();
+      if (res.status === 200) return;
+    } catch {
+      // not listening yet
+    }
+    await sleep(250);
+  }
+  throw new Error(`${name}: not ready at ${url} within ${READY_TIMEOUT_MS / 1000}s:\n${child.tail()}`);
+}
+
+function startDev(name, { cwd, config, port, inspectorPort, persistTo, extra = [], logFile }) {
+  const args = [
+    "dev",
+    ...(config ? ["--config", config] : []),
+    "--port", String(port),
+    "--ip", HOST,
+    "--inspector-port", String(inspectorPort),
+    "--log-level", "warn",
+    "--persist-to", persistTo,
+    "--show-interactive-dev-session=false",
+    ...extra,
+  ];
+  const child = spawnGroup(args, { cwd, logFile });
+  child.name = name;
+  return child;
+}
+
+// ---------------------------------------------------------------- measurement
+
+function percentile(sorted, p) {
+  if (sorted.length === 0) return null;
+  const idx = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[idx];
+}
+
+function median(values) {
+  const v = values.filter((x) => typeof x === "number" && Number.isFinite(x)).sort((a, b) => a - b);
+  if (v.length === 0) return null;
+  const mid = Math.floor(v.length / 2);
+  return v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+}
+
+/**
+ * One autocannon measurement. Besides autocannon's own histogram (whole milliseconds), every 2xx
+ * response time is kept at full hrtime precision so one-connection p50s can be compared below 1 ms.
+ */
+function measure(target, connections, seconds) {
+  return new Promise((resolve, reject) => {
+    const latencies = [];
+    const opts = {
+      url: target.url,
+      method: target.method,
+      headers: target.headers,
+      body: target.body,
+      connections,
+      pipelining: 1,
+      duration: seconds,
+      timeout: 10,
+    };
+    if (target.setupRequest) opts.requests = [{ setupRequest: target.setupRequest }];
+    const inst = autocannon(opts, (err, result) => {
+      activeCannon = null;
+      if (err) return reject(err);
+      latencies.sort((a, b) => a - b);
+      const non2xx = Object.entries(result.statusCodeStats ?? {})
+        .filter(([code]) => !code.startsWith("2"))
+        .reduce((sum, [, s]) => sum + s.count, 0);
+      resolve({
+        rps: result.requests.average,
+        total: result.requests.total,
+        ok: latencies.length,
+        p50_ms: percentile(latencies, 50),
+        p99_ms: percentile(latencies, 99),
+        mean_ms: latencies.length ? latencies.reduce((a, b) => a + b, 0) / latencies.length : null,
+        autocannon_p50_ms: result.latency.p50,
+        autocannon_p99_ms: result.latency.p99,
+        non2xx,
+        status_codes: Object.fromEntries(Object.entries(result.statusCodeStats ?? {}).map(([k, v]) => [k, v.count])),
+        errors: result.errors,
+        timeouts: result.timeouts,
+      });
+    });
+    activeCannon = inst;
+    inst.on("response", (_client, statusCode, _bytes, responseTime) => {
+      if (statusCode >= 200 && statusCode < 300) latencies.push(responseTime);
+    });
+  });
+}
+
+// ---------------------------------------------------------------- product preparation
+
+function benchPoolsSql() {
+  const row = (id, name) =>
+    `('${id}','${name}','units',1000000000000,1000000000,1,'{"mode":"shared"}','active',1,1767225600000)`;
+  const rows = [row("bench-hot", "bench hot")];
+  for (let i = 0; i < SPREAD_POOLS; i++) rows.push(row(`bench-p-${i}`, `bench spread ${i}`));
+  return (
+    "-- Benchmark pools: capacity and refill so large that a run never sees a 429.\n" +
+    "INSERT INTO pools (id, name, unit, capacity, refill_per_sec, cost_per_unit_nano, sharing, status, version, updated_at) VALUES\n  " +
+    rows.join(",\n  ") +
+    "\nON CONFLICT (id) DO NOTHING;\n"
+  );
+}
+
+async function prepareProductDb(persistTo, stateDir) {
+  const poolsFile = join(stateDir, "bench-pools.sql");
+  writeFileSync(poolsFile, benchPoolsSql());
+  for (const file of ["schema.sql", "seed.sql", poolsFile]) {
+    await wranglerOnce(["d1", "execute", "DB", "--local", "--persist-to", persistTo, "--file", file, "--yes"]);
+  }
+}
+
+async function productPending(baseUrl) {
+  const res = await fetch(`${baseUrl}/status`, {
+    headers: { authorization: `Bearer ${INTERNAL_TOKEN}` },
+    signal: AbortSignal.timeout(5_000),
+  });
+  if (res.status !== 200) throw new Error(`/status answered ${res.status}`);
+  const body = await res.json();
+  let pending = 0;
+  for (const p of body.pools ?? []) if (String(p.pool).startsWith("bench-")) pending += Number(p.pending_usage_events) || 0;
+  return pending;
+}
+
+/** Wait (bounded) until the product's pool objects have flushed their usage outboxes to D1. */
+async function settleProduct(baseUrl) {
+  const started = Date.now();
+  let pending = null;
+  while (Date.now() - started < SETTLE_MAX_MS) {
+    try {
+      pending = await productPending(baseUrl);
+      if (pending === 0) break;
+    } catch (err) {
+      pending = `error: ${err.message}`;
+      break;
+    }
+    await sleep(250);
+  }
+  return { settle_ms: Date.now() - started, pending_after: pending };
+}
+
+// ---------------------------------------------------------------- main
+
+const fmtInt = (n) => (n == null ? "-" : Math.round(n).toLocaleString("en-US"));
+const fmtMs = (n) => (n == null ? "-" : n.toFixed(2));
+const pad = (s, w, right = false) => (right ? String(s).padEnd(w) : String(s).padStart(w));
+
+async function preflight(target) {
+  const res = await fetch(target.url, {
+    method: target.method,
+    headers: target.headers,
+    body: target.body,
+    signal: AbortSignal.timeout(10_000),
+  });
+  const text = await res.text();
+  if (res.status !== 200) throw new Error(`${target.label}: preflight answered ${res.status}: ${text.slice(0, 500)}`);
+  if (target.check) target.check(text);
+  return text;
+}
+
+async function main() {
+  const started = Date.now();
+  if (!existsSync(WRANGLER)) throw new Error(`wrangler not found at ${WRANGLER}; run npm install`);
+  const ports = { floor: PORT, bucket: PORT + 1, product: PORT + 2 };
+  const inspector = { floor: PORT + 1000, bucket: PORT + 1001, product: PORT + 1002 };
+  for (const p of [...Object.values(ports), ...Object.values(inspector)]) {
+    if (!(await portFree(p))) throw new Error(`port ${HOST}:${p} is in use; set BENCH_PORT to another base`);
+  }
+
+  const stateDir = mkdtempSync(join(tmpdir(), "rm-bench-"));
+  const persist = (name) => {
+    const d = join(stateDir, name);
+    mkdirSync(d, { recursive: true });
+    return d;
+  };
+  const wranglerVersion = JSON.parse(readFileSync(join(ROOT, "node_modules", "wrangler", "package.json"), "utf8")).version;
+  console.log(`bench: duration ${DURATION}s x ${RUNS} runs, connections ${CONNECTIONS.join("/")}, warm-up ${WARMUP}s; wrangler ${wranglerVersion}, node ${process.version}, ${cpus().length} cpus`);
+  console.log(`bench: state in ${stateDir}`);
+
+  try {
+    // The reference workers start while the product's local D1 is being prepared.
+    const floor = startDev("floor", {
+      cwd: join(BENCH_DIR, "floor"), port: ports.floor, inspectorPort: inspector.floor,
+      persistTo: persist("floor"), logFile: join(stateDir, "floor.log"),
+    });
+    const bucket = startDev("bucket-do", {
+      cwd: join(BENCH_DIR, "bucket-do"), port: ports.bucket, inspectorPort: inspector.bucket,
+      persistTo: persist("bucket-do"), logFile: join(stateDir, "bucket-do.log"),
+    });
+    const productPersist = persist("product");
+    await prepareProductDb(productPersist, stateDir);
+    const product = startDev("product", {
+      cwd: ROOT, port: ports.product, inspectorPort: inspector.product, persistTo: productPersist,
+      logFile: join(stateDir, "product.log"),
+      extra: ["--var", `INTERNAL_TOKEN:${INTERNAL_TOKEN}`, "--var", `ADMIN_TOKEN:${ADMIN_TOKEN}`],
+    });
+    await Promise.all([
+      waitReady("floor", floor, `http://${HOST}:${ports.floor}/`),
+      waitReady("bucket-do", bucket, `http://${HOST}:${ports.bucket}/`),
+      waitReady("product", product, `http://${HOST}:${ports.product}/`),
+    ]);
+    console.log(`bench: all three workers ready after ${((Date.now() - started) / 1000).toFixed(1)}s`);
+
+    const productUrl = `http://${HOST}:${ports.product}`;
+    const json = { "content-type": "application/json" };
+    const hotBody = JSON.stringify({ client_id: "acme", pool: "bench-hot", amount: 1 });
+    const consumeHeaders = { ...json, authorization: `Bearer ${INTERNAL_TOKEN}` };
+    const checkConsume = (pool) => (text) => {
+      const b = JSON.parse(text);
+      if (b.pool !== pool || b.units !== 1 || typeof b.event_id !== "string" || typeof b.remaining !== "number") {
+        throw new Error(`unexpected consume body: ${text.slice(0, 300)}`);
+      }
+    };
+    let spreadNext = 0;
+    const spreadBody = () => JSON.stringify({ client_id: "acme", pool: `bench-p-${spreadNext++ % SPREAD_POOLS}`, amount: 1 });
+
+    const scenarios = [
+      {
+        key: "a", name: "floor", label: "(a) floor",
+        url: `http://${HOST}:${ports.floor}/`, method: "POST", headers: json, body: hotBody,
+        check: (t) => { if (t !== "ok") throw new Error(`floor answered ${t.slice(0, 100)}`); },
+      },
+      {
+        key: "b", name: "bucket-do", label: "(b) bucket-do",
+        url: `http://${HOST}:${ports.bucket}/`, method: "POST", headers: json, body: hotBody,
+        check: (t) => { const b = JSON.parse(t); if (b.ok !== true) throw new Error(`bucket answered ${t}`); },
+      },
+      {
+        key: "c", name: "product-hot", label: "(c) product, 1 hot pool", product: true,
+        url: `${productUrl}/internal/consume`, method: "POST", headers: consumeHeaders, body: hotBody,
+        check: checkConsume("bench-hot"),
+      },
+      {
+        key: "d", name: "product-spread", label: `(d) product, ${SPREAD_POOLS} pools`, product: true,
+        url: `${productUrl}/internal/consume`, method: "POST", headers: consumeHeaders, body: hotBody,
+        setupRequest: (req) => ({ ...req, body: spreadBody() }),
+      },
+    ];
+
+    // Preflight: every target answers 200 with the right body; every spread pool's object exists.
+    for (const s of scenarios) if (!s.setupRequest) await preflight(s);
+    const spreadTarget = scenarios.find((s) => s.key === "d");
+    for (let i = 0; i < SPREAD_POOLS; i++) {
+      const pool = `bench-p-${i}`;
+      await preflight({ ...spreadTarget, body: JSON.stringify({ client_id: "acme", pool, amount: 1 }), check: checkConsume(pool) });
+    }
+
+    // Warm-up: JIT, isolates, object instances, config caches.
+    if (WARMUP > 0) {
+      for (const s of scenarios) await measure(s, Math.max(...CONNECTIONS), WARMUP);
+      await settleProduct(productUrl);
+      await sleep(PAUSE_MS);
+    }
+
+    // Rounds: each round measures every (connections, scenario) pair once; the scenario order rotates
+    // from round to round so that drift and after-effects fall on all of them alike.
+    const runs = {};
+    for (const s of scenarios) for (const c of CONNECTIONS) runs[`${s.key}:${c}`] = [];
+    for (let r = 0; r < RUNS; r++) {
+      for (const c of CONNECTIONS) {
+        for (let i = 0; i < scenarios.length; i++) {
+          const s = scenarios[(i + r) % scenarios.length];
+          const m = await measure(s, c, DURATION);
+          if (s.product) Object.assign(m, await settleProduct(productUrl));
+          runs[`${s.key}:${c}`].push(m);
+          process.stdout.write(
+            `  round ${r + 1}/${RUNS} ${pad(s.label, 26, true)} c=${pad(c, 2)}  ${pad(fmtInt(m.rps), 7)} req/s  p50 ${pad(fmtMs(m.p50_ms), 6)} ms  p99 ${pad(fmtMs(m.p99_ms), 7)} ms` +
+            (m.non2xx || m.errors || m.timeouts ? `  non-2xx ${m.non2xx} errors ${m.errors} timeouts ${m.timeouts}` : "") +
+            (m.settle_ms > 300 ? `  (usage flush ${m.settle_ms} ms)` : "") + "\n",
+          );
+          await sleep(PAUSE_MS);
+        }
+      }
+    }
+
+    // Postflight: the targets still answer correctly after the load.
+    for (const s of scenarios) if (!s.setupRequest) await preflight(s);
+
+    // Summaries.
+    const summary = {};
+    for (const s of scenarios) {
+      for (const c of CONNECTIONS) {
+        const list = runs[`${s.key}:${c}`];
+        summary[`${s.key}:${c}`] = {
+          scenario: s.name, label: s.label, connections: c,
+          rps: median(list.map((m) => m.rps)),
+          p50_ms: median(list.map((m) => m.p50_ms)),
+          p99_ms: median(list.map((m) => m.p99_ms)),
+          autocannon_p50_ms: median(list.map((m) => m.autocannon_p50_ms)),
+          autocannon_p99_ms: median(list.map((m) => m.autocannon_p99_ms)),
+          non2xx: list.reduce((a, m) => a + m.non2xx, 0),
+          errors: list.reduce((a, m) => a + m.errors + m.timeouts, 0),
+          runs: list,
+        };
+      }
+    }
+
+    const hi = Math.max(...CONNECTIONS);
+    const lo = Math.min(...CONNECTIONS);
+    const get = (k, c) => summary[`${k}:${c}`];
+    const ratio = (x, y) => (x != null && y ? x / y : null);
+    const cb = ratio(get("c", hi)?.rps, get("b", hi)?.rps);
+    const ca = ratio(get("c", hi)?.rps, get("a", hi)?.rps);
+    const db = ratio(get("d", hi)?.rps, get("b", hi)?.rps);
+    const p50diff = get("c", lo)?.p50_ms != null && get("b", lo)?.p50_ms != null ? get("c", lo).p50_ms - get("b", lo).p50_ms : null;
+    const targets = [
+      { name: `throughput (c)/(b) at ${hi} connections`, value: cb, target: ">= 0.90", met: cb != null && cb >= 0.9 },
+      { name: `throughput (c)/(a) at ${hi} connections`, value: ca, target: ">= 0.70", met: ca != null && ca >= 0.7 },
+      { name: `p50 (c) - (b) at ${lo} connection(s), ms`, value: p50diff, target: "<= 0.50", met: p50diff != null && p50diff <= 0.5 },
+    ];
+
+    // Table.
+    const line = "-".repeat(84);
+    console.log(`\n${line}`);
+    console.log(`${pad("scenario", 28, true)}${pad("conns", 6)}${pad("req/s", 10)}${pad("p50 ms", 10)}${pad("p99 ms", 10)}${pad("non-2xx", 9)}${pad("errors", 8)}`);
+    console.log(line);
+    for (const c of CONNECTIONS) {
+      for (const s of scenarios) {
+        const m = get(s.key, c);
+        console.log(`${pad(s.label, 28, true)}${pad(c, 6)}${pad(fmtInt(m.rps), 10)}${pad(fmtMs(m.p50_ms), 10)}${pad(fmtMs(m.p99_ms), 10)}${pad(m.non2xx, 9)}${pad(m.errors, 8)}`);
+      }
+    }
+    console.log(line);
+    console.log(`median of ${RUNS} run(s) of ${DURATION}s each; latency from every 2xx response time (sub-ms precision)`);
+    console.log(`ratio (d)/(b) at ${hi} connections: ${db == null ? "-" : db.toFixed(2)}`);
+    for (const t of targets) {
+      const v = t.value == null ? "-" : t.name.endsWith("ms") ? t.value.toFixed(2) : t.value.toFixed(2);
+      console.log(`${pad(t.name, 44, true)} ${pad(v, 7)}  target ${t.target}  ${t.met ? "met" : "NOT met"}`);
+    }
+    let warned = false;
+    for (const m of Object.values(summary)) {
+      if (m.non2xx > 0 || m.errors > 0) {
+        warned = true;
+        const codes = {};
+        for (const r of m.runs) for (const [k, v] of Object.entries(r.status_codes)) if (!k.startsWith("2")) codes[k] = (codes[k] ?? 0) + v;
+        console.log(`WARNING: ${m.label} at ${m.connections} connection(s): ${m.non2xx} non-2xx responses ${JSON.stringify(codes)}, ${m.errors} errors/timeouts`);
+      }
+    }
+    if (!warned) console.log("all responses 2xx, no errors or timeouts");
+
+    const out = {
+      date: new Date().toISOString(),
+      machine: { cpus: cpus().length, cpu_model: cpus()[0]?.model, platform: platform(), release: release(), node: process.version, wrangler: wranglerVersion },
+      config: { duration_s: DURATION, runs: RUNS, warmup_s: WARMUP, connections: CONNECTIONS, ports, spread_pools: SPREAD_POOLS },
+      summary,
+      ratios: { c_over_b: cb, c_over_a: ca, d_over_b: db, p50_c_minus_b_ms: p50diff },
+      targets,
+      elapsed_s: (Date.now() - started) / 1000,
+    };
+    mkdirSync(join(BENCH_DIR, "results"), { recursive: true });
+    writeFileSync(join(BENCH_DIR, "results", "latest.json"), JSON.stringify(out, null, 2) + "\n");
+    console.log(`results written to bench/results/latest.json (${out.elapsed_s.toFixed(0)}s in all)`);
+  } finally {
+    await stopAll();
+    if (!KEEP_STATE) rmSync(stateDir, { recursive: true, force: true });
+    else console.log(`bench: kept ${stateDir}`);
+  }
+}
+
+// A hard ceiling: the run ends by itself even if something hangs.
+const budgetMs = 300_000 + RUNS * CONNECTIONS.length * 4 * (DURATION * 1000 + PAUSE_MS + SETTLE_MAX_MS);
+const watchdog = setTimeout(async () => {
+  console.error(`bench: watchdog fired after ${budgetMs / 1000}s; stopping`);
+  activeCannon?.stop();
+  await stopAll();
+  process.exit(2);
+}, budgetMs);
+watchdog.unref();
+
+main().then(
+  () => process.exit(0),
+  async (err) => {
+    console.error(`bench: FAILED: ${err?.stack ?? err}`);
+    activeCannon?.stop();
+    await stopAll();
+    process.exit(1);
+  },
+);

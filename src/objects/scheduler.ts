@@ -1,0 +1,808 @@
+import { DurableObject } from "cloudflare:workers";
+import { backoffMs, priorityOf, QUEUES, rank, type Priority, type QueueName } from "../domain/priority";
+import type { Caller, PoolAmount, PoolConfig, Tier } from "../domain/types";
+import type { ErrorBody } from "../errors";
+import { log } from "../log";
+import { poolConfigs, templateConfigs } from "../services/config";
+import type { Template } from "../storage/templates";
+import type { ReleaseResult, ReserveResult, Result } from "./pool";
+
+/** What the service layer hands the scheduler for one new request (already validated and priced). */
+export interface NewRequest {
+  clientId: string;
+  tier: Tier;
+  maxConcurrent: number;
+  template: string;
+  params: unknown;
+  queue: QueueName;
+  idempotencyKey: string | null;
+  notBefore: number | null;
+  maxAttempts: number;
+  estimateNano: number;
+}
+
+export type RequestStatus = "queued" | "dispatching" | "running" | "completed" | "failed" | "cancelled" | "expired";
+
+/** A request as callers see it. */
+export interface RequestView {
+  id: string;
+  client_id: string;
+  template: string;
+  queue: QueueName;
+  status: RequestStatus;
+  priority: number;
+  attempts: number;
+  max_attempts: number;
+  idempotency_key: string | null;
+  estimate_nano: number;
+  actual_nano: number | null;
+  result: unknown;
+  error: string | null;
+  created_at: number;
+  updated_at: number;
+  not_before: number;
+  started_at: number | null;
+  finished_at: number | null;
+  dispatch_seq: number | null;
+}
+
+export interface EnqueueOutcome {
+  request: RequestView;
+  duplicate: boolean;
+  position: number | null;
+  estimated_wait_ms: number | null;
+}
+
+export interface PositionView {
+  id: string;
+  status: RequestStatus;
+  queue: QueueName;
+  position: number | null;
+  queued_total: number;
+  priority: Priority | null;
+  estimated_wait_ms: number | null;
+}
+
+export interface QueueStats {
+  queue: QueueName;
+  depth: number;
+  ready: number;
+  oldest_wait_ms: number;
+  wait_p50_ms: number;
+  wait_p95_ms: number;
+  dispatch_rate_per_s: number;
+}
+
+export interface SchedulerState {
+  running: boolean;
+  queued: number;
+  in_flight: number;
+  max_in_flight: number;
+  last_pass_at: number | null;
+  dispatched_total: number;
+}
+
+interface Row {
+  id: string;
+  client_id: string;
+  tier: Tier;
+  max_concurrent: number;
+  template: string;
+  params: string;
+  queue: QueueName;
+  status: RequestStatus;
+  priority: number;
+  attempts: number;
+  max_attempts: number;
+  idempotency_key: string | null;
+  estimate_nano: number;
+  actual_nano: number | null;
+  result: string | null;
+  error: string | null;
+  created_at: number;
+  updated_at: number;
+  not_before: number;
+  lease_until: number | null;
+  started_at: number | null;
+  finished_at: number | null;
+  dispatch_seq: number | null;
+  reservations: string | null;
+  [key: string]: SqlStorageValue;
+}
+
+interface Queued {
+  id: string;
+  clientId: string;
+  tier: Tier;
+  queue: QueueName;
+  createdAt: number;
+  notBefore: number;
+  recentShare: number;
+}
+
+interface Held {
+  pool: string;
+  reservationId: string;
+  amount: number;
+}
+
+interface Outcome {
+  ok: boolean;
+  result?: unknown;
+  usage?: Record<string, number>;
+  error?: string;
+  /** False for failures that no retry can fix. */
+  retryable?: boolean;
+}
+
+const MAX_IN_FLIGHT = 256;
+const CHUNK = 64;
+const SCAN_LIMIT = 2048;
+const FAIRNESS_WINDOW_MS = 5 * 60 * 1000;
+const RATE_WINDOW_MS = 60 * 1000;
+const RANK_CACHE_MS = 250;
+const MAX_RESULT_CHARS = 256 * 1024;
+/** Terminal states that cancellation cannot change. */
+const TERMINAL: RequestStatus[] = ["completed", "failed", "cancelled", "expired"];
+
+/**
+ * The scheduler: the single owner of the five queues. It ranks queued requests, claims the best
+ * with a lease, admits them against client slots and pool reservations (all-or-nothing, batched per
+ * client and per pool), invokes each template's worker through its service binding with a deadline,
+ * and settles what the worker reports. Claims are synchronous, so overlapping passes (alarm, cron,
+ * execute) can never dispatch one request twice; a lease that ends returns its request to the queue.
+ */
+export class SchedulerObject extends DurableObject<Env> {
+  private sql: SqlStorage;
+  private running = true;
+  private queued = new Map<string, Queued>();
+  private inflight = new Map<string, AbortController>();
+  private admitting = new Set<string>();
+  private waiters = new Map<string, Array<(v: RequestView) => void>>();
+  private dispatchLog: Array<{ at: number; clientId: string; queue: QueueName }> = [];
+  private durations: number[] = [];
+  private rankCache: { at: number; order: string[] } | null = null;
+  private settleBuffer: Array<{ id: string; outcome: Outcome }> = [];
+  private settleTimer: ReturnType<typeof setTimeout> | null = null;
+  private alarmAt: number | null = null;
+  private lastPassAt: number | null = null;
+  private seq = 0;
+
+  constructor(ctx: DurableObjectState, env: Env) {
+    super(ctx, env);
+    this.sql = ctx.storage.sql;
+    this.sql.exec(`
+      CREATE TABLE IF NOT EXISTS requests (
+        id TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        tier TEXT NOT NULL,
+        max_concurrent INTEGER NOT NULL,
+        template TEXT NOT NULL,
+        params TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        status TEXT NOT NULL,
+        priority REAL NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL,
+        idempotency_key TEXT,
+        estimate_nano INTEGER NOT NULL,
+        actual_nano INTEGER,
+        result TEXT,
+        error TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        not_before INTEGER NOT NULL,
+        lease_until INTEGER,
+        started_at INTEGER,
+        finished_at INTEGER,
+        dispatch_seq INTEGER,
+        reservations TEXT
+      );
+      CREATE UNIQUE INDEX IF NOT EXISTS requests_idempotency ON requests (client_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+      CREATE INDEX IF NOT EXISTS requests_status ON requests (status, lease_until);
+      CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+    `);
+    const state = new Map(this.sql.exec<{ k: string; v: string }>("SELECT k, v FROM state").toArray().map((r) => [r.k, r.v]));
+    this.running = state.get("running") !== "false";
+    this.seq = Number(state.get("dispatch_seq") ?? 0);
+    for (const row of this.sql.exec<Row>("SELECT * FROM requests WHERE status = 'queued'")) this.index(row);
+    void ctx.blockConcurrencyWhile(async () => {
+      this.alarmAt = await ctx.storage.getAlarm();
+    });
+  }
+
+  // --- RPC: requests --------------------------------------------------------------------------
+
+  /** Add requests to their queues; a repeated idempotency key returns the first request. */
+  enqueue(items: NewRequest[]): EnqueueOutcome[] {
+    const now = Date.now();
+    const outcomes = items.map((item) => this.insert(item, now));
+    if (outcomes.some((o) => !o.duplicate)) this.ensureAlarm(now);
+    return outcomes.map((o) => ({ ...o, ...this.positionOf(o.request.id, now) }));
+  }
+
+  /**
+   * Enqueue one request and, for the `immediate` queue, dispatch it at once and wait for its first
+   * attempt to settle. Other queues are only enqueued. Returns the request as it stands.
+   */
+  async execute(item: NewRequest, waitMs: number): Promise<EnqueueOutcome> {
+    const now = Date.now();
+    const inserted = this.insert(item, now);
+    const id = inserted.request.id;
+    if (!inserted.duplicate && item.queue === "immediate" && this.running) {
+      const settled = this.waitFor(id, waitMs);
+      await this.pass("execute", [id]);
+      if (this.rowOf(id)?.status !== "queued") await settled;
+    }
+    this.ensureAlarm(Date.now());
+    const row = this.rowOf(id)!;
+    return { request: view(row), duplicate: inserted.duplicate, ...this.positionOf(id, Date.now()) };
+  }
+
+  get(id: string, clientId: string | null): RequestView | null {
+    const row = this.rowOf(id);
+    if (!row || (clientId !== null && row.client_id !== clientId)) return null;
+    return view(row);
+  }
+
+  position(id: string, clientId: string | null): PositionView | null {
+    const row = this.rowOf(id);
+    if (!row || (clientId !== null && row.client_id !== clientId)) return null;
+    const now = Date.now();
+    const q = this.queued.get(id);
+    return {
+      id,
+      status: row.status,
+      queue: row.queue,
+      queued_total: this.queued.size,
+      priority: q ? priorityOf({ ...q, recentShare: this.shares(now).get(q.clientId) ?? 0 }, now) : null,
+      ...this.positionOf(id, now),
+    };
+  }
+
+  /**
+   * Cancel a request. Queued: removed from its queue. Dispatching or running (unless `onlyQueued`):
+   * its worker call is aborted and its reservations and slot are released. Otherwise a conflict.
+   */
+  async cancel(id: string, clientId: string | null, onlyQueued: boolean): Promise<Result<RequestView>> {
+    const row = this.rowOf(id);
+    if (!row || (clientId !== null && row.client_id !== clientId)) return fail("request_not_found", `no request ${id}`);
+    if (TERMINAL.includes(row.status) || (onlyQueued && row.status !== "queued")) {
+      return fail("request_state", `request ${id} is ${row.status}`, { status: row.status });
+    }
+    const now = Date.now();
+    const wasActive = row.status !== "queued";
+    this.queued.delete(id);
+    this.rankCache = null;
+    this.sql.exec(
+      "UPDATE requests SET status = 'cancelled', error = 'cancelled by caller', finished_at = ?, updated_at = ?, lease_until = NULL WHERE id = ?",
+      now, now, id,
+    );
+    log.info("request_cancelled", { request_id: id, client_id: row.client_id, was: row.status });
+    if (wasActive) {
+      this.inflight.get(id)?.abort(new Error("cancelled"));
+      await this.releaseHolds([{ row, actual: {} }]);
+      this.ensureAlarm(Date.now());
+    }
+    this.resolveWaiters(id);
+    return { ok: true, value: view(this.rowOf(id)!) };
+  }
+
+  queueStatus(): { queues: QueueStats[]; scheduler: SchedulerState } {
+    const now = Date.now();
+    this.pruneLog(now);
+    const queues = QUEUES.map((queue) => {
+      const waits = [...this.queued.values()].filter((q) => q.queue === queue).map((q) => now - q.createdAt).sort((a, b) => a - b);
+      const ready = [...this.queued.values()].filter((q) => q.queue === queue && q.notBefore <= now).length;
+      const dispatched = this.dispatchLog.filter((d) => d.queue === queue && d.at > now - RATE_WINDOW_MS).length;
+      return {
+        queue,
+        depth: waits.length,
+        ready,
+        oldest_wait_ms: waits.at(-1) ?? 0,
+        wait_p50_ms: percentile(waits, 0.5),
+        wait_p95_ms: percentile(waits, 0.95),
+        dispatch_rate_per_s: Math.round((dispatched / (RATE_WINDOW_MS / 1000)) * 100) / 100,
+      };
+    });
+    return { queues, scheduler: this.state() };
+  }
+
+  // --- RPC: control ---------------------------------------------------------------------------
+
+  setRunning(running: boolean): SchedulerState {
+    this.running = running;
+    this.sql.exec("INSERT INTO state (k, v) VALUES ('running', ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v", String(running));
+    log.info(running ? "scheduler_started" : "scheduler_stopped", {});
+    if (running) this.ensureAlarm(Date.now());
+    return this.state();
+  }
+
+  state(): SchedulerState {
+    return {
+      running: this.running,
+      queued: this.queued.size,
+      in_flight: this.inflight.size,
+      max_in_flight: MAX_IN_FLIGHT,
+      last_pass_at: this.lastPassAt,
+      dispatched_total: this.seq,
+    };
+  }
+
+  /** Capacity was freed or work arrived elsewhere: run a pass soon. */
+  wake(): void {
+    this.ensureAlarm(Date.now());
+  }
+
+  override async alarm(): Promise<void> {
+    this.alarmAt = null;
+    await this.pass("alarm");
+  }
+
+  /**
+   * One dispatch pass: return expired leases to the queue, then claim the best ready requests and
+   * admit and launch them, chunk by chunk, until the in-flight limit or the ready list is reached.
+   * Requests blocked on a pool or a client's slots are skipped for the rest of the pass (no
+   * lower-priority request overtakes them on that pool or client). Returns how many were launched.
+   */
+  async pass(trigger: string, onlyIds?: string[]): Promise<number> {
+    const now = Date.now();
+    this.lastPassAt = now;
+    this.reclaimLeases(now);
+    if (!this.running) return 0;
+    const [templates, pools] = await Promise.all([templateConfigs(this.env), poolConfigs(this.env)]);
+    const order = onlyIds ?? this.readyOrder(now);
+    const blockedPools = new Set<string>();
+    const fullClients = new Set<string>();
+    let launched = 0;
+    let wakeAt: number | null = null;
+    for (let i = 0; i < order.length && i < SCAN_LIMIT && this.inflight.size + this.admitting.size < MAX_IN_FLIGHT; i += CHUNK) {
+      const room = MAX_IN_FLIGHT - this.inflight.size - this.admitting.size;
+      const chunk: Row[] = [];
+      for (const id of order.slice(i, i + CHUNK)) {
+        if (chunk.length >= room) break;
+        const q = this.queued.get(id);
+        if (!q || q.notBefore > now || fullClients.has(q.clientId)) continue;
+        const template = templates.get(this.rowOf(id)!.template);
+        if (template && template.requirements.some((r) => blockedPools.has(r.pool))) continue;
+        chunk.push(this.claim(id, template, Date.now()));
+      }
+      if (chunk.length === 0) continue;
+      const admitted = await this.admit(chunk, templates, pools, blockedPools, fullClients);
+      for (const row of admitted.rows) this.launch(row, templates.get(row.template)!);
+      launched += admitted.rows.length;
+      if (admitted.retryAt !== null) wakeAt = Math.min(wakeAt ?? Infinity, admitted.retryAt);
+    }
+    if (launched > 0) log.info("dispatch_pass", { trigger, launched, queued: this.queued.size, in_flight: this.inflight.size });
+    const nextReady = this.nextNotBefore();
+    if (nextReady !== null) wakeAt = Math.min(wakeAt ?? Infinity, Math.max(nextReady, Date.now()));
+    // More ready work than this pass could take: continue right after it, without waiting for the cron.
+    if (!onlyIds && this.readyCount(Date.now()) > 0 && blockedPools.size === 0 && fullClients.size === 0 && this.inflight.size < MAX_IN_FLIGHT) {
+      wakeAt = Date.now();
+    }
+    if (wakeAt !== null) this.ensureAlarm(wakeAt);
+    return launched;
+  }
+
+  // --- internals: queue -------------------------------------------------------------------------
+
+  private insert(item: NewRequest, now: number): { request: RequestView; duplicate: boolean } {
+    if (item.idempotencyKey) {
+      const prior = this.sql.exec<Row>("SELECT * FROM requests WHERE client_id = ? AND idempotency_key = ?", item.clientId, item.idempotencyKey).toArray()[0];
+      if (prior) return { request: view(prior), duplicate: true };
+    }
+    const id = `req_${crypto.randomUUID().replaceAll("-", "")}`;
+    const notBefore = Math.max(now, item.notBefore ?? now);
+    const priority = priorityOf({ tier: item.tier, queue: item.queue, createdAt: now, recentShare: this.shares(now).get(item.clientId) ?? 0 }, now).score;
+    this.sql.exec(
+      `INSERT INTO requests (id, client_id, tier, max_concurrent, template, params, queue, status, priority, attempts, max_attempts,
+         idempotency_key, estimate_nano, created_at, updated_at, not_before)
+       VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, ?, ?)`,
+      id, item.clientId, item.tier, item.maxConcurrent, item.template, JSON.stringify(item.params ?? null), item.queue, priority,
+      item.maxAttempts, item.idempotencyKey, item.estimateNano, now, now, notBefore,
+    );
+    const row = this.rowOf(id)!;
+    this.index(row);
+    return { request: view(row), duplicate: false };
+  }
+
+  private index(row: Row): void {
+    this.queued.set(row.id, {
+      id: row.id, clientId: row.client_id, tier: row.tier, queue: row.queue, createdAt: row.created_at, notBefore: row.not_before, recentShare: 0,
+    });
+    this.rankCache = null;
+  }
+
+  private rowOf(id: string): Row | undefined {
+    return this.sql.exec<Row>("SELECT * FROM requests WHERE id = ?", id).toArray()[0];
+  }
+
+  /** Queued ids in dispatch order (ready ones first), with current fairness shares. */
+  private rankedOrder(now: number): string[] {
+    if (this.rankCache && now - this.rankCache.at < RANK_CACHE_MS) return this.rankCache.order;
+    const shares = this.shares(now);
+    const all = [...this.queued.values()].map((q) => ({ ...q, recentShare: shares.get(q.clientId) ?? 0 }));
+    const ready = rank(all.filter((q) => q.notBefore <= now), now).map((q) => q.id);
+    const later = all.filter((q) => q.notBefore > now).sort((a, b) => a.notBefore - b.notBefore || a.createdAt - b.createdAt).map((q) => q.id);
+    const order = [...ready, ...later];
+    this.rankCache = { at: now, order };
+    return order;
+  }
+
+  private readyOrder(now: number): string[] {
+    this.rankCache = null;
+    return this.rankedOrder(now).filter((id) => (this.queued.get(id)?.notBefore ?? Infinity) <= now);
+  }
+
+  private readyCount(now: number): number {
+    let n = 0;
+    for (const q of this.queued.values()) if (q.notBefore <= now) n += 1;
+    return n;
+  }
+
+  private nextNotBefore(): number | null {
+    let next: number | null = null;
+    for (const q of this.queued.values()) if (next === null || q.notBefore < next) next = q.notBefore;
+    return next;
+  }
+
+  private positionOf(id: string, now: number): { position: number | null; estimated_wait_ms: number | null } {
+    if (!this.queued.has(id)) return { position: null, estimated_wait_ms: null };
+    const position = this.rankedOrder(now).indexOf(id) + 1;
+    const q = this.queued.get(id)!;
+    const rate = this.dispatchLog.filter((d) => d.at > now - RATE_WINDOW_MS).length / (RATE_WINDOW_MS / 1000);
+    const avgRunMs = this.durations.length ? this.durations.reduce((a, b) => a + b, 0) / this.durations.length : 1000;
+    const byThroughput = rate > 0 ? (position / rate) * 1000 : Math.ceil(position / MAX_IN_FLIGHT) * avgRunMs;
+    return { position, estimated_wait_ms: Math.round(Math.max(byThroughput, q.notBefore - now)) };
+  }
+
+  private shares(now: number): Map<string, number> {
+    this.pruneLog(now);
+    const counts = new Map<string, number>();
+    for (const d of this.dispatchLog) counts.set(d.clientId, (counts.get(d.clientId) ?? 0) + 1);
+    const total = this.dispatchLog.length;
+    return new Map([...counts].map(([client, n]) => [client, total ? n / total : 0]));
+  }
+
+  private pruneLog(now: number): void {
+    const cutoff = now - FAIRNESS_WINDOW_MS;
+    let drop = 0;
+    while (drop < this.dispatchLog.length && this.dispatchLog[drop]!.at <= cutoff) drop += 1;
+    if (drop) this.dispatchLog.splice(0, drop);
+  }
+
+  // --- internals: dispatch ----------------------------------------------------------------------
+
+  /** Take a request out of its queue under a lease (synchronous: no other pass can take it too). */
+  private claim(id: string, template: Template | undefined, now: number): Row {
+    const leaseUntil = now + (template?.timeoutMs ?? 30_000) + this.leaseMarginMs();
+    this.queued.delete(id);
+    this.admitting.add(id);
+    this.rankCache = null;
+    this.sql.exec("UPDATE requests SET status = 'dispatching', lease_until = ?, updated_at = ? WHERE id = ?", leaseUntil, now, id);
+    return this.rowOf(id)!;
+  }
+
+  /**
+   * Admit claimed requests: client slots first (batched per client), then every pool amount
+   * (batched per pool), all-or-nothing per request. Requests not admitted go back to their queue with
+   * anything they got released; requests that can never run fail now.
+   */
+  private async admit(rows: Row[], templates: Map<string, Template>, pools: Map<string, PoolConfig>, blockedPools: Set<string>, fullClients: Set<string>): Promise<{ rows: Row[]; retryAt: number | null }> {
+    let retryAt: number | null = null;
+    const requeue: Row[] = [];
+    const failNow: Array<{ row: Row; reason: string }> = [];
+    const runnable: Row[] = [];
+    for (const row of rows) {
+      const template = templates.get(row.template);
+      const missing = template?.requirements.find((r) => !pools.has(r.pool));
+      if (!template) failNow.push({ row, reason: `template ${row.template} no longer exists` });
+      else if (missing) failNow.push({ row, reason: `pool ${missing.pool} no longer exists` });
+      else runnable.push(row);
+    }
+
+    // Client slots, one call per client.
+    const byClient = groupBy(runnable, (r) => r.client_id);
+    const slotted = new Set<string>();
+    await Promise.all([...byClient].map(async ([clientId, list]) => {
+      const granted = await this.clientStub(clientId).acquireSlots(list[0]!.max_concurrent, list.map((r) => ({ requestId: r.id, expiresAt: r.lease_until! })));
+      for (const id of granted) slotted.add(id);
+      if (granted.length < list.length) fullClients.add(clientId);
+    }));
+
+    // Pool reservations, one call per pool.
+    const withSlot = runnable.filter((r) => slotted.has(r.id));
+    for (const r of runnable) if (!slotted.has(r.id)) requeue.push(r);
+    const needs = new Map<string, Array<{ row: Row; amount: number }>>();
+    for (const row of withSlot) {
+      for (const req of templates.get(row.template)!.requirements) {
+        needs.set(req.pool, [...(needs.get(req.pool) ?? []), { row, amount: req.amount }]);
+      }
+    }
+    const held = new Map<string, Held[]>();
+    const refused = new Map<string, ErrorBody>();
+    await Promise.all([...needs].map(async ([pool, list]) => {
+      const results = (await this.poolStub(pool).reserveMany(pools.get(pool)!, list.map(({ row, amount }) => ({
+        caller: callerOf(row), amount, ttlMs: Math.max(1000, row.lease_until! - Date.now()), requestId: row.id,
+      })))) as Result<ReserveResult>[];
+      results.forEach((res, i) => {
+        const { row, amount } = list[i]!;
+        if (res.ok) held.set(row.id, [...(held.get(row.id) ?? []), { pool, reservationId: res.value.reservationId, amount }]);
+        else if (!refused.has(row.id)) refused.set(row.id, res.error);
+      });
+    }));
+
+    const admitted: Row[] = [];
+    const rollback: Array<{ row: Row; holds: Held[] }> = [];
+    for (const row of withSlot) {
+      const error = refused.get(row.id);
+      const holds = held.get(row.id) ?? [];
+      if (!error) {
+        this.sql.exec("UPDATE requests SET reservations = ? WHERE id = ?", JSON.stringify(holds), row.id);
+        row.reservations = JSON.stringify(holds);
+        admitted.push(row);
+        continue;
+      }
+      rollback.push({ row, holds });
+      if (error.code === "rate_limited") {
+        const details = error.details as { pool: string; retry_after_ms: number | null };
+        blockedPools.add(details.pool);
+        const hint = details.retry_after_ms ?? 60_000;
+        retryAt = Math.min(retryAt ?? Infinity, Date.now() + Math.max(10, hint));
+        requeue.push(row);
+      } else if (error.code === "pool_inactive") {
+        requeue.push(row);
+        retryAt = Math.min(retryAt ?? Infinity, Date.now() + 60_000);
+      } else {
+        failNow.push({ row, reason: `${error.code}: ${error.message}` });
+      }
+    }
+    if (rollback.length) await this.releaseHolds(rollback.map(({ row, holds }) => ({ row: { ...row, reservations: JSON.stringify(holds) }, actual: {} })));
+
+    const now = Date.now();
+    const claimed = (row: Row) => this.rowOf(row.id)?.status === "dispatching";
+    for (const row of requeue) if (claimed(row)) this.requeue(row, now, row.not_before, false);
+    for (const { row, reason } of failNow) if (claimed(row)) this.finish(row.id, "failed", now, { error: reason });
+    for (const row of rows) this.admitting.delete(row.id);
+    // A request cancelled while it was being admitted gives back what it got.
+    const stillClaimed = admitted.filter(claimed);
+    const cancelled = admitted.filter((r) => !stillClaimed.includes(r));
+    if (cancelled.length) await this.releaseHolds(cancelled.map((row) => ({ row, actual: {} })));
+    return { rows: stillClaimed, retryAt };
+  }
+
+  /** Start the worker call; its settlement is batched with others'. Not awaited by the pass. */
+  private launch(row: Row, template: Template): void {
+    const now = Date.now();
+    this.seq += 1;
+    this.sql.exec(
+      "UPDATE requests SET status = 'running', attempts = attempts + 1, started_at = ?, updated_at = ?, dispatch_seq = ? WHERE id = ?",
+      now, now, this.seq, row.id,
+    );
+    this.sql.exec("INSERT INTO state (k, v) VALUES ('dispatch_seq', ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v", String(this.seq));
+    this.dispatchLog.push({ at: now, clientId: row.client_id, queue: row.queue });
+    const controller = new AbortController();
+    this.inflight.set(row.id, controller);
+    void this.invoke({ ...row, attempts: row.attempts + 1 }, template, controller).then((outcome) => {
+      this.inflight.delete(row.id);
+      this.durations.push(Date.now() - now);
+      if (this.durations.length > 100) this.durations.shift();
+      this.queueSettlement(row.id, outcome);
+    });
+  }
+
+  private async invoke(row: Row, template: Template, controller: AbortController): Promise<Outcome> {
+    const binding = (this.env as unknown as Record<string, Fetcher | undefined>)[template.binding];
+    if (!binding || typeof binding.fetch !== "function") {
+      return { ok: false, error: `no service binding ${template.binding} for template ${template.id}`, retryable: false };
+    }
+    const holds = JSON.parse(row.reservations ?? "[]") as Held[];
+    const allotted = Object.fromEntries(holds.map((h) => [h.pool, h.amount]));
+    const timeout = AbortSignal.timeout(template.timeoutMs);
+    try {
+      const res = await binding.fetch("https://worker.internal/run", {
+        method: "POST",
+        headers: { "content-type": "application/json", "x-request-id": row.id },
+        body: JSON.stringify({ request_id: row.id, template: row.template, params: JSON.parse(row.params), attempt: row.attempts, allotted }),
+        signal: AbortSignal.any([controller.signal, timeout]),
+      });
+      const text = await res.text();
+      if (!res.ok) return { ok: false, error: `worker answered ${res.status}: ${text.slice(0, 300)}` };
+      const body = JSON.parse(text) as { result?: unknown; usage?: Record<string, number> };
+      return { ok: true, result: body.result ?? null, usage: body.usage ?? {} };
+    } catch (err) {
+      if (timeout.aborted) return { ok: false, error: `worker timed out after ${template.timeoutMs} ms` };
+      if (controller.signal.aborted) return { ok: false, error: "cancelled", retryable: false };
+      return { ok: false, error: `worker failed: ${err instanceof Error ? err.message : String(err)}` };
+    }
+  }
+
+  private queueSettlement(id: string, outcome: Outcome): void {
+    this.settleBuffer.push({ id, outcome });
+    this.settleTimer ??= setTimeout(() => {
+      this.settleTimer = null;
+      void this.settle();
+    }, 1);
+  }
+
+  /**
+   * Settle finished calls in one batch: consume what each worker reports (never more than reserved;
+   * a pool it does not report is taken as fully used), refund the rest, free client slots, record the
+   * outcome, then wake the dispatcher for the capacity freed.
+   */
+  private async settle(): Promise<void> {
+    const batch = this.settleBuffer.splice(0);
+    const live: Array<{ row: Row; outcome: Outcome; actual: Record<string, number> }> = [];
+    for (const { id, outcome } of batch) {
+      const row = this.rowOf(id);
+      if (!row || row.status !== "running") continue; // cancelled meanwhile: already released
+      const holds = JSON.parse(row.reservations ?? "[]") as Held[];
+      const actual: Record<string, number> = {};
+      if (outcome.ok) {
+        for (const h of holds) {
+          const reported = outcome.usage?.[h.pool];
+          actual[h.pool] = typeof reported === "number" && Number.isInteger(reported) && reported >= 0 ? Math.min(h.amount, reported) : h.amount;
+        }
+      }
+      live.push({ row, outcome, actual });
+    }
+    const costs = await this.releaseHolds(live);
+    const now = Date.now();
+    for (const { row, outcome } of live) {
+      if (outcome.ok) {
+        let result = JSON.stringify(outcome.result ?? null);
+        if (result.length > MAX_RESULT_CHARS) result = JSON.stringify({ truncated: true, chars: result.length });
+        this.finish(row.id, "completed", now, { result, actual: costs.get(row.id) ?? 0 });
+      } else if (outcome.retryable !== false && row.attempts < row.max_attempts) {
+        this.requeue(row, now, now + backoffMs(row.attempts), true, outcome.error);
+        log.warn("dispatch_retry", { request_id: row.id, attempt: row.attempts, error: outcome.error });
+      } else {
+        this.finish(row.id, "failed", now, { error: outcome.error ?? "failed" });
+        log.warn("request_failed", { request_id: row.id, client_id: row.client_id, attempts: row.attempts, error: outcome.error });
+      }
+    }
+    if (live.length) this.ensureAlarm(Date.now());
+  }
+
+  /** Release reservations (consuming `actual` per pool) and client slots for these rows. Returns cost per request. */
+  private async releaseHolds(items: Array<{ row: Row; actual: Record<string, number> }>): Promise<Map<string, number>> {
+    const pools = await poolConfigs(this.env);
+    const byPool = new Map<string, Array<{ row: Row; hold: Held; used: number }>>();
+    for (const { row, actual } of items) {
+      for (const hold of JSON.parse(row.reservations ?? "[]") as Held[]) {
+        byPool.set(hold.pool, [...(byPool.get(hold.pool) ?? []), { row, hold, used: actual[hold.pool] ?? 0 }]);
+      }
+    }
+    const costs = new Map<string, number>();
+    await Promise.all([...byPool].map(async ([pool, list]) => {
+      const cfg = pools.get(pool);
+      if (!cfg) return;
+      const results = (await this.poolStub(pool).releaseMany(cfg, list.map(({ row, hold, used }) => ({ caller: callerOf(row), reservationId: hold.reservationId, actualUsed: used })))) as Result<ReleaseResult>[];
+      results.forEach((r, i) => {
+        const { row } = list[i]!;
+        if (r.ok) costs.set(row.id, (costs.get(row.id) ?? 0) + r.value.costNano);
+        else log.warn("release_refused", { request_id: row.id, pool, error: r.error.code });
+      });
+    }));
+    await Promise.all([...groupBy(items.map((i) => i.row), (r) => r.client_id)].map(([clientId, rows]) =>
+      this.clientStub(clientId).releaseSlots(rows.map((r) => r.id))));
+    return costs;
+  }
+
+  private requeue(row: Row, now: number, notBefore: number, failedAttempt: boolean, error?: string): void {
+    this.sql.exec(
+      "UPDATE requests SET status = 'queued', lease_until = NULL, reservations = NULL, not_before = ?, updated_at = ?, error = COALESCE(?, error) WHERE id = ?",
+      notBefore, now, failedAttempt ? (error ?? null) : null, row.id,
+    );
+    this.index(this.rowOf(row.id)!);
+    if (failedAttempt) this.resolveWaiters(row.id);
+  }
+
+  private finish(id: string, status: "completed" | "failed", now: number, fields: { result?: string; actual?: number; error?: string }): void {
+    this.sql.exec(
+      "UPDATE requests SET status = ?, result = ?, actual_nano = ?, error = ?, finished_at = ?, updated_at = ?, lease_until = NULL WHERE id = ?",
+      status, fields.result ?? null, fields.actual ?? null, fields.error ?? null, now, now, id,
+    );
+    this.queued.delete(id);
+    this.resolveWaiters(id);
+  }
+
+  /**
+   * Requests whose lease ended without settling (a pass or the object died mid-way) go back to their
+   * queue; a running one counts its attempt. Their reservations and slots expire on their own.
+   */
+  private reclaimLeases(now: number): void {
+    const stale = this.sql.exec<Row>(
+      "SELECT * FROM requests WHERE status IN ('dispatching', 'running') AND lease_until <= ?", now,
+    ).toArray().filter((r) => !this.inflight.has(r.id) && !this.admitting.has(r.id));
+    for (const row of stale) {
+      if (row.status === "running" && row.attempts >= row.max_attempts) {
+        this.finish(row.id, "failed", now, { error: "lease expired: the dispatcher stopped while the request ran" });
+      } else {
+        this.requeue(row, now, now, row.status === "running", "lease expired; returned to the queue");
+      }
+      log.warn("lease_expired", { request_id: row.id, was: row.status, attempts: row.attempts });
+    }
+  }
+
+  private waitFor(id: string, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.waiters.set(id, [...(this.waiters.get(id) ?? []), () => {
+        clearTimeout(timer);
+        resolve();
+      }]);
+    });
+  }
+
+  private resolveWaiters(id: string): void {
+    const list = this.waiters.get(id);
+    if (!list) return;
+    this.waiters.delete(id);
+    const row = this.rowOf(id);
+    if (row) for (const fn of list) fn(view(row));
+  }
+
+  private leaseMarginMs(): number {
+    return Number((this.env as unknown as Record<string, string>).LEASE_MARGIN_MS ?? 5000) || 5000;
+  }
+
+  private ensureAlarm(at: number): void {
+    if (this.alarmAt !== null && this.alarmAt <= at) return;
+    this.alarmAt = at;
+    void this.ctx.storage.setAlarm(at);
+  }
+
+  private poolStub(pool: string) {
+    return this.env.POOL.get(this.env.POOL.idFromName(pool));
+  }
+
+  private clientStub(clientId: string) {
+    return this.env.CLIENT.get(this.env.CLIENT.idFromName(clientId));
+  }
+}
+
+function callerOf(row: Row): Caller {
+  return { clientId: row.client_id, tier: row.tier, via: "scheduler" };
+}
+
+function view(row: Row): RequestView {
+  return {
+    id: row.id,
+    client_id: row.client_id,
+    template: row.template,
+    queue: row.queue,
+    status: row.status,
+    priority: row.priority,
+    attempts: row.attempts,
+    max_attempts: row.max_attempts,
+    idempotency_key: row.idempotency_key,
+    estimate_nano: row.estimate_nano,
+    actual_nano: row.actual_nano,
+    result: row.result === null ? null : JSON.parse(row.result),
+    error: row.error,
+    created_at: row.created_at,
+    updated_at: row.updated_at,
+    not_before: row.not_before,
+    started_at: row.started_at,
+    finished_at: row.finished_at,
+    dispatch_seq: row.dispatch_seq,
+  };
+}
+
+function groupBy<T>(items: T[], key: (t: T) => string): Map<string, T[]> {
+  const map = new Map<string, T[]>();
+  for (const item of items) map.set(key(item), [...(map.get(key(item)) ?? []), item]);
+  return map;
+}
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return 0;
+  return sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)]!;
+}
+
+function fail(code: ErrorBody["code"], message: string, details?: Record<string, unknown>): { ok: false; error: ErrorBody } {
+  return { ok: false, error: details ? { code, message, details } : { code, message } };
+}
+
+export type { PoolAmount };

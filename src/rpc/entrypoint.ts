@@ -1,0 +1,91 @@
+import { WorkerEntrypoint } from "cloudflare:workers";
+import { costOf } from "../domain/money";
+import type { Caller, PoolAmount } from "../domain/types";
+import { AppError } from "../errors";
+import type { CheckResult, ConsumeResult, ReleaseResult, ReserveResult } from "../objects/pool";
+import type { EnqueueOutcome, PositionView, RequestView } from "../objects/scheduler";
+import { clientTier, poolConfig, templateConfig } from "../services/config";
+import { poolStub, unwrap } from "../services/pools";
+import { cancelRequest, enqueueMany, execute, getRequest, positionOf, schedulerStub, type EnqueueResult, type RequestSpec } from "../services/requests";
+
+/**
+ * RPC for KAM and the platform's workers over a service binding
+ * (`[[services]] binding = "RM", service = "resource-manager", entrypoint = "ResourceManagerRpc"`).
+ * The binding is the credential: callers name the client they act for. Errors are thrown as
+ * `Error` whose message starts with the error code, e.g. "rate_limited: pool openai-gpt4 ...".
+ */
+export class ResourceManagerRpc extends WorkerEntrypoint<Env> {
+  async execute(clientId: string, spec: RequestSpec): Promise<EnqueueOutcome> {
+    return this.run(async () => execute(this.env, await this.caller(clientId), spec));
+  }
+
+  async enqueue(clientId: string, specs: RequestSpec[]): Promise<EnqueueResult[]> {
+    return this.run(async () => enqueueMany(this.env, await this.caller(clientId), specs));
+  }
+
+  async status(clientId: string, requestId: string): Promise<RequestView> {
+    return this.run(() => getRequest(this.env, requestId, clientId));
+  }
+
+  async position(clientId: string, requestId: string): Promise<PositionView> {
+    return this.run(() => positionOf(this.env, requestId, clientId));
+  }
+
+  async cancel(clientId: string, requestId: string): Promise<RequestView> {
+    return this.run(() => cancelRequest(this.env, requestId, clientId, false));
+  }
+
+  async estimate(input: { template?: string; requirements?: PoolAmount[] }): Promise<{ total_cost_nano: number; pools: Array<PoolAmount & { cost_nano: number }> }> {
+    return this.run(async () => {
+      const amounts = input.template ? (await templateConfig(this.env, input.template)).requirements : input.requirements ?? [];
+      const pools = await Promise.all(amounts.map(async (a) => ({ ...a, cost_nano: costOf(a.amount, (await poolConfig(this.env, a.pool)).costPerUnitNano) })));
+      return { total_cost_nano: pools.reduce((s, p) => s + p.cost_nano, 0), pools };
+    });
+  }
+
+  async check(clientId: string, pool: string, amount: number): Promise<CheckResult> {
+    return this.run(async () => unwrap(await poolStub(this.env, pool).check(await poolConfig(this.env, pool), await this.caller(clientId), positive(amount))));
+  }
+
+  async reserve(clientId: string, pool: string, amount: number, opts: { ttlMs?: number; requestId?: string; idempotencyKey?: string } = {}): Promise<ReserveResult> {
+    return this.run(async () => unwrap(await poolStub(this.env, pool).reserve(await poolConfig(this.env, pool), await this.caller(clientId), {
+      amount: positive(amount), ttlMs: opts.ttlMs ?? 60_000, requestId: opts.requestId, idempotencyKey: opts.idempotencyKey,
+    })));
+  }
+
+  async release(clientId: string, pool: string, reservationId: string, actualUsed = 0): Promise<ReleaseResult> {
+    return this.run(async () => {
+      const released = unwrap(await poolStub(this.env, pool).release(await poolConfig(this.env, pool), await this.caller(clientId), reservationId, actualUsed));
+      if (released.refunded > 0) this.ctx.waitUntil(schedulerStub(this.env).wake());
+      return released;
+    });
+  }
+
+  async consume(clientId: string, pool: string, amount: number, opts: { requestId?: string; idempotencyKey?: string } = {}): Promise<ConsumeResult> {
+    return this.run(async () => unwrap(await poolStub(this.env, pool).consume(await poolConfig(this.env, pool), await this.caller(clientId), {
+      amount: positive(amount), requestId: opts.requestId, idempotencyKey: opts.idempotencyKey,
+    })));
+  }
+
+  private async caller(clientId: string): Promise<Caller> {
+    const client = typeof clientId === "string" ? await clientTier(this.env, clientId) : null;
+    if (!client) throw new AppError("client_not_found", `no client ${String(clientId)}`);
+    if (client.status === "suspended") throw new AppError("forbidden", `client ${clientId} is suspended`);
+    return { clientId, tier: client.tier, via: "rpc" };
+  }
+
+  /** RPC errors cross the binding as plain Errors: keep the code in the message. */
+  private async run<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      if (err instanceof AppError) throw new Error(`${err.code}: ${err.message}`);
+      throw err;
+    }
+  }
+}
+
+function positive(amount: number): number {
+  if (!Number.isSafeInteger(amount) || amount <= 0) throw new AppError("validation_failed", "amount must be a positive integer");
+  return amount;
+}
