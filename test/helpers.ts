@@ -76,3 +76,45 @@ export function consume(pool: string, amount: number, extra: Record<string, unkn
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
+
+let tseq = 0;
+/** A template for one test, served by a sample worker (CONTENT_WORKER by default). */
+export async function makeTemplate(requirements: Array<{ pool: string; amount: number }>, opts: { timeoutMs?: number; binding?: string } = {}): Promise<string> {
+  tseq += 1;
+  const id = `tpl-${crypto.randomUUID().slice(0, 8)}-${tseq}`;
+  await env.DB.prepare(
+    `INSERT INTO templates (id, name, binding, requirements, alternative_id, cacheable, batchable, timeout_ms, updated_at)
+     VALUES (?1, ?1, ?2, ?3, NULL, 0, 0, ?4, 0)`,
+  ).bind(id, opts.binding ?? "CONTENT_WORKER", JSON.stringify(requirements), opts.timeoutMs ?? 5000).run();
+  clearConfigCache();
+  return id;
+}
+
+/** Poll until `fn` returns a truthy value, or fail after `timeoutMs`. */
+export async function eventually<T>(fn: () => Promise<T | null | undefined | false>, timeoutMs = 5000, label = "condition"): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await fn();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${label}`);
+    await sleep(25);
+  }
+}
+
+export const scheduler = () => env.SCHEDULER.get(env.SCHEDULER.idFromName("scheduler"));
+
+export async function requestOf(id: string, token: string = KEYS.acme): Promise<any> {
+  return (await call("GET", `/api/execution/${id}`, { token })).body.request;
+}
+
+/** Wait until a request reaches one of the given statuses. */
+export function settled(id: string, statuses = ["completed", "failed", "cancelled"], timeoutMs = 8000, token: string = KEYS.acme): Promise<any> {
+  return eventually(async () => {
+    const r = await requestOf(id, token);
+    return statuses.includes(r?.status) ? r : null;
+  }, timeoutMs, `request ${id} to reach ${statuses.join("/")}`);
+}
+
+export function enqueue(json: unknown, token: string = KEYS.acme): Promise<Call> {
+  return call("POST", "/api/queue/enqueue", { token, json });
+}

@@ -1,16 +1,357 @@
+import { abortAllDurableObjects, createScheduledController, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
-import { describe, expect, it } from "vitest";
-import { call, expectError, KEYS, sleep } from "./helpers";
+import { beforeEach, describe, expect, it } from "vitest";
+import type { SchedulerObject } from "../src/objects/scheduler";
+import { runCron } from "../src/scheduler/cron";
+import { listUsageEvents } from "../src/storage/usage";
+import { templateConfig } from "../src/services/config";
+import { ADMIN, call, consume, enqueue, eventually, expectError, INTERNAL, KEYS, makePool, makeTemplate, requestOf, scheduler, settled, sleep } from "./helpers";
 
-describe("smoke", () => {
-  it("executes content-generate end to end through the service binding", async () => {
-    const r = await call("POST", "/api/execute", { token: KEYS.acme, json: { template: "content-generate", params: { prompt: "hi", tokens_used: 1500 } } });
-    console.warn(JSON.stringify(r.body));
-    expect(r.status).toBe(200);
+const start = () => call("POST", "/admin/scheduler/start", { token: ADMIN });
+const stop = () => call("POST", "/admin/scheduler/stop", { token: ADMIN });
+const available = async (pool: string) =>
+  (await call("POST", "/api/resources/check", { token: KEYS.acme, json: { pool, amount: 1 } })).body.results[0].available;
+
+beforeEach(async () => {
+  expect((await start()).status).toBe(200);
+});
+
+describe("enqueue", () => {
+  it("answers 202 with id, queue, priority, position and estimated wait; the request is visible to its client", async () => {
+    await stop();
+    const r = await enqueue({ template: "content-generate", queue: "fast", params: { prompt: "x" } });
+    expect(r.status).toBe(202);
+    expect(r.body.request).toMatchObject({ status: "queued", queue: "fast", client_id: "acme", estimate_nano: 60_000_000, attempts: 0 });
+    expect(r.body.request.id).toMatch(/^req_[a-f0-9]{32}$/);
+    expect(r.body.request.priority).toBeGreaterThan(0);
+    expect(r.body.position).toBeGreaterThanOrEqual(1);
+    expect(typeof r.body.estimated_wait_ms).toBe("number");
+    expect((await requestOf(r.body.request.id)).status).toBe("queued");
+    await call("DELETE", `/api/queue/${r.body.request.id}`, { token: KEYS.acme });
   });
-  it("kam reaches the RPC entrypoint", async () => {
-    const res = await env.KAM.fetch("https://kam/", { method: "POST", body: JSON.stringify({ method: "estimate", args: [{ template: "content-generate" }] }) });
-    const body = await res.json();
-    console.warn(JSON.stringify(body));
+
+  it("a repeated idempotency key returns the first request, never a second", async () => {
+    await stop();
+    const a = await enqueue({ template: "notify-email", idempotency_key: "welcome-42" });
+    const b = await enqueue({ template: "notify-email", idempotency_key: "welcome-42", params: { other: true } });
+    expect(b.body.request.id).toBe(a.body.request.id);
+    expect(b.body.duplicate).toBe(true);
+    // the same key from another client is another request
+    const c = await enqueue({ template: "notify-email", idempotency_key: "welcome-42" }, KEYS.globex);
+    expect(c.body.request.id).not.toBe(a.body.request.id);
+    const status = (await call("GET", "/api/queue/status", { token: KEYS.acme })).body;
+    expect(status.queues.find((q: any) => q.queue === "normal").depth).toBeGreaterThanOrEqual(2);
+    await call("DELETE", `/api/queue/${a.body.request.id}`, { token: KEYS.acme });
+    await call("DELETE", `/api/queue/${c.body.request.id}`, { token: KEYS.globex });
+  });
+
+  it("a batch is validated item by item: good ones queued, bad ones answered with their failing fields", async () => {
+    await stop();
+    const r = await enqueue({
+      requests: [
+        { template: "notify-email", queue: "batch" },
+        { template: "notify-email", queue: "sometimes" },
+        { template: "no-such-template" },
+        { template: "notify-sms", max_attempts: 0 },
+        { template: "notify-sms" },
+      ],
+    });
+    expect(r.status).toBe(200);
+    expect(r.body).toMatchObject({ accepted: 2, rejected: 3 });
+    expect(r.body.results.map((x: any) => x.ok)).toEqual([true, false, false, false, true]);
+    expect(r.body.results[1].error.details.fields[0].path).toBe("queue");
+    expect(r.body.results[2].error.code).toBe("template_not_found");
+    expect(r.body.results[3].error.details.fields[0].path).toBe("max_attempts");
+    for (const x of r.body.results.filter((x: any) => x.ok)) await call("DELETE", `/api/queue/${x.request.id}`, { token: KEYS.acme });
+  });
+
+  it("bad input on every queue route is 400 with the failing fields, and nothing is enqueued", async () => {
+    await stop();
+    const before = (await scheduler().state()).queued;
+    const cases: unknown[] = [
+      {}, { template: "" }, { template: "notify-email", queue: "urgent" }, { template: "notify-email", not_before: -5 },
+      { template: "notify-email", max_attempts: 11 }, { template: "notify-email", surprise: 1 }, { requests: [] },
+      { requests: Array.from({ length: 101 }, () => ({ template: "notify-email" })) }, { template: "notify-email", params: { big: "x".repeat(70_000) } },
+    ];
+    for (const json of cases) expectError(await enqueue(json), 400, "validation_failed");
+    expectError(await call("POST", "/api/queue/enqueue", { token: KEYS.acme, body: "{", headers: { "content-type": "application/json" } }), 400, "bad_request");
+    expectError(await call("POST", "/api/execute", { token: KEYS.acme, json: { template: "notify-email", queue: 3 } }), 400, "validation_failed");
+    for (const path of ["/api/queue/position/nope", "/api/execution/req_123", "/api/queue/req_XYZ"]) {
+      const method = path.startsWith("/api/queue/req") ? "DELETE" : "GET";
+      expectError(await call(method, path, { token: KEYS.acme }), 400, "validation_failed");
+    }
+    expectError(await call("POST", "/api/execution/bad/cancel", { token: KEYS.acme }), 400, "validation_failed");
+    expect((await scheduler().state()).queued).toBe(before);
+  });
+
+  it("queue routes need the execute scope and a client key or the admin token", async () => {
+    expectError(await enqueue({ template: "notify-email" }, KEYS.hooliReadOnly), 403, "forbidden");
+    expectError(await call("GET", "/api/queue/status", { token: INTERNAL }), 403, "forbidden");
+    expectError(await call("GET", "/api/queue/status"), 401, "unauthorized");
+    expectError(await call("POST", "/admin/scheduler/stop", { token: KEYS.acme }), 403, "forbidden");
+    expectError(await call("POST", "/admin/scheduler/stop", { token: INTERNAL }), 403, "forbidden");
+    expectError(await call("POST", "/admin/scheduler/stop"), 401, "unauthorized");
+    // the admin token acts for a named client
+    await stop();
+    const r = await enqueue({ template: "notify-email", client_id: "initech" }, ADMIN);
+    expect(r.body.request.client_id).toBe("initech");
+    expectError(await enqueue({ template: "notify-email" }, ADMIN), 400, "validation_failed");
+    await call("DELETE", `/api/queue/${r.body.request.id}`, { token: ADMIN });
+  });
+});
+
+describe("a client sees only its own requests", () => {
+  it("another client's request is 404 on every route", async () => {
+    await stop();
+    const id = (await enqueue({ template: "notify-email" })).body.request.id;
+    for (const [method, path] of [["GET", `/api/execution/${id}`], ["GET", `/api/queue/position/${id}`], ["DELETE", `/api/queue/${id}`], ["POST", `/api/execution/${id}/cancel`]] as const) {
+      expectError(await call(method, path, { token: KEYS.globex }), 404, "request_not_found");
+    }
+    expect((await call("GET", `/api/execution/${id}`, { token: ADMIN })).status).toBe(200);
+    expect((await call("DELETE", `/api/queue/${id}`, { token: KEYS.acme })).status).toBe(200);
+  });
+});
+
+describe("position and estimated wait", () => {
+  it("ranks a higher tier and more urgent queue first, and reports the formula's parts", async () => {
+    await stop();
+    const low = (await enqueue({ template: "notify-email", queue: "batch" }, KEYS.hooli)).body.request.id;
+    const high = (await enqueue({ template: "notify-email", queue: "fast" }, KEYS.acme)).body.request.id;
+    const pLow = (await call("GET", `/api/queue/position/${low}`, { token: KEYS.hooli })).body;
+    const pHigh = (await call("GET", `/api/queue/position/${high}`, { token: KEYS.acme })).body;
+    expect(pHigh.position).toBeLessThan(pLow.position);
+    expect(pHigh.priority).toMatchObject({ tier: 40, queue: 22, starved: false });
+    expect(pLow.priority).toMatchObject({ tier: 10, queue: 8 });
+    expect(pLow.estimated_wait_ms).toBeGreaterThanOrEqual(pHigh.estimated_wait_ms);
+    await call("DELETE", `/api/queue/${low}`, { token: KEYS.hooli });
+    await call("DELETE", `/api/queue/${high}`, { token: KEYS.acme });
+  });
+});
+
+describe("delete and cancel", () => {
+  it("DELETE removes a queued request; once it has left the queue DELETE is 409", async () => {
+    await stop();
+    const id = (await enqueue({ template: "notify-email" })).body.request.id;
+    const del = await call("DELETE", `/api/queue/${id}`, { token: KEYS.acme });
+    expect(del.body.request.status).toBe("cancelled");
+    expectError(await call("DELETE", `/api/queue/${id}`, { token: KEYS.acme }), 409, "request_state");
+    await start();
+    const done = await call("POST", "/api/execute", { token: KEYS.acme, json: { template: "notify-email" } });
+    expect(done.status).toBe(200);
+    expectError(await call("DELETE", `/api/queue/${done.body.request.id}`, { token: KEYS.acme }), 409, "request_state");
+    expectError(await call("POST", `/api/execution/${done.body.request.id}/cancel`, { token: KEYS.acme }), 409, "request_state");
+  });
+
+  it("cancelling a running request aborts it cooperatively and releases its reservations; no usage is recorded", async () => {
+    const pool = await makePool({ capacity: 100 });
+    const template = await makeTemplate([{ pool: pool.id, amount: 40 }]);
+    const id = (await enqueue({ template, queue: "fast", params: { simulate: { latency_ms: 1500 } } })).body.request.id;
+    await settled(id, ["running"], 3000);
+    expect(await available(pool.id)).toBe(60);
+    const r = await call("POST", `/api/execution/${id}/cancel`, { token: KEYS.acme });
+    expect(r.status).toBe(200);
+    expect(r.body.request.status).toBe("cancelled");
+    expect(await available(pool.id)).toBe(100);
+    await sleep(1700);
+    expect((await requestOf(id)).status).toBe("cancelled");
+    await env.POOL.get(env.POOL.idFromName(pool.id)).flush();
+    expect(await listUsageEvents(env.DB, { poolId: pool.id })).toHaveLength(0);
+  });
+});
+
+describe("execution end to end", () => {
+  it("POST /api/execute runs an immediate request now and answers 200 with the worker's result and actual cost", async () => {
+    const r = await call("POST", "/api/execute", { token: KEYS.acme, json: { template: "content-generate", params: { prompt: "haiku", tokens_used: 1200 } } });
+    expect(r.status).toBe(200);
+    expect(r.body.request).toMatchObject({ status: "completed", queue: "immediate", attempts: 1, estimate_nano: 60_000_000, actual_nano: 36_000_000 });
+    expect(r.body.request.result.text).toContain("haiku");
+    await env.POOL.get(env.POOL.idFromName("openai-gpt4")).flush();
+    const usage = (await listUsageEvents(env.DB, { poolId: "openai-gpt4" })).filter((u) => u.request_id === r.body.request.id);
+    expect(usage).toEqual([expect.objectContaining({ units: 1200, cost_nano: 36_000_000, kind: "reservation", via: "scheduler" })]);
+  });
+
+  it("a non-immediate execute is queued and answered 202, then dispatched by the scheduler", async () => {
+    const r = await call("POST", "/api/execute", { token: KEYS.globex, json: { template: "notify-sms", queue: "normal", params: { to: ["+100", "+200"] } } });
+    expect(r.status).toBe(202);
+    const done = await settled(r.body.request.id, undefined, 8000, KEYS.globex);
+    expect(done).toMatchObject({ status: "completed", actual_nano: 7_500_000 }); // one unit reserved, one used
+  });
+
+  it("an immediate request that limits do not admit now is queued (202) and runs when capacity returns", async () => {
+    const pool = await makePool({ capacity: 10 });
+    const template = await makeTemplate([{ pool: pool.id, amount: 10 }]);
+    const hold = await call("POST", "/internal/reserve", { token: INTERNAL, json: { client_id: "globex", pool: pool.id, amount: 10 } });
+    const r = await call("POST", "/api/execute", { token: KEYS.acme, json: { template } });
+    expect(r.status).toBe(202);
+    expect(r.body.request.status).toBe("queued");
+    await call("POST", "/internal/release", { token: INTERNAL, json: { client_id: "globex", pool: pool.id, reservation_id: hold.body.reservation_id } });
+    expect((await settled(r.body.request.id, ["completed"], 3000)).status).toBe("completed");
+  });
+});
+
+describe("limits", () => {
+  it("a client never runs more than its tier's concurrency (basic: 5), and runs that many at once", async () => {
+    const ids = [];
+    for (let i = 0; i < 12; i++) ids.push((await enqueue({ template: "notify-email", queue: "fast", params: { simulate: { latency_ms: 250 } } }, KEYS.hooli)).body.request.id);
+    const done = await Promise.all(ids.map((id) => settled(id, ["completed"], 15000, KEYS.hooli)));
+    const edges = done.flatMap((r) => [[r.started_at, 1], [r.finished_at, -1]] as const).sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+    let running = 0;
+    let peak = 0;
+    for (const [, d] of edges) peak = Math.max(peak, (running += d));
+    expect(peak).toBe(5);
+  });
+
+  it("a request whose pools cannot all be reserved stays queued holding nothing; freed capacity wakes the scheduler", async () => {
+    const a = await makePool({ capacity: 100 });
+    const b = await makePool({ capacity: 10 });
+    const template = await makeTemplate([{ pool: a.id, amount: 30 }, { pool: b.id, amount: 5 }]);
+    const hold = await call("POST", "/internal/reserve", { token: INTERNAL, json: { client_id: "globex", pool: b.id, amount: 8, ttl_ms: 60_000 } });
+    const id = (await enqueue({ template, queue: "fast" })).body.request.id;
+    await sleep(300);
+    expect((await requestOf(id)).status).toBe("queued");
+    expect(await available(a.id)).toBe(100); // the partial reservation in A was rolled back
+    const started = Date.now();
+    await call("POST", "/internal/release", { token: INTERNAL, json: { client_id: "globex", pool: b.id, reservation_id: hold.body.reservation_id, actual_used: 0 } });
+    const done = await settled(id, ["completed"], 5000);
+    expect(done.started_at - started).toBeLessThan(2000); // woken by the release, not by the minute cron
+  });
+});
+
+describe("faults", () => {
+  for (const [fail, reason] of [["throw", /worker answered 500|worker failed/], ["error", /worker answered 500/]] as const) {
+    it(`a worker that ${fail === "throw" ? "throws" : "answers 500"}: released, retried with backoff, failed after the limit with the reason`, async () => {
+      const pool = await makePool({ capacity: 50 });
+      const template = await makeTemplate([{ pool: pool.id, amount: 20 }]);
+      const id = (await enqueue({ template, queue: "fast", max_attempts: 2, params: { simulate: { fail } } })).body.request.id;
+      const done = await settled(id, ["failed"], 8000);
+      expect(done.attempts).toBe(2);
+      expect(done.error).toMatch(reason);
+      expect(done.finished_at - done.created_at).toBeGreaterThanOrEqual(1000); // one backoff of 1 s
+      expect(await available(pool.id)).toBe(50);
+    });
+  }
+
+  it("a worker that hangs past its deadline is timed out, and a retry that succeeds completes the request", async () => {
+    const pool = await makePool({ capacity: 50 });
+    const template = await makeTemplate([{ pool: pool.id, amount: 20 }], { timeoutMs: 400 });
+    const id = (await enqueue({ template, queue: "fast", max_attempts: 3, params: { simulate: { fail: "hang", fail_attempts: 1 }, tokens_used: 7 } })).body.request.id;
+    const done = await settled(id, ["completed", "failed"], 8000);
+    expect(done).toMatchObject({ status: "completed", attempts: 2, actual_nano: 7 * 1000 });
+    expect(await available(pool.id)).toBe(43);
+  });
+
+  it("a pass that dies after claiming leaves a lease; the request is dispatched after it ends, exactly once", async () => {
+    await stop();
+    const pool = await makePool({ capacity: 50 });
+    const template = await makeTemplate([{ pool: pool.id, amount: 1 }], { timeoutMs: 300 });
+    const id = (await enqueue({ template, queue: "fast" })).body.request.id;
+    const cfg = await templateConfig(env, template);
+    await runInDurableObject(scheduler(), (instance: SchedulerObject) => {
+      (instance as unknown as { claim(id: string, t: unknown, now: number): unknown }).claim(id, cfg, Date.now());
+    });
+    await abortAllDurableObjects(); // the object dies mid-pass: its in-memory state is gone
+    await start();
+    await scheduler().pass("test");
+    expect((await requestOf(id)).status).toBe("dispatching"); // the lease (300 ms + 1 s margin) still holds
+    await sleep(1400);
+    await scheduler().pass("test");
+    const done = await settled(id, ["completed"], 5000);
+    expect(done.attempts).toBe(1);
+    await env.POOL.get(env.POOL.idFromName(pool.id)).flush();
+    expect((await listUsageEvents(env.DB, { poolId: pool.id })).filter((u) => u.request_id === id)).toHaveLength(1);
+  });
+
+  it("overlapping scheduler runs (alarm, cron, explicit passes) dispatch each request once", async () => {
+    await stop();
+    const pool = await makePool({ capacity: 1000 });
+    const template = await makeTemplate([{ pool: pool.id, amount: 1 }]);
+    const body = { requests: Array.from({ length: 60 }, (_, i) => ({ template, queue: "fast", params: { n: i, tokens_used: 1 } })) };
+    const ids: string[] = (await enqueue(body)).body.results.map((r: any) => r.request.id);
+    await start();
+    await Promise.all([
+      scheduler().pass("a"), scheduler().pass("b"), scheduler().pass("c"),
+      runCron(createScheduledController({ scheduledTime: Date.now(), cron: "* * * * *" }), env),
+    ]);
+    const done = await Promise.all(ids.map((id) => settled(id, ["completed"], 10000)));
+    expect(done.every((r) => r.attempts === 1)).toBe(true);
+    expect(new Set(done.map((r) => r.dispatch_seq)).size).toBe(60);
+    await env.POOL.get(env.POOL.idFromName(pool.id)).flush();
+    expect(await listUsageEvents(env.DB, { poolId: pool.id })).toHaveLength(60);
+    expect(await available(pool.id)).toBe(940);
+  });
+
+  it("a template whose worker binding does not exist fails at once with the reason", async () => {
+    const template = await makeTemplate([{ pool: "d1-queries", amount: 1 }], { binding: "NO_SUCH_WORKER" });
+    const r = await call("POST", "/api/execute", { token: KEYS.acme, json: { template } });
+    expectError(r, 502, "worker_failed");
+    expect(r.body.error.message).toContain("no service binding NO_SUCH_WORKER");
+    expect(r.body.error.details.request.attempts).toBe(1);
+  });
+});
+
+describe("scheduler control", () => {
+  it("stop keeps work queued, survives a restart, and start dispatches it", async () => {
+    await stop();
+    const id = (await enqueue({ template: "notify-email", queue: "fast" })).body.request.id;
+    await abortAllDurableObjects();
+    const state = await call("GET", "/admin/scheduler/status", { token: ADMIN });
+    expect(state.body.running).toBe(false);
+    await scheduler().pass("test");
+    await sleep(200);
+    expect((await requestOf(id)).status).toBe("queued");
+    const started = await start();
+    expect(started.body.running).toBe(true);
+    expect((await settled(id, ["completed"])).status).toBe("completed");
+  });
+
+  it("queue status reports depth, waits and dispatch rate per queue", async () => {
+    await stop();
+    await enqueue({ requests: [{ template: "notify-email", queue: "batch" }, { template: "notify-email", queue: "batch" }, { template: "notify-sms", queue: "deferred" }] });
+    await sleep(50);
+    const s = (await call("GET", "/api/queue/status", { token: KEYS.acme })).body;
+    expect(s.queues.map((q: any) => q.queue)).toEqual(["immediate", "fast", "normal", "batch", "deferred"]);
+    const batch = s.queues.find((q: any) => q.queue === "batch");
+    expect(batch.depth).toBe(2);
+    expect(batch.oldest_wait_ms).toBeGreaterThanOrEqual(50);
+    expect(batch.wait_p95_ms).toBeGreaterThanOrEqual(batch.wait_p50_ms);
+    expect(s.scheduler.running).toBe(false);
+    expect(s.queues.some((q: any) => q.dispatch_rate_per_s > 0)).toBe(true); // earlier tests dispatched work
+    await start();
+  });
+});
+
+describe("RPC entrypoint, called from an auxiliary worker as KAM does", () => {
+  const rpc = async (method: string, ...args: unknown[]) => {
+    const res = await env.KAM.fetch("https://kam/", { method: "POST", body: JSON.stringify({ method, args }) });
+    return (await res.json()) as { ok: boolean; value?: any; error?: string };
+  };
+
+  it("execute, status, position, enqueue, cancel, estimate, check, reserve, release and consume", async () => {
+    const ran = await rpc("execute", "globex", { template: "notify-email", params: { to: ["a@x", "b@x"] } });
+    expect(ran.ok).toBe(true);
+    expect(ran.value.request).toMatchObject({ status: "completed", client_id: "globex", actual_nano: 100_000 });
+    expect((await rpc("status", "globex", ran.value.request.id)).value.status).toBe("completed");
+    expect((await rpc("status", "acme", ran.value.request.id)).error).toMatch(/^request_not_found/);
+
+    await stop();
+    const queued = await rpc("enqueue", "globex", [{ template: "notify-sms", queue: "batch" }, { template: "nope" }]);
+    expect(queued.value[0].ok).toBe(true);
+    expect(queued.value[1].error.code).toBe("template_not_found");
+    const id = queued.value[0].value.request.id;
+    expect((await rpc("position", "globex", id)).value.position).toBeGreaterThanOrEqual(1);
+    expect((await rpc("cancel", "globex", id)).value.status).toBe("cancelled");
+    await start();
+
+    expect((await rpc("estimate", { template: "content-generate" })).value.total_cost_nano).toBe(60_000_000);
+    const pool = await makePool({ capacity: 10, costPerUnitNano: 3 });
+    expect((await rpc("check", "acme", pool.id, 10)).value.allowed).toBe(true);
+    const res = await rpc("reserve", "acme", pool.id, 6, { ttlMs: 10_000 });
+    expect(res.value.remaining).toBe(4);
+    expect((await rpc("release", "acme", pool.id, res.value.reservationId, 2)).value).toMatchObject({ consumed: 2, refunded: 4, costNano: 6 });
+    expect((await rpc("consume", "acme", pool.id, 8)).value.remaining).toBe(0);
+    expect((await rpc("consume", "acme", pool.id, 1)).error).toMatch(/^rate_limited/);
+    expect((await rpc("consume", "nobody", pool.id, 1)).error).toMatch(/^client_not_found/);
+    expect((await rpc("consume", "acme", pool.id, -1)).error).toMatch(/^validation_failed/);
+    expect((await rpc("execute", "acme", { template: "notify-email", queue: "yesterday" })).error).toMatch(/^validation_failed/);
   });
 });

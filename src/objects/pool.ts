@@ -430,7 +430,9 @@ export class PoolObject extends DurableObject<Env> {
 
   /** Make sure an alarm fires no later than `at`. */
   private ensureAlarm(at: number): void {
-    if (this.alarmAt !== null && this.alarmAt <= at) return;
+    // An alarm already due no later than `at` will do, unless it is overdue (a failed alarm waits in
+    // the runtime's retry backoff): then set it again.
+    if (this.alarmAt !== null && this.alarmAt <= at && this.alarmAt >= Date.now() - 1000) return;
     this.alarmAt = at;
     void this.ctx.storage.setAlarm(at);
   }

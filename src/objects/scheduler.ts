@@ -374,8 +374,8 @@ export class SchedulerObject extends DurableObject<Env> {
       if (admitted.retryAt !== null) wakeAt = Math.min(wakeAt ?? Infinity, admitted.retryAt);
     }
     if (launched > 0) log.info("dispatch_pass", { trigger, launched, queued: this.queued.size, in_flight: this.inflight.size });
-    const nextReady = this.nextNotBefore();
-    if (nextReady !== null) wakeAt = Math.min(wakeAt ?? Infinity, Math.max(nextReady, Date.now()));
+    const nextReady = this.nextNotBefore(Date.now());
+    if (nextReady !== null) wakeAt = Math.min(wakeAt ?? Infinity, nextReady);
     // More ready work than this pass could take: continue right after it, without waiting for the cron.
     if (!onlyIds && this.readyCount(Date.now()) > 0 && blockedPools.size === 0 && fullClients.size === 0 && this.inflight.size < MAX_IN_FLIGHT) {
       wakeAt = Date.now();
@@ -440,9 +440,10 @@ export class SchedulerObject extends DurableObject<Env> {
     return n;
   }
 
-  private nextNotBefore(): number | null {
+  /** The earliest not-before time still in the future (deferred or backing-off work), if any. */
+  private nextNotBefore(now: number): number | null {
     let next: number | null = null;
-    for (const q of this.queued.values()) if (next === null || q.notBefore < next) next = q.notBefore;
+    for (const q of this.queued.values()) if (q.notBefore > now && (next === null || q.notBefore < next)) next = q.notBefore;
     return next;
   }
 
@@ -748,7 +749,9 @@ export class SchedulerObject extends DurableObject<Env> {
   }
 
   private ensureAlarm(at: number): void {
-    if (this.alarmAt !== null && this.alarmAt <= at) return;
+    // An alarm already due no later than `at` will do, unless it is overdue (a failed alarm waits in
+    // the runtime's retry backoff): then set it again.
+    if (this.alarmAt !== null && this.alarmAt <= at && this.alarmAt >= Date.now() - 1000) return;
     this.alarmAt = at;
     void this.ctx.storage.setAlarm(at);
   }

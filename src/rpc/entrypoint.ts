@@ -5,6 +5,8 @@ import { AppError } from "../errors";
 import type { CheckResult, ConsumeResult, ReleaseResult, ReserveResult } from "../objects/pool";
 import type { EnqueueOutcome, PositionView, RequestView } from "../objects/scheduler";
 import { clientTier, poolConfig, templateConfig } from "../services/config";
+import { validationError } from "../http/errors";
+import { RequestSpec as RequestSpecSchema } from "../routes/queue";
 import { poolStub, unwrap } from "../services/pools";
 import { cancelRequest, enqueueMany, execute, getRequest, positionOf, schedulerStub, type EnqueueResult, type RequestSpec } from "../services/requests";
 
@@ -16,11 +18,24 @@ import { cancelRequest, enqueueMany, execute, getRequest, positionOf, schedulerS
  */
 export class ResourceManagerRpc extends WorkerEntrypoint<Env> {
   async execute(clientId: string, spec: RequestSpec): Promise<EnqueueOutcome> {
-    return this.run(async () => execute(this.env, await this.caller(clientId), spec));
+    return this.run(async () => execute(this.env, await this.caller(clientId), parseSpec(spec)));
   }
 
+  /** Each spec is validated and answered on its own, as with POST /api/queue/enqueue. */
   async enqueue(clientId: string, specs: RequestSpec[]): Promise<EnqueueResult[]> {
-    return this.run(async () => enqueueMany(this.env, await this.caller(clientId), specs));
+    return this.run(async () => {
+      if (!Array.isArray(specs) || specs.length === 0 || specs.length > 100) throw new AppError("validation_failed", "specs must be an array of 1 to 100 requests");
+      const caller = await this.caller(clientId);
+      const parsed = specs.map((s) => SpecSchema.safeParse(s));
+      const valid = parsed.flatMap((p, index) => (p.success ? [{ index, spec: p.data }] : []));
+      const outcomes = await enqueueMany(this.env, caller, valid.map((v) => v.spec));
+      const byIndex = new Map(valid.map((v, i) => [v.index, outcomes[i]!]));
+      return parsed.map((p, index): EnqueueResult => {
+        if (p.success) return { ...byIndex.get(index)!, index } as EnqueueResult;
+        const e = validationError(p.error, "json");
+        return { ok: false, index, error: { code: e.code, message: e.message, details: e.details } };
+      });
+    });
   }
 
   async status(clientId: string, requestId: string): Promise<RequestView> {
@@ -79,10 +94,21 @@ export class ResourceManagerRpc extends WorkerEntrypoint<Env> {
     try {
       return await fn();
     } catch (err) {
-      if (err instanceof AppError) throw new Error(`${err.code}: ${err.message}`);
+      if (err instanceof AppError) {
+        const fields = (err.details?.fields as Array<{ path: string; message: string }> | undefined)?.map((f) => `${f.path}: ${f.message}`).join("; ");
+        throw new Error(`${err.code}: ${err.message}${fields ? ` (${fields})` : ""}`);
+      }
       throw err;
     }
   }
+}
+
+const SpecSchema = RequestSpecSchema.omit({ client_id: true });
+
+function parseSpec(spec: unknown): RequestSpec {
+  const parsed = SpecSchema.safeParse(spec);
+  if (!parsed.success) throw validationError(parsed.error, "json");
+  return parsed.data;
 }
 
 function positive(amount: number): number {
