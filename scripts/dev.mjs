@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // `npm start`: prepare local secrets and the local D1 (schema + demo data, idempotent), then run
-// `wrangler dev` offline with the cron test endpoint. Extra arguments go to wrangler dev.
+// `wrangler dev` offline with the cron test endpoint, the Resource Manager and the sample workers of
+// examples/ in one session (so the service bindings resolve). Extra arguments go to wrangler dev.
 import { spawn, spawnSync } from "node:child_process";
 import { copyFileSync, existsSync } from "node:fs";
 
@@ -15,6 +16,11 @@ for (const file of ["schema.sql", "seed.sql"]) {
   const r = wrangler(["d1", "execute", "DB", "--local", "--file", file]);
   if (r.status !== 0) process.exit(r.status ?? 1);
 }
-const dev = spawn("npx", ["--no-install", "wrangler", "dev", "--ip", "127.0.0.1", "--port", process.env.PORT ?? "8787", "--test-scheduled", ...process.argv.slice(2)], { stdio: "inherit", env });
+const configs = ["wrangler.toml", "examples/content-generator/wrangler.toml", "examples/notifier/wrangler.toml"].flatMap((c) => ["-c", c]);
+const dev = spawn(
+  "npx",
+  ["--no-install", "wrangler", "dev", ...configs, "--ip", "127.0.0.1", "--port", process.env.PORT ?? "8787", "--test-scheduled", ...process.argv.slice(2)],
+  { stdio: "inherit", env },
+);
 for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => dev.kill(sig));
 dev.on("exit", (code) => process.exit(code ?? 0));
