@@ -8,6 +8,8 @@ import { DurableObject } from "cloudflare:workers";
 
 interface BucketEnv {
   BUCKET: DurableObjectNamespace<Bucket>;
+  /** "1" (set by run.mjs for the optional log probe): write one JSON log line per request, as the product does. */
+  LOG_EACH_REQUEST?: string;
 }
 
 interface Take {
@@ -52,7 +54,12 @@ export default {
     const pool = typeof body.pool === "string" ? body.pool : "bench-hot";
     const amount = typeof body.amount === "number" ? body.amount : 1;
     const stub = env.BUCKET.get(env.BUCKET.idFromName(pool));
+    const started = Date.now();
     const r = await stub.take(amount);
-    return Response.json(r, { status: r.ok ? 200 : 429 });
+    const status = r.ok ? 200 : 429;
+    if (env.LOG_EACH_REQUEST === "1") {
+      console.log(JSON.stringify({ level: "info", msg: "request", time: Date.now(), trace_id: crypto.randomUUID(), method: request.method, path: new URL(request.url).pathname, status, duration_ms: Date.now() - started }));
+    }
+    return Response.json(r, { status });
   },
 } satisfies ExportedHandler<BucketEnv>;

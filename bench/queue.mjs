@@ -1,0 +1,786 @@
+#!/usr/bin/env node
+// Queue and scheduler benchmark against a real `wrangler dev` on 127.0.0.1 (the Resource Manager with
+// the two sample workers of examples/, as `npm start` runs them), in a fresh temporary persist dir.
+//
+//   1. local D1: schema.sql, seed.sql, then bench limits (tiers max_concurrent 1000, pool bench-queue
+//      with a bucket no run can empty, template bench-noop on CONTENT_WORKER needing 1 unit of it)
+//   2. wrangler dev (secrets from a temporary --env-file), wait for GET / = 200
+//   3. POST /admin/scheduler/stop
+//   4. enqueue 10,000 requests over the four demo clients and the queues fast/normal/batch:
+//      2,000 single calls (16 in flight), then 8,000 in batches of 100 (4 in flight); every answer checked
+//   5. with the backlog queued and the scheduler stopped: ~200 sequential calls (1 connection) each of
+//      GET /api/queue/status, GET /api/queue/position/{id}, POST /api/execute (202 expected)
+//   6. POST /admin/scheduler/start; poll GET /api/queue/status every 250 ms while ~200 sequential
+//      POST /api/execute are timed. dispatches/s = requests dispatched / seconds until every queue is
+//      empty; the drain ends when nothing is in flight either (or when the same requests stay in
+//      flight for 30 s with the queues empty, or after QUEUE_BENCH_DRAIN_S). Then GET
+//      /api/execution/{id} for 100 random enqueued ids (and 100 of the executes) must say completed
+//   7. a summary table on stdout, JSON in bench/results/queue-latest.json
+//
+// Usage: node bench/queue.mjs. Knobs (environment):
+//   QUEUE_BENCH_PORT        first port to try (default 8921; the next free one is taken, inspector = port + 1000)
+//   QUEUE_BENCH_SINGLE      requests enqueued one per call (default 2000)
+//   QUEUE_BENCH_BATCHED     requests enqueued in batches of 100 (default 8000; a multiple of 100)
+//   QUEUE_BENCH_SAMPLES     sequential calls per latency measurement (default 200)
+//   QUEUE_BENCH_DRAIN_S     longest wait for the drain, seconds (default 180)
+//   QUEUE_BENCH_DRAIN_EXECUTE set to 0 not to time POST /api/execute during the drain (default 1)
+//   QUEUE_BENCH_KEEP_STATE  set to 1 to keep the temporary persist directory
+//   QUEUE_BENCH_INSPECTOR   set to 1 to keep wrangler's inspector proxy (see below; default off)
+//
+// wrangler's inspector proxy: by default `wrangler dev` runs an InspectorProxyWorker that enables the
+// runtime's Runtime and Network inspector domains and, for every inspector message (each console.log,
+// each subrequest such as a service-binding call), makes one HTTP POST of a "debug-log" to the wrangler
+// node process (templates/startDevWorker/InspectorProxyWorker.ts, sendDebugLog), discarded there below
+// debug log level. Under the drain (thousands of service-binding calls per second) those POSTs pile up
+// faster than node answers them, workerd runs out of file descriptors ("Too many open files"), each
+// failed POST logs another failing POST, and nothing answers any more. That is dev tooling, not the
+// service, so this benchmark turns it off the one way the wrangler CLI allows: the child environment
+// carries VSCODE_INSPECTOR_OPTIONS (wrangler and miniflare then skip the inspector proxy, as in a VS Code
+// debug terminal; without a js-debug bootloader in NODE_OPTIONS nothing else reads it).
+// The wrangler dev output goes to bench/results/queue-wrangler.log. Exit status 0 when the run
+// completed (a target missed is reported, not an error), 1 when it failed, 2 on the watchdog.
+
+import { spawn } from "node:child_process";
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { cpus, loadavg, platform, release, tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { performance } from "node:perf_hooks";
+import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+
+const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
+const ROOT = dirname(BENCH_DIR);
+const RESULTS_DIR = join(BENCH_DIR, "results");
+const WRANGLER = join(ROOT, "node_modules", "wrangler", "bin", "wrangler.js");
+const HOST = "127.0.0.1";
+
+function intEnv(name, fallback, min, max) {
+  const raw = process.env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name} must be an integer in [${min}, ${max}], got ${raw}`);
+  return n;
+}
+
+const FIRST_PORT = intEnv("QUEUE_BENCH_PORT", 8921, 1024, 64000);
+const SINGLE = intEnv("QUEUE_BENCH_SINGLE", 2000, 0, 100_000);
+const BATCHED = intEnv("QUEUE_BENCH_BATCHED", 8000, 0, 100_000);
+const SAMPLES = intEnv("QUEUE_BENCH_SAMPLES", 200, 10, 10_000);
+const DRAIN_MAX_S = intEnv("QUEUE_BENCH_DRAIN_S", 180, 5, 1800);
+const KEEP_STATE = process.env.QUEUE_BENCH_KEEP_STATE === "1";
+const INSPECTOR = process.env.QUEUE_BENCH_INSPECTOR === "1";
+const DRAIN_EXECUTE = process.env.QUEUE_BENCH_DRAIN_EXECUTE !== "0";
+if (BATCHED % 100 !== 0) throw new Error("QUEUE_BENCH_BATCHED must be a multiple of 100");
+if (SINGLE + BATCHED === 0) throw new Error("nothing to enqueue");
+
+const BATCH_SIZE = 100;
+const SINGLE_CONCURRENCY = 16;
+const BATCH_CONCURRENCY = 4;
+const WARMUP_CALLS = 5; // per latency measurement, before the timed calls, not counted
+const POLL_MS = 250;
+const VERIFY_SAMPLES = 100;
+const READY_TIMEOUT_MS = 120_000;
+const CALL_TIMEOUT_MS = 30_000; // any single HTTP call
+const EXECUTE_TIMEOUT_MS = 20_000; // POST /api/execute waits at most the template timeout (10 s) + 1 s
+const STALL_S = 30; // queues empty but the same requests in flight this long (3 x the template timeout): stop waiting
+const MAX_TIMEOUTS = 3; // a latency measurement stops after this many calls without an answer
+const WATCHDOG_MS = 15 * 60_000; // the whole run
+
+const ADMIN_TOKEN = "bench-admin-token";
+const INTERNAL_TOKEN = "bench-internal-token";
+const CLIENTS = [
+  { id: "acme", key: "rmk_demo_enterprise_acme" },
+  { id: "globex", key: "rmk_demo_premium_globex" },
+  { id: "initech", key: "rmk_demo_standard_initech" },
+  { id: "hooli", key: "rmk_demo_basic_hooli" },
+];
+const BENCH_QUEUES = ["fast", "normal", "batch"]; // not deferred: it may wait for off-peak
+const TEMPLATE = "bench-noop";
+const PARAMS = { simulate: { latency_ms: 0 } };
+const ACME = CLIENTS[0];
+
+// Raise the limits so that the drain is bounded by the service, not by the demo data.
+const BENCH_SQL =
+  "UPDATE tiers SET max_concurrent = 1000; " +
+  "INSERT INTO pools (id,name,unit,capacity,refill_per_sec,cost_per_unit_nano,sharing,status,version,updated_at) " +
+  "VALUES ('bench-queue','bench','units',1000000000000,1000000000,1,'{\"mode\":\"shared\"}','active',1,0) ON CONFLICT(id) DO NOTHING; " +
+  "INSERT INTO templates (id,name,binding,requirements,alternative_id,cacheable,batchable,timeout_ms,updated_at) " +
+  "VALUES ('bench-noop','bench noop','CONTENT_WORKER','[{\"pool\":\"bench-queue\",\"amount\":1}]',NULL,0,0,10000,0) ON CONFLICT(id) DO NOTHING;";
+
+const CHILD_ENV = {
+  ...process.env,
+  CLOUDFLARE_CF_FETCH_ENABLED: "false",
+  WRANGLER_SEND_METRICS: "false",
+  CLOUDFLARE_LOAD_DEV_VARS_FROM_DOT_ENV: "true",
+  FORCE_COLOR: "0",
+  NO_COLOR: "1",
+};
+delete CHILD_ENV.VSCODE_INSPECTOR_OPTIONS;
+if (!INSPECTOR) CHILD_ENV.VSCODE_INSPECTOR_OPTIONS = "{}";
+
+// ---------------------------------------------------------------- child processes
+
+/** Every child runs in its own process group so that the whole tree (node/workerd/esbuild) can be ended. */
+const children = new Set();
+let shuttingDown = false;
+let stateDir = null; // the temporary persist directory, removed at the end unless QUEUE_BENCH_KEEP_STATE=1
+function removeState() {
+  if (stateDir && !KEEP_STATE) rmSync(stateDir, { recursive: true, force: true });
+}
+const LOG_CAP_BYTES = 20 * 1024 * 1024;
+let logBytes = 0;
+let logCapped = false;
+
+function spawnWrangler(args, logFile) {
+  const child = spawn(process.execPath, [WRANGLER, ...args], { cwd: ROOT, env: CHILD_ENV, detached: true, stdio: ["ignore", "pipe", "pipe"] });
+  const log = logFile ? createWriteStream(logFile, { flags: "a" }) : null;
+  const tail = [];
+  const keep = (chunk) => {
+    logBytes += chunk.length;
+    if (logBytes <= LOG_CAP_BYTES) log?.write(chunk);
+    else if (!logCapped) {
+      logCapped = true;
+      log?.write(`\n[queue bench: log capped at ${LOG_CAP_BYTES} bytes; further output dropped]\n`);
+    }
+    tail.push(chunk.toString());
+    while (tail.length > 80) tail.shift();
+  };
+  child.stdout.on("data", keep);
+  child.stderr.on("data", keep);
+  child.exited = new Promise((resolve) => child.on("exit", (code, signal) => {
+    children.delete(child);
+    log?.end();
+    resolve({ code, signal });
+  }));
+  child.tail = () => tail.join("").split("\n").slice(-30).join("\n");
+  children.add(child);
+  return child;
+}
+
+function signalGroups(signal) {
+  for (const child of children) {
+    try {
+      process.kill(-child.pid, signal);
+    } catch {
+      // already gone
+    }
+  }
+}
+
+async function stopAll() {
+  if (children.size === 0) return;
+  signalGroups("SIGTERM");
+  const deadline = Date.now() + 5_000;
+  while (children.size > 0 && Date.now() < deadline) await sleep(100);
+  signalGroups("SIGKILL");
+}
+
+process.on("exit", () => signalGroups("SIGKILL"));
+for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"]) {
+  process.on(sig, async () => {
+    if (shuttingDown) return;
+    shuttingDown = true;
+    console.error(`\n${sig}: stopping`);
+    await stopAll();
+    removeState();
+    process.exit(130);
+  });
+}
+
+/** Run a wrangler command to completion (bounded), failing with its output when it fails. */
+async function wranglerOnce(args, logFile, timeoutMs = 90_000) {
+  const child = spawnWrangler(args, logFile);
+  const timer = setTimeout(() => {
+    try { process.kill(-child.pid, "SIGKILL"); } catch { /* gone */ }
+  }, timeoutMs);
+  const { code, signal } = await child.exited;
+  clearTimeout(timer);
+  if (code !== 0) throw new Error(`wrangler ${args.slice(0, 4).join(" ")} ... failed (${signal ?? code}):\n${child.tail()}`);
+}
+
+function portFree(port) {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.once("error", () => resolve(false));
+    srv.listen(port, HOST, () => srv.close(() => resolve(true)));
+  });
+}
+
+async function pickPort() {
+  for (let p = FIRST_PORT; p < FIRST_PORT + 60; p++) {
+    if ((await portFree(p)) && (await portFree(p + 1000))) return p;
+  }
+  throw new Error(`no free port pair (p, p+1000) from ${FIRST_PORT} to ${FIRST_PORT + 59}`);
+}
+
+/**
+ * Diagnostics (Linux, best effort): open file descriptors of the processes of the wrangler dev group,
+ * by command name, e.g. { workerd: 312, node: 40 }. null where /proc is not readable.
+ */
+let devPgid = null;
+function groupFds() {
+  if (devPgid === null || !existsSync("/proc/self/stat")) return null;
+  const out = {};
+  try {
+    for (const pid of readdirSync("/proc")) {
+      if (!/^\d+$/.test(pid)) continue;
+      let stat;
+      try { stat = readFileSync(`/proc/${pid}/stat`, "utf8"); } catch { continue; }
+      const close = stat.lastIndexOf(")");
+      const name = stat.slice(stat.indexOf("(") + 1, close);
+      const pgrp = Number(stat.slice(close + 2).split(" ")[2]);
+      if (pgrp !== devPgid) continue;
+      let n = 0;
+      try { n = readdirSync(`/proc/${pid}/fd`).length; } catch { continue; }
+      out[name] = (out[name] ?? 0) + n;
+    }
+  } catch {
+    return null;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- HTTP
+
+let BASE = "";
+
+/** One call with Node's fetch (undici, keep-alive). Never throws: a transport error is status 0. */
+async function call(method, path, { token, body, timeoutMs = CALL_TIMEOUT_MS } = {}) {
+  const headers = {};
+  if (token) headers.authorization = `Bearer ${token}`;
+  const payload = body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body);
+  if (payload !== undefined) headers["content-type"] = "application/json";
+  const t0 = performance.now();
+  try {
+    const res = await fetch(BASE + path, { method, headers, body: payload, signal: AbortSignal.timeout(timeoutMs) });
+    const text = await res.text();
+    const ms = performance.now() - t0;
+    let json = null;
+    try { json = JSON.parse(text); } catch { /* not JSON */ }
+    return { status: res.status, ms, json, text };
+  } catch (err) {
+    return { status: 0, ms: performance.now() - t0, json: null, text: `${err?.name ?? "Error"}: ${err?.message ?? err}` };
+  }
+}
+
+/** Errors of the whole run: counted per phase, the first few kept with their bodies. */
+const errors = { total: 0, byPhase: {}, samples: [] };
+function recordError(phase, res, what) {
+  errors.total += 1;
+  errors.byPhase[phase] = (errors.byPhase[phase] ?? 0) + 1;
+  if (errors.samples.length < 30) {
+    errors.samples.push({ phase, status: res.status, problem: what, ms: Math.round(res.ms), body: String(res.text).slice(0, 600) });
+  }
+}
+
+async function mustOk(phase, method, path, opts, status = 200) {
+  const res = await call(method, path, opts);
+  if (res.status !== status) {
+    recordError(phase, res, `expected ${status}`);
+    throw new Error(`${phase}: ${method} ${path} answered ${res.status} (expected ${status}): ${res.text.slice(0, 500)}`);
+  }
+  return res.json;
+}
+
+/** Run `count` jobs with at most `concurrency` in flight. */
+async function pool(count, concurrency, job) {
+  let next = 0;
+  const worker = async () => {
+    while (!shuttingDown) {
+      const i = next++;
+      if (i >= count) return;
+      await job(i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
+}
+
+// ---------------------------------------------------------------- statistics
+
+function percentile(sorted, p) {
+  if (sorted.length === 0) return null;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
+}
+
+function latencyStats(values) {
+  const s = [...values].sort((a, b) => a - b);
+  const r = (x) => (x == null ? null : Math.round(x * 100) / 100);
+  return {
+    n: s.length,
+    p50_ms: r(percentile(s, 50)),
+    p95_ms: r(percentile(s, 95)),
+    p99_ms: r(percentile(s, 99)),
+    max_ms: r(s.at(-1) ?? null),
+    mean_ms: r(s.length ? s.reduce((a, b) => a + b, 0) / s.length : null),
+  };
+}
+
+const fmt = (n, d = 1) => (n == null ? "-" : Number(n).toLocaleString("en-US", { minimumFractionDigits: d, maximumFractionDigits: d }));
+const pad = (s, w, left = false) => (left ? String(s).padEnd(w) : String(s).padStart(w));
+
+// ---------------------------------------------------------------- phases
+
+function spec(queue) {
+  return { template: TEMPLATE, queue, params: PARAMS };
+}
+
+/** ids enqueued, with the key of the client that enqueued each. */
+const enqueued = []; // { id, client }
+
+async function enqueueSingle() {
+  const latencies = [];
+  let ok = 0;
+  const t0 = performance.now();
+  await pool(SINGLE, SINGLE_CONCURRENCY, async (i) => {
+    const client = CLIENTS[i % CLIENTS.length];
+    const queue = BENCH_QUEUES[Math.floor(i / CLIENTS.length) % BENCH_QUEUES.length];
+    const res = await call("POST", "/api/queue/enqueue", { token: client.key, body: spec(queue) });
+    latencies.push(res.ms);
+    const id = res.json?.request?.id;
+    if (res.status !== 202) return recordError("enqueue_single", res, "expected 202");
+    if (typeof id !== "string" || res.json.request.status !== "queued" || res.json.request.client_id !== client.id || res.json.request.queue !== queue) {
+      return recordError("enqueue_single", res, "202 without a queued request of this client and queue");
+    }
+    ok += 1;
+    enqueued.push({ id, client });
+  });
+  const seconds = (performance.now() - t0) / 1000;
+  return { calls: SINGLE, concurrency: SINGLE_CONCURRENCY, requests_ok: ok, seconds, requests_per_s: ok / seconds, call_latency: latencyStats(latencies) };
+}
+
+async function enqueueBatched() {
+  const batches = BATCHED / BATCH_SIZE;
+  const latencies = [];
+  let ok = 0;
+  const t0 = performance.now();
+  await pool(batches, BATCH_CONCURRENCY, async (b) => {
+    const client = CLIENTS[b % CLIENTS.length];
+    const requests = Array.from({ length: BATCH_SIZE }, (_, j) => spec(BENCH_QUEUES[(b * BATCH_SIZE + j) % BENCH_QUEUES.length]));
+    const res = await call("POST", "/api/queue/enqueue", { token: client.key, body: { requests } });
+    latencies.push(res.ms);
+    if (res.status !== 200) return recordError("enqueue_batch", res, "expected 200");
+    const body = res.json;
+    if (body?.accepted !== BATCH_SIZE || body?.rejected !== 0 || !Array.isArray(body?.results)) {
+      return recordError("enqueue_batch", { ...res, text: JSON.stringify({ accepted: body?.accepted, rejected: body?.rejected, first_rejected: body?.results?.find((r) => !r.ok) }) }, `expected accepted=${BATCH_SIZE}`);
+    }
+    for (const r of body.results) {
+      if (r.ok && typeof r.request?.id === "string" && r.request.status === "queued" && r.request.client_id === client.id) {
+        ok += 1;
+        enqueued.push({ id: r.request.id, client });
+      } else {
+        recordError("enqueue_batch", { status: res.status, ms: res.ms, text: JSON.stringify(r) }, "batch item not queued");
+      }
+    }
+  });
+  const seconds = (performance.now() - t0) / 1000;
+  return { calls: batches, batch_size: BATCH_SIZE, concurrency: BATCH_CONCURRENCY, requests_ok: ok, seconds, requests_per_s: ok / seconds, call_latency: latencyStats(latencies) };
+}
+
+/** `SAMPLES` sequential calls (after a few untimed ones); `check` says what is wrong with an answer, or null. */
+async function sequential(phase, makeCall, check, { warmup = WARMUP_CALLS, startedAt, stop } = {}) {
+  for (let i = 0; i < warmup; i++) await makeCall(-1 - i);
+  const latencies = [];
+  const statuses = {};
+  let bad = 0;
+  const t0 = performance.now();
+  let timeouts = 0;
+  for (let i = 0; i < SAMPLES && !shuttingDown; i++) {
+    if (stop?.()) break;
+    if (timeouts >= MAX_TIMEOUTS) {
+      recordError(phase, { status: 0, ms: 0, text: `stopped after ${timeouts} calls without an answer` }, "service not answering");
+      break;
+    }
+    startedAt?.push(performance.now());
+    const res = await makeCall(i);
+    latencies.push(res.ms);
+    if (res.status === 0) timeouts += 1;
+    statuses[res.status] = (statuses[res.status] ?? 0) + 1;
+    const problem = check(res);
+    if (problem) {
+      bad += 1;
+      recordError(phase, res, problem);
+    }
+  }
+  return { ...latencyStats(latencies), seconds: (performance.now() - t0) / 1000, statuses, bad, latencies };
+}
+
+const randomOf = (list) => list[Math.floor(Math.random() * list.length)];
+
+function depthOf(status) {
+  return (status?.queues ?? []).reduce((sum, q) => sum + (Number(q.depth) || 0), 0);
+}
+
+async function drain(executeIds) {
+  const before = await mustOk("drain", "GET", "/api/queue/status", { token: ADMIN_TOKEN });
+  const backlog = depthOf(before);
+  const dispatched0 = before.scheduler.dispatched_total;
+  const polls = [];
+  let done = false; // every queue empty and nothing in flight
+  let gaveUp = false; // DRAIN_MAX_S passed
+  let stalled = false; // queues empty, but the same requests in flight for STALL_S
+  let doneAt = null;
+  let emptyAt = null; // first poll with every queue empty: { t, dispatched }
+  let flightSince = null; // { t, in_flight } while the queues are empty and in_flight does not move
+
+  const t0 = performance.now();
+  const started = await mustOk("drain", "POST", "/admin/scheduler/start", { token: ADMIN_TOKEN });
+  if (started.running !== true) throw new Error(`scheduler start answered running=${started.running}`);
+
+  const poller = (async () => {
+    let nextAt = t0;
+    while (!shuttingDown) {
+      nextAt += POLL_MS;
+      const wait = nextAt - performance.now();
+      if (wait > 0) await sleep(wait);
+      const res = await call("GET", "/api/queue/status", { token: ADMIN_TOKEN });
+      const t = (performance.now() - t0) / 1000;
+      if (res.status !== 200) {
+        console.log(`    t=${t.toFixed(2)}s status poll answered ${res.status} after ${fmt(res.ms, 0)} ms: ${res.text.slice(0, 120)}`);
+        recordError("drain_poll", res, "expected 200");
+        polls.push({ t, status: res.status, ms: res.ms, fds: groupFds() });
+      } else {
+        const s = res.json.scheduler;
+        const depth = depthOf(res.json);
+        const p = { t, depth, in_flight: s.in_flight, queued: s.queued, dispatched_total: s.dispatched_total, running: s.running, ms: Math.round(res.ms * 10) / 10, fds: groupFds() };
+        polls.push(p);
+        const empty = depth === 0 && s.queued === 0;
+        if (empty && !emptyAt) emptyAt = { t, dispatched: s.dispatched_total - dispatched0 };
+        if (polls.length % (emptyAt ? 20 : 4) === 0 || (empty && polls.at(-2)?.depth !== 0)) {
+          console.log(`    t=${t.toFixed(2)}s depth ${depth} in_flight ${s.in_flight} dispatched ${s.dispatched_total - dispatched0} (poll ${fmt(p.ms, 0)} ms${p.fds ? `, fds ${JSON.stringify(p.fds)}` : ""})`);
+        }
+        if (empty && s.in_flight === 0) {
+          done = true;
+          doneAt = t;
+          return;
+        }
+        if (empty && s.in_flight > 0) {
+          if (!flightSince || flightSince.in_flight !== s.in_flight) flightSince = { t, in_flight: s.in_flight };
+          else if (t - flightSince.t >= STALL_S) {
+            stalled = true;
+            console.log(`    t=${t.toFixed(2)}s queues empty but ${s.in_flight} requests in flight, unchanged for ${STALL_S} s: giving up the wait`);
+            return;
+          }
+        } else flightSince = null;
+      }
+      if (t > DRAIN_MAX_S) {
+        gaveUp = true;
+        return;
+      }
+    }
+  })();
+
+  // POST /api/execute while the backlog drains (200 when it ran, 202 when it had to wait). All the
+  // calls are made (no warm-up: the path is warm); the ones sent before the queues were empty are
+  // also reported on their own.
+  const sentAt = [];
+  const execAll = !DRAIN_EXECUTE ? { latencies: [], skipped: true } : await sequential(
+    "execute_draining",
+    () => call("POST", "/api/execute", { token: ACME.key, body: { template: TEMPLATE, params: PARAMS }, timeoutMs: EXECUTE_TIMEOUT_MS }),
+    (res) => {
+      if (res.status !== 200 && res.status !== 202) return "expected 200 or 202";
+      const st = res.json?.request?.status;
+      if (res.status === 200 && st !== "completed") return `200 with status ${st}`;
+      if (res.status === 202 && !["queued", "dispatching", "running"].includes(st)) return `202 with status ${st}`;
+      if (res.json?.request?.id) executeIds.push({ id: res.json.request.id, client: ACME, answered: res.status, status: st, ms: Math.round(res.ms) });
+      return null;
+    },
+    { warmup: 0, startedAt: sentAt, stop: () => gaveUp },
+  );
+  await poller;
+  const endMs = t0 + (emptyAt?.t ?? Infinity) * 1000;
+  const { latencies: execLatencies, ...execAllStats } = execAll;
+  const execDuring = { ...latencyStats(execLatencies.filter((_, i) => sentAt[i] < endMs)), all_calls: execAllStats };
+
+  const okPolls = polls.filter((p) => p.dispatched_total !== undefined);
+  const last = okPolls.at(-1);
+  let peak = 0;
+  let prev = { t: 0, dispatched_total: dispatched0 };
+  for (const p of okPolls) {
+    const dt = p.t - prev.t;
+    if (dt > 0) peak = Math.max(peak, (p.dispatched_total - prev.dispatched_total) / dt);
+    prev = p;
+  }
+  return {
+    completed: done,
+    stalled,
+    gave_up_after_s: gaveUp ? DRAIN_MAX_S : null,
+    backlog_at_start: backlog,
+    backlog_by_queue: Object.fromEntries((before.queues ?? []).filter((q) => q.depth > 0).map((q) => [q.queue, q.depth])),
+    // Dispatch: from the start command to the first poll that saw every queue empty.
+    dispatch_s: emptyAt?.t ?? null,
+    dispatched_by_then: emptyAt?.dispatched ?? null,
+    dispatches_per_s: emptyAt ? emptyAt.dispatched / emptyAt.t : null,
+    backlog_per_s: emptyAt ? backlog / emptyAt.t : null,
+    peak_dispatches_per_s: peak,
+    // Drain: until nothing is in flight either.
+    drain_s: doneAt,
+    dispatched_total: last ? last.dispatched_total - dispatched0 : null,
+    stuck_in_flight: done ? 0 : (last?.in_flight ?? null),
+    remaining_depth: last ? last.depth : null,
+    poll_interval_ms: POLL_MS,
+    poll_latency: latencyStats(polls.map((p) => p.ms)),
+    execute_during_drain: execDuring,
+    polls,
+  };
+}
+
+async function verify(sampleFrom) {
+  const picked = [];
+  const rest = [...sampleFrom];
+  for (let i = 0; i < VERIFY_SAMPLES && rest.length; i++) picked.push(rest.splice(Math.floor(Math.random() * rest.length), 1)[0]);
+  const byStatus = {};
+  let completed = 0;
+  const notCompleted = [];
+  let unanswered = 0;
+  for (const { id, client } of picked) {
+    if (unanswered >= MAX_TIMEOUTS) {
+      recordError("verify", { status: 0, ms: 0, text: `stopped after ${unanswered} calls without an answer` }, "service not answering");
+      break;
+    }
+    const res = await call("GET", `/api/execution/${id}`, { token: client.key, timeoutMs: 10_000 });
+    unanswered = res.status === 0 ? unanswered + 1 : 0;
+    const st = res.status === 200 ? res.json?.request?.status : `http_${res.status}`;
+    byStatus[st] = (byStatus[st] ?? 0) + 1;
+    if (st === "completed" && res.json.request.attempts >= 1 && res.json.request.client_id === client.id) completed += 1;
+    else {
+      recordError("verify", res, `expected completed, got ${st}`);
+      if (notCompleted.length < 10) notCompleted.push({ id, status: st, error: res.json?.request?.error ?? null, attempts: res.json?.request?.attempts ?? null });
+    }
+  }
+  return { sampled: picked.length, completed, by_status: byStatus, not_completed: notCompleted };
+}
+
+/** Lines of the wrangler dev log that look like trouble (errors, failed requests, 5xx). */
+function scanLog(file) {
+  if (!existsSync(file)) return { lines: 0, notable: 0, samples: [] };
+  // eslint-disable-next-line no-control-regex
+  const lines = readFileSync(file, "utf8").replace(/\x1b\[[0-9;]*m/g, "").split("\n").filter(Boolean);
+  const notable = lines.filter((l) => /error|exception|fail|warn|"status":5\d\d|lease_expired|uncaught/i.test(l));
+  const counts = {};
+  for (const l of notable) {
+    const msg = l.match(/"msg":"([^"]+)"/)?.[1] ?? l.replace(/\d+/g, "#").slice(0, 80);
+    counts[msg] = (counts[msg] ?? 0) + 1;
+  }
+  return { lines: lines.length, notable: notable.length, by_kind: counts, samples: notable.slice(0, 8).map((l) => l.slice(0, 400)) };
+}
+
+// ---------------------------------------------------------------- main
+
+async function main() {
+  const started = Date.now();
+  if (!existsSync(WRANGLER)) throw new Error(`wrangler not found at ${WRANGLER}; run npm install`);
+  const wranglerVersion = JSON.parse(readFileSync(join(ROOT, "node_modules", "wrangler", "package.json"), "utf8")).version;
+  mkdirSync(RESULTS_DIR, { recursive: true });
+  const logFile = join(RESULTS_DIR, "queue-wrangler.log");
+  writeFileSync(logFile, "");
+
+  const port = await pickPort();
+  BASE = `http://${HOST}:${port}`;
+  stateDir = mkdtempSync(join(tmpdir(), "rm-queue-bench-"));
+  const persist = join(stateDir, "state");
+  mkdirSync(persist, { recursive: true });
+  const envFile = join(stateDir, "bench.env");
+  writeFileSync(envFile, `ADMIN_TOKEN=${ADMIN_TOKEN}\nINTERNAL_TOKEN=${INTERNAL_TOKEN}\n`);
+
+  console.log(`queue bench: ${SINGLE} single + ${BATCHED} batched enqueues, ${SAMPLES} samples per latency; wrangler ${wranglerVersion}, node ${process.version}, ${cpus().length} cpus, load ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
+  console.log(`queue bench: ${BASE}, state in ${stateDir}, wrangler log in bench/results/queue-wrangler.log`);
+  console.log(`queue bench: wrangler inspector proxy ${INSPECTOR ? "ON (wrangler's default)" : "off (VSCODE_INSPECTOR_OPTIONS set; QUEUE_BENCH_INSPECTOR=1 keeps it)"}`);
+
+  const result = { date: new Date().toISOString() };
+  try {
+    // 1-2. local D1 and limits, then wrangler dev.
+    const d1 = ["d1", "execute", "DB", "--local", "--persist-to", persist, "--yes"];
+    await wranglerOnce([...d1, "--file", "schema.sql"], logFile);
+    await wranglerOnce([...d1, "--file", "seed.sql"], logFile);
+    await wranglerOnce([...d1, "--command", BENCH_SQL], logFile);
+    const configs = ["wrangler.toml", "examples/content-generator/wrangler.toml", "examples/notifier/wrangler.toml"].flatMap((c) => ["-c", c]);
+    const dev = spawnWrangler([
+      "dev", ...configs, "--ip", HOST, "--port", String(port), "--inspector-port", String(port + 1000),
+      "--persist-to", persist, "--log-level", "warn", "--env-file", envFile, "--show-interactive-dev-session=false",
+    ], logFile);
+    devPgid = dev.pid;
+    let exited = null;
+    dev.exited.then((e) => (exited = e));
+    const readyBy = Date.now() + READY_TIMEOUT_MS;
+    for (;;) {
+      if (exited) throw new Error(`wrangler dev exited early (${exited.signal ?? exited.code}):\n${dev.tail()}`);
+      if (Date.now() > readyBy) throw new Error(`not ready at ${BASE}/ within ${READY_TIMEOUT_MS / 1000}s:\n${dev.tail()}`);
+      const res = await call("GET", "/", { timeoutMs: 2_000 });
+      if (res.status === 200) break;
+      await sleep(250);
+    }
+    console.log(`queue bench: service ready after ${((Date.now() - started) / 1000).toFixed(1)}s`);
+
+    // Secrets came from the env file, and the bench data is there.
+    const auth = await call("GET", "/admin/scheduler/status", { token: ADMIN_TOKEN });
+    if (auth.status !== 200) throw new Error(`the admin token from --env-file was not accepted (${auth.status}): ${auth.text.slice(0, 300)}`);
+    const est = await call("POST", "/api/resources/estimate", { token: ACME.key, body: { template: TEMPLATE } });
+    if (est.status !== 200) throw new Error(`template ${TEMPLATE} not usable (${est.status}): ${est.text.slice(0, 300)}`);
+
+    // 3. stop the scheduler; the queues start empty.
+    const stopped = await mustOk("setup", "POST", "/admin/scheduler/stop", { token: ADMIN_TOKEN });
+    if (stopped.running !== false) throw new Error(`scheduler stop answered running=${stopped.running}`);
+    const empty = await mustOk("setup", "GET", "/api/queue/status", { token: ADMIN_TOKEN });
+    if (depthOf(empty) !== 0) throw new Error(`queues not empty at start: ${depthOf(empty)}`);
+    // Touch every key once (isolate caches of keys and config), not an enqueue.
+    for (const c of CLIENTS) await mustOk("setup", "GET", "/api/queue/status", { token: c.key });
+
+    // 4. enqueue.
+    console.log(`queue bench: enqueueing ${SINGLE} single (${SINGLE_CONCURRENCY} in flight)...`);
+    result.enqueue_single = await enqueueSingle();
+    console.log(`  ${fmt(result.enqueue_single.requests_per_s)} req/s, ${result.enqueue_single.requests_ok} ok in ${fmt(result.enqueue_single.seconds, 2)} s`);
+    console.log(`queue bench: enqueueing ${BATCHED} in batches of ${BATCH_SIZE} (${BATCH_CONCURRENCY} in flight)...`);
+    result.enqueue_batched = await enqueueBatched();
+    console.log(`  ${fmt(result.enqueue_batched.requests_per_s)} req/s, ${result.enqueue_batched.requests_ok} ok in ${fmt(result.enqueue_batched.seconds, 2)} s`);
+    const afterEnqueue = await mustOk("enqueue_check", "GET", "/api/queue/status", { token: ADMIN_TOKEN });
+    result.queued_after_enqueue = depthOf(afterEnqueue);
+    result.queued_by_queue = Object.fromEntries(afterEnqueue.queues.map((q) => [q.queue, q.depth]));
+    console.log(`queue bench: ${result.queued_after_enqueue} queued ${JSON.stringify(result.queued_by_queue)}, scheduler running=${afterEnqueue.scheduler.running}`);
+    if (result.queued_after_enqueue !== enqueued.length) {
+      recordError("enqueue_check", { status: 200, ms: 0, text: JSON.stringify(afterEnqueue.queues) }, `status says ${result.queued_after_enqueue} queued, ${enqueued.length} were accepted`);
+    }
+    if (enqueued.length === 0) throw new Error("nothing was enqueued");
+
+    // 5. latency with the backlog queued and the scheduler stopped.
+    console.log(`queue bench: latency with ${result.queued_after_enqueue} queued, scheduler stopped (${SAMPLES} sequential calls each)...`);
+    const latency = {};
+    latency.status = await sequential(
+      "status",
+      () => call("GET", "/api/queue/status", { token: ACME.key }),
+      (res) => (res.status !== 200 ? "expected 200" : depthOf(res.json) < enqueued.length ? `depth ${depthOf(res.json)} < ${enqueued.length}` : null),
+    );
+    latency.position = await sequential(
+      "position",
+      () => {
+        const { id, client } = randomOf(enqueued);
+        return call("GET", `/api/queue/position/${id}`, { token: client.key });
+      },
+      (res) => (res.status !== 200 ? "expected 200" : typeof res.json?.position !== "number" || res.json.status !== "queued" ? "no position for a queued request" : null),
+    );
+    const executeIds = [];
+    latency.execute_stopped = await sequential(
+      "execute_stopped",
+      () => call("POST", "/api/execute", { token: ACME.key, body: { template: TEMPLATE, params: PARAMS }, timeoutMs: EXECUTE_TIMEOUT_MS }),
+      (res) => {
+        if (res.status !== 202) return "expected 202";
+        if (res.json?.request?.status !== "queued" || res.json.request.queue !== "immediate") return "202 without a queued immediate request";
+        executeIds.push({ id: res.json.request.id, client: ACME, answered: 202 });
+        return null;
+      },
+    );
+    for (const v of Object.values(latency)) delete v.latencies;
+    result.latency_stopped = latency;
+    for (const [k, v] of Object.entries(latency)) console.log(`  ${pad(k, 16, true)} p50 ${fmt(v.p50_ms, 2)}  p95 ${fmt(v.p95_ms, 2)}  p99 ${fmt(v.p99_ms, 2)}  max ${fmt(v.max_ms, 2)} ms${v.bad ? `  (${v.bad} bad answers)` : ""}`);
+
+    // 6. drain.
+    console.log(`queue bench: starting the scheduler, draining${DRAIN_EXECUTE ? " (execute timed meanwhile)" : ""}...`);
+    result.drain = await drain(executeIds);
+    const d = result.drain;
+    console.log(`  backlog ${d.backlog_at_start}: ${d.dispatch_s == null ? "queues NOT emptied" : `${d.dispatched_by_then} dispatched in ${fmt(d.dispatch_s, 2)} s = ${fmt(d.dispatches_per_s, 0)}/s (peak ${fmt(d.peak_dispatches_per_s, 0)}/s)`}; ${d.completed ? `nothing in flight after ${fmt(d.drain_s, 2)} s` : `${d.stuck_in_flight} still in flight when the wait ended`}`);
+
+    // Verify: a sample of the enqueued requests completed.
+    result.verify = await verify(enqueued);
+    console.log(`  verify: ${result.verify.completed}/${result.verify.sampled} sampled enqueued requests completed ${JSON.stringify(result.verify.by_status)}`);
+    result.verify_execute = await verify(executeIds);
+    console.log(`  verify: ${result.verify_execute.completed}/${result.verify_execute.sampled} sampled execute requests completed ${JSON.stringify(result.verify_execute.by_status)}`);
+    const finalState = await call("GET", "/api/queue/status", { token: ADMIN_TOKEN });
+    result.final_status = finalState.json;
+  } finally {
+    await stopAll();
+    removeState();
+    if (KEEP_STATE) console.log(`queue bench: kept ${stateDir}`);
+  }
+
+  result.wrangler_log = scanLog(join(RESULTS_DIR, "queue-wrangler.log"));
+  summarize(result, { port, wranglerVersion, started });
+}
+
+function summarize(result, { port, wranglerVersion, started }) {
+  const L = result.latency_stopped;
+  const D = result.drain;
+  const E = D.execute_during_drain;
+  const rows = [
+    ["enqueue, single calls", `${fmt(result.enqueue_single.requests_per_s, 0)} req/s`, `${result.enqueue_single.requests_ok}/${SINGLE} ok, c=${SINGLE_CONCURRENCY}, call p50 ${fmt(result.enqueue_single.call_latency.p50_ms, 1)} p95 ${fmt(result.enqueue_single.call_latency.p95_ms, 1)} ms`],
+    ["enqueue, batches of 100", `${fmt(result.enqueue_batched.requests_per_s, 0)} req/s`, `${result.enqueue_batched.requests_ok}/${BATCHED} ok, c=${BATCH_CONCURRENCY}, call p50 ${fmt(result.enqueue_batched.call_latency.p50_ms, 1)} p95 ${fmt(result.enqueue_batched.call_latency.p95_ms, 1)} ms`],
+  ];
+  const latRows = [
+    ["GET /api/queue/status", L.status, "stopped"],
+    ["GET /api/queue/position/{id}", L.position, "stopped"],
+    ["POST /api/execute (202)", L.execute_stopped, "stopped"],
+    ...(DRAIN_EXECUTE ? [
+      ["POST /api/execute (draining)", { ...E, statuses: "those sent before the queues were empty" }, "draining"],
+      ["POST /api/execute (after start)", E.all_calls, "after start"],
+    ] : []),
+  ];
+  const line = "-".repeat(100);
+  console.log(`\n${line}`);
+  console.log(`${pad("enqueue", 30, true)}${pad("rate", 14)}   details`);
+  console.log(line);
+  for (const [a, b, c] of rows) console.log(`${pad(a, 30, true)}${pad(b, 14)}   ${c}`);
+  console.log(line);
+  console.log(`${pad(`latency, ${result.queued_after_enqueue} queued`, 30, true)}${pad("n", 5)}${pad("p50 ms", 10)}${pad("p95 ms", 10)}${pad("p99 ms", 10)}${pad("max ms", 10)}   statuses`);
+  console.log(line);
+  for (const [name, s] of latRows) console.log(`${pad(name, 30, true)}${pad(s.n, 5)}${pad(fmt(s.p50_ms, 2), 10)}${pad(fmt(s.p95_ms, 2), 10)}${pad(fmt(s.p99_ms, 2), 10)}${pad(fmt(s.max_ms, 2), 10)}   ${typeof s.statuses === "string" ? s.statuses : JSON.stringify(s.statuses)}`);
+  console.log(line);
+  console.log(`${pad("dispatch (queues empty)", 30, true)}${D.dispatch_s == null ? `queues NOT empty within the wait: depth ${D.remaining_depth}` : `${D.dispatched_by_then} dispatched in ${fmt(D.dispatch_s, 2)} s (backlog ${D.backlog_at_start} + executes), ±${POLL_MS} ms poll resolution`}`);
+  console.log(`${pad("  dispatches/s", 30, true)}${fmt(D.dispatches_per_s, 0)} (backlog/time ${fmt(D.backlog_per_s, 0)}), peak between polls ${fmt(D.peak_dispatches_per_s, 0)}`);
+  console.log(`${pad("drain (nothing in flight)", 30, true)}${D.completed ? `after ${fmt(D.drain_s, 2)} s` : `NOT reached: ${D.stuck_in_flight} requests still in flight when the wait ended${D.stalled ? ` (unchanged for ${STALL_S} s)` : ""}`}`);
+  console.log(`${pad("  verify", 30, true)}${result.verify.completed}/${result.verify.sampled} enqueued completed; ${result.verify_execute.completed}/${result.verify_execute.sampled} executes completed`);
+  console.log(line);
+
+  const p95Target = 200;
+  const targets = [
+    { name: "p95 GET /api/queue/status (stopped)", value: L.status.p95_ms, target: `< ${p95Target} ms`, met: L.status.p95_ms != null && L.status.p95_ms < p95Target },
+    { name: "p95 GET /api/queue/position (stopped)", value: L.position.p95_ms, target: `< ${p95Target} ms`, met: L.position.p95_ms != null && L.position.p95_ms < p95Target },
+    { name: "p95 POST /api/execute (stopped)", value: L.execute_stopped.p95_ms, target: `< ${p95Target} ms`, met: L.execute_stopped.p95_ms != null && L.execute_stopped.p95_ms < p95Target },
+    ...(DRAIN_EXECUTE ? [
+      { name: "p95 POST /api/execute (after start), info", value: E.all_calls.p95_ms, target: `< ${p95Target} ms`, met: E.all_calls.p95_ms != null && E.all_calls.p95_ms < p95Target },
+      { name: "p95 POST /api/execute (draining), info", value: E.p95_ms, target: `< ${p95Target} ms`, met: E.p95_ms != null && E.p95_ms < p95Target },
+    ] : []),
+    { name: "dispatches/s", value: D.dispatches_per_s, target: ">= 2000", met: D.dispatches_per_s != null && D.dispatches_per_s >= 2000 },
+    { name: "dispatches/s (aim)", value: D.dispatches_per_s, target: ">= 6000", met: D.dispatches_per_s != null && D.dispatches_per_s >= 6000 },
+    { name: "requests left in flight after the drain", value: D.stuck_in_flight, target: "= 0", met: D.completed },
+    { name: "sampled requests completed", value: result.verify.completed, target: `= ${result.verify.sampled}`, met: result.verify.completed === result.verify.sampled },
+  ];
+  for (const t of targets) console.log(`${pad(t.name, 42, true)}${pad(t.value == null ? "-" : fmt(t.value, t.name.startsWith("p95") ? 2 : 0), 10)}  target ${pad(t.target, 10, true)} ${t.met ? "met" : "NOT met"}`);
+  console.log(line);
+  if (errors.total === 0) console.log("errors: none (every answer had the expected status and body)");
+  else {
+    console.log(`errors: ${errors.total} ${JSON.stringify(errors.byPhase)}`);
+    for (const e of errors.samples.slice(0, 10)) console.log(`  [${e.phase}] ${e.status} ${e.problem} (${e.ms} ms): ${e.body.slice(0, 300)}`);
+  }
+  const wl = result.wrangler_log;
+  console.log(`wrangler log: ${wl.lines} lines, ${wl.notable} notable${wl.notable ? ` ${JSON.stringify(wl.by_kind)}` : ""}`);
+
+  const out = {
+    ...result,
+    machine: { cpus: cpus().length, cpu_model: cpus()[0]?.model, platform: platform(), release: release(), node: process.version, wrangler: wranglerVersion, loadavg_end: loadavg() },
+    config: { port, wrangler_inspector_proxy: INSPECTOR, execute_during_drain: DRAIN_EXECUTE, single: SINGLE, batched: BATCHED, batch_size: BATCH_SIZE, single_concurrency: SINGLE_CONCURRENCY, batch_concurrency: BATCH_CONCURRENCY, samples: SAMPLES, warmup_calls: WARMUP_CALLS, poll_ms: POLL_MS, drain_max_s: DRAIN_MAX_S, template: TEMPLATE, queues: BENCH_QUEUES },
+    targets,
+    errors,
+    elapsed_s: (Date.now() - started) / 1000,
+  };
+  writeFileSync(join(RESULTS_DIR, "queue-latest.json"), JSON.stringify(out, null, 2) + "\n");
+  console.log(`results written to bench/results/queue-latest.json (${out.elapsed_s.toFixed(0)} s in all)`);
+}
+
+const watchdog = setTimeout(async () => {
+  console.error(`queue bench: watchdog fired after ${WATCHDOG_MS / 1000}s; stopping`);
+  shuttingDown = true;
+  await stopAll();
+  removeState();
+  process.exit(2);
+}, WATCHDOG_MS);
+watchdog.unref();
+
+main().then(
+  () => process.exit(0),
+  async (err) => {
+    console.error(`queue bench: FAILED: ${err?.stack ?? err}`);
+    if (errors.total) console.error(`errors so far: ${JSON.stringify(errors.samples.slice(0, 5), null, 2)}`);
+    await stopAll();
+    removeState();
+    process.exit(1);
+  },
+);
