@@ -162,7 +162,7 @@ export class SchedulerObject extends DurableObject<Env> {
   private dispatchLog: Array<{ at: number; clientId: string; queue: QueueName }> = [];
   private durations: number[] = [];
   private rankCache: { at: number; order: string[] } | null = null;
-  private settleBuffer: Array<{ id: string; outcome: Outcome }> = [];
+  private settleBuffer: Array<{ id: string; attempt: number; outcome: Outcome }> = [];
   private settleTimer: ReturnType<typeof setTimeout> | null = null;
   private alarmAt: number | null = null;
   private lastPassAt: number | null = null;
@@ -584,42 +584,54 @@ export class SchedulerObject extends DurableObject<Env> {
     this.dispatchLog.push({ at: now, clientId: row.client_id, queue: row.queue });
     const controller = new AbortController();
     this.inflight.set(row.id, controller);
-    void this.invoke({ ...row, attempts: row.attempts + 1 }, template, controller).then((outcome) => {
-      this.inflight.delete(row.id);
+    const attempt = row.attempts + 1;
+    void this.invoke({ ...row, attempts: attempt }, template, controller).then((outcome) => {
+      if (this.inflight.get(row.id) === controller) this.inflight.delete(row.id);
       this.durations.push(Date.now() - now);
       if (this.durations.length > 100) this.durations.shift();
-      this.queueSettlement(row.id, outcome);
+      this.queueSettlement(row.id, attempt, outcome);
     });
   }
 
+  /**
+   * Call the template's worker with a deadline. Never rejects: every failure is an outcome. The deadline
+   * timer is cleared as soon as the call ends (AbortSignal.timeout would keep one live timer per call for
+   * the whole timeout, and workerd caps live timers per object at 10,000).
+   */
   private async invoke(row: Row, template: Template, controller: AbortController): Promise<Outcome> {
     const binding = (this.env as unknown as Record<string, Fetcher | undefined>)[template.binding];
     if (!binding || typeof binding.fetch !== "function") {
       return { ok: false, error: `no service binding ${template.binding} for template ${template.id}`, retryable: false };
     }
-    const holds = JSON.parse(row.reservations ?? "[]") as Held[];
-    const allotted = Object.fromEntries(holds.map((h) => [h.pool, h.amount]));
-    const timeout = AbortSignal.timeout(template.timeoutMs);
+    let timedOut = false;
+    const deadline = setTimeout(() => {
+      timedOut = true;
+      controller.abort(new Error("deadline"));
+    }, template.timeoutMs);
     try {
+      const holds = JSON.parse(row.reservations ?? "[]") as Held[];
+      const allotted = Object.fromEntries(holds.map((h) => [h.pool, h.amount]));
       const res = await binding.fetch("https://worker.internal/run", {
         method: "POST",
         headers: { "content-type": "application/json", "x-request-id": row.id },
-        body: JSON.stringify({ request_id: row.id, template: row.template, params: JSON.parse(row.params), attempt: row.attempts, allotted }),
-        signal: AbortSignal.any([controller.signal, timeout]),
+        body: `{"request_id":${JSON.stringify(row.id)},"template":${JSON.stringify(row.template)},"params":${row.params},"attempt":${row.attempts},"allotted":${JSON.stringify(allotted)}}`,
+        signal: controller.signal,
       });
       const text = await res.text();
       if (!res.ok) return { ok: false, error: `worker answered ${res.status}: ${text.slice(0, 300)}` };
       const body = JSON.parse(text) as { result?: unknown; usage?: Record<string, number> };
       return { ok: true, result: body.result ?? null, usage: body.usage ?? {} };
     } catch (err) {
-      if (timeout.aborted) return { ok: false, error: `worker timed out after ${template.timeoutMs} ms` };
+      if (timedOut) return { ok: false, error: `worker timed out after ${template.timeoutMs} ms` };
       if (controller.signal.aborted) return { ok: false, error: "cancelled", retryable: false };
       return { ok: false, error: `worker failed: ${err instanceof Error ? err.message : String(err)}` };
+    } finally {
+      clearTimeout(deadline);
     }
   }
 
-  private queueSettlement(id: string, outcome: Outcome): void {
-    this.settleBuffer.push({ id, outcome });
+  private queueSettlement(id: string, attempt: number, outcome: Outcome): void {
+    this.settleBuffer.push({ id, attempt, outcome });
     this.settleTimer ??= setTimeout(() => {
       this.settleTimer = null;
       void this.settle();
@@ -634,9 +646,10 @@ export class SchedulerObject extends DurableObject<Env> {
   private async settle(): Promise<void> {
     const batch = this.settleBuffer.splice(0);
     const live: Array<{ row: Row; outcome: Outcome; actual: Record<string, number> }> = [];
-    for (const { id, outcome } of batch) {
+    for (const { id, attempt, outcome } of batch) {
       const row = this.rowOf(id);
-      if (!row || row.status !== "running") continue; // cancelled meanwhile: already released
+      // Cancelled meanwhile (already released), or an attempt whose lease was reclaimed: not ours to settle.
+      if (!row || row.status !== "running" || row.attempts !== attempt) continue;
       const holds = JSON.parse(row.reservations ?? "[]") as Held[];
       const actual: Record<string, number> = {};
       if (outcome.ok) {
@@ -709,14 +722,17 @@ export class SchedulerObject extends DurableObject<Env> {
   }
 
   /**
-   * Requests whose lease ended without settling (a pass or the object died mid-way) go back to their
-   * queue; a running one counts its attempt. Their reservations and slots expire on their own.
+   * Requests whose lease ended without settling (a pass or the object died mid-way, or a worker call
+   * outlived its deadline and margin) go back to their queue; a running one counts its attempt. Their
+   * reservations and slots expire on their own.
    */
   private reclaimLeases(now: number): void {
     const stale = this.sql.exec<Row>(
       "SELECT * FROM requests WHERE status IN ('dispatching', 'running') AND lease_until <= ?", now,
-    ).toArray().filter((r) => !this.inflight.has(r.id) && !this.admitting.has(r.id));
+    ).toArray().filter((r) => !this.admitting.has(r.id));
     for (const row of stale) {
+      this.inflight.get(row.id)?.abort(new Error("lease expired"));
+      this.inflight.delete(row.id);
       if (row.status === "running" && row.attempts >= row.max_attempts) {
         this.finish(row.id, "failed", now, { error: "lease expired: the dispatcher stopped while the request ran" });
       } else {
