@@ -201,12 +201,16 @@ export class PoolObject extends DurableObject<Env> {
   reserveMany(config: PoolConfig, items: BatchReserveItem[]): Result<ReserveResult>[] {
     const cfg = this.adopt(config);
     const now = Date.now();
-    return items.map((item) => this.reserveOne(cfg, item.caller, item.amount, item.ttlMs, item.requestId, now));
+    const results = items.map((item) => this.reserveOne(cfg, item.caller, item.amount, item.ttlMs, item.requestId, now, false));
+    this.saveBucket();
+    return results;
   }
 
   /** Settle many reservations in one call; each answered on its own. */
   releaseMany(config: PoolConfig, items: BatchReleaseItem[]): Result<ReleaseResult>[] {
-    return items.map((item) => this.release(config, item.caller, item.reservationId, item.actualUsed));
+    const results = items.map((item) => this.releaseOne(config, item.caller, item.reservationId, item.actualUsed, false));
+    this.saveBucket();
+    return results;
   }
 
   /**
@@ -214,6 +218,11 @@ export class PoolObject extends DurableObject<Env> {
    * reserved is refused; the caller should have reserved enough. Only the holder's client may settle.
    */
   release(config: PoolConfig, caller: Caller, reservationId: string, actualUsed = 0): Result<ReleaseResult> {
+    return this.releaseOne(config, caller, reservationId, actualUsed, true);
+  }
+
+  /** One settlement; `save` false leaves persisting the bucket to the caller (batched settlement). */
+  private releaseOne(config: PoolConfig, caller: Caller, reservationId: string, actualUsed: number, save: boolean): Result<ReleaseResult> {
     const cfg = this.adopt(config);
     const now = Date.now();
     const row = this.sql.exec<ReservationRow>("SELECT * FROM reservations WHERE id = ?", reservationId).toArray()[0];
@@ -233,7 +242,7 @@ export class PoolObject extends DurableObject<Env> {
     this.refillTo(now, cfg);
     const refunded = row.amount - actualUsed;
     this.bucket = giveBack(this.bucket, refunded, cfg);
-    this.saveBucket();
+    if (save) this.saveBucket();
     this.sql.exec(
       "UPDATE reservations SET status = 'released', settled_at = ?, consumed = ? WHERE id = ?",
       now, actualUsed, reservationId,
@@ -319,11 +328,11 @@ export class PoolObject extends DurableObject<Env> {
     });
   }
 
-  private reserveOne(cfg: PoolConfig, caller: Caller, amount: number, ttlMs: number, requestId: string | null, now: number): Result<ReserveResult> {
+  private reserveOne(cfg: PoolConfig, caller: Caller, amount: number, ttlMs: number, requestId: string | null, now: number, save = true): Result<ReserveResult> {
     const admitted = this.admit(cfg, caller, amount, now, true);
     if (!admitted.ok) return admitted;
     this.bucket = take(this.bucket, amount);
-    this.saveBucket();
+    if (save) this.saveBucket();
     const id = `res_${crypto.randomUUID().replaceAll("-", "")}`;
     const expiresAt = now + ttlMs;
     this.sql.exec(
@@ -413,7 +422,7 @@ export class PoolObject extends DurableObject<Env> {
         ).toArray();
         if (rows.length === 0) break;
         await insertUsageEvents(this.env.DB, rows.map((r) => JSON.parse(r.payload) as UsageEvent));
-        for (const r of rows) this.sql.exec("DELETE FROM outbox WHERE event_id = ?", r.event_id);
+        this.sql.exec("DELETE FROM outbox WHERE event_id IN (SELECT value FROM json_each(?))", JSON.stringify(rows.map((r) => r.event_id)));
         delivered += rows.length;
       }
       this.flushFailures = 0;

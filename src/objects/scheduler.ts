@@ -141,6 +141,8 @@ const SCAN_LIMIT = 2048;
 const FAIRNESS_WINDOW_MS = 5 * 60 * 1000;
 const RATE_WINDOW_MS = 60 * 1000;
 const RANK_CACHE_MS = 250;
+/** Completions are settled together: one release call per pool and client for all that end within this window. */
+const SETTLE_DELAY_MS = 5;
 const MAX_RESULT_CHARS = 256 * 1024;
 /** Terminal states that cancellation cannot change. */
 const TERMINAL: RequestStatus[] = ["completed", "failed", "cancelled", "expired"];
@@ -156,6 +158,11 @@ export class SchedulerObject extends DurableObject<Env> {
   private sql: SqlStorage;
   private running = true;
   private queued = new Map<string, Queued>();
+  /**
+   * Every request not yet finished (queued, dispatching, running), as stored. This object is the only
+   * writer of its table, so the copy stays exact and the dispatch path reads no rows back from SQLite.
+   */
+  private live = new Map<string, Row>();
   private inflight = new Map<string, AbortController>();
   private admitting = new Set<string>();
   private waiters = new Map<string, Array<(v: RequestView) => void>>();
@@ -199,13 +206,16 @@ export class SchedulerObject extends DurableObject<Env> {
         reservations TEXT
       );
       CREATE UNIQUE INDEX IF NOT EXISTS requests_idempotency ON requests (client_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
-      CREATE INDEX IF NOT EXISTS requests_status ON requests (status, lease_until);
+      DROP INDEX IF EXISTS requests_status;
       CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v TEXT NOT NULL);
     `);
     const state = new Map(this.sql.exec<{ k: string; v: string }>("SELECT k, v FROM state").toArray().map((r) => [r.k, r.v]));
     this.running = state.get("running") !== "false";
-    this.seq = Number(state.get("dispatch_seq") ?? 0);
-    for (const row of this.sql.exec<Row>("SELECT * FROM requests WHERE status = 'queued'")) this.index(row);
+    this.seq = this.sql.exec<{ n: number | null }>("SELECT MAX(dispatch_seq) AS n FROM requests").one().n ?? 0;
+    for (const row of this.sql.exec<Row>("SELECT * FROM requests WHERE status IN ('queued', 'dispatching', 'running')")) {
+      this.live.set(row.id, row);
+      if (row.status === "queued") this.index(row);
+    }
     void ctx.blockConcurrencyWhile(async () => {
       this.alarmAt = await ctx.storage.getAlarm();
     });
@@ -278,6 +288,8 @@ export class SchedulerObject extends DurableObject<Env> {
       "UPDATE requests SET status = 'cancelled', error = 'cancelled by caller', finished_at = ?, updated_at = ?, lease_until = NULL WHERE id = ?",
       now, now, id,
     );
+    Object.assign(row, { status: "cancelled", error: "cancelled by caller", finished_at: now, updated_at: now, lease_until: null });
+    this.live.delete(id);
     log.info("request_cancelled", { request_id: id, client_id: row.client_id, was: row.status });
     if (wasActive) {
       this.inflight.get(id)?.abort(new Error("cancelled"));
@@ -401,7 +413,14 @@ export class SchedulerObject extends DurableObject<Env> {
       id, item.clientId, item.tier, item.maxConcurrent, item.template, JSON.stringify(item.params ?? null), item.queue, priority,
       item.maxAttempts, item.idempotencyKey, item.estimateNano, now, now, notBefore,
     );
-    const row = this.rowOf(id)!;
+    const row: Row = {
+      id, client_id: item.clientId, tier: item.tier, max_concurrent: item.maxConcurrent, template: item.template,
+      params: JSON.stringify(item.params ?? null), queue: item.queue, status: "queued", priority, attempts: 0,
+      max_attempts: item.maxAttempts, idempotency_key: item.idempotencyKey, estimate_nano: item.estimateNano,
+      actual_nano: null, result: null, error: null, created_at: now, updated_at: now, not_before: notBefore,
+      lease_until: null, started_at: null, finished_at: null, dispatch_seq: null, reservations: null,
+    };
+    this.live.set(id, row);
     this.index(row);
     return { request: view(row), duplicate: false };
   }
@@ -414,7 +433,7 @@ export class SchedulerObject extends DurableObject<Env> {
   }
 
   private rowOf(id: string): Row | undefined {
-    return this.sql.exec<Row>("SELECT * FROM requests WHERE id = ?", id).toArray()[0];
+    return this.live.get(id) ?? this.sql.exec<Row>("SELECT * FROM requests WHERE id = ?", id).toArray()[0];
   }
 
   /** Queued ids in dispatch order (ready ones first), with current fairness shares. */
@@ -481,7 +500,7 @@ export class SchedulerObject extends DurableObject<Env> {
     this.admitting.add(id);
     this.rankCache = null;
     this.sql.exec("UPDATE requests SET status = 'dispatching', lease_until = ?, updated_at = ? WHERE id = ?", leaseUntil, now, id);
-    return this.rowOf(id)!;
+    return Object.assign(this.live.get(id)!, { status: "dispatching", lease_until: leaseUntil, updated_at: now });
   }
 
   /**
@@ -539,7 +558,6 @@ export class SchedulerObject extends DurableObject<Env> {
       const error = refused.get(row.id);
       const holds = held.get(row.id) ?? [];
       if (!error) {
-        this.sql.exec("UPDATE requests SET reservations = ? WHERE id = ?", JSON.stringify(holds), row.id);
         row.reservations = JSON.stringify(holds);
         admitted.push(row);
         continue;
@@ -561,7 +579,7 @@ export class SchedulerObject extends DurableObject<Env> {
     if (rollback.length) await this.releaseHolds(rollback.map(({ row, holds }) => ({ row: { ...row, reservations: JSON.stringify(holds) }, actual: {} })));
 
     const now = Date.now();
-    const claimed = (row: Row) => this.rowOf(row.id)?.status === "dispatching";
+    const claimed = (row: Row) => this.live.get(row.id)?.status === "dispatching";
     for (const row of requeue) if (claimed(row)) this.requeue(row, now, row.not_before, false);
     for (const { row, reason } of failNow) if (claimed(row)) this.finish(row.id, "failed", now, { error: reason });
     for (const row of rows) this.admitting.delete(row.id);
@@ -577,15 +595,15 @@ export class SchedulerObject extends DurableObject<Env> {
     const now = Date.now();
     this.seq += 1;
     this.sql.exec(
-      "UPDATE requests SET status = 'running', attempts = attempts + 1, started_at = ?, updated_at = ?, dispatch_seq = ? WHERE id = ?",
-      now, now, this.seq, row.id,
+      "UPDATE requests SET status = 'running', attempts = attempts + 1, started_at = ?, updated_at = ?, dispatch_seq = ?, reservations = ? WHERE id = ?",
+      now, now, this.seq, row.reservations, row.id,
     );
-    this.sql.exec("INSERT INTO state (k, v) VALUES ('dispatch_seq', ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v", String(this.seq));
+    Object.assign(row, { status: "running", attempts: row.attempts + 1, started_at: now, updated_at: now, dispatch_seq: this.seq });
     this.dispatchLog.push({ at: now, clientId: row.client_id, queue: row.queue });
     const controller = new AbortController();
     this.inflight.set(row.id, controller);
-    const attempt = row.attempts + 1;
-    void this.invoke({ ...row, attempts: attempt }, template, controller).then((outcome) => {
+    const attempt = row.attempts;
+    void this.invoke(row, template, controller).then((outcome) => {
       if (this.inflight.get(row.id) === controller) this.inflight.delete(row.id);
       this.durations.push(Date.now() - now);
       if (this.durations.length > 100) this.durations.shift();
@@ -635,7 +653,7 @@ export class SchedulerObject extends DurableObject<Env> {
     this.settleTimer ??= setTimeout(() => {
       this.settleTimer = null;
       void this.settle();
-    }, 1);
+    }, SETTLE_DELAY_MS);
   }
 
   /**
@@ -708,7 +726,13 @@ export class SchedulerObject extends DurableObject<Env> {
       "UPDATE requests SET status = 'queued', lease_until = NULL, reservations = NULL, not_before = ?, updated_at = ?, error = COALESCE(?, error) WHERE id = ?",
       notBefore, now, failedAttempt ? (error ?? null) : null, row.id,
     );
-    this.index(this.rowOf(row.id)!);
+    const live = this.live.get(row.id) ?? row;
+    Object.assign(live, {
+      status: "queued", lease_until: null, reservations: null, not_before: notBefore, updated_at: now,
+      error: (failedAttempt ? (error ?? null) : null) ?? live.error,
+    });
+    this.live.set(live.id, live);
+    this.index(live);
     if (failedAttempt) this.resolveWaiters(row.id);
   }
 
@@ -717,8 +741,16 @@ export class SchedulerObject extends DurableObject<Env> {
       "UPDATE requests SET status = ?, result = ?, actual_nano = ?, error = ?, finished_at = ?, updated_at = ?, lease_until = NULL WHERE id = ?",
       status, fields.result ?? null, fields.actual ?? null, fields.error ?? null, now, now, id,
     );
+    const live = this.live.get(id);
+    if (live) {
+      Object.assign(live, {
+        status, result: fields.result ?? null, actual_nano: fields.actual ?? null, error: fields.error ?? null,
+        finished_at: now, updated_at: now, lease_until: null,
+      });
+    }
     this.queued.delete(id);
     this.resolveWaiters(id);
+    this.live.delete(id);
   }
 
   /**
@@ -727,9 +759,8 @@ export class SchedulerObject extends DurableObject<Env> {
    * reservations and slots expire on their own.
    */
   private reclaimLeases(now: number): void {
-    const stale = this.sql.exec<Row>(
-      "SELECT * FROM requests WHERE status IN ('dispatching', 'running') AND lease_until <= ?", now,
-    ).toArray().filter((r) => !this.admitting.has(r.id));
+    const stale = [...this.live.values()].filter((r) =>
+      (r.status === "dispatching" || r.status === "running") && r.lease_until !== null && r.lease_until <= now && !this.admitting.has(r.id));
     for (const row of stale) {
       this.inflight.get(row.id)?.abort(new Error("lease expired"));
       this.inflight.delete(row.id);
