@@ -77,3 +77,42 @@ CREATE TABLE IF NOT EXISTS usage_events (
 );
 CREATE INDEX IF NOT EXISTS usage_events_client_at ON usage_events (client_id, at);
 CREATE INDEX IF NOT EXISTS usage_events_pool_at ON usage_events (pool_id, at);
+
+-- Usage rollups: one row per client, pool and UTC day, written in the same D1 batch as the ledger rows
+-- they sum, so the two always agree. Usage history reads these, never the ledger.
+CREATE TABLE IF NOT EXISTS usage_daily (
+  client_id TEXT NOT NULL,
+  pool_id TEXT NOT NULL,
+  -- 'YYYY-MM-DD', UTC.
+  day TEXT NOT NULL,
+  units INTEGER NOT NULL CHECK (units >= 0),
+  cost_nano INTEGER NOT NULL CHECK (cost_nano >= 0),
+  events INTEGER NOT NULL CHECK (events >= 0),
+  PRIMARY KEY (client_id, pool_id, day)
+);
+CREATE INDEX IF NOT EXISTS usage_daily_client_day ON usage_daily (client_id, day);
+
+-- Alerts: conditions an operator must see. The partial unique index keeps at most one unresolved alert
+-- per dedupe key, so a re-raise while open bumps `count` instead of adding a row. budget_80 and
+-- budget_95 carry the month in their dedupe key ("budget_80:acme:2026-04"): once per client per month.
+CREATE TABLE IF NOT EXISTS alerts (
+  id TEXT PRIMARY KEY,
+  kind TEXT NOT NULL CHECK (kind IN ('pool_low', 'budget_80', 'budget_95', 'budget_exhausted', 'queue_backup', 'starvation', 'worker_failures', 'worker_timeouts')),
+  -- What the alert is about: a pool id, client id, queue name ("all" for the total), or template id.
+  subject TEXT NOT NULL,
+  severity TEXT NOT NULL CHECK (severity IN ('info', 'warning', 'critical')),
+  state TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'acknowledged', 'resolved')),
+  message TEXT NOT NULL,
+  -- JSON object: the numbers behind the latest raise.
+  details TEXT NOT NULL DEFAULT '{}',
+  dedupe_key TEXT NOT NULL,
+  -- How many times the condition was raised while this alert was unresolved.
+  count INTEGER NOT NULL DEFAULT 1 CHECK (count >= 1),
+  raised_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL,
+  acked_at INTEGER,
+  resolved_at INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS alerts_unresolved_dedupe ON alerts (dedupe_key) WHERE state != 'resolved';
+CREATE INDEX IF NOT EXISTS alerts_raised ON alerts (raised_at, id);
+CREATE INDEX IF NOT EXISTS alerts_kind_subject ON alerts (kind, subject, state);

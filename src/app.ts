@@ -3,10 +3,13 @@ import type { AppEnv } from "./http/context";
 import { notFound, onError, validationError } from "./http/errors";
 import { traceRequests } from "./http/trace";
 import { adminRoutes } from "./routes/admin";
+import { alertRoutes } from "./routes/alerts";
+import { costRoutes } from "./routes/cost";
 import { healthRoutes } from "./routes/health";
 import { internalRoutes } from "./routes/internal";
 import { queueRoutes } from "./routes/queue";
 import { resourceRoutes } from "./routes/resources";
+import { usageRoutes } from "./routes/usage";
 
 /** Compose the HTTP app: middleware, route groups, the OpenAPI document, error handling. */
 export function createApp() {
@@ -18,9 +21,12 @@ export function createApp() {
   app.use("*", traceRequests);
   app.route("/", healthRoutes);
   app.route("/", resourceRoutes);
+  app.route("/", usageRoutes);
+  app.route("/", costRoutes);
   app.route("/", internalRoutes);
   app.route("/", queueRoutes);
   app.route("/", adminRoutes);
+  app.route("/", alertRoutes);
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", {
     type: "http",
     scheme: "bearer",

@@ -18,6 +18,8 @@ export const ERRORS = {
   reservation_not_found: { status: 404, description: "No such reservation in this pool." },
   reservation_closed: { status: 409, description: "The reservation was already released or has expired." },
   idempotency_conflict: { status: 409, description: "The idempotency key was used with different parameters." },
+  alert_not_found: { status: 404, description: "No such alert." },
+  alert_state: { status: 409, description: "The alert is resolved and can no longer be acknowledged." },
   pool_inactive: { status: 409, description: "The pool is draining or disabled and takes no new spending." },
   rate_limited: { status: 429, description: "Not enough units now; Retry-After says when there will be." },
   worker_failed: { status: 502, description: "The template's worker failed on every attempt; details carry the request." },

@@ -1,11 +1,11 @@
 import { createRoute, OpenAPIHono, z } from "@hono/zod-openapi";
-import { costOf } from "../domain/money";
 import { accessFor } from "../domain/sharing";
 import type { PoolAmount as PoolAmountT } from "../domain/types";
 import { authenticate, requireScope } from "../http/auth";
 import type { AppEnv } from "../http/context";
 import { errorResponses } from "../http/errors";
-import { poolConfig, poolConfigs, templateConfig } from "../services/config";
+import { poolConfig, poolConfigs } from "../services/config";
+import { estimateCost } from "../services/estimate";
 import { callerFor, poolStub, unwrap } from "../services/pools";
 import { ClientId, Nano, PoolAmount, PoolId, TraceId, Units } from "./schemas";
 
@@ -139,23 +139,13 @@ export const resourceRoutes = new OpenAPIHono<AppEnv>()
       request: { body: json(EstimateRequest) },
       responses: {
         200: { description: "Cost per pool and in total, in nano-dollars.", content: { "application/json": { schema: Estimate } } },
-        ...errorResponses("bad_request", "validation_failed", "unauthorized", "forbidden", "pool_not_found", "template_not_found"),
+        ...errorResponses("bad_request", "validation_failed", "unauthorized", "forbidden", "pool_forbidden", "pool_not_found", "template_not_found"),
       },
     }),
     async (c) => {
-      const body = c.req.valid("json");
-      const amounts = body.template ? (await templateConfig(c.env, body.template)).requirements : body.requirements!;
-      const pools = await Promise.all(
-        amounts.map(async (a) => {
-          const cfg = await poolConfig(c.env, a.pool);
-          return { pool: a.pool, amount: a.amount, unit: cfg.unit, cost_per_unit_nano: cfg.costPerUnitNano, cost_nano: costOf(a.amount, cfg.costPerUnitNano) };
-        }),
-      );
-      return c.json({
-        template: body.template ?? null,
-        pools,
-        total_cost_nano: pools.reduce((sum, p) => sum + p.cost_nano, 0),
-        trace_id: c.var.traceId,
-      }, 200);
+      const p = c.var.principal;
+      const caller = p.kind === "client" ? { clientId: p.clientId, tier: p.tier, via: "api" } : null;
+      const { template, pools, total_cost_nano } = await estimateCost(c.env, c.req.valid("json"), caller, c.var.logger);
+      return c.json({ template, pools, total_cost_nano, trace_id: c.var.traceId }, 200);
     },
   );

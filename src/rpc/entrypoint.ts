@@ -1,10 +1,10 @@
 import { WorkerEntrypoint } from "cloudflare:workers";
-import { costOf } from "../domain/money";
 import type { Caller, PoolAmount } from "../domain/types";
 import { AppError } from "../errors";
 import type { CheckResult, ConsumeResult, ReleaseResult, ReserveResult } from "../objects/pool";
 import type { EnqueueOutcome, PositionView, RequestView } from "../objects/scheduler";
-import { clientTier, poolConfig, templateConfig } from "../services/config";
+import { clientTier, poolConfig } from "../services/config";
+import { estimateCost, type CostEstimate } from "../services/estimate";
 import { validationError } from "../http/errors";
 import { RequestSpec as RequestSpecSchema } from "../routes/queue";
 import { poolStub, unwrap } from "../services/pools";
@@ -50,12 +50,8 @@ export class ResourceManagerRpc extends WorkerEntrypoint<Env> {
     return this.run(() => cancelRequest(this.env, requestId, clientId, false));
   }
 
-  async estimate(input: { template?: string; requirements?: PoolAmount[] }): Promise<{ total_cost_nano: number; pools: Array<PoolAmount & { cost_nano: number }> }> {
-    return this.run(async () => {
-      const amounts = input.template ? (await templateConfig(this.env, input.template)).requirements : input.requirements ?? [];
-      const pools = await Promise.all(amounts.map(async (a) => ({ ...a, cost_nano: costOf(a.amount, (await poolConfig(this.env, a.pool)).costPerUnitNano) })));
-      return { total_cost_nano: pools.reduce((s, p) => s + p.cost_nano, 0), pools };
-    });
+  async estimate(input: { template?: string; requirements?: PoolAmount[] }): Promise<CostEstimate> {
+    return this.run(() => estimateCost(this.env, input, null));
   }
 
   async check(clientId: string, pool: string, amount: number): Promise<CheckResult> {

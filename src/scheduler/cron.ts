@@ -1,4 +1,5 @@
 import { log } from "../log";
+import { checkAlerts } from "../services/alerts";
 import { poolConfigs } from "../services/config";
 import { poolStub } from "../services/pools";
 import { schedulerStub } from "../services/requests";
@@ -6,6 +7,7 @@ import { schedulerStub } from "../services/requests";
 /**
  * The minute cron: the scheduler's backstop and housekeeping. It runs a dispatch pass (which also
  * returns expired leases to the queue) and delivers any usage a pool's alarm has not yet flushed.
+ * Then it re-checks the alert conditions on the state the pass left.
  */
 export async function runCron(controller: ScheduledController, env: Env): Promise<void> {
   const traceId = `cron-${controller.scheduledTime}`;
@@ -17,8 +19,13 @@ export async function runCron(controller: ScheduledController, env: Env): Promis
   const delivered = flushes.reduce((n, r) => n + (r.status === "fulfilled" ? r.value : 0), 0);
   const failed = flushes.filter((r) => r.status === "rejected").length;
   if (dispatched!.status === "rejected") log.error("cron_dispatch_failed", { trace_id: traceId, error: String(dispatched!.reason) });
+  const alerts = await checkAlerts(env, Date.now(), traceId).catch((err: unknown) => {
+    log.error("cron_alerts_failed", { trace_id: traceId, error: String(err) });
+    return null;
+  });
   log.info("cron_pass", {
     trace_id: traceId, cron: controller.cron, dispatched: dispatched!.status === "fulfilled" ? dispatched!.value : 0,
     pools: pools.size, usage_delivered: delivered, pools_failed: failed,
+    alerts_raised: alerts?.raised.length ?? 0, alerts_resolved: alerts?.resolved ?? 0,
   });
 }
