@@ -63,6 +63,14 @@ CREATE TABLE IF NOT EXISTS templates (
   updated_at INTEGER NOT NULL
 );
 
+-- A client's budget as set by an operator. No row: the client's monthly_budget_nano, else its tier's.
+-- A row with NULL: no limit, explicitly. Money in flight and monthly spend live in the client's object.
+CREATE TABLE IF NOT EXISTS client_budgets (
+  client_id TEXT PRIMARY KEY REFERENCES clients (id) ON DELETE CASCADE,
+  monthly_budget_nano INTEGER CHECK (monthly_budget_nano IS NULL OR monthly_budget_nano >= 0),
+  updated_at INTEGER NOT NULL
+);
+
 -- The usage ledger: append-only, delivered from the pool objects' outboxes, keyed by event id.
 CREATE TABLE IF NOT EXISTS usage_events (
   event_id TEXT PRIMARY KEY,

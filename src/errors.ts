@@ -7,6 +7,7 @@ export const ERRORS = {
   validation_failed: { status: 400, description: "A field failed validation; details name each failing field." },
   amount_exceeds_capacity: { status: 400, description: "More units than the pool can ever hold for this caller." },
   unauthorized: { status: 401, description: "No credential, or one that is not valid." },
+  budget_exceeded: { status: 402, description: "The client's monthly budget cannot cover this request; details name budget, spent, in flight, remaining, reset time and a cheaper alternative." },
   forbidden: { status: 403, description: "A valid credential that may not do this." },
   pool_forbidden: { status: 403, description: "The pool is dedicated to another client." },
   not_found: { status: 404, description: "No such route or resource." },

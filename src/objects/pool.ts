@@ -6,6 +6,8 @@ import type { Caller, PoolConfig } from "../domain/types";
 import type { ErrorBody } from "../errors";
 import { insertUsageEvents, type UsageEvent } from "../storage/usage";
 import { log } from "../log";
+import { budgetLimit } from "../services/config";
+import type { SpendEvent } from "./client";
 
 export type Result<T> = { ok: true; value: T } | { ok: false; error: ErrorBody };
 
@@ -51,6 +53,8 @@ export interface ReleaseResult {
   refunded: number;
   costNano: number;
   eventId: string | null;
+  /** When the usage was recorded (its month is the month it is spent in). */
+  at: number;
 }
 
 export interface BatchReserveItem {
@@ -254,7 +258,7 @@ export class PoolObject extends DurableObject<Env> {
       ok: true,
       value: {
         pool: cfg.id, reservationId, consumed: actualUsed, refunded,
-        costNano: event?.costNano ?? 0, eventId: event?.eventId ?? null,
+        costNano: event?.costNano ?? 0, eventId: event?.eventId ?? null, at: now,
       },
     };
   }
@@ -421,7 +425,9 @@ export class PoolObject extends DurableObject<Env> {
           "SELECT event_id, payload FROM outbox ORDER BY created_at LIMIT ?", FLUSH_BATCH,
         ).toArray();
         if (rows.length === 0) break;
-        await insertUsageEvents(this.env.DB, rows.map((r) => JSON.parse(r.payload) as UsageEvent));
+        const events = rows.map((r) => JSON.parse(r.payload) as UsageEvent);
+        await this.reportSpend(events);
+        await insertUsageEvents(this.env.DB, events);
         this.sql.exec("DELETE FROM outbox WHERE event_id IN (SELECT value FROM json_each(?))", JSON.stringify(rows.map((r) => r.event_id)));
         delivered += rows.length;
       }
@@ -435,6 +441,23 @@ export class PoolObject extends DurableObject<Env> {
       this.flushing = false;
     }
     return delivered;
+  }
+
+  /**
+   * Tell clients' objects what was spent outside a request (direct consumes and reservations): the
+   * scheduler reports its requests' spend itself when it settles them. Idempotent by event id, so a
+   * flush retried after a failure reports nothing twice.
+   */
+  private async reportSpend(events: UsageEvent[]): Promise<void> {
+    const byClient = new Map<string, SpendEvent[]>();
+    for (const e of events) {
+      if (e.via === "scheduler" || e.costNano === 0) continue;
+      byClient.set(e.clientId, [...(byClient.get(e.clientId) ?? []), { eventId: e.eventId, costNano: e.costNano, at: e.at }]);
+    }
+    await Promise.all([...byClient].map(async ([clientId, list]) => {
+      const stub = this.env.CLIENT.get(this.env.CLIENT.idFromName(clientId));
+      await stub.recordSpend(await budgetLimit(this.env, clientId), list);
+    }));
   }
 
   /** Make sure an alarm fires no later than `at`. */

@@ -2,13 +2,18 @@ import { DurableObject } from "cloudflare:workers";
 import { backoffMs, priorityOf, QUEUES, rank, type Priority, type QueueName } from "../domain/priority";
 import type { Caller, PoolAmount, PoolConfig, Tier } from "../domain/types";
 import type { ErrorBody } from "../errors";
+import { mergeDecisions, queueAlerts, workerAlerts, WORKER_WINDOW_MS, type WorkerOutcome } from "../domain/alerts";
 import { log } from "../log";
-import { poolConfigs, templateConfigs } from "../services/config";
+import { applyAlerts } from "../services/alerts";
+import { budgetLimit, poolConfigs, templateConfigs } from "../services/config";
 import type { Template } from "../storage/templates";
+import type { Settlement, SpendEvent } from "./client";
 import type { ReleaseResult, ReserveResult, Result } from "./pool";
 
 /** What the service layer hands the scheduler for one new request (already validated and priced). */
 export interface NewRequest {
+  /** Given by the caller when it admitted the request's money under this id first. */
+  id?: string;
   clientId: string;
   tier: Tier;
   maxConcurrent: number;
@@ -19,7 +24,16 @@ export interface NewRequest {
   notBefore: number | null;
   maxAttempts: number;
   estimateNano: number;
+  /** The estimate per pool: the template's amounts at the prices of the time. */
+  estimate: PoolCost[];
 }
+
+/** Units and cost in one pool, for a request's estimate or its actual use. */
+export type PoolCost = {
+  pool: string;
+  units: number;
+  cost_nano: number;
+};
 
 export type RequestStatus = "queued" | "dispatching" | "running" | "completed" | "failed" | "cancelled" | "expired";
 
@@ -36,6 +50,9 @@ export interface RequestView {
   idempotency_key: string | null;
   estimate_nano: number;
   actual_nano: number | null;
+  estimate: PoolCost[];
+  /** What the request really used per pool, once it completed. */
+  actual: PoolCost[] | null;
   result: unknown;
   error: string | null;
   created_at: number;
@@ -107,6 +124,8 @@ interface Row {
   finished_at: number | null;
   dispatch_seq: number | null;
   reservations: string | null;
+  estimate_detail: string | null;
+  actual_detail: string | null;
   [key: string]: SqlStorageValue;
 }
 
@@ -143,6 +162,8 @@ const RATE_WINDOW_MS = 60 * 1000;
 const RANK_CACHE_MS = 250;
 /** Completions are settled together: one release call per pool and client for all that end within this window. */
 const SETTLE_DELAY_MS = 5;
+/** Queue and worker alerts are evaluated by dispatch passes at most this often (and by the cron). */
+const ALERT_CHECK_MS = 5000;
 const MAX_RESULT_CHARS = 256 * 1024;
 /** Terminal states that cancellation cannot change. */
 const TERMINAL: RequestStatus[] = ["completed", "failed", "cancelled", "expired"];
@@ -168,6 +189,9 @@ export class SchedulerObject extends DurableObject<Env> {
   private waiters = new Map<string, Array<(v: RequestView) => void>>();
   private dispatchLog: Array<{ at: number; clientId: string; queue: QueueName }> = [];
   private durations: number[] = [];
+  /** Worker call outcomes of the alert window, for the failure and timeout alerts. */
+  private outcomes: WorkerOutcome[] = [];
+  private alertsCheckedAt = 0;
   private rankCache: { at: number; order: string[] } | null = null;
   private settleBuffer: Array<{ id: string; attempt: number; outcome: Outcome }> = [];
   private settleTimer: ReturnType<typeof setTimeout> | null = null;
@@ -203,12 +227,18 @@ export class SchedulerObject extends DurableObject<Env> {
         started_at INTEGER,
         finished_at INTEGER,
         dispatch_seq INTEGER,
-        reservations TEXT
+        reservations TEXT,
+        estimate_detail TEXT,
+        actual_detail TEXT
       );
       CREATE UNIQUE INDEX IF NOT EXISTS requests_idempotency ON requests (client_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
       DROP INDEX IF EXISTS requests_status;
       CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v TEXT NOT NULL);
     `);
+    const columns = new Set(this.sql.exec<{ name: string }>("SELECT name FROM pragma_table_info('requests')").toArray().map((c) => c.name));
+    for (const column of ["estimate_detail", "actual_detail"]) {
+      if (!columns.has(column)) this.sql.exec(`ALTER TABLE requests ADD COLUMN ${column} TEXT`);
+    }
     const state = new Map(this.sql.exec<{ k: string; v: string }>("SELECT k, v FROM state").toArray().map((r) => [r.k, r.v]));
     this.running = state.get("running") !== "false";
     this.seq = this.sql.exec<{ n: number | null }>("SELECT MAX(dispatch_seq) AS n FROM requests").one().n ?? 0;
@@ -247,6 +277,12 @@ export class SchedulerObject extends DurableObject<Env> {
     this.ensureAlarm(Date.now());
     const row = this.rowOf(id)!;
     return { request: view(row), duplicate: inserted.duplicate, ...this.positionOf(id, Date.now()) };
+  }
+
+  /** The request a client made with this idempotency key, if any. */
+  findByKey(clientId: string, key: string): RequestView | null {
+    const row = this.sql.exec<Row>("SELECT * FROM requests WHERE client_id = ? AND idempotency_key = ?", clientId, key).toArray()[0];
+    return row ? view(this.live.get(row.id) ?? row) : null;
   }
 
   get(id: string, clientId: string | null): RequestView | null {
@@ -291,11 +327,9 @@ export class SchedulerObject extends DurableObject<Env> {
     Object.assign(row, { status: "cancelled", error: "cancelled by caller", finished_at: now, updated_at: now, lease_until: null });
     this.live.delete(id);
     log.info("request_cancelled", { request_id: id, client_id: row.client_id, was: row.status });
-    if (wasActive) {
-      this.inflight.get(id)?.abort(new Error("cancelled"));
-      await this.releaseHolds([{ row, actual: {} }]);
-      this.ensureAlarm(Date.now());
-    }
+    if (wasActive) this.inflight.get(id)?.abort(new Error("cancelled"));
+    await this.releaseHolds([{ row, actual: {}, final: true }]);
+    if (wasActive) this.ensureAlarm(Date.now());
     this.resolveWaiters(id);
     return { ok: true, value: view(this.rowOf(id)!) };
   }
@@ -360,7 +394,8 @@ export class SchedulerObject extends DurableObject<Env> {
   async pass(trigger: string, onlyIds?: string[]): Promise<number> {
     const now = Date.now();
     this.lastPassAt = now;
-    this.reclaimLeases(now);
+    const lost = this.reclaimLeases(now);
+    if (lost.length) await this.releaseHolds(lost.map((row) => ({ row: { ...row, reservations: null }, actual: {}, final: true })));
     if (!this.running) return 0;
     const [templates, pools] = await Promise.all([templateConfigs(this.env), poolConfigs(this.env)]);
     const order = onlyIds ?? this.readyOrder(now);
@@ -393,6 +428,7 @@ export class SchedulerObject extends DurableObject<Env> {
       wakeAt = Date.now();
     }
     if (wakeAt !== null) this.ensureAlarm(wakeAt);
+    if (!onlyIds) await this.checkAlerts(Date.now());
     return launched;
   }
 
@@ -403,15 +439,15 @@ export class SchedulerObject extends DurableObject<Env> {
       const prior = this.sql.exec<Row>("SELECT * FROM requests WHERE client_id = ? AND idempotency_key = ?", item.clientId, item.idempotencyKey).toArray()[0];
       if (prior) return { request: view(prior), duplicate: true };
     }
-    const id = `req_${crypto.randomUUID().replaceAll("-", "")}`;
+    const id = item.id ?? newRequestId();
     const notBefore = Math.max(now, item.notBefore ?? now);
     const priority = priorityOf({ tier: item.tier, queue: item.queue, createdAt: now, recentShare: this.shares(now).get(item.clientId) ?? 0 }, now).score;
     this.sql.exec(
       `INSERT INTO requests (id, client_id, tier, max_concurrent, template, params, queue, status, priority, attempts, max_attempts,
-         idempotency_key, estimate_nano, created_at, updated_at, not_before)
-       VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, ?, ?)`,
+         idempotency_key, estimate_nano, created_at, updated_at, not_before, estimate_detail)
+       VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, ?, ?, ?)`,
       id, item.clientId, item.tier, item.maxConcurrent, item.template, JSON.stringify(item.params ?? null), item.queue, priority,
-      item.maxAttempts, item.idempotencyKey, item.estimateNano, now, now, notBefore,
+      item.maxAttempts, item.idempotencyKey, item.estimateNano, now, now, notBefore, JSON.stringify(item.estimate),
     );
     const row: Row = {
       id, client_id: item.clientId, tier: item.tier, max_concurrent: item.maxConcurrent, template: item.template,
@@ -419,6 +455,7 @@ export class SchedulerObject extends DurableObject<Env> {
       max_attempts: item.maxAttempts, idempotency_key: item.idempotencyKey, estimate_nano: item.estimateNano,
       actual_nano: null, result: null, error: null, created_at: now, updated_at: now, not_before: notBefore,
       lease_until: null, started_at: null, finished_at: null, dispatch_seq: null, reservations: null,
+      estimate_detail: JSON.stringify(item.estimate), actual_detail: null,
     };
     this.live.set(id, row);
     this.index(row);
@@ -576,7 +613,7 @@ export class SchedulerObject extends DurableObject<Env> {
         failNow.push({ row, reason: `${error.code}: ${error.message}` });
       }
     }
-    if (rollback.length) await this.releaseHolds(rollback.map(({ row, holds }) => ({ row: { ...row, reservations: JSON.stringify(holds) }, actual: {} })));
+    if (rollback.length) await this.releaseHolds(rollback.map(({ row, holds }) => ({ row: { ...row, reservations: JSON.stringify(holds) }, actual: {}, final: false })));
 
     const now = Date.now();
     const claimed = (row: Row) => this.live.get(row.id)?.status === "dispatching";
@@ -586,7 +623,9 @@ export class SchedulerObject extends DurableObject<Env> {
     // A request cancelled while it was being admitted gives back what it got.
     const stillClaimed = admitted.filter(claimed);
     const cancelled = admitted.filter((r) => !stillClaimed.includes(r));
-    if (cancelled.length) await this.releaseHolds(cancelled.map((row) => ({ row, actual: {} })));
+    if (cancelled.length) await this.releaseHolds(cancelled.map((row) => ({ row, actual: {}, final: true })));
+    const failed = failNow.filter(({ row }) => this.rowOf(row.id)?.status === "failed").map(({ row }) => row);
+    if (failed.length) await this.releaseHolds(failed.map((row) => ({ row: { ...row, reservations: null }, actual: {}, final: true })));
     return { rows: stillClaimed, retryAt };
   }
 
@@ -678,13 +717,16 @@ export class SchedulerObject extends DurableObject<Env> {
       }
       live.push({ row, outcome, actual });
     }
-    const costs = await this.releaseHolds(live);
+    const final = (l: (typeof live)[number]) => l.outcome.ok || l.outcome.retryable === false || l.row.attempts >= l.row.max_attempts;
+    const used = await this.releaseHolds(live.map((l) => ({ row: l.row, actual: l.actual, final: final(l) })));
     const now = Date.now();
     for (const { row, outcome } of live) {
+      this.noteOutcome(row, outcome, now);
       if (outcome.ok) {
         let result = JSON.stringify(outcome.result ?? null);
         if (result.length > MAX_RESULT_CHARS) result = JSON.stringify({ truncated: true, chars: result.length });
-        this.finish(row.id, "completed", now, { result, actual: costs.get(row.id) ?? 0 });
+        const actual = used.get(row.id) ?? [];
+        this.finish(row.id, "completed", now, { result, actual: actual.reduce((sum, p) => sum + p.cost_nano, 0), actualDetail: JSON.stringify(actual) });
       } else if (outcome.retryable !== false && row.attempts < row.max_attempts) {
         this.requeue(row, now, now + backoffMs(row.attempts), true, outcome.error);
         log.warn("dispatch_retry", { request_id: row.id, attempt: row.attempts, error: outcome.error });
@@ -696,8 +738,12 @@ export class SchedulerObject extends DurableObject<Env> {
     if (live.length) this.ensureAlarm(Date.now());
   }
 
-  /** Release reservations (consuming `actual` per pool) and client slots for these rows. Returns cost per request. */
-  private async releaseHolds(items: Array<{ row: Row; actual: Record<string, number> }>): Promise<Map<string, number>> {
+  /**
+   * Release reservations (consuming `actual` per pool) and client slots for these rows, and settle their
+   * money with their clients: a final item's estimate leaves flight, and what was used is spent. Returns
+   * what each request used per pool.
+   */
+  private async releaseHolds(items: Array<{ row: Row; actual: Record<string, number>; final: boolean }>): Promise<Map<string, PoolCost[]>> {
     const pools = await poolConfigs(this.env);
     const byPool = new Map<string, Array<{ row: Row; hold: Held; used: number }>>();
     for (const { row, actual } of items) {
@@ -705,20 +751,27 @@ export class SchedulerObject extends DurableObject<Env> {
         byPool.set(hold.pool, [...(byPool.get(hold.pool) ?? []), { row, hold, used: actual[hold.pool] ?? 0 }]);
       }
     }
-    const costs = new Map<string, number>();
+    const used = new Map<string, PoolCost[]>();
+    const events = new Map<string, SpendEvent[]>();
     await Promise.all([...byPool].map(async ([pool, list]) => {
       const cfg = pools.get(pool);
       if (!cfg) return;
       const results = (await this.poolStub(pool).releaseMany(cfg, list.map(({ row, hold, used }) => ({ caller: callerOf(row), reservationId: hold.reservationId, actualUsed: used })))) as Result<ReleaseResult>[];
       results.forEach((r, i) => {
         const { row } = list[i]!;
-        if (r.ok) costs.set(row.id, (costs.get(row.id) ?? 0) + r.value.costNano);
-        else log.warn("release_refused", { request_id: row.id, pool, error: r.error.code });
+        if (!r.ok) {
+          log.warn("release_refused", { request_id: row.id, pool, error: r.error.code });
+          return;
+        }
+        used.set(row.id, [...(used.get(row.id) ?? []), { pool, units: r.value.consumed, cost_nano: r.value.costNano }]);
+        if (r.value.eventId) events.set(row.id, [...(events.get(row.id) ?? []), { eventId: r.value.eventId, costNano: r.value.costNano, at: r.value.at }]);
       });
     }));
-    await Promise.all([...groupBy(items.map((i) => i.row), (r) => r.client_id)].map(([clientId, rows]) =>
-      this.clientStub(clientId).releaseSlots(rows.map((r) => r.id))));
-    return costs;
+    await Promise.all([...groupBy(items, (i) => i.row.client_id)].map(async ([clientId, list]) => {
+      const settlements: Settlement[] = list.map(({ row, final }) => ({ requestId: row.id, events: events.get(row.id) ?? [], keepInFlight: !final }));
+      await this.clientStub(clientId).settle(await budgetLimit(this.env, clientId), settlements);
+    }));
+    return used;
   }
 
   private requeue(row: Row, now: number, notBefore: number, failedAttempt: boolean, error?: string): void {
@@ -736,15 +789,15 @@ export class SchedulerObject extends DurableObject<Env> {
     if (failedAttempt) this.resolveWaiters(row.id);
   }
 
-  private finish(id: string, status: "completed" | "failed", now: number, fields: { result?: string; actual?: number; error?: string }): void {
+  private finish(id: string, status: "completed" | "failed", now: number, fields: { result?: string; actual?: number; actualDetail?: string; error?: string }): void {
     this.sql.exec(
-      "UPDATE requests SET status = ?, result = ?, actual_nano = ?, error = ?, finished_at = ?, updated_at = ?, lease_until = NULL WHERE id = ?",
-      status, fields.result ?? null, fields.actual ?? null, fields.error ?? null, now, now, id,
+      "UPDATE requests SET status = ?, result = ?, actual_nano = ?, actual_detail = ?, error = ?, finished_at = ?, updated_at = ?, lease_until = NULL WHERE id = ?",
+      status, fields.result ?? null, fields.actual ?? null, fields.actualDetail ?? null, fields.error ?? null, now, now, id,
     );
     const live = this.live.get(id);
     if (live) {
       Object.assign(live, {
-        status, result: fields.result ?? null, actual_nano: fields.actual ?? null, error: fields.error ?? null,
+        status, result: fields.result ?? null, actual_nano: fields.actual ?? null, actual_detail: fields.actualDetail ?? null, error: fields.error ?? null,
         finished_at: now, updated_at: now, lease_until: null,
       });
     }
@@ -758,7 +811,8 @@ export class SchedulerObject extends DurableObject<Env> {
    * outlived its deadline and margin) go back to their queue; a running one counts its attempt. Their
    * reservations and slots expire on their own.
    */
-  private reclaimLeases(now: number): void {
+  private reclaimLeases(now: number): Row[] {
+    const failed: Row[] = [];
     const stale = [...this.live.values()].filter((r) =>
       (r.status === "dispatching" || r.status === "running") && r.lease_until !== null && r.lease_until <= now && !this.admitting.has(r.id));
     for (const row of stale) {
@@ -766,10 +820,45 @@ export class SchedulerObject extends DurableObject<Env> {
       this.inflight.delete(row.id);
       if (row.status === "running" && row.attempts >= row.max_attempts) {
         this.finish(row.id, "failed", now, { error: "lease expired: the dispatcher stopped while the request ran" });
+        failed.push(row);
       } else {
         this.requeue(row, now, now, row.status === "running", "lease expired; returned to the queue");
       }
       log.warn("lease_expired", { request_id: row.id, was: row.status, attempts: row.attempts });
+    }
+    return failed;
+  }
+
+  /** Remember a worker call's outcome for the failure and timeout alerts. */
+  private noteOutcome(row: Row, outcome: Outcome, now: number): void {
+    if (outcome.error === "cancelled") return;
+    this.outcomes.push({ template: row.template, ok: outcome.ok, timedOut: !outcome.ok && (outcome.error ?? "").includes("timed out"), at: now });
+    let drop = 0;
+    while (drop < this.outcomes.length && this.outcomes[drop]!.at <= now - WORKER_WINDOW_MS) drop += 1;
+    if (drop) this.outcomes.splice(0, drop);
+  }
+
+  /**
+   * Raise or resolve the alerts this object sees first: queue backup, starvation, worker failures and
+   * timeouts. At most every few seconds; the cron pass re-checks the queues too.
+   */
+  private async checkAlerts(now: number): Promise<void> {
+    if (now - this.alertsCheckedAt < ALERT_CHECK_MS) return;
+    this.alertsCheckedAt = now;
+    const oldest = new Map<QueueName, number>();
+    const depth = new Map<QueueName, number>();
+    for (const q of this.queued.values()) {
+      depth.set(q.queue, (depth.get(q.queue) ?? 0) + 1);
+      if (q.createdAt < (oldest.get(q.queue) ?? Infinity)) oldest.set(q.queue, q.createdAt);
+    }
+    const decision = mergeDecisions(
+      queueAlerts(QUEUES.map((queue) => ({ queue, depth: depth.get(queue) ?? 0, oldestQueuedAt: oldest.get(queue) ?? null })), now),
+      workerAlerts(this.outcomes, now),
+    );
+    try {
+      await applyAlerts(this.env, decision, now);
+    } catch (err) {
+      log.warn("alert_check_failed", { error: String(err) });
     }
   }
 
@@ -812,6 +901,10 @@ export class SchedulerObject extends DurableObject<Env> {
   }
 }
 
+export function newRequestId(): string {
+  return `req_${crypto.randomUUID().replaceAll("-", "")}`;
+}
+
 function callerOf(row: Row): Caller {
   return { clientId: row.client_id, tier: row.tier, via: "scheduler" };
 }
@@ -829,6 +922,8 @@ function view(row: Row): RequestView {
     idempotency_key: row.idempotency_key,
     estimate_nano: row.estimate_nano,
     actual_nano: row.actual_nano,
+    estimate: row.estimate_detail === null ? [] : (JSON.parse(row.estimate_detail) as PoolCost[]),
+    actual: row.actual_detail === null ? null : (JSON.parse(row.actual_detail) as PoolCost[]),
     result: row.result === null ? null : JSON.parse(row.result),
     error: row.error,
     created_at: row.created_at,

@@ -1,6 +1,7 @@
+import { resolveBudget, type BudgetLimit } from "../domain/budget";
 import type { PoolConfig, Tier } from "../domain/types";
 import { AppError } from "../errors";
-import { findClientTier, findKeyOwner, listTiers, type KeyOwner, type TierRow } from "../storage/clients";
+import { findBudgetSettings, findClientTier, findKeyOwner, listTiers, type KeyOwner, type TierRow } from "../storage/clients";
 import { listPools } from "../storage/pools";
 import { listTemplates, type Template } from "../storage/templates";
 import { TtlCache } from "./cache";
@@ -10,6 +11,7 @@ const templates = new TtlCache<Map<string, Template>>(1);
 const keys = new TtlCache<KeyOwner | null>();
 const tiers = new TtlCache<Map<Tier, TierRow>>(1);
 const clients = new TtlCache<{ tier: Tier; status: string } | null>();
+const budgets = new TtlCache<BudgetLimit | null>();
 
 function ttl(env: Env): number {
   return Number(env.CONFIG_TTL_MS) || 5000;
@@ -43,6 +45,14 @@ export function clientTier(env: Env, clientId: string) {
   return clients.get(clientId, ttl(env), () => findClientTier(env.DB, clientId));
 }
 
+/** The monthly budget that applies to a client, or null for an unknown client. */
+export function budgetLimit(env: Env, clientId: string): Promise<BudgetLimit | null> {
+  return budgets.get(clientId, ttl(env), async () => {
+    const settings = await findBudgetSettings(env.DB, clientId);
+    return settings ? resolveBudget(settings) : null;
+  });
+}
+
 export function tierLimits(env: Env): Promise<Map<Tier, TierRow>> {
   return tiers.get("all", ttl(env), async () => new Map((await listTiers(env.DB)).map((t) => [t.id, t])));
 }
@@ -54,4 +64,5 @@ export function clearConfigCache(): void {
   keys.clear();
   clients.clear();
   tiers.clear();
+  budgets.clear();
 }

@@ -2,8 +2,11 @@ import { QUEUES, type QueueName } from "../domain/priority";
 import { costOf } from "../domain/money";
 import type { Caller } from "../domain/types";
 import { AppError, type ErrorBody } from "../errors";
-import type { EnqueueOutcome, NewRequest, PositionView, RequestView } from "../objects/scheduler";
-import { poolConfigs, templateConfig, tierLimits } from "./config";
+import type { BudgetView } from "../domain/budget";
+import type { PoolConfig } from "../domain/types";
+import { newRequestId, type EnqueueOutcome, type NewRequest, type PoolCost, type PositionView, type RequestView } from "../objects/scheduler";
+import type { Template } from "../storage/templates";
+import { budgetLimit, poolConfigs, templateConfig, tierLimits } from "./config";
 import { unwrap } from "./pools";
 
 /** One request as a caller submits it (validated shape; see routes/queue.ts for the schema). */
@@ -23,16 +26,12 @@ export function schedulerStub(env: Env) {
   return env.SCHEDULER.get(env.SCHEDULER.idFromName("scheduler"));
 }
 
-/** Resolve the template and price the request; throws 404 for an unknown template or pool. */
+/** Resolve the template and price the request per pool; throws 404 for an unknown template or pool. */
 export async function prepare(env: Env, caller: Caller, spec: RequestSpec): Promise<NewRequest> {
   const [template, pools, tiers] = await Promise.all([templateConfig(env, spec.template), poolConfigs(env), tierLimits(env)]);
-  let estimateNano = 0;
-  for (const need of template.requirements) {
-    const pool = pools.get(need.pool);
-    if (!pool) throw new AppError("pool_not_found", `template ${template.id} needs pool ${need.pool}, which does not exist`, { pool: need.pool });
-    estimateNano += costOf(need.amount, pool.costPerUnitNano);
-  }
+  const estimate = priceOf(template.id, template.requirements, pools);
   return {
+    id: newRequestId(),
     clientId: caller.clientId,
     tier: caller.tier,
     maxConcurrent: tiers.get(caller.tier)?.max_concurrent ?? 1,
@@ -42,33 +41,99 @@ export async function prepare(env: Env, caller: Caller, spec: RequestSpec): Prom
     idempotencyKey: spec.idempotency_key ?? null,
     notBefore: spec.not_before ?? null,
     maxAttempts: spec.max_attempts ?? DEFAULT_MAX_ATTEMPTS,
-    estimateNano,
+    estimateNano: estimate.reduce((sum, p) => sum + p.cost_nano, 0),
+    estimate,
   };
+}
+
+function priceOf(templateId: string, requirements: Template["requirements"], pools: Map<string, PoolConfig>): PoolCost[] {
+  return requirements.map((need) => {
+    const pool = pools.get(need.pool);
+    if (!pool) throw new AppError("pool_not_found", `template ${templateId} needs pool ${need.pool}, which does not exist`, { pool: need.pool });
+    return { pool: need.pool, units: need.amount, cost_nano: costOf(need.amount, pool.costPerUnitNano) };
+  });
 }
 
 export type EnqueueResult = { ok: true; value: EnqueueOutcome } | { ok: false; error: ErrorBody; index: number };
 
-/** Enqueue several specs; each is answered on its own (a bad one does not stop the others). */
-export async function enqueueMany(env: Env, caller: Caller, specs: RequestSpec[]): Promise<EnqueueResult[]> {
-  const prepared = await Promise.all(specs.map(async (spec, index) => {
+type Prepared = { ok: true; value: NewRequest; index: number; existing?: RequestView } | { ok: false; error: ErrorBody; index: number };
+
+/**
+ * Validate, price and admit specs against the client's budget, in order. A spec whose idempotency key
+ * was already used is answered with the first request and costs nothing more. Admitted estimates are
+ * in flight in the client's object until their requests finish.
+ */
+async function admitAll(env: Env, caller: Caller, specs: RequestSpec[]): Promise<Prepared[]> {
+  const scheduler = schedulerStub(env);
+  const prepared: Prepared[] = await Promise.all(specs.map(async (spec, index): Promise<Prepared> => {
     try {
-      return { ok: true as const, value: await prepare(env, caller, spec), index };
+      const value = await prepare(env, caller, spec);
+      const existing = value.idempotencyKey ? await scheduler.findByKey(caller.clientId, value.idempotencyKey) : null;
+      return existing ? { ok: true, value, index, existing } : { ok: true, value, index };
     } catch (err) {
-      if (err instanceof AppError) return { ok: false as const, error: errorBody(err), index };
+      if (err instanceof AppError) return { ok: false, error: errorBody(err), index };
       throw err;
     }
   }));
-  const good = prepared.filter((p) => p.ok);
-  const outcomes = good.length ? await schedulerStub(env).enqueue(good.map((p) => p.value)) : [];
-  const byIndex = new Map(good.map((p, i) => [p.index, outcomes[i]!]));
+  const fresh = prepared.filter((p): p is Extract<Prepared, { ok: true }> => p.ok && !p.existing);
+  if (fresh.length === 0) return prepared;
+  const limit = await budgetLimit(env, caller.clientId);
+  if (!limit) throw new AppError("client_not_found", `no client ${caller.clientId}`, { client_id: caller.clientId });
+  const decisions = await clientStub(env, caller.clientId).admit(limit, fresh.map((p) => ({ requestId: p.value.id!, estimateNano: p.value.estimateNano })));
+  const refused = new Map<number, ErrorBody>();
+  await Promise.all(fresh.map(async (p, i) => {
+    const d = decisions[i]!;
+    if (!d.ok) refused.set(p.index, await budgetRefusal(env, caller, p.value, d.budget));
+  }));
+  return prepared.map((p) => (refused.has(p.index) ? { ok: false, error: refused.get(p.index)!, index: p.index } : p));
+}
+
+/** The 402 body: the budget, what is spent and in flight, when it resets, and a cheaper template if one fits. */
+async function budgetRefusal(env: Env, caller: Caller, request: NewRequest, budget: BudgetView): Promise<ErrorBody> {
+  const template = await templateConfig(env, request.template);
+  let alternative: { template: string; estimate_nano: number; fits: boolean } | null = null;
+  if (template.alternativeId) {
+    try {
+      const alt = await templateConfig(env, template.alternativeId);
+      const cost = priceOf(alt.id, alt.requirements, await poolConfigs(env)).reduce((sum, p) => sum + p.cost_nano, 0);
+      if (cost < request.estimateNano) {
+        alternative = { template: alt.id, estimate_nano: cost, fits: budget.budget_nano === null || budget.spent_nano + budget.in_flight_nano + cost <= budget.budget_nano };
+      }
+    } catch (err) {
+      if (!(err instanceof AppError)) throw err;
+    }
+  }
+  return {
+    code: "budget_exceeded",
+    message: `client ${caller.clientId} has ${budget.remaining_nano ?? 0} nano-dollars left of its ${budget.month} budget; this request needs ${request.estimateNano}`,
+    details: { client_id: caller.clientId, estimate_nano: request.estimateNano, ...budget, alternative },
+  };
+}
+
+/** Enqueue several specs; each is answered on its own (a bad one does not stop the others). */
+export async function enqueueMany(env: Env, caller: Caller, specs: RequestSpec[]): Promise<EnqueueResult[]> {
+  const prepared = await admitAll(env, caller, specs);
+  const toEnqueue = prepared.filter((p): p is Extract<Prepared, { ok: true }> => p.ok);
+  const outcomes: EnqueueOutcome[] = toEnqueue.length ? await schedulerStub(env).enqueue(toEnqueue.map((p) => p.value)) : [];
+  // A concurrent first use of the same key won the insert: this admission was never needed.
+  const unused = toEnqueue.filter((p, i) => !p.existing && outcomes[i]!.request.id !== p.value.id).map((p) => p.value.id!);
+  if (unused.length) await clientStub(env, caller.clientId).drop(unused);
+  const byIndex = new Map(toEnqueue.map((p, i) => [p.index, outcomes[i]!]));
   return prepared.map((p) => (p.ok ? { ok: true, value: byIndex.get(p.index)! } : { ok: false, error: p.error, index: p.index }));
 }
 
 /** Enqueue one spec and, for the immediate queue, run it now when every limit admits it. */
 export async function execute(env: Env, caller: Caller, spec: RequestSpec): Promise<EnqueueOutcome> {
-  const prepared = await prepare(env, caller, { ...spec, queue: spec.queue ?? "immediate" });
-  const template = await templateConfig(env, prepared.template);
-  return schedulerStub(env).execute(prepared, template.timeoutMs + 1000);
+  const [prepared] = await admitAll(env, caller, [{ ...spec, queue: spec.queue ?? "immediate" }]);
+  if (!prepared!.ok) throw AppError.from(prepared!.error);
+  const template = await templateConfig(env, prepared!.value.template);
+  const outcome: EnqueueOutcome = await schedulerStub(env).execute(prepared!.value, template.timeoutMs + 1000);
+  if (!prepared!.existing && outcome.request.id !== prepared!.value.id) await clientStub(env, caller.clientId).drop([prepared!.value.id!]);
+  return outcome;
+}
+
+function clientStub(env: Env, clientId: string) {
+  return env.CLIENT.get(env.CLIENT.idFromName(clientId));
 }
 
 export async function getRequest(env: Env, id: string, clientId: string | null): Promise<RequestView> {
