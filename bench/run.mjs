@@ -73,6 +73,11 @@ const CHILD_ENV = {
   FORCE_COLOR: "0",
   NO_COLOR: "1",
 };
+// wrangler's inspector proxy forwards every inspector message (each console.log) to wrangler's node
+// process as an HTTP POST: dev tooling, not the service, and it makes every log line cost a round trip.
+// Off by default, as in bench/queue.mjs (VSCODE_INSPECTOR_OPTIONS makes wrangler skip it); BENCH_INSPECTOR=1 keeps it.
+delete CHILD_ENV.VSCODE_INSPECTOR_OPTIONS;
+if (process.env.BENCH_INSPECTOR !== "1") CHILD_ENV.VSCODE_INSPECTOR_OPTIONS = "{}";
 
 // ---------------------------------------------------------------- child processes
 

@@ -5,7 +5,9 @@ import { accessFor } from "../domain/sharing";
 import type { Caller, PoolConfig } from "../domain/types";
 import type { ErrorBody } from "../errors";
 import { insertUsageEvents, type UsageEvent } from "../storage/usage";
+import { poolAlerts, POOL_LOW_PERCENT } from "../domain/alerts";
 import { log } from "../log";
+import { applyAlerts } from "../services/alerts";
 import { budgetLimit } from "../services/config";
 import type { SpendEvent } from "./client";
 
@@ -93,6 +95,8 @@ export class PoolObject extends DurableObject<Env> {
   private alarmAt: number | null = null;
   private flushing = false;
   private flushFailures = 0;
+  /** Whether the pool_low alert was last reported raised (true) or cleared (false); null: not yet. */
+  private lowReported: boolean | null = null;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -280,6 +284,7 @@ export class PoolObject extends DurableObject<Env> {
     }
     this.sql.exec("DELETE FROM idempotency WHERE created_at < ?", now - IDEMPOTENCY_TTL_MS);
     await this.flushOutbox();
+    await this.reportLevel();
     this.scheduleNext(Date.now());
   }
 
@@ -458,6 +463,24 @@ export class PoolObject extends DurableObject<Env> {
       const stub = this.env.CLIENT.get(this.env.CLIENT.idFromName(clientId));
       await stub.recordSpend(await budgetLimit(this.env, clientId), list);
     }));
+  }
+
+  /**
+   * Raise the pool_low alert when this pool is below 10% of capacity, and resolve it when it is not,
+   * from the alarm that follows spending (never on the hot path). D1 is written only when the state
+   * changes; the cron pass re-checks every pool.
+   */
+  private async reportLevel(): Promise<void> {
+    if (!this.config) return;
+    this.refillTo(Date.now(), this.config);
+    const low = this.bucket.level * 100 < this.config.capacity * POOL_LOW_PERCENT;
+    if (low === this.lowReported) return;
+    try {
+      await applyAlerts(this.env, poolAlerts([{ id: this.config.id, level: Math.floor(this.bucket.level + 1e-9), capacity: this.config.capacity }]), Date.now());
+      this.lowReported = low;
+    } catch (err) {
+      log.warn("pool_alert_failed", { pool: this.config.id, error: String(err) });
+    }
   }
 
   /** Make sure an alarm fires no later than `at`. */
