@@ -17,6 +17,7 @@
 //   BENCH_KEEP_STATE set to 1 to keep the temporary persist directory and wrangler logs
 //   BENCH_LOG_PROBE  set to 1 to add scenario (b') = (b) plus one JSON console.log line per request, as the
 //                    product writes; it shows what per-request logging costs under wrangler dev
+//   BENCH_REQUEST_LOG  all | errors: the product's REQUEST_LOG for the run (default: wrangler.toml's, "all")
 //   BENCH_SNAPSHOT   set to 1 to run the product from a copy of src/ and its config taken at start, so
 //                    that edits made during the run do not make wrangler dev reload it mid-measurement
 // Results: a table on stdout and bench/results/latest.json. Exit status 0 unless the run failed
@@ -57,6 +58,9 @@ const RETRIES = Math.round(intEnv("BENCH_RETRIES", 1, 0, 5));
 const NOISY_PCT = intEnv("BENCH_NOISY_PCT", 15, 1, 100);
 const KEEP_STATE = process.env.BENCH_KEEP_STATE === "1";
 const SNAPSHOT = process.env.BENCH_SNAPSHOT === "1";
+/** The product's REQUEST_LOG for this run ("all" as configured, or "errors"); empty: wrangler.toml's. */
+const REQUEST_LOG = process.env.BENCH_REQUEST_LOG ?? "";
+if (!["", "all", "errors"].includes(REQUEST_LOG)) throw new Error("BENCH_REQUEST_LOG must be all or errors");
 const LOG_PROBE = process.env.BENCH_LOG_PROBE === "1";
 const PRODUCT_FILES = ["src", "wrangler.toml", "schema.sql", "seed.sql", "package.json", "tsconfig.json"];
 const PAUSE_MS = 500; // idle gap between measurements
@@ -454,7 +458,7 @@ async function main() {
     const product = startDev("product", {
       cwd: productDir, port: ports.product, inspectorPort: inspector.product, persistTo: productPersist,
       logFile: join(stateDir, "product.log"),
-      extra: ["--var", `INTERNAL_TOKEN:${INTERNAL_TOKEN}`, "--var", `ADMIN_TOKEN:${ADMIN_TOKEN}`],
+      extra: ["--var", `INTERNAL_TOKEN:${INTERNAL_TOKEN}`, "--var", `ADMIN_TOKEN:${ADMIN_TOKEN}`, ...(REQUEST_LOG ? ["--var", `REQUEST_LOG:${REQUEST_LOG}`] : [])],
     });
     await Promise.all([
       waitReady("floor", floor, `http://${HOST}:${ports.floor}/`),

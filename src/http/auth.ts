@@ -6,18 +6,29 @@ import type { AppEnv, Principal } from "./context";
 const encoder = new TextEncoder();
 
 export async function sha256Hex(text: string): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-256", encoder.encode(text));
-  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return hex(await crypto.subtle.digest("SHA-256", encoder.encode(text)));
 }
 
-/** Compare two secrets in constant time: equal-length digests, compared without early exit. */
-async function sameSecret(given: string, expected: string | undefined): Promise<boolean> {
+/** Digests of the configured secrets, made once per isolate (the secrets do not change while it lives). */
+const secretDigests = new Map<string, Promise<ArrayBuffer>>();
+
+function digestOfSecret(secret: string): Promise<ArrayBuffer> {
+  let digest = secretDigests.get(secret);
+  if (!digest) {
+    digest = crypto.subtle.digest("SHA-256", encoder.encode(secret));
+    secretDigests.set(secret, digest);
+  }
+  return digest;
+}
+
+/** Compare a presented token's digest with a secret's in constant time (equal-length digests, no early exit). */
+async function sameSecret(given: ArrayBuffer, expected: string | undefined): Promise<boolean> {
   if (!expected) return false;
-  const [a, b] = await Promise.all([
-    crypto.subtle.digest("SHA-256", encoder.encode(given)),
-    crypto.subtle.digest("SHA-256", encoder.encode(expected)),
-  ]);
-  return crypto.subtle.timingSafeEqual(a, b);
+  return crypto.subtle.timingSafeEqual(given, await digestOfSecret(expected));
+}
+
+function hex(digest: ArrayBuffer): string {
+  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 function bearer(header: string | undefined): string | null {
@@ -27,10 +38,11 @@ function bearer(header: string | undefined): string | null {
 
 /** Identify the credential: admin token, internal token, or an active API key. Null when none is valid. */
 async function identify(env: Env, token: string): Promise<Principal | null> {
-  const [isAdmin, isInternal] = await Promise.all([sameSecret(token, env.ADMIN_TOKEN), sameSecret(token, env.INTERNAL_TOKEN)]);
+  const digest = await crypto.subtle.digest("SHA-256", encoder.encode(token));
+  const [isAdmin, isInternal] = await Promise.all([sameSecret(digest, env.ADMIN_TOKEN), sameSecret(digest, env.INTERNAL_TOKEN)]);
   if (isAdmin) return { kind: "admin" };
   if (isInternal) return { kind: "internal" };
-  const owner = await keyOwner(env, await sha256Hex(token));
+  const owner = await keyOwner(env, hex(digest));
   if (!owner) return null;
   if (owner.clientStatus === "suspended") throw new AppError("forbidden", `client ${owner.clientId} is suspended`);
   return { kind: "client", clientId: owner.clientId, tier: owner.tier, scopes: owner.scopes, keyId: owner.keyId };

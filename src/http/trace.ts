@@ -3,10 +3,14 @@ import { createLogger } from "../log";
 import type { AppEnv } from "./context";
 
 const TRACE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+/** A request slower than this is always logged, whatever REQUEST_LOG says. */
+const SLOW_MS = 1000;
 
 /**
  * Accept the caller's X-Trace-Id (when well formed) or make one; return it as a header; give the
- * request a logger that stamps it on every line; log one line per request when it ends.
+ * request a logger that stamps it on every line; log one line per request when it ends. REQUEST_LOG
+ * "errors" keeps only failed (status >= 400) and slow requests: for very hot deployments where the
+ * platform's own invocation log already records every request. Default "all".
  */
 export const traceRequests: MiddlewareHandler<AppEnv> = async (c, next) => {
   const given = c.req.header("x-trace-id");
@@ -17,12 +21,14 @@ export const traceRequests: MiddlewareHandler<AppEnv> = async (c, next) => {
   const started = Date.now();
   await next();
   c.res.headers.set("X-Trace-Id", traceId);
+  const duration = Date.now() - started;
+  if (c.env.REQUEST_LOG === "errors" && c.res.status < 400 && duration < SLOW_MS) return;
   const principal = c.get("principal");
   logger.info("request", {
     method: c.req.method,
     path: c.req.path,
     status: c.res.status,
-    duration_ms: Date.now() - started,
+    duration_ms: duration,
     principal: principal?.kind,
     client_id: principal?.kind === "client" ? principal.clientId : undefined,
   });
