@@ -133,7 +133,7 @@ export interface BudgetSnapshot {
  * spent >= percent% of budget, in exact integer arithmetic (nano-dollar products exceed 2^53). Nothing
  * spent reaches nothing, so a zero budget alerts only once something is spent against it.
  */
-function reached(spentNano: number, budgetNano: number, percent: number): boolean {
+export function reached(spentNano: number, budgetNano: number, percent: number): boolean {
   return spentNano > 0 && BigInt(spentNano) * 100n >= BigInt(budgetNano) * BigInt(percent);
 }
 

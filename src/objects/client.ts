@@ -1,7 +1,7 @@
 import { DurableObject } from "cloudflare:workers";
 import { budgetView, fitsBudget, type BudgetLimit, type BudgetView } from "../domain/budget";
 import { monthKey } from "../domain/calendar";
-import { budgetAlerts } from "../domain/alerts";
+import { budgetAlerts, BUDGET_CRITICAL_PERCENT, BUDGET_WARN_PERCENT, reached } from "../domain/alerts";
 import { log } from "../log";
 import { applyAlerts } from "../services/alerts";
 
@@ -45,6 +45,8 @@ const COUNTED_TTL_MS = 40 * 24 * 60 * 60 * 1000;
  */
 export class ClientObject extends DurableObject<Env> {
   private sql: SqlStorage;
+  /** The budget line (month and threshold) last reported to the alerts; D1 is written only when it changes. */
+  private reportedLine: string | null = null;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -160,11 +162,13 @@ export class ClientObject extends DurableObject<Env> {
     }
     this.sql.exec("DELETE FROM counted WHERE at < ?", now - COUNTED_TTL_MS);
     const after = this.spentIn(month);
-    if (limit === null || limit.limitNano === null || after === before) return;
-    const decision = budgetAlerts({ clientId: this.clientId(), spentNano: after, budgetNano: limit.limitNano, month });
-    if (decision.raise.length === 0) return;
+    if (limit === null || after === before) return;
+    const budgetNano = limit.limitNano;
+    const line = `${month}:${budgetNano === null ? "none" : [BUDGET_WARN_PERCENT, BUDGET_CRITICAL_PERCENT, 100].filter((p) => reached(after, budgetNano, p)).join(",")}`;
+    if (line === this.reportedLine) return;
     try {
-      await applyAlerts(this.env, decision, now);
+      await applyAlerts(this.env, budgetAlerts({ clientId: this.clientId(), spentNano: after, budgetNano, month }), now);
+      this.reportedLine = line;
     } catch (err) {
       log.warn("budget_alert_failed", { client_id: this.clientId(), error: String(err) });
     }

@@ -1,8 +1,8 @@
-import { mergeDecisions, poolAlerts, queueAlerts, type AlertDecision, type PoolLevel, type QueueSnapshot } from "../domain/alerts";
+import { budgetAlerts, mergeDecisions, monthOf, poolAlerts, queueAlerts, type AlertDecision, type BudgetSnapshot, type PoolLevel, type QueueSnapshot } from "../domain/alerts";
 import { AppError } from "../errors";
 import { log } from "../log";
 import { ackAlert, getAlert, raisedFrom, raiseStatement, resolveStatement, type Alert } from "../storage/alerts";
-import { poolConfigs } from "./config";
+import { budgetLimit, poolConfigs } from "./config";
 import { poolStub } from "./pools";
 import { schedulerStub } from "./requests";
 
@@ -90,7 +90,7 @@ export async function checkAlerts(env: Env, now: number, traceId?: string): Prom
   const pools = configs.filter((p) => p.status !== "disabled");
   // A disabled pool takes no spending, so how full it is concerns no one.
   const disabled: AlertDecision = { raise: [], clear: configs.filter((p) => p.status === "disabled").map((p) => ({ kind: "pool_low", subject: p.id })) };
-  const [levels, queues] = await Promise.all([
+  const [levels, queues, budgets] = await Promise.all([
     Promise.allSettled(pools.map(async (cfg): Promise<PoolLevel> => {
       const a = await poolStub(env, cfg.id).availability(cfg, null);
       return { id: cfg.id, level: a.level, capacity: a.capacity };
@@ -102,10 +102,29 @@ export async function checkAlerts(env: Env, now: number, traceId?: string): Prom
         return null;
       },
     ),
+    budgetSnapshots(env, now).catch((err: unknown) => {
+      log.warn("alert_check_budgets_failed", { trace_id: traceId, error: String(err) });
+      return [];
+    }),
   ]);
   const answered = levels.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
   if (answered.length < levels.length) log.warn("alert_check_pools_failed", { trace_id: traceId, failed: levels.length - answered.length });
-  return applyAlerts(env, mergeDecisions(poolAlerts(answered), disabled, queues ? queueAlerts(queues, now) : { raise: [], clear: [] }), now, traceId);
+  return applyAlerts(env, mergeDecisions(
+    poolAlerts(answered), disabled, queues ? queueAlerts(queues, now) : { raise: [], clear: [] }, ...budgets.map(budgetAlerts),
+  ), now, traceId);
+}
+
+/** Every active client's spend this month against its budget, from the clients' own objects. */
+async function budgetSnapshots(env: Env, now: number): Promise<BudgetSnapshot[]> {
+  const { results } = await env.DB.prepare("SELECT id FROM clients WHERE status = 'active'").all<{ id: string }>();
+  const month = monthOf(now);
+  const snapshots = await Promise.all(results.map(async ({ id }) => {
+    const limit = await budgetLimit(env, id);
+    if (!limit) return null;
+    const view = await env.CLIENT.get(env.CLIENT.idFromName(id)).budget(limit);
+    return { clientId: id, spentNano: view.spent_nano, budgetNano: limit.limitNano, month };
+  }));
+  return snapshots.filter((s): s is BudgetSnapshot => s !== null);
 }
 
 export async function findAlert(env: Env, id: string): Promise<Alert> {
