@@ -124,3 +124,35 @@ CREATE TABLE IF NOT EXISTS alerts (
 CREATE UNIQUE INDEX IF NOT EXISTS alerts_unresolved_dedupe ON alerts (dedupe_key) WHERE state != 'resolved';
 CREATE INDEX IF NOT EXISTS alerts_raised ON alerts (raised_at, id);
 CREATE INDEX IF NOT EXISTS alerts_kind_subject ON alerts (kind, subject, state);
+
+-- Reports read usage_daily by day across clients (cost by client or pool, usage by pool and tier).
+CREATE INDEX IF NOT EXISTS usage_daily_day ON usage_daily (day, pool_id);
+
+-- Finished requests (completed, failed, cancelled), mirrored from the scheduler object, where requests
+-- live, for reports: cost by template and recent failures. Delivered by the scheduler's outbox in one
+-- upsert per batch, keyed by request id, so a redelivery changes nothing. A request's cost lands here
+-- when it finishes (actual_nano: NULL unless it completed).
+CREATE TABLE IF NOT EXISTS request_log (
+  id TEXT PRIMARY KEY,
+  client_id TEXT NOT NULL,
+  template TEXT NOT NULL,
+  queue TEXT NOT NULL,
+  status TEXT NOT NULL CHECK (status IN ('completed', 'failed', 'cancelled', 'expired')),
+  estimate_nano INTEGER NOT NULL CHECK (estimate_nano >= 0),
+  actual_nano INTEGER CHECK (actual_nano IS NULL OR actual_nano >= 0),
+  attempts INTEGER NOT NULL CHECK (attempts >= 0),
+  created_at INTEGER NOT NULL,
+  finished_at INTEGER NOT NULL,
+  error TEXT
+);
+CREATE INDEX IF NOT EXISTS request_log_finished ON request_log (finished_at);
+CREATE INDEX IF NOT EXISTS request_log_status_finished ON request_log (status, finished_at);
+
+-- Pool levels sampled by the minute cron, for utilization over time. Kept 92 days.
+CREATE TABLE IF NOT EXISTS pool_samples (
+  pool_id TEXT NOT NULL,
+  at INTEGER NOT NULL,
+  level REAL NOT NULL,
+  capacity INTEGER NOT NULL CHECK (capacity > 0),
+  PRIMARY KEY (pool_id, at)
+);

@@ -23,6 +23,7 @@ export default defineConfig({
         bindings: {
           ADMIN_TOKEN: "test-admin-token",
           INTERNAL_TOKEN: "test-internal-token",
+          METRICS_TOKEN: "test-metrics-token",
           CONFIG_TTL_MS: "5000",
           USAGE_FLUSH_DELAY_MS: "1000",
           LEASE_MARGIN_MS: "1000",

@@ -5,9 +5,13 @@ import { traceRequests } from "./http/trace";
 import { adminRoutes } from "./routes/admin";
 import { alertRoutes } from "./routes/alerts";
 import { costRoutes } from "./routes/cost";
+import { dashboardRoutes } from "./routes/dashboard";
+import { docsRoutes } from "./routes/docs";
 import { healthRoutes } from "./routes/health";
 import { internalRoutes } from "./routes/internal";
+import { metricsRoutes } from "./routes/metrics";
 import { queueRoutes } from "./routes/queue";
+import { reportRoutes } from "./routes/reports";
 import { resourceRoutes } from "./routes/resources";
 import { usageRoutes } from "./routes/usage";
 
@@ -27,15 +31,10 @@ export function createApp() {
   app.route("/", queueRoutes);
   app.route("/", adminRoutes);
   app.route("/", alertRoutes);
-  app.openAPIRegistry.registerComponent("securitySchemes", "bearer", {
-    type: "http",
-    scheme: "bearer",
-    description: "An API key (rmk_...) on /api, the internal token on /internal, the admin token on /admin",
-  });
-  app.doc31("/openapi.json", {
-    openapi: "3.1.0",
-    info: { title: "Resource Manager", version: "0.1.0", description: "Rate limits, quotas, capacity and money for the AI platform. Money is integer nano-dollars; times are epoch ms UTC." },
-  });
+  app.route("/", reportRoutes);
+  app.route("/", dashboardRoutes);
+  app.route("/", metricsRoutes);
+  app.route("/", docsRoutes(app));
   app.notFound(notFound);
   app.onError(onError);
   return app;

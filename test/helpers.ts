@@ -1,6 +1,7 @@
 import { env, exports } from "cloudflare:workers";
 import { expect } from "vitest";
 import { clearConfigCache } from "../src/services/config";
+import { checkResponse } from "./contract";
 import { upsertPool } from "../src/storage/pools";
 import type { PoolConfig } from "../src/domain/types";
 
@@ -21,7 +22,11 @@ export interface Call {
   headers: Headers;
 }
 
-/** Call the worker over HTTP and read the whole body (an unread body breaks storage isolation). */
+/**
+ * Call the worker over HTTP and read the whole body (an unread body breaks storage isolation). Every
+ * response is checked against the OpenAPI document (test/contract.ts): an undeclared status, content
+ * type, error code or field fails the test that received it.
+ */
 export async function call(method: string, path: string, opts: { token?: string; json?: unknown; body?: string; headers?: Record<string, string> } = {}): Promise<Call> {
   const headers: Record<string, string> = { ...(opts.headers ?? {}) };
   if (opts.token) headers.authorization = `Bearer ${opts.token}`;
@@ -32,6 +37,7 @@ export async function call(method: string, path: string, opts: { token?: string;
   }
   const res = await exports.default.fetch(new Request(`https://rm.test${path}`, { method, headers, body }));
   const text = await res.text();
+  checkResponse(method, path, res.status, res.headers, text);
   let parsed: unknown = text;
   try {
     parsed = JSON.parse(text);

@@ -2,6 +2,7 @@ import type { MiddlewareHandler } from "hono";
 import { AppError } from "../errors";
 import { keyOwner } from "../services/config";
 import type { AppEnv, Principal } from "./context";
+import { adminSession } from "./session";
 
 const encoder = new TextEncoder();
 
@@ -36,12 +37,20 @@ function bearer(header: string | undefined): string | null {
   return match ? match[1]! : null;
 }
 
-/** Identify the credential: admin token, internal token, or an active API key. Null when none is valid. */
+/** Whether `token` is the admin token (compared in constant time): the dashboard's login form. */
+export async function isAdminToken(env: Env, token: string): Promise<boolean> {
+  return sameSecret(await crypto.subtle.digest("SHA-256", encoder.encode(token)), env.ADMIN_TOKEN);
+}
+
+/** Identify the credential: admin, internal or metrics token, or an active API key. Null when none is valid. */
 async function identify(env: Env, token: string): Promise<Principal | null> {
   const digest = await crypto.subtle.digest("SHA-256", encoder.encode(token));
-  const [isAdmin, isInternal] = await Promise.all([sameSecret(digest, env.ADMIN_TOKEN), sameSecret(digest, env.INTERNAL_TOKEN)]);
+  const [isAdmin, isInternal, isMetrics] = await Promise.all([
+    sameSecret(digest, env.ADMIN_TOKEN), sameSecret(digest, env.INTERNAL_TOKEN), sameSecret(digest, env.METRICS_TOKEN),
+  ]);
   if (isAdmin) return { kind: "admin" };
   if (isInternal) return { kind: "internal" };
+  if (isMetrics) return { kind: "metrics" };
   const owner = await keyOwner(env, hex(digest));
   if (!owner) return null;
   if (owner.clientStatus === "suspended") throw new AppError("forbidden", `client ${owner.clientId} is suspended`);
@@ -50,11 +59,17 @@ async function identify(env: Env, token: string): Promise<Principal | null> {
 
 /**
  * Require a valid credential of one of `kinds`: 401 when there is none or it is not valid, 403 when it
- * is valid but of another kind, or its client is suspended.
+ * is valid but of another kind, or its client is suspended. Admin routes also take the dashboard's
+ * session cookie in place of the header (see ./session.ts).
  */
 export function authenticate(...kinds: Principal["kind"][]): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
     const token = bearer(c.req.header("authorization"));
+    if (!c.req.header("authorization") && kinds.includes("admin") && (await adminSession(c))) {
+      c.set("principal", { kind: "admin" });
+      await next();
+      return;
+    }
     if (!token) throw new AppError("unauthorized", "missing credential: send Authorization: Bearer <token>");
     const principal = await identify(c.env, token);
     if (!principal) throw new AppError("unauthorized", "credential not valid");

@@ -16,17 +16,38 @@ export const ErrorEnvelope = z
   })
   .openapi("Error");
 
-/** OpenAPI responses for the given error codes, generated from the one table. */
+/** The header every 429 carries (AppError.retryAfterSec). */
+const RETRY_AFTER = {
+  "Retry-After": { description: "Seconds until enough units are expected", required: true, schema: { type: "integer" as const, minimum: 1 } },
+};
+
+/**
+ * OpenAPI responses for the given error codes, generated from the one table: per status, the Error
+ * schema with one example per code. The examples' names are the codes that status may carry for this
+ * operation; the tests' response check (test/contract.ts) holds every error answer to them.
+ */
 export function errorResponses(...codes: ErrorCode[]) {
-  const byStatus = new Map<number, string[]>();
+  const byStatus = new Map<number, ErrorCode[]>();
   for (const code of codes) {
     const { status } = ERRORS[code];
-    byStatus.set(status, [...(byStatus.get(status) ?? []), `\`${code}\`: ${ERRORS[code].description}`]);
+    byStatus.set(status, [...(byStatus.get(status) ?? []), code]);
   }
   return Object.fromEntries(
-    [...byStatus].map(([status, lines]) => [
+    [...byStatus].map(([status, group]) => [
       status,
-      { description: lines.join(" "), content: { "application/json": { schema: ErrorEnvelope } } },
+      {
+        description: group.map((code) => `\`${code}\`: ${ERRORS[code].description}`).join(" "),
+        ...(status === 429 ? { headers: RETRY_AFTER } : {}),
+        content: {
+          "application/json": {
+            schema: ErrorEnvelope,
+            examples: Object.fromEntries(group.map((code) => [
+              code,
+              { summary: code, value: { error: { code, message: ERRORS[code].description }, trace_id: "6f1c1a0e-..." } },
+            ])),
+          },
+        },
+      },
     ]),
   );
 }

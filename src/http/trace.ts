@@ -1,6 +1,8 @@
 import type { MiddlewareHandler } from "hono";
+import { routePath } from "hono/route";
 import { createLogger } from "../log";
 import type { AppEnv } from "./context";
+import { recordLatency } from "./latency";
 
 const TRACE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 /** A request slower than this is always logged, whatever REQUEST_LOG says. */
@@ -22,14 +24,20 @@ export const traceRequests: MiddlewareHandler<AppEnv> = async (c, next) => {
   await next();
   c.res.headers.set("X-Trace-Id", traceId);
   const duration = Date.now() - started;
+  // The last matched route is the endpoint's pattern ("/api/execution/:requestId"), a bounded label.
+  const route = routePath(c, -1);
+  recordLatency(c.req.method, route, c.res.status, duration);
   if (c.env.REQUEST_LOG === "errors" && c.res.status < 400 && duration < SLOW_MS) return;
   const principal = c.get("principal");
   logger.info("request", {
     method: c.req.method,
     path: c.req.path,
+    route,
     status: c.res.status,
     duration_ms: duration,
     principal: principal?.kind,
     client_id: principal?.kind === "client" ? principal.clientId : undefined,
+    // Routes about one request name it in their path.
+    request_id: (c.req.param() as Record<string, string | undefined>).requestId,
   });
 };

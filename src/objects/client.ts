@@ -116,6 +116,11 @@ export class ClientObject extends DurableObject<Env> {
     });
   }
 
+  /** Requests whose estimates have been in flight since before `before` (for reconciliation with the scheduler). */
+  inFlightSince(before: number): string[] {
+    return this.sql.exec<{ request_id: string }>("SELECT request_id FROM in_flight WHERE admitted_at < ?", before).toArray().map((r) => r.request_id);
+  }
+
   /** Take requests' estimates out of flight without spending (a duplicate enqueue, a refused batch item). */
   drop(requestIds: string[]): void {
     this.sql.exec("DELETE FROM in_flight WHERE request_id IN (SELECT value FROM json_each(?))", JSON.stringify(requestIds));

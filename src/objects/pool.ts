@@ -23,6 +23,8 @@ export interface Availability {
   utilization: number;
   reserved: number;
   outbox: number;
+  /** Spending refused for lack of units (rate_limited) since the object was created. */
+  denials: number;
 }
 
 export interface CheckResult {
@@ -97,6 +99,7 @@ export class PoolObject extends DurableObject<Env> {
   private flushFailures = 0;
   /** Whether the pool_low alert was last reported raised (true) or cleared (false); null: not yet. */
   private lowReported: boolean | null = null;
+  private denials = 0;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -132,7 +135,9 @@ export class PoolObject extends DurableObject<Env> {
         response TEXT NOT NULL,
         created_at INTEGER NOT NULL
       );
+      CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     `);
+    this.denials = this.sql.exec<{ value: number }>("SELECT value FROM counters WHERE name = 'denials'").toArray()[0]?.value ?? 0;
     const row = this.sql.exec<{ level: number; updated_at: number; config: string }>(
       "SELECT level, updated_at, config FROM bucket WHERE id = 1",
     ).toArray()[0];
@@ -169,6 +174,7 @@ export class PoolObject extends DurableObject<Env> {
       utilization: cfg.capacity > 0 ? round3(1 - this.bucket.level / cfg.capacity) : 0,
       reserved,
       outbox,
+      denials: this.denials,
     };
   }
 
@@ -328,6 +334,7 @@ export class PoolObject extends DurableObject<Env> {
     const available = this.bucket.level - access.protectedUnits;
     if (fits(available, amount)) return { ok: true, value: Math.floor(available + 1e-9) };
     const retryAfterMs = msUntil(this.bucket.level, amount + access.protectedUnits, cfg);
+    if (spending) this.countDenial();
     return fail("rate_limited", `pool ${cfg.id} has ${Math.max(0, Math.floor(available + 1e-9))} ${cfg.unit} for ${amount} requested`, {
       pool: cfg.id,
       requested: amount,
@@ -351,6 +358,15 @@ export class PoolObject extends DurableObject<Env> {
     );
     this.ensureAlarm(expiresAt);
     return { ok: true, value: { pool: cfg.id, reservationId: id, amount, expiresAt, remaining: this.whole() } };
+  }
+
+  /** For /metrics: persisted at once (a local SQLite write), so the count survives restarts. */
+  private countDenial(): void {
+    this.denials += 1;
+    this.sql.exec(
+      "INSERT INTO counters (name, value) VALUES ('denials', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+      this.denials,
+    );
   }
 
   private refillTo(now: number, cfg: PoolConfig): void {

@@ -3,9 +3,11 @@ import { backoffMs, priorityOf, QUEUES, rank, type Priority, type QueueName } fr
 import type { Caller, PoolAmount, PoolConfig, Tier } from "../domain/types";
 import type { ErrorBody } from "../errors";
 import { mergeDecisions, queueAlerts, workerAlerts, WORKER_WINDOW_MS, type WorkerOutcome } from "../domain/alerts";
+import { histogramOf, type HistogramSnapshot } from "../domain/histogram";
 import { log } from "../log";
 import { applyAlerts } from "../services/alerts";
 import { budgetLimit, poolConfigs, templateConfigs } from "../services/config";
+import { insertRequestLog, MAX_ERROR_CHARS, type FinishedRequest } from "../storage/request-log";
 import type { Template } from "../storage/templates";
 import type { Settlement, SpendEvent } from "./client";
 import type { ReleaseResult, ReserveResult, Result } from "./pool";
@@ -99,6 +101,30 @@ export interface SchedulerState {
   dispatched_total: number;
 }
 
+/** Worker calls of one template since the scheduler object was created (see metrics()). */
+export interface DispatchCounters {
+  /** Calls started. */
+  dispatches: number;
+  /** Calls that succeeded. */
+  completions: number;
+  /** Calls that failed, other than by timing out or being cancelled. */
+  failures: number;
+  /** Attempts returned to the queue for another try (after a failure, a timeout or an expired lease). */
+  retries: number;
+  /** Calls that reached the template's deadline. */
+  timeouts: number;
+}
+
+/** Upper bounds, in seconds, of the wait-time histogram of the requests queued now. */
+export const WAIT_BUCKETS_S = [1, 5, 30, 60, 300, 600, 1800] as const;
+
+export interface SchedulerMetrics {
+  running: boolean;
+  in_flight: number;
+  queues: Array<{ queue: QueueName; depth: number; oldest_wait_ms: number; wait_seconds: HistogramSnapshot }>;
+  counters: Record<string, DispatchCounters>;
+}
+
 interface Row {
   id: string;
   client_id: string;
@@ -165,6 +191,8 @@ const SETTLE_DELAY_MS = 5;
 /** Queue and worker alerts are evaluated by dispatch passes at most this often (and by the cron). */
 const ALERT_CHECK_MS = 5000;
 const MAX_RESULT_CHARS = 256 * 1024;
+/** Finished requests per D1 statement when the outbox is delivered to request_log. */
+const FINISHED_BATCH = 200;
 /** Terminal states that cancellation cannot change. */
 const TERMINAL: RequestStatus[] = ["completed", "failed", "cancelled", "expired"];
 
@@ -192,12 +220,21 @@ export class SchedulerObject extends DurableObject<Env> {
   /** Worker call outcomes of the alert window, for the failure and timeout alerts. */
   private outcomes: WorkerOutcome[] = [];
   private alertsCheckedAt = 0;
+  /** A call failed since the last alert check: check at the next pass without waiting. */
+  private alertsDirty = false;
   private rankCache: { at: number; order: string[] } | null = null;
   private settleBuffer: Array<{ id: string; attempt: number; outcome: Outcome }> = [];
   private settleTimer: ReturnType<typeof setTimeout> | null = null;
   private alarmAt: number | null = null;
   private lastPassAt: number | null = null;
   private seq = 0;
+  /** Kept in memory; written to `state` with the writes of the pass or settlement that changed them. */
+  private counters = new Map<string, DispatchCounters>();
+  private countersDirty = false;
+  /** The finished-requests outbox (see flushFinished): one delivery at a time, and a backoff after a failure. */
+  private finishedFlushing = false;
+  private finishedFailures = 0;
+  private finishedRetryAt = 0;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -232,8 +269,10 @@ export class SchedulerObject extends DurableObject<Env> {
         actual_detail TEXT
       );
       CREATE UNIQUE INDEX IF NOT EXISTS requests_idempotency ON requests (client_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+      CREATE INDEX IF NOT EXISTS requests_client_created ON requests (client_id, created_at);
       DROP INDEX IF EXISTS requests_status;
       CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+      CREATE TABLE IF NOT EXISTS finished_outbox (id TEXT PRIMARY KEY);
     `);
     const columns = new Set(this.sql.exec<{ name: string }>("SELECT name FROM pragma_table_info('requests')").toArray().map((c) => c.name));
     for (const column of ["estimate_detail", "actual_detail"]) {
@@ -241,6 +280,7 @@ export class SchedulerObject extends DurableObject<Env> {
     }
     const state = new Map(this.sql.exec<{ k: string; v: string }>("SELECT k, v FROM state").toArray().map((r) => [r.k, r.v]));
     this.running = state.get("running") !== "false";
+    this.counters = new Map(Object.entries(JSON.parse(state.get("counters") ?? "{}") as Record<string, DispatchCounters>));
     this.seq = this.sql.exec<{ n: number | null }>("SELECT MAX(dispatch_seq) AS n FROM requests").one().n ?? 0;
     for (const row of this.sql.exec<Row>("SELECT * FROM requests WHERE status IN ('queued', 'dispatching', 'running')")) {
       this.live.set(row.id, row);
@@ -279,6 +319,11 @@ export class SchedulerObject extends DurableObject<Env> {
     return { request: view(row), duplicate: inserted.duplicate, ...this.positionOf(id, Date.now()) };
   }
 
+  /** Of these request ids, those the scheduler holds and has not finished. */
+  unfinished(ids: string[]): string[] {
+    return ids.filter((id) => this.live.has(id));
+  }
+
   /** The request a client made with this idempotency key, if any. */
   findByKey(clientId: string, key: string): RequestView | null {
     const row = this.sql.exec<Row>("SELECT * FROM requests WHERE client_id = ? AND idempotency_key = ?", clientId, key).toArray()[0];
@@ -289,6 +334,14 @@ export class SchedulerObject extends DurableObject<Env> {
     const row = this.rowOf(id);
     if (!row || (clientId !== null && row.client_id !== clientId)) return null;
     return view(row);
+  }
+
+  /** How many of a client's requests created at or after `since` are in each status. */
+  countsFor(clientId: string, since: number): Record<string, number> {
+    const rows = this.sql.exec<{ status: string; n: number }>(
+      "SELECT status, COUNT(*) AS n FROM requests WHERE client_id = ? AND created_at >= ? GROUP BY status", clientId, since,
+    ).toArray();
+    return Object.fromEntries(rows.map((r) => [r.status, r.n]));
   }
 
   position(id: string, clientId: string | null): PositionView | null {
@@ -324,6 +377,7 @@ export class SchedulerObject extends DurableObject<Env> {
       "UPDATE requests SET status = 'cancelled', error = 'cancelled by caller', finished_at = ?, updated_at = ?, lease_until = NULL WHERE id = ?",
       now, now, id,
     );
+    this.sql.exec("INSERT INTO finished_outbox (id) VALUES (?) ON CONFLICT (id) DO NOTHING", id);
     Object.assign(row, { status: "cancelled", error: "cancelled by caller", finished_at: now, updated_at: now, lease_until: null });
     this.live.delete(id);
     log.info("request_cancelled", { request_id: id, client_id: row.client_id, was: row.status });
@@ -352,6 +406,21 @@ export class SchedulerObject extends DurableObject<Env> {
       };
     });
     return { queues, scheduler: this.state() };
+  }
+
+  /** For /metrics: each queue's depth and the waits of its requests so far; worker-call counters. */
+  metrics(): SchedulerMetrics {
+    const now = Date.now();
+    const queues = QUEUES.map((queue) => {
+      const waits = [...this.queued.values()].filter((q) => q.queue === queue).map((q) => now - q.createdAt);
+      return {
+        queue,
+        depth: waits.length,
+        oldest_wait_ms: waits.reduce((a, b) => Math.max(a, b), 0),
+        wait_seconds: histogramOf(waits.map((ms) => ms / 1000), WAIT_BUCKETS_S),
+      };
+    });
+    return { running: this.running, in_flight: this.inflight.size, queues, counters: Object.fromEntries(this.counters) };
   }
 
   // --- RPC: control ---------------------------------------------------------------------------
@@ -396,7 +465,10 @@ export class SchedulerObject extends DurableObject<Env> {
     this.lastPassAt = now;
     const lost = this.reclaimLeases(now);
     if (lost.length) await this.releaseHolds(lost.map((row) => ({ row: { ...row, reservations: null }, actual: {}, final: true })));
-    if (!this.running) return 0;
+    if (!this.running) {
+      await this.flushFinished();
+      return 0;
+    }
     const [templates, pools] = await Promise.all([templateConfigs(this.env), poolConfigs(this.env)]);
     const order = onlyIds ?? this.readyOrder(now);
     const blockedPools = new Set<string>();
@@ -417,6 +489,7 @@ export class SchedulerObject extends DurableObject<Env> {
       if (chunk.length === 0) continue;
       const admitted = await this.admit(chunk, templates, pools, blockedPools, fullClients);
       for (const row of admitted.rows) this.launch(row, templates.get(row.template)!);
+      this.saveCounters();
       launched += admitted.rows.length;
       if (admitted.retryAt !== null) wakeAt = Math.min(wakeAt ?? Infinity, admitted.retryAt);
     }
@@ -429,6 +502,7 @@ export class SchedulerObject extends DurableObject<Env> {
     }
     if (wakeAt !== null) this.ensureAlarm(wakeAt);
     if (!onlyIds) await this.checkAlerts(Date.now());
+    if (!onlyIds) await this.flushFinished();
     return launched;
   }
 
@@ -639,6 +713,7 @@ export class SchedulerObject extends DurableObject<Env> {
     );
     Object.assign(row, { status: "running", attempts: row.attempts + 1, started_at: now, updated_at: now, dispatch_seq: this.seq });
     this.dispatchLog.push({ at: now, clientId: row.client_id, queue: row.queue });
+    this.count(row.template, "dispatches");
     const controller = new AbortController();
     this.inflight.set(row.id, controller);
     const attempt = row.attempts;
@@ -722,6 +797,7 @@ export class SchedulerObject extends DurableObject<Env> {
     const now = Date.now();
     for (const { row, outcome } of live) {
       this.noteOutcome(row, outcome, now);
+      if (outcome.error !== "cancelled") this.count(row.template, outcome.ok ? "completions" : timedOut(outcome) ? "timeouts" : "failures");
       if (outcome.ok) {
         let result = JSON.stringify(outcome.result ?? null);
         if (result.length > MAX_RESULT_CHARS) result = JSON.stringify({ truncated: true, chars: result.length });
@@ -729,12 +805,14 @@ export class SchedulerObject extends DurableObject<Env> {
         this.finish(row.id, "completed", now, { result, actual: actual.reduce((sum, p) => sum + p.cost_nano, 0), actualDetail: JSON.stringify(actual) });
       } else if (outcome.retryable !== false && row.attempts < row.max_attempts) {
         this.requeue(row, now, now + backoffMs(row.attempts), true, outcome.error);
+        this.count(row.template, "retries");
         log.warn("dispatch_retry", { request_id: row.id, attempt: row.attempts, error: outcome.error });
       } else {
         this.finish(row.id, "failed", now, { error: outcome.error ?? "failed" });
         log.warn("request_failed", { request_id: row.id, client_id: row.client_id, attempts: row.attempts, error: outcome.error });
       }
     }
+    this.saveCounters();
     if (live.length) this.ensureAlarm(Date.now());
   }
 
@@ -794,6 +872,7 @@ export class SchedulerObject extends DurableObject<Env> {
       "UPDATE requests SET status = ?, result = ?, actual_nano = ?, actual_detail = ?, error = ?, finished_at = ?, updated_at = ?, lease_until = NULL WHERE id = ?",
       status, fields.result ?? null, fields.actual ?? null, fields.actualDetail ?? null, fields.error ?? null, now, now, id,
     );
+    this.sql.exec("INSERT INTO finished_outbox (id) VALUES (?) ON CONFLICT (id) DO NOTHING", id);
     const live = this.live.get(id);
     if (live) {
       Object.assign(live, {
@@ -822,17 +901,20 @@ export class SchedulerObject extends DurableObject<Env> {
         this.finish(row.id, "failed", now, { error: "lease expired: the dispatcher stopped while the request ran" });
         failed.push(row);
       } else {
+        if (row.status === "running") this.count(row.template, "retries");
         this.requeue(row, now, now, row.status === "running", "lease expired; returned to the queue");
       }
       log.warn("lease_expired", { request_id: row.id, was: row.status, attempts: row.attempts });
     }
+    this.saveCounters();
     return failed;
   }
 
   /** Remember a worker call's outcome for the failure and timeout alerts. */
   private noteOutcome(row: Row, outcome: Outcome, now: number): void {
     if (outcome.error === "cancelled") return;
-    this.outcomes.push({ template: row.template, ok: outcome.ok, timedOut: !outcome.ok && (outcome.error ?? "").includes("timed out"), at: now });
+    if (!outcome.ok) this.alertsDirty = true;
+    this.outcomes.push({ template: row.template, ok: outcome.ok, timedOut: timedOut(outcome), at: now });
     let drop = 0;
     while (drop < this.outcomes.length && this.outcomes[drop]!.at <= now - WORKER_WINDOW_MS) drop += 1;
     if (drop) this.outcomes.splice(0, drop);
@@ -843,8 +925,9 @@ export class SchedulerObject extends DurableObject<Env> {
    * timeouts. At most every few seconds; the cron pass re-checks the queues too.
    */
   private async checkAlerts(now: number): Promise<void> {
-    if (now - this.alertsCheckedAt < ALERT_CHECK_MS) return;
+    if (!this.alertsDirty && now - this.alertsCheckedAt < ALERT_CHECK_MS) return;
     this.alertsCheckedAt = now;
+    this.alertsDirty = false;
     const oldest = new Map<QueueName, number>();
     const depth = new Map<QueueName, number>();
     for (const q of this.queued.values()) {
@@ -859,6 +942,60 @@ export class SchedulerObject extends DurableObject<Env> {
       await applyAlerts(this.env, decision, now);
     } catch (err) {
       log.warn("alert_check_failed", { error: String(err) });
+    }
+  }
+
+  private count(template: string, counter: keyof DispatchCounters): void {
+    let c = this.counters.get(template);
+    if (!c) {
+      c = { dispatches: 0, completions: 0, failures: 0, retries: 0, timeouts: 0 };
+      this.counters.set(template, c);
+    }
+    c[counter] += 1;
+    this.countersDirty = true;
+  }
+
+  /** One write for every count since the last one; called right after the writes that counted. */
+  private saveCounters(): void {
+    if (!this.countersDirty) return;
+    this.countersDirty = false;
+    this.sql.exec(
+      "INSERT INTO state (k, v) VALUES ('counters', ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+      JSON.stringify(Object.fromEntries(this.counters)),
+    );
+  }
+
+  /**
+   * Deliver finished requests (queued by finish and cancel in the same SQLite write as their status) to
+   * D1's request_log for reports: one upsert per batch, keyed by request id, then drop them from the
+   * outbox. Run at the end of a pass, so after each settlement batch. A failure leaves them for a later
+   * pass, after a backoff; it never fails the pass.
+   */
+  private async flushFinished(): Promise<void> {
+    if (this.finishedFlushing || Date.now() < this.finishedRetryAt) return;
+    this.finishedFlushing = true;
+    try {
+      for (;;) {
+        const rows = this.sql.exec<{ outbox_id: string } & { [K in keyof FinishedRequest]: SqlStorageValue }>(
+          `SELECT o.id AS outbox_id, r.id, r.client_id, r.template, r.queue, r.status, r.estimate_nano, r.actual_nano, r.attempts,
+                  r.created_at, r.finished_at, substr(r.error, 1, ?) AS error
+           FROM finished_outbox o LEFT JOIN requests r ON r.id = o.id ORDER BY o.rowid LIMIT ?`,
+          MAX_ERROR_CHARS, FINISHED_BATCH,
+        ).toArray();
+        if (rows.length === 0) break;
+        // A request no longer stored (nothing deletes them today) has nothing to report: just drop its entry.
+        await insertRequestLog(this.env.DB, rows.filter((r) => r.id !== null).map(({ outbox_id: _, ...r }) => r as unknown as FinishedRequest));
+        this.sql.exec("DELETE FROM finished_outbox WHERE id IN (SELECT value FROM json_each(?))", JSON.stringify(rows.map((r) => r.outbox_id)));
+        if (rows.length < FINISHED_BATCH) break;
+      }
+      this.finishedFailures = 0;
+    } catch (err) {
+      this.finishedFailures += 1;
+      const backoff = Math.min(60_000, 500 * 2 ** this.finishedFailures);
+      this.finishedRetryAt = Date.now() + backoff;
+      log.warn("request_log_flush_failed", { attempt: this.finishedFailures, retry_in_ms: backoff, error: String(err) });
+    } finally {
+      this.finishedFlushing = false;
     }
   }
 
@@ -903,6 +1040,10 @@ export class SchedulerObject extends DurableObject<Env> {
 
 export function newRequestId(): string {
   return `req_${crypto.randomUUID().replaceAll("-", "")}`;
+}
+
+function timedOut(outcome: Outcome): boolean {
+  return !outcome.ok && (outcome.error ?? "").includes("timed out");
 }
 
 function callerOf(row: Row): Caller {

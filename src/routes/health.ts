@@ -44,14 +44,14 @@ async function probe(fn: () => Promise<unknown>): Promise<z.infer<typeof Depende
 export const healthRoutes = new OpenAPIHono<AppEnv>()
   .openapi(
     createRoute({
-      method: "get", path: "/", tags: ["health"], summary: "Liveness",
+      method: "get", path: "/", tags: ["health"], security: [], summary: "Liveness",
       responses: { 200: { description: "The worker answers.", content: { "application/json": { schema: Liveness } } } },
     }),
     (c) => c.json({ service: "resource-manager", status: "ok" as const, time: Date.now(), trace_id: c.var.traceId }, 200),
   )
   .openapi(
     createRoute({
-      method: "get", path: "/health", tags: ["health"], summary: "Readiness: D1 and a pool object reachable",
+      method: "get", path: "/health", tags: ["health"], security: [], summary: "Readiness: D1 and a pool object reachable",
       responses: {
         200: { description: "Every dependency answers.", content: { "application/json": { schema: Health } } },
         503: { description: "A dependency is down.", content: { "application/json": { schema: Health } } },

@@ -6,7 +6,7 @@ import type { AppEnv, Principal } from "../http/context";
 import { errorResponses, validationError } from "../http/errors";
 import { callerFor } from "../services/pools";
 import { cancelRequest, enqueueMany, execute, getRequest, positionOf, schedulerStub } from "../services/requests";
-import { ClientId, IdempotencyKey, TraceId } from "./schemas";
+import { ClientId, IdempotencyKey, Nano, TraceId } from "./schemas";
 
 const MAX_PARAMS_CHARS = 64 * 1024;
 
@@ -24,12 +24,17 @@ export const RequestSpec = z
   .strict()
   .openapi("RequestSpec");
 
+const PoolCost = z.object({ pool: z.string(), units: z.number().int(), cost_nano: Nano }).openapi("PoolCost");
+
 const RequestView = z
   .object({
     id: z.string(), client_id: z.string(), template: z.string(), queue: z.enum(QUEUES),
     status: z.enum(["queued", "dispatching", "running", "completed", "failed", "cancelled", "expired"]),
     priority: z.number(), attempts: z.number().int(), max_attempts: z.number().int(), idempotency_key: z.string().nullable(),
-    estimate_nano: z.number().int(), actual_nano: z.number().int().nullable(), result: z.unknown(), error: z.string().nullable(),
+    estimate_nano: z.number().int(), actual_nano: z.number().int().nullable(),
+    estimate: z.array(PoolCost).openapi({ description: "Per pool: the template's amounts at the prices of enqueue time" }),
+    actual: z.array(PoolCost).nullable().openapi({ description: "Per pool: what the request really used; null until it completed" }),
+    result: z.unknown(), error: z.string().nullable(),
     created_at: z.number().int(), updated_at: z.number().int(), not_before: z.number().int(),
     started_at: z.number().int().nullable(), finished_at: z.number().int().nullable(), dispatch_seq: z.number().int().nullable(),
   })
@@ -98,7 +103,7 @@ export const queueRoutes = new OpenAPIHono<AppEnv>()
       responses: {
         200: ok("Batch: each request accepted or rejected on its own.", BatchResult),
         202: ok("Queued (or the first request with this idempotency key).", Enqueued),
-        ...errorResponses("bad_request", "validation_failed", "unauthorized", "forbidden", "template_not_found", "pool_not_found", "client_not_found"),
+        ...errorResponses("bad_request", "validation_failed", "unauthorized", "budget_exceeded", "forbidden", "template_not_found", "pool_not_found", "client_not_found"),
       },
     }),
     async (c) => {
@@ -163,7 +168,7 @@ export const queueRoutes = new OpenAPIHono<AppEnv>()
       responses: {
         200: ok("Ran: the request with its result.", Enqueued),
         202: ok("Queued: id, position and estimated wait.", Enqueued),
-        ...errorResponses("bad_request", "validation_failed", "unauthorized", "forbidden", "template_not_found", "pool_not_found", "client_not_found", "worker_failed"),
+        ...errorResponses("bad_request", "validation_failed", "unauthorized", "budget_exceeded", "forbidden", "template_not_found", "pool_not_found", "client_not_found", "worker_failed"),
       },
     }),
     async (c) => {

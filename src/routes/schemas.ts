@@ -26,3 +26,17 @@ export const PoolAmount = z.object({ pool: PoolId, amount: Units }).strict().ope
 export const TraceId = z.string().openapi({ example: "6f1c1a0e-..." });
 
 export const Nano = z.number().int().openapi({ description: "Integer nano-dollars (1e-9 USD)" });
+
+/** A client's monthly budget as its object keeps it (GET /api/usage/{id}/current, /admin/clients/{id}/budget). */
+export const BudgetFields = {
+  client_id: z.string(),
+  month: z.string().openapi({ description: "The UTC calendar month, 'YYYY-MM'", example: "2026-11" }),
+  budget_nano: Nano.nullable().openapi({ description: "The monthly budget; null: no limit (set by an operator)" }),
+  budget_source: z.enum(["client", "tier", "unlimited", "unset"]).openapi({
+    description: "client: the client's own or an operator's; tier: its tier's; unlimited: no limit, explicitly; unset: none configured, so nothing may be spent",
+  }),
+  spent_nano: Nano.openapi({ description: "Spent this month" }),
+  in_flight_nano: Nano.openapi({ description: "Estimates of admitted requests not yet settled" }),
+  remaining_nano: Nano.nullable().openapi({ description: "budget - spent - in flight, never below 0; null without a limit" }),
+  resets_at: z.number().int().openapi({ description: "Epoch ms: the first millisecond of next month (UTC), when spend starts again at 0" }),
+};

@@ -1,12 +1,15 @@
 import { createRoute, OpenAPIHono, z } from "@hono/zod-openapi";
 import { dayKey, daysInclusive, monthStart, parseDay, parseMonth } from "../domain/calendar";
+import type { RequestStatus } from "../objects/scheduler";
 import { AppError } from "../errors";
 import { authenticate, requireScope } from "../http/auth";
 import type { AppEnv, Principal } from "../http/context";
 import { errorResponses } from "../http/errors";
-import { clientTier, poolConfig } from "../services/config";
+import { clientBudget } from "../services/budget";
+import { clientTier, poolConfig, tierLimits } from "../services/config";
+import { schedulerStub } from "../services/requests";
 import { usageHistory, type Granularity, type UsageSum } from "../storage/usage";
-import { ClientId, Nano, PoolId, TraceId } from "./schemas";
+import { BudgetFields, ClientId, Nano, PoolId, TraceId } from "./schemas";
 
 /** The longest history one call may ask for, in days (a leap year). */
 export const MAX_RANGE_DAYS = 366;
@@ -57,6 +60,19 @@ const UsageHistory = z
     trace_id: TraceId,
   })
   .openapi("UsageHistory");
+
+const STATUSES = ["queued", "dispatching", "running", "completed", "failed", "cancelled", "expired"] as const satisfies readonly RequestStatus[];
+
+const CurrentUsage = z
+  .object({
+    ...BudgetFields,
+    concurrency_in_use: z.number().int().openapi({ description: "The client's requests running now" }),
+    concurrency_limit: z.number().int().openapi({ description: "Its tier's max_concurrent" }),
+    requests_by_status: z.object(Object.fromEntries(STATUSES.map((s) => [s, z.number().int()])) as Record<(typeof STATUSES)[number], z.ZodNumber>)
+      .openapi({ description: "The client's requests created this month, by status" }),
+    trace_id: TraceId,
+  })
+  .openapi("CurrentUsage");
 
 function invalidQuery(path: string, message: string): AppError {
   return new AppError("validation_failed", "invalid query", { fields: [{ path: `query.${path}`, message }] });
@@ -116,43 +132,70 @@ function periodsOf(rows: UsageSum[]) {
   return periods;
 }
 
-export const usageRoutes = new OpenAPIHono<AppEnv>().openapi(
-  createRoute({
-    method: "get", path: "/api/usage/{clientId}", tags: ["usage"], security: [{ bearer: [] }],
-    summary: "Usage history of a client: units, cost and events per period and pool, with totals",
-    description: "Read from the daily rollups (UTC days). Periods without usage are left out. Pages hold `limit` periods, oldest first; the totals cover the whole range on every page.",
-    middleware: [authenticate("client", "admin", "internal"), requireScope("usage:read")],
-    request: { params: UsageParams, query: UsageQuery },
-    responses: {
-      200: { description: "One page of periods and the totals of the range.", content: { "application/json": { schema: UsageHistory } } },
-      ...errorResponses("validation_failed", "unauthorized", "forbidden", "client_not_found", "pool_not_found"),
-    },
-  }),
-  async (c) => {
-    const { clientId } = c.req.valid("param");
-    const query = c.req.valid("query");
-    const { from, to } = rangeOf(query, Date.now());
-    const after = query.cursor === undefined ? null : decodeCursor(query.cursor, query.granularity);
-    await checkReader(c.env, c.var.principal, clientId);
-    if (query.pool !== undefined) await poolConfig(c.env, query.pool);
-
-    const filter = { clientId, fromDay: from, toDay: to, poolId: query.pool ?? null };
-    const { rows, more, totals } = await usageHistory(c.env.DB, filter, query.granularity, after, query.limit);
-    const periods = periodsOf(rows);
-    return c.json({
-      client_id: clientId,
-      from,
-      to,
-      granularity: query.granularity,
-      periods,
-      totals: {
-        cost_nano: exactSum(totals.map((t) => t.cost_nano)),
-        events: exactSum(totals.map((t) => t.events)),
-        units_by_pool: Object.fromEntries(totals.map((t) => [t.pool_id, t.units])),
-        cost_by_pool: Object.fromEntries(totals.map((t) => [t.pool_id, t.cost_nano])),
+export const usageRoutes = new OpenAPIHono<AppEnv>()
+  .openapi(
+    createRoute({
+      method: "get", path: "/api/usage/{clientId}", tags: ["usage"], security: [{ bearer: [] }],
+      summary: "Usage history of a client: units, cost and events per period and pool, with totals",
+      description: "Read from the daily rollups (UTC days). Periods without usage are left out. Pages hold `limit` periods, oldest first; the totals cover the whole range on every page.",
+      middleware: [authenticate("client", "admin", "internal"), requireScope("usage:read")],
+      request: { params: UsageParams, query: UsageQuery },
+      responses: {
+        200: { description: "One page of periods and the totals of the range.", content: { "application/json": { schema: UsageHistory } } },
+        ...errorResponses("validation_failed", "unauthorized", "forbidden", "client_not_found", "pool_not_found"),
       },
-      next_cursor: more ? encodeCursor(periods.at(-1)!.period) : null,
-      trace_id: c.var.traceId,
-    }, 200);
-  },
-);
+    }),
+    async (c) => {
+      const { clientId } = c.req.valid("param");
+      const query = c.req.valid("query");
+      const { from, to } = rangeOf(query, Date.now());
+      const after = query.cursor === undefined ? null : decodeCursor(query.cursor, query.granularity);
+      await checkReader(c.env, c.var.principal, clientId);
+      if (query.pool !== undefined) await poolConfig(c.env, query.pool);
+
+      const filter = { clientId, fromDay: from, toDay: to, poolId: query.pool ?? null };
+      const { rows, more, totals } = await usageHistory(c.env.DB, filter, query.granularity, after, query.limit);
+      const periods = periodsOf(rows);
+      return c.json({
+        client_id: clientId,
+        from,
+        to,
+        granularity: query.granularity,
+        periods,
+        totals: {
+          cost_nano: exactSum(totals.map((t) => t.cost_nano)),
+          events: exactSum(totals.map((t) => t.events)),
+          units_by_pool: Object.fromEntries(totals.map((t) => [t.pool_id, t.units])),
+          cost_by_pool: Object.fromEntries(totals.map((t) => [t.pool_id, t.cost_nano])),
+        },
+        next_cursor: more ? encodeCursor(periods.at(-1)!.period) : null,
+        trace_id: c.var.traceId,
+      }, 200);
+    },
+  )
+  .openapi(
+    createRoute({
+      method: "get", path: "/api/usage/{clientId}/current", tags: ["usage"], security: [{ bearer: [] }],
+      summary: "This month so far: spend, budget, remaining, money in flight, requests by status, concurrency in use",
+      description: "Read from the client's object, the one owner of its budget: exact at the moment of the call. Spend starts again at 0 at `resets_at`.",
+      middleware: [authenticate("client", "admin", "internal"), requireScope("usage:read")],
+      request: { params: UsageParams },
+      responses: {
+        200: { description: "The client's month.", content: { "application/json": { schema: CurrentUsage } } },
+        ...errorResponses("validation_failed", "unauthorized", "forbidden", "client_not_found"),
+      },
+    }),
+    async (c) => {
+      const { clientId } = c.req.valid("param");
+      await checkReader(c.env, c.var.principal, clientId);
+      const [budget, client, tiers] = await Promise.all([clientBudget(c.env, clientId), clientTier(c.env, clientId), tierLimits(c.env)]);
+      const counts = await schedulerStub(c.env).countsFor(clientId, parseMonth(budget.month)!);
+      return c.json({
+        client_id: clientId,
+        ...budget,
+        concurrency_limit: tiers.get(client!.tier)?.max_concurrent ?? 1,
+        requests_by_status: Object.fromEntries(STATUSES.map((s) => [s, counts[s] ?? 0])) as Record<(typeof STATUSES)[number], number>,
+        trace_id: c.var.traceId,
+      }, 200);
+    },
+  );

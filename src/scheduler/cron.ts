@@ -1,13 +1,17 @@
 import { log } from "../log";
 import { checkAlerts } from "../services/alerts";
+import { reconcileInFlight } from "../services/budget";
 import { poolConfigs } from "../services/config";
+import { samplePools } from "../services/pool-samples";
 import { poolStub } from "../services/pools";
 import { schedulerStub } from "../services/requests";
 
 /**
  * The minute cron: the scheduler's backstop and housekeeping. It runs a dispatch pass (which also
  * returns expired leases to the queue) and delivers any usage a pool's alarm has not yet flushed.
- * Then it re-checks the alert conditions on the state the pass left.
+ * Then it re-checks the alert conditions on the state the pass left, and samples every pool's level
+ * for utilization history (at the scheduled minute, so a repeated run adds nothing), and takes out of
+ * flight any estimate whose request is gone.
  */
 export async function runCron(controller: ScheduledController, env: Env): Promise<void> {
   const traceId = `cron-${controller.scheduledTime}`;
@@ -19,13 +23,23 @@ export async function runCron(controller: ScheduledController, env: Env): Promis
   const delivered = flushes.reduce((n, r) => n + (r.status === "fulfilled" ? r.value : 0), 0);
   const failed = flushes.filter((r) => r.status === "rejected").length;
   if (dispatched!.status === "rejected") log.error("cron_dispatch_failed", { trace_id: traceId, error: String(dispatched!.reason) });
-  const alerts = await checkAlerts(env, Date.now(), traceId).catch((err: unknown) => {
-    log.error("cron_alerts_failed", { trace_id: traceId, error: String(err) });
-    return null;
-  });
+  const [alerts, sampled, reconciled] = await Promise.all([
+    checkAlerts(env, Date.now(), traceId).catch((err: unknown) => {
+      log.error("cron_alerts_failed", { trace_id: traceId, error: String(err) });
+      return null;
+    }),
+    samplePools(env, controller.scheduledTime).catch((err: unknown) => {
+      log.error("cron_samples_failed", { trace_id: traceId, error: String(err) });
+      return 0;
+    }),
+    reconcileInFlight(env, Date.now()).catch((err: unknown) => {
+      log.error("cron_reconcile_failed", { trace_id: traceId, error: String(err) });
+      return 0;
+    }),
+  ]);
   log.info("cron_pass", {
     trace_id: traceId, cron: controller.cron, dispatched: dispatched!.status === "fulfilled" ? dispatched!.value : 0,
     pools: pools.size, usage_delivered: delivered, pools_failed: failed,
-    alerts_raised: alerts?.raised.length ?? 0, alerts_resolved: alerts?.resolved ?? 0,
+    alerts_raised: alerts?.raised.length ?? 0, alerts_resolved: alerts?.resolved ?? 0, pools_sampled: sampled, in_flight_dropped: reconciled,
   });
 }

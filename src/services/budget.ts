@@ -1,0 +1,36 @@
+import type { BudgetView } from "../domain/budget";
+import { AppError } from "../errors";
+import { budgetLimit } from "./config";
+
+/**
+ * A client's budget as its object keeps it: the limit that applies, this month's spend, money in
+ * flight and what remains, plus the concurrency slots in use. 404 for an unknown client.
+ */
+export async function clientBudget(env: Env, clientId: string): Promise<BudgetView & { concurrency_in_use: number }> {
+  const limit = await budgetLimit(env, clientId);
+  if (!limit) throw new AppError("client_not_found", `no client ${clientId}`, { client_id: clientId });
+  return env.CLIENT.get(env.CLIENT.idFromName(clientId)).budget(limit);
+}
+
+/** An estimate older than this with no unfinished request behind it is taken out of flight by the cron. */
+const IN_FLIGHT_GRACE_MS = 60_000;
+
+/**
+ * Money in flight whose request is gone (its enqueue failed after admission, or its settlement was
+ * lost) would hold a client's budget forever: take it out of flight. Returns how many were dropped.
+ */
+export async function reconcileInFlight(env: Env, now: number): Promise<number> {
+  const { results } = await env.DB.prepare("SELECT id FROM clients").all<{ id: string }>();
+  const scheduler = env.SCHEDULER.get(env.SCHEDULER.idFromName("scheduler"));
+  let dropped = 0;
+  for (const { id } of results) {
+    const client = env.CLIENT.get(env.CLIENT.idFromName(id));
+    const old = await client.inFlightSince(now - IN_FLIGHT_GRACE_MS);
+    if (old.length === 0) continue;
+    const alive = new Set(await scheduler.unfinished(old));
+    const gone = old.filter((r) => !alive.has(r));
+    if (gone.length) await client.drop(gone);
+    dropped += gone.length;
+  }
+  return dropped;
+}

@@ -1,0 +1,78 @@
+import { ALERT_KINDS } from "../domain/alerts";
+import { resolveBudget } from "../domain/budget";
+import { monthKey } from "../domain/calendar";
+import { latencySnapshots } from "../http/latency";
+import type { Family } from "../http/prometheus";
+import { metricsRows } from "../storage/metrics";
+import type { DispatchCounters } from "../objects/scheduler";
+import { poolConfigs } from "./config";
+import { poolStub } from "./pools";
+import { schedulerStub } from "./requests";
+
+const COUNTER_HELP: Record<keyof DispatchCounters, string> = {
+  dispatches: "Worker calls started, per template.",
+  completions: "Worker calls that succeeded, per template.",
+  failures: "Worker calls that failed other than by timing out (errors, bad answers), per template.",
+  retries: "Attempts returned to the queue for another try (after a failure, a timeout or an expired lease), per template.",
+  timeouts: "Worker calls that reached the template's deadline, per template.",
+};
+
+/**
+ * Every metric family /metrics exposes, read from the owners of the numbers: each pool's object, the
+ * scheduler object, D1 (spend, budgets, alerts) and this isolate (request latency). Labels are bounded
+ * by configuration: pools, queues, templates, routes, alert kinds and active clients; never a request.
+ */
+export async function collectMetrics(env: Env, now: number): Promise<Family[]> {
+  const configs = [...(await poolConfigs(env)).values()].sort((a, b) => a.id.localeCompare(b.id));
+  const [pools, scheduler, rows] = await Promise.all([
+    Promise.all(configs.map(async (cfg) => ({ cfg, a: await poolStub(env, cfg.id).availability(cfg, null) }))),
+    schedulerStub(env).metrics(),
+    metricsRows(env.DB, `${monthKey(now)}-01`),
+  ]);
+  const byPool = <T extends number>(value: (p: (typeof pools)[number]) => T) => pools.map((p) => ({ labels: { pool: p.cfg.id }, value: value(p) }));
+  const templates = Object.entries(scheduler.counters).sort(([a], [b]) => a.localeCompare(b));
+  const openAlerts = new Map(rows.openAlerts.map((r) => [r.kind, r.n]));
+  const budgets = rows.clients.map((c) => ({ client: c.client_id, limit: resolveBudget(c.settings).limitNano, spent: c.month_nano }));
+
+  return [
+    { name: "rm_pool_info", type: "gauge", help: "Always 1; the pool's unit, status (active, draining, disabled) and sharing mode as labels.",
+      samples: pools.map(({ cfg }) => ({ labels: { pool: cfg.id, unit: cfg.unit, status: cfg.status, sharing: cfg.sharing.mode }, value: 1 })) },
+    { name: "rm_pool_level", type: "gauge", help: "Units in the pool's bucket now (after refill), in the pool's unit.", samples: byPool((p) => p.a.level) },
+    { name: "rm_pool_capacity", type: "gauge", help: "Units the pool's bucket holds when full.", samples: byPool((p) => p.a.capacity) },
+    { name: "rm_pool_utilization_ratio", type: "gauge", help: "Share of the capacity in use now: 1 - level / capacity.", samples: byPool((p) => p.a.utilization) },
+    { name: "rm_pool_reserved", type: "gauge", help: "Units held by open reservations.", samples: byPool((p) => p.a.reserved) },
+    { name: "rm_pool_denials_total", type: "counter", help: "Spending (consume, reserve, scheduler admission) refused for lack of units: 429 rate_limited.", samples: byPool((p) => p.a.denials) },
+    { name: "rm_pool_usage_events_pending", type: "gauge", help: "Usage events in the pool's outbox, not yet delivered to D1.", samples: byPool((p) => p.a.outbox) },
+
+    { name: "rm_queue_depth", type: "gauge", help: "Requests queued now.", samples: scheduler.queues.map((q) => ({ labels: { queue: q.queue }, value: q.depth })) },
+    { name: "rm_queue_oldest_wait_seconds", type: "gauge", help: "How long the longest-waiting queued request has waited; 0 when the queue is empty.",
+      samples: scheduler.queues.map((q) => ({ labels: { queue: q.queue }, value: q.oldest_wait_ms / 1000 })) },
+    { name: "rm_queue_wait_seconds", type: "histogram", help: "How long the requests queued now have waited so far: a snapshot at scrape time, not cumulative (_count equals the depth).",
+      samples: scheduler.queues.map((q) => ({ labels: { queue: q.queue }, value: q.wait_seconds })) },
+
+    { name: "rm_scheduler_running", type: "gauge", help: "1 when the dispatcher is started, 0 when an operator stopped it.", samples: [{ value: scheduler.running ? 1 : 0 }] },
+    { name: "rm_scheduler_in_flight", type: "gauge", help: "Worker calls running now.", samples: [{ value: scheduler.in_flight }] },
+    ...(Object.keys(COUNTER_HELP) as Array<keyof DispatchCounters>).map((counter): Family => ({
+      name: `rm_scheduler_${counter}_total`, type: "counter", help: COUNTER_HELP[counter],
+      samples: templates.map(([template, c]) => ({ labels: { template }, value: c[counter] })),
+    })),
+
+    { name: "rm_http_request_duration_seconds", type: "histogram",
+      help: "HTTP request latency by route pattern, method and status class, counted per isolate since it started (each scrape sees the isolate that served it).",
+      samples: latencySnapshots() },
+
+    { name: "rm_spend_nanodollars_total", type: "counter", help: "Money spent per pool since the ledger began, in nano-dollars (1e-9 USD), from the daily usage rollups.",
+      samples: rows.spend.map((s) => ({ labels: { pool: s.pool_id }, value: s.total_nano })) },
+    { name: "rm_spend_month_nanodollars", type: "gauge", help: "Money spent per pool this calendar month (UTC), in nano-dollars.",
+      samples: rows.spend.map((s) => ({ labels: { pool: s.pool_id }, value: s.month_nano })) },
+    { name: "rm_savings_nanodollars_total", type: "counter", help: "Money saved by the optimizer (cache hits, downgrades, off-peak deferral, batching), in nano-dollars; 0 until the optimizer records savings.",
+      samples: [{ value: 0 }] },
+    { name: "rm_client_budget_nanodollars", type: "gauge", help: "Each active client's monthly budget, in nano-dollars; no series for a client without a limit.",
+      samples: budgets.flatMap((b) => (b.limit === null ? [] : [{ labels: { client: b.client }, value: b.limit }])) },
+    { name: "rm_client_spend_month_nanodollars", type: "gauge", help: "Each active client's spend this calendar month (UTC), in nano-dollars, from the usage ledger (delivered within seconds).",
+      samples: budgets.map((b) => ({ labels: { client: b.client }, value: b.spent })) },
+
+    { name: "rm_alerts_open", type: "gauge", help: "Unresolved alerts (open or acknowledged), per kind.",
+      samples: ALERT_KINDS.map((kind) => ({ labels: { kind }, value: openAlerts.get(kind) ?? 0 })) },
+  ];
+}
