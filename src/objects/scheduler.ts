@@ -181,6 +181,8 @@ interface Outcome {
 }
 
 const MAX_IN_FLIGHT = 256;
+/** Room above MAX_IN_FLIGHT kept for `immediate` work run at once by execute, so a backlog cannot hold it up. */
+const IMMEDIATE_HEADROOM = 32;
 const CHUNK = 64;
 const SCAN_LIMIT = 2048;
 const FAIRNESS_WINDOW_MS = 5 * 60 * 1000;
@@ -475,8 +477,9 @@ export class SchedulerObject extends DurableObject<Env> {
     const fullClients = new Set<string>();
     let launched = 0;
     let wakeAt: number | null = null;
-    for (let i = 0; i < order.length && i < SCAN_LIMIT && this.inflight.size + this.admitting.size < MAX_IN_FLIGHT; i += CHUNK) {
-      const room = MAX_IN_FLIGHT - this.inflight.size - this.admitting.size;
+    const limit = onlyIds ? MAX_IN_FLIGHT + IMMEDIATE_HEADROOM : MAX_IN_FLIGHT;
+    for (let i = 0; i < order.length && i < SCAN_LIMIT && this.inflight.size + this.admitting.size < limit; i += CHUNK) {
+      const room = limit - this.inflight.size - this.admitting.size;
       const chunk: Row[] = [];
       for (const id of order.slice(i, i + CHUNK)) {
         if (chunk.length >= room) break;
