@@ -1,12 +1,10 @@
 import { QUEUES, type QueueName } from "../domain/priority";
-import { costOf } from "../domain/money";
 import type { Caller } from "../domain/types";
 import { AppError, type ErrorBody } from "../errors";
 import type { BudgetView } from "../domain/budget";
-import type { PoolConfig } from "../domain/types";
-import { newRequestId, type EnqueueOutcome, type NewRequest, type PoolCost, type PositionView, type RequestView } from "../objects/scheduler";
-import type { Template } from "../storage/templates";
-import { budgetLimit, poolConfigs, templateConfig, tierLimits } from "./config";
+import { newRequestId, type EnqueueOutcome, type NewRequest, type PositionView, type RequestView } from "../objects/scheduler";
+import { budgetLimit, templateConfig, tierLimits } from "./config";
+import { estimateCost, type CostEstimate } from "./estimate";
 import { unwrap } from "./pools";
 
 /** One request as a caller submits it (validated shape; see routes/queue.ts for the schema). */
@@ -26,37 +24,42 @@ export function schedulerStub(env: Env) {
   return env.SCHEDULER.get(env.SCHEDULER.idFromName("scheduler"));
 }
 
-/** Resolve the template and price the request per pool; throws 404 for an unknown template or pool. */
-export async function prepare(env: Env, caller: Caller, spec: RequestSpec): Promise<NewRequest> {
-  const [template, pools, tiers] = await Promise.all([templateConfig(env, spec.template), poolConfigs(env), tierLimits(env)]);
-  const estimate = priceOf(template.id, template.requirements, pools);
-  return {
-    id: newRequestId(),
-    clientId: caller.clientId,
-    tier: caller.tier,
-    maxConcurrent: tiers.get(caller.tier)?.max_concurrent ?? 1,
-    template: template.id,
-    params: spec.params ?? null,
-    queue: spec.queue ?? DEFAULT_QUEUE,
-    idempotencyKey: spec.idempotency_key ?? null,
-    notBefore: spec.not_before ?? null,
-    maxAttempts: spec.max_attempts ?? DEFAULT_MAX_ATTEMPTS,
-    estimateNano: estimate.reduce((sum, p) => sum + p.cost_nano, 0),
-    estimate,
-  };
+/** A request ready for the scheduler, and its template's cheaper alternative (for a 402), if any. */
+export interface PreparedRequest {
+  request: NewRequest;
+  alternative: CostEstimate["alternative"];
 }
 
-function priceOf(templateId: string, requirements: Template["requirements"], pools: Map<string, PoolConfig>): PoolCost[] {
-  return requirements.map((need) => {
-    const pool = pools.get(need.pool);
-    if (!pool) throw new AppError("pool_not_found", `template ${templateId} needs pool ${need.pool}, which does not exist`, { pool: need.pool });
-    return { pool: need.pool, units: need.amount, cost_nano: costOf(need.amount, pool.costPerUnitNano) };
-  });
+/**
+ * Resolve the template and price the request per pool (the one estimate of services/estimate.ts): 404
+ * for an unknown template or pool, 403 for a pool dedicated to another client.
+ */
+export async function prepare(env: Env, caller: Caller, spec: RequestSpec): Promise<PreparedRequest> {
+  const [estimate, tiers] = await Promise.all([estimateCost(env, { template: spec.template }, caller), tierLimits(env)]);
+  return {
+    request: {
+      id: newRequestId(),
+      clientId: caller.clientId,
+      tier: caller.tier,
+      maxConcurrent: tiers.get(caller.tier)?.max_concurrent ?? 1,
+      template: spec.template,
+      params: spec.params ?? null,
+      queue: spec.queue ?? DEFAULT_QUEUE,
+      idempotencyKey: spec.idempotency_key ?? null,
+      notBefore: spec.not_before ?? null,
+      maxAttempts: spec.max_attempts ?? DEFAULT_MAX_ATTEMPTS,
+      estimateNano: estimate.total_cost_nano,
+      estimate: estimate.pools.map((p) => ({ pool: p.pool, units: p.amount, cost_nano: p.cost_nano })),
+    },
+    alternative: estimate.alternative,
+  };
 }
 
 export type EnqueueResult = { ok: true; value: EnqueueOutcome } | { ok: false; error: ErrorBody; index: number };
 
-type Prepared = { ok: true; value: NewRequest; index: number; existing?: RequestView } | { ok: false; error: ErrorBody; index: number };
+type Prepared =
+  | { ok: true; value: NewRequest; alternative: CostEstimate["alternative"]; index: number; existing?: RequestView }
+  | { ok: false; error: ErrorBody; index: number };
 
 /**
  * Validate, price and admit specs against the client's budget, in order. A spec whose idempotency key
@@ -67,9 +70,9 @@ async function admitAll(env: Env, caller: Caller, specs: RequestSpec[]): Promise
   const scheduler = schedulerStub(env);
   const prepared: Prepared[] = await Promise.all(specs.map(async (spec, index): Promise<Prepared> => {
     try {
-      const value = await prepare(env, caller, spec);
+      const { request: value, alternative } = await prepare(env, caller, spec);
       const existing = value.idempotencyKey ? await scheduler.findByKey(caller.clientId, value.idempotencyKey) : null;
-      return existing ? { ok: true, value, index, existing } : { ok: true, value, index };
+      return existing ? { ok: true, value, alternative, index, existing } : { ok: true, value, alternative, index };
     } catch (err) {
       if (err instanceof AppError) return { ok: false, error: errorBody(err), index };
       throw err;
@@ -81,28 +84,20 @@ async function admitAll(env: Env, caller: Caller, specs: RequestSpec[]): Promise
   if (!limit) throw new AppError("client_not_found", `no client ${caller.clientId}`, { client_id: caller.clientId });
   const decisions = await clientStub(env, caller.clientId).admit(limit, fresh.map((p) => ({ requestId: p.value.id!, estimateNano: p.value.estimateNano })));
   const refused = new Map<number, ErrorBody>();
-  await Promise.all(fresh.map(async (p, i) => {
+  fresh.forEach((p, i) => {
     const d = decisions[i]!;
-    if (!d.ok) refused.set(p.index, await budgetRefusal(env, caller, p.value, d.budget));
-  }));
+    if (!d.ok) refused.set(p.index, budgetRefusal(caller, p.value, p.alternative, d.budget));
+  });
   return prepared.map((p) => (refused.has(p.index) ? { ok: false, error: refused.get(p.index)!, index: p.index } : p));
 }
 
 /** The 402 body: the budget, what is spent and in flight, when it resets, and a cheaper template if one fits. */
-async function budgetRefusal(env: Env, caller: Caller, request: NewRequest, budget: BudgetView): Promise<ErrorBody> {
-  const template = await templateConfig(env, request.template);
-  let alternative: { template: string; estimate_nano: number; fits: boolean } | null = null;
-  if (template.alternativeId) {
-    try {
-      const alt = await templateConfig(env, template.alternativeId);
-      const cost = priceOf(alt.id, alt.requirements, await poolConfigs(env)).reduce((sum, p) => sum + p.cost_nano, 0);
-      if (cost < request.estimateNano) {
-        alternative = { template: alt.id, estimate_nano: cost, fits: budget.budget_nano === null || budget.spent_nano + budget.in_flight_nano + cost <= budget.budget_nano };
-      }
-    } catch (err) {
-      if (!(err instanceof AppError)) throw err;
-    }
-  }
+function budgetRefusal(caller: Caller, request: NewRequest, cheaper: CostEstimate["alternative"], budget: BudgetView): ErrorBody {
+  const alternative = cheaper && {
+    template: cheaper.template,
+    estimate_nano: cheaper.total_cost_nano,
+    fits: budget.budget_nano === null || budget.spent_nano + budget.in_flight_nano + cheaper.total_cost_nano <= budget.budget_nano,
+  };
   return {
     code: "budget_exceeded",
     message: `client ${caller.clientId} has ${budget.remaining_nano ?? 0} nano-dollars left of its ${budget.month} budget; this request needs ${request.estimateNano}`,
