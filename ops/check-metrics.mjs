@@ -14,17 +14,13 @@
 // when the body is valid, 1 otherwise. METRICS_CHECK_KEEP=1 keeps the temporary dir (state, and
 // the scraped body in metrics.txt) and prints its path.
 
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { fileURLToPath } from "node:url";
+import { DEV_CONFIGS, freePort, HOST, ROOT, spawnWrangler, WRANGLER, WRANGLER_ENV } from "../scripts/local-wrangler.mjs";
 
-const ROOT = dirname(dirname(fileURLToPath(import.meta.url)));
-const WRANGLER = join(ROOT, "node_modules", "wrangler", "bin", "wrangler.js");
-const HOST = "127.0.0.1";
 const TOKENS = { ADMIN_TOKEN: "check-admin-token", INTERNAL_TOKEN: "check-internal-token", METRICS_TOKEN: "check-metrics-token" };
 const READY_TIMEOUT_MS = 60_000;
 const WATCHDOG_MS = 120_000;
@@ -34,14 +30,6 @@ const FAMILIES = [
   "rm_spend_nanodollars_total", "rm_client_budget_nanodollars", "rm_alerts_open",
 ];
 
-const CHILD_ENV = {
-  ...process.env,
-  CLOUDFLARE_CF_FETCH_ENABLED: "false",
-  WRANGLER_SEND_METRICS: "false",
-  FORCE_COLOR: "0",
-  NO_COLOR: "1",
-  VSCODE_INSPECTOR_OPTIONS: "{}",
-};
 
 const state = mkdtempSync(join(tmpdir(), "rm-metrics-check-"));
 let dev = null;
@@ -63,16 +51,6 @@ function fail(message) {
   process.exit(1);
 }
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, HOST, () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 async function call(base, method, path, { token, json } = {}) {
   const headers = {};
@@ -91,17 +69,16 @@ async function main() {
   writeFileSync(sql, `${readFileSync(join(ROOT, "schema.sql"), "utf8")}\n${readFileSync(join(ROOT, "seed.sql"), "utf8")}\n`);
 
   const d1 = spawnSync(process.execPath, [WRANGLER, "d1", "execute", "DB", "--local", "--persist-to", persist, "--yes", "--file", sql], {
-    cwd: ROOT, env: CHILD_ENV, encoding: "utf8", timeout: 60_000,
+    cwd: ROOT, env: WRANGLER_ENV, encoding: "utf8", timeout: 60_000,
   });
   if (d1.status !== 0) fail(`loading schema and seed failed:\n${d1.stdout}\n${d1.stderr}`);
 
   const [port, inspectorPort] = [await freePort(), await freePort()];
   const base = `http://${HOST}:${port}`;
-  const configs = ["wrangler.toml", "examples/content-generator/wrangler.toml", "examples/notifier/wrangler.toml"].flatMap((c) => ["-c", c]);
-  dev = spawn(process.execPath, [
-    WRANGLER, "dev", ...configs, "--ip", HOST, "--port", String(port), "--inspector-port", String(inspectorPort),
+  dev = spawnWrangler([
+    "dev", ...DEV_CONFIGS, "--ip", HOST, "--port", String(port), "--inspector-port", String(inspectorPort),
     "--persist-to", persist, "--log-level", "warn", "--env-file", envFile, "--show-interactive-dev-session=false",
-  ], { cwd: ROOT, env: CHILD_ENV, detached: true, stdio: ["ignore", "pipe", "pipe"] });
+  ]);
   const keep = (chunk) => { devOutput = (devOutput + chunk.toString()).slice(-20_000); };
   dev.stdout.on("data", keep);
   dev.stderr.on("data", keep);

@@ -4,6 +4,7 @@
 // examples/ in one session (so the service bindings resolve). Extra arguments go to wrangler dev.
 import { spawn, spawnSync } from "node:child_process";
 import { copyFileSync, existsSync } from "node:fs";
+import { DEV_CONFIGS } from "./local-wrangler.mjs";
 
 const env = { ...process.env, CLOUDFLARE_CF_FETCH_ENABLED: "false", WRANGLER_SEND_METRICS: "false" };
 const wrangler = (args, opts = {}) => spawnSync("npx", ["--no-install", "wrangler", ...args], { stdio: "inherit", env, ...opts });
@@ -16,10 +17,9 @@ for (const file of ["schema.sql", "seed.sql"]) {
   const r = wrangler(["d1", "execute", "DB", "--local", "--file", file]);
   if (r.status !== 0) process.exit(r.status ?? 1);
 }
-const configs = ["wrangler.toml", "examples/content-generator/wrangler.toml", "examples/notifier/wrangler.toml"].flatMap((c) => ["-c", c]);
 const dev = spawn(
   "npx",
-  ["--no-install", "wrangler", "dev", ...configs, "--ip", "127.0.0.1", "--port", process.env.PORT ?? "8787", "--test-scheduled", ...process.argv.slice(2)],
+  ["--no-install", "wrangler", "dev", ...DEV_CONFIGS, "--ip", "127.0.0.1", "--port", process.env.PORT ?? "8787", "--test-scheduled", ...process.argv.slice(2)],
   { stdio: "inherit", env },
 );
 for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => dev.kill(sig));

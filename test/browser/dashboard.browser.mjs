@@ -19,7 +19,6 @@
 // (first port to try, default 8971), BROWSER_TEST_KEEP_STATE=1 (keep the temporary directory),
 // CHROMIUM_PATH (default /usr/bin/chromium; Debian: apt-get install chromium).
 
-import { spawn } from "node:child_process";
 import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -27,13 +26,11 @@ import { dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { DEV_CONFIGS, HOST, killGroup, ROOT, spawnWrangler } from "../../scripts/local-wrangler.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
-const ROOT = join(HERE, "..", "..");
 const ARTIFACTS = join(HERE, "artifacts");
-const WRANGLER = join(ROOT, "node_modules", "wrangler", "bin", "wrangler.js");
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
-const HOST = "127.0.0.1";
 const FIRST_PORT = Number(process.env.BROWSER_TEST_PORT ?? 8971);
 const KEEP_STATE = process.env.BROWSER_TEST_KEEP_STATE === "1";
 const READY_TIMEOUT_MS = 90_000;
@@ -59,15 +56,6 @@ VALUES ('req_0000000000000000000000000000fa11', 'initech', 'notify-sms', 'fast',
         'worker answered 500: simulated upstream error');
 `;
 
-const CHILD_ENV = {
-  ...process.env,
-  CLOUDFLARE_CF_FETCH_ENABLED: "false",
-  WRANGLER_SEND_METRICS: "false",
-  FORCE_COLOR: "0",
-  NO_COLOR: "1",
-  // The inspector proxy is dev tooling this test does not need (see bench/queue.mjs): off.
-  VSCODE_INSPECTOR_OPTIONS: "{}",
-};
 
 let stateDir = null;
 let dev = null;
@@ -83,8 +71,8 @@ function check(condition, message) {
 }
 
 /** A wrangler child in its own process group, output to the log file; `exited` resolves when it ends. */
-function spawnWrangler(args, logFile) {
-  const child = spawn(process.execPath, [WRANGLER, ...args], { cwd: ROOT, env: CHILD_ENV, detached: true, stdio: ["ignore", "pipe", "pipe"] });
+function startWrangler(args, logFile) {
+  const child = spawnWrangler(args);
   const log = createWriteStream(logFile, { flags: "a" });
   const tail = [];
   const keep = (chunk) => {
@@ -100,14 +88,6 @@ function spawnWrangler(args, logFile) {
   }));
   child.tail = () => tail.join("").split("\n").slice(-25).join("\n");
   return child;
-}
-
-function killGroup(child, signal) {
-  try {
-    process.kill(-child.pid, signal);
-  } catch {
-    // already gone
-  }
 }
 
 function portFree(port) {
@@ -150,7 +130,7 @@ async function startService(logFile) {
   const sqlFile = join(stateDir, "data.sql");
   writeFileSync(sqlFile, [readFileSync(join(ROOT, "schema.sql"), "utf8"), readFileSync(join(ROOT, "seed.sql"), "utf8"), SEED_SQL].join("\n"));
 
-  const d1 = spawnWrangler(["d1", "execute", "DB", "--local", "--persist-to", persist, "--yes", "--file", sqlFile], logFile);
+  const d1 = startWrangler(["d1", "execute", "DB", "--local", "--persist-to", persist, "--yes", "--file", sqlFile], logFile);
   const timer = setTimeout(() => killGroup(d1, "SIGKILL"), 90_000);
   const applied = await d1.exited;
   clearTimeout(timer);
@@ -158,9 +138,8 @@ async function startService(logFile) {
 
   const port = await pickPort();
   BASE = `http://${HOST}:${port}`;
-  const configs = ["wrangler.toml", "examples/content-generator/wrangler.toml", "examples/notifier/wrangler.toml"].flatMap((c) => ["-c", c]);
-  dev = spawnWrangler([
-    "dev", ...configs, "--ip", HOST, "--port", String(port), "--inspector-port", String(port + 1000),
+  dev = startWrangler([
+    "dev", ...DEV_CONFIGS, "--ip", HOST, "--port", String(port), "--inspector-port", String(port + 1000),
     "--persist-to", persist, "--log-level", "warn", "--env-file", envFile, "--show-interactive-dev-session=false",
   ], logFile);
   let exited = null;
