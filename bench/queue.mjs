@@ -40,20 +40,16 @@
 // The wrangler dev output goes to bench/results/queue-wrangler.log. Exit status 0 when the run
 // completed (a target missed is reported, not an error), 1 when it failed, 2 on the watchdog.
 
-import { spawn } from "node:child_process";
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, platform, release, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
+import { DEV_CONFIGS, freePortPair, HOST, ROOT, startWrangler, WRANGLER } from "../scripts/local-wrangler.mjs";
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
-const ROOT = dirname(BENCH_DIR);
 const RESULTS_DIR = join(BENCH_DIR, "results");
-const WRANGLER = join(ROOT, "node_modules", "wrangler", "bin", "wrangler.js");
-const HOST = "127.0.0.1";
 
 function intEnv(name, fallback, min, max) {
   const raw = process.env[name];
@@ -129,32 +125,11 @@ function removeState() {
   if (stateDir && !KEEP_STATE) rmSync(stateDir, { recursive: true, force: true });
 }
 const LOG_CAP_BYTES = 20 * 1024 * 1024;
-let logBytes = 0;
-let logCapped = false;
 
 function spawnWrangler(args, logFile) {
-  const child = spawn(process.execPath, [WRANGLER, ...args], { cwd: ROOT, env: CHILD_ENV, detached: true, stdio: ["ignore", "pipe", "pipe"] });
-  const log = logFile ? createWriteStream(logFile, { flags: "a" }) : null;
-  const tail = [];
-  const keep = (chunk) => {
-    logBytes += chunk.length;
-    if (logBytes <= LOG_CAP_BYTES) log?.write(chunk);
-    else if (!logCapped) {
-      logCapped = true;
-      log?.write(`\n[queue bench: log capped at ${LOG_CAP_BYTES} bytes; further output dropped]\n`);
-    }
-    tail.push(chunk.toString());
-    while (tail.length > 80) tail.shift();
-  };
-  child.stdout.on("data", keep);
-  child.stderr.on("data", keep);
-  child.exited = new Promise((resolve) => child.on("exit", (code, signal) => {
-    children.delete(child);
-    log?.end();
-    resolve({ code, signal });
-  }));
-  child.tail = () => tail.join("").split("\n").slice(-30).join("\n");
+  const child = startWrangler(args, { logFile, env: CHILD_ENV, capBytes: LOG_CAP_BYTES, tailLines: 80 });
   children.add(child);
+  child.exited.then(() => children.delete(child));
   return child;
 }
 
@@ -199,19 +174,8 @@ async function wranglerOnce(args, logFile, timeoutMs = 90_000) {
   if (code !== 0) throw new Error(`wrangler ${args.slice(0, 4).join(" ")} ... failed (${signal ?? code}):\n${child.tail()}`);
 }
 
-function portFree(port) {
-  return new Promise((resolve) => {
-    const srv = createServer();
-    srv.once("error", () => resolve(false));
-    srv.listen(port, HOST, () => srv.close(() => resolve(true)));
-  });
-}
-
-async function pickPort() {
-  for (let p = FIRST_PORT; p < FIRST_PORT + 60; p++) {
-    if ((await portFree(p)) && (await portFree(p + 1000))) return p;
-  }
-  throw new Error(`no free port pair (p, p+1000) from ${FIRST_PORT} to ${FIRST_PORT + 59}`);
+function pickPort() {
+  return freePortPair(FIRST_PORT, 60);
 }
 
 /**
@@ -594,9 +558,8 @@ async function main() {
     await wranglerOnce([...d1, "--file", "schema.sql"], logFile);
     await wranglerOnce([...d1, "--file", "seed.sql"], logFile);
     await wranglerOnce([...d1, "--command", BENCH_SQL], logFile);
-    const configs = ["wrangler.toml", "examples/content-generator/wrangler.toml", "examples/notifier/wrangler.toml"].flatMap((c) => ["-c", c]);
     const dev = spawnWrangler([
-      "dev", ...configs, "--ip", HOST, "--port", String(port), "--inspector-port", String(port + 1000),
+      "dev", ...DEV_CONFIGS, "--ip", HOST, "--port", String(port), "--inspector-port", String(port + 1000),
       "--persist-to", persist, "--log-level", "warn", "--env-file", envFile, "--show-interactive-dev-session=false",
     ], logFile);
     devPgid = dev.pid;

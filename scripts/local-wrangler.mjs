@@ -2,6 +2,7 @@
 // test/browser/dashboard.browser.mjs, npm start): the environment, the configs of one session, a free
 // port, and wrangler children in their own process groups.
 import { spawn } from "node:child_process";
+import { createWriteStream } from "node:fs";
 import { createServer } from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -49,5 +50,50 @@ export function freePort() {
       const { port } = server.address();
       server.close(() => resolve(port));
     });
+  });
+}
+
+/**
+ * A wrangler child (see spawnWrangler) whose output goes to `logFile` (at most `capBytes`) with its last
+ * lines kept for error messages: `child.exited` resolves with { code, signal }, `child.tail()` gives them.
+ */
+export function startWrangler(args, { logFile, env, capBytes = Infinity, tailLines = 60 } = {}) {
+  const child = env
+    ? spawn(process.execPath, [WRANGLER, ...args], { cwd: ROOT, env, detached: true, stdio: ["ignore", "pipe", "pipe"] })
+    : spawnWrangler(args);
+  const log = logFile ? createWriteStream(logFile, { flags: "a" }) : null;
+  const tail = [];
+  let written = 0;
+  const keep = (chunk) => {
+    if (written < capBytes) {
+      written += chunk.length;
+      log?.write(written <= capBytes ? chunk : `\n[log capped at ${capBytes} bytes; further output dropped]\n`);
+    }
+    tail.push(chunk.toString());
+    while (tail.length > tailLines) tail.shift();
+  };
+  child.stdout.on("data", keep);
+  child.stderr.on("data", keep);
+  child.exited = new Promise((resolve) => child.on("exit", (code, signal) => {
+    log?.end();
+    resolve({ code, signal });
+  }));
+  child.tail = () => tail.join("").split("\n").slice(-30).join("\n");
+  return child;
+}
+
+/** The first port from `first` on such that it and port + 1000 (wrangler's inspector) are both free. */
+export async function freePortPair(first, span = 60) {
+  for (let p = first; p < first + span; p++) {
+    if ((await portFree(p)) && (await portFree(p + 1000))) return p;
+  }
+  throw new Error(`no free port pair (p, p+1000) from ${first} to ${first + span - 1}`);
+}
+
+function portFree(port) {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once("error", () => resolve(false));
+    server.listen(port, HOST, () => server.close(() => resolve(true)));
   });
 }

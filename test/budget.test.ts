@@ -6,7 +6,7 @@ import { monthKey, nextMonthStart } from "../src/domain/calendar";
 import { sha256Hex } from "../src/http/auth";
 import type { ClientObject } from "../src/objects/client";
 import { clearConfigCache } from "../src/services/config";
-import { ADMIN, call, enqueue, eventually, expectError, INTERNAL, KEYS, makePool, makeTemplate, settled, type Call } from "./helpers";
+import { ADMIN, call, enqueue, eventually, expectError, INTERNAL, KEYS, makePool, makeTemplate, mulberry32, settled, type Call } from "./helpers";
 
 const STANDARD_BUDGET = 500_000_000_000; // seed.sql: the standard tier's monthly budget
 const start = () => call("POST", "/admin/scheduler/start", { token: ADMIN });
@@ -68,18 +68,6 @@ async function flushUntil(pools: string[], clientId: string, events: number): Pr
 
 async function cancelAll(ids: string[], key: string): Promise<void> {
   for (const id of ids) expect((await call("DELETE", `/api/queue/${id}`, { token: key })).status).toBe(200);
-}
-
-/** A small seeded generator, so that a failing run can be replayed. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function fieldPaths(r: Call): string[] {

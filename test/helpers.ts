@@ -124,3 +124,15 @@ export function settled(id: string, statuses = ["completed", "failed", "cancelle
 export function enqueue(json: unknown, token: string = KEYS.acme): Promise<Call> {
   return call("POST", "/api/queue/enqueue", { token, json });
 }
+
+/** A small seeded generator, so that a failing run can be replayed. */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

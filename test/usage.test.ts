@@ -6,7 +6,7 @@ import { sha256Hex } from "../src/http/auth";
 import type { PoolObject } from "../src/objects/pool";
 import { clearConfigCache } from "../src/services/config";
 import { insertUsageEvents, type UsageEvent } from "../src/storage/usage";
-import { ADMIN, call, consume, eventually, expectError, INTERNAL, KEYS, makePool } from "./helpers";
+import { ADMIN, call, consume, eventually, expectError, INTERNAL, KEYS, makePool, mulberry32 } from "./helpers";
 
 const stubOf = (pool: string) => env.POOL.get(env.POOL.idFromName(pool));
 
@@ -54,18 +54,6 @@ async function rowCounts(): Promise<{ ledger: number; rollups: number }> {
   const row = await env.DB.prepare("SELECT (SELECT COUNT(*) FROM usage_events) AS ledger, (SELECT COUNT(*) FROM usage_daily) AS rollups")
     .first<{ ledger: number; rollups: number }>();
   return row!;
-}
-
-/** A small seeded generator, so that a failing run can be replayed. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function history(clientId: string, query: Record<string, string | number> = {}, token: string = ADMIN) {

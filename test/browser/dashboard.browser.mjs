@@ -19,14 +19,13 @@
 // (first port to try, default 8971), BROWSER_TEST_KEEP_STATE=1 (keep the temporary directory),
 // CHROMIUM_PATH (default /usr/bin/chromium; Debian: apt-get install chromium).
 
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
-import { DEV_CONFIGS, HOST, killGroup, ROOT, spawnWrangler } from "../../scripts/local-wrangler.mjs";
+import { DEV_CONFIGS, freePortPair, HOST, killGroup, ROOT, startWrangler } from "../../scripts/local-wrangler.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ARTIFACTS = join(HERE, "artifacts");
@@ -70,40 +69,6 @@ function check(condition, message) {
   console.log(`  ok  ${message}`);
 }
 
-/** A wrangler child in its own process group, output to the log file; `exited` resolves when it ends. */
-function startWrangler(args, logFile) {
-  const child = spawnWrangler(args);
-  const log = createWriteStream(logFile, { flags: "a" });
-  const tail = [];
-  const keep = (chunk) => {
-    log.write(chunk);
-    tail.push(chunk.toString());
-    while (tail.length > 60) tail.shift();
-  };
-  child.stdout.on("data", keep);
-  child.stderr.on("data", keep);
-  child.exited = new Promise((resolve) => child.on("exit", (code, signal) => {
-    log.end();
-    resolve({ code, signal });
-  }));
-  child.tail = () => tail.join("").split("\n").slice(-25).join("\n");
-  return child;
-}
-
-function portFree(port) {
-  return new Promise((resolve) => {
-    const srv = createServer();
-    srv.once("error", () => resolve(false));
-    srv.listen(port, HOST, () => srv.close(() => resolve(true)));
-  });
-}
-
-async function pickPort() {
-  for (let p = FIRST_PORT; p < FIRST_PORT + 50; p++) {
-    if ((await portFree(p)) && (await portFree(p + 1000))) return p;
-  }
-  fail(`no free port pair (p, p+1000) from ${FIRST_PORT}`);
-}
 
 let BASE = "";
 
@@ -130,18 +95,18 @@ async function startService(logFile) {
   const sqlFile = join(stateDir, "data.sql");
   writeFileSync(sqlFile, [readFileSync(join(ROOT, "schema.sql"), "utf8"), readFileSync(join(ROOT, "seed.sql"), "utf8"), SEED_SQL].join("\n"));
 
-  const d1 = startWrangler(["d1", "execute", "DB", "--local", "--persist-to", persist, "--yes", "--file", sqlFile], logFile);
+  const d1 = startWrangler(["d1", "execute", "DB", "--local", "--persist-to", persist, "--yes", "--file", sqlFile], { logFile });
   const timer = setTimeout(() => killGroup(d1, "SIGKILL"), 90_000);
   const applied = await d1.exited;
   clearTimeout(timer);
   if (applied.code !== 0) fail(`wrangler d1 execute failed (${applied.signal ?? applied.code}):\n${d1.tail()}`);
 
-  const port = await pickPort();
+  const port = await freePortPair(FIRST_PORT, 50);
   BASE = `http://${HOST}:${port}`;
   dev = startWrangler([
     "dev", ...DEV_CONFIGS, "--ip", HOST, "--port", String(port), "--inspector-port", String(port + 1000),
     "--persist-to", persist, "--log-level", "warn", "--env-file", envFile, "--show-interactive-dev-session=false",
-  ], logFile);
+  ], { logFile });
   let exited = null;
   dev.exited.then((e) => (exited = e));
   const readyBy = Date.now() + READY_TIMEOUT_MS;
