@@ -156,3 +156,47 @@ CREATE TABLE IF NOT EXISTS pool_samples (
   capacity INTEGER NOT NULL CHECK (capacity > 0),
   PRIMARY KEY (pool_id, at)
 );
+
+-- ---- Clients: quotas and burst (issue 6) --------------------------------------------------------
+
+-- An operator's quota overrides for one client. NULL: the default (max_concurrent: the tier's;
+-- cpu/memory: no limit). pool_daily: JSON object pool id → units per UTC day ({}: no caps).
+CREATE TABLE IF NOT EXISTS client_quotas (
+  client_id TEXT PRIMARY KEY REFERENCES clients (id) ON DELETE CASCADE,
+  max_concurrent INTEGER CHECK (max_concurrent IS NULL OR max_concurrent > 0),
+  cpu_millicores INTEGER CHECK (cpu_millicores IS NULL OR cpu_millicores > 0),
+  memory_mb INTEGER CHECK (memory_mb IS NULL OR memory_mb > 0),
+  pool_daily TEXT NOT NULL DEFAULT '{}',
+  updated_at INTEGER NOT NULL
+);
+
+-- Who may burst above quota, how far, for how long, how often, and whether an operator must approve.
+CREATE TABLE IF NOT EXISTS burst_policies (
+  tier TEXT PRIMARY KEY REFERENCES tiers (id),
+  allowed INTEGER NOT NULL CHECK (allowed IN (0, 1)),
+  max_percent INTEGER NOT NULL CHECK (max_percent BETWEEN 100 AND 1000),
+  max_duration_ms INTEGER NOT NULL CHECK (max_duration_ms > 0),
+  -- At least this long between the end of one session and the start of the next.
+  cooldown_ms INTEGER NOT NULL CHECK (cooldown_ms >= 0),
+  max_per_day INTEGER NOT NULL CHECK (max_per_day > 0),
+  requires_approval INTEGER NOT NULL CHECK (requires_approval IN (0, 1)),
+  updated_at INTEGER NOT NULL
+);
+
+-- Every burst session, mirrored from the client's object (which owns the active one and ends it by alarm).
+CREATE TABLE IF NOT EXISTS burst_sessions (
+  id TEXT PRIMARY KEY,
+  client_id TEXT NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('pending', 'denied', 'active', 'ended', 'expired')),
+  percent INTEGER NOT NULL,
+  duration_ms INTEGER NOT NULL,
+  reason TEXT,
+  requested_at INTEGER NOT NULL,
+  decided_at INTEGER,
+  started_at INTEGER,
+  ends_at INTEGER,
+  ended_at INTEGER,
+  updated_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS burst_sessions_client ON burst_sessions (client_id, requested_at);
+CREATE INDEX IF NOT EXISTS burst_sessions_state ON burst_sessions (state, requested_at);

@@ -44,3 +44,11 @@ INSERT INTO api_keys (id, client_id, key_hash, prefix, scopes, created_at, revok
   ('key_demo_hooli', 'hooli', 'b14190f094265443af319f52b9e41a6a176f4baf97e6de249df1beee0dcde988', 'rmk_demo_bas', '["resources:read","execute","usage:read"]', 1767225600000, NULL),
   ('key_demo_hooli_ro', 'hooli', '7c1b494719111a918518c42bf1e813d3f2346361a706e06d676bab0e3be8fa21', 'rmk_demo_rea', '["usage:read"]', 1767225600000, NULL)
 ON CONFLICT (id) DO NOTHING;
+
+-- Burst policies per tier: enterprise and premium burst at will, standard needs an operator's approval, basic may not.
+INSERT INTO burst_policies (tier, allowed, max_percent, max_duration_ms, cooldown_ms, max_per_day, requires_approval, updated_at) VALUES
+  ('enterprise', 1, 150, 3600000, 0, 24, 0, 1767225600000),
+  ('premium', 1, 150, 3600000, 600000, 6, 0, 1767225600000),
+  ('standard', 1, 150, 3600000, 3600000, 2, 1, 1767225600000),
+  ('basic', 0, 150, 3600000, 3600000, 1, 1, 1767225600000)
+ON CONFLICT (tier) DO NOTHING;

@@ -1,6 +1,7 @@
 import { createApp } from "./app";
 import { runCron } from "./scheduler/cron";
 
+export { AllocationObject } from "./objects/allocations";
 export { ClientObject } from "./objects/client";
 export { PoolObject } from "./objects/pool";
 export { SchedulerObject } from "./objects/scheduler";

@@ -390,6 +390,26 @@ export class SchedulerObject extends DurableObject<Env> {
     return { ok: true, value: view(this.rowOf(id)!) };
   }
 
+  /** A client's unfinished requests: queued, and dispatching or running. */
+  activeFor(clientId: string): { queued: number; running: number } {
+    let queued = 0;
+    let running = 0;
+    for (const row of this.live.values()) {
+      if (row.client_id !== clientId) continue;
+      if (row.status === "queued") queued += 1;
+      else running += 1;
+    }
+    return { queued, running };
+  }
+
+  /** Cancel every unfinished request of a client (a forced delete). Returns how many were cancelled. */
+  async cancelClient(clientId: string): Promise<number> {
+    const ids = [...this.live.values()].filter((r) => r.client_id === clientId).map((r) => r.id);
+    let cancelled = 0;
+    for (const id of ids) if ((await this.cancel(id, clientId, false)).ok) cancelled += 1;
+    return cancelled;
+  }
+
   queueStatus(): { queues: QueueStats[]; scheduler: SchedulerState } {
     const now = Date.now();
     this.pruneLog(now);
