@@ -51,6 +51,10 @@ export class ClientObject extends DurableObject<Env> {
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     this.sql = ctx.storage.sql;
+    this.createTables();
+  }
+
+  private createTables(): void {
     this.sql.exec(`
       CREATE TABLE IF NOT EXISTS slots (request_id TEXT PRIMARY KEY, acquired_at INTEGER NOT NULL, expires_at INTEGER NOT NULL);
       CREATE TABLE IF NOT EXISTS spend (month TEXT PRIMARY KEY, spent_nano INTEGER NOT NULL);
@@ -148,6 +152,14 @@ export class ClientObject extends DurableObject<Env> {
   budget(limit: BudgetLimit): BudgetView & { concurrency_in_use: number } {
     const now = Date.now();
     return { ...budgetView(limit, this.spentIn(monthKey(now)), this.inFlight(), now), concurrency_in_use: this.inUse() };
+  }
+
+  /** Forget everything this client's object holds (the client was deleted). */
+  async forget(): Promise<void> {
+    await this.ctx.storage.deleteAlarm();
+    await this.ctx.storage.deleteAll();
+    this.reportedLine = null;
+    this.createTables();
   }
 
   // --- internals --------------------------------------------------------------------------------

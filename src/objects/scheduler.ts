@@ -402,6 +402,26 @@ export class SchedulerObject extends DurableObject<Env> {
     return { queued, running };
   }
 
+  /**
+   * Per pool: the units that queued requests are waiting for (their templates' amounts), how many are
+   * waiting, and the oldest wait in ms. For scaling policies' queue-depth and wait-time triggers.
+   */
+  async waitingByPool(): Promise<Record<string, { requests: number; units: number; oldest_wait_ms: number }>> {
+    const templates = await templateConfigs(this.env);
+    const now = Date.now();
+    const out: Record<string, { requests: number; units: number; oldest_wait_ms: number }> = {};
+    for (const q of this.queued.values()) {
+      const template = templates.get(this.live.get(q.id)?.template ?? "");
+      for (const r of template?.requirements ?? []) {
+        const w = (out[r.pool] ??= { requests: 0, units: 0, oldest_wait_ms: 0 });
+        w.requests += 1;
+        w.units += r.amount;
+        w.oldest_wait_ms = Math.max(w.oldest_wait_ms, now - q.createdAt);
+      }
+    }
+    return out;
+  }
+
   /** Cancel every unfinished request of a client (a forced delete). Returns how many were cancelled. */
   async cancelClient(clientId: string): Promise<number> {
     const ids = [...this.live.values()].filter((r) => r.client_id === clientId).map((r) => r.id);
