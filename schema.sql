@@ -30,7 +30,9 @@ CREATE TABLE IF NOT EXISTS api_keys (
   -- JSON array of scopes, e.g. ["resources:read","execute"].
   scopes TEXT NOT NULL DEFAULT '[]',
   created_at INTEGER NOT NULL,
-  revoked_at INTEGER
+  revoked_at INTEGER,
+  -- An operator's label for the key (issue 6), e.g. "ci" or "kam-prod"; NULL: none.
+  name TEXT
 );
 CREATE INDEX IF NOT EXISTS api_keys_client ON api_keys (client_id);
 
@@ -200,3 +202,58 @@ CREATE TABLE IF NOT EXISTS burst_sessions (
 );
 CREATE INDEX IF NOT EXISTS burst_sessions_client ON burst_sessions (client_id, requested_at);
 CREATE INDEX IF NOT EXISTS burst_sessions_state ON burst_sessions (state, requested_at);
+
+-- ---- Pools: management and auto-scaling (issue 7) -----------------------------------------------
+
+-- A pool's sizing and low-water alert threshold. No row: static, pool_low below 10%. Kept apart from
+-- `pools` because that table cannot be altered idempotently here.
+CREATE TABLE IF NOT EXISTS pool_settings (
+  pool_id TEXT PRIMARY KEY,
+  sizing TEXT NOT NULL DEFAULT 'static' CHECK (sizing IN ('static', 'dynamic')),
+  -- Dynamic pools only: the scaling policy keeps capacity within [min_capacity, max_capacity].
+  min_capacity INTEGER CHECK (min_capacity IS NULL OR min_capacity > 0),
+  max_capacity INTEGER CHECK (max_capacity IS NULL OR max_capacity >= min_capacity),
+  -- pool_low is raised strictly below this share of capacity; 0: never.
+  low_water_percent INTEGER NOT NULL DEFAULT 10 CHECK (low_water_percent BETWEEN 0 AND 100),
+  updated_at INTEGER NOT NULL
+);
+
+-- One scaling policy per dynamic pool. Utilizations are fractions (0.8 = 80%). NULL triggers are off.
+CREATE TABLE IF NOT EXISTS scaling_policies (
+  pool_id TEXT PRIMARY KEY,
+  target_utilization REAL NOT NULL CHECK (target_utilization > 0 AND target_utilization < 1),
+  scale_up_utilization REAL NOT NULL CHECK (scale_up_utilization > 0 AND scale_up_utilization <= 1),
+  scale_down_utilization REAL NOT NULL CHECK (scale_down_utilization >= 0 AND scale_down_utilization < 1),
+  window_ms INTEGER NOT NULL CHECK (window_ms > 0),
+  scale_up_queue_depth INTEGER CHECK (scale_up_queue_depth IS NULL OR scale_up_queue_depth > 0),
+  scale_up_wait_ms INTEGER CHECK (scale_up_wait_ms IS NULL OR scale_up_wait_ms > 0),
+  step INTEGER NOT NULL CHECK (step > 0),
+  cooldown_ms INTEGER NOT NULL CHECK (cooldown_ms >= 0),
+  enabled INTEGER NOT NULL DEFAULT 1 CHECK (enabled IN (0, 1)),
+  updated_at INTEGER NOT NULL
+);
+
+-- Each dynamic pool's cooldown and its last evaluation (JSON), whatever it decided.
+CREATE TABLE IF NOT EXISTS scaling_state (
+  pool_id TEXT PRIMARY KEY,
+  cooldown_until INTEGER,
+  last_evaluated_at INTEGER,
+  last_evaluation TEXT
+);
+
+-- Every capacity change a scaling policy made, written in the same D1 batch as the change itself.
+CREATE TABLE IF NOT EXISTS scaling_events (
+  id TEXT PRIMARY KEY,
+  pool_id TEXT NOT NULL,
+  at INTEGER NOT NULL,
+  action TEXT NOT NULL CHECK (action IN ('scale_up', 'scale_down')),
+  from_capacity INTEGER NOT NULL,
+  to_capacity INTEGER NOT NULL,
+  reason TEXT NOT NULL,
+  -- What started the evaluation: the minute cron, a pool that ran dry, or an operator.
+  trigger TEXT NOT NULL CHECK (trigger IN ('cron', 'pool_dry', 'manual')),
+  -- JSON object: the trigger values the decision saw.
+  trigger_values TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS scaling_events_at ON scaling_events (at, id);
+CREATE INDEX IF NOT EXISTS scaling_events_pool_at ON scaling_events (pool_id, at, id);

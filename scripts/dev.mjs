@@ -13,6 +13,15 @@ if (!existsSync(".dev.vars")) {
   copyFileSync(".dev.vars.example", ".dev.vars");
   console.log("created .dev.vars from .dev.vars.example (local secrets)");
 }
+// Columns added to tables that existed before them: CREATE TABLE IF NOT EXISTS does not add them to a
+// local D1 made by an older version, so add each one; "duplicate column" means it is already there.
+for (const [table, column] of [["api_keys", "name TEXT"]]) {
+  const r = wrangler(["d1", "execute", "DB", "--local", "--command", `ALTER TABLE ${table} ADD COLUMN ${column}`], { stdio: "pipe", encoding: "utf8" });
+  if (r.status !== 0 && !/duplicate column|no such table/i.test(`${r.stdout}${r.stderr}`)) {
+    process.stderr.write(`${r.stdout}${r.stderr}`);
+    process.exit(r.status ?? 1);
+  }
+}
 for (const file of ["schema.sql", "seed.sql"]) {
   const r = wrangler(["d1", "execute", "DB", "--local", "--file", file]);
   if (r.status !== 0) process.exit(r.status ?? 1);

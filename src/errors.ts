@@ -28,6 +28,8 @@ export const ERRORS = {
   capacity_exceeded: { status: 429, description: "Not enough compute capacity (CPU, memory or workers) for this allocation." },
   pool_exists: { status: 409, description: "A pool with this id already exists." },
   pool_busy: { status: 409, description: "The pool has active reservations." },
+  pool_not_dynamic: { status: 409, description: "The pool is statically sized: scaling policies, cooldowns and evaluations apply only to dynamic pools." },
+  scaling_policy_not_found: { status: 404, description: "The pool has no scaling policy." },
   request_not_found: { status: 404, description: "No such request for this client." },
   request_state: { status: 409, description: "The request is not in a state that allows this." },
   reservation_not_found: { status: 404, description: "No such reservation in this pool." },

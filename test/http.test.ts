@@ -42,14 +42,15 @@ describe("auth matrix", () => {
     });
   }
 
-  it("a revoked key is 401 and a suspended client's key is 403", async () => {
+  it("a revoked key is 401; a suspended client's key may read but starting anything is 403 client_suspended", async () => {
     await env.DB.prepare("UPDATE api_keys SET revoked_at = 1 WHERE id = 'key_demo_initech'").run();
     await env.DB.prepare("UPDATE clients SET status = 'suspended' WHERE id = 'globex'").run();
     const { clearConfigCache } = await import("../src/services/config");
     clearConfigCache();
     expectError(await call("GET", "/api/resources/availability", { token: KEYS.initech }), 401, "unauthorized");
-    expectError(await call("GET", "/api/resources/availability", { token: KEYS.globex }), 403, "forbidden");
-    expectError(await consume("openai-gpt4", 1, {}, "globex"), 403, "forbidden");
+    expect((await call("GET", "/api/resources/availability", { token: KEYS.globex })).status).toBe(200);
+    expectError(await call("POST", "/api/resources/check", { token: KEYS.globex, json: { pool: "openai-gpt4", amount: 1 } }), 403, "client_suspended");
+    expectError(await consume("openai-gpt4", 1, {}, "globex"), 403, "client_suspended");
   });
 
   it("a client key may not act for another client", async () => {

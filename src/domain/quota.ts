@@ -76,7 +76,12 @@ export function fitsQuota(quota: ResolvedQuota, use: QuotaUse, job: Omit<JobClai
   if (quota.memoryMb !== null && mem > 0 && use.memoryMb + mem > quota.memoryMb) {
     return { ok: false, shortfall: { limit: "memory", limit_value: quota.memoryMb, in_use: use.memoryMb, requested: mem, shortfall: use.memoryMb + mem - quota.memoryMb } };
   }
-  for (const [pool, units] of Object.entries(job.pools ?? {})) {
+  return fitsDaily(quota, use, job.pools ?? {});
+}
+
+/** Whether spending `pools` today stays within the client's daily caps per pool (the admission check). */
+export function fitsDaily(quota: ResolvedQuota, use: Pick<QuotaUse, "poolToday">, pools: Record<string, number>): QuotaDecision {
+  for (const [pool, units] of Object.entries(pools)) {
     const cap = quota.poolDaily[pool];
     if (cap === undefined || units <= 0) continue;
     const used = use.poolToday[pool] ?? 0;

@@ -1,4 +1,5 @@
 import type { MiddlewareHandler } from "hono";
+import type { Scope } from "../domain/scopes";
 import { AppError } from "../errors";
 import { keyOwner } from "../services/config";
 import type { AppEnv, Principal } from "./context";
@@ -42,25 +43,34 @@ export async function isAdminToken(env: Env, token: string): Promise<boolean> {
   return sameSecret(await crypto.subtle.digest("SHA-256", encoder.encode(token)), env.ADMIN_TOKEN);
 }
 
-/** Identify the credential: admin, internal or metrics token, or an active API key. Null when none is valid. */
-async function identify(env: Env, token: string): Promise<Principal | null> {
+/** A suspended client's key may still read (these methods); anything else is new work and refused. */
+const READ_METHODS = new Set(["GET", "HEAD"]);
+
+/**
+ * Identify the credential: admin, internal or metrics token, or an active API key (with whether its
+ * client is suspended). Null when none is valid.
+ */
+async function identify(env: Env, token: string): Promise<{ principal: Principal; suspended: boolean } | null> {
   const digest = await crypto.subtle.digest("SHA-256", encoder.encode(token));
   const [isAdmin, isInternal, isMetrics] = await Promise.all([
     sameSecret(digest, env.ADMIN_TOKEN), sameSecret(digest, env.INTERNAL_TOKEN), sameSecret(digest, env.METRICS_TOKEN),
   ]);
-  if (isAdmin) return { kind: "admin" };
-  if (isInternal) return { kind: "internal" };
-  if (isMetrics) return { kind: "metrics" };
+  if (isAdmin) return { principal: { kind: "admin" }, suspended: false };
+  if (isInternal) return { principal: { kind: "internal" }, suspended: false };
+  if (isMetrics) return { principal: { kind: "metrics" }, suspended: false };
   const owner = await keyOwner(env, hex(digest));
   if (!owner) return null;
-  if (owner.clientStatus === "suspended") throw new AppError("forbidden", `client ${owner.clientId} is suspended`);
-  return { kind: "client", clientId: owner.clientId, tier: owner.tier, scopes: owner.scopes, keyId: owner.keyId };
+  return {
+    principal: { kind: "client", clientId: owner.clientId, tier: owner.tier, scopes: owner.scopes, keyId: owner.keyId },
+    suspended: owner.clientStatus === "suspended",
+  };
 }
 
 /**
  * Require a valid credential of one of `kinds`: 401 when there is none or it is not valid, 403 when it
- * is valid but of another kind, or its client is suspended. Admin routes also take the dashboard's
- * session cookie in place of the header (see ./session.ts).
+ * is valid but of another kind. A suspended client's key may read (GET) but not start anything: 403
+ * `client_suspended` for every other method. Admin routes also take the dashboard's session cookie in
+ * place of the header (see ./session.ts).
  */
 export function authenticate(...kinds: Principal["kind"][]): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
@@ -71,16 +81,20 @@ export function authenticate(...kinds: Principal["kind"][]): MiddlewareHandler<A
       return;
     }
     if (!token) throw new AppError("unauthorized", "missing credential: send Authorization: Bearer <token>");
-    const principal = await identify(c.env, token);
-    if (!principal) throw new AppError("unauthorized", "credential not valid");
+    const identified = await identify(c.env, token);
+    if (!identified) throw new AppError("unauthorized", "credential not valid");
+    const { principal, suspended } = identified;
     c.set("principal", principal);
     if (!kinds.includes(principal.kind)) throw new AppError("forbidden", `a ${principal.kind} credential may not call ${c.req.path}`);
+    if (suspended && principal.kind === "client" && !READ_METHODS.has(c.req.method)) {
+      throw new AppError("client_suspended", `client ${principal.clientId} is suspended: it may read, but not start new work`, { client_id: principal.clientId });
+    }
     await next();
   };
 }
 
 /** Require an API-key scope; operators (admin) pass every scope check. */
-export function requireScope(scope: string): MiddlewareHandler<AppEnv> {
+export function requireScope(scope: Scope): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
     const p = c.get("principal");
     if (p.kind === "client" && !p.scopes.includes(scope)) {

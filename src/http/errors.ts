@@ -57,7 +57,10 @@ export function errorJson(c: Context<AppEnv>, err: AppError): Response {
     error: { code: err.code, message: err.message, ...(err.details ? { details: err.details } : {}) },
     trace_id: c.get("traceId") ?? "",
   };
-  if (err.retryAfterSec !== undefined) c.header("Retry-After", String(err.retryAfterSec));
+  // Every 429 says when to retry: the error's own hint, else its details' retry_after_ms, else 1 s.
+  const hintMs = typeof err.details?.retry_after_ms === "number" ? err.details.retry_after_ms : null;
+  const retryAfter = err.retryAfterSec ?? (err.status === 429 ? Math.max(1, Math.ceil((hintMs ?? 1000) / 1000)) : undefined);
+  if (retryAfter !== undefined) c.header("Retry-After", String(retryAfter));
   return c.json(body, err.status as ContentfulStatusCode);
 }
 

@@ -1,22 +1,34 @@
 import { DurableObject } from "cloudflare:workers";
 import { budgetView, fitsBudget, type BudgetLimit, type BudgetView } from "../domain/budget";
-import { monthKey } from "../domain/calendar";
+import { activePercent, burstRefusal, type BurstAsk, type BurstPolicy, type BurstSession } from "../domain/burst";
+import { dayKey, monthKey } from "../domain/calendar";
+import { fitsDaily, fitsQuota, withBurst, type JobClaim, type QuotaDecision, type QuotaUse, type ResolvedQuota } from "../domain/quota";
+import type { ErrorBody } from "../errors";
+import { upsertBurstSessions } from "../storage/quotas";
 import { budgetAlerts, BUDGET_CRITICAL_PERCENT, BUDGET_WARN_PERCENT, reached } from "../domain/alerts";
 import { log } from "../log";
 import { applyAlerts } from "../services/alerts";
 
-export interface SlotRequest {
-  requestId: string;
-  /** The slot frees itself at this time if its holder never comes back (the dispatch lease). */
-  expiresAt: number;
-}
 
 /** One line of spend: a usage event's cost, at the time it happened. */
 export interface SpendEvent {
   eventId: string;
   costNano: number;
   at: number;
+  /** The pool and units spent, counted against the client's daily caps per pool. */
+  pool?: string;
+  units?: number;
 }
+
+/** A client's quota as it stands: the configured limits, what applies now (with a burst), and the use. */
+export interface QuotaState {
+  quota: ResolvedQuota;
+  effective: ResolvedQuota;
+  burst: BurstSession | null;
+  use: QuotaUse & { requests: number; allocations: number };
+}
+
+export type BurstResult = { ok: true; value: BurstSession } | { ok: false; error: ErrorBody };
 
 export interface BudgetItem {
   requestId: string;
@@ -37,11 +49,11 @@ export interface Settlement {
 const COUNTED_TTL_MS = 40 * 24 * 60 * 60 * 1000;
 
 /**
- * One client's limit owner: its concurrency slots (one per running request, never more than the
- * client's maximum) and its money: spend per UTC month and the estimates of admitted, unsettled
- * requests (money in flight). Decisions are synchronous (SQLite only), so concurrent admissions cannot
- * overspend together. Slots carry the dispatch lease as their expiry, so a crashed dispatcher cannot
- * leak them.
+ * One client's limit owner: its quota (jobs held at once — running requests and active allocations —,
+ * CPU and memory of compute work, units per pool per UTC day), its burst sessions, and its money:
+ * spend per UTC month and the estimates of admitted, unsettled requests (money in flight). Decisions
+ * are synchronous (SQLite only), so concurrent admissions cannot overspend together. Jobs carry an
+ * expiry (a dispatch lease, an allocation's TTL), so a crashed holder cannot leak them.
  */
 export class ClientObject extends DurableObject<Env> {
   private sql: SqlStorage;
@@ -56,47 +68,165 @@ export class ClientObject extends DurableObject<Env> {
 
   private createTables(): void {
     this.sql.exec(`
-      CREATE TABLE IF NOT EXISTS slots (request_id TEXT PRIMARY KEY, acquired_at INTEGER NOT NULL, expires_at INTEGER NOT NULL);
+      CREATE TABLE IF NOT EXISTS jobs (
+        job_id TEXT PRIMARY KEY, kind TEXT NOT NULL, acquired_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+        cpu_millicores INTEGER NOT NULL DEFAULT 0, memory_mb INTEGER NOT NULL DEFAULT 0, pools TEXT NOT NULL DEFAULT '{}'
+      );
+      CREATE TABLE IF NOT EXISTS pool_day (day TEXT NOT NULL, pool TEXT NOT NULL, units INTEGER NOT NULL, PRIMARY KEY (day, pool));
+      CREATE TABLE IF NOT EXISTS bursts (id TEXT PRIMARY KEY, requested_at INTEGER NOT NULL, session TEXT NOT NULL, synced INTEGER NOT NULL DEFAULT 0);
       CREATE TABLE IF NOT EXISTS spend (month TEXT PRIMARY KEY, spent_nano INTEGER NOT NULL);
       CREATE TABLE IF NOT EXISTS in_flight (request_id TEXT PRIMARY KEY, estimate_nano INTEGER NOT NULL, admitted_at INTEGER NOT NULL);
       CREATE TABLE IF NOT EXISTS counted (event_id TEXT PRIMARY KEY, cost_nano INTEGER NOT NULL, at INTEGER NOT NULL);
     `);
+    // Objects created before quotas kept request slots in "slots": carry them over once.
+    if (this.sql.exec("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'slots'").toArray().length) {
+      this.sql.exec("INSERT OR IGNORE INTO jobs (job_id, kind, acquired_at, expires_at) SELECT request_id, 'request', acquired_at, expires_at FROM slots");
+      this.sql.exec("DROP TABLE slots");
+    }
   }
 
-  // --- concurrency slots ------------------------------------------------------------------------
+  // --- quota: concurrent jobs, CPU, memory, daily units per pool ------------------------------
 
   /**
-   * Grant slots in the order asked until `max` are held. A request that already holds a slot keeps
-   * it (a retried call is harmless). Returns the ids granted.
+   * Admit jobs in the order asked while they fit the quota (raised by an active burst). A job already
+   * held keeps its place with the new expiry (a retried call is harmless). Synchronous, so concurrent
+   * callers can never hold more than the quota together. Work held when a burst ends runs on; nothing
+   * new is admitted until the use is back under the quota.
    */
-  acquireSlots(max: number, items: SlotRequest[]): string[] {
+  acquireJobs(quota: ResolvedQuota, items: JobClaim[]): QuotaDecision[] {
     const now = Date.now();
-    this.sql.exec("DELETE FROM slots WHERE expires_at <= ?", now);
-    let held = this.inUseAt();
-    const granted: string[] = [];
-    for (const item of items) {
-      const existing = this.sql.exec("SELECT 1 FROM slots WHERE request_id = ?", item.requestId).toArray().length > 0;
-      if (existing) {
-        this.sql.exec("UPDATE slots SET expires_at = ? WHERE request_id = ?", item.expiresAt, item.requestId);
-        granted.push(item.requestId);
-      } else if (held < max) {
-        this.sql.exec("INSERT INTO slots (request_id, acquired_at, expires_at) VALUES (?, ?, ?)", item.requestId, now, item.expiresAt);
-        held += 1;
-        granted.push(item.requestId);
+    this.purgeExpired(now);
+    const effective = withBurst(quota, activePercent(this.burstSessions(), now));
+    const use = this.use(now);
+    return items.map((item): QuotaDecision => {
+      const held = this.sql.exec("SELECT 1 FROM jobs WHERE job_id = ?", item.jobId).toArray().length > 0;
+      if (held) {
+        this.sql.exec("UPDATE jobs SET expires_at = ? WHERE job_id = ?", item.expiresAt, item.jobId);
+        return { ok: true };
       }
-    }
-    return granted;
+      const decision = fitsQuota(effective, use, item);
+      if (!decision.ok) return decision;
+      this.sql.exec(
+        "INSERT INTO jobs (job_id, kind, acquired_at, expires_at, cpu_millicores, memory_mb, pools) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        item.jobId, item.kind, now, item.expiresAt, item.cpuMillicores ?? 0, item.memoryMb ?? 0, JSON.stringify(item.pools ?? {}),
+      );
+      use.jobs += 1;
+      use.cpuMillicores += item.cpuMillicores ?? 0;
+      use.memoryMb += item.memoryMb ?? 0;
+      for (const [pool, units] of Object.entries(item.pools ?? {})) use.poolToday[pool] = (use.poolToday[pool] ?? 0) + units;
+      return { ok: true };
+    });
   }
 
-  /** Free the slots of these requests; unknown ids are ignored. Returns how many were freed. */
-  releaseSlots(requestIds: string[]): number {
-    return this.sql.exec("DELETE FROM slots WHERE request_id IN (SELECT value FROM json_each(?))", JSON.stringify(requestIds)).rowsWritten;
+  /** Free these jobs' holds; unknown ids are ignored. Returns how many were freed. */
+  releaseJobs(jobIds: string[]): number {
+    return this.sql.exec("DELETE FROM jobs WHERE job_id IN (SELECT value FROM json_each(?))", JSON.stringify(jobIds)).rowsWritten;
   }
 
-  /** Slots in use now (expired ones not counted). */
+  /** Would this job fit now (with an active burst), and if not, which limit and by how much. Holds nothing. */
+  checkJob(quota: ResolvedQuota, job: Omit<JobClaim, "jobId" | "expiresAt">): QuotaDecision {
+    const now = Date.now();
+    this.purgeExpired(now);
+    return fitsQuota(withBurst(quota, activePercent(this.burstSessions(), now)), this.use(now), job);
+  }
+
+  /**
+   * The admission check for new requests, in order: would spending each one's units today (after the
+   * ones before it in this call) stay within the daily caps per pool. Holds nothing: dispatch counts
+   * the units for real.
+   */
+  checkDaily(quota: ResolvedQuota, items: Array<Record<string, number>>): QuotaDecision[] {
+    const now = Date.now();
+    this.purgeExpired(now);
+    const use = this.use(now);
+    return items.map((pools) => {
+      const decision = fitsDaily(quota, use, pools);
+      if (decision.ok) for (const [pool, units] of Object.entries(pools)) use.poolToday[pool] = (use.poolToday[pool] ?? 0) + units;
+      return decision;
+    });
+  }
+
+  quotaState(quota: ResolvedQuota): QuotaState {
+    const now = Date.now();
+    this.purgeExpired(now);
+    const sessions = this.burstSessions();
+    const burst = sessions.find((s) => s.state === "active" && s.ends_at !== null && s.ends_at > now) ?? null;
+    const byKind = new Map(this.sql.exec<{ kind: string; n: number }>("SELECT kind, COUNT(*) AS n FROM jobs GROUP BY kind").toArray().map((r) => [r.kind, r.n]));
+    return {
+      quota,
+      effective: withBurst(quota, burst?.percent ?? null),
+      burst,
+      use: { ...this.use(now), requests: byKind.get("request") ?? 0, allocations: byKind.get("allocation") ?? 0 },
+    };
+  }
+
+  /** Jobs held now (expired ones not counted). */
   inUse(): number {
-    this.sql.exec("DELETE FROM slots WHERE expires_at <= ?", Date.now());
-    return this.inUseAt();
+    this.purgeExpired(Date.now());
+    return this.sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM jobs").one().n;
+  }
+
+  // --- burst ------------------------------------------------------------------------------------
+
+  /**
+   * Ask for a burst under the tier's policy: active at once, or pending an operator's approval when
+   * the policy says so. Ends by alarm at its expiry.
+   */
+  async requestBurst(policy: BurstPolicy, ask: BurstAsk): Promise<BurstResult> {
+    const now = Date.now();
+    const percent = ask.percent ?? policy.max_percent;
+    const duration = ask.duration_ms ?? policy.max_duration_ms;
+    const refusal = burstRefusal(policy, this.burstSessions(), { percent, duration_ms: duration }, now);
+    if (refusal) return { ok: false, error: refusal };
+    const session: BurstSession = {
+      id: `bst_${crypto.randomUUID().replaceAll("-", "")}`, client_id: this.clientId(), state: "pending", percent, duration_ms: duration,
+      reason: ask.reason ?? null, requested_at: now, decided_at: null, started_at: null, ends_at: null, ended_at: null, updated_at: now,
+    };
+    if (!policy.requires_approval) Object.assign(session, { state: "active", decided_at: now, started_at: now, ends_at: now + duration });
+    await this.saveBurst(session);
+    if (session.state === "active") this.wakeScheduler();
+    log.info("burst_requested", { client_id: session.client_id, burst_id: session.id, state: session.state, percent, duration_ms: duration });
+    return { ok: true, value: session };
+  }
+
+  /** An operator approves (the session starts now, for its duration) or denies a pending session. */
+  async decideBurst(id: string, approve: boolean): Promise<BurstResult> {
+    const now = Date.now();
+    const session = this.burstSessions().find((s) => s.id === id);
+    if (!session) return { ok: false, error: { code: "burst_not_found", message: `no burst ${id}`, details: { burst_id: id } } };
+    if (session.state !== "pending") return { ok: false, error: { code: "burst_state", message: `burst ${id} is ${session.state}`, details: { burst_id: id, state: session.state } } };
+    Object.assign(session, approve
+      ? { state: "active", decided_at: now, started_at: now, ends_at: now + session.duration_ms, updated_at: now }
+      : { state: "denied", decided_at: now, updated_at: now });
+    await this.saveBurst(session);
+    if (approve) this.wakeScheduler();
+    log.info("burst_decided", { client_id: session.client_id, burst_id: id, state: session.state });
+    return { ok: true, value: session };
+  }
+
+  /** End the active session now, or withdraw a pending one. */
+  async endBurst(): Promise<BurstResult> {
+    const now = Date.now();
+    this.expireBursts(now);
+    const session = this.burstSessions().find((s) => s.state === "active" || s.state === "pending");
+    if (!session) return { ok: false, error: { code: "burst_not_found", message: "no active or pending burst", details: { client_id: this.clientId() } } };
+    Object.assign(session, { state: "ended", ended_at: now, updated_at: now });
+    await this.saveBurst(session);
+    log.info("burst_ended", { client_id: session.client_id, burst_id: session.id });
+    return { ok: true, value: session };
+  }
+
+  /** Every session, newest first. */
+  bursts(): BurstSession[] {
+    this.expireBursts(Date.now());
+    return this.burstSessions();
+  }
+
+  /** The active session's end, and the delivery of session records to D1 (retried until it succeeds). */
+  override async alarm(): Promise<void> {
+    this.expireBursts(Date.now());
+    await this.syncBursts();
+    this.armAlarm();
   }
 
   // --- money ------------------------------------------------------------------------------------
@@ -135,7 +265,7 @@ export class ClientObject extends DurableObject<Env> {
    * flight, and add what they really spent to the month each event happened in. Each event counts once, however often it is reported.
    */
   async settle(limit: BudgetLimit | null, items: Settlement[]): Promise<void> {
-    this.sql.exec("DELETE FROM slots WHERE request_id IN (SELECT value FROM json_each(?))", JSON.stringify(items.map((i) => i.requestId)));
+    this.sql.exec("DELETE FROM jobs WHERE job_id IN (SELECT value FROM json_each(?))", JSON.stringify(items.map((i) => i.requestId)));
     const done = items.filter((i) => !i.keepInFlight).map((i) => i.requestId);
     if (done.length) this.sql.exec("DELETE FROM in_flight WHERE request_id IN (SELECT value FROM json_each(?))", JSON.stringify(done));
     await this.spend(limit, items.flatMap((i) => i.events));
@@ -171,13 +301,21 @@ export class ClientObject extends DurableObject<Env> {
     const before = this.spentIn(month);
     for (const e of events) {
       const fresh = this.sql.exec("INSERT INTO counted (event_id, cost_nano, at) VALUES (?, ?, ?) ON CONFLICT (event_id) DO NOTHING", e.eventId, e.costNano, e.at).rowsWritten > 0;
-      if (!fresh || e.costNano === 0) continue;
+      if (!fresh) continue;
+      if (e.pool && e.units) {
+        this.sql.exec(
+          "INSERT INTO pool_day (day, pool, units) VALUES (?, ?, ?) ON CONFLICT (day, pool) DO UPDATE SET units = units + excluded.units",
+          dayKey(e.at), e.pool, e.units,
+        );
+      }
+      if (e.costNano === 0) continue;
       this.sql.exec(
         "INSERT INTO spend (month, spent_nano) VALUES (?, ?) ON CONFLICT (month) DO UPDATE SET spent_nano = spent_nano + excluded.spent_nano",
         monthKey(e.at), e.costNano,
       );
     }
     this.sql.exec("DELETE FROM counted WHERE at < ?", now - COUNTED_TTL_MS);
+    this.sql.exec("DELETE FROM pool_day WHERE day < ?", dayKey(now - 2 * 24 * 60 * 60 * 1000));
     const after = this.spentIn(month);
     if (limit === null || after === before) return;
     const budgetNano = limit.limitNano;
@@ -203,7 +341,69 @@ export class ClientObject extends DurableObject<Env> {
     return this.sql.exec<{ n: number }>("SELECT COALESCE(SUM(estimate_nano), 0) AS n FROM in_flight").one().n;
   }
 
-  private inUseAt(): number {
-    return this.sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM slots").one().n;
+  private purgeExpired(now: number): void {
+    this.sql.exec("DELETE FROM jobs WHERE expires_at <= ?", now);
+  }
+
+  /** Held jobs, CPU and memory, and per pool: units spent today plus units held by running jobs. */
+  private use(now: number): QuotaUse {
+    const held = this.sql.exec<{ jobs: number; cpu: number | null; mem: number | null }>(
+      "SELECT COUNT(*) AS jobs, SUM(cpu_millicores) AS cpu, SUM(memory_mb) AS mem FROM jobs",
+    ).one();
+    const poolToday: Record<string, number> = {};
+    for (const r of this.sql.exec<{ pool: string; units: number }>("SELECT pool, units FROM pool_day WHERE day = ?", dayKey(now))) poolToday[r.pool] = r.units;
+    for (const r of this.sql.exec<{ pool: string; units: number }>("SELECT j.key AS pool, SUM(j.value) AS units FROM jobs, json_each(jobs.pools) AS j GROUP BY j.key")) {
+      poolToday[r.pool] = (poolToday[r.pool] ?? 0) + r.units;
+    }
+    return { jobs: held.jobs, cpuMillicores: held.cpu ?? 0, memoryMb: held.mem ?? 0, poolToday };
+  }
+
+  private burstSessions(): BurstSession[] {
+    return this.sql.exec<{ session: string }>("SELECT session FROM bursts ORDER BY requested_at DESC, id DESC").toArray().map((r) => JSON.parse(r.session) as BurstSession);
+  }
+
+  /** Mark active sessions whose time is up as expired (the alarm does this on time; reads do it too). */
+  private expireBursts(now: number): void {
+    for (const s of this.burstSessions()) {
+      if (s.state !== "active" || s.ends_at === null || s.ends_at > now) continue;
+      Object.assign(s, { state: "expired", ended_at: s.ends_at, updated_at: now });
+      this.sql.exec("UPDATE bursts SET session = ?, synced = 0 WHERE id = ?", JSON.stringify(s), s.id);
+      log.info("burst_expired", { client_id: s.client_id, burst_id: s.id });
+    }
+  }
+
+  private async saveBurst(session: BurstSession): Promise<void> {
+    this.sql.exec(
+      "INSERT INTO bursts (id, requested_at, session, synced) VALUES (?, ?, ?, 0) ON CONFLICT (id) DO UPDATE SET session = excluded.session, synced = 0",
+      session.id, session.requested_at, JSON.stringify(session),
+    );
+    await this.syncBursts();
+    this.armAlarm();
+  }
+
+  /** Deliver changed session records to D1 (burst_sessions); on failure the alarm retries. */
+  private async syncBursts(): Promise<void> {
+    const rows = this.sql.exec<{ id: string; session: string }>("SELECT id, session FROM bursts WHERE synced = 0").toArray();
+    if (rows.length === 0) return;
+    try {
+      await upsertBurstSessions(this.env.DB, rows.map((r) => JSON.parse(r.session) as BurstSession));
+      this.sql.exec("UPDATE bursts SET synced = 1 WHERE id IN (SELECT value FROM json_each(?)) AND session IN (SELECT value FROM json_each(?))",
+        JSON.stringify(rows.map((r) => r.id)), JSON.stringify(rows.map((r) => r.session)));
+    } catch (err) {
+      log.warn("burst_sync_failed", { client_id: this.clientId(), error: String(err) });
+    }
+  }
+
+  /** Wake at the active session's end, or in 5 s while records wait for delivery to D1. */
+  private armAlarm(): void {
+    const now = Date.now();
+    const ends = this.burstSessions().filter((s) => s.state === "active" && s.ends_at !== null).map((s) => s.ends_at!);
+    const unsynced = this.sql.exec("SELECT 1 FROM bursts WHERE synced = 0 LIMIT 1").toArray().length > 0;
+    const at = Math.min(...ends, unsynced ? now + 5000 : Infinity);
+    if (at !== Infinity) void this.ctx.storage.setAlarm(Math.max(at, now));
+  }
+
+  private wakeScheduler(): void {
+    this.ctx.waitUntil(this.env.SCHEDULER.get(this.env.SCHEDULER.idFromName("scheduler")).wake().catch(() => undefined));
   }
 }

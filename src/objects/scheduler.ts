@@ -1,4 +1,5 @@
 import { DurableObject } from "cloudflare:workers";
+import { dayStart } from "../domain/calendar";
 import { backoffMs, priorityOf, QUEUES, rank, type Priority, type QueueName } from "../domain/priority";
 import type { Caller, PoolAmount, PoolConfig, Tier } from "../domain/types";
 import type { ErrorBody } from "../errors";
@@ -6,7 +7,7 @@ import { mergeDecisions, queueAlerts, workerAlerts, WORKER_WINDOW_MS, type Worke
 import { histogramOf, type HistogramSnapshot } from "../domain/histogram";
 import { log } from "../log";
 import { applyAlerts } from "../services/alerts";
-import { budgetLimit, poolConfigs, templateConfigs } from "../services/config";
+import { budgetLimit, clientQuota, clientTier, poolConfigs, templateConfigs } from "../services/config";
 import { insertRequestLog, MAX_ERROR_CHARS, type FinishedRequest } from "../storage/request-log";
 import type { Template } from "../storage/templates";
 import type { Settlement, SpendEvent } from "./client";
@@ -675,18 +676,38 @@ export class SchedulerObject extends DurableObject<Env> {
       else runnable.push(row);
     }
 
-    // Client slots, one call per client.
+    // The client's quota, one call per client: its object admits jobs up to the quota (and burst). A
+    // suspended client's work waits in its queue; a deleted client's fails.
     const byClient = groupBy(runnable, (r) => r.client_id);
     const slotted = new Set<string>();
+    const waitUntil = new Map<string, number>();
     await Promise.all([...byClient].map(async ([clientId, list]) => {
-      const granted = await this.clientStub(clientId).acquireSlots(list[0]!.max_concurrent, list.map((r) => ({ requestId: r.id, expiresAt: r.lease_until! })));
-      for (const id of granted) slotted.add(id);
-      if (granted.length < list.length) fullClients.add(clientId);
+      const [quota, client] = await Promise.all([clientQuota(this.env, clientId), clientTier(this.env, clientId)]);
+      if (!quota || !client) {
+        for (const row of list) failNow.push({ row, reason: `client ${clientId} no longer exists` });
+        return;
+      }
+      if (client.status === "suspended") {
+        fullClients.add(clientId);
+        return;
+      }
+      const claims = list.map((r) => ({
+        jobId: r.id, kind: "request" as const, expiresAt: r.lease_until!,
+        pools: Object.fromEntries(templates.get(r.template)!.requirements.map((q) => [q.pool, q.amount])),
+      }));
+      const decisions = await this.clientStub(clientId).acquireJobs(quota, claims);
+      decisions.forEach((d, i) => {
+        if (d.ok) slotted.add(list[i]!.id);
+        // Over a daily cap per pool: the request waits for the next UTC day.
+        else if (d.shortfall.limit === "pool_daily") waitUntil.set(list[i]!.id, dayStart(Date.now()) + 24 * 60 * 60 * 1000);
+      });
+      if (decisions.some((d) => !d.ok)) fullClients.add(clientId);
     }));
 
     // Pool reservations, one call per pool.
     const withSlot = runnable.filter((r) => slotted.has(r.id));
-    for (const r of runnable) if (!slotted.has(r.id)) requeue.push(r);
+    const failing = new Set(failNow.map((f) => f.row.id));
+    for (const r of runnable) if (!slotted.has(r.id) && !failing.has(r.id)) requeue.push(r);
     const needs = new Map<string, Array<{ row: Row; amount: number }>>();
     for (const row of withSlot) {
       for (const req of templates.get(row.template)!.requirements) {
@@ -734,7 +755,7 @@ export class SchedulerObject extends DurableObject<Env> {
 
     const now = Date.now();
     const claimed = (row: Row) => this.live.get(row.id)?.status === "dispatching";
-    for (const row of requeue) if (claimed(row)) this.requeue(row, now, row.not_before, false);
+    for (const row of requeue) if (claimed(row)) this.requeue(row, now, waitUntil.get(row.id) ?? row.not_before, false);
     for (const { row, reason } of failNow) if (claimed(row)) this.finish(row.id, "failed", now, { error: reason });
     for (const row of rows) this.admitting.delete(row.id);
     // A request cancelled while it was being admitted gives back what it got.
@@ -885,7 +906,7 @@ export class SchedulerObject extends DurableObject<Env> {
           return;
         }
         used.set(row.id, [...(used.get(row.id) ?? []), { pool, units: r.value.consumed, cost_nano: r.value.costNano }]);
-        if (r.value.eventId) events.set(row.id, [...(events.get(row.id) ?? []), { eventId: r.value.eventId, costNano: r.value.costNano, at: r.value.at }]);
+        if (r.value.eventId) events.set(row.id, [...(events.get(row.id) ?? []), { eventId: r.value.eventId, costNano: r.value.costNano, at: r.value.at, pool, units: r.value.consumed }]);
       });
     }));
     await Promise.all([...groupBy(items, (i) => i.row.client_id)].map(async ([clientId, list]) => {

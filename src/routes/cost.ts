@@ -87,12 +87,13 @@ export const costRoutes = new OpenAPIHono<AppEnv>()
       request: { body: { required: true, content: { "application/json": { schema: CostEstimateRequest } } } },
       responses: {
         200: { description: "Cost per pool and in total, and the cheaper alternative's.", content: { "application/json": { schema: CostEstimate } } },
-        ...errorResponses("bad_request", "validation_failed", "unauthorized", "forbidden", "pool_forbidden", "pool_not_found", "template_not_found", "client_not_found"),
+        ...errorResponses("bad_request", "validation_failed", "unauthorized", "forbidden", "client_suspended", "pool_forbidden", "pool_not_found", "template_not_found", "client_not_found"),
       },
     }),
     async (c) => {
       const body = c.req.valid("json");
-      const caller = await callerFor(c.env, c.var.principal, body.client_id, "api");
+      // An estimate starts nothing: allowed for a suspended client (its own key is refused by method).
+      const caller = await callerFor(c.env, c.var.principal, body.client_id, "api", { allowSuspended: true });
       const estimate = await estimateCost(c.env, body, caller, c.var.logger);
       return c.json({ client_id: caller.clientId, ...estimate, trace_id: c.var.traceId }, 200);
     },

@@ -9,7 +9,9 @@ const DOCUMENT = {
     version: "0.1.0",
     description:
       "Rate limits, quotas, capacity and money for the AI platform. Money is integer nano-dollars; times are epoch ms UTC. " +
-      "Every error is one envelope, `{ error: { code, message, details? }, trace_id }`; the examples of each error response name the codes it may carry.",
+      "Every error is one envelope, `{ error: { code, message, details? }, trace_id }`; the examples of each error response name the codes it may carry. " +
+      "Paths: `/api/...` is what clients call with an API key (acting for their own client, with the route's scope; the admin token may act for any client); " +
+      "`/admin/...` is operators' management and configuration (admin token); `/internal/...` is platform workers' spending (internal token).",
   },
   servers: [{ url: "/", description: "The worker serving this document" }],
   tags: [
@@ -19,6 +21,9 @@ const DOCUMENT = {
     { name: "usage", description: "The usage ledger, budgets and costs (API key scope usage:read or resources:read)" },
     { name: "internal", description: "Spending for the platform's workers that cannot use RPC (internal token)" },
     { name: "admin", description: "Operators: scheduler, alerts, clients' budgets (admin token)" },
+    { name: "clients", description: "Clients (tenants), their API keys, quotas and burst sessions. Reads under /api/clients/{id}/... (API key of that client, scopes quota:read or burst; or the admin token); management under /admin/... (admin token)" },
+    { name: "allocations", description: "Hierarchical compute allocations: quotas per depth, TTLs, subtree release (API key scope allocations)" },
+    { name: "pools", description: "Pool management, lifecycle and auto-scaling (admin token)" },
     { name: "docs", description: "This document and its interactive reference" },
   ],
 };

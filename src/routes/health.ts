@@ -1,6 +1,6 @@
 import { createRoute, OpenAPIHono, z } from "@hono/zod-openapi";
 import type { AppEnv } from "../http/context";
-import { authenticate } from "../http/auth";
+import { authenticate, requireScope } from "../http/auth";
 import { errorResponses } from "../http/errors";
 import { poolConfigs } from "../services/config";
 import { poolStub } from "../services/pools";
@@ -71,7 +71,7 @@ export const healthRoutes = new OpenAPIHono<AppEnv>()
   .openapi(
     createRoute({
       method: "get", path: "/status", tags: ["health"], summary: "Pools with level, capacity and utilization; counts",
-      middleware: [authenticate("admin", "internal", "client")],
+      middleware: [authenticate("admin", "internal", "client"), requireScope("resources:read")],
       security: [{ bearer: [] }],
       responses: {
         200: { description: "Current state.", content: { "application/json": { schema: Status } } },

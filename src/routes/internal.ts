@@ -47,7 +47,7 @@ const Released = z
 const json = <T extends z.ZodType>(schema: T) => ({ required: true, content: { "application/json": { schema } } });
 const guard = { security: [{ bearer: [] }], middleware: [authenticate("internal", "admin")], tags: ["internal"] };
 const spendErrors = errorResponses(
-  "bad_request", "validation_failed", "amount_exceeds_capacity", "unauthorized", "forbidden", "pool_forbidden",
+  "bad_request", "validation_failed", "amount_exceeds_capacity", "unauthorized", "forbidden", "client_suspended", "pool_forbidden",
   "pool_not_found", "client_not_found", "idempotency_conflict", "pool_inactive", "rate_limited",
 );
 
@@ -102,7 +102,8 @@ export const internalRoutes = new OpenAPIHono<AppEnv>()
     }),
     async (c) => {
       const b = c.req.valid("json");
-      const [caller, cfg] = await Promise.all([callerFor(c.env, c.var.principal, b.client_id, "internal"), poolConfig(c.env, b.pool)]);
+      // Settling what was reserved before a suspension is allowed: it frees units and records the spend.
+      const [caller, cfg] = await Promise.all([callerFor(c.env, c.var.principal, b.client_id, "internal", { allowSuspended: true }), poolConfig(c.env, b.pool)]);
       const r = unwrap(await poolStub(c.env, b.pool).release(cfg, caller, b.reservation_id, b.actual_used ?? 0));
       // Capacity came back: let waiting requests go without waiting for the cron.
       if (r.refunded > 0) c.executionCtx.waitUntil(schedulerStub(c.env).wake());

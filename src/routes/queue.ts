@@ -103,7 +103,7 @@ export const queueRoutes = new OpenAPIHono<AppEnv>()
       responses: {
         200: ok("Batch: each request accepted or rejected on its own.", BatchResult),
         202: ok("Queued (or the first request with this idempotency key).", Enqueued),
-        ...errorResponses("bad_request", "validation_failed", "unauthorized", "budget_exceeded", "forbidden", "template_not_found", "pool_not_found", "client_not_found"),
+        ...errorResponses("bad_request", "validation_failed", "unauthorized", "budget_exceeded", "quota_exceeded", "forbidden", "client_suspended", "template_not_found", "pool_not_found", "client_not_found"),
       },
     }),
     async (c) => {
@@ -154,7 +154,7 @@ export const queueRoutes = new OpenAPIHono<AppEnv>()
     createRoute({
       method: "delete", path: "/api/queue/{requestId}", ...guard, summary: "Remove a queued request (409 once it has left the queue)",
       request: { params: RequestId },
-      responses: { 200: ok("Cancelled.", z.object({ request: RequestView, trace_id: TraceId })), ...errorResponses("validation_failed", "unauthorized", "forbidden", "request_not_found", "request_state") },
+      responses: { 200: ok("Cancelled.", z.object({ request: RequestView, trace_id: TraceId })), ...errorResponses("validation_failed", "unauthorized", "forbidden", "client_suspended", "request_not_found", "request_state") },
     }),
     async (c) => {
       const request = await cancelRequest(c.env, c.req.valid("param").requestId, scope(c.var.principal), true);
@@ -168,7 +168,7 @@ export const queueRoutes = new OpenAPIHono<AppEnv>()
       responses: {
         200: ok("Ran: the request with its result.", Enqueued),
         202: ok("Queued: id, position and estimated wait.", Enqueued),
-        ...errorResponses("bad_request", "validation_failed", "unauthorized", "budget_exceeded", "forbidden", "template_not_found", "pool_not_found", "client_not_found", "worker_failed"),
+        ...errorResponses("bad_request", "validation_failed", "unauthorized", "budget_exceeded", "quota_exceeded", "forbidden", "client_suspended", "template_not_found", "pool_not_found", "client_not_found", "worker_failed"),
       },
     }),
     async (c) => {
@@ -194,7 +194,7 @@ export const queueRoutes = new OpenAPIHono<AppEnv>()
     createRoute({
       method: "post", path: "/api/execution/{requestId}/cancel", ...guard, summary: "Cancel a queued or running request; a running one is aborted and its reservations released",
       request: { params: RequestId },
-      responses: { 200: ok("Cancelled.", z.object({ request: RequestView, trace_id: TraceId })), ...errorResponses("validation_failed", "unauthorized", "forbidden", "request_not_found", "request_state") },
+      responses: { 200: ok("Cancelled.", z.object({ request: RequestView, trace_id: TraceId })), ...errorResponses("validation_failed", "unauthorized", "forbidden", "client_suspended", "request_not_found", "request_state") },
     }),
     async (c) => {
       const request = await cancelRequest(c.env, c.req.valid("param").requestId, scope(c.var.principal), false);

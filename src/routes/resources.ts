@@ -114,12 +114,13 @@ export const resourceRoutes = new OpenAPIHono<AppEnv>()
       request: { body: json(CheckRequest) },
       responses: {
         200: { description: "Per pool: allowed, what is available, and when enough will be.", content: { "application/json": { schema: CheckResult } } },
-        ...errorResponses("bad_request", "validation_failed", "amount_exceeds_capacity", "unauthorized", "forbidden", "pool_forbidden", "pool_not_found", "client_not_found"),
+        ...errorResponses("bad_request", "validation_failed", "amount_exceeds_capacity", "unauthorized", "forbidden", "client_suspended", "pool_forbidden", "pool_not_found", "client_not_found"),
       },
     }),
     async (c) => {
       const body = c.req.valid("json");
-      const caller = await callerFor(c.env, c.var.principal, body.client_id, "api");
+      // A check spends nothing: allowed for a suspended client (its own key is refused by method).
+      const caller = await callerFor(c.env, c.var.principal, body.client_id, "api", { allowSuspended: true });
       const amounts = amountsOf(body);
       const configs = await Promise.all(amounts.map((a) => poolConfig(c.env, a.pool)));
       const results = await Promise.all(
@@ -139,7 +140,7 @@ export const resourceRoutes = new OpenAPIHono<AppEnv>()
       request: { body: json(EstimateRequest) },
       responses: {
         200: { description: "Cost per pool and in total, in nano-dollars.", content: { "application/json": { schema: Estimate } } },
-        ...errorResponses("bad_request", "validation_failed", "unauthorized", "forbidden", "pool_forbidden", "pool_not_found", "template_not_found"),
+        ...errorResponses("bad_request", "validation_failed", "unauthorized", "forbidden", "client_suspended", "pool_forbidden", "pool_not_found", "template_not_found"),
       },
     }),
     async (c) => {

@@ -55,7 +55,7 @@ export class ResourceManagerRpc extends WorkerEntrypoint<Env> {
   }
 
   async check(clientId: string, pool: string, amount: number): Promise<CheckResult> {
-    return this.run(async () => unwrap(await poolStub(this.env, pool).check(await poolConfig(this.env, pool), await this.caller(clientId), positive(amount))));
+    return this.run(async () => unwrap(await poolStub(this.env, pool).check(await poolConfig(this.env, pool), await this.caller(clientId, true), positive(amount))));
   }
 
   async reserve(clientId: string, pool: string, amount: number, opts: { ttlMs?: number; requestId?: string; idempotencyKey?: string } = {}): Promise<ReserveResult> {
@@ -66,7 +66,7 @@ export class ResourceManagerRpc extends WorkerEntrypoint<Env> {
 
   async release(clientId: string, pool: string, reservationId: string, actualUsed = 0): Promise<ReleaseResult> {
     return this.run(async () => {
-      const released = unwrap(await poolStub(this.env, pool).release(await poolConfig(this.env, pool), await this.caller(clientId), reservationId, actualUsed));
+      const released = unwrap(await poolStub(this.env, pool).release(await poolConfig(this.env, pool), await this.caller(clientId, true), reservationId, actualUsed));
       if (released.refunded > 0) this.ctx.waitUntil(schedulerStub(this.env).wake());
       return released;
     });
@@ -78,10 +78,11 @@ export class ResourceManagerRpc extends WorkerEntrypoint<Env> {
     })));
   }
 
-  private async caller(clientId: string): Promise<Caller> {
+  /** The client acted for; a suspended one only for what starts nothing new (`allowSuspended`: check, release). */
+  private async caller(clientId: string, allowSuspended = false): Promise<Caller> {
     const client = typeof clientId === "string" ? await clientTier(this.env, clientId) : null;
     if (!client) throw new AppError("client_not_found", `no client ${String(clientId)}`);
-    if (client.status === "suspended") throw new AppError("forbidden", `client ${clientId} is suspended`);
+    if (client.status === "suspended" && !allowSuspended) throw new AppError("client_suspended", `client ${clientId} is suspended: new work is refused`);
     return { clientId, tier: client.tier, via: "rpc" };
   }
 

@@ -4,6 +4,9 @@ import { AppError } from "../errors";
 import { findBudgetSettings, findClientTier, findKeyOwner, listTiers, type KeyOwner, type TierRow } from "../storage/clients";
 import { listPools } from "../storage/pools";
 import { listTemplates, type Template } from "../storage/templates";
+import { findQuotaOverrides, listBurstPolicies } from "../storage/quotas";
+import type { BurstPolicy } from "../domain/burst";
+import type { ResolvedQuota } from "../domain/quota";
 import { TtlCache } from "./cache";
 
 const pools = new TtlCache<Map<string, PoolConfig>>(1);
@@ -12,6 +15,8 @@ const keys = new TtlCache<KeyOwner | null>();
 const tiers = new TtlCache<Map<Tier, TierRow>>(1);
 const clients = new TtlCache<{ tier: Tier; status: string } | null>();
 const budgets = new TtlCache<BudgetLimit | null>();
+const quotas = new TtlCache<ResolvedQuota | null>();
+const burstPolicies = new TtlCache<Map<string, BurstPolicy>>(1);
 
 function ttl(env: Env): number {
   return Number(env.CONFIG_TTL_MS) || 5000;
@@ -57,6 +62,28 @@ export function tierLimits(env: Env): Promise<Map<Tier, TierRow>> {
   return tiers.get("all", ttl(env), async () => new Map((await listTiers(env.DB)).map((t) => [t.id, t])));
 }
 
+/**
+ * The quota that applies to a client: the operator's overrides, else its tier's concurrency and no
+ * CPU, memory or daily caps. Null for an unknown client.
+ */
+export function clientQuota(env: Env, clientId: string): Promise<ResolvedQuota | null> {
+  return quotas.get(clientId, ttl(env), async () => {
+    const [client, overrides, tiers] = await Promise.all([findClientTier(env.DB, clientId), findQuotaOverrides(env.DB, clientId), tierLimits(env)]);
+    if (!client) return null;
+    return {
+      maxConcurrent: overrides?.max_concurrent ?? tiers.get(client.tier)?.max_concurrent ?? 1,
+      cpuMillicores: overrides?.cpu_millicores ?? null,
+      memoryMb: overrides?.memory_mb ?? null,
+      poolDaily: overrides?.pool_daily ?? {},
+    };
+  });
+}
+
+/** Burst policies by tier. */
+export function burstPolicyByTier(env: Env): Promise<Map<string, BurstPolicy>> {
+  return burstPolicies.get("all", ttl(env), async () => new Map((await listBurstPolicies(env.DB)).map((p) => [p.tier, p])));
+}
+
 /** Forget everything cached in this isolate (after an admin change, and in tests). */
 export function clearConfigCache(): void {
   pools.clear();
@@ -65,4 +92,6 @@ export function clearConfigCache(): void {
   clients.clear();
   tiers.clear();
   budgets.clear();
+  quotas.clear();
+  burstPolicies.clear();
 }

@@ -20,9 +20,14 @@ export function unwrap<T>(result: Result<T>): T {
 
 /**
  * The caller a spend is attributed to. A client's key speaks for its own client only; the internal
- * and admin tokens name the client they act for.
+ * and admin tokens name the client they act for. New work for a suspended client is refused (403
+ * `client_suspended`); `allowSuspended` is for what starts nothing: reads (checks, estimates) and
+ * settling what was started before the suspension (release). A suspended client's own key is refused
+ * earlier, by authenticate().
  */
-export async function callerFor(env: Env, principal: Principal, clientId: string | undefined, via: string): Promise<Caller> {
+export async function callerFor(
+  env: Env, principal: Principal, clientId: string | undefined, via: string, opts: { allowSuspended?: boolean } = {},
+): Promise<Caller> {
   if (principal.kind === "client") {
     if (clientId !== undefined && clientId !== principal.clientId) {
       throw new AppError("forbidden", "an API key may act only for its own client", { client_id: clientId });
@@ -36,7 +41,9 @@ export async function callerFor(env: Env, principal: Principal, clientId: string
   }
   const client = await clientTier(env, clientId);
   if (!client) throw new AppError("client_not_found", `no client ${clientId}`, { client_id: clientId });
-  if (client.status === "suspended") throw new AppError("forbidden", `client ${clientId} is suspended`);
+  if (client.status === "suspended" && !opts.allowSuspended) {
+    throw new AppError("client_suspended", `client ${clientId} is suspended: new work is refused`, { client_id: clientId });
+  }
   return { clientId, tier: client.tier, via };
 }
 

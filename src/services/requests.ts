@@ -3,7 +3,11 @@ import type { Caller } from "../domain/types";
 import { AppError, type ErrorBody } from "../errors";
 import type { BudgetView } from "../domain/budget";
 import { newRequestId, type EnqueueOutcome, type NewRequest, type PositionView, type RequestView } from "../objects/scheduler";
-import { budgetLimit, templateConfig, tierLimits } from "./config";
+import { dayStart } from "../domain/calendar";
+import type { QuotaShortfall } from "../domain/quota";
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+import { budgetLimit, clientQuota, templateConfig, tierLimits } from "./config";
 import { estimateCost, type CostEstimate } from "./estimate";
 import { unwrap } from "./pools";
 
@@ -82,13 +86,37 @@ async function admitAll(env: Env, caller: Caller, specs: RequestSpec[]): Promise
   if (fresh.length === 0) return prepared;
   const limit = await budgetLimit(env, caller.clientId);
   if (!limit) throw new AppError("client_not_found", `no client ${caller.clientId}`, { client_id: caller.clientId });
-  const decisions = await clientStub(env, caller.clientId).admit(limit, fresh.map((p) => ({ requestId: p.value.id!, estimateNano: p.value.estimateNano })));
   const refused = new Map<number, ErrorBody>();
-  fresh.forEach((p, i) => {
+  // Daily caps per pool first (nothing held), then money (held in flight) for what fits.
+  const quota = await clientQuota(env, caller.clientId);
+  const client = clientStub(env, caller.clientId);
+  const daily = quota ? await client.checkDaily(quota, fresh.map((p) => unitsByPool(p.value))) : fresh.map(() => ({ ok: true as const }));
+  daily.forEach((d, i) => {
+    if (!d.ok) refused.set(fresh[i]!.index, quotaRefusal(caller, d.shortfall));
+  });
+  const affordable = fresh.filter((p) => !refused.has(p.index));
+  const decisions = affordable.length ? await client.admit(limit, affordable.map((p) => ({ requestId: p.value.id!, estimateNano: p.value.estimateNano }))) : [];
+  affordable.forEach((p, i) => {
     const d = decisions[i]!;
     if (!d.ok) refused.set(p.index, budgetRefusal(caller, p.value, p.alternative, d.budget));
   });
   return prepared.map((p) => (refused.has(p.index) ? { ok: false, error: refused.get(p.index)!, index: p.index } : p));
+}
+
+function unitsByPool(request: NewRequest): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const e of request.estimate) out[e.pool] = (out[e.pool] ?? 0) + e.units;
+  return out;
+}
+
+/** The 429 body for a daily cap: which pool, its cap, today's use, what the request needs, the shortfall. */
+export function quotaRefusal(caller: Caller, shortfall: QuotaShortfall): ErrorBody {
+  const what = shortfall.limit === "pool_daily" ? `its daily cap of ${shortfall.limit_value} units of ${shortfall.pool}` : `its ${shortfall.limit} quota of ${shortfall.limit_value}`;
+  return {
+    code: "quota_exceeded",
+    message: `client ${caller.clientId} would exceed ${what} by ${shortfall.shortfall}`,
+    details: { client_id: caller.clientId, ...shortfall, ...(shortfall.limit === "pool_daily" ? { retry_after_ms: dayStart(Date.now()) + DAY_MS - Date.now() } : {}) },
+  };
 }
 
 /** The 402 body: the budget, what is spent and in flight, when it resets, and a cheaper template if one fits. */
