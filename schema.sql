@@ -169,7 +169,9 @@ CREATE TABLE IF NOT EXISTS client_quotas (
   cpu_millicores INTEGER CHECK (cpu_millicores IS NULL OR cpu_millicores > 0),
   memory_mb INTEGER CHECK (memory_mb IS NULL OR memory_mb > 0),
   pool_daily TEXT NOT NULL DEFAULT '{}',
-  updated_at INTEGER NOT NULL
+  updated_at INTEGER NOT NULL,
+  -- Fair-share weight in dispatch (issue 7); NULL: the tier's.
+  weight INTEGER CHECK (weight IS NULL OR weight BETWEEN 1 AND 1000)
 );
 
 -- Who may burst above quota, how far, for how long, how often, and whether an operator must approve.
@@ -257,3 +259,55 @@ CREATE TABLE IF NOT EXISTS scaling_events (
 );
 CREATE INDEX IF NOT EXISTS scaling_events_at ON scaling_events (at, id);
 CREATE INDEX IF NOT EXISTS scaling_events_pool_at ON scaling_events (pool_id, at, id);
+
+-- ---- Cost optimizer (issue 5) -------------------------------------------------------------------
+
+-- A client's optimizer switches. No row for a strategy: on (every strategy is on by default).
+CREATE TABLE IF NOT EXISTS client_optimizer (
+  client_id TEXT NOT NULL REFERENCES clients (id) ON DELETE CASCADE,
+  strategy TEXT NOT NULL CHECK (strategy IN ('downgrade', 'batching', 'caching', 'compression', 'off_peak')),
+  enabled INTEGER NOT NULL CHECK (enabled IN (0, 1)),
+  updated_at INTEGER NOT NULL,
+  PRIMARY KEY (client_id, strategy)
+);
+
+-- A template's optimizer options. No row: cache TTL 1 h, batches of up to 10, compression above 4096 bytes.
+CREATE TABLE IF NOT EXISTS template_options (
+  template_id TEXT PRIMARY KEY,
+  cache_ttl_ms INTEGER NOT NULL CHECK (cache_ttl_ms > 0),
+  batch_size INTEGER NOT NULL CHECK (batch_size BETWEEN 1 AND 1000),
+  compress_threshold_bytes INTEGER NOT NULL CHECK (compress_threshold_bytes >= 0),
+  updated_at INTEGER NOT NULL
+);
+
+-- What the optimizer saved, per request and strategy: one row each, so a repeated report adds nothing.
+-- Cache hits are rows of strategy 'caching' (saved_nano: what the original execution cost).
+CREATE TABLE IF NOT EXISTS optimizer_savings (
+  id TEXT PRIMARY KEY,
+  request_id TEXT NOT NULL,
+  client_id TEXT NOT NULL,
+  template TEXT NOT NULL,
+  strategy TEXT NOT NULL CHECK (strategy IN ('downgrade', 'batching', 'caching', 'compression', 'off_peak')),
+  saved_nano INTEGER NOT NULL CHECK (saved_nano >= 0),
+  bytes_saved INTEGER NOT NULL DEFAULT 0 CHECK (bytes_saved >= 0),
+  at INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS optimizer_savings_request_strategy ON optimizer_savings (request_id, strategy);
+CREATE INDEX IF NOT EXISTS optimizer_savings_client_at ON optimizer_savings (client_id, at);
+CREATE INDEX IF NOT EXISTS optimizer_savings_template ON optimizer_savings (template, strategy, at);
+
+-- Results of cacheable templates by key (SHA-256 over client, template, model and params). `result`
+-- is JSON text, gzip-compressed ("gz:" + base64) above the template's threshold.
+CREATE TABLE IF NOT EXISTS result_cache (
+  key TEXT PRIMARY KEY,
+  template TEXT NOT NULL,
+  result TEXT NOT NULL,
+  -- What the execution that produced the result cost: what each hit saves.
+  cost_nano INTEGER NOT NULL CHECK (cost_nano >= 0),
+  created_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS result_cache_expires ON result_cache (expires_at);
+
+-- Recommendations read a client's finished requests by time.
+CREATE INDEX IF NOT EXISTS request_log_client_finished ON request_log (client_id, finished_at);

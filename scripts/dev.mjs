@@ -15,7 +15,7 @@ if (!existsSync(".dev.vars")) {
 }
 // Columns added to tables that existed before them: CREATE TABLE IF NOT EXISTS does not add them to a
 // local D1 made by an older version, so add each one; "duplicate column" means it is already there.
-for (const [table, column] of [["api_keys", "name TEXT"]]) {
+for (const [table, column] of [["api_keys", "name TEXT"], ["client_quotas", "weight INTEGER CHECK (weight IS NULL OR weight BETWEEN 1 AND 1000)"]]) {
   const r = wrangler(["d1", "execute", "DB", "--local", "--command", `ALTER TABLE ${table} ADD COLUMN ${column}`], { stdio: "pipe", encoding: "utf8" });
   if (r.status !== 0 && !/duplicate column|no such table/i.test(`${r.stdout}${r.stderr}`)) {
     process.stderr.write(`${r.stdout}${r.stderr}`);

@@ -18,6 +18,11 @@ export interface PriorityInput {
   createdAt: number;
   /** This client's share (0..1) of the work dispatched recently. */
   recentShare: number;
+  /**
+   * The share this client is entitled to (0..1]: its weight over the weights of every client with
+   * work waiting. Default 1, i.e. fairness falls with the share itself.
+   */
+  entitled?: number;
 }
 
 export interface Priority {
@@ -37,7 +42,8 @@ export function priorityOf(input: PriorityInput, now: number): Priority {
   const waited = Math.max(0, now - input.createdAt);
   const wait = Math.min(MAX_WAIT_POINTS, (waited / STARVATION_MS) * MAX_WAIT_POINTS);
   const share = Math.min(1, Math.max(0, Number.isFinite(input.recentShare) ? input.recentShare : 0));
-  const fairness = MAX_FAIRNESS_POINTS * (1 - share);
+  const entitled = input.entitled !== undefined && input.entitled > 0 ? Math.min(1, input.entitled) : 1;
+  const fairness = MAX_FAIRNESS_POINTS * (1 - Math.min(1, share / entitled));
   const tier = TIER_POINTS[input.tier];
   const queue = QUEUE_POINTS[input.queue];
   return { score: round2(tier + queue + wait + fairness), tier, queue, wait: round2(wait), fairness: round2(fairness), starved: waited >= STARVATION_MS };
@@ -60,6 +66,83 @@ export function rank<T extends Rankable>(items: T[], now: number): Array<T & { p
       a.createdAt - b.createdAt ||
       (a.id < b.id ? -1 : a.id > b.id ? 1 : 0),
     );
+}
+
+/** Fair-share weight by tier, proportional to the tier's points; an operator may set a client's own. */
+export const TIER_WEIGHTS: Record<Tier, number> = { enterprise: 4, premium: 3, standard: 2, basic: 1 };
+
+export interface FairItem {
+  id: string;
+  clientId: string;
+  tier: Tier;
+  queue: QueueName;
+  createdAt: number;
+}
+
+/**
+ * Weighted fair dispatch order. Each client's requests are taken in their own priority order; across
+ * clients, the next pick is the client whose next request scores highest, where the fairness term
+ * compares the client's share of dispatches (recent ones plus the picks made so far in this order)
+ * with its entitlement: its weight over the weights of all clients with work waiting. So requests the
+ * rest of the formula leaves equal are dispatched in proportion to the clients' weights, and a burst
+ * of dispatches in one pass is interleaved by weight too. Starved requests still come first.
+ * `limit` bounds the interleaved part; the rest follows in plain priority order.
+ */
+export function fairRank<T extends FairItem>(
+  items: T[], now: number, recent: ReadonlyMap<string, number>, weightOf: (clientId: string, tier: Tier) => number, limit = Infinity,
+): Array<T & { priority: Priority }> {
+  const byClient = new Map<string, T[]>();
+  for (const item of items) {
+    const list = byClient.get(item.clientId);
+    if (list) list.push(item);
+    else byClient.set(item.clientId, [item]);
+  }
+  const clients = [...byClient].map(([clientId, list]) => {
+    const ranked = rank(list.map((i) => ({ ...i, recentShare: 0 })), now);
+    return { clientId, ranked, next: 0, weight: Math.max(1e-9, weightOf(clientId, list[0]!.tier)), count: recent.get(clientId) ?? 0 };
+  });
+  const totalWeight = clients.reduce((sum, c) => sum + c.weight, 0);
+  let total = [...recent.values()].reduce((a, b) => a + b, 0);
+  const out: Array<T & { priority: Priority }> = [];
+  const scoreOf = (c: (typeof clients)[number]) => {
+    const head = c.ranked[c.next]!;
+    return priorityOf({ ...head, recentShare: total > 0 ? c.count / total : 0, entitled: c.weight / totalWeight }, now);
+  };
+  while (out.length < Math.min(limit, items.length)) {
+    let best: (typeof clients)[number] | null = null;
+    let bestPriority: Priority | null = null;
+    for (const c of clients) {
+      if (c.next >= c.ranked.length) continue;
+      const p = scoreOf(c);
+      const head = c.ranked[c.next]!;
+      if (
+        !bestPriority ||
+        Number(p.starved) - Number(bestPriority.starved) > 0 ||
+        (p.starved === bestPriority.starved && (p.score > bestPriority.score ||
+          (p.score === bestPriority.score && precedes(head, best!.ranked[best!.next]!))))
+      ) {
+        best = c;
+        bestPriority = p;
+      }
+    }
+    if (!best || !bestPriority) break;
+    const { recentShare: _share, priority: _own, ...item } = best.ranked[best.next]!;
+    out.push({ ...(item as unknown as T), priority: bestPriority });
+    best.next += 1;
+    best.count += 1;
+    total += 1;
+  }
+  if (out.length < items.length) {
+    const rest = clients.flatMap((c) => c.ranked.slice(c.next)).map(({ recentShare: _s, priority: _p, ...item }) => item as unknown as T);
+    out.push(...rank(rest.map((i) => ({ ...i, recentShare: total > 0 ? (recent.get(i.clientId) ?? 0) / total : 0 })), now)
+      .map(({ recentShare: _s, ...i }) => i as unknown as T & { priority: Priority }));
+  }
+  return out;
+}
+
+/** Equal scores: the older request first, then by id (a total order). */
+function precedes(a: { createdAt: number; id: string }, b: { createdAt: number; id: string }): boolean {
+  return a.createdAt < b.createdAt || (a.createdAt === b.createdAt && a.id < b.id);
 }
 
 /** Retry backoff: 1 s, 2 s, 4 s ... capped at 60 s. */

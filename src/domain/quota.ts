@@ -13,6 +13,8 @@ export interface ResolvedQuota {
   memoryMb: number | null;
   /** Units per UTC day per pool; a pool not named has no cap. */
   poolDaily: Record<string, number>;
+  /** Fair-share weight in dispatch; null or absent: the tier's (see TIER_WEIGHTS). Not a limit. */
+  weight?: number | null;
 }
 
 /** One job asking to run: a request's dispatch (kind "request") or an allocation (kind "allocation"). */

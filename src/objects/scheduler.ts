@@ -1,6 +1,6 @@
 import { DurableObject } from "cloudflare:workers";
 import { dayStart } from "../domain/calendar";
-import { backoffMs, priorityOf, QUEUES, rank, type Priority, type QueueName } from "../domain/priority";
+import { backoffMs, fairRank, priorityOf, QUEUES, TIER_WEIGHTS, type Priority, type QueueName } from "../domain/priority";
 import type { Caller, PoolAmount, PoolConfig, Tier } from "../domain/types";
 import type { ErrorBody } from "../errors";
 import { mergeDecisions, queueAlerts, workerAlerts, WORKER_WINDOW_MS, type WorkerOutcome } from "../domain/alerts";
@@ -226,6 +226,8 @@ export class SchedulerObject extends DurableObject<Env> {
   /** A call failed since the last alert check: check at the next pass without waiting. */
   private alertsDirty = false;
   private rankCache: { at: number; order: string[] } | null = null;
+  /** Operators' fair-share weights of clients with queued work (refreshed by each pass). */
+  private weights = new Map<string, number>();
   private settleBuffer: Array<{ id: string; attempt: number; outcome: Outcome }> = [];
   private settleTimer: ReturnType<typeof setTimeout> | null = null;
   private alarmAt: number | null = null;
@@ -512,7 +514,7 @@ export class SchedulerObject extends DurableObject<Env> {
       await this.flushFinished();
       return 0;
     }
-    const [templates, pools] = await Promise.all([templateConfigs(this.env), poolConfigs(this.env)]);
+    const [templates, pools] = await Promise.all([templateConfigs(this.env), poolConfigs(this.env), onlyIds ? undefined : this.loadWeights()]);
     const order = onlyIds ?? this.readyOrder(now);
     const blockedPools = new Set<string>();
     const fullClients = new Set<string>();
@@ -594,9 +596,9 @@ export class SchedulerObject extends DurableObject<Env> {
   /** Queued ids in dispatch order (ready ones first), with current fairness shares. */
   private rankedOrder(now: number): string[] {
     if (this.rankCache && now - this.rankCache.at < RANK_CACHE_MS) return this.rankCache.order;
-    const shares = this.shares(now);
-    const all = [...this.queued.values()].map((q) => ({ ...q, recentShare: shares.get(q.clientId) ?? 0 }));
-    const ready = rank(all.filter((q) => q.notBefore <= now), now).map((q) => q.id);
+    const all = [...this.queued.values()];
+    const ready = fairRank(all.filter((q) => q.notBefore <= now), now, this.recentCounts(now), (client, tier) => this.weights.get(client) ?? TIER_WEIGHTS[tier], SCAN_LIMIT)
+      .map((q) => q.id);
     const later = all.filter((q) => q.notBefore > now).sort((a, b) => a.notBefore - b.notBefore || a.createdAt - b.createdAt).map((q) => q.id);
     const order = [...ready, ...later];
     this.rankCache = { at: now, order };
@@ -629,6 +631,25 @@ export class SchedulerObject extends DurableObject<Env> {
     const avgRunMs = this.durations.length ? this.durations.reduce((a, b) => a + b, 0) / this.durations.length : 1000;
     const byThroughput = rate > 0 ? (position / rate) * 1000 : Math.ceil(position / MAX_IN_FLIGHT) * avgRunMs;
     return { position, estimated_wait_ms: Math.round(Math.max(byThroughput, q.notBefore - now)) };
+  }
+
+  /** Dispatches per client within the fairness window. */
+  private recentCounts(now: number): Map<string, number> {
+    this.pruneLog(now);
+    const counts = new Map<string, number>();
+    for (const d of this.dispatchLog) counts.set(d.clientId, (counts.get(d.clientId) ?? 0) + 1);
+    return counts;
+  }
+
+  /** Fair-share weights of the clients with queued work (operators' settings; the tier's otherwise). */
+  private async loadWeights(): Promise<void> {
+    const clients = new Set<string>();
+    for (const q of this.queued.values()) clients.add(q.clientId);
+    const loaded = await Promise.all([...clients].map(async (id) => [id, (await clientQuota(this.env, id))?.weight ?? null] as const));
+    const next = new Map<string, number>();
+    for (const [id, weight] of loaded) if (weight !== null) next.set(id, weight);
+    if (next.size !== this.weights.size || [...next].some(([id, w]) => this.weights.get(id) !== w)) this.rankCache = null;
+    this.weights = next;
   }
 
   private shares(now: number): Map<string, number> {

@@ -42,6 +42,8 @@ const QuotaView = z
     day: z.string().openapi({ description: "The UTC day the per-pool figures are for, 'YYYY-MM-DD'" }),
     quota: Limits.openapi({ description: "The configured quota: operator overrides, else the tier's concurrency and no other limits" }),
     effective: Limits.openapi({ description: "What applies now: the quota raised by an active burst (daily caps are never raised)" }),
+    weight: z.number().int().openapi({ description: "Fair-share weight in dispatch: among requests the priority formula leaves equal, clients are served in proportion to their weights" }),
+    weight_source: z.enum(["tier", "client"]).openapi({ description: "tier: the tier's weight (enterprise 4, premium 3, standard 2, basic 1); client: set by an operator" }),
     burst: BurstSessionView.nullable(),
     usage: z.object({
       active_jobs: z.number().int(),
@@ -66,6 +68,7 @@ const SetQuota = z
     cpu_millicores: z.number().int().min(1).max(100_000_000).nullable().openapi({ description: "null: no limit" }),
     memory_mb: z.number().int().min(1).max(100_000_000).nullable().openapi({ description: "null: no limit" }),
     pool_daily: z.record(PoolId, z.number().int().min(0).max(MAX_UNITS)).default({}).openapi({ description: "Units per UTC day per pool" }),
+    weight: z.number().int().min(1).max(1000).nullable().default(null).openapi({ description: "Fair-share weight in dispatch; null: the tier's" }),
   })
   .strict()
   .openapi("SetQuota", { description: "The whole quota (a PUT replaces it); null fields take the default" });

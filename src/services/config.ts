@@ -75,6 +75,7 @@ export function clientQuota(env: Env, clientId: string): Promise<ResolvedQuota |
       cpuMillicores: overrides?.cpu_millicores ?? null,
       memoryMb: overrides?.memory_mb ?? null,
       poolDaily: overrides?.pool_daily ?? {},
+      weight: overrides?.weight ?? null,
     };
   });
 }

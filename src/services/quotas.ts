@@ -1,5 +1,6 @@
 import type { BurstAsk, BurstPolicy, BurstSession } from "../domain/burst";
 import { dayKey } from "../domain/calendar";
+import { TIER_WEIGHTS } from "../domain/priority";
 import type { QuotaDecision, ResolvedQuota } from "../domain/quota";
 import type { Tier } from "../domain/types";
 import { AppError } from "../errors";
@@ -21,14 +22,17 @@ export async function requireQuota(env: Env, clientId: string): Promise<Resolved
 }
 
 /** A quota as the API shows it: limits (configured and with any burst), use, and per pool today. */
-export function quotaView(clientId: string, state: QuotaState) {
+export function quotaView(clientId: string, tier: Tier, state: QuotaState) {
   const limits = (q: ResolvedQuota) => ({ max_concurrent: q.maxConcurrent, cpu_millicores: q.cpuMillicores, memory_mb: q.memoryMb, pool_daily: q.poolDaily });
+  const weight = state.quota.weight ?? null;
   const pools = new Set([...Object.keys(state.quota.poolDaily), ...Object.keys(state.use.poolToday)]);
   return {
     client_id: clientId,
     day: dayKey(Date.now()),
     quota: limits(state.quota),
     effective: limits(state.effective),
+    weight: weight ?? TIER_WEIGHTS[tier],
+    weight_source: (weight === null ? "tier" : "client") as "tier" | "client",
     burst: state.burst,
     usage: {
       active_jobs: state.use.jobs,
@@ -46,8 +50,8 @@ export function quotaView(clientId: string, state: QuotaState) {
 }
 
 export async function getQuota(env: Env, clientId: string) {
-  const quota = await requireQuota(env, clientId);
-  return quotaView(clientId, await clientStub(env, clientId).quotaState(quota));
+  const [quota, client] = await Promise.all([requireQuota(env, clientId), clientTier(env, clientId)]);
+  return quotaView(clientId, client!.tier, await clientStub(env, clientId).quotaState(quota));
 }
 
 /** Replace a client's quota overrides (null: the default). Every pool named must exist. */

@@ -74,21 +74,23 @@ export interface QuotaOverrides {
   cpu_millicores: number | null;
   memory_mb: number | null;
   pool_daily: Record<string, number>;
+  /** Fair-share weight in dispatch; null: the tier's. */
+  weight: number | null;
 }
 
 export async function findQuotaOverrides(db: D1Database, clientId: string): Promise<QuotaOverrides | null> {
-  const row = await db.prepare("SELECT max_concurrent, cpu_millicores, memory_mb, pool_daily FROM client_quotas WHERE client_id = ?1").bind(clientId)
-    .first<{ max_concurrent: number | null; cpu_millicores: number | null; memory_mb: number | null; pool_daily: string }>();
+  const row = await db.prepare("SELECT max_concurrent, cpu_millicores, memory_mb, pool_daily, weight FROM client_quotas WHERE client_id = ?1").bind(clientId)
+    .first<{ max_concurrent: number | null; cpu_millicores: number | null; memory_mb: number | null; pool_daily: string; weight: number | null }>();
   return row ? { ...row, pool_daily: JSON.parse(row.pool_daily) as Record<string, number> } : null;
 }
 
 export async function putQuotaOverrides(db: D1Database, clientId: string, q: QuotaOverrides, now = Date.now()): Promise<void> {
   await db
     .prepare(
-      `INSERT INTO client_quotas (client_id, max_concurrent, cpu_millicores, memory_mb, pool_daily, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+      `INSERT INTO client_quotas (client_id, max_concurrent, cpu_millicores, memory_mb, pool_daily, weight, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
        ON CONFLICT (client_id) DO UPDATE SET max_concurrent = excluded.max_concurrent, cpu_millicores = excluded.cpu_millicores,
-         memory_mb = excluded.memory_mb, pool_daily = excluded.pool_daily, updated_at = excluded.updated_at`,
+         memory_mb = excluded.memory_mb, pool_daily = excluded.pool_daily, weight = excluded.weight, updated_at = excluded.updated_at`,
     )
-    .bind(clientId, q.max_concurrent, q.cpu_millicores, q.memory_mb, JSON.stringify(q.pool_daily), now)
+    .bind(clientId, q.max_concurrent, q.cpu_millicores, q.memory_mb, JSON.stringify(q.pool_daily), q.weight, now)
     .run();
 }
