@@ -107,7 +107,7 @@ CREATE INDEX IF NOT EXISTS usage_daily_client_day ON usage_daily (client_id, day
 -- budget_95 carry the month in their dedupe key ("budget_80:acme:2026-04"): once per client per month.
 CREATE TABLE IF NOT EXISTS alerts (
   id TEXT PRIMARY KEY,
-  kind TEXT NOT NULL CHECK (kind IN ('pool_low', 'budget_80', 'budget_95', 'budget_exhausted', 'queue_backup', 'starvation', 'worker_failures', 'worker_timeouts')),
+  kind TEXT NOT NULL CHECK (kind IN ('pool_low', 'budget_80', 'budget_95', 'budget_exhausted', 'queue_backup', 'starvation', 'worker_failures', 'worker_timeouts', 'sla_breach')),
   -- What the alert is about: a pool id, client id, queue name ("all" for the total), or template id.
   subject TEXT NOT NULL,
   severity TEXT NOT NULL CHECK (severity IN ('info', 'warning', 'critical')),
@@ -311,3 +311,16 @@ CREATE INDEX IF NOT EXISTS result_cache_expires ON result_cache (expires_at);
 
 -- Recommendations read a client's finished requests by time.
 CREATE INDEX IF NOT EXISTS request_log_client_finished ON request_log (client_id, finished_at);
+
+-- ---- Service levels (issue 7) ---------------------------------------------------------------------
+
+-- SLA targets per tier and queue; no row: the defaults in src/domain/sla.ts.
+CREATE TABLE IF NOT EXISTS sla_targets (
+  tier TEXT NOT NULL REFERENCES tiers (id),
+  queue TEXT NOT NULL CHECK (queue IN ('immediate', 'fast', 'normal', 'batch', 'deferred')),
+  max_wait_ms INTEGER NOT NULL CHECK (max_wait_ms > 0),
+  max_exec_ms INTEGER NOT NULL CHECK (max_exec_ms > 0),
+  target_percent REAL NOT NULL CHECK (target_percent > 0 AND target_percent <= 100),
+  updated_at INTEGER NOT NULL,
+  PRIMARY KEY (tier, queue)
+);

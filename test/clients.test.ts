@@ -450,6 +450,19 @@ describe("delete", () => {
     expect(await runInDurableObject(stub, async (_o, state) => state.storage.get("marker"))).toBeUndefined();
   });
 
+  it("with a live allocation only: 409 client_busy; force=true releases it and the capacity comes back", async () => {
+    const c = await newClient();
+    const alloc = await admin("POST", "/api/resources/allocate", { client_id: c.id, job_id: "job-1", workers: 2 });
+    expect(alloc.status, JSON.stringify(alloc.body)).toBe(201);
+    const busy = await admin("DELETE", `/admin/clients/${c.id}`);
+    expectError(busy, 409, "client_busy");
+    expect(busy.body.error.details).toEqual({ client_id: c.id, queued: 0, running: 0, allocations: 1 });
+    const forced = await admin("DELETE", `/admin/clients/${c.id}?force=true`);
+    expect(forced.status, JSON.stringify(forced.body)).toBe(200);
+    const after = await admin("GET", `/api/resources/allocations/${alloc.body.allocation.id}`);
+    expect(after.body.allocation.state).toBe("released");
+  });
+
   it("with queued work: 409 client_busy naming the counts and nothing changes; force=true cancels it all, deletes, and the key stops", async () => {
     const c = await newClient();
     const k = await newKey(c.id, ["execute", "usage:read"]);
@@ -458,7 +471,7 @@ describe("delete", () => {
 
     const busy = await admin("DELETE", `/admin/clients/${c.id}`);
     expectError(busy, 409, "client_busy");
-    expect(busy.body.error.details).toEqual({ client_id: c.id, queued: 3, running: 0 });
+    expect(busy.body.error.details).toEqual({ client_id: c.id, queued: 3, running: 0, allocations: 0 });
     expectError(await admin("DELETE", `/admin/clients/${c.id}?force=false`), 409, "client_busy");
     expect((await admin("GET", `/admin/clients/${c.id}`)).body.counts).toEqual({ active_keys: 1, queued: 3, running: 0 });
     expect((await call("GET", `/api/execution/${ids[0]}`, { token: k.key })).body.request.status).toBe("queued");

@@ -89,12 +89,12 @@ describe("weighted fair dispatch (the scheduler)", () => {
     })));
     // interleave the enqueue order so that arrival order favours nobody
     const mixed = Array.from({ length: perClient }, (_, i) => clients.map((_, c) => items[c * perClient + i]!)).flat();
-    const outcomes = await scheduler().enqueue(mixed);
+    const outcomes = (await scheduler().enqueue(mixed)) as Array<{ request: { id: string } }>;
     const ids = outcomes.map((o) => o.request.id);
     await call("POST", "/admin/scheduler/start", { token: ADMIN });
     await scheduler().pass("test");
     const done = await eventually(async () => {
-      const views = await Promise.all(ids.map((id) => scheduler().get(id, null)));
+      const views = (await Promise.all(ids.map((id) => scheduler().get(id, null)))) as Array<{ client_id: string; dispatch_seq: number | null } | null>;
       return views.every((v) => v && v.dispatch_seq !== null) ? views : null;
     }, 60_000, "everything dispatched");
     const order = done.map((v) => ({ clientId: v!.client_id, seq: v!.dispatch_seq! })).sort((a, b) => a.seq - b.seq);

@@ -5,7 +5,7 @@ import { STARVATION_MS } from "./priority";
  * and answers what to raise and what to clear; storage and delivery are the caller's business.
  */
 export const ALERT_KINDS = [
-  "pool_low", "budget_80", "budget_95", "budget_exhausted", "queue_backup", "starvation", "worker_failures", "worker_timeouts",
+  "pool_low", "budget_80", "budget_95", "budget_exhausted", "queue_backup", "starvation", "worker_failures", "worker_timeouts", "sla_breach",
 ] as const;
 export type AlertKind = (typeof ALERT_KINDS)[number];
 
@@ -41,6 +41,7 @@ export const ALERT_SEVERITY: Record<AlertKind, AlertSeverity> = {
   starvation: "warning",
   worker_failures: "critical",
   worker_timeouts: "warning",
+  sla_breach: "warning",
 };
 
 /** Kinds that fire at most once per subject per calendar month (UTC), even after being resolved. */
@@ -102,15 +103,18 @@ export interface PoolLevel {
   id: string;
   level: number;
   capacity: number;
+  /** The pool's own low-water threshold; POOL_LOW_PERCENT when not given. */
+  lowWaterPercent?: number;
 }
 
-/** A pool is low when its level is strictly below 10% of its capacity. */
+/** A pool is low when its level is strictly below its low-water percent (default 10%) of its capacity. */
 export function poolAlerts(pools: PoolLevel[]): AlertDecision {
   const decision: AlertDecision = { raise: [], clear: [] };
   for (const p of pools) {
-    if (p.level * 100 < p.capacity * POOL_LOW_PERCENT) {
+    const threshold = p.lowWaterPercent ?? POOL_LOW_PERCENT;
+    if (p.level * 100 < p.capacity * threshold) {
       decision.raise.push(alert("pool_low", p.id, `pool ${p.id} is at ${percentText(p.level, p.capacity)} of capacity (${p.level} of ${p.capacity})`, {
-        pool: p.id, level: p.level, capacity: p.capacity, threshold_percent: POOL_LOW_PERCENT,
+        pool: p.id, level: p.level, capacity: p.capacity, threshold_percent: threshold,
       }));
     } else {
       decision.clear.push({ kind: "pool_low", subject: p.id });
@@ -239,6 +243,35 @@ export function workerAlerts(outcomes: WorkerOutcome[], now: number, windowMs = 
       }));
     } else {
       decision.clear.push({ kind: "worker_timeouts", subject: template });
+    }
+  }
+  return decision;
+}
+
+/** One tier and queue's attainment over the SLA alert window. */
+export interface SlaSnapshot {
+  tier: string;
+  queue: string;
+  met: number;
+  breached: number;
+  attainmentPercent: number | null;
+  targetPercent: number;
+  /** A few of the breached requests, for the operator. */
+  examples: string[];
+}
+
+/** SLA: raised per tier and queue ("premium/fast") while attainment over the window is below its target. */
+export function slaAlerts(groups: SlaSnapshot[], windowMs: number): AlertDecision {
+  const decision: AlertDecision = { raise: [], clear: [] };
+  for (const g of groups) {
+    const subject = `${g.tier}/${g.queue}`;
+    if (g.attainmentPercent !== null && g.attainmentPercent < g.targetPercent) {
+      decision.raise.push(alert("sla_breach", subject, `SLA ${subject}: ${g.attainmentPercent}% met over the last ${Math.round(windowMs / 60_000)} min (target ${g.targetPercent}%), ${g.breached} breached`, {
+        tier: g.tier, queue: g.queue, met: g.met, breached: g.breached, attainment_percent: g.attainmentPercent, target_percent: g.targetPercent,
+        window_ms: windowMs, examples: g.examples,
+      }));
+    } else {
+      decision.clear.push({ kind: "sla_breach", subject });
     }
   }
   return decision;

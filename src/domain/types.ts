@@ -23,6 +23,10 @@ export interface PoolConfig {
   costPerUnitNano: number;
   sharing: Sharing;
   status: "active" | "draining" | "disabled";
+  /** Static: capacity changes only by an operator; dynamic: also by its scaling policy. Default static. */
+  sizing?: "static" | "dynamic";
+  /** pool_low is raised strictly below this percent of capacity (0: never). Default 10. */
+  lowWaterPercent?: number;
   /** Monotonic; a pool object adopts a configuration only when its version is newer. */
   version: number;
 }

@@ -5,10 +5,11 @@ import { accessFor } from "../domain/sharing";
 import type { Caller, PoolConfig } from "../domain/types";
 import type { ErrorBody } from "../errors";
 import { insertUsageEvents, type UsageEvent } from "../storage/usage";
-import { poolAlerts, POOL_LOW_PERCENT } from "../domain/alerts";
+import { poolAlerts, POOL_LOW_PERCENT, type AlertDecision } from "../domain/alerts";
 import { log } from "../log";
 import { applyAlerts } from "../services/alerts";
 import { budgetLimit } from "../services/config";
+import { evaluatePoolScaling } from "../services/scaling";
 import type { SpendEvent } from "./client";
 
 export type Result<T> = { ok: true; value: T } | { ok: false; error: ErrorBody };
@@ -61,6 +62,23 @@ export interface ReleaseResult {
   at: number;
 }
 
+/** A pool's live state as its object holds it (the admin API's view, and the answer to a pushed configuration). */
+export interface PoolState {
+  pool: string;
+  /** The configuration version this object has adopted. */
+  version: number;
+  status: PoolConfig["status"];
+  level: number;
+  capacity: number;
+  utilization: number;
+  /** Units held by active reservations. */
+  reservedUnits: number;
+  /** Reservations held and not yet expired. */
+  activeReservations: number;
+  outbox: number;
+  denials: number;
+}
+
 export interface BatchReserveItem {
   caller: Caller;
   amount: number;
@@ -83,6 +101,8 @@ export interface SpendOptions {
 const IDEMPOTENCY_TTL_MS = 24 * 60 * 60 * 1000;
 const FLUSH_BATCH = 200;
 const MAX_FLUSH_BACKOFF_MS = 60_000;
+/** A dynamic pool that runs dry asks for a scaling evaluation at most this often (and not within its cooldown). */
+const SCALING_KICK_MIN_MS = 10_000;
 
 /**
  * One pool's limit owner: its token bucket, reservations, idempotency records and usage outbox.
@@ -100,6 +120,8 @@ export class PoolObject extends DurableObject<Env> {
   /** Whether the pool_low alert was last reported raised (true) or cleared (false); null: not yet. */
   private lowReported: boolean | null = null;
   private denials = 0;
+  /** Earliest time running dry may ask for another scaling evaluation. */
+  private scalingKickAfter = 0;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -160,7 +182,7 @@ export class PoolObject extends DurableObject<Env> {
     const now = Date.now();
     this.refillTo(now, cfg);
     const access = caller ? accessFor(cfg, caller) : { allowed: true as const, protectedUnits: 0 };
-    const available = access.allowed ? Math.max(0, Math.floor(this.bucket.level - access.protectedUnits + 1e-9)) : 0;
+    const available = access.allowed && cfg.status === "active" ? Math.max(0, Math.floor(this.bucket.level - access.protectedUnits + 1e-9)) : 0;
     const reserved = this.sql.exec<{ n: number }>(
       "SELECT COALESCE(SUM(amount), 0) AS n FROM reservations WHERE status = 'held'",
     ).one().n;
@@ -182,6 +204,8 @@ export class PoolObject extends DurableObject<Env> {
     const cfg = this.adopt(config);
     const admitted = this.admit(cfg, caller, amount, Date.now());
     if (!admitted.ok && admitted.error.code !== "rate_limited") return admitted;
+    // A draining or disabled pool grants nothing new, whatever its level.
+    if (cfg.status !== "active") return { ok: true, value: { pool: cfg.id, allowed: false, available: 0, retryAfterMs: null } };
     if (admitted.ok) return { ok: true, value: { pool: cfg.id, allowed: true, available: admitted.value, retryAfterMs: 0 } };
     const d = admitted.error.details as { available: number; retry_after_ms: number | null };
     return { ok: true, value: { pool: cfg.id, allowed: false, available: d.available, retryAfterMs: d.retry_after_ms } };
@@ -273,6 +297,54 @@ export class PoolObject extends DurableObject<Env> {
     };
   }
 
+  /**
+   * Adopt a configuration pushed by an admin change or a resize (when newer than ours) and answer the
+   * live state, so that a change applies here at once rather than when callers' caches expire.
+   */
+  configure(config: PoolConfig): PoolState {
+    const cfg = this.adopt(config);
+    this.expireDue(Date.now(), cfg);
+    return this.state(cfg);
+  }
+
+  /**
+   * A newly created pool: start from a full bucket under `config`, whatever this object held before (a
+   * deleted pool of the same name). Its version continues past the one held, so that callers still
+   * caching the deleted pool's configuration cannot bring it back; the caller records the version answered.
+   */
+  install(config: PoolConfig): PoolState {
+    const prior = this.config;
+    const version = prior && prior.version >= config.version ? prior.version + 1 : config.version;
+    const cfg = { ...config, version };
+    this.config = cfg;
+    this.bucket = { level: cfg.capacity, updatedAt: Date.now() };
+    this.saveConfig(cfg);
+    this.lowReported = null;
+    return this.state(cfg);
+  }
+
+  /**
+   * Retire this pool (it is being deleted): refused with pool_busy while reservations are active.
+   * Otherwise it takes no more spending (its configuration becomes disabled, at its version, so stale
+   * callers are refused too) and its outbox is delivered. The check and the switch are one step.
+   */
+  async retire(config: PoolConfig): Promise<Result<PoolState>> {
+    const cfg = this.adopt(config);
+    const now = Date.now();
+    this.expireDue(now, cfg);
+    const state = this.state(cfg);
+    if (state.activeReservations > 0) {
+      return fail("pool_busy", `pool ${cfg.id} has ${state.activeReservations} active reservation(s)`, {
+        pool: cfg.id, active_reservations: state.activeReservations, reserved_units: state.reservedUnits,
+      });
+    }
+    const retired: PoolConfig = { ...cfg, status: "disabled" };
+    this.config = retired;
+    this.saveConfig(retired);
+    await this.flushOutbox();
+    return { ok: true, value: this.state(retired) };
+  }
+
   /** Deliver the outbox to D1 now (cron backstop, tests). Returns how many events were delivered. */
   async flush(): Promise<number> {
     return this.flushOutbox();
@@ -303,17 +375,48 @@ export class PoolObject extends DurableObject<Env> {
     const now = Date.now();
     if (current) {
       this.refillTo(now, current);
-      this.bucket = { level: Math.min(this.bucket.level, config.capacity), updatedAt: now };
+      // Capacity added is available at once (a resize up serves waiting work now); a cut clamps the level.
+      const added = Math.max(0, config.capacity - current.capacity);
+      this.bucket = { level: Math.min(this.bucket.level + added, config.capacity), updatedAt: now };
     } else {
       this.bucket = { level: config.capacity, updatedAt: now };
     }
     this.config = config;
+    this.saveConfig(config);
+    return config;
+  }
+
+  private saveConfig(config: PoolConfig): void {
     this.sql.exec(
       `INSERT INTO bucket (id, level, updated_at, config) VALUES (1, ?, ?, ?)
        ON CONFLICT (id) DO UPDATE SET level = excluded.level, updated_at = excluded.updated_at, config = excluded.config`,
       this.bucket.level, this.bucket.updatedAt, JSON.stringify(config),
     );
-    return config;
+  }
+
+  private state(cfg: PoolConfig): PoolState {
+    this.refillTo(Date.now(), cfg);
+    const held = this.sql.exec<{ n: number; units: number }>(
+      "SELECT COUNT(*) AS n, COALESCE(SUM(amount), 0) AS units FROM reservations WHERE status = 'held'",
+    ).one();
+    return {
+      pool: cfg.id,
+      version: cfg.version,
+      status: cfg.status,
+      level: round3(this.bucket.level),
+      capacity: cfg.capacity,
+      utilization: cfg.capacity > 0 ? round3(1 - this.bucket.level / cfg.capacity) : 0,
+      reservedUnits: held.units,
+      activeReservations: held.n,
+      outbox: this.sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM outbox").one().n,
+      denials: this.denials,
+    };
+  }
+
+  /** Expire reservations past their time now (as the alarm would), so counts of active ones are exact. */
+  private expireDue(now: number, cfg: PoolConfig): void {
+    const due = this.sql.exec<ReservationRow>("SELECT * FROM reservations WHERE status = 'held' AND expires_at <= ?", now).toArray();
+    for (const row of due) this.expire(row, now, cfg);
   }
 
   /**
@@ -334,7 +437,10 @@ export class PoolObject extends DurableObject<Env> {
     const available = this.bucket.level - access.protectedUnits;
     if (fits(available, amount)) return { ok: true, value: Math.floor(available + 1e-9) };
     const retryAfterMs = msUntil(this.bucket.level, amount + access.protectedUnits, cfg);
-    if (spending) this.countDenial();
+    if (spending) {
+      this.countDenial();
+      this.kickScaling(cfg, now);
+    }
     return fail("rate_limited", `pool ${cfg.id} has ${Math.max(0, Math.floor(available + 1e-9))} ${cfg.unit} for ${amount} requested`, {
       pool: cfg.id,
       requested: amount,
@@ -358,6 +464,21 @@ export class PoolObject extends DurableObject<Env> {
     );
     this.ensureAlarm(expiresAt);
     return { ok: true, value: { pool: cfg.id, reservationId: id, amount, expiresAt, remaining: this.whole() } };
+  }
+
+  /**
+   * A dynamic pool ran dry: ask its scaling policy to evaluate now, off the hot path, at most once per
+   * SCALING_KICK_MIN_MS and not again before the cooldown the evaluation reports.
+   */
+  private kickScaling(cfg: PoolConfig, now: number): void {
+    if (cfg.sizing !== "dynamic" || cfg.status !== "active" || now < this.scalingKickAfter) return;
+    this.scalingKickAfter = now + SCALING_KICK_MIN_MS;
+    this.ctx.waitUntil(evaluatePoolScaling(this.env, cfg.id, "pool_dry", now).then(
+      (outcome) => {
+        if (outcome?.cooldown_until) this.scalingKickAfter = Math.max(this.scalingKickAfter, outcome.cooldown_until);
+      },
+      (err: unknown) => log.warn("scaling_kick_failed", { pool: cfg.id, error: String(err) }),
+    ));
   }
 
   /** For /metrics: persisted at once (a local SQLite write), so the count survives restarts. */
@@ -482,17 +603,23 @@ export class PoolObject extends DurableObject<Env> {
   }
 
   /**
-   * Raise the pool_low alert when this pool is below 10% of capacity, and resolve it when it is not,
-   * from the alarm that follows spending (never on the hot path). D1 is written only when the state
+   * Raise the pool_low alert when this pool is below its low-water percent (default 10%) of capacity,
+   * and resolve it when it is not (or the pool is disabled), from the alarm that follows spending (never on the hot path). D1 is written only when the state
    * changes; the cron pass re-checks every pool.
    */
   private async reportLevel(): Promise<void> {
     if (!this.config) return;
     this.refillTo(Date.now(), this.config);
-    const low = this.bucket.level * 100 < this.config.capacity * POOL_LOW_PERCENT;
+    const threshold = this.config.lowWaterPercent ?? POOL_LOW_PERCENT;
+    // A disabled (or deleted) pool takes no spending, so how full it is concerns no one.
+    const disabled = this.config.status === "disabled";
+    const low = !disabled && this.bucket.level * 100 < this.config.capacity * threshold;
     if (low === this.lowReported) return;
+    const decision: AlertDecision = disabled
+      ? { raise: [], clear: [{ kind: "pool_low", subject: this.config.id }] }
+      : poolAlerts([{ id: this.config.id, level: Math.floor(this.bucket.level + 1e-9), capacity: this.config.capacity, lowWaterPercent: threshold }]);
     try {
-      await applyAlerts(this.env, poolAlerts([{ id: this.config.id, level: Math.floor(this.bucket.level + 1e-9), capacity: this.config.capacity }]), Date.now());
+      await applyAlerts(this.env, decision, Date.now());
       this.lowReported = low;
     } catch (err) {
       log.warn("pool_alert_failed", { pool: this.config.id, error: String(err) });

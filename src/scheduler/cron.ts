@@ -5,13 +5,14 @@ import { poolConfigs } from "../services/config";
 import { samplePools } from "../services/pool-samples";
 import { poolStub } from "../services/pools";
 import { schedulerStub } from "../services/requests";
+import { evaluateScaling } from "../services/scaling";
 
 /**
  * The minute cron: the scheduler's backstop and housekeeping. It runs a dispatch pass (which also
  * returns expired leases to the queue) and delivers any usage a pool's alarm has not yet flushed.
  * Then it re-checks the alert conditions on the state the pass left, and samples every pool's level
  * for utilization history (at the scheduled minute, so a repeated run adds nothing), and takes out of
- * flight any estimate whose request is gone.
+ * flight any estimate whose request is gone. Dynamic pools' scaling policies are evaluated too.
  */
 export async function runCron(controller: ScheduledController, env: Env): Promise<void> {
   const traceId = `cron-${controller.scheduledTime}`;
@@ -23,7 +24,7 @@ export async function runCron(controller: ScheduledController, env: Env): Promis
   const delivered = flushes.reduce((n, r) => n + (r.status === "fulfilled" ? r.value : 0), 0);
   const failed = flushes.filter((r) => r.status === "rejected").length;
   if (dispatched!.status === "rejected") log.error("cron_dispatch_failed", { trace_id: traceId, error: String(dispatched!.reason) });
-  const [alerts, sampled, reconciled] = await Promise.all([
+  const [alerts, sampled, reconciled, scaled] = await Promise.all([
     checkAlerts(env, Date.now(), traceId).catch((err: unknown) => {
       log.error("cron_alerts_failed", { trace_id: traceId, error: String(err) });
       return null;
@@ -36,10 +37,15 @@ export async function runCron(controller: ScheduledController, env: Env): Promis
       log.error("cron_reconcile_failed", { trace_id: traceId, error: String(err) });
       return 0;
     }),
+    evaluateScaling(env, Date.now(), "cron", traceId).catch((err: unknown) => {
+      log.error("cron_scaling_failed", { trace_id: traceId, error: String(err) });
+      return [];
+    }),
   ]);
   log.info("cron_pass", {
     trace_id: traceId, cron: controller.cron, dispatched: dispatched!.status === "fulfilled" ? dispatched!.value : 0,
     pools: pools.size, usage_delivered: delivered, pools_failed: failed,
     alerts_raised: alerts?.raised.length ?? 0, alerts_resolved: alerts?.resolved ?? 0, pools_sampled: sampled, in_flight_dropped: reconciled,
+    pools_scaled: scaled.filter((o) => o.event !== null).length,
   });
 }

@@ -93,7 +93,7 @@ export async function checkAlerts(env: Env, now: number, traceId?: string): Prom
   const [levels, queues, budgets] = await Promise.all([
     Promise.allSettled(pools.map(async (cfg): Promise<PoolLevel> => {
       const a = await poolStub(env, cfg.id).availability(cfg, null);
-      return { id: cfg.id, level: a.level, capacity: a.capacity };
+      return { id: cfg.id, level: a.level, capacity: a.capacity, lowWaterPercent: cfg.lowWaterPercent };
     })),
     schedulerStub(env).queueStatus().then(
       (s) => s.queues.map((q): QueueSnapshot => ({ queue: q.queue, depth: q.depth, oldestQueuedAt: q.depth > 0 ? now - q.oldest_wait_ms : null })),

@@ -75,15 +75,17 @@ export interface Deleted {
 export async function deleteClient(env: Env, clientId: string, force: boolean): Promise<Deleted> {
   if (!(await getClient(env.DB, clientId))) throw notFound(clientId);
   const scheduler = schedulerStub(env);
-  const { queued, running } = await scheduler.activeFor(clientId);
+  const allocations = env.ALLOCATIONS.get(env.ALLOCATIONS.idFromName("allocations"));
+  const [{ queued, running }, allocated] = await Promise.all([scheduler.activeFor(clientId), allocations.liveFor(clientId)]);
   let cancelled = 0;
-  if (queued + running > 0) {
+  if (queued + running + allocated > 0) {
     if (!force) {
-      throw new AppError("client_busy", `client ${clientId} has ${queued} queued and ${running} running requests; delete with force=true to cancel them`, {
-        client_id: clientId, queued, running,
+      throw new AppError("client_busy", `client ${clientId} has ${queued} queued and ${running} running requests and ${allocated} live allocations; delete with force=true to cancel them`, {
+        client_id: clientId, queued, running, allocations: allocated,
       });
     }
     cancelled = await scheduler.cancelClient(clientId);
+    await allocations.cancelClient(clientId);
   }
   await deleteClientRows(env.DB, clientId);
   clearConfigCache();
