@@ -3,7 +3,7 @@ import { env } from "cloudflare:workers";
 import { beforeEach, describe, expect, it } from "vitest";
 import type { ResolvedQuota } from "../src/domain/quota";
 import { clearConfigCache } from "../src/services/config";
-import { ADMIN, call, enqueue, eventually, expectError, KEYS, makeTemplate, requestOf, scheduler, settled, sleep } from "./helpers";
+import { ADMIN, call, consume, enqueue, eventually, expectError, KEYS, makeTemplate, requestOf, scheduler, settled, sleep } from "./helpers";
 
 let n = 0;
 /** A fresh client of a tier, with a key carrying every scope; returns its id and key. */
@@ -164,6 +164,18 @@ describe("daily caps per pool", () => {
     expect(retryAfter).toBeLessThanOrEqual(Math.ceil((tomorrow - Date.now()) / 1000) + 1);
     const view = await call("GET", `/api/clients/${id}/quota`, { token: key });
     expect(view.body.usage.pools_today).toEqual([{ pool: "email-sendgrid", used: 3, cap: 3, available: 0 }]);
+  });
+
+  it("a platform worker's direct spending for the client counts against its daily cap too (free pools included)", async () => {
+    const { id, key } = await makeClient();
+    await putQuota(id, { max_concurrent: null, cpu_millicores: null, memory_mb: null, pool_daily: { "d1-queries": 100 } });
+    expect((await consume("d1-queries", 60, {}, id)).status).toBe(200);
+    await eventually(async () => {
+      const v = await call("GET", `/api/clients/${id}/quota`, { token: key });
+      return v.body.usage.pools_today.find((p: any) => p.pool === "d1-queries")?.used === 60;
+    }, 5000, "the consume counted");
+    const check = await call("POST", `/api/clients/${id}/quota/check`, { token: key, json: { pools: { "d1-queries": 41 } } });
+    expect(check.body).toMatchObject({ fits: false, limit: "pool_daily", in_use: 60, shortfall: 1 });
   });
 
   it("within one batch, the items past the cap are refused at admission; the check endpoint agrees", async () => {

@@ -593,8 +593,9 @@ export class PoolObject extends DurableObject<Env> {
   private async reportSpend(events: UsageEvent[]): Promise<void> {
     const byClient = new Map<string, SpendEvent[]>();
     for (const e of events) {
-      if (e.via === "scheduler" || e.costNano === 0) continue;
-      byClient.set(e.clientId, [...(byClient.get(e.clientId) ?? []), { eventId: e.eventId, costNano: e.costNano, at: e.at }]);
+      // Units count against the client's daily caps per pool even when they cost nothing.
+      if (e.via === "scheduler" || (e.costNano === 0 && e.units === 0)) continue;
+      byClient.set(e.clientId, [...(byClient.get(e.clientId) ?? []), { eventId: e.eventId, costNano: e.costNano, at: e.at, pool: e.poolId, units: e.units }]);
     }
     await Promise.all([...byClient].map(async ([clientId, list]) => {
       const stub = this.env.CLIENT.get(this.env.CLIENT.idFromName(clientId));
