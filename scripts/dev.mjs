@@ -5,6 +5,7 @@
 import { spawn, spawnSync } from "node:child_process";
 import { copyFileSync, existsSync } from "node:fs";
 import { DEV_CONFIGS } from "./local-wrangler.mjs";
+import { upgradeD1 } from "./upgrade-d1.mjs";
 
 const env = { ...process.env, CLOUDFLARE_CF_FETCH_ENABLED: "false", WRANGLER_SEND_METRICS: "false" };
 const wrangler = (args, opts = {}) => spawnSync("npx", ["--no-install", "wrangler", ...args], { stdio: "inherit", env, ...opts });
@@ -13,15 +14,8 @@ if (!existsSync(".dev.vars")) {
   copyFileSync(".dev.vars.example", ".dev.vars");
   console.log("created .dev.vars from .dev.vars.example (local secrets)");
 }
-// Columns added to tables that existed before them: CREATE TABLE IF NOT EXISTS does not add them to a
-// local D1 made by an older version, so add each one; "duplicate column" means it is already there.
-for (const [table, column] of [["api_keys", "name TEXT"], ["client_quotas", "weight INTEGER CHECK (weight IS NULL OR weight BETWEEN 1 AND 1000)"]]) {
-  const r = wrangler(["d1", "execute", "DB", "--local", "--command", `ALTER TABLE ${table} ADD COLUMN ${column}`], { stdio: "pipe", encoding: "utf8" });
-  if (r.status !== 0 && !/duplicate column|no such table/i.test(`${r.stdout}${r.stderr}`)) {
-    process.stderr.write(`${r.stdout}${r.stderr}`);
-    process.exit(r.status ?? 1);
-  }
-}
+// A local D1 made by an older version: add new columns, rebuild changed tables (scripts/upgrade-d1.mjs).
+upgradeD1(["--local"]);
 for (const file of ["schema.sql", "seed.sql"]) {
   const r = wrangler(["d1", "execute", "DB", "--local", "--file", file]);
   if (r.status !== 0) process.exit(r.status ?? 1);

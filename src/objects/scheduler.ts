@@ -3,11 +3,12 @@ import { dayStart } from "../domain/calendar";
 import { backoffMs, fairRank, priorityOf, QUEUES, TIER_WEIGHTS, type Priority, type QueueName } from "../domain/priority";
 import type { Caller, PoolAmount, PoolConfig, Tier } from "../domain/types";
 import type { ErrorBody } from "../errors";
-import { mergeDecisions, queueAlerts, workerAlerts, WORKER_WINDOW_MS, type WorkerOutcome } from "../domain/alerts";
+import { mergeDecisions, queueAlerts, slaAlerts, workerAlerts, WORKER_WINDOW_MS, type WorkerOutcome } from "../domain/alerts";
+import { attainment, requestSla, type Attainment, type RequestSla, type SlaRecord, type SlaTarget, defaultTarget } from "../domain/sla";
 import { histogramOf, type HistogramSnapshot } from "../domain/histogram";
 import { log } from "../log";
 import { applyAlerts } from "../services/alerts";
-import { budgetLimit, clientQuota, clientTier, poolConfigs, templateConfigs } from "../services/config";
+import { budgetLimit, clientQuota, clientTier, poolConfigs, slaTargets, templateConfigs } from "../services/config";
 import { insertRequestLog, MAX_ERROR_CHARS, type FinishedRequest } from "../storage/request-log";
 import type { Template } from "../storage/templates";
 import type { Settlement, SpendEvent } from "./client";
@@ -151,6 +152,8 @@ interface Row {
   finished_at: number | null;
   dispatch_seq: number | null;
   reservations: string | null;
+  ready_at: number | null;
+  first_started_at: number | null;
   estimate_detail: string | null;
   actual_detail: string | null;
   [key: string]: SqlStorageValue;
@@ -196,6 +199,10 @@ const ALERT_CHECK_MS = 5000;
 const MAX_RESULT_CHARS = 256 * 1024;
 /** Finished requests per D1 statement when the outbox is delivered to request_log. */
 const FINISHED_BATCH = 200;
+/** SLA alerts look at the requests decided within this window. */
+const SLA_ALERT_WINDOW_MS = 15 * 60 * 1000;
+/** ...and are evaluated at most this often (the cron pass included). */
+const SLA_CHECK_MS = 30_000;
 /** Terminal states that cancellation cannot change. */
 const TERMINAL: RequestStatus[] = ["completed", "failed", "cancelled", "expired"];
 
@@ -223,6 +230,7 @@ export class SchedulerObject extends DurableObject<Env> {
   /** Worker call outcomes of the alert window, for the failure and timeout alerts. */
   private outcomes: WorkerOutcome[] = [];
   private alertsCheckedAt = 0;
+  private slaCheckedAt = 0;
   /** A call failed since the last alert check: check at the next pass without waiting. */
   private alertsDirty = false;
   private rankCache: { at: number; order: string[] } | null = null;
@@ -283,6 +291,11 @@ export class SchedulerObject extends DurableObject<Env> {
     for (const column of ["estimate_detail", "actual_detail"]) {
       if (!columns.has(column)) this.sql.exec(`ALTER TABLE requests ADD COLUMN ${column} TEXT`);
     }
+    // For service levels: when the request could first run, and when it was first dispatched.
+    for (const column of ["ready_at", "first_started_at"]) {
+      if (!columns.has(column)) this.sql.exec(`ALTER TABLE requests ADD COLUMN ${column} INTEGER`);
+    }
+    this.sql.exec("CREATE INDEX IF NOT EXISTS requests_finished ON requests (finished_at)");
     const state = new Map(this.sql.exec<{ k: string; v: string }>("SELECT k, v FROM state").toArray().map((r) => [r.k, r.v]));
     this.running = state.get("running") !== "false";
     this.counters = new Map(Object.entries(JSON.parse(state.get("counters") ?? "{}") as Record<string, DispatchCounters>));
@@ -391,6 +404,41 @@ export class SchedulerObject extends DurableObject<Env> {
     if (wasActive) this.ensureAlarm(Date.now());
     this.resolveWaiters(id);
     return { ok: true, value: view(this.rowOf(id)!) };
+  }
+
+  /** One request against its service level; null when unknown (or another client's). */
+  sla(id: string, clientId: string | null, targets: SlaTarget[]): RequestSla | null {
+    const row = this.rowOf(id);
+    if (!row || (clientId !== null && row.client_id !== clientId)) return null;
+    return requestSla(slaRecord(row), targetFor(targets, row.tier, row.queue), Date.now());
+  }
+
+  /**
+   * Service-level attainment of the requests decided (met or breached) between `from` and `to`, per
+   * tier and queue, optionally for one client, tier or queue only.
+   */
+  slaSummary(from: number, to: number, targets: SlaTarget[], filter: { clientId?: string; tier?: Tier; queue?: QueueName }): SlaGroup[] {
+    const now = Date.now();
+    const rows = this.sql.exec<Row>(
+      `SELECT id, client_id, tier, queue, status, created_at, ready_at, first_started_at, finished_at FROM requests
+       WHERE (finished_at IS NULL OR finished_at >= ?) AND created_at <= ?
+         AND (? IS NULL OR client_id = ?) AND (? IS NULL OR tier = ?) AND (? IS NULL OR queue = ?)`,
+      from, to, filter.clientId ?? null, filter.clientId ?? null, filter.tier ?? null, filter.tier ?? null, filter.queue ?? null, filter.queue ?? null,
+    ).toArray();
+    const groups = new Map<string, { tier: Tier; queue: QueueName; verdicts: RequestSla[] }>();
+    for (const row of rows) {
+      const verdict = requestSla(slaRecord(this.live.get(row.id) ?? row), targetFor(targets, row.tier, row.queue), Math.min(now, to));
+      if (verdict.decided_at === null || verdict.decided_at < from || verdict.decided_at > to) continue;
+      const key = `${row.tier}/${row.queue}`;
+      const g = groups.get(key) ?? { tier: row.tier, queue: row.queue, verdicts: [] };
+      g.verdicts.push(verdict);
+      groups.set(key, g);
+    }
+    return [...groups.values()].map((g) => ({
+      tier: g.tier, queue: g.queue, target: targetFor(targets, g.tier, g.queue),
+      ...attainment(g.verdicts, targetFor(targets, g.tier, g.queue).target_percent),
+      breached_examples: g.verdicts.filter((v) => v.status === "breached").slice(0, 5).map((v) => v.request_id),
+    }));
   }
 
   /** A client's unfinished requests: queued, and dispatching or running. */
@@ -564,10 +612,10 @@ export class SchedulerObject extends DurableObject<Env> {
     const priority = priorityOf({ tier: item.tier, queue: item.queue, createdAt: now, recentShare: this.shares(now).get(item.clientId) ?? 0 }, now).score;
     this.sql.exec(
       `INSERT INTO requests (id, client_id, tier, max_concurrent, template, params, queue, status, priority, attempts, max_attempts,
-         idempotency_key, estimate_nano, created_at, updated_at, not_before, estimate_detail)
-       VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, ?, ?, ?)`,
+         idempotency_key, estimate_nano, created_at, updated_at, not_before, estimate_detail, ready_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)`,
       id, item.clientId, item.tier, item.maxConcurrent, item.template, JSON.stringify(item.params ?? null), item.queue, priority,
-      item.maxAttempts, item.idempotencyKey, item.estimateNano, now, now, notBefore, JSON.stringify(item.estimate),
+      item.maxAttempts, item.idempotencyKey, item.estimateNano, now, now, notBefore, JSON.stringify(item.estimate), notBefore,
     );
     const row: Row = {
       id, client_id: item.clientId, tier: item.tier, max_concurrent: item.maxConcurrent, template: item.template,
@@ -575,6 +623,7 @@ export class SchedulerObject extends DurableObject<Env> {
       max_attempts: item.maxAttempts, idempotency_key: item.idempotencyKey, estimate_nano: item.estimateNano,
       actual_nano: null, result: null, error: null, created_at: now, updated_at: now, not_before: notBefore,
       lease_until: null, started_at: null, finished_at: null, dispatch_seq: null, reservations: null,
+      ready_at: notBefore, first_started_at: null,
       estimate_detail: JSON.stringify(item.estimate), actual_detail: null,
     };
     this.live.set(id, row);
@@ -793,10 +842,10 @@ export class SchedulerObject extends DurableObject<Env> {
     const now = Date.now();
     this.seq += 1;
     this.sql.exec(
-      "UPDATE requests SET status = 'running', attempts = attempts + 1, started_at = ?, updated_at = ?, dispatch_seq = ?, reservations = ? WHERE id = ?",
-      now, now, this.seq, row.reservations, row.id,
+      "UPDATE requests SET status = 'running', attempts = attempts + 1, started_at = ?, first_started_at = COALESCE(first_started_at, ?), updated_at = ?, dispatch_seq = ?, reservations = ? WHERE id = ?",
+      now, now, now, this.seq, row.reservations, row.id,
     );
-    Object.assign(row, { status: "running", attempts: row.attempts + 1, started_at: now, updated_at: now, dispatch_seq: this.seq });
+    Object.assign(row, { status: "running", attempts: row.attempts + 1, started_at: now, first_started_at: row.first_started_at ?? now, updated_at: now, dispatch_seq: this.seq });
     this.dispatchLog.push({ at: now, clientId: row.client_id, queue: row.queue });
     this.count(row.template, "dispatches");
     const controller = new AbortController();
@@ -1019,11 +1068,24 @@ export class SchedulerObject extends DurableObject<Env> {
       depth.set(q.queue, (depth.get(q.queue) ?? 0) + 1);
       if (q.createdAt < (oldest.get(q.queue) ?? Infinity)) oldest.set(q.queue, q.createdAt);
     }
-    const decision = mergeDecisions(
-      queueAlerts(QUEUES.map((queue) => ({ queue, depth: depth.get(queue) ?? 0, oldestQueuedAt: oldest.get(queue) ?? null })), now),
-      workerAlerts(this.outcomes, now),
-    );
     try {
+      const checkSla = now - this.slaCheckedAt >= SLA_CHECK_MS;
+      if (checkSla) this.slaCheckedAt = now;
+      const targets = checkSla ? [...(await slaTargets(this.env)).values()] : [];
+      const sla = !checkSla ? [] : this.slaSummary(now - SLA_ALERT_WINDOW_MS, now, targets, {}).map((g) => ({
+        tier: g.tier, queue: g.queue, met: g.met, breached: g.breached, attainmentPercent: g.attainment_percent,
+        targetPercent: g.target_percent, examples: g.breached_examples,
+      }));
+      // Every tier and queue that has a target is checked, so an alert clears once its window is clean.
+      const seen = new Set(sla.map((g) => `${g.tier}/${g.queue}`));
+      for (const t of targets) {
+        if (!seen.has(`${t.tier}/${t.queue}`)) sla.push({ tier: t.tier, queue: t.queue, met: 0, breached: 0, attainmentPercent: null, targetPercent: t.target_percent, examples: [] });
+      }
+      const decision = mergeDecisions(
+        queueAlerts(QUEUES.map((queue) => ({ queue, depth: depth.get(queue) ?? 0, oldestQueuedAt: oldest.get(queue) ?? null })), now),
+        workerAlerts(this.outcomes, now),
+        slaAlerts(sla, SLA_ALERT_WINDOW_MS),
+      );
       await applyAlerts(this.env, decision, now);
     } catch (err) {
       log.warn("alert_check_failed", { error: String(err) });
@@ -1133,6 +1195,25 @@ function timedOut(outcome: Outcome): boolean {
 
 function callerOf(row: Row): Caller {
   return { clientId: row.client_id, tier: row.tier, via: "scheduler" };
+}
+
+/** Attainment of one tier and queue over a window (see slaSummary). */
+export interface SlaGroup extends Attainment {
+  tier: Tier;
+  queue: QueueName;
+  target: SlaTarget;
+  breached_examples: string[];
+}
+
+function slaRecord(row: Row): SlaRecord {
+  return {
+    id: row.id, client_id: row.client_id, tier: row.tier, queue: row.queue, status: row.status,
+    ready_at: row.ready_at ?? row.created_at, first_started_at: row.first_started_at ?? null, finished_at: row.finished_at,
+  };
+}
+
+function targetFor(targets: SlaTarget[], tier: Tier, queue: QueueName): SlaTarget {
+  return targets.find((t) => t.tier === tier && t.queue === queue) ?? defaultTarget(tier, queue);
 }
 
 function view(row: Row): RequestView {

@@ -7,6 +7,10 @@ import { listTemplates, type Template } from "../storage/templates";
 import { findQuotaOverrides, listBurstPolicies } from "../storage/quotas";
 import type { BurstPolicy } from "../domain/burst";
 import type { ResolvedQuota } from "../domain/quota";
+import { QUEUES } from "../domain/priority";
+import { defaultTarget, type SlaTarget } from "../domain/sla";
+import { TIERS } from "../domain/types";
+import { listSlaTargets } from "../storage/sla";
 import { TtlCache } from "./cache";
 
 const pools = new TtlCache<Map<string, PoolConfig>>(1);
@@ -17,6 +21,7 @@ const clients = new TtlCache<{ tier: Tier; status: string } | null>();
 const budgets = new TtlCache<BudgetLimit | null>();
 const quotas = new TtlCache<ResolvedQuota | null>();
 const burstPolicies = new TtlCache<Map<string, BurstPolicy>>(1);
+const slaCache = new TtlCache<Map<string, SlaTarget>>(1);
 
 function ttl(env: Env): number {
   return Number(env.CONFIG_TTL_MS) || 5000;
@@ -80,6 +85,16 @@ export function clientQuota(env: Env, clientId: string): Promise<ResolvedQuota |
   });
 }
 
+/** SLA targets for every tier and queue: operators' settings, else the defaults of domain/sla.ts. */
+export function slaTargets(env: Env): Promise<Map<string, SlaTarget>> {
+  return slaCache.get("all", ttl(env), async () => {
+    const saved = new Map((await listSlaTargets(env.DB)).map((t) => [`${t.tier}/${t.queue}`, t]));
+    const out = new Map<string, SlaTarget>();
+    for (const tier of TIERS) for (const queue of QUEUES) out.set(`${tier}/${queue}`, saved.get(`${tier}/${queue}`) ?? defaultTarget(tier, queue));
+    return out;
+  });
+}
+
 /** Burst policies by tier. */
 export function burstPolicyByTier(env: Env): Promise<Map<string, BurstPolicy>> {
   return burstPolicies.get("all", ttl(env), async () => new Map((await listBurstPolicies(env.DB)).map((p) => [p.tier, p])));
@@ -95,4 +110,5 @@ export function clearConfigCache(): void {
   budgets.clear();
   quotas.clear();
   burstPolicies.clear();
+  slaCache.clear();
 }
