@@ -52,3 +52,12 @@ INSERT INTO burst_policies (tier, allowed, max_percent, max_duration_ms, cooldow
   ('standard', 1, 150, 3600000, 3600000, 2, 1, 1767225600000),
   ('basic', 0, 150, 3600000, 3600000, 1, 1, 1767225600000)
 ON CONFLICT (tier) DO NOTHING;
+
+-- Optimizer options of the demo templates (issue 5): cache TTL, batch size, compression threshold.
+INSERT INTO template_options (template_id, cache_ttl_ms, batch_size, compress_threshold_bytes, updated_at) VALUES
+  ('content-generate', 3600000, 10, 4096, 1767225600000),
+  ('content-generate-lite', 3600000, 20, 4096, 1767225600000),
+  ('notify-email', 3600000, 50, 4096, 1767225600000),
+  ('notify-sms', 3600000, 50, 4096, 1767225600000),
+  ('report-build', 900000, 1, 2048, 1767225600000)
+ON CONFLICT (template_id) DO NOTHING;

@@ -12,11 +12,13 @@ import { docsRoutes } from "./routes/docs";
 import { healthRoutes } from "./routes/health";
 import { internalRoutes } from "./routes/internal";
 import { metricsRoutes } from "./routes/metrics";
+import { optimizeRoutes } from "./routes/optimize";
 import { poolRoutes } from "./routes/pools";
 import { queueRoutes } from "./routes/queue";
 import { quotaRoutes } from "./routes/quotas";
 import { reportRoutes } from "./routes/reports";
 import { resourceRoutes } from "./routes/resources";
+import { slaRoutes } from "./routes/sla";
 import { usageRoutes } from "./routes/usage";
 
 /** Compose the HTTP app: middleware, route groups, the OpenAPI document, error handling. */
@@ -39,6 +41,8 @@ export function createApp() {
   app.route("/", quotaRoutes);
   app.route("/", allocationRoutes);
   app.route("/", poolRoutes);
+  app.route("/", slaRoutes);
+  app.route("/", optimizeRoutes);
   app.route("/", reportRoutes);
   app.route("/", dashboardRoutes);
   app.route("/", metricsRoutes);

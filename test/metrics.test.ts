@@ -4,7 +4,7 @@ import { beforeAll, describe, expect, it, vi } from "vitest";
 import { createApp } from "../src/app";
 import dashboard from "../ops/grafana-dashboard.json?raw";
 import rules from "../ops/prometheus-rules.yml?raw";
-import { queueAlerts } from "../src/domain/alerts";
+import { ALERT_KINDS, queueAlerts } from "../src/domain/alerts";
 import { histogramOf } from "../src/domain/histogram";
 import { exposition } from "../src/http/prometheus";
 import type { PoolObject } from "../src/objects/pool";
@@ -169,7 +169,7 @@ describe("GET /metrics", () => {
     expect([...families.keys()].filter((n) => !(n in DOCUMENTED)), "undocumented families").toEqual([]);
     // One series per queue and per alert kind, whatever their state.
     expect(families.get("rm_queue_depth")!.samples.map((s) => s.labels.queue)).toEqual(QUEUES);
-    expect(families.get("rm_alerts_open")!.samples).toHaveLength(8);
+    expect(families.get("rm_alerts_open")!.samples).toHaveLength(ALERT_KINDS.length);
     expect(value(families, "rm_savings_nanodollars_total")).toBe(0);
     expect(value(families, "rm_scheduler_running")).toBe(1);
   });

@@ -24,6 +24,8 @@ const DOCUMENT = {
     { name: "clients", description: "Clients (tenants), their API keys, quotas and burst sessions. Reads under /api/clients/{id}/... (API key of that client, scopes quota:read or burst; or the admin token); management under /admin/... (admin token)" },
     { name: "allocations", description: "Hierarchical compute allocations: quotas per depth, TTLs, subtree release (API key scope allocations)" },
     { name: "pools", description: "Pool management, lifecycle and auto-scaling (admin token)" },
+    { name: "sla", description: "Service levels per tier and queue: targets (admin token), a request's verdict (scope execute), attainment over a window (scope usage:read)" },
+    { name: "optimizer", description: "The cost optimizer: model downgrade, batching, result caching, compression, off-peak scheduling; analysis, savings stats and recommendations (API key scopes resources:read, usage:read), per-client switches (admin token)" },
     { name: "docs", description: "This document and its interactive reference" },
   ],
 };

@@ -4,7 +4,7 @@ import { TIERS } from "../domain/types";
 import { AppError } from "../errors";
 import { authenticate, requireScope } from "../http/auth";
 import type { AppEnv, Principal } from "../http/context";
-import { errorResponses } from "../http/errors";
+import { errorResponses, validationError } from "../http/errors";
 import { listBurstSessions } from "../storage/quotas";
 import { burstStatus, checkQuota, decideBurst, endBurst, getBurstPolicies, getQuota, requestBurst, requireQuota, setBurstPolicy, setQuota } from "../services/quotas";
 import { ClientId, PoolId, TraceId } from "./schemas";
@@ -241,7 +241,7 @@ export const quotaRoutes = new OpenAPIHono<AppEnv>()
       ownClient(c.var.principal, clientId);
       const text = await c.req.text();
       const parsed = BurstAskBody.safeParse(text.trim() === "" ? {} : safeJson(text));
-      if (!parsed.success) throw new AppError("validation_failed", "the burst request is not valid", { issues: parsed.error.issues.map((i) => ({ path: `json.${i.path.join(".")}`, message: i.message })) });
+      if (!parsed.success) throw validationError(parsed.error, "json");
       await requireQuota(c.env, clientId);
       const burst = await requestBurst(c.env, clientId, parsed.data);
       return c.json({ burst, trace_id: c.var.traceId }, 201);
