@@ -198,7 +198,7 @@ describe("admission at the edge of the budget", () => {
     const first = await enqueue({ template: expensive }, key);
     expectError(first, 402, "budget_exceeded");
     expect(first.body.error.details).toEqual({
-      client_id: id, estimate_nano: 50_000, month, budget_nano: 20_000, budget_source: "client",
+      client_id: id, template: expensive, downgraded_from: null, estimate_nano: 50_000, month, budget_nano: 20_000, budget_source: "client",
       spent_nano: 0, in_flight_nano: 0, remaining_nano: 20_000, resets_at: resets,
       alternative: { template: cheap, estimate_nano: 5_000, fits: true },
     });
@@ -211,9 +211,13 @@ describe("admission at the edge of the budget", () => {
       queued.push(r.body.request.id);
     }
     // 20,000 in flight: nothing is left, the alternative no longer fits either.
-    const second = await call("POST", "/api/execute", { token: key, json: { template: expensive, queue: "fast" } });
+    const second = await call("POST", "/api/execute", { token: key, json: { template: expensive, queue: "fast", quality: "premium" } });
     expectError(second, 402, "budget_exceeded");
     expect(second.body.error.details).toMatchObject({ in_flight_nano: 20_000, remaining_nano: 0, alternative: { template: cheap, estimate_nano: 5_000, fits: false } });
+    // Without quality: premium, a budget this used makes the optimizer run the alternative, which does not fit either.
+    const downgraded = await call("POST", "/api/execute", { token: key, json: { template: expensive, queue: "fast" } });
+    expectError(downgraded, 402, "budget_exceeded");
+    expect(downgraded.body.error.details).toMatchObject({ template: cheap, downgraded_from: expensive, estimate_nano: 5_000, alternative: null });
     // A template without an alternative says so.
     const third = await enqueue({ template: cheap }, key);
     expectError(third, 402, "budget_exceeded");

@@ -37,7 +37,7 @@ const DOCUMENTED: Record<string, { type: string; labels: string[] }> = {
   rm_http_request_duration_seconds: { type: "histogram", labels: ["method", "route", "status_class"] },
   rm_spend_nanodollars_total: { type: "counter", labels: ["pool"] },
   rm_spend_month_nanodollars: { type: "gauge", labels: ["pool"] },
-  rm_savings_nanodollars_total: { type: "counter", labels: [] },
+  rm_savings_nanodollars_total: { type: "counter", labels: ["strategy"] },
   rm_client_budget_nanodollars: { type: "gauge", labels: ["client"] },
   rm_client_spend_month_nanodollars: { type: "gauge", labels: ["client"] },
   rm_alerts_open: { type: "gauge", labels: ["kind"] },
@@ -170,7 +170,7 @@ describe("GET /metrics", () => {
     // One series per queue and per alert kind, whatever their state.
     expect(families.get("rm_queue_depth")!.samples.map((s) => s.labels.queue)).toEqual(QUEUES);
     expect(families.get("rm_alerts_open")!.samples).toHaveLength(ALERT_KINDS.length);
-    expect(value(families, "rm_savings_nanodollars_total")).toBe(0);
+    expect(families.get("rm_savings_nanodollars_total")!.samples.map((s) => s.labels.strategy)).toEqual(["downgrade", "batching", "caching", "compression", "off_peak"]);
     expect(value(families, "rm_scheduler_running")).toBe(1);
   });
 

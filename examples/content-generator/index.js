@@ -17,11 +17,10 @@ export default {
   async fetch(request, env) {
     const { job, error } = await readJob(request);
     if (error) return error;
+    // A batch ({ jobs: [...] }) is one invocation: the jobs' simulated latencies overlap.
     const jobs = Array.isArray(job.jobs) ? job.jobs : [job];
-    for (const j of jobs) {
-      const failure = await simulate(j, env);
-      if (failure) return failure;
-    }
+    const failure = (await Promise.all(jobs.map((j) => simulate(j, env)))).find(Boolean);
+    if (failure) return failure;
     if (Array.isArray(job.jobs)) return Response.json({ results: jobs.map(generate) });
     return Response.json(generate(job));
   },

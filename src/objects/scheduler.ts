@@ -1,5 +1,8 @@
 import { DurableObject } from "cloudflare:workers";
 import { dayStart } from "../domain/calendar";
+import { batchGroups, type Strategy } from "../domain/optimizer";
+import { compressText, decompressText } from "../services/compression";
+import { cachePut, recordSavings, type SavingsRow } from "../services/optimizer";
 import { backoffMs, fairRank, priorityOf, QUEUES, TIER_WEIGHTS, type Priority, type QueueName } from "../domain/priority";
 import type { Caller, PoolAmount, PoolConfig, Tier } from "../domain/types";
 import type { ErrorBody } from "../errors";
@@ -30,6 +33,31 @@ export interface NewRequest {
   estimateNano: number;
   /** The estimate per pool: the template's amounts at the prices of the time. */
   estimate: PoolCost[];
+  /** What the cost optimizer decided (see services/optimizer.ts); absent: nothing. */
+  plan?: StoredPlan | null;
+  /** `params` as stored: JSON, or compressed JSON ("gz:..."), when the caller already encoded it. */
+  paramsStored?: string;
+  /** A result cache hit: the request is recorded as completed at once, at no cost. */
+  cached?: { result: unknown; costNano: number } | null;
+}
+
+/** The optimizer's decisions a request carries through the scheduler (stored as JSON with it). */
+export interface StoredPlan {
+  requested_template: string;
+  downgraded_from: string | null;
+  downgrade_reason: string | null;
+  strategies: Array<{ strategy: Strategy; saved_nano: number; detail: string }>;
+  cache_key: string | null;
+  cache_ttl_ms: number;
+  batchable: boolean;
+  batch_size: number;
+  compress_threshold_bytes: number | null;
+  /** Bytes saved by storing params and result compressed. */
+  bytes_saved: number;
+  /** Answered from the cache or by an identical request's execution. */
+  cached: boolean;
+  /** How many requests went to the worker in the invocation that completed this one (1: alone). */
+  batched: number | null;
 }
 
 /** Units and cost in one pool, for a request's estimate or its actual use. */
@@ -65,6 +93,14 @@ export interface RequestView {
   started_at: number | null;
   finished_at: number | null;
   dispatch_seq: number | null;
+  optimizer: {
+    requested_template: string;
+    downgraded_from: string | null;
+    downgrade_reason: string | null;
+    strategies: StoredPlan["strategies"];
+    cached: boolean;
+    batch_size: number | null;
+  } | null;
 }
 
 export interface EnqueueOutcome {
@@ -154,6 +190,7 @@ interface Row {
   reservations: string | null;
   ready_at: number | null;
   first_started_at: number | null;
+  plan: string | null;
   estimate_detail: string | null;
   actual_detail: string | null;
   [key: string]: SqlStorageValue;
@@ -182,6 +219,8 @@ interface Outcome {
   error?: string;
   /** False for failures that no retry can fix. */
   retryable?: boolean;
+  /** Requests in the worker invocation that produced this outcome (batching). */
+  batched?: number;
 }
 
 const MAX_IN_FLIGHT = 256;
@@ -234,6 +273,8 @@ export class SchedulerObject extends DurableObject<Env> {
   /** A call failed since the last alert check: check at the next pass without waiting. */
   private alertsDirty = false;
   private rankCache: { at: number; order: string[] } | null = null;
+  /** The optimizer's plan of each live request that has one (parsed once). */
+  private plans = new Map<string, StoredPlan>();
   /** Operators' fair-share weights of clients with queued work (refreshed by each pass). */
   private weights = new Map<string, number>();
   private settleBuffer: Array<{ id: string; attempt: number; outcome: Outcome }> = [];
@@ -295,6 +336,7 @@ export class SchedulerObject extends DurableObject<Env> {
     for (const column of ["ready_at", "first_started_at"]) {
       if (!columns.has(column)) this.sql.exec(`ALTER TABLE requests ADD COLUMN ${column} INTEGER`);
     }
+    if (!columns.has("plan")) this.sql.exec("ALTER TABLE requests ADD COLUMN plan TEXT");
     this.sql.exec("CREATE INDEX IF NOT EXISTS requests_finished ON requests (finished_at)");
     const state = new Map(this.sql.exec<{ k: string; v: string }>("SELECT k, v FROM state").toArray().map((r) => [r.k, r.v]));
     this.running = state.get("running") !== "false";
@@ -302,6 +344,7 @@ export class SchedulerObject extends DurableObject<Env> {
     this.seq = this.sql.exec<{ n: number | null }>("SELECT MAX(dispatch_seq) AS n FROM requests").one().n ?? 0;
     for (const row of this.sql.exec<Row>("SELECT * FROM requests WHERE status IN ('queued', 'dispatching', 'running')")) {
       this.live.set(row.id, row);
+      if (row.plan) this.plans.set(row.id, JSON.parse(row.plan) as StoredPlan);
       if (row.status === "queued") this.index(row);
     }
     void ctx.blockConcurrencyWhile(async () => {
@@ -327,14 +370,14 @@ export class SchedulerObject extends DurableObject<Env> {
     const now = Date.now();
     const inserted = this.insert(item, now);
     const id = inserted.request.id;
-    if (!inserted.duplicate && item.queue === "immediate" && this.running) {
+    if (!inserted.duplicate && !item.cached && item.queue === "immediate" && this.running) {
       const settled = this.waitFor(id, waitMs);
       await this.pass("execute", [id]);
       if (this.rowOf(id)?.status !== "queued") await settled;
     }
     this.ensureAlarm(Date.now());
     const row = this.rowOf(id)!;
-    return { request: view(row), duplicate: inserted.duplicate, ...this.positionOf(id, Date.now()) };
+    return { request: await viewOf(row), duplicate: inserted.duplicate, ...this.positionOf(id, Date.now()) };
   }
 
   /** Of these request ids, those the scheduler holds and has not finished. */
@@ -343,15 +386,15 @@ export class SchedulerObject extends DurableObject<Env> {
   }
 
   /** The request a client made with this idempotency key, if any. */
-  findByKey(clientId: string, key: string): RequestView | null {
+  async findByKey(clientId: string, key: string): Promise<RequestView | null> {
     const row = this.sql.exec<Row>("SELECT * FROM requests WHERE client_id = ? AND idempotency_key = ?", clientId, key).toArray()[0];
-    return row ? view(this.live.get(row.id) ?? row) : null;
+    return row ? viewOf(this.live.get(row.id) ?? row) : null;
   }
 
-  get(id: string, clientId: string | null): RequestView | null {
+  async get(id: string, clientId: string | null): Promise<RequestView | null> {
     const row = this.rowOf(id);
     if (!row || (clientId !== null && row.client_id !== clientId)) return null;
-    return view(row);
+    return viewOf(row);
   }
 
   /** How many of a client's requests created at or after `since` are in each status. */
@@ -398,6 +441,7 @@ export class SchedulerObject extends DurableObject<Env> {
     this.sql.exec("INSERT INTO finished_outbox (id) VALUES (?) ON CONFLICT (id) DO NOTHING", id);
     Object.assign(row, { status: "cancelled", error: "cancelled by caller", finished_at: now, updated_at: now, lease_until: null });
     this.live.delete(id);
+    this.plans.delete(id);
     log.info("request_cancelled", { request_id: id, client_id: row.client_id, was: row.status });
     if (wasActive) this.inflight.get(id)?.abort(new Error("cancelled"));
     await this.releaseHolds([{ row, actual: {}, final: true }]);
@@ -566,6 +610,13 @@ export class SchedulerObject extends DurableObject<Env> {
     const order = onlyIds ?? this.readyOrder(now);
     const blockedPools = new Set<string>();
     const fullClients = new Set<string>();
+    // Identical cacheable requests are coalesced: while one runs, the others wait and share its result.
+    const keysInFlight = new Set<string>();
+    for (const [id, plan] of this.plans) {
+      const status = this.live.get(id)?.status;
+      if (plan.cache_key && (status === "dispatching" || status === "running")) keysInFlight.add(plan.cache_key);
+    }
+    let coalescedWaiting = 0;
     let launched = 0;
     let wakeAt: number | null = null;
     const limit = onlyIds ? MAX_IN_FLIGHT + IMMEDIATE_HEADROOM : MAX_IN_FLIGHT;
@@ -578,11 +629,19 @@ export class SchedulerObject extends DurableObject<Env> {
         if (!q || q.notBefore > now || fullClients.has(q.clientId)) continue;
         const template = templates.get(this.rowOf(id)!.template);
         if (template && template.requirements.some((r) => blockedPools.has(r.pool))) continue;
+        const key = this.plans.get(id)?.cache_key;
+        if (key) {
+          if (keysInFlight.has(key)) {
+            coalescedWaiting += 1;
+            continue;
+          }
+          keysInFlight.add(key);
+        }
         chunk.push(this.claim(id, template, Date.now()));
       }
       if (chunk.length === 0) continue;
       const admitted = await this.admit(chunk, templates, pools, blockedPools, fullClients);
-      for (const row of admitted.rows) this.launch(row, templates.get(row.template)!);
+      this.launchAll(admitted.rows, templates);
       this.saveCounters();
       launched += admitted.rows.length;
       if (admitted.retryAt !== null) wakeAt = Math.min(wakeAt ?? Infinity, admitted.retryAt);
@@ -591,7 +650,7 @@ export class SchedulerObject extends DurableObject<Env> {
     const nextReady = this.nextNotBefore(Date.now());
     if (nextReady !== null) wakeAt = Math.min(wakeAt ?? Infinity, nextReady);
     // More ready work than this pass could take: continue right after it, without waiting for the cron.
-    if (!onlyIds && this.readyCount(Date.now()) > 0 && blockedPools.size === 0 && fullClients.size === 0 && this.inflight.size < MAX_IN_FLIGHT) {
+    if (!onlyIds && this.readyCount(Date.now()) > coalescedWaiting && blockedPools.size === 0 && fullClients.size === 0 && this.inflight.size < MAX_IN_FLIGHT) {
       wakeAt = Date.now();
     }
     if (wakeAt !== null) this.ensureAlarm(wakeAt);
@@ -610,23 +669,39 @@ export class SchedulerObject extends DurableObject<Env> {
     const id = item.id ?? newRequestId();
     const notBefore = Math.max(now, item.notBefore ?? now);
     const priority = priorityOf({ tier: item.tier, queue: item.queue, createdAt: now, recentShare: this.shares(now).get(item.clientId) ?? 0 }, now).score;
+    const params = item.paramsStored ?? JSON.stringify(item.params ?? null);
+    const plan = item.plan ? { ...item.plan } : null;
+    if (item.cached && plan) {
+      // A cache hit: completed now, no dispatch, no pool units, no cost.
+      plan.cached = true;
+      plan.strategies = [...plan.strategies, { strategy: "caching", saved_nano: item.cached.costNano, detail: "answered from the result cache" }];
+    }
+    const planText = plan ? JSON.stringify(plan) : null;
+    const cached = item.cached ?? null;
     this.sql.exec(
       `INSERT INTO requests (id, client_id, tier, max_concurrent, template, params, queue, status, priority, attempts, max_attempts,
-         idempotency_key, estimate_nano, created_at, updated_at, not_before, estimate_detail, ready_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      id, item.clientId, item.tier, item.maxConcurrent, item.template, JSON.stringify(item.params ?? null), item.queue, priority,
-      item.maxAttempts, item.idempotencyKey, item.estimateNano, now, now, notBefore, JSON.stringify(item.estimate), notBefore,
+         idempotency_key, estimate_nano, created_at, updated_at, not_before, estimate_detail, ready_at, plan,
+         result, actual_nano, actual_detail, first_started_at, started_at, finished_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      id, item.clientId, item.tier, item.maxConcurrent, item.template, params, item.queue, cached ? "completed" : "queued", priority,
+      item.maxAttempts, item.idempotencyKey, item.estimateNano, now, now, notBefore, JSON.stringify(item.estimate), notBefore, planText,
+      cached ? JSON.stringify(cached.result ?? null) : null, cached ? 0 : null, cached ? "[]" : null, cached ? now : null, cached ? now : null, cached ? now : null,
     );
     const row: Row = {
       id, client_id: item.clientId, tier: item.tier, max_concurrent: item.maxConcurrent, template: item.template,
-      params: JSON.stringify(item.params ?? null), queue: item.queue, status: "queued", priority, attempts: 0,
+      params, queue: item.queue, status: cached ? "completed" : "queued", priority, attempts: 0,
       max_attempts: item.maxAttempts, idempotency_key: item.idempotencyKey, estimate_nano: item.estimateNano,
-      actual_nano: null, result: null, error: null, created_at: now, updated_at: now, not_before: notBefore,
-      lease_until: null, started_at: null, finished_at: null, dispatch_seq: null, reservations: null,
-      ready_at: notBefore, first_started_at: null,
-      estimate_detail: JSON.stringify(item.estimate), actual_detail: null,
+      actual_nano: cached ? 0 : null, result: cached ? JSON.stringify(cached.result ?? null) : null, error: null, created_at: now, updated_at: now, not_before: notBefore,
+      lease_until: null, started_at: cached ? now : null, finished_at: cached ? now : null, dispatch_seq: null, reservations: null,
+      ready_at: notBefore, first_started_at: cached ? now : null, plan: planText,
+      estimate_detail: JSON.stringify(item.estimate), actual_detail: cached ? "[]" : null,
     };
+    if (cached) {
+      this.sql.exec("INSERT INTO finished_outbox (id) VALUES (?) ON CONFLICT (id) DO NOTHING", id);
+      return { request: view(row), duplicate: false };
+    }
     this.live.set(id, row);
+    if (plan) this.plans.set(id, plan);
     this.index(row);
     return { request: view(row), duplicate: false };
   }
@@ -838,8 +913,19 @@ export class SchedulerObject extends DurableObject<Env> {
   }
 
   /** Start the worker call; its settlement is batched with others'. Not awaited by the pass. */
-  private launch(row: Row, template: Template): void {
-    const now = Date.now();
+  /** Launch admitted requests: batchable ones of one template together (up to their batch size), the rest alone. */
+  private launchAll(rows: Row[], templates: Map<string, Template>): void {
+    const batchable = rows.map((row) => ({ row, template: row.template, batchable: (this.plans.get(row.id)?.batchable ?? false) && row.queue === "batch" }));
+    const size = (g: typeof batchable) => Math.max(1, this.plans.get(g[0]!.row.id)?.batch_size ?? 1);
+    for (const group of batchGroupsBySize(batchable, size)) {
+      const template = templates.get(group[0]!.template)!;
+      if (group.length === 1) this.launch(group[0]!.row, template);
+      else this.launchBatch(group.map((g) => g.row), template);
+    }
+  }
+
+  /** Mark a request running under a new attempt (one dispatch, one sequence number). */
+  private start(row: Row, now: number): void {
     this.seq += 1;
     this.sql.exec(
       "UPDATE requests SET status = 'running', attempts = attempts + 1, started_at = ?, first_started_at = COALESCE(first_started_at, ?), updated_at = ?, dispatch_seq = ?, reservations = ? WHERE id = ?",
@@ -848,15 +934,50 @@ export class SchedulerObject extends DurableObject<Env> {
     Object.assign(row, { status: "running", attempts: row.attempts + 1, started_at: now, first_started_at: row.first_started_at ?? now, updated_at: now, dispatch_seq: this.seq });
     this.dispatchLog.push({ at: now, clientId: row.client_id, queue: row.queue });
     this.count(row.template, "dispatches");
+  }
+
+  /** Start the worker call; its settlement is batched with others'. Not awaited by the pass. */
+  private launch(row: Row, template: Template): void {
+    const now = Date.now();
+    this.start(row, now);
     const controller = new AbortController();
     this.inflight.set(row.id, controller);
     const attempt = row.attempts;
     void this.invoke(row, template, controller).then((outcome) => {
       if (this.inflight.get(row.id) === controller) this.inflight.delete(row.id);
-      this.durations.push(Date.now() - now);
-      if (this.durations.length > 100) this.durations.shift();
+      this.noteDuration(Date.now() - now);
       this.queueSettlement(row.id, attempt, outcome);
     });
+  }
+
+  /**
+   * Batching: several requests of one batchable template in one worker invocation; each is settled on
+   * its own from its item of the answer. Cancelling one drops its outcome, not the others' call.
+   */
+  private launchBatch(rows: Row[], template: Template): void {
+    const now = Date.now();
+    const controller = new AbortController();
+    const attempts = new Map<string, number>();
+    // Each request's own handle: cancelling one request aborts nothing the others share.
+    const handles = new Map<string, AbortController>();
+    for (const row of rows) {
+      this.start(row, now);
+      attempts.set(row.id, row.attempts);
+      handles.set(row.id, new AbortController());
+      this.inflight.set(row.id, handles.get(row.id)!);
+    }
+    void this.invokeBatch(rows, template, controller).then((outcomes) => {
+      this.noteDuration(Date.now() - now);
+      for (const row of rows) {
+        if (this.inflight.get(row.id) === handles.get(row.id)) this.inflight.delete(row.id);
+        this.queueSettlement(row.id, attempts.get(row.id)!, { ...outcomes.get(row.id)!, batched: rows.length });
+      }
+    });
+  }
+
+  private noteDuration(ms: number): void {
+    this.durations.push(ms);
+    if (this.durations.length > 100) this.durations.shift();
   }
 
   /**
@@ -865,6 +986,38 @@ export class SchedulerObject extends DurableObject<Env> {
    * the whole timeout, and workerd caps live timers per object at 10,000).
    */
   private async invoke(row: Row, template: Template, controller: AbortController): Promise<Outcome> {
+    const body = `{"request_id":${JSON.stringify(row.id)},"template":${JSON.stringify(row.template)},"params":${await paramsOf(row)},"attempt":${row.attempts},"allotted":${JSON.stringify(allottedOf(row))}}`;
+    const answer = await this.call(template, controller, row.id, body);
+    if (!answer.ok) return answer;
+    const parsed = answer.body as { result?: unknown; usage?: Record<string, number> };
+    return { ok: true, result: parsed.result ?? null, usage: parsed.usage ?? {} };
+  }
+
+  /**
+   * The batch protocol: `{ "jobs": [job...] }` in (each job as a single call's body), `{ "results":
+   * [{ result, usage, error? }...] }` out, in the same order.
+   */
+  private async invokeBatch(rows: Row[], template: Template, controller: AbortController): Promise<Map<string, Outcome>> {
+    const items = await Promise.all(rows.map(async (row) =>
+      `{"request_id":${JSON.stringify(row.id)},"template":${JSON.stringify(row.template)},"params":${await paramsOf(row)},"attempt":${row.attempts},"allotted":${JSON.stringify(allottedOf(row))}}`));
+    const answer = await this.call(template, controller, rows[0]!.id, `{"jobs":[${items.join(",")}]}`);
+    const out = new Map<string, Outcome>();
+    if (!answer.ok) {
+      for (const row of rows) out.set(row.id, answer);
+      return out;
+    }
+    const results = (answer.body as { results?: Array<{ result?: unknown; usage?: Record<string, number>; error?: string }> }).results ?? [];
+    for (const [i, row] of rows.entries()) {
+      const r = results[i];
+      if (!r) out.set(row.id, { ok: false, error: "worker answered the batch without this request" });
+      else if (r.error) out.set(row.id, { ok: false, error: `worker failed: ${String(r.error).slice(0, 300)}` });
+      else out.set(row.id, { ok: true, result: r.result ?? null, usage: r.usage ?? {} });
+    }
+    return out;
+  }
+
+  /** POST to the template's worker with its deadline; the parsed JSON body, or a failure outcome. */
+  private async call(template: Template, controller: AbortController, requestId: string, body: string): Promise<(Outcome & { ok: false }) | { ok: true; body: unknown }> {
     const binding = (this.env as unknown as Record<string, Fetcher | undefined>)[template.binding];
     if (!binding || typeof binding.fetch !== "function") {
       return { ok: false, error: `no service binding ${template.binding} for template ${template.id}`, retryable: false };
@@ -875,18 +1028,15 @@ export class SchedulerObject extends DurableObject<Env> {
       controller.abort(new Error("deadline"));
     }, template.timeoutMs);
     try {
-      const holds = JSON.parse(row.reservations ?? "[]") as Held[];
-      const allotted = Object.fromEntries(holds.map((h) => [h.pool, h.amount]));
       const res = await binding.fetch("https://worker.internal/run", {
         method: "POST",
-        headers: { "content-type": "application/json", "x-request-id": row.id },
-        body: `{"request_id":${JSON.stringify(row.id)},"template":${JSON.stringify(row.template)},"params":${row.params},"attempt":${row.attempts},"allotted":${JSON.stringify(allotted)}}`,
+        headers: { "content-type": "application/json", "x-request-id": requestId },
+        body,
         signal: controller.signal,
       });
       const text = await res.text();
       if (!res.ok) return { ok: false, error: `worker answered ${res.status}: ${text.slice(0, 300)}` };
-      const body = JSON.parse(text) as { result?: unknown; usage?: Record<string, number> };
-      return { ok: true, result: body.result ?? null, usage: body.usage ?? {} };
+      return { ok: true, body: JSON.parse(text) };
     } catch (err) {
       if (timedOut) return { ok: false, error: `worker timed out after ${template.timeoutMs} ms` };
       if (controller.signal.aborted) return { ok: false, error: "cancelled", retryable: false };
@@ -927,16 +1077,30 @@ export class SchedulerObject extends DurableObject<Env> {
       live.push({ row, outcome, actual });
     }
     const final = (l: (typeof live)[number]) => l.outcome.ok || l.outcome.retryable === false || l.row.attempts >= l.row.max_attempts;
+    // Results stored compressed above the plan's threshold (the work is done before the synchronous part).
+    const stored = new Map<string, { text: string; bytesSaved: number }>();
+    await Promise.all(live.filter((l) => l.outcome.ok).map(async ({ row, outcome }) => {
+      let text = JSON.stringify(outcome.result ?? null);
+      if (text.length > MAX_RESULT_CHARS) text = JSON.stringify({ truncated: true, chars: text.length });
+      const threshold = this.plans.get(row.id)?.compress_threshold_bytes ?? null;
+      if (threshold === null) return void stored.set(row.id, { text, bytesSaved: 0 });
+      const c = await compressText(text, threshold);
+      stored.set(row.id, { text: c.stored, bytesSaved: c.bytesSaved });
+    }));
     const used = await this.releaseHolds(live.map((l) => ({ row: l.row, actual: l.actual, final: final(l) })));
     const now = Date.now();
+    const leaders: Array<{ row: Row; plan: StoredPlan; result: string; actualNano: number }> = [];
     for (const { row, outcome } of live) {
       this.noteOutcome(row, outcome, now);
       if (outcome.error !== "cancelled") this.count(row.template, outcome.ok ? "completions" : timedOut(outcome) ? "timeouts" : "failures");
       if (outcome.ok) {
-        let result = JSON.stringify(outcome.result ?? null);
-        if (result.length > MAX_RESULT_CHARS) result = JSON.stringify({ truncated: true, chars: result.length });
+        const { text: result, bytesSaved } = stored.get(row.id)!;
         const actual = used.get(row.id) ?? [];
-        this.finish(row.id, "completed", now, { result, actual: actual.reduce((sum, p) => sum + p.cost_nano, 0), actualDetail: JSON.stringify(actual) });
+        const actualNano = actual.reduce((sum, p) => sum + p.cost_nano, 0);
+        const plan = this.plans.get(row.id);
+        if (plan) this.updatePlan(row, { ...plan, bytes_saved: plan.bytes_saved + bytesSaved, batched: outcome.batched ?? 1 });
+        if (plan?.cache_key) leaders.push({ row, plan, result, actualNano });
+        this.finish(row.id, "completed", now, { result, actual: actualNano, actualDetail: JSON.stringify(actual) });
       } else if (outcome.retryable !== false && row.attempts < row.max_attempts) {
         this.requeue(row, now, now + backoffMs(row.attempts), true, outcome.error);
         this.count(row.template, "retries");
@@ -946,8 +1110,44 @@ export class SchedulerObject extends DurableObject<Env> {
         log.warn("request_failed", { request_id: row.id, client_id: row.client_id, attempts: row.attempts, error: outcome.error });
       }
     }
+    for (const leader of leaders) await this.completeFollowers(leader);
     this.saveCounters();
     if (live.length) this.ensureAlarm(Date.now());
+  }
+
+  /**
+   * A cacheable request completed: the identical requests queued behind it (same cache key) complete
+   * with its result, at no cost and without dispatch. Their money leaves flight.
+   */
+  private async completeFollowers(leader: { row: Row; plan: StoredPlan; result: string; actualNano: number }): Promise<void> {
+    const now = Date.now();
+    const followers: Row[] = [];
+    for (const [id, plan] of this.plans) {
+      const row = this.live.get(id);
+      if (id === leader.row.id || plan.cache_key !== leader.plan.cache_key || row?.status !== "queued") continue;
+      this.updatePlan(row, {
+        ...plan, cached: true,
+        strategies: [...plan.strategies, { strategy: "caching", saved_nano: leader.actualNano, detail: `coalesced with ${leader.row.id}, which ran it` }],
+      });
+      this.sql.exec("UPDATE requests SET first_started_at = ?, started_at = ? WHERE id = ?", now, now, id);
+      Object.assign(row, { first_started_at: now, started_at: now });
+      followers.push(row);
+      this.finish(id, "completed", now, { result: leader.result, actual: 0, actualDetail: "[]" });
+    }
+    if (followers.length === 0) return;
+    log.info("requests_coalesced", { leader: leader.row.id, followers: followers.length });
+    await Promise.all([...groupBy(followers, (r) => r.client_id)].map(async ([clientId, list]) => {
+      await this.clientStub(clientId).settle(await budgetLimit(this.env, clientId), list.map((r) => ({ requestId: r.id, events: [] })));
+    }));
+  }
+
+  private updatePlan(row: Row, plan: StoredPlan): void {
+    const text = JSON.stringify(plan);
+    this.sql.exec("UPDATE requests SET plan = ? WHERE id = ?", text, row.id);
+    row.plan = text;
+    const live = this.live.get(row.id);
+    if (live) live.plan = text;
+    if (this.plans.has(row.id)) this.plans.set(row.id, plan);
   }
 
   /**
@@ -1017,6 +1217,7 @@ export class SchedulerObject extends DurableObject<Env> {
     this.queued.delete(id);
     this.resolveWaiters(id);
     this.live.delete(id);
+    this.plans.delete(id);
   }
 
   /**
@@ -1118,6 +1319,32 @@ export class SchedulerObject extends DurableObject<Env> {
    * outbox. Run at the end of a pass, so after each settlement batch. A failure leaves them for a later
    * pass, after a backoff; it never fails the pass.
    */
+  /**
+   * For completed requests the optimizer touched: their savings (one row per strategy, idempotent by
+   * request and strategy) and, for the leaders of cacheable work, their result into the result cache.
+   * Delivered with the request log, so a failure retries both.
+   */
+  private async deliverOptimizerRecords(ids: string[]): Promise<void> {
+    if (ids.length === 0) return;
+    const rows = this.sql.exec<{ id: string; client_id: string; template: string; plan: string | null; result: string | null; actual_nano: number | null; finished_at: number }>(
+      "SELECT id, client_id, template, plan, result, actual_nano, finished_at FROM requests WHERE id IN (SELECT value FROM json_each(?)) AND plan IS NOT NULL",
+      JSON.stringify(ids),
+    ).toArray();
+    const savings: SavingsRow[] = [];
+    for (const r of rows) {
+      const plan = JSON.parse(r.plan!) as StoredPlan;
+      const base = { requestId: r.id, clientId: r.client_id, template: r.template, at: r.finished_at };
+      for (const st of plan.strategies) savings.push({ ...base, strategy: st.strategy, savedNano: st.saved_nano });
+      if (plan.bytes_saved > 0) savings.push({ ...base, strategy: "compression", savedNano: 0, bytesSaved: plan.bytes_saved });
+      if ((plan.batched ?? 1) > 1) savings.push({ ...base, strategy: "batching", savedNano: 0 });
+      if (plan.cache_key && !plan.cached && r.result !== null) {
+        const text = r.result.startsWith("gz:") ? await decompressText(r.result) : r.result;
+        await cachePut(this.env, plan.cache_key, r.template, JSON.parse(text), r.actual_nano ?? 0, plan.cache_ttl_ms, Date.now());
+      }
+    }
+    if (savings.length) await recordSavings(this.env, savings);
+  }
+
   private async flushFinished(): Promise<void> {
     if (this.finishedFlushing || Date.now() < this.finishedRetryAt) return;
     this.finishedFlushing = true;
@@ -1132,6 +1359,7 @@ export class SchedulerObject extends DurableObject<Env> {
         if (rows.length === 0) break;
         // A request no longer stored (nothing deletes them today) has nothing to report: just drop its entry.
         await insertRequestLog(this.env.DB, rows.filter((r) => r.id !== null).map(({ outbox_id: _, ...r }) => r as unknown as FinishedRequest));
+        await this.deliverOptimizerRecords(rows.filter((r) => r.id !== null && r.status === "completed").map((r) => String(r.id)));
         this.sql.exec("DELETE FROM finished_outbox WHERE id IN (SELECT value FROM json_each(?))", JSON.stringify(rows.map((r) => r.outbox_id)));
         if (rows.length < FINISHED_BATCH) break;
       }
@@ -1239,7 +1467,42 @@ function view(row: Row): RequestView {
     started_at: row.started_at,
     finished_at: row.finished_at,
     dispatch_seq: row.dispatch_seq,
+    optimizer: optimizerView(row.plan),
   };
+}
+
+/** batchGroups with the batch size of each template's requests (their plans carry it). */
+function batchGroupsBySize<T extends { template: string; batchable: boolean }>(items: T[], size: (group: T[]) => number): T[][] {
+  const out: T[][] = [];
+  for (const group of batchGroups(items, Number.MAX_SAFE_INTEGER)) {
+    const n = size(group);
+    for (let i = 0; i < group.length; i += n) out.push(group.slice(i, i + n));
+  }
+  return out;
+}
+
+/** A request's params as JSON text (stored compressed above the plan's threshold). */
+async function paramsOf(row: Row): Promise<string> {
+  return row.params.startsWith("gz:") ? decompressText(row.params) : row.params;
+}
+
+function allottedOf(row: Row): Record<string, number> {
+  return Object.fromEntries((JSON.parse(row.reservations ?? "[]") as Held[]).map((h) => [h.pool, h.amount]));
+}
+
+function optimizerView(planText: string | null): RequestView["optimizer"] {
+  if (!planText) return null;
+  const p = JSON.parse(planText) as StoredPlan;
+  return {
+    requested_template: p.requested_template, downgraded_from: p.downgraded_from, downgrade_reason: p.downgrade_reason,
+    strategies: p.strategies, cached: p.cached, batch_size: p.batched,
+  };
+}
+
+/** A view whose stored result may be compressed: decompressed for the caller. */
+async function viewOf(row: Row): Promise<RequestView> {
+  if (typeof row.result === "string" && row.result.startsWith("gz:")) return view({ ...row, result: await decompressText(row.result) });
+  return view(row);
 }
 
 function groupBy<T>(items: T[], key: (t: T) => string): Map<string, T[]> {

@@ -1,4 +1,5 @@
 import { createRoute, OpenAPIHono, z } from "@hono/zod-openapi";
+import { QUALITIES } from "../domain/optimizer";
 import { QUEUES } from "../domain/priority";
 import { AppError } from "../errors";
 import { authenticate, requireScope } from "../http/auth";
@@ -19,6 +20,10 @@ export const RequestSpec = z
     idempotency_key: IdempotencyKey.optional().openapi({ description: "Unique per client: a repeat returns the first request" }),
     not_before: z.number().int().min(0).max(8_640_000_000_000).optional().openapi({ description: "Epoch ms; not dispatched before" }),
     max_attempts: z.number().int().min(1).max(10).optional().openapi({ description: "Default 3" }),
+    quality: z.enum(QUALITIES).optional().openapi({
+      description: "standard: the optimizer may run the template's cheaper alternative; premium: never (the original is demanded). Absent: only the queue (batch, deferred), the client's budget use or an exhausted pool may downgrade",
+    }),
+    deadline: z.number().int().min(0).max(8_640_000_000_000).optional().openapi({ description: "Epoch ms by which it must run: a deferred request does not wait for the off-peak window past it" }),
     client_id: ClientId.optional().openapi({ description: "Required with the admin token" }),
   })
   .strict()
@@ -37,6 +42,14 @@ const RequestView = z
     result: z.unknown(), error: z.string().nullable(),
     created_at: z.number().int(), updated_at: z.number().int(), not_before: z.number().int(),
     started_at: z.number().int().nullable(), finished_at: z.number().int().nullable(), dispatch_seq: z.number().int().nullable(),
+    optimizer: z.object({
+      requested_template: z.string().openapi({ description: "What the caller asked for; `template` is what runs" }),
+      downgraded_from: z.string().nullable(),
+      downgrade_reason: z.string().nullable(),
+      strategies: z.array(z.object({ strategy: z.string(), saved_nano: Nano, detail: z.string() })).openapi({ description: "Strategies applied, each with the nano-dollars it saves" }),
+      cached: z.boolean().openapi({ description: "Answered from the result cache, or by an identical request's execution (coalesced): no pool units, no cost" }),
+      batch_size: z.number().int().nullable().openapi({ description: "Requests sent to the worker in the same invocation as this one" }),
+    }).nullable().openapi({ description: "What the cost optimizer did; null for requests enqueued before it" }),
   })
   .openapi("Request");
 

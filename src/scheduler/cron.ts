@@ -5,6 +5,7 @@ import { poolConfigs } from "../services/config";
 import { samplePools } from "../services/pool-samples";
 import { poolStub } from "../services/pools";
 import { schedulerStub } from "../services/requests";
+import { sweepCache } from "../services/optimizer";
 import { evaluateScaling } from "../services/scaling";
 
 /**
@@ -24,7 +25,7 @@ export async function runCron(controller: ScheduledController, env: Env): Promis
   const delivered = flushes.reduce((n, r) => n + (r.status === "fulfilled" ? r.value : 0), 0);
   const failed = flushes.filter((r) => r.status === "rejected").length;
   if (dispatched!.status === "rejected") log.error("cron_dispatch_failed", { trace_id: traceId, error: String(dispatched!.reason) });
-  const [alerts, sampled, reconciled, scaled] = await Promise.all([
+  const [alerts, sampled, reconciled, scaled, swept] = await Promise.all([
     checkAlerts(env, Date.now(), traceId).catch((err: unknown) => {
       log.error("cron_alerts_failed", { trace_id: traceId, error: String(err) });
       return null;
@@ -41,11 +42,15 @@ export async function runCron(controller: ScheduledController, env: Env): Promis
       log.error("cron_scaling_failed", { trace_id: traceId, error: String(err) });
       return [];
     }),
+    sweepCache(env, Date.now()).catch((err: unknown) => {
+      log.error("cron_cache_sweep_failed", { trace_id: traceId, error: String(err) });
+      return 0;
+    }),
   ]);
   log.info("cron_pass", {
     trace_id: traceId, cron: controller.cron, dispatched: dispatched!.status === "fulfilled" ? dispatched!.value : 0,
     pools: pools.size, usage_delivered: delivered, pools_failed: failed,
     alerts_raised: alerts?.raised.length ?? 0, alerts_resolved: alerts?.resolved ?? 0, pools_sampled: sampled, in_flight_dropped: reconciled,
-    pools_scaled: scaled.filter((o) => o.event !== null).length,
+    pools_scaled: scaled.filter((o) => o.event !== null).length, cache_entries_expired: swept,
   });
 }

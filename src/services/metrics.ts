@@ -1,4 +1,6 @@
 import { ALERT_KINDS } from "../domain/alerts";
+import { STRATEGIES } from "../domain/optimizer";
+import { savingsTotals } from "../storage/optimizer";
 import { resolveBudget } from "../domain/budget";
 import { monthKey } from "../domain/calendar";
 import { latencySnapshots } from "../http/latency";
@@ -24,11 +26,13 @@ const COUNTER_HELP: Record<keyof DispatchCounters, string> = {
  */
 export async function collectMetrics(env: Env, now: number): Promise<Family[]> {
   const configs = [...(await poolConfigs(env)).values()].sort((a, b) => a.id.localeCompare(b.id));
-  const [pools, scheduler, rows] = await Promise.all([
+  const [pools, scheduler, rows, savings] = await Promise.all([
     Promise.all(configs.map(async (cfg) => ({ cfg, a: await poolStub(env, cfg.id).availability(cfg, null) }))),
     schedulerStub(env).metrics(),
     metricsRows(env.DB, `${monthKey(now)}-01`),
+    savingsTotals(env.DB),
   ]);
+  const saved = new Map(savings.map((r) => [r.strategy, r.saved_nano]));
   const byPool = <T extends number>(value: (p: (typeof pools)[number]) => T) => pools.map((p) => ({ labels: { pool: p.cfg.id }, value: value(p) }));
   const templates = Object.entries(scheduler.counters).sort(([a], [b]) => a.localeCompare(b));
   const openAlerts = new Map(rows.openAlerts.map((r) => [r.kind, r.n]));
@@ -65,8 +69,8 @@ export async function collectMetrics(env: Env, now: number): Promise<Family[]> {
       samples: rows.spend.map((s) => ({ labels: { pool: s.pool_id }, value: s.total_nano })) },
     { name: "rm_spend_month_nanodollars", type: "gauge", help: "Money spent per pool this calendar month (UTC), in nano-dollars.",
       samples: rows.spend.map((s) => ({ labels: { pool: s.pool_id }, value: s.month_nano })) },
-    { name: "rm_savings_nanodollars_total", type: "counter", help: "Money saved by the optimizer (cache hits, downgrades, off-peak deferral, batching), in nano-dollars; 0 until the optimizer records savings.",
-      samples: [{ value: 0 }] },
+    { name: "rm_savings_nanodollars_total", type: "counter", help: "Money saved by the optimizer since its ledger began, per strategy (downgrade, caching, batching, compression, off_peak), in nano-dollars.",
+      samples: STRATEGIES.map((strategy) => ({ labels: { strategy }, value: saved.get(strategy) ?? 0 })) },
     { name: "rm_client_budget_nanodollars", type: "gauge", help: "Each active client's monthly budget, in nano-dollars; no series for a client without a limit.",
       samples: budgets.flatMap((b) => (b.limit === null ? [] : [{ labels: { client: b.client }, value: b.limit }])) },
     { name: "rm_client_spend_month_nanodollars", type: "gauge", help: "Each active client's spend this calendar month (UTC), in nano-dollars, from the usage ledger (delivered within seconds).",

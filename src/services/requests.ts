@@ -8,7 +8,10 @@ import type { QuotaShortfall } from "../domain/quota";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 import { budgetLimit, clientQuota, templateConfig, tierLimits } from "./config";
-import { estimateCost, type CostEstimate } from "./estimate";
+import type { Quality } from "../domain/optimizer";
+import { compressText } from "./compression";
+import type { CostEstimate } from "./estimate";
+import { cacheGet, planRequest } from "./optimizer";
 import { unwrap } from "./pools";
 
 /** One request as a caller submits it (validated shape; see routes/queue.ts for the schema). */
@@ -19,6 +22,10 @@ export interface RequestSpec {
   idempotency_key?: string;
   not_before?: number;
   max_attempts?: number;
+  /** standard: may be downgraded; premium: the original is demanded (see services/optimizer.ts). */
+  quality?: Quality;
+  /** Epoch ms by which it must run (a deferred request does not wait for off-peak past it). */
+  deadline?: number;
 }
 
 export const DEFAULT_QUEUE: QueueName = "normal";
@@ -35,25 +42,50 @@ export interface PreparedRequest {
 }
 
 /**
- * Resolve the template and price the request per pool (the one estimate of services/estimate.ts): 404
- * for an unknown template or pool, 403 for a pool dedicated to another client.
+ * Plan the request with the cost optimizer (model downgrade, off-peak deferral, cache key, batching,
+ * compression) and price what will run, per pool (the one estimate of services/estimate.ts): 404 for
+ * an unknown template or pool, 403 for a pool dedicated to another client. Params above the plan's
+ * threshold are stored compressed.
  */
 export async function prepare(env: Env, caller: Caller, spec: RequestSpec): Promise<PreparedRequest> {
-  const [estimate, tiers] = await Promise.all([estimateCost(env, { template: spec.template }, caller), tierLimits(env)]);
+  const queue = spec.queue ?? DEFAULT_QUEUE;
+  const [plan, tiers] = await Promise.all([
+    planRequest(env, { caller, template: spec.template, params: spec.params ?? null, queue, quality: spec.quality, deadline: spec.deadline ?? null, now: Date.now() }),
+    tierLimits(env),
+  ]);
+  const estimate = plan.estimate;
+  const params = JSON.stringify(spec.params ?? null);
+  const packed = plan.compress_threshold_bytes === null ? null : await compressText(params, plan.compress_threshold_bytes);
+  const notBefore = Math.max(spec.not_before ?? 0, plan.not_before ?? 0) || null;
   return {
     request: {
       id: newRequestId(),
       clientId: caller.clientId,
       tier: caller.tier,
       maxConcurrent: tiers.get(caller.tier)?.max_concurrent ?? 1,
-      template: spec.template,
+      template: plan.template,
       params: spec.params ?? null,
-      queue: spec.queue ?? DEFAULT_QUEUE,
+      paramsStored: packed?.stored ?? params,
+      queue,
       idempotencyKey: spec.idempotency_key ?? null,
-      notBefore: spec.not_before ?? null,
+      notBefore,
       maxAttempts: spec.max_attempts ?? DEFAULT_MAX_ATTEMPTS,
       estimateNano: estimate.total_cost_nano,
       estimate: estimate.pools.map((p) => ({ pool: p.pool, units: p.amount, cost_nano: p.cost_nano })),
+      plan: {
+        requested_template: spec.template,
+        downgraded_from: plan.downgraded_from,
+        downgrade_reason: plan.downgrade_reason,
+        strategies: plan.strategies.map((st) => ({ strategy: st.strategy, saved_nano: st.saved_nano, detail: st.detail })),
+        cache_key: plan.cache_key,
+        cache_ttl_ms: plan.cache_ttl_ms,
+        batchable: plan.batchable,
+        batch_size: plan.batch_size,
+        compress_threshold_bytes: plan.compress_threshold_bytes,
+        bytes_saved: packed?.bytesSaved ?? 0,
+        cached: false,
+        batched: null,
+      },
     },
     alternative: estimate.alternative,
   };
@@ -82,7 +114,13 @@ async function admitAll(env: Env, caller: Caller, specs: RequestSpec[]): Promise
       throw err;
     }
   }));
-  const fresh = prepared.filter((p): p is Extract<Prepared, { ok: true }> => p.ok && !p.existing);
+  // Result cache: a hit is answered at once and costs nothing (no budget, no pool units).
+  await Promise.all(prepared.map(async (p) => {
+    if (!p.ok || p.existing || !p.value.plan?.cache_key) return;
+    const hit = await cacheGet(env, p.value.plan.cache_key, Date.now());
+    if (hit) p.value.cached = hit;
+  }));
+  const fresh = prepared.filter((p): p is Extract<Prepared, { ok: true }> => p.ok && !p.existing && !p.value.cached);
   if (fresh.length === 0) return prepared;
   const limit = await budgetLimit(env, caller.clientId);
   if (!limit) throw new AppError("client_not_found", `no client ${caller.clientId}`, { client_id: caller.clientId });
@@ -129,7 +167,7 @@ function budgetRefusal(caller: Caller, request: NewRequest, cheaper: CostEstimat
   return {
     code: "budget_exceeded",
     message: `client ${caller.clientId} has ${budget.remaining_nano ?? 0} nano-dollars left of its ${budget.month} budget; this request needs ${request.estimateNano}`,
-    details: { client_id: caller.clientId, estimate_nano: request.estimateNano, ...budget, alternative },
+    details: { client_id: caller.clientId, template: request.template, downgraded_from: request.plan?.downgraded_from ?? null, estimate_nano: request.estimateNano, ...budget, alternative },
   };
 }
 
