@@ -22,6 +22,8 @@ describe("dispatch order", () => {
     // Client concurrency out of the way so that the order alone decides.
     await env.DB.prepare("UPDATE tiers SET max_concurrent = 1000").run();
     clearConfigCache();
+    // Deferred work runs now, not at the off-peak window: the order alone is under test.
+    for (const [client] of CLIENTS) expect((await call("PUT", `/admin/clients/${client}/optimizer`, { token: ADMIN, json: { off_peak: false } })).status).toBe(200);
     const pool = await makePool({ capacity: 100_000 });
     const template = await makeTemplate([{ pool: pool.id, amount: 1 }]);
     await call("POST", "/admin/scheduler/stop", { token: ADMIN });
