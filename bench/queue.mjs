@@ -67,6 +67,9 @@ const DRAIN_MAX_S = intEnv("QUEUE_BENCH_DRAIN_S", 180, 5, 1800);
 const KEEP_STATE = process.env.QUEUE_BENCH_KEEP_STATE === "1";
 const INSPECTOR = process.env.QUEUE_BENCH_INSPECTOR === "1";
 const DRAIN_EXECUTE = process.env.QUEUE_BENCH_DRAIN_EXECUTE !== "0";
+// The optimizer's batching: > 0 makes bench-noop batchable with this batch size and sends every request
+// to the batch queue, so the drain sends up to this many requests per worker invocation. 0: off.
+const BATCHABLE = intEnv("QUEUE_BENCH_BATCHABLE", 0, 0, 1000);
 if (BATCHED % 100 !== 0) throw new Error("QUEUE_BENCH_BATCHED must be a multiple of 100");
 if (SINGLE + BATCHED === 0) throw new Error("nothing to enqueue");
 
@@ -91,7 +94,7 @@ const CLIENTS = [
   { id: "initech", key: "rmk_demo_standard_initech" },
   { id: "hooli", key: "rmk_demo_basic_hooli" },
 ];
-const BENCH_QUEUES = ["fast", "normal", "batch"]; // not deferred: it may wait for off-peak
+const BENCH_QUEUES = BATCHABLE > 0 ? ["batch"] : ["fast", "normal", "batch"]; // not deferred: it may wait for off-peak
 const TEMPLATE = "bench-noop";
 const PARAMS = { simulate: { latency_ms: 0 } };
 const ACME = CLIENTS[0];
@@ -102,7 +105,12 @@ const BENCH_SQL =
   "INSERT INTO pools (id,name,unit,capacity,refill_per_sec,cost_per_unit_nano,sharing,status,version,updated_at) " +
   "VALUES ('bench-queue','bench','units',1000000000000,1000000000,1,'{\"mode\":\"shared\"}','active',1,0) ON CONFLICT(id) DO NOTHING; " +
   "INSERT INTO templates (id,name,binding,requirements,alternative_id,cacheable,batchable,timeout_ms,updated_at) " +
-  "VALUES ('bench-noop','bench noop','CONTENT_WORKER','[{\"pool\":\"bench-queue\",\"amount\":1}]',NULL,0,0,10000,0) ON CONFLICT(id) DO NOTHING;";
+  `VALUES ('bench-noop','bench noop','CONTENT_WORKER','[{\"pool\":\"bench-queue\",\"amount\":1}]',NULL,0,${BATCHABLE > 0 ? 1 : 0},10000,0) ` +
+  "ON CONFLICT(id) DO UPDATE SET batchable = excluded.batchable; " +
+  (BATCHABLE > 0
+    ? `INSERT INTO template_options (template_id, cache_ttl_ms, batch_size, compress_threshold_bytes, updated_at) VALUES ('bench-noop', 3600000, ${BATCHABLE}, 4096, 0) ` +
+      "ON CONFLICT(template_id) DO UPDATE SET batch_size = excluded.batch_size;"
+    : "DELETE FROM template_options WHERE template_id = 'bench-noop';");
 
 const CHILD_ENV = {
   ...process.env,
@@ -719,7 +727,7 @@ function summarize(result, { port, wranglerVersion, started }) {
   const out = {
     ...result,
     machine: { cpus: cpus().length, cpu_model: cpus()[0]?.model, platform: platform(), release: release(), node: process.version, wrangler: wranglerVersion, loadavg_end: loadavg() },
-    config: { port, wrangler_inspector_proxy: INSPECTOR, execute_during_drain: DRAIN_EXECUTE, single: SINGLE, batched: BATCHED, batch_size: BATCH_SIZE, single_concurrency: SINGLE_CONCURRENCY, batch_concurrency: BATCH_CONCURRENCY, samples: SAMPLES, warmup_calls: WARMUP_CALLS, poll_ms: POLL_MS, drain_max_s: DRAIN_MAX_S, template: TEMPLATE, queues: BENCH_QUEUES },
+    config: { port, wrangler_inspector_proxy: INSPECTOR, execute_during_drain: DRAIN_EXECUTE, single: SINGLE, batched: BATCHED, batch_size: BATCH_SIZE, single_concurrency: SINGLE_CONCURRENCY, batch_concurrency: BATCH_CONCURRENCY, samples: SAMPLES, warmup_calls: WARMUP_CALLS, poll_ms: POLL_MS, drain_max_s: DRAIN_MAX_S, template: TEMPLATE, queues: BENCH_QUEUES, batchable: BATCHABLE },
     targets,
     errors,
     elapsed_s: (Date.now() - started) / 1000,
