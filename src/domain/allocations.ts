@@ -4,6 +4,8 @@
  * Object owns the rows and calls these to decide.
  */
 
+import { decodeCursorText, encodeCursorText } from "./base64url";
+
 export const ALLOCATION_STATES = ["pending", "active", "releasing", "released", "failed", "expired"] as const;
 export type AllocationState = (typeof ALLOCATION_STATES)[number];
 
@@ -225,17 +227,11 @@ export interface ListPosition {
 const CURSOR = /^(\d):(\d{1,15}):(alc_[a-f0-9]{32})$/;
 
 export function encodeListCursor(p: ListPosition): string {
-  return btoa(`${p.rank}:${p.createdAt}:${p.id}`).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+  return encodeCursorText(`${p.rank}:${p.createdAt}:${p.id}`);
 }
 
 export function decodeListCursor(cursor: string): ListPosition | null {
-  let text: string;
-  try {
-    text = atob(cursor.replaceAll("-", "+").replaceAll("_", "/"));
-  } catch {
-    return null;
-  }
-  const match = CURSOR.exec(text);
+  const match = CURSOR.exec(decodeCursorText(cursor) ?? "");
   return match ? { rank: Number(match[1]), createdAt: Number(match[2]), id: match[3]! } : null;
 }
 

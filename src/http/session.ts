@@ -1,3 +1,4 @@
+import { base64url, fromBase64url } from "../domain/base64url";
 import type { Context } from "hono";
 import { deleteCookie, getCookie, setCookie } from "hono/cookie";
 import { AppError } from "../errors";
@@ -35,14 +36,6 @@ function sessionKey(secret: string): Promise<CryptoKey> {
     keys.set(secret, key);
   }
   return key;
-}
-
-function base64url(bytes: ArrayBuffer | Uint8Array): string {
-  return btoa(String.fromCharCode(...new Uint8Array(bytes))).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
-}
-
-function fromBase64url(text: string): Uint8Array {
-  return Uint8Array.from(atob(text.replaceAll("-", "+").replaceAll("_", "/")), (ch) => ch.charCodeAt(0));
 }
 
 /** A session value valid until `now` + SESSION_TTL_MS: "v1.<expiry ms>.<nonce>.<HMAC of the rest>". Null without an admin token. */

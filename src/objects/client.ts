@@ -2,7 +2,7 @@ import { DurableObject } from "cloudflare:workers";
 import { budgetView, fitsBudget, type BudgetLimit, type BudgetView } from "../domain/budget";
 import { activePercent, burstRefusal, type BurstAsk, type BurstPolicy, type BurstSession } from "../domain/burst";
 import { dayKey, monthKey } from "../domain/calendar";
-import { fitsDaily, fitsQuota, withBurst, type JobClaim, type QuotaDecision, type QuotaUse, type ResolvedQuota } from "../domain/quota";
+import { fitsDaily, fitsQuota, withBurst, type JobClaim, type QuotaDecision, type QuotaShortfall, type QuotaUse, type ResolvedQuota } from "../domain/quota";
 import type { ErrorBody } from "../errors";
 import { upsertBurstSessions } from "../storage/quotas";
 import { budgetAlerts, BUDGET_CRITICAL_PERCENT, BUDGET_WARN_PERCENT, reached } from "../domain/alerts";
@@ -33,9 +33,11 @@ export type BurstResult = { ok: true; value: BurstSession } | { ok: false; error
 export interface BudgetItem {
   requestId: string;
   estimateNano: number;
+  /** Units per pool the request will spend, checked against the client's daily caps (with a quota). */
+  pools?: Record<string, number>;
 }
 
-export type BudgetDecision = { ok: true } | { ok: false; budget: BudgetView };
+export type BudgetDecision = { ok: true } | { ok: false; budget: BudgetView } | { ok: false; quota: QuotaShortfall };
 
 export interface Settlement {
   requestId: string;
@@ -130,22 +132,6 @@ export class ClientObject extends DurableObject<Env> {
     return fitsQuota(withBurst(quota, activePercent(this.burstSessions(), now)), this.use(now), job);
   }
 
-  /**
-   * The admission check for new requests, in order: would spending each one's units today (after the
-   * ones before it in this call) stay within the daily caps per pool. Holds nothing: dispatch counts
-   * the units for real.
-   */
-  checkDaily(quota: ResolvedQuota, items: Array<Record<string, number>>): QuotaDecision[] {
-    const now = Date.now();
-    this.purgeExpired(now);
-    const use = this.use(now);
-    return items.map((pools) => {
-      const decision = fitsDaily(quota, use, pools);
-      if (decision.ok) for (const [pool, units] of Object.entries(pools)) use.poolToday[pool] = (use.poolToday[pool] ?? 0) + units;
-      return decision;
-    });
-  }
-
   quotaState(quota: ResolvedQuota): QuotaState {
     const now = Date.now();
     this.purgeExpired(now);
@@ -236,16 +222,22 @@ export class ClientObject extends DurableObject<Env> {
    * + money in flight + its estimate fits. An admitted request's estimate is in flight until it is
    * settled or dropped. A request already admitted is admitted again without counting twice.
    */
-  admit(limit: BudgetLimit, items: BudgetItem[]): BudgetDecision[] {
+  admit(limit: BudgetLimit, items: BudgetItem[], quota: ResolvedQuota | null = null): BudgetDecision[] {
     const now = Date.now();
     const spent = this.spentIn(monthKey(now));
     let inFlight = this.inFlight();
-    return items.map((item) => {
+    const use = quota ? this.use(now) : null;
+    return items.map((item): BudgetDecision => {
       const already = this.sql.exec("SELECT 1 FROM in_flight WHERE request_id = ?", item.requestId).toArray().length > 0;
       if (already) return { ok: true };
+      if (quota && use && item.pools) {
+        const daily = fitsDaily(quota, use, item.pools);
+        if (!daily.ok) return { ok: false, quota: daily.shortfall };
+      }
       if (!fitsBudget(limit, spent, inFlight, item.estimateNano)) return { ok: false, budget: budgetView(limit, spent, inFlight, now) };
       this.sql.exec("INSERT INTO in_flight (request_id, estimate_nano, admitted_at) VALUES (?, ?, ?)", item.requestId, item.estimateNano, now);
       inFlight += item.estimateNano;
+      if (use && item.pools) for (const [pool, units] of Object.entries(item.pools)) use.poolToday[pool] = (use.poolToday[pool] ?? 0) + units;
       return { ok: true };
     });
   }

@@ -1,3 +1,4 @@
+import { base64url } from "../domain/base64url";
 import type { Scope } from "../domain/scopes";
 import { AppError } from "../errors";
 import { sha256Hex } from "../http/auth";
@@ -91,10 +92,6 @@ export async function deleteClient(env: Env, clientId: string, force: boolean): 
   clearConfigCache();
   await clientStub(env, clientId).forget();
   return { queued, running, cancelled };
-}
-
-function base64url(bytes: Uint8Array): string {
-  return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
 }
 
 /** Issue a key with these scopes. Only its SHA-256 is stored; the secret is answered once. */

@@ -124,19 +124,16 @@ async function admitAll(env: Env, caller: Caller, specs: RequestSpec[]): Promise
   if (fresh.length === 0) return prepared;
   const limit = await budgetLimit(env, caller.clientId);
   if (!limit) throw new AppError("client_not_found", `no client ${caller.clientId}`, { client_id: caller.clientId });
-  const refused = new Map<number, ErrorBody>();
-  // Daily caps per pool first (nothing held), then money (held in flight) for what fits.
+  // One call into the client's object: daily caps per pool (with the quota), then money held in flight.
   const quota = await clientQuota(env, caller.clientId);
-  const client = clientStub(env, caller.clientId);
-  const daily = quota ? await client.checkDaily(quota, fresh.map((p) => unitsByPool(p.value))) : fresh.map(() => ({ ok: true as const }));
-  daily.forEach((d, i) => {
-    if (!d.ok) refused.set(fresh[i]!.index, quotaRefusal(caller, d.shortfall));
-  });
-  const affordable = fresh.filter((p) => !refused.has(p.index));
-  const decisions = affordable.length ? await client.admit(limit, affordable.map((p) => ({ requestId: p.value.id!, estimateNano: p.value.estimateNano }))) : [];
-  affordable.forEach((p, i) => {
+  const decisions = await clientStub(env, caller.clientId).admit(
+    limit, fresh.map((p) => ({ requestId: p.value.id!, estimateNano: p.value.estimateNano, pools: unitsByPool(p.value) })), quota,
+  );
+  const refused = new Map<number, ErrorBody>();
+  fresh.forEach((p, i) => {
     const d = decisions[i]!;
-    if (!d.ok) refused.set(p.index, budgetRefusal(caller, p.value, p.alternative, d.budget));
+    if (d.ok) return;
+    refused.set(p.index, "quota" in d ? quotaRefusal(caller, d.quota) : budgetRefusal(caller, p.value, p.alternative, d.budget));
   });
   return prepared.map((p) => (refused.has(p.index) ? { ok: false, error: refused.get(p.index)!, index: p.index } : p));
 }

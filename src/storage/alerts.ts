@@ -1,3 +1,4 @@
+import { decodeCursorText, encodeCursorText } from "../domain/base64url";
 import type { AlertInput, AlertKind, AlertSeverity, AlertState } from "../domain/alerts";
 
 /** An alert as stored and as the API shows it; `details` parsed. */
@@ -102,17 +103,11 @@ const CURSOR = /^(\d{1,16}):(alt_[a-f0-9]{32})$/;
 
 /** Opaque to callers: base64url of "raised_at:id" of the last alert of a page. */
 export function encodeCursor(p: Position): string {
-  return btoa(`${p.raisedAt}:${p.id}`).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+  return encodeCursorText(`${p.raisedAt}:${p.id}`);
 }
 
 export function decodeCursor(cursor: string): Position | null {
-  let text: string;
-  try {
-    text = atob(cursor.replaceAll("-", "+").replaceAll("_", "/"));
-  } catch {
-    return null;
-  }
-  const match = CURSOR.exec(text);
+  const match = CURSOR.exec(decodeCursorText(cursor) ?? "");
   return match ? { raisedAt: Number(match[1]), id: match[2]! } : null;
 }
 

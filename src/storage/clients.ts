@@ -1,3 +1,4 @@
+import { decodeCursorText, encodeCursorText } from "../domain/base64url";
 import type { BudgetSettings } from "../domain/budget";
 import type { Tier } from "../domain/types";
 
@@ -153,17 +154,11 @@ const CLIENT_CURSOR = /^c:([A-Za-z0-9][A-Za-z0-9_-]{0,63})$/;
 
 /** Opaque to callers: base64url of "c:<id>" of the last client of a page. */
 export function encodeClientCursor(id: string): string {
-  return btoa(`c:${id}`).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+  return encodeCursorText(`c:${id}`);
 }
 
 export function decodeClientCursor(cursor: string): string | null {
-  let text: string;
-  try {
-    text = atob(cursor.replaceAll("-", "+").replaceAll("_", "/"));
-  } catch {
-    return null;
-  }
-  return CLIENT_CURSOR.exec(text)?.[1] ?? null;
+  return CLIENT_CURSOR.exec(decodeCursorText(cursor) ?? "")?.[1] ?? null;
 }
 
 export interface ClientFilter {

@@ -1,3 +1,4 @@
+import { decodeCursorText, encodeCursorText } from "../domain/base64url";
 import type { ScalingAction, ScalingBlock, ScalingPolicy, TriggerValues } from "../domain/scaling";
 
 /** What started an evaluation: the minute cron, a dynamic pool that ran dry, or an operator. */
@@ -191,17 +192,11 @@ const CURSOR = /^(\d{1,16}):(sce_[a-f0-9]{32})$/;
 
 /** Opaque to callers: base64url of "at:id" of the last event of a page. */
 export function encodeEventCursor(p: { at: number; id: string }): string {
-  return btoa(`${p.at}:${p.id}`).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+  return encodeCursorText(`${p.at}:${p.id}`);
 }
 
 export function decodeEventCursor(cursor: string): { at: number; id: string } | null {
-  let text: string;
-  try {
-    text = atob(cursor.replaceAll("-", "+").replaceAll("_", "/"));
-  } catch {
-    return null;
-  }
-  const match = CURSOR.exec(text);
+  const match = CURSOR.exec(decodeCursorText(cursor) ?? "");
   return match ? { at: Number(match[1]), id: match[2]! } : null;
 }
 
