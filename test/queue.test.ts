@@ -218,16 +218,32 @@ describe("limits", () => {
 });
 
 describe("faults", () => {
-  for (const [fail, reason] of [["throw", /worker answered 500|worker failed/], ["error", /worker answered 500/]] as const) {
-    it(`a worker that ${fail === "throw" ? "throws" : "answers 500"}: released, retried with backoff, failed after the limit with the reason`, async () => {
+  // The content generator is called over RPC (`run`), the notifier over HTTP (it has no `run`).
+  const transports = [
+    { binding: "CONTENT_WORKER", transport: "rpc", reasons: { throw: /^worker failed: simulated failure/, error: /^worker failed: simulated: simulated upstream error/ } },
+    { binding: "NOTIFIER", transport: "http", reasons: { throw: /^worker answered 500|^worker failed/, error: /^worker answered 500/ } },
+  ] as const;
+  for (const { binding, transport, reasons } of transports) {
+    for (const fail of ["throw", "error"] as const) {
+      it(`a worker that ${fail === "throw" ? "throws" : "answers an error"} over ${transport}: released, retried with backoff, failed after the limit with the reason`, async () => {
+        const pool = await makePool({ capacity: 50 });
+        const template = await makeTemplate([{ pool: pool.id, amount: 20 }], { binding });
+        const id = (await enqueue({ template, queue: "fast", max_attempts: 2, params: { simulate: { fail } } })).body.request.id;
+        const done = await settled(id, ["failed"], 8000);
+        expect(done.attempts).toBe(2);
+        expect(done.error).toMatch(reasons[fail]);
+        expect(done.finished_at - done.created_at).toBeGreaterThanOrEqual(1000); // one backoff of 1 s
+        expect(await available(pool.id)).toBe(50);
+      });
+    }
+
+    it(`a worker reached over ${transport} completes with its result and reported usage`, async () => {
       const pool = await makePool({ capacity: 50 });
-      const template = await makeTemplate([{ pool: pool.id, amount: 20 }]);
-      const id = (await enqueue({ template, queue: "fast", max_attempts: 2, params: { simulate: { fail } } })).body.request.id;
-      const done = await settled(id, ["failed"], 8000);
-      expect(done.attempts).toBe(2);
-      expect(done.error).toMatch(reason);
-      expect(done.finished_at - done.created_at).toBeGreaterThanOrEqual(1000); // one backoff of 1 s
-      expect(await available(pool.id)).toBe(50);
+      const template = await makeTemplate([{ pool: pool.id, amount: 20 }], { binding });
+      const id = (await enqueue({ template, queue: "fast", params: { to: ["a@example.com", "b@example.com"], tokens_used: 2 } })).body.request.id;
+      const done = await settled(id, ["completed"], 5000);
+      expect(done.result).toMatchObject({ transport, request_id: id });
+      expect(await available(pool.id)).toBe(48); // both workers report 2 units: two recipients, or tokens_used 2
     });
   }
 
@@ -247,7 +263,7 @@ describe("faults", () => {
     const id = (await enqueue({ template, queue: "fast" })).body.request.id;
     const cfg = await templateConfig(env, template);
     await runInDurableObject(scheduler(), (instance: SchedulerObject) => {
-      (instance as unknown as { claim(id: string, t: unknown, now: number): unknown }).claim(id, cfg, Date.now());
+      (instance as unknown as { claim(items: Array<{ id: string; template: unknown }>, now: number): unknown }).claim([{ id, template: cfg }], Date.now());
     });
     await abortAllDurableObjects(); // the object dies mid-pass: its in-memory state is gone
     await start();

@@ -1,6 +1,8 @@
 // Sample downstream worker: "generates content", spending LLM tokens, and reports what it used.
-// Simulated: no network. Reached by the Resource Manager through the CONTENT_WORKER service binding.
-import { readJob, simulate } from "../shared-sim.js";
+// Simulated: no network. Reached by the Resource Manager through the CONTENT_WORKER service binding,
+// over RPC (`run`, which the scheduler prefers) or HTTP (`POST /run`): both answer the same.
+import { WorkerEntrypoint } from "cloudflare:workers";
+import { httpHandler, runJob } from "../shared-sim.js";
 
 function generate(job) {
   const prompt = String(job.params?.prompt ?? "");
@@ -13,15 +15,14 @@ function generate(job) {
   return { result: { text: `Generated ${job.template} for: ${prompt.slice(0, 200)}`, request_id: job.request_id }, usage };
 }
 
-export default {
-  async fetch(request, env) {
-    const { job, error } = await readJob(request);
-    if (error) return error;
-    // A batch ({ jobs: [...] }) is one invocation: the jobs' simulated latencies overlap.
-    const jobs = Array.isArray(job.jobs) ? job.jobs : [job];
-    const failure = (await Promise.all(jobs.map((j) => simulate(j, env)))).find(Boolean);
-    if (failure) return failure;
-    if (Array.isArray(job.jobs)) return Response.json({ results: jobs.map(generate) });
-    return Response.json(generate(job));
-  },
-};
+const fetchJob = httpHandler(generate);
+
+export default class ContentGenerator extends WorkerEntrypoint {
+  fetch(request) {
+    return fetchJob(request, this.env);
+  }
+
+  run(job) {
+    return runJob(job, this.env, generate);
+  }
+}

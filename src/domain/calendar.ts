@@ -26,9 +26,17 @@ export function daysInMonth(year: number, month: number): number {
   return [31, isLeapYear(year) ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][month - 1]!;
 }
 
+/** The day dayKey formatted last: callers ask for the same day over and over (each event of a batch, now). */
+let lastDay = { index: NaN, key: "" };
+
 /** The UTC day of `ms`, e.g. 1795334494000 → '2026-11-23'. */
 export function dayKey(ms: number): string {
-  return checked(ms).toISOString().slice(0, 10);
+  const index = Math.floor(ms / DAY_MS);
+  // Every ms of a day already checked is in range, so the check can be skipped too.
+  if (index === lastDay.index) return lastDay.key;
+  const key = checked(ms).toISOString().slice(0, 10);
+  lastDay = { index, key };
+  return key;
 }
 
 /** The UTC month of `ms`, e.g. '2026-11'. */

@@ -1,7 +1,7 @@
 import { DurableObject } from "cloudflare:workers";
 import { budgetView, fitsBudget, type BudgetLimit, type BudgetView } from "../domain/budget";
 import { activePercent, burstRefusal, type BurstAsk, type BurstPolicy, type BurstSession } from "../domain/burst";
-import { dayKey, monthKey } from "../domain/calendar";
+import { DAY_MS, dayKey, monthKey } from "../domain/calendar";
 import { fitsDaily, fitsQuota, withBurst, type JobClaim, type QuotaDecision, type QuotaShortfall, type QuotaUse, type ResolvedQuota } from "../domain/quota";
 import type { ErrorBody } from "../errors";
 import { upsertBurstSessions } from "../storage/quotas";
@@ -48,7 +48,9 @@ export interface Settlement {
 }
 
 /** How long counted event ids are kept to make spend idempotent (redelivery comes within minutes). */
-const COUNTED_TTL_MS = 40 * 24 * 60 * 60 * 1000;
+const COUNTED_TTL_MS = 40 * DAY_MS;
+/** How often spend also runs the housekeeping deletes. */
+const CLEANUP_EVERY_MS = 60_000;
 
 /**
  * One client's limit owner: its quota (jobs held at once — running requests and active allocations —,
@@ -61,6 +63,8 @@ export class ClientObject extends DurableObject<Env> {
   private sql: SqlStorage;
   /** The budget line (month and threshold) last reported to the alerts; D1 is written only when it changes. */
   private reportedLine: string | null = null;
+  /** When spend last ran its housekeeping deletes (0: not yet in this object's life). */
+  private cleanedAt = 0;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -100,24 +104,32 @@ export class ClientObject extends DurableObject<Env> {
     this.purgeExpired(now);
     const effective = withBurst(quota, activePercent(this.burstSessions(), now));
     const use = this.use(now);
-    return items.map((item): QuotaDecision => {
-      const held = this.sql.exec("SELECT 1 FROM jobs WHERE job_id = ?", item.jobId).toArray().length > 0;
-      if (held) {
-        this.sql.exec("UPDATE jobs SET expires_at = ? WHERE job_id = ?", item.expiresAt, item.jobId);
+    const held = this.heldOf(items.map((i) => i.jobId));
+    // Decided in memory in order, written in two statements: expiries of jobs held before, new jobs.
+    const extended = new Map<string, number>();
+    const added = new Map<string, JobClaim>();
+    const decisions = items.map((item): QuotaDecision => {
+      const fresh = added.get(item.jobId);
+      if (fresh) {
+        added.set(item.jobId, { ...fresh, expiresAt: item.expiresAt });
+        return { ok: true };
+      }
+      if (held.has(item.jobId)) {
+        extended.set(item.jobId, item.expiresAt);
         return { ok: true };
       }
       const decision = fitsQuota(effective, use, item);
       if (!decision.ok) return decision;
-      this.sql.exec(
-        "INSERT INTO jobs (job_id, kind, acquired_at, expires_at, cpu_millicores, memory_mb, pools) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        item.jobId, item.kind, now, item.expiresAt, item.cpuMillicores ?? 0, item.memoryMb ?? 0, JSON.stringify(item.pools ?? {}),
-      );
+      added.set(item.jobId, item);
       use.jobs += 1;
       use.cpuMillicores += item.cpuMillicores ?? 0;
       use.memoryMb += item.memoryMb ?? 0;
       for (const [pool, units] of Object.entries(item.pools ?? {})) use.poolToday[pool] = (use.poolToday[pool] ?? 0) + units;
       return { ok: true };
     });
+    this.extendJobs(extended);
+    this.insertJobs(now, [...added.values()]);
+    return decisions;
   }
 
   /** Free these jobs' holds; unknown ids are ignored. Returns how many were freed. */
@@ -290,26 +302,10 @@ export class ClientObject extends DurableObject<Env> {
   private async spend(limit: BudgetLimit | null, events: SpendEvent[]): Promise<void> {
     const now = Date.now();
     const month = monthKey(now);
-    const before = this.spentIn(month);
-    for (const e of events) {
-      const fresh = this.sql.exec("INSERT INTO counted (event_id, cost_nano, at) VALUES (?, ?, ?) ON CONFLICT (event_id) DO NOTHING", e.eventId, e.costNano, e.at).rowsWritten > 0;
-      if (!fresh) continue;
-      if (e.pool && e.units) {
-        this.sql.exec(
-          "INSERT INTO pool_day (day, pool, units) VALUES (?, ?, ?) ON CONFLICT (day, pool) DO UPDATE SET units = units + excluded.units",
-          dayKey(e.at), e.pool, e.units,
-        );
-      }
-      if (e.costNano === 0) continue;
-      this.sql.exec(
-        "INSERT INTO spend (month, spent_nano) VALUES (?, ?) ON CONFLICT (month) DO UPDATE SET spent_nano = spent_nano + excluded.spent_nano",
-        monthKey(e.at), e.costNano,
-      );
-    }
-    this.sql.exec("DELETE FROM counted WHERE at < ?", now - COUNTED_TTL_MS);
-    this.sql.exec("DELETE FROM pool_day WHERE day < ?", dayKey(now - 2 * 24 * 60 * 60 * 1000));
+    const added = this.tally(this.fresh(events));
+    this.cleanUp(now);
+    if (limit === null || (added.get(month) ?? 0) === 0) return;
     const after = this.spentIn(month);
-    if (limit === null || after === before) return;
     const budgetNano = limit.limitNano;
     const line = `${month}:${budgetNano === null ? "none" : [BUDGET_WARN_PERCENT, BUDGET_CRITICAL_PERCENT, 100].filter((p) => reached(after, budgetNano, p)).join(",")}`;
     if (line === this.reportedLine) return;
@@ -319,6 +315,68 @@ export class ClientObject extends DurableObject<Env> {
     } catch (err) {
       log.warn("budget_alert_failed", { client_id: this.clientId(), error: String(err) });
     }
+  }
+
+  /**
+   * Record events as counted in one statement and return those not counted before, in order. An id
+   * reported twice in one batch is inserted by its first occurrence only, and returned once.
+   */
+  private fresh(events: SpendEvent[]): SpendEvent[] {
+    if (events.length === 0) return [];
+    const inserted = new Set(this.sql.exec<{ event_id: string }>(
+      // "WHERE true" tells SQLite's parser that ON CONFLICT belongs to the upsert, not to a join.
+      `INSERT INTO counted (event_id, cost_nano, at) SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) WHERE true
+       ON CONFLICT (event_id) DO NOTHING RETURNING event_id`,
+      JSON.stringify(events.map((e) => [e.eventId, e.costNano, e.at])),
+    ).toArray().map((r) => r.event_id));
+    // delete() is true once per id: the first occurrence is the one that was inserted.
+    return events.filter((e) => inserted.delete(e.eventId));
+  }
+
+  /**
+   * Add fresh events to today's units per pool and the spend per month, one upsert per table for the
+   * whole batch (summed in memory). Returns the cost added per month.
+   */
+  private tally(events: SpendEvent[]): Map<string, number> {
+    const units = new Map<string, [day: string, pool: string, units: number]>();
+    const cost = new Map<string, number>();
+    for (const e of events) {
+      if (e.pool && e.units) {
+        const day = dayKey(e.at);
+        const key = `${day}${e.pool}`; // a day key has a fixed length, so this is unique per (day, pool)
+        units.set(key, [day, e.pool, (units.get(key)?.[2] ?? 0) + e.units]);
+      }
+      if (e.costNano !== 0) {
+        const month = monthKey(e.at);
+        cost.set(month, (cost.get(month) ?? 0) + e.costNano);
+      }
+    }
+    if (units.size) {
+      this.sql.exec(
+        `INSERT INTO pool_day (day, pool, units) SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) WHERE true
+         ON CONFLICT (day, pool) DO UPDATE SET units = units + excluded.units`,
+        JSON.stringify([...units.values()]),
+      );
+    }
+    if (cost.size) {
+      this.sql.exec(
+        `INSERT INTO spend (month, spent_nano) SELECT key, value FROM json_each(?) WHERE true
+         ON CONFLICT (month) DO UPDATE SET spent_nano = spent_nano + excluded.spent_nano`,
+        JSON.stringify(Object.fromEntries(cost)),
+      );
+    }
+    return cost;
+  }
+
+  /**
+   * Forget counted ids past their TTL and pool days before yesterday. Housekeeping (the first scans the
+   * whole table), so at most once a minute: both horizons are days long, a minute late changes nothing.
+   */
+  private cleanUp(now: number): void {
+    if (now - this.cleanedAt < CLEANUP_EVERY_MS) return;
+    this.sql.exec("DELETE FROM counted WHERE at < ?", now - COUNTED_TTL_MS);
+    this.sql.exec("DELETE FROM pool_day WHERE day < ?", dayKey(now - 2 * DAY_MS));
+    this.cleanedAt = now;
   }
 
   private clientId(): string {
@@ -331,6 +389,27 @@ export class ClientObject extends DurableObject<Env> {
 
   private inFlight(): number {
     return this.sql.exec<{ n: number }>("SELECT COALESCE(SUM(estimate_nano), 0) AS n FROM in_flight").one().n;
+  }
+
+  /** Which of these jobs are held now: one query for a batch. */
+  private heldOf(jobIds: string[]): Set<string> {
+    return new Set(this.sql.exec<{ job_id: string }>("SELECT job_id FROM jobs WHERE job_id IN (SELECT value FROM json_each(?))", JSON.stringify(jobIds))
+      .toArray().map((r) => r.job_id));
+  }
+
+  /** New expiries of held jobs, by job id. */
+  private extendJobs(expiries: Map<string, number>): void {
+    if (expiries.size === 0) return;
+    this.sql.exec("UPDATE jobs SET expires_at = j.value FROM json_each(?) AS j WHERE jobs.job_id = j.key", JSON.stringify(Object.fromEntries(expiries)));
+  }
+
+  private insertJobs(now: number, jobs: JobClaim[]): void {
+    if (jobs.length === 0) return;
+    this.sql.exec(
+      `INSERT INTO jobs (job_id, kind, acquired_at, expires_at, cpu_millicores, memory_mb, pools)
+       SELECT value ->> 0, value ->> 1, ?, value ->> 2, value ->> 3, value ->> 4, value ->> 5 FROM json_each(?)`,
+      now, JSON.stringify(jobs.map((j) => [j.jobId, j.kind, j.expiresAt, j.cpuMillicores ?? 0, j.memoryMb ?? 0, JSON.stringify(j.pools ?? {})])),
+    );
   }
 
   private purgeExpired(now: number): void {

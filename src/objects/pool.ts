@@ -120,6 +120,8 @@ export class PoolObject extends DurableObject<Env> {
   /** Whether the pool_low alert was last reported raised (true) or cleared (false); null: not yet. */
   private lowReported: boolean | null = null;
   private denials = 0;
+  /** The denial count last written to storage (denials are counted in memory and written once per call). */
+  private savedDenials = 0;
   /** Earliest time running dry may ask for another scaling evaluation. */
   private scalingKickAfter = 0;
 
@@ -160,6 +162,7 @@ export class PoolObject extends DurableObject<Env> {
       CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     `);
     this.denials = this.sql.exec<{ value: number }>("SELECT value FROM counters WHERE name = 'denials'").toArray()[0]?.value ?? 0;
+    this.savedDenials = this.denials;
     const row = this.sql.exec<{ level: number; updated_at: number; config: string }>(
       "SELECT level, updated_at, config FROM bucket WHERE id = 1",
     ).toArray()[0];
@@ -216,10 +219,14 @@ export class PoolObject extends DurableObject<Env> {
     return this.idempotent(caller, "consume", opts, () => {
       const now = Date.now();
       const admitted = this.admit(cfg, caller, opts.amount, now, true);
-      if (!admitted.ok) return admitted;
+      if (!admitted.ok) {
+        this.saveDenials();
+        return admitted;
+      }
       this.bucket = take(this.bucket, opts.amount);
       this.saveBucket();
-      const event = this.recordUsage(cfg, caller, opts.requestId ?? null, "consume", opts.amount, now);
+      const event = this.usageEvent(cfg, caller, opts.requestId ?? null, "consume", opts.amount, now);
+      this.queueUsage([event]);
       return {
         ok: true,
         value: { pool: cfg.id, eventId: event.eventId, units: opts.amount, costNano: event.costNano, remaining: this.whole() },
@@ -229,7 +236,8 @@ export class PoolObject extends DurableObject<Env> {
 
   reserve(config: PoolConfig, caller: Caller, opts: SpendOptions & { ttlMs: number }): Result<ReserveResult> {
     const cfg = this.adopt(config);
-    return this.idempotent(caller, "reserve", opts, () => this.reserveOne(cfg, caller, opts.amount, opts.ttlMs, opts.requestId ?? null, Date.now()));
+    const item = { caller, amount: opts.amount, ttlMs: opts.ttlMs, requestId: opts.requestId ?? null };
+    return this.idempotent(caller, "reserve", opts, () => this.reserveBatch(cfg, [item])[0]!);
   }
 
   /**
@@ -237,18 +245,7 @@ export class PoolObject extends DurableObject<Env> {
    * Each item is answered on its own; one denial does not stop the others.
    */
   reserveMany(config: PoolConfig, items: BatchReserveItem[]): Result<ReserveResult>[] {
-    const cfg = this.adopt(config);
-    const now = Date.now();
-    const results = items.map((item) => this.reserveOne(cfg, item.caller, item.amount, item.ttlMs, item.requestId, now, false));
-    this.saveBucket();
-    return results;
-  }
-
-  /** Settle many reservations in one call; each answered on its own. */
-  releaseMany(config: PoolConfig, items: BatchReleaseItem[]): Result<ReleaseResult>[] {
-    const results = items.map((item) => this.releaseOne(config, item.caller, item.reservationId, item.actualUsed, false));
-    this.saveBucket();
-    return results;
+    return this.reserveBatch(this.adopt(config), items);
   }
 
   /**
@@ -256,45 +253,35 @@ export class PoolObject extends DurableObject<Env> {
    * reserved is refused; the caller should have reserved enough. Only the holder's client may settle.
    */
   release(config: PoolConfig, caller: Caller, reservationId: string, actualUsed = 0): Result<ReleaseResult> {
-    return this.releaseOne(config, caller, reservationId, actualUsed, true);
+    return this.releaseMany(config, [{ caller, reservationId, actualUsed }])[0]!;
   }
 
-  /** One settlement; `save` false leaves persisting the bucket to the caller (batched settlement). */
-  private releaseOne(config: PoolConfig, caller: Caller, reservationId: string, actualUsed: number, save: boolean): Result<ReleaseResult> {
+  /**
+   * Settle many reservations in one call (the scheduler's batched settlement), as `release` each, in
+   * order: one read for all the reservations named, decisions in memory, then one write per kind of change.
+   */
+  releaseMany(config: PoolConfig, items: BatchReleaseItem[]): Result<ReleaseResult>[] {
     const cfg = this.adopt(config);
     const now = Date.now();
-    const row = this.sql.exec<ReservationRow>("SELECT * FROM reservations WHERE id = ?", reservationId).toArray()[0];
-    if (!row || row.client_id !== caller.clientId) {
-      return fail("reservation_not_found", `no reservation ${reservationId} in pool ${cfg.id}`);
-    }
-    if (row.status === "held" && row.expires_at <= now) this.expire(row, now, cfg);
-    if (row.status !== "held") {
-      const status = this.sql.exec<{ status: string }>("SELECT status FROM reservations WHERE id = ?", reservationId).one().status;
-      return fail("reservation_closed", `reservation ${reservationId} is ${status}`, { status });
-    }
-    if (actualUsed > row.amount) {
-      return fail("validation_failed", "actual_used exceeds the reserved amount", {
-        fields: [{ path: "actual_used", message: `must be at most ${row.amount}` }],
-      });
-    }
+    const rows = new Map(this.sql.exec<ReservationRow>(
+      "SELECT * FROM reservations WHERE id IN (SELECT value FROM json_each(?))",
+      JSON.stringify(items.map((item) => item.reservationId)),
+    ).toArray().map((row) => [row.id, row]));
     this.refillTo(now, cfg);
-    const refunded = row.amount - actualUsed;
-    this.bucket = giveBack(this.bucket, refunded, cfg);
-    if (save) this.saveBucket();
-    this.sql.exec(
-      "UPDATE reservations SET status = 'released', settled_at = ?, consumed = ? WHERE id = ?",
-      now, actualUsed, reservationId,
-    );
-    const event = actualUsed > 0
-      ? this.recordUsage(cfg, { clientId: row.client_id, tier: caller.tier, via: row.via }, row.request_id, "reservation", actualUsed, now)
-      : null;
-    return {
-      ok: true,
-      value: {
-        pool: cfg.id, reservationId, consumed: actualUsed, refunded,
-        costNano: event?.costNano ?? 0, eventId: event?.eventId ?? null, at: now,
-      },
-    };
+    const changes: Settlements = { expired: [], released: [], events: [] };
+    const results = items.map((item) => this.settle(cfg, rows.get(item.reservationId), item, now, changes));
+    if (changes.expired.length + changes.released.length === 0) return results;
+    this.markExpired(changes.expired, now);
+    if (changes.released.length) {
+      this.sql.exec(
+        `UPDATE reservations SET status = 'released', settled_at = ?, consumed = s.value ->> '$.consumed'
+         FROM json_each(?) AS s WHERE reservations.id = s.value ->> '$.id'`,
+        now, JSON.stringify(changes.released),
+      );
+    }
+    this.queueUsage(changes.events);
+    this.saveBucket();
+    return results;
   }
 
   /**
@@ -357,7 +344,7 @@ export class PoolObject extends DurableObject<Env> {
       const due = this.sql.exec<ReservationRow>(
         "SELECT * FROM reservations WHERE status = 'held' AND expires_at <= ?", now,
       ).toArray();
-      for (const row of due) this.expire(row, now, this.config);
+      this.expire(due, now, this.config);
       if (due.length) log.info("reservations_expired", { pool: this.config.id, count: due.length });
     }
     this.sql.exec("DELETE FROM idempotency WHERE created_at < ?", now - IDEMPOTENCY_TTL_MS);
@@ -416,7 +403,7 @@ export class PoolObject extends DurableObject<Env> {
   /** Expire reservations past their time now (as the alarm would), so counts of active ones are exact. */
   private expireDue(now: number, cfg: PoolConfig): void {
     const due = this.sql.exec<ReservationRow>("SELECT * FROM reservations WHERE status = 'held' AND expires_at <= ?", now).toArray();
-    for (const row of due) this.expire(row, now, cfg);
+    this.expire(due, now, cfg);
   }
 
   /**
@@ -438,7 +425,7 @@ export class PoolObject extends DurableObject<Env> {
     if (fits(available, amount)) return { ok: true, value: Math.floor(available + 1e-9) };
     const retryAfterMs = msUntil(this.bucket.level, amount + access.protectedUnits, cfg);
     if (spending) {
-      this.countDenial();
+      this.denials += 1;
       this.kickScaling(cfg, now);
     }
     return fail("rate_limited", `pool ${cfg.id} has ${Math.max(0, Math.floor(available + 1e-9))} ${cfg.unit} for ${amount} requested`, {
@@ -450,20 +437,71 @@ export class PoolObject extends DurableObject<Env> {
     });
   }
 
-  private reserveOne(cfg: PoolConfig, caller: Caller, amount: number, ttlMs: number, requestId: string | null, now: number, save = true): Result<ReserveResult> {
-    const admitted = this.admit(cfg, caller, amount, now, true);
-    if (!admitted.ok) return admitted;
-    this.bucket = take(this.bucket, amount);
-    if (save) this.saveBucket();
-    const id = `res_${crypto.randomUUID().replaceAll("-", "")}`;
-    const expiresAt = now + ttlMs;
+  /**
+   * Decide each item in order against the bucket in memory (nothing here awaits, so no call interleaves),
+   * then write every granted reservation in one statement and the bucket once.
+   */
+  private reserveBatch(cfg: PoolConfig, items: BatchReserveItem[]): Result<ReserveResult>[] {
+    const now = Date.now();
+    const granted: NewReservation[] = [];
+    const results = items.map((item): Result<ReserveResult> => {
+      const admitted = this.admit(cfg, item.caller, item.amount, now, true);
+      if (!admitted.ok) return admitted;
+      this.bucket = take(this.bucket, item.amount);
+      const id = `res_${crypto.randomUUID().replaceAll("-", "")}`;
+      const expiresAt = now + item.ttlMs;
+      granted.push({ id, clientId: item.caller.clientId, requestId: item.requestId, via: item.caller.via, amount: item.amount, expiresAt });
+      return { ok: true, value: { pool: cfg.id, reservationId: id, amount: item.amount, expiresAt, remaining: this.whole() } };
+    });
+    this.saveDenials();
+    if (granted.length === 0) return results;
     this.sql.exec(
       `INSERT INTO reservations (id, client_id, request_id, via, amount, status, created_at, expires_at)
-       VALUES (?, ?, ?, ?, ?, 'held', ?, ?)`,
-      id, caller.clientId, requestId, caller.via, amount, now, expiresAt,
+       SELECT value ->> '$.id', value ->> '$.clientId', value ->> '$.requestId', value ->> '$.via', value ->> '$.amount', 'held', ?, value ->> '$.expiresAt'
+       FROM json_each(?)`,
+      now, JSON.stringify(granted),
     );
-    this.ensureAlarm(expiresAt);
-    return { ok: true, value: { pool: cfg.id, reservationId: id, amount, expiresAt, remaining: this.whole() } };
+    this.saveBucket();
+    this.ensureAlarm(granted.reduce((t, r) => Math.min(t, r.expiresAt), Infinity));
+    return results;
+  }
+
+  /**
+   * One settlement of a batch, decided against the batch's copy of its row (`undefined`: not found). The
+   * row's status is updated in that copy, so an id named twice in a batch sees its first settlement.
+   */
+  private settle(cfg: PoolConfig, row: ReservationRow | undefined, item: BatchReleaseItem, now: number, changes: Settlements): Result<ReleaseResult> {
+    const { caller, reservationId, actualUsed } = item;
+    if (!row || row.client_id !== caller.clientId) {
+      return fail("reservation_not_found", `no reservation ${reservationId} in pool ${cfg.id}`);
+    }
+    if (row.status === "held" && row.expires_at <= now) {
+      this.refundExpired(row, cfg);
+      changes.expired.push(row.id);
+    }
+    if (row.status !== "held") {
+      return fail("reservation_closed", `reservation ${reservationId} is ${row.status}`, { status: row.status });
+    }
+    if (actualUsed > row.amount) {
+      return fail("validation_failed", "actual_used exceeds the reserved amount", {
+        fields: [{ path: "actual_used", message: `must be at most ${row.amount}` }],
+      });
+    }
+    const refunded = row.amount - actualUsed;
+    this.bucket = giveBack(this.bucket, refunded, cfg);
+    row.status = "released";
+    changes.released.push({ id: row.id, consumed: actualUsed });
+    const event = actualUsed > 0
+      ? this.usageEvent(cfg, { clientId: row.client_id, tier: caller.tier, via: row.via }, row.request_id, "reservation", actualUsed, now)
+      : null;
+    if (event) changes.events.push(event);
+    return {
+      ok: true,
+      value: {
+        pool: cfg.id, reservationId, consumed: actualUsed, refunded,
+        costNano: event?.costNano ?? 0, eventId: event?.eventId ?? null, at: now,
+      },
+    };
   }
 
   /**
@@ -481,13 +519,14 @@ export class PoolObject extends DurableObject<Env> {
     ));
   }
 
-  /** For /metrics: persisted at once (a local SQLite write), so the count survives restarts. */
-  private countDenial(): void {
-    this.denials += 1;
+  /** For /metrics: written by the spending call that counted them (once per batch), so the count survives restarts. */
+  private saveDenials(): void {
+    if (this.denials === this.savedDenials) return;
     this.sql.exec(
       "INSERT INTO counters (name, value) VALUES ('denials', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
       this.denials,
     );
+    this.savedDenials = this.denials;
   }
 
   private refillTo(now: number, cfg: PoolConfig): void {
@@ -502,19 +541,33 @@ export class PoolObject extends DurableObject<Env> {
     this.sql.exec("UPDATE bucket SET level = ?, updated_at = ? WHERE id = 1", this.bucket.level, this.bucket.updatedAt);
   }
 
-  private expire(row: ReservationRow, now: number, cfg: PoolConfig): void {
+  /** Expire held reservations past their time (the alarm's sweep): refund each, then write them at once. */
+  private expire(rows: ReservationRow[], now: number, cfg: PoolConfig): void {
+    if (rows.length === 0) return;
     this.refillTo(now, cfg);
-    this.bucket = giveBack(this.bucket, row.amount, cfg);
+    for (const row of rows) this.refundExpired(row, cfg);
+    this.markExpired(rows.map((row) => row.id), now);
     this.saveBucket();
-    this.sql.exec(
-      "UPDATE reservations SET status = 'expired', settled_at = ?, consumed = 0 WHERE id = ? AND status = 'held'",
-      now, row.id,
-    );
+  }
+
+  /** Give an expired reservation's units back, in memory; the caller writes it with markExpired. */
+  private refundExpired(row: ReservationRow, cfg: PoolConfig): void {
+    this.bucket = giveBack(this.bucket, row.amount, cfg);
     row.status = "expired";
   }
 
-  private recordUsage(cfg: PoolConfig, caller: Caller, requestId: string | null, kind: UsageEvent["kind"], units: number, at: number): UsageEvent {
-    const event: UsageEvent = {
+  private markExpired(ids: string[], now: number): void {
+    if (ids.length === 0) return;
+    // `+status`: look the rows up by id, not through the status index (which would visit every held row).
+    this.sql.exec(
+      `UPDATE reservations SET status = 'expired', settled_at = ?, consumed = 0
+       WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'held'`,
+      now, JSON.stringify(ids),
+    );
+  }
+
+  private usageEvent(cfg: PoolConfig, caller: Caller, requestId: string | null, kind: UsageEvent["kind"], units: number, at: number): UsageEvent {
+    return {
       eventId: `evt_${crypto.randomUUID().replaceAll("-", "")}`,
       poolId: cfg.id,
       clientId: caller.clientId,
@@ -525,9 +578,18 @@ export class PoolObject extends DurableObject<Env> {
       costNano: costOf(units, cfg.costPerUnitNano),
       at,
     };
-    this.sql.exec("INSERT INTO outbox (event_id, payload, created_at) VALUES (?, ?, ?)", event.eventId, JSON.stringify(event), at);
+  }
+
+  /** Put events in the outbox in one statement (each payload stored as written here) for the alarm to deliver. */
+  private queueUsage(events: UsageEvent[]): void {
+    if (events.length === 0) return;
+    this.sql.exec(
+      `INSERT INTO outbox (event_id, payload, created_at)
+       SELECT value ->> '$.eventId', value, value ->> '$.at' FROM json_each(?)`,
+      JSON.stringify(events.map((event) => JSON.stringify(event))),
+    );
+    const at = events.reduce((t, e) => Math.min(t, e.at), Infinity);
     this.ensureAlarm(at + Number(this.env.USAGE_FLUSH_DELAY_MS ?? 1000));
-    return event;
   }
 
   /**
@@ -657,6 +719,23 @@ interface ReservationRow {
   created_at: number;
   expires_at: number;
   [key: string]: SqlStorageValue;
+}
+
+/** A reservation granted in a batch, as written by its one INSERT. */
+interface NewReservation {
+  id: string;
+  clientId: string;
+  requestId: string | null;
+  via: string;
+  amount: number;
+  expiresAt: number;
+}
+
+/** What a batch of settlements changes, written once for the whole batch. */
+interface Settlements {
+  expired: string[];
+  released: Array<{ id: string; consumed: number }>;
+  events: UsageEvent[];
 }
 
 function fail(code: ErrorBody["code"], message: string, details?: Record<string, unknown>): { ok: false; error: ErrorBody } {
