@@ -353,6 +353,9 @@ export class SchedulerObject extends DurableObject<Env> {
       if (!columns.has(column)) this.sql.exec(`ALTER TABLE requests ADD COLUMN ${column} INTEGER`);
     }
     if (!columns.has("plan")) this.sql.exec("ALTER TABLE requests ADD COLUMN plan TEXT");
+    // Whether a finished request has optimizer records to deliver (1 for entries written before the column).
+    const outboxColumns = this.sql.exec<{ name: string }>("SELECT name FROM pragma_table_info('finished_outbox')").toArray().map((c) => c.name);
+    if (!outboxColumns.includes("optimizer")) this.sql.exec("ALTER TABLE finished_outbox ADD COLUMN optimizer INTEGER NOT NULL DEFAULT 1");
     this.sql.exec("CREATE INDEX IF NOT EXISTS requests_finished ON requests (finished_at)");
     const state = new Map(this.sql.exec<{ k: string; v: string }>("SELECT k, v FROM state").toArray().map((r) => [r.k, r.v]));
     this.running = state.get("running") !== "false";
@@ -454,7 +457,7 @@ export class SchedulerObject extends DurableObject<Env> {
       "UPDATE requests SET status = 'cancelled', error = 'cancelled by caller', finished_at = ?, updated_at = ?, lease_until = NULL WHERE id = ?",
       now, now, id,
     );
-    this.sql.exec("INSERT INTO finished_outbox (id) VALUES (?) ON CONFLICT (id) DO NOTHING", id);
+    this.sql.exec("INSERT INTO finished_outbox (id, optimizer) VALUES (?, 0) ON CONFLICT (id) DO NOTHING", id);
     Object.assign(row, { status: "cancelled", error: "cancelled by caller", finished_at: now, updated_at: now, lease_until: null });
     this.live.delete(id);
     this.plans.delete(id);
@@ -714,7 +717,7 @@ export class SchedulerObject extends DurableObject<Env> {
       estimate_detail: JSON.stringify(item.estimate), actual_detail: cached ? "[]" : null,
     };
     if (cached) {
-      this.sql.exec("INSERT INTO finished_outbox (id) VALUES (?) ON CONFLICT (id) DO NOTHING", id);
+      this.sql.exec("INSERT INTO finished_outbox (id, optimizer) VALUES (?, ?) ON CONFLICT (id) DO NOTHING", id, plan && hasOptimizerRecords(plan) ? 1 : 0);
       return { request: view(row), duplicate: false };
     }
     this.live.set(id, row);
@@ -817,11 +820,13 @@ export class SchedulerObject extends DurableObject<Env> {
   private claim(items: Array<{ id: string; template: Template | undefined }>, now: number): Row[] {
     const margin = this.leaseMarginMs();
     const leases = items.map(({ id, template }) => [id, now + (template?.timeoutMs ?? 30_000) + margin] as const);
-    this.sql.exec(
-      `UPDATE requests SET status = 'dispatching', lease_until = j.value ->> 1, updated_at = ?
-       FROM json_each(?) AS j WHERE requests.id = j.value ->> 0`,
-      now, JSON.stringify(leases),
-    );
+    // One statement per lease length (per template timeout, usually one): an id list is the cheapest update.
+    for (const [leaseUntil, group] of groupBy(leases, ([, until]) => String(until))) {
+      this.sql.exec(
+        "UPDATE requests SET status = 'dispatching', lease_until = ?, updated_at = ? WHERE id IN (SELECT value FROM json_each(?))",
+        Number(leaseUntil), now, JSON.stringify(group.map(([id]) => id)),
+      );
+    }
     this.rankCache = null;
     return leases.map(([id, leaseUntil]) => {
       this.queued.delete(id);
@@ -1258,19 +1263,20 @@ export class SchedulerObject extends DurableObject<Env> {
    */
   private finishAll(items: Finished[], now: number): void {
     if (items.length === 0) return;
-    const json = JSON.stringify(items.map((f) => ({
-      id: f.id, status: f.status, result: f.result ?? null, actual: f.actual ?? null, detail: f.actualDetail ?? null,
-      error: f.error ?? null, plan: f.plan ? JSON.stringify(f.plan) : null, started: f.startedAt ?? null,
-    })));
+    // Positional arrays: each `->> n` re-reads its element, and short arrays read faster than objects.
+    const json = JSON.stringify(items.map((f) => [
+      f.id, f.status, f.result ?? null, f.actual ?? null, f.actualDetail ?? null, f.error ?? null,
+      f.plan ? JSON.stringify(f.plan) : null, f.startedAt ?? null,
+      f.status === "completed" && f.plan && hasOptimizerRecords(f.plan) ? 1 : 0,
+    ]));
     this.sql.exec(
-      `UPDATE requests SET status = j.value ->> 'status', result = j.value ->> 'result', actual_nano = j.value ->> 'actual',
-         actual_detail = j.value ->> 'detail', error = j.value ->> 'error', plan = COALESCE(j.value ->> 'plan', plan),
-         started_at = COALESCE(j.value ->> 'started', started_at), first_started_at = COALESCE(j.value ->> 'started', first_started_at),
-         finished_at = ?1, updated_at = ?1, lease_until = NULL
-       FROM json_each(?2) AS j WHERE requests.id = j.value ->> 'id'`,
+      `UPDATE requests SET status = j.value ->> 1, result = j.value ->> 2, actual_nano = j.value ->> 3, actual_detail = j.value ->> 4,
+         error = j.value ->> 5, plan = COALESCE(j.value ->> 6, plan), started_at = COALESCE(j.value ->> 7, started_at),
+         first_started_at = COALESCE(j.value ->> 7, first_started_at), finished_at = ?1, updated_at = ?1, lease_until = NULL
+       FROM json_each(?2) AS j WHERE requests.id = j.value ->> 0`,
       now, json,
     );
-    this.sql.exec("INSERT INTO finished_outbox (id) SELECT value ->> 'id' FROM json_each(?) WHERE true ON CONFLICT (id) DO NOTHING", json);
+    this.sql.exec("INSERT INTO finished_outbox (id, optimizer) SELECT value ->> 0, value ->> 8 FROM json_each(?) WHERE true ON CONFLICT (id) DO NOTHING", json);
     for (const f of items) {
       const live = this.live.get(f.id);
       if (live) {
@@ -1401,11 +1407,8 @@ export class SchedulerObject extends DurableObject<Env> {
     const savings: SavingsRow[] = [];
     for (const r of rows) {
       const plan = JSON.parse(r.plan!) as StoredPlan;
-      const base = { requestId: r.id, clientId: r.client_id, template: r.template, at: r.finished_at };
-      for (const st of plan.strategies) savings.push({ ...base, strategy: st.strategy, savedNano: st.saved_nano });
-      if (plan.bytes_saved > 0) savings.push({ ...base, strategy: "compression", savedNano: 0, bytesSaved: plan.bytes_saved });
-      if ((plan.batched ?? 1) > 1) savings.push({ ...base, strategy: "batching", savedNano: 0 });
-      if (plan.cache_key && !plan.cached && r.result !== null) {
+      savings.push(...savingsOf(plan, { requestId: r.id, clientId: r.client_id, template: r.template, at: r.finished_at }));
+      if (cachesResult(plan) && r.result !== null) {
         const text = r.result.startsWith("gz:") ? await decompressText(r.result) : r.result;
         await cachePut(this.env, plan.cache_key, r.template, JSON.parse(text), r.actual_nano ?? 0, plan.cache_ttl_ms, Date.now());
       }
@@ -1418,16 +1421,16 @@ export class SchedulerObject extends DurableObject<Env> {
     this.finishedFlushing = true;
     try {
       for (;;) {
-        const rows = this.sql.exec<{ outbox_id: string } & { [K in keyof FinishedRequest]: SqlStorageValue }>(
-          `SELECT o.id AS outbox_id, r.id, r.client_id, r.template, r.queue, r.status, r.estimate_nano, r.actual_nano, r.attempts,
+        const rows = this.sql.exec<{ outbox_id: string; optimizer: number } & { [K in keyof FinishedRequest]: SqlStorageValue }>(
+          `SELECT o.id AS outbox_id, o.optimizer, r.id, r.client_id, r.template, r.queue, r.status, r.estimate_nano, r.actual_nano, r.attempts,
                   r.created_at, r.finished_at, substr(r.error, 1, ?) AS error
            FROM finished_outbox o LEFT JOIN requests r ON r.id = o.id ORDER BY o.rowid LIMIT ?`,
           MAX_ERROR_CHARS, FINISHED_BATCH,
         ).toArray();
         if (rows.length === 0) break;
         // A request no longer stored (nothing deletes them today) has nothing to report: just drop its entry.
-        await insertRequestLog(this.env.DB, rows.filter((r) => r.id !== null).map(({ outbox_id: _, ...r }) => r as unknown as FinishedRequest));
-        await this.deliverOptimizerRecords(rows.filter((r) => r.id !== null && r.status === "completed").map((r) => String(r.id)));
+        await insertRequestLog(this.env.DB, rows.filter((r) => r.id !== null).map(({ outbox_id: _, optimizer: __, ...r }) => r as unknown as FinishedRequest));
+        await this.deliverOptimizerRecords(rows.filter((r) => r.id !== null && r.status === "completed" && r.optimizer === 1).map((r) => String(r.id)));
         this.sql.exec("DELETE FROM finished_outbox WHERE id IN (SELECT value FROM json_each(?))", JSON.stringify(rows.map((r) => r.outbox_id)));
         if (rows.length < FINISHED_BATCH) break;
       }
@@ -1537,6 +1540,24 @@ function view(row: Row): RequestView {
     dispatch_seq: row.dispatch_seq,
     optimizer: optimizerView(row.plan),
   };
+}
+
+/** The savings rows a completed request's plan records (one per strategy, and for compression and batching). */
+function savingsOf(plan: StoredPlan, base: Pick<SavingsRow, "requestId" | "clientId" | "template" | "at">): SavingsRow[] {
+  const rows: SavingsRow[] = plan.strategies.map((st) => ({ ...base, strategy: st.strategy, savedNano: st.saved_nano }));
+  if (plan.bytes_saved > 0) rows.push({ ...base, strategy: "compression", savedNano: 0, bytesSaved: plan.bytes_saved });
+  if ((plan.batched ?? 1) > 1) rows.push({ ...base, strategy: "batching", savedNano: 0 });
+  return rows;
+}
+
+/** Whether a completed request's result goes into the result cache: it ran cacheable work itself. */
+function cachesResult(plan: StoredPlan): plan is StoredPlan & { cache_key: string } {
+  return Boolean(plan.cache_key) && !plan.cached;
+}
+
+/** Whether a completed request has optimizer records to deliver (most plans decide nothing). */
+function hasOptimizerRecords(plan: StoredPlan): boolean {
+  return cachesResult(plan) || savingsOf(plan, { requestId: "", clientId: "", template: "", at: 0 }).length > 0;
 }
 
 /** batchGroups with the batch size of each template's requests (their plans carry it). */
