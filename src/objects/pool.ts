@@ -583,11 +583,17 @@ export class PoolObject extends DurableObject<Env> {
   /** Put events in the outbox in one statement (each payload stored as written here) for the alarm to deliver. */
   private queueUsage(events: UsageEvent[]): void {
     if (events.length === 0) return;
-    this.sql.exec(
-      `INSERT INTO outbox (event_id, payload, created_at)
-       SELECT value ->> '$.eventId', value, value ->> '$.at' FROM json_each(?)`,
-      JSON.stringify(events.map((event) => JSON.stringify(event))),
-    );
+    if (events.length === 1) {
+      // The hot path (one consume): a plain insert, without building and walking a JSON array.
+      const [event] = events as [UsageEvent];
+      this.sql.exec("INSERT INTO outbox (event_id, payload, created_at) VALUES (?, ?, ?)", event.eventId, JSON.stringify(event), event.at);
+    } else {
+      this.sql.exec(
+        `INSERT INTO outbox (event_id, payload, created_at)
+         SELECT value ->> '$.eventId', value, value ->> '$.at' FROM json_each(?)`,
+        JSON.stringify(events.map((event) => JSON.stringify(event))),
+      );
+    }
     const at = events.reduce((t, e) => Math.min(t, e.at), Infinity);
     this.ensureAlarm(at + Number(this.env.USAGE_FLUSH_DELAY_MS ?? 1000));
   }
