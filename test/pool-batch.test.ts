@@ -139,3 +139,31 @@ describe("releaseMany", () => {
     });
   });
 });
+
+describe("settled reservations", () => {
+  it("are kept a day past their expiry (a late release is reservation_closed), then the alarm deletes them; held ones stay", async () => {
+    const pool = await makePool({ capacity: 100, refillPerSec: 0 });
+    const stub = stubOf(pool.id);
+    const [old, recent, held] = ((await stub.reserveMany(pool, [
+      { caller: acme, amount: 1, ttlMs: 600_000, requestId: "old" },
+      { caller: acme, amount: 1, ttlMs: 600_000, requestId: "recent" },
+      { caller: acme, amount: 1, ttlMs: 600_000, requestId: "held" },
+    ])) as Result<ReserveResult>[]).map(granted);
+    await stub.releaseMany(pool, [old!, recent!].map((r) => ({ caller: acme, reservationId: r.reservationId, actualUsed: 0 })));
+    // Age the first settlement past the retention (its expiry a day and a minute ago).
+    await runInDurableObject(stub, (_instance: PoolObject, state) => {
+      const dayAgo = Date.now() - 24 * 60 * 60 * 1000 - 60_000;
+      state.storage.sql.exec("UPDATE reservations SET expires_at = ? WHERE id = ?", dayAgo, old!.reservationId);
+    });
+    const late = (await stub.release(pool, acme, recent!.reservationId, 0)) as Result<ReleaseResult>;
+    expect(late).toMatchObject({ ok: false, error: { code: "reservation_closed", details: { status: "released" } } });
+
+    expect(await runDurableObjectAlarm(stub)).toBe(true);
+    await runInDurableObject(stub, (_instance: PoolObject, state) => {
+      const rows = state.storage.sql.exec<{ id: string; status: string }>("SELECT id, status FROM reservations ORDER BY created_at, id").toArray();
+      expect(new Map(rows.map((r) => [r.id, r.status]))).toEqual(new Map([[recent!.reservationId, "released"], [held!.reservationId, "held"]]));
+    });
+    const forgotten = (await stub.release(pool, acme, old!.reservationId, 0)) as Result<ReleaseResult>;
+    expect(forgotten).toMatchObject({ ok: false, error: { code: "reservation_not_found" } });
+  });
+});

@@ -99,6 +99,8 @@ export interface SpendOptions {
 }
 
 const IDEMPOTENCY_TTL_MS = 24 * 60 * 60 * 1000;
+/** How long a settled (released or expired) reservation is kept after its expiry time. */
+const SETTLED_RETENTION_MS = 24 * 60 * 60 * 1000;
 const FLUSH_BATCH = 200;
 const MAX_FLUSH_BACKOFF_MS = 60_000;
 /** A dynamic pool that runs dry asks for a scaling evaluation at most this often (and not within its cooldown). */
@@ -348,6 +350,9 @@ export class PoolObject extends DurableObject<Env> {
       if (due.length) log.info("reservations_expired", { pool: this.config.id, count: due.length });
     }
     this.sql.exec("DELETE FROM idempotency WHERE created_at < ?", now - IDEMPOTENCY_TTL_MS);
+    // Settled reservations answer a late release with reservation_closed for a day, then are forgotten
+    // (one row per dispatched request would otherwise stay forever). Served by the (status, expires_at) index.
+    this.sql.exec("DELETE FROM reservations WHERE status IN ('released', 'expired') AND expires_at < ?", now - SETTLED_RETENTION_MS);
     await this.flushOutbox();
     await this.reportLevel();
     this.scheduleNext(Date.now());
