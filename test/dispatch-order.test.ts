@@ -47,7 +47,7 @@ describe("dispatch order", () => {
       expect(mine.map((r) => r.id)).toEqual(expected.map((r) => r.id));
     }
     // Between clients, the fairness term (0-10 points, weighted by tier) is all that may reorder: nothing
-    // in the first pass of 256 has more than 10 points less than anything left for later.
+    // among the first 256 dispatched has more than 10 points less than anything left for later.
     const first = actual.slice(0, 256);
     const later = actual.slice(256);
     expect(Math.min(...first.map(points))).toBeGreaterThanOrEqual(Math.max(...later.map(points)) - 10);
