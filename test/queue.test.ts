@@ -247,6 +247,29 @@ describe("faults", () => {
     });
   }
 
+  it("a worker without RPC run is remembered as HTTP-only for 10 minutes; one with run is never marked", async () => {
+    const pool = await makePool({ capacity: 50 });
+    const http = await makeTemplate([{ pool: pool.id, amount: 1 }], { binding: "NOTIFIER" });
+    const rpc = await makeTemplate([{ pool: pool.id, amount: 1 }], { binding: "CONTENT_WORKER" });
+    const run = async (template: string) => {
+      const id = (await enqueue({ template, queue: "fast" })).body.request.id;
+      return (await settled(id, ["completed"], 5000)).result.transport;
+    };
+    const fetchOnly = () => runInDurableObject(scheduler(), (instance: SchedulerObject) =>
+      new Map((instance as unknown as { fetchOnly: Map<string, number> }).fetchOnly));
+    const before = Date.now();
+    expect(await run(http)).toBe("http");
+    const first = await fetchOnly();
+    expect([...first.keys()]).toEqual(["NOTIFIER"]);
+    expect(first.get("NOTIFIER")! - before).toBeGreaterThanOrEqual(10 * 60 * 1000);
+    expect(first.get("NOTIFIER")! - Date.now()).toBeLessThanOrEqual(10 * 60 * 1000);
+    await sleep(5);
+    expect(await run(rpc)).toBe("rpc");
+    expect(await run(http)).toBe("http");
+    // The second HTTP call went straight to HTTP: no new probe, so the mark is unchanged.
+    expect(await fetchOnly()).toEqual(first);
+  });
+
   it("a worker that hangs past its deadline is timed out, and a retry that succeeds completes the request", async () => {
     const pool = await makePool({ capacity: 50 });
     const template = await makeTemplate([{ pool: pool.id, amount: 20 }], { timeoutMs: 400 });
