@@ -1088,31 +1088,40 @@ export class SchedulerObject extends DurableObject<Env> {
       }, template.timeoutMs);
     });
     try {
-      if ((this.fetchOnly.get(template.binding) ?? 0) <= Date.now()) {
-        try {
-          return { ok: true, body: await Promise.race([binding.run(job), stopped]) };
-        } catch (err) {
-          if (!(err instanceof TypeError && err.message.includes('does not implement the method "run"'))) throw err;
-          this.fetchOnly.set(template.binding, Date.now() + RPC_PROBE_MS);
-        }
-      }
-      const res = await Promise.race([binding.fetch("https://worker.internal/run", {
-        method: "POST",
-        headers: { "content-type": "application/json", "x-request-id": requestId },
-        body: JSON.stringify(job),
-        signal: controller.signal,
-      }), stopped]);
-      const text = await res.text();
-      if (!res.ok) return { ok: false, error: `worker answered ${res.status}: ${text.slice(0, 300)}` };
-      return { ok: true, body: JSON.parse(text) };
+      return { ok: true, body: await this.send(binding, template.binding, job, requestId, controller.signal, stopped) };
     } catch (err) {
       if (timedOut) return { ok: false, error: `worker timed out after ${template.timeoutMs} ms` };
       if (controller.signal.aborted) return { ok: false, error: "cancelled", retryable: false };
+      if (err instanceof WorkerAnswer) return { ok: false, error: err.message };
       return { ok: false, error: `worker failed: ${(err instanceof Error ? err.message : String(err)).slice(0, 300)}` };
     } finally {
       clearTimeout(deadline);
       controller.signal.removeEventListener("abort", onAbort!);
     }
+  }
+
+  /**
+   * The worker's answer to a job: by RPC unless its binding is marked HTTP-only, by HTTP when it is (or
+   * when RPC finds no `run`, which marks it). Rejects with the worker's error, or when `stopped` does.
+   */
+  private async send(binding: WorkerBinding, name: string, job: unknown, requestId: string, signal: AbortSignal, stopped: Promise<never>): Promise<unknown> {
+    if ((this.fetchOnly.get(name) ?? 0) <= Date.now()) {
+      try {
+        return await Promise.race([binding.run(job), stopped]);
+      } catch (err) {
+        if (!(err instanceof TypeError && err.message.includes('does not implement the method "run"'))) throw err;
+        this.fetchOnly.set(name, Date.now() + RPC_PROBE_MS);
+      }
+    }
+    const res = await Promise.race([binding.fetch("https://worker.internal/run", {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-request-id": requestId },
+      body: JSON.stringify(job),
+      signal,
+    }), stopped]);
+    const text = await res.text();
+    if (!res.ok) throw new WorkerAnswer(`worker answered ${res.status}: ${text.slice(0, 300)}`);
+    return JSON.parse(text);
   }
 
   private queueSettlement(id: string, attempt: number, outcome: Outcome): void {
@@ -1591,6 +1600,9 @@ async function paramsOf(row: Row): Promise<string> {
 async function jobOf(row: Row): Promise<{ request_id: string; template: string; params: unknown; attempt: number; allotted: Record<string, number> }> {
   return { request_id: row.id, template: row.template, params: JSON.parse(await paramsOf(row)), attempt: row.attempts, allotted: allottedOf(row) };
 }
+
+/** A worker's non-2xx HTTP answer: a failed attempt, reported as it came. */
+class WorkerAnswer extends Error {}
 
 /** A service binding to a template's worker: HTTP always, RPC `run` when the worker has it. */
 interface WorkerBinding {
