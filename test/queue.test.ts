@@ -396,3 +396,33 @@ describe("RPC entrypoint, called from an auxiliary worker as KAM does", () => {
     expect((await rpc("execute", "acme", { template: "notify-email", queue: "yesterday" })).error).toMatch(/^validation_failed/);
   });
 });
+
+describe("retention", () => {
+  it("the cron pass forgets requests finished over 35 days ago once their request-log entry is delivered; others stay", async () => {
+    const pool = await makePool({ capacity: 100 });
+    const template = await makeTemplate([{ pool: pool.id, amount: 1 }]);
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const id = (await enqueue({ template, queue: "fast", idempotency_key: `keep-${i}-${pool.id}` })).body.request.id;
+      await settled(id, ["completed"], 5000);
+      ids.push(id);
+    }
+    const [old, undelivered, recent] = ids as [string, string, string];
+    await scheduler().pass("test"); // delivers the request log
+    const day = 24 * 60 * 60 * 1000;
+    await runInDurableObject(scheduler(), (_instance: SchedulerObject, state) => {
+      state.storage.sql.exec("UPDATE requests SET finished_at = ? WHERE id IN (?, ?)", Date.now() - 35 * day - 60_000, old, undelivered);
+      state.storage.sql.exec("UPDATE requests SET finished_at = ? WHERE id = ?", Date.now() - 34 * day, recent);
+      // As if D1 had been down since it finished: its entry still waits in the outbox.
+      state.storage.sql.exec("INSERT INTO finished_outbox (id, optimizer) VALUES (?, 0)", undelivered);
+    });
+    await scheduler().pass("cron"); // purges before it delivers the request log
+    expect((await call("GET", `/api/execution/${old}`, { token: KEYS.acme })).status).toBe(404);
+    expect((await requestOf(undelivered)).status).toBe("completed");
+    expect((await requestOf(recent)).status).toBe("completed");
+    // The forgotten request's idempotency key is free again: a repeat makes a new request.
+    const again = await enqueue({ template, queue: "fast", idempotency_key: `keep-0-${pool.id}` });
+    expect(again.body.duplicate).toBe(false);
+    expect(again.body.request.id).not.toBe(old);
+  });
+});

@@ -262,6 +262,10 @@ const FINISHED_BATCH = 200;
 const SLA_ALERT_WINDOW_MS = 15 * 60 * 1000;
 /** ...and are evaluated at most this often (the cron pass included). */
 const SLA_CHECK_MS = 30_000;
+/** How long a finished request stays in the scheduler (its view, its idempotency key, its service level). */
+const REQUEST_RETENTION_MS = 35 * 24 * 60 * 60 * 1000;
+/** Finished requests forgotten per cron pass at most (a minute's work stays small; a backlog of old ones clears over hours). */
+const PURGE_BATCH = 5000;
 /** Terminal states that cancellation cannot change. */
 const TERMINAL: RequestStatus[] = ["completed", "failed", "cancelled", "expired"];
 
@@ -627,6 +631,7 @@ export class SchedulerObject extends DurableObject<Env> {
     this.lastPassAt = now;
     const lost = this.reclaimLeases(now);
     if (lost.length) await this.releaseHolds(lost.map((row) => ({ row: { ...row, reservations: null }, actual: {}, final: true })));
+    if (trigger === "cron") this.purgeFinished(now);
     if (!this.running) {
       await this.flushFinished();
       return 0;
@@ -1340,6 +1345,19 @@ export class SchedulerObject extends DurableObject<Env> {
     return failed;
   }
 
+  /**
+   * Forget requests finished more than REQUEST_RETENTION_MS ago whose request-log entry has reached D1
+   * (reports read D1; service levels look back at most 31 days). Up to PURGE_BATCH a cron minute.
+   */
+  private purgeFinished(now: number): void {
+    const purged = this.sql.exec(
+      `DELETE FROM requests WHERE id IN (
+         SELECT id FROM requests WHERE finished_at < ? AND id NOT IN (SELECT id FROM finished_outbox) ORDER BY finished_at LIMIT ?)`,
+      now - REQUEST_RETENTION_MS, PURGE_BATCH,
+    ).rowsWritten;
+    if (purged) log.info("requests_purged", { count: purged });
+  }
+
   /** Remember a worker call's outcome for the failure and timeout alerts. */
   private noteOutcome(row: Row, outcome: Outcome, now: number): void {
     if (outcome.error === "cancelled") return;
@@ -1449,7 +1467,7 @@ export class SchedulerObject extends DurableObject<Env> {
           MAX_ERROR_CHARS, FINISHED_BATCH,
         ).toArray();
         if (rows.length === 0) break;
-        // A request no longer stored (nothing deletes them today) has nothing to report: just drop its entry.
+        // A request no longer stored has nothing to report: just drop its entry.
         await insertRequestLog(this.env.DB, rows.filter((r) => r.id !== null).map(({ outbox_id: _, optimizer: __, ...r }) => r as unknown as FinishedRequest));
         await this.deliverOptimizerRecords(rows.filter((r) => r.id !== null && r.status === "completed" && r.optimizer === 1).map((r) => String(r.id)));
         this.sql.exec("DELETE FROM finished_outbox WHERE id IN (SELECT value FROM json_each(?))", JSON.stringify(rows.map((r) => r.outbox_id)));
