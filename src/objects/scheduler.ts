@@ -241,8 +241,7 @@ const MAX_IN_FLIGHT = 512;
 const IMMEDIATE_HEADROOM = 32;
 /**
  * Requests claimed and admitted together: one client-object call per client and one pool-object call
- * per pool for the whole chunk, and one write each for its claim and start. (256 measured no faster
- * than 128, and broke weighted fair order after the first 512 dispatches in test/fairness.test.ts.)
+ * per pool for the whole chunk, and one write each for its claim and start (256 measured no faster).
  */
 const CHUNK = 128;
 const SCAN_LIMIT = 2048;
@@ -650,11 +649,15 @@ export class SchedulerObject extends DurableObject<Env> {
     let launched = 0;
     let wakeAt: number | null = null;
     const limit = onlyIds ? MAX_IN_FLIGHT + IMMEDIATE_HEADROOM : MAX_IN_FLIGHT;
-    for (let i = 0; i < order.length && i < SCAN_LIMIT && this.inflight.size + this.admitting.size < limit; i += CHUNK) {
-      const room = limit - this.inflight.size - this.admitting.size;
+    const end = Math.min(order.length, SCAN_LIMIT);
+    let cursor = 0;
+    while (cursor < end && this.inflight.size + this.admitting.size < limit) {
+      // The next requests in rank order, as many as there is room for: none is passed over unless it
+      // cannot run now (room freed while a chunk was admitted goes to the very next in line).
+      const room = Math.min(CHUNK, limit - this.inflight.size - this.admitting.size);
       const chunk: Array<{ id: string; template: Template | undefined }> = [];
-      for (const id of order.slice(i, i + CHUNK)) {
-        if (chunk.length >= room) break;
+      while (chunk.length < room && cursor < end) {
+        const id = order[cursor++]!;
         const q = this.queued.get(id);
         if (!q || q.notBefore > now || fullClients.has(q.clientId)) continue;
         const template = templates.get(this.rowOf(id)!.template);
