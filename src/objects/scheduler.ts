@@ -1200,22 +1200,37 @@ export class SchedulerObject extends DurableObject<Env> {
       }
     }
     this.finishAll(finished, now);
-    for (const leader of leaders) await this.completeFollowers(leader);
+    if (leaders.length) {
+      const waiting = this.queuedByCacheKey(new Set(leaders.map((l) => l.plan.cache_key!)));
+      for (const leader of leaders) await this.completeFollowers(leader, waiting.get(leader.plan.cache_key!) ?? []);
+    }
     this.saveCounters();
     if (live.length) this.ensureAlarm(Date.now());
+  }
+
+  /** Queued requests with one of these cache keys, by key: one scan of the plans for a settlement's leaders. */
+  private queuedByCacheKey(keys: Set<string>): Map<string, string[]> {
+    const out = new Map<string, string[]>();
+    for (const [id, plan] of this.plans) {
+      if (!plan.cache_key || !keys.has(plan.cache_key) || this.live.get(id)?.status !== "queued") continue;
+      out.set(plan.cache_key, [...(out.get(plan.cache_key) ?? []), id]);
+    }
+    return out;
   }
 
   /**
    * A cacheable request completed: the identical requests queued behind it (same cache key) complete
    * with its result, at no cost and without dispatch. Their money leaves flight.
    */
-  private async completeFollowers(leader: { row: Row; plan: StoredPlan; result: string; actualNano: number }): Promise<void> {
+  private async completeFollowers(leader: { row: Row; plan: StoredPlan; result: string; actualNano: number }, candidates: string[]): Promise<void> {
     const now = Date.now();
     const followers: Row[] = [];
     const finished: Finished[] = [];
-    for (const [id, plan] of this.plans) {
+    for (const id of candidates) {
       const row = this.live.get(id);
-      if (id === leader.row.id || plan.cache_key !== leader.plan.cache_key || row?.status !== "queued") continue;
+      const plan = this.plans.get(id);
+      // Still queued: another leader of the same key may have completed it already.
+      if (id === leader.row.id || !plan || row?.status !== "queued") continue;
       followers.push(row);
       finished.push({
         id, status: "completed", result: leader.result, actual: 0, actualDetail: "[]", startedAt: now,
@@ -1430,12 +1445,6 @@ export class SchedulerObject extends DurableObject<Env> {
   }
 
   /**
-   * Deliver finished requests (queued by finish and cancel in the same SQLite write as their status) to
-   * D1's request_log for reports: one upsert per batch, keyed by request id, then drop them from the
-   * outbox. Run at the end of a pass, so after each settlement batch. A failure leaves them for a later
-   * pass, after a backoff; it never fails the pass.
-   */
-  /**
    * For completed requests the optimizer touched: their savings (one row per strategy, idempotent by
    * request and strategy) and, for the leaders of cacheable work, their result into the result cache.
    * Delivered with the request log, so a failure retries both.
@@ -1449,7 +1458,7 @@ export class SchedulerObject extends DurableObject<Env> {
     const savings: SavingsRow[] = [];
     for (const r of rows) {
       const plan = JSON.parse(r.plan!) as StoredPlan;
-      savings.push(...savingsOf(plan, { requestId: r.id, clientId: r.client_id, template: r.template, at: r.finished_at }));
+      for (const saving of savingsOf(plan)) savings.push({ requestId: r.id, clientId: r.client_id, template: r.template, at: r.finished_at, ...saving });
       if (cachesResult(plan) && r.result !== null) {
         const text = r.result.startsWith("gz:") ? await decompressText(r.result) : r.result;
         await cachePut(this.env, plan.cache_key, r.template, JSON.parse(text), r.actual_nano ?? 0, plan.cache_ttl_ms, Date.now());
@@ -1458,6 +1467,12 @@ export class SchedulerObject extends DurableObject<Env> {
     if (savings.length) await recordSavings(this.env, savings);
   }
 
+  /**
+   * Deliver finished requests (queued by finish and cancel in the same SQLite write as their status) to
+   * D1's request_log for reports: one upsert per batch, keyed by request id, then drop them from the
+   * outbox. Run at the end of a pass, so after each settlement batch. A failure leaves them for a later
+   * pass, after a backoff; it never fails the pass.
+   */
   private async flushFinished(): Promise<void> {
     if (this.finishedFlushing || Date.now() < this.finishedRetryAt) return;
     this.finishedFlushing = true;
@@ -1585,10 +1600,10 @@ function view(row: Row): RequestView {
 }
 
 /** The savings rows a completed request's plan records (one per strategy, and for compression and batching). */
-function savingsOf(plan: StoredPlan, base: Pick<SavingsRow, "requestId" | "clientId" | "template" | "at">): SavingsRow[] {
-  const rows: SavingsRow[] = plan.strategies.map((st) => ({ ...base, strategy: st.strategy, savedNano: st.saved_nano }));
-  if (plan.bytes_saved > 0) rows.push({ ...base, strategy: "compression", savedNano: 0, bytesSaved: plan.bytes_saved });
-  if ((plan.batched ?? 1) > 1) rows.push({ ...base, strategy: "batching", savedNano: 0 });
+function savingsOf(plan: StoredPlan): Array<Pick<SavingsRow, "strategy" | "savedNano" | "bytesSaved">> {
+  const rows: Array<Pick<SavingsRow, "strategy" | "savedNano" | "bytesSaved">> = plan.strategies.map((st) => ({ strategy: st.strategy, savedNano: st.saved_nano }));
+  if (plan.bytes_saved > 0) rows.push({ strategy: "compression", savedNano: 0, bytesSaved: plan.bytes_saved });
+  if ((plan.batched ?? 1) > 1) rows.push({ strategy: "batching", savedNano: 0 });
   return rows;
 }
 
@@ -1599,7 +1614,7 @@ function cachesResult(plan: StoredPlan): plan is StoredPlan & { cache_key: strin
 
 /** Whether a completed request has optimizer records to deliver (most plans decide nothing). */
 function hasOptimizerRecords(plan: StoredPlan): boolean {
-  return cachesResult(plan) || savingsOf(plan, { requestId: "", clientId: "", template: "", at: 0 }).length > 0;
+  return cachesResult(plan) || savingsOf(plan).length > 0;
 }
 
 /** batchGroups with the batch size of each template's requests (their plans carry it). */
