@@ -18,6 +18,7 @@
 //   BENCH_LOG_PROBE  set to 1 to add scenario (b') = (b) plus one JSON console.log line per request, as the
 //                    product writes; it shows what per-request logging costs under wrangler dev
 //   BENCH_REQUEST_LOG  all | errors: the product's REQUEST_LOG for the run (default: wrangler.toml's, "all")
+//   BENCH_SCENARIOS  comma-separated keys to run only some scenarios, e.g. "b,c" (default: all)
 //   BENCH_SNAPSHOT   set to 1 to run the product from a copy of src/ and its config taken at start, so
 //                    that edits made during the run do not make wrangler dev reload it mid-measurement
 // Results: a table on stdout and bench/results/latest.json. Exit status 0 unless the run failed
@@ -62,6 +63,7 @@ const SNAPSHOT = process.env.BENCH_SNAPSHOT === "1";
 const REQUEST_LOG = process.env.BENCH_REQUEST_LOG ?? "";
 if (!["", "all", "errors"].includes(REQUEST_LOG)) throw new Error("BENCH_REQUEST_LOG must be all or errors");
 const LOG_PROBE = process.env.BENCH_LOG_PROBE === "1";
+const ONLY = process.env.BENCH_SCENARIOS ? new Set(process.env.BENCH_SCENARIOS.split(",").map((k) => k.trim())) : null;
 const PRODUCT_FILES = ["src", "wrangler.toml", "schema.sql", "seed.sql", "package.json", "tsconfig.json"];
 const PAUSE_MS = 500; // idle gap between measurements
 const SETTLE_MAX_MS = 15_000; // longest wait for the product's usage outbox to drain after a measurement
@@ -222,6 +224,8 @@ function cpuTicks() {
     const busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + (fields[7] || 0);
     const groups = new Set([...children].map((c) => c.pid));
     let own = 0;
+    // CPU of each process group's workerd: what serving a scenario cost, whatever the load generator did.
+    const workerd = new Map();
     for (const entry of readdirSync("/proc")) {
       if (!/^\d+$/.test(entry)) continue;
       let stat;
@@ -230,10 +234,37 @@ function cpuTicks() {
       // rest[0] = state (field 3), so field n is rest[n - 3]
       const pgid = Number(rest[2]);
       if (Number(entry) === process.pid || groups.has(pgid)) own += Number(rest[11]) + Number(rest[12]);
+      if (groups.has(pgid) && stat.includes("(workerd)")) workerd.set(Number(entry), { pgid, ticks: Number(rest[11]) + Number(rest[12]) });
     }
-    return { at: Date.now(), busy, own };
+    return { at: Date.now(), busy, own, workerd };
   } catch {
     return null; // not Linux
+  }
+}
+
+/**
+ * Microseconds of workerd CPU per request served by one wrangler process group between two snapshots,
+ * split into wrangler's local proxy (the workerd listening on the scenario's port: the same work for
+ * every scenario) and the runtime that runs the worker (its other workerd process).
+ */
+function serverCpuUs(a, b, group, proxyPid, requests) {
+  if (!a || !b || !group || !(requests > 0)) return null;
+  const used = { proxy: 0, runtime: 0 };
+  for (const [pid, { pgid, ticks }] of b.workerd) {
+    if (pgid !== group) continue;
+    used[pid === proxyPid ? "proxy" : "runtime"] += ticks - (a.workerd.get(pid)?.ticks ?? 0);
+  }
+  const us = (ticks) => ((ticks / clockTick) * 1e6) / requests;
+  return { proxy: us(used.proxy), runtime: us(used.runtime) };
+}
+
+/** The pid of the process listening on a TCP port (from `ss -ltnp`), or null. */
+function listenerPid(port) {
+  try {
+    const line = execFileSync("ss", ["-ltnpH", `sport = :${port}`], { encoding: "utf8" }).split("\n").find((l) => l.includes("pid="));
+    return line ? Number(line.match(/pid=(\d+)/)[1]) : null;
+  } catch {
+    return null;
   }
 }
 
@@ -483,38 +514,47 @@ async function main() {
 
     const scenarios = [
       {
-        key: "a", name: "floor", label: "(a) floor",
+        key: "a", name: "floor", label: "(a) floor", group: floor.pid, proxyPid: listenerPid(ports.floor),
         url: `http://${HOST}:${ports.floor}/`, method: "POST", headers: json, body: hotBody,
         check: (t) => { if (t !== "ok") throw new Error(`floor answered ${t.slice(0, 100)}`); },
       },
       {
-        key: "b", name: "bucket-do", label: "(b) bucket-do",
+        key: "b", name: "bucket-do", label: "(b) bucket-do", group: bucket.pid, proxyPid: listenerPid(ports.bucket),
         url: `http://${HOST}:${ports.bucket}/`, method: "POST", headers: json, body: hotBody,
         check: (t) => { const b = JSON.parse(t); if (b.ok !== true) throw new Error(`bucket answered ${t}`); },
       },
       ...(LOG_PROBE
         ? [{
-            key: "b'", name: "bucket-do+log", label: "(b') bucket-do + log line",
+            key: "b'", name: "bucket-do+log", label: "(b') bucket-do + log line", group: bucketLog.pid, proxyPid: listenerPid(ports.bucketLog),
             url: `http://${HOST}:${ports.bucketLog}/`, method: "POST", headers: json, body: hotBody,
             check: (t) => { const b = JSON.parse(t); if (b.ok !== true) throw new Error(`bucket answered ${t}`); },
           }]
         : []),
       {
-        key: "c", name: "product-hot", label: "(c) product, 1 hot pool", product: true,
+        key: "c", name: "product-hot", label: "(c) product, 1 hot pool", product: true, group: product.pid, proxyPid: listenerPid(ports.product),
         url: `${productUrl}/internal/consume`, method: "POST", headers: consumeHeaders, body: hotBody,
         check: checkConsume("bench-hot"),
       },
       {
-        key: "d", name: "product-spread", label: `(d) product, ${SPREAD_POOLS} pools`, product: true,
+        key: "d", name: "product-spread", label: `(d) product, ${SPREAD_POOLS} pools`, product: true, group: product.pid, proxyPid: listenerPid(ports.product),
         url: `${productUrl}/internal/consume`, method: "POST", headers: consumeHeaders, body: hotBody,
         setupRequest: (req) => ({ ...req, body: spreadBody() }),
       },
-    ];
+      // Diagnostic, only when asked for (BENCH_SCENARIOS=...,e): the product's HTTP stack without a
+      // decision (`GET /`: routing, trace id, request log, JSON answer), to compare with (a).
+      ...(ONLY?.has("e")
+        ? [{
+            key: "e", name: "product-liveness", label: "(e) product, GET /", group: product.pid, proxyPid: listenerPid(ports.product),
+            url: `${productUrl}/`, method: "GET",
+            check: (t) => { if (JSON.parse(t).status !== "ok") throw new Error(`liveness answered ${t.slice(0, 100)}`); },
+          }]
+        : []),
+    ].filter((s) => ONLY === null || ONLY.has(s.key));
 
     // Preflight: every target answers 200 with the right body; every spread pool's object exists.
     for (const s of scenarios) if (!s.setupRequest) await preflight(s);
     const spreadTarget = scenarios.find((s) => s.key === "d");
-    for (let i = 0; i < SPREAD_POOLS; i++) {
+    for (let i = 0; spreadTarget && i < SPREAD_POOLS; i++) {
       const pool = `bench-p-${i}`;
       await preflight({ ...spreadTarget, body: JSON.stringify({ client_id: "acme", pool, amount: 1 }), check: checkConsume(pool) });
     }
@@ -542,6 +582,10 @@ async function main() {
             const t = await measure(s, c, DURATION);
             t.other_cpu_pct = otherCpuPercent(before, cpuTicks());
             if (s.product) Object.assign(t, await settleProduct(productUrl));
+            // After the product's usage flush: recording usage is part of what a request costs.
+            const cpu = serverCpuUs(before, cpuTicks(), s.group, s.proxyPid, t.total);
+            t.runtime_cpu_us = cpu?.runtime ?? null;
+            t.proxy_cpu_us = cpu?.proxy ?? null;
             t.attempts = attempt + 1;
             if (!m || (t.other_cpu_pct ?? 0) < (m.other_cpu_pct ?? 0)) m = { ...t };
             m.attempts = attempt + 1;
@@ -578,6 +622,8 @@ async function main() {
           autocannon_p50_ms: median(list.map((m) => m.autocannon_p50_ms)),
           autocannon_p99_ms: median(list.map((m) => m.autocannon_p99_ms)),
           rps_spread_pct: list.length > 1 ? ((Math.max(...list.map((m) => m.rps)) - Math.min(...list.map((m) => m.rps))) / median(list.map((m) => m.rps))) * 100 : 0,
+          runtime_cpu_us: median(list.map((m) => m.runtime_cpu_us)),
+          proxy_cpu_us: median(list.map((m) => m.proxy_cpu_us)),
           other_cpu_pct_max: list.some((m) => m.other_cpu_pct != null) ? Math.max(...list.map((m) => m.other_cpu_pct ?? 0)) : null,
           non2xx: list.reduce((a, m) => a + m.non2xx, 0),
           errors: list.reduce((a, m) => a + m.errors + m.timeouts, 0),
@@ -602,22 +648,27 @@ async function main() {
     ];
 
     // Table.
-    const line = "-".repeat(102);
+    const line = "-".repeat(114);
     console.log(`\n${line}`);
-    console.log(`${pad("scenario", 28, true)}${pad("conns", 6)}${pad("req/s", 10)}${pad("p50 ms", 10)}${pad("p99 ms", 10)}${pad("non-2xx", 9)}${pad("errors", 8)}${pad("spread", 9)}${pad("other cpu", 12)}`);
+    console.log(`${pad("scenario", 28, true)}${pad("conns", 6)}${pad("req/s", 10)}${pad("p50 ms", 10)}${pad("p99 ms", 10)}${pad("non-2xx", 9)}${pad("errors", 8)}${pad("spread", 9)}${pad("other cpu", 12)}${pad("cpu us/req", 12)}`);
     console.log(line);
     for (const c of CONNECTIONS) {
       for (const s of scenarios) {
         const m = get(s.key, c);
         const other = m.other_cpu_pct_max == null ? "-" : `${m.other_cpu_pct_max.toFixed(0)}%`;
-        console.log(`${pad(s.label, 28, true)}${pad(c, 6)}${pad(fmtInt(m.rps), 10)}${pad(fmtMs(m.p50_ms), 10)}${pad(fmtMs(m.p99_ms), 10)}${pad(m.non2xx, 9)}${pad(m.errors, 8)}${pad(`${m.rps_spread_pct.toFixed(0)}%`, 9)}${pad(other, 12)}`);
+        console.log(`${pad(s.label, 28, true)}${pad(c, 6)}${pad(fmtInt(m.rps), 10)}${pad(fmtMs(m.p50_ms), 10)}${pad(fmtMs(m.p99_ms), 10)}${pad(m.non2xx, 9)}${pad(m.errors, 8)}${pad(`${m.rps_spread_pct.toFixed(0)}%`, 9)}${pad(other, 12)}${pad(m.runtime_cpu_us == null ? "-" : fmtInt(m.runtime_cpu_us), 12)}`);
       }
     }
     console.log(line);
     console.log(`median of ${RUNS} run(s) of ${DURATION}s each; latency from every 2xx response time (sub-ms precision);`);
     console.log("spread = (max - min) / median of req/s over the runs; other cpu = most CPU that processes outside this run used during one run");
+    console.log("cpu us/req = CPU time per request of the workerd that runs the scenario's worker (not wrangler's proxy; the product's includes its usage flush to D1)");
     console.log(`ratio (d)/(b) at ${hi} connections: ${db == null ? "-" : db.toFixed(2)}`);
     if (LOG_PROBE) console.log(`ratio (c)/(b') at ${hi} connections: ${cbl == null ? "-" : cbl.toFixed(2)}`);
+    const cpuC = get("c", hi)?.runtime_cpu_us;
+    const cpuB = get("b", hi)?.runtime_cpu_us;
+    const proxy = median(Object.values(summary).filter((m) => m.connections === hi).map((m) => m.proxy_cpu_us));
+    if (cpuC != null && cpuB != null) console.log(`runtime CPU per request at ${hi} connections: (c) ${fmtInt(cpuC)} us, (b) ${fmtInt(cpuB)} us, (c)/(b) ${(cpuC / cpuB).toFixed(2)}; wrangler's proxy ${fmtInt(proxy)} us`);
     for (const t of targets) {
       const v = t.value == null ? "-" : t.value.toFixed(2);
       console.log(`${pad(t.name, 44, true)} ${pad(v, 7)}  target ${t.target}  ${t.met ? "met" : "NOT met"}`);

@@ -222,8 +222,67 @@ describe("usage outbox", () => {
     expect(rows).toHaveLength(4);
     expect(new Set(rows.map((r) => r.event_id)).size).toBe(4);
     await runInDurableObject(stub, (_i, state) => {
-      expect(state.storage.sql.exec("SELECT COUNT(*) AS n FROM outbox").one().n).toBe(0);
+      expect(state.storage.sql.exec("SELECT COUNT(*) AS n FROM usage_outbox").one().n).toBe(0);
     });
+  });
+
+  it("events spent while a flush waits for D1 are delivered by the same flush, each once, in order", async () => {
+    const pool = await makePool({ capacity: 1000 });
+    for (let i = 1; i <= 3; i++) await consume(pool.id, i);
+    const stub = stubOf(pool.id);
+    await runInDurableObject(stub, async (instance: PoolObject) => {
+      const real = env.DB;
+      const target = instance as unknown as { env: Env };
+      let first = true;
+      // While D1 takes the first batch, two more spends land in the outbox behind it.
+      target.env = {
+        ...env,
+        DB: {
+          prepare: real.prepare.bind(real),
+          batch: async (s: D1PreparedStatement[]) => {
+            if (first) {
+              first = false;
+              const caller = { clientId: "acme", tier: "enterprise" as const, via: "internal" };
+              expect(instance.consume(pool, caller, { amount: 10 }).ok).toBe(true);
+              expect(instance.consume(pool, caller, { amount: 20 }).ok).toBe(true);
+            }
+            return real.batch(s);
+          },
+        } as unknown as D1Database,
+      };
+      expect(await instance.flush()).toBe(5);
+      target.env = env;
+    });
+    const rows = await listUsageEvents(env.DB, { poolId: pool.id });
+    expect(rows.map((r) => r.units)).toEqual([1, 2, 3, 10, 20]);
+    // Event ids sort as the events happened.
+    expect([...rows].sort((a, b) => (a.event_id < b.event_id ? -1 : 1)).map((r) => r.units)).toEqual([1, 2, 3, 10, 20]);
+    await runInDurableObject(stub, (_i, state) => {
+      expect(state.storage.sql.exec("SELECT COUNT(*) AS n FROM usage_outbox").one().n).toBe(0);
+    });
+  });
+
+  it("an object made before usage_outbox keeps what its old outbox held and delivers it once", async () => {
+    const pool = await makePool({ capacity: 1000 });
+    await consume(pool.id, 1);
+    const stub = stubOf(pool.id);
+    await stub.flush();
+    const events = [2, 3].map((units, i) => ({
+      eventId: `evt_old${i}`, poolId: pool.id, clientId: "acme", requestId: null, via: "internal", kind: "consume", units, costNano: units * 1000, at: Date.now() + i,
+    }));
+    await runInDurableObject(stub, (instance: PoolObject, state) => {
+      // The old shape, as objects of earlier versions have it, with two events waiting.
+      state.storage.sql.exec("CREATE TABLE outbox (event_id TEXT PRIMARY KEY, payload TEXT NOT NULL, created_at INTEGER NOT NULL)");
+      for (const e of events) state.storage.sql.exec("INSERT INTO outbox VALUES (?, ?, ?)", e.eventId, JSON.stringify(e), e.at);
+      (instance as unknown as { migrateOutbox(): void }).migrateOutbox();
+      expect(state.storage.sql.exec("SELECT COUNT(*) AS n FROM sqlite_master WHERE name = 'outbox'").one().n).toBe(0);
+      expect(state.storage.sql.exec("SELECT COUNT(*) AS n FROM usage_outbox").one().n).toBe(2);
+    });
+    expect(await stub.flush()).toBe(2);
+    expect(await stub.flush()).toBe(0);
+    const rows = await listUsageEvents(env.DB, { poolId: pool.id });
+    expect(rows.map((r) => r.units).sort()).toEqual([1, 2, 3]);
+    expect(rows.filter((r) => r.event_id.startsWith("evt_old"))).toHaveLength(2);
   });
 
   it("the alarm flushes on its own after the flush delay, with nobody calling", async () => {

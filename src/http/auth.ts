@@ -12,21 +12,31 @@ export async function sha256Hex(text: string): Promise<string> {
 }
 
 /** Digests of the configured secrets, made once per isolate (the secrets do not change while it lives). */
-const secretDigests = new Map<string, Promise<ArrayBuffer>>();
+const secretDigests = new Map<string, ArrayBuffer>();
+/**
+ * Digests of recently presented credentials, so that a caller's every request does not hash its token
+ * again (the hot path: a worker calling /internal/consume with the same token). Bounded: when full it
+ * starts over. A hit only tells a caller that the token it holds was presented before.
+ */
+const presentedDigests = new Map<string, ArrayBuffer>();
+const PRESENTED_DIGESTS_MAX = 1024;
 
-function digestOfSecret(secret: string): Promise<ArrayBuffer> {
-  let digest = secretDigests.get(secret);
-  if (!digest) {
-    digest = crypto.subtle.digest("SHA-256", encoder.encode(secret));
-    secretDigests.set(secret, digest);
-  }
+async function digestOf(text: string, cache: Map<string, ArrayBuffer>): Promise<ArrayBuffer> {
+  const digest = await crypto.subtle.digest("SHA-256", encoder.encode(text));
+  if (cache.size >= PRESENTED_DIGESTS_MAX) cache.clear();
+  cache.set(text, digest);
   return digest;
 }
 
+/** The digests of these secrets (made on first use). */
+async function digestSecrets(secrets: Array<string | undefined>): Promise<void> {
+  for (const secret of secrets) if (secret && !secretDigests.has(secret)) await digestOf(secret, secretDigests);
+}
+
 /** Compare a presented token's digest with a secret's in constant time (equal-length digests, no early exit). */
-async function sameSecret(given: ArrayBuffer, expected: string | undefined): Promise<boolean> {
-  if (!expected) return false;
-  return crypto.subtle.timingSafeEqual(given, await digestOfSecret(expected));
+function sameSecret(given: ArrayBuffer, expected: string | undefined): boolean {
+  const digest = expected ? secretDigests.get(expected) : undefined;
+  return digest !== undefined && crypto.subtle.timingSafeEqual(given, digest);
 }
 
 function hex(digest: ArrayBuffer): string {
@@ -40,6 +50,7 @@ function bearer(header: string | undefined): string | null {
 
 /** Whether `token` is the admin token (compared in constant time): the dashboard's login form. */
 export async function isAdminToken(env: Env, token: string): Promise<boolean> {
+  await digestSecrets([env.ADMIN_TOKEN]);
   return sameSecret(await crypto.subtle.digest("SHA-256", encoder.encode(token)), env.ADMIN_TOKEN);
 }
 
@@ -51,10 +62,12 @@ const READ_METHODS = new Set(["GET", "HEAD"]);
  * client is suspended). Null when none is valid.
  */
 async function identify(env: Env, token: string): Promise<{ principal: Principal; suspended: boolean } | null> {
-  const digest = await crypto.subtle.digest("SHA-256", encoder.encode(token));
-  const [isAdmin, isInternal, isMetrics] = await Promise.all([
-    sameSecret(digest, env.ADMIN_TOKEN), sameSecret(digest, env.INTERNAL_TOKEN), sameSecret(digest, env.METRICS_TOKEN),
-  ]);
+  const digest = presentedDigests.get(token) ?? (await digestOf(token, presentedDigests));
+  // Every secret is compared, whichever matches, so the time taken does not tell which one did.
+  await digestSecrets([env.ADMIN_TOKEN, env.INTERNAL_TOKEN, env.METRICS_TOKEN]);
+  const isAdmin = sameSecret(digest, env.ADMIN_TOKEN);
+  const isInternal = sameSecret(digest, env.INTERNAL_TOKEN);
+  const isMetrics = sameSecret(digest, env.METRICS_TOKEN);
   if (isAdmin) return { principal: { kind: "admin" }, suspended: false };
   if (isInternal) return { principal: { kind: "internal" }, suspended: false };
   if (isMetrics) return { principal: { kind: "metrics" }, suspended: false };

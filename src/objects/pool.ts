@@ -1,4 +1,5 @@
 import { DurableObject } from "cloudflare:workers";
+import { timeOrderedId } from "../domain/ids";
 import { fits, giveBack, msUntil, refill, take, type BucketState } from "../domain/bucket";
 import { costOf } from "../domain/money";
 import { accessFor } from "../domain/sharing";
@@ -150,10 +151,11 @@ export class PoolObject extends DurableObject<Env> {
         consumed INTEGER
       );
       CREATE INDEX IF NOT EXISTS reservations_held ON reservations (status, expires_at);
-      CREATE TABLE IF NOT EXISTS outbox (
-        event_id TEXT PRIMARY KEY,
-        payload TEXT NOT NULL,
-        created_at INTEGER NOT NULL
+      -- Usage events waiting for D1, in the order they happened: appended at the end of the table
+      -- (seq is the rowid) and delivered and deleted from its start, so no index is written.
+      CREATE TABLE IF NOT EXISTS usage_outbox (
+        seq INTEGER PRIMARY KEY,
+        payload TEXT NOT NULL
       );
       CREATE TABLE IF NOT EXISTS idempotency (
         key TEXT PRIMARY KEY,
@@ -163,6 +165,7 @@ export class PoolObject extends DurableObject<Env> {
       );
       CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     `);
+    this.migrateOutbox();
     this.denials = this.sql.exec<{ value: number }>("SELECT value FROM counters WHERE name = 'denials'").toArray()[0]?.value ?? 0;
     this.savedDenials = this.denials;
     const row = this.sql.exec<{ level: number; updated_at: number; config: string }>(
@@ -191,7 +194,7 @@ export class PoolObject extends DurableObject<Env> {
     const reserved = this.sql.exec<{ n: number }>(
       "SELECT COALESCE(SUM(amount), 0) AS n FROM reservations WHERE status = 'held'",
     ).one().n;
-    const outbox = this.sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM outbox").one().n;
+    const outbox = this.sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM usage_outbox").one().n;
     return {
       pool: cfg.id,
       level: round3(this.bucket.level),
@@ -400,7 +403,7 @@ export class PoolObject extends DurableObject<Env> {
       utilization: cfg.capacity > 0 ? round3(1 - this.bucket.level / cfg.capacity) : 0,
       reservedUnits: held.units,
       activeReservations: held.n,
-      outbox: this.sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM outbox").one().n,
+      outbox: this.sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM usage_outbox").one().n,
       denials: this.denials,
     };
   }
@@ -453,7 +456,7 @@ export class PoolObject extends DurableObject<Env> {
       const admitted = this.admit(cfg, item.caller, item.amount, now, true);
       if (!admitted.ok) return admitted;
       this.bucket = take(this.bucket, item.amount);
-      const id = `res_${crypto.randomUUID().replaceAll("-", "")}`;
+      const id = timeOrderedId("res", now);
       const expiresAt = now + item.ttlMs;
       granted.push({ id, clientId: item.caller.clientId, requestId: item.requestId, via: item.caller.via, amount: item.amount, expiresAt });
       return { ok: true, value: { pool: cfg.id, reservationId: id, amount: item.amount, expiresAt, remaining: this.whole() } };
@@ -573,7 +576,7 @@ export class PoolObject extends DurableObject<Env> {
 
   private usageEvent(cfg: PoolConfig, caller: Caller, requestId: string | null, kind: UsageEvent["kind"], units: number, at: number): UsageEvent {
     return {
-      eventId: `evt_${crypto.randomUUID().replaceAll("-", "")}`,
+      eventId: timeOrderedId("evt", at),
       poolId: cfg.id,
       clientId: caller.clientId,
       requestId,
@@ -585,17 +588,23 @@ export class PoolObject extends DurableObject<Env> {
     };
   }
 
+  /** Objects made before usage_outbox kept their outbox keyed by event id: move what waits there, in order. */
+  private migrateOutbox(): void {
+    if (this.sql.exec("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outbox'").toArray().length === 0) return;
+    this.sql.exec("INSERT INTO usage_outbox (payload) SELECT payload FROM outbox ORDER BY created_at, event_id");
+    this.sql.exec("DROP TABLE outbox");
+  }
+
   /** Put events in the outbox in one statement (each payload stored as written here) for the alarm to deliver. */
   private queueUsage(events: UsageEvent[]): void {
     if (events.length === 0) return;
     if (events.length === 1) {
       // The hot path (one consume): a plain insert, without building and walking a JSON array.
       const [event] = events as [UsageEvent];
-      this.sql.exec("INSERT INTO outbox (event_id, payload, created_at) VALUES (?, ?, ?)", event.eventId, JSON.stringify(event), event.at);
+      this.sql.exec("INSERT INTO usage_outbox (payload) VALUES (?)", JSON.stringify(event));
     } else {
       this.sql.exec(
-        `INSERT INTO outbox (event_id, payload, created_at)
-         SELECT value ->> '$.eventId', value, value ->> '$.at' FROM json_each(?)`,
+        "INSERT INTO usage_outbox (payload) SELECT value FROM json_each(?) ORDER BY key",
         JSON.stringify(events.map((event) => JSON.stringify(event))),
       );
     }
@@ -636,14 +645,15 @@ export class PoolObject extends DurableObject<Env> {
     let delivered = 0;
     try {
       for (;;) {
-        const rows = this.sql.exec<{ event_id: string; payload: string }>(
-          "SELECT event_id, payload FROM outbox ORDER BY created_at LIMIT ?", FLUSH_BATCH,
+        const rows = this.sql.exec<{ seq: number; payload: string }>(
+          "SELECT seq, payload FROM usage_outbox ORDER BY seq LIMIT ?", FLUSH_BATCH,
         ).toArray();
         if (rows.length === 0) break;
         const events = rows.map((r) => JSON.parse(r.payload) as UsageEvent);
         await this.reportSpend(events);
         await insertUsageEvents(this.env.DB, events);
-        this.sql.exec("DELETE FROM outbox WHERE event_id IN (SELECT value FROM json_each(?))", JSON.stringify(rows.map((r) => r.event_id)));
+        // Events queued while D1 answered come after these: the batch is a prefix of the table.
+        this.sql.exec("DELETE FROM usage_outbox WHERE seq <= ?", rows[rows.length - 1]!.seq);
         delivered += rows.length;
       }
       this.flushFailures = 0;
@@ -715,7 +725,7 @@ export class PoolObject extends DurableObject<Env> {
       "SELECT MIN(expires_at) AS t FROM reservations WHERE status = 'held'",
     ).one().t;
     if (next !== null) this.ensureAlarm(Math.max(next, now));
-    const pending = this.sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM outbox").one().n;
+    const pending = this.sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM usage_outbox").one().n;
     if (pending > 0 && this.flushFailures === 0) this.ensureAlarm(now + Number(this.env.USAGE_FLUSH_DELAY_MS ?? 1000));
   }
 }

@@ -1,4 +1,5 @@
 import { DurableObject } from "cloudflare:workers";
+import { timeOrderedId } from "../domain/ids";
 import { dayStart } from "../domain/calendar";
 import { batchGroups, type Strategy } from "../domain/optimizer";
 import { compressText, decompressText } from "../services/compression";
@@ -1542,7 +1543,7 @@ export class SchedulerObject extends DurableObject<Env> {
 }
 
 export function newRequestId(): string {
-  return `req_${crypto.randomUUID().replaceAll("-", "")}`;
+  return timeOrderedId("req");
 }
 
 function timedOut(outcome: Outcome): boolean {

@@ -24,28 +24,27 @@ const EVENTS_PER_BATCH = 200;
  * Two statements per batch, not two per event: the per-statement cost of D1 is what a busy outbox pays.
  */
 export async function insertUsageEvents(db: D1Database, events: UsageEvent[]): Promise<void> {
+  // Each row is a positional array (see `row` below): `->> n` reads an array element faster than a key.
   const rollup = db.prepare(
     `INSERT INTO usage_daily (client_id, pool_id, day, units, cost_nano, events)
      SELECT c, p, d, SUM(u), SUM(k), COUNT(*) FROM (
-       SELECT j.value ->> '$.c' AS c, j.value ->> '$.p' AS p, j.value ->> '$.d' AS d,
-              j.value ->> '$.u' AS u, j.value ->> '$.k' AS k
+       SELECT j.value ->> 2 AS c, j.value ->> 1 AS p, j.value ->> 9 AS d, j.value ->> 6 AS u, j.value ->> 7 AS k
        FROM json_each(?1) j
-       WHERE NOT EXISTS (SELECT 1 FROM usage_events x WHERE x.event_id = j.value ->> '$.e')
-       GROUP BY j.value ->> '$.e'
+       WHERE NOT EXISTS (SELECT 1 FROM usage_events x WHERE x.event_id = j.value ->> 0)
+       GROUP BY j.value ->> 0
      ) WHERE true GROUP BY c, p, d
      ON CONFLICT (client_id, pool_id, day) DO UPDATE SET
        units = units + excluded.units, cost_nano = cost_nano + excluded.cost_nano, events = events + excluded.events`,
   );
   const ledger = db.prepare(
     `INSERT INTO usage_events (event_id, pool_id, client_id, request_id, via, kind, units, cost_nano, at)
-     SELECT j.value ->> '$.e', j.value ->> '$.p', j.value ->> '$.c', j.value ->> '$.r', j.value ->> '$.v',
-            j.value ->> '$.n', j.value ->> '$.u', j.value ->> '$.k', j.value ->> '$.t'
+     SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4,
+            j.value ->> 5, j.value ->> 6, j.value ->> 7, j.value ->> 8
      FROM json_each(?1) j WHERE true ON CONFLICT (event_id) DO NOTHING`,
   );
+  const row = (e: UsageEvent) => [e.eventId, e.poolId, e.clientId, e.requestId, e.via, e.kind, e.units, e.costNano, e.at, dayKey(e.at)];
   for (let i = 0; i < events.length; i += EVENTS_PER_BATCH) {
-    const rows = JSON.stringify(events.slice(i, i + EVENTS_PER_BATCH).map((e) => ({
-      e: e.eventId, p: e.poolId, c: e.clientId, r: e.requestId, v: e.via, n: e.kind, u: e.units, k: e.costNano, t: e.at, d: dayKey(e.at),
-    })));
+    const rows = JSON.stringify(events.slice(i, i + EVENTS_PER_BATCH).map(row));
     await db.batch([rollup.bind(rows), ledger.bind(rows)]);
   }
 }

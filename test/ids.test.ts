@@ -1,0 +1,29 @@
+import { describe, expect, it } from "vitest";
+import { timeOrderedId } from "../src/domain/ids";
+
+describe("time-ordered ids", () => {
+  it("keep the shape clients know: prefix_ and 32 lowercase hex digits, the first 12 the millisecond", () => {
+    const id = timeOrderedId("req", 1_795_000_000_123);
+    expect(id).toMatch(/^req_[a-f0-9]{32}$/);
+    expect(id.slice(4, 16)).toBe((1_795_000_000_123).toString(16).padStart(12, "0"));
+    expect(timeOrderedId("evt", 0)).toMatch(/^evt_0{12}[a-f0-9]{20}$/);
+  });
+
+  it("sort by creation time across milliseconds, as strings (what SQLite's index compares)", () => {
+    const ids = [5, 1, 4_096, 255, 1_795_000_000_000, 16].map((t) => ({ t, id: timeOrderedId("evt", t) }));
+    const byId = [...ids].sort((a, b) => (a.id < b.id ? -1 : 1)).map((x) => x.t);
+    expect(byId).toEqual([1, 5, 16, 255, 4_096, 1_795_000_000_000]);
+  });
+
+  it("are unique within one millisecond: 20,000 ids, no repeat", () => {
+    const ids = new Set(Array.from({ length: 20_000 }, () => timeOrderedId("res", 42)));
+    expect(ids.size).toBe(20_000);
+  });
+
+  it("default to the current time", () => {
+    const before = Date.now();
+    const id = timeOrderedId("req");
+    expect(parseInt(id.slice(4, 16), 16)).toBeGreaterThanOrEqual(before);
+    expect(parseInt(id.slice(4, 16), 16)).toBeLessThanOrEqual(Date.now());
+  });
+});
