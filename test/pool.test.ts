@@ -285,6 +285,69 @@ describe("usage outbox", () => {
     expect(rows.filter((r) => r.event_id.startsWith("evt_old"))).toHaveLength(2);
   });
 
+  it("a consume writes one row: the bucket's level rides on its outbox row and survives a restart, before and after delivery", async () => {
+    const pool = await makePool({ capacity: 100 });
+    await consume(pool.id, 7);
+    await consume(pool.id, 5);
+    const stub = stubOf(pool.id);
+    /** The level a freshly constructed object (a restart) reads from this object's storage. */
+    const levelAfterRestart = () => runInDurableObject(stub, (_i: PoolObject, state) => {
+      const fresh = new PoolObject(state, env) as unknown as { bucket: { level: number } };
+      return fresh.bucket.level;
+    });
+    await runInDurableObject(stub, (_i: PoolObject, state) => {
+      // The bucket row still holds the level of the first write (the configuration's full bucket)...
+      expect(state.storage.sql.exec("SELECT level FROM bucket").one().level).toBe(100);
+      // ...and each event row the level it left.
+      expect(state.storage.sql.exec("SELECT level FROM usage_outbox ORDER BY seq").toArray().map((r) => r.level)).toEqual([93, 88]);
+    });
+    expect(await levelAfterRestart()).toBe(88);
+    // A reservation writes the bucket row, which then supersedes the levels on the outbox rows.
+    const r = await reserve(pool.id, 10);
+    expect(r.status).toBe(200);
+    expect(await levelAfterRestart()).toBe(78);
+    await consume(pool.id, 3);
+    expect(await levelAfterRestart()).toBe(75);
+    // Delivery deletes the rows that carried the level: the bucket row is written first.
+    expect(await stub.flush()).toBe(3);
+    await runInDurableObject(stub, (_i: PoolObject, state) => {
+      expect(state.storage.sql.exec("SELECT COUNT(*) AS n FROM usage_outbox").one().n).toBe(0);
+      expect(state.storage.sql.exec("SELECT level FROM bucket").one().level).toBe(75);
+    });
+    expect(await levelAfterRestart()).toBe(75);
+    // Sequence numbers keep growing after delivery (a restart does not reuse them).
+    await consume(pool.id, 1);
+    await runInDurableObject(stub, (_i: PoolObject, state) => {
+      expect(state.storage.sql.exec("SELECT seq FROM usage_outbox").one().seq).toBe(4);
+    });
+    expect(await levelAfterRestart()).toBe(74);
+    // The live object agrees (the reservation is still held: its units are out of the bucket).
+    expect(await level(pool.id)).toBe(74);
+  });
+
+  it("an object made before outbox rows carried the level gets the columns and keeps its level and waiting events", async () => {
+    const pool = await makePool({ capacity: 100 });
+    await consume(pool.id, 1);
+    await stubOf(pool.id).flush();
+    const stub = stubOf(pool.id);
+    const level = await runInDurableObject(stub, (_i: PoolObject, state) => {
+      const sql = state.storage.sql;
+      // The earlier shape: no level on outbox rows, no outbox_seq on the bucket row; one event waiting.
+      sql.exec("DROP TABLE usage_outbox");
+      sql.exec("CREATE TABLE usage_outbox (seq INTEGER PRIMARY KEY, payload TEXT NOT NULL)");
+      sql.exec("ALTER TABLE bucket DROP COLUMN outbox_seq");
+      sql.exec("UPDATE bucket SET level = 60");
+      const e = { eventId: "evt_oldshape", poolId: pool.id, clientId: "acme", requestId: null, via: "internal", kind: "consume", units: 2, costNano: 2000, at: Date.now() };
+      sql.exec("INSERT INTO usage_outbox (payload) VALUES (?)", JSON.stringify(e));
+      const fresh = new PoolObject(state, env) as unknown as { bucket: { level: number }; lastSeq: number };
+      expect(sql.exec("SELECT COUNT(*) AS n FROM pragma_table_info('usage_outbox') WHERE name IN ('level', 'updated_at')").one().n).toBe(2);
+      expect(sql.exec("SELECT outbox_seq FROM bucket").one().outbox_seq).toBe(0);
+      expect(fresh.lastSeq).toBe(1);
+      return fresh.bucket.level;
+    });
+    expect(level).toBe(60);
+  });
+
   it("the alarm flushes on its own after the flush delay, with nobody calling", async () => {
     const pool = await makePool({ capacity: 1000 });
     await consume(pool.id, 5);

@@ -119,6 +119,8 @@ export class PoolObject extends DurableObject<Env> {
   /** Time of the alarm we know to be set, to avoid rewriting it on every spend. */
   private alarmAt: number | null = null;
   private flushing = false;
+  /** The last outbox seq written (seqs only grow, also across deliveries). */
+  private lastSeq = 0;
   private flushFailures = 0;
   /** Whether the pool_low alert was last reported raised (true) or cleared (false); null: not yet. */
   private lowReported: boolean | null = null;
@@ -136,7 +138,8 @@ export class PoolObject extends DurableObject<Env> {
         id INTEGER PRIMARY KEY CHECK (id = 1),
         level REAL NOT NULL,
         updated_at INTEGER NOT NULL,
-        config TEXT NOT NULL
+        config TEXT NOT NULL,
+        outbox_seq INTEGER NOT NULL DEFAULT 0
       );
       CREATE TABLE IF NOT EXISTS reservations (
         id TEXT PRIMARY KEY,
@@ -153,9 +156,13 @@ export class PoolObject extends DurableObject<Env> {
       CREATE INDEX IF NOT EXISTS reservations_held ON reservations (status, expires_at);
       -- Usage events waiting for D1, in the order they happened: appended at the end of the table
       -- (seq is the rowid) and delivered and deleted from its start, so no index is written.
+      -- A consume writes only its event: the bucket as it left it rides on the event's row (level,
+      -- updated_at), and the bucket row is brought up to date when the outbox is delivered.
       CREATE TABLE IF NOT EXISTS usage_outbox (
         seq INTEGER PRIMARY KEY,
-        payload TEXT NOT NULL
+        payload TEXT NOT NULL,
+        level REAL,
+        updated_at INTEGER
       );
       CREATE TABLE IF NOT EXISTS idempotency (
         key TEXT PRIMARY KEY,
@@ -166,14 +173,22 @@ export class PoolObject extends DurableObject<Env> {
       CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     `);
     this.migrateOutbox();
+    this.migrateSnapshots();
     this.denials = this.sql.exec<{ value: number }>("SELECT value FROM counters WHERE name = 'denials'").toArray()[0]?.value ?? 0;
     this.savedDenials = this.denials;
-    const row = this.sql.exec<{ level: number; updated_at: number; config: string }>(
-      "SELECT level, updated_at, config FROM bucket WHERE id = 1",
+    const row = this.sql.exec<{ level: number; updated_at: number; config: string; outbox_seq: number }>(
+      "SELECT level, updated_at, config, outbox_seq FROM bucket WHERE id = 1",
     ).toArray()[0];
+    this.lastSeq = Math.max(row?.outbox_seq ?? 0, this.sql.exec<{ n: number | null }>("SELECT MAX(seq) AS n FROM usage_outbox").one().n ?? 0);
     if (row) {
       this.config = JSON.parse(row.config) as PoolConfig;
       this.bucket = { level: row.level, updatedAt: row.updated_at };
+      // A consume after the bucket row's last write left the newer level on its outbox row.
+      const snapshot = this.sql.exec<{ level: number; updated_at: number }>(
+        "SELECT level, updated_at FROM usage_outbox WHERE seq > ? AND level IS NOT NULL ORDER BY seq DESC LIMIT 1",
+        row.outbox_seq,
+      ).toArray()[0];
+      if (snapshot) this.bucket = { level: snapshot.level, updatedAt: snapshot.updated_at };
     }
     void ctx.blockConcurrencyWhile(async () => {
       this.alarmAt = await ctx.storage.getAlarm();
@@ -229,9 +244,9 @@ export class PoolObject extends DurableObject<Env> {
         return admitted;
       }
       this.bucket = take(this.bucket, opts.amount);
-      this.saveBucket();
       const event = this.usageEvent(cfg, caller, opts.requestId ?? null, "consume", opts.amount, now);
-      this.queueUsage([event]);
+      // One write: the event, carrying the bucket's new level (no separate bucket UPDATE).
+      this.queueUsage([event], true);
       return {
         ok: true,
         value: { pool: cfg.id, eventId: event.eventId, units: opts.amount, costNano: event.costNano, remaining: this.whole() },
@@ -383,9 +398,10 @@ export class PoolObject extends DurableObject<Env> {
 
   private saveConfig(config: PoolConfig): void {
     this.sql.exec(
-      `INSERT INTO bucket (id, level, updated_at, config) VALUES (1, ?, ?, ?)
-       ON CONFLICT (id) DO UPDATE SET level = excluded.level, updated_at = excluded.updated_at, config = excluded.config`,
-      this.bucket.level, this.bucket.updatedAt, JSON.stringify(config),
+      `INSERT INTO bucket (id, level, updated_at, config, outbox_seq) VALUES (1, ?, ?, ?, ?)
+       ON CONFLICT (id) DO UPDATE SET level = excluded.level, updated_at = excluded.updated_at, config = excluded.config,
+         outbox_seq = excluded.outbox_seq`,
+      this.bucket.level, this.bucket.updatedAt, JSON.stringify(config), this.lastSeq,
     );
   }
 
@@ -545,8 +561,9 @@ export class PoolObject extends DurableObject<Env> {
     return Math.floor(this.bucket.level + 1e-9);
   }
 
+  /** Write the bucket row; it then supersedes every level carried by the outbox rows written so far. */
   private saveBucket(): void {
-    this.sql.exec("UPDATE bucket SET level = ?, updated_at = ? WHERE id = 1", this.bucket.level, this.bucket.updatedAt);
+    this.sql.exec("UPDATE bucket SET level = ?, updated_at = ?, outbox_seq = ? WHERE id = 1", this.bucket.level, this.bucket.updatedAt, this.lastSeq);
   }
 
   /** Expire held reservations past their time (the alarm's sweep): refund each, then write them at once. */
@@ -595,18 +612,46 @@ export class PoolObject extends DurableObject<Env> {
     this.sql.exec("DROP TABLE outbox");
   }
 
-  /** Put events in the outbox in one statement (each payload stored as written here) for the alarm to deliver. */
-  private queueUsage(events: UsageEvent[]): void {
+  /**
+   * Objects made before the outbox carried the bucket's level: add the columns (null: no level) and
+   * the bucket row's mark of the last outbox row it supersedes.
+   */
+  private migrateSnapshots(): void {
+    const has = (table: string, column: string) =>
+      this.sql.exec("SELECT 1 FROM pragma_table_info(?) WHERE name = ?", table, column).toArray().length > 0;
+    if (!has("usage_outbox", "level")) {
+      this.sql.exec("ALTER TABLE usage_outbox ADD COLUMN level REAL");
+      this.sql.exec("ALTER TABLE usage_outbox ADD COLUMN updated_at INTEGER");
+    }
+    if (!has("bucket", "outbox_seq")) this.sql.exec("ALTER TABLE bucket ADD COLUMN outbox_seq INTEGER NOT NULL DEFAULT 0");
+  }
+
+  /**
+   * Put events in the outbox in one statement (each payload stored as written here) for the alarm to
+   * deliver. `withLevel` (a single consume): the row also carries the bucket as it is now, in place of
+   * a bucket UPDATE; the caller writes the bucket row otherwise.
+   */
+  private queueUsage(events: UsageEvent[], withLevel = false): void {
     if (events.length === 0) return;
     if (events.length === 1) {
       // The hot path (one consume): a plain insert, without building and walking a JSON array.
       const [event] = events as [UsageEvent];
-      this.sql.exec("INSERT INTO usage_outbox (payload) VALUES (?)", JSON.stringify(event));
+      this.lastSeq += 1;
+      if (withLevel) {
+        this.sql.exec(
+          "INSERT INTO usage_outbox (seq, payload, level, updated_at) VALUES (?, ?, ?, ?)",
+          this.lastSeq, JSON.stringify(event), this.bucket.level, this.bucket.updatedAt,
+        );
+      } else {
+        this.sql.exec("INSERT INTO usage_outbox (seq, payload) VALUES (?, ?)", this.lastSeq, JSON.stringify(event));
+      }
     } else {
       this.sql.exec(
-        "INSERT INTO usage_outbox (payload) SELECT value FROM json_each(?) ORDER BY key",
-        JSON.stringify(events.map((event) => JSON.stringify(event))),
+        "INSERT INTO usage_outbox (seq, payload) SELECT ? + key, value FROM json_each(?) ORDER BY key",
+        this.lastSeq + 1, JSON.stringify(events.map((event) => JSON.stringify(event))),
       );
+      this.lastSeq += events.length;
+      if (withLevel) this.saveBucket();
     }
     const at = events.reduce((t, e) => Math.min(t, e.at), Infinity);
     this.ensureAlarm(at + Number(this.env.USAGE_FLUSH_DELAY_MS ?? 1000));
@@ -652,7 +697,9 @@ export class PoolObject extends DurableObject<Env> {
         const events = rows.map((r) => JSON.parse(r.payload) as UsageEvent);
         await this.reportSpend(events);
         await insertUsageEvents(this.env.DB, events);
-        // Events queued while D1 answered come after these: the batch is a prefix of the table.
+        // Events queued while D1 answered come after these: the batch is a prefix of the table. The
+        // rows may carry the bucket's latest level: write the bucket row first (same transaction).
+        this.saveBucket();
         this.sql.exec("DELETE FROM usage_outbox WHERE seq <= ?", rows[rows.length - 1]!.seq);
         delivered += rows.length;
       }
