@@ -21,6 +21,9 @@
 //   BENCH_SCENARIOS  comma-separated keys to run only some scenarios, e.g. "b,c" (default: all)
 //   BENCH_SNAPSHOT   set to 1 to run the product from a copy of src/ and its config taken at start, so
 //                    that edits made during the run do not make wrangler dev reload it mid-measurement
+//   BENCH_BASELINE   a git revision (e.g. HEAD~1): also run the product as it was at that revision, as
+//                    scenario (c0) = (c) against it, measured in the same rounds; prints (c)/(c0). An A/B
+//                    of a change on this noisy machine, where separate runs differ by more than most changes
 // Results: a table on stdout and bench/results/latest.json. Exit status 0 unless the run failed
 // (a target missed is reported, not an error).
 
@@ -63,6 +66,7 @@ const SNAPSHOT = process.env.BENCH_SNAPSHOT === "1";
 const REQUEST_LOG = process.env.BENCH_REQUEST_LOG ?? "";
 if (!["", "all", "errors"].includes(REQUEST_LOG)) throw new Error("BENCH_REQUEST_LOG must be all or errors");
 const LOG_PROBE = process.env.BENCH_LOG_PROBE === "1";
+const BASELINE = process.env.BENCH_BASELINE || "";
 const ONLY = process.env.BENCH_SCENARIOS ? new Set(process.env.BENCH_SCENARIOS.split(",").map((k) => k.trim())) : null;
 const PRODUCT_FILES = ["src", "wrangler.toml", "schema.sql", "seed.sql", "package.json", "tsconfig.json"];
 const PAUSE_MS = 500; // idle gap between measurements
@@ -412,6 +416,19 @@ function sourceStamp(dir) {
   return stamp.join("\n");
 }
 
+/** The product's files as they were at git revision `rev` (node_modules linked), for the (c0) baseline. */
+function baselineProduct(stateDir, rev) {
+  const dir = join(stateDir, "baseline-src");
+  mkdirSync(dir, { recursive: true });
+  const files = PRODUCT_FILES.filter((f) => {
+    try { execFileSync("git", ["cat-file", "-e", `${rev}:${f}`], { cwd: ROOT, stdio: "ignore" }); return true; } catch { return false; }
+  });
+  const tar = execFileSync("git", ["archive", "--format=tar", rev, "--", ...files], { cwd: ROOT, maxBuffer: 256 * 1024 * 1024 });
+  execFileSync("tar", ["-x", "-C", dir], { input: tar });
+  symlinkSync(join(ROOT, "node_modules"), join(dir, "node_modules"), "dir");
+  return dir;
+}
+
 /** A copy of the product (sources and config; node_modules linked) that nobody edits during the run. */
 function snapshotProduct(stateDir) {
   const dir = join(stateDir, "product-src");
@@ -443,7 +460,7 @@ async function preflight(target) {
 async function main() {
   const started = Date.now();
   if (!existsSync(WRANGLER)) throw new Error(`wrangler not found at ${WRANGLER}; run npm install`);
-  const ports = { floor: PORT, bucket: PORT + 1, product: PORT + 2, ...(LOG_PROBE ? { bucketLog: PORT + 3 } : {}) };
+  const ports = { floor: PORT, bucket: PORT + 1, product: PORT + 2, ...(LOG_PROBE ? { bucketLog: PORT + 3 } : {}), ...(BASELINE ? { baseline: PORT + 4 } : {}) };
   const inspector = Object.fromEntries(Object.entries(ports).map(([k, p]) => [k, p + 1000]));
   for (const p of [...Object.values(ports), ...Object.values(inspector)]) {
     if (!(await portFree(p))) throw new Error(`port ${HOST}:${p} is in use; set BENCH_PORT to another base`);
@@ -486,16 +503,27 @@ async function main() {
     const stampBefore = sourceStamp(productDir);
     const productPersist = persist("product");
     await prepareProductDb(productPersist, stateDir, productDir);
+    const productVars = ["--var", `INTERNAL_TOKEN:${INTERNAL_TOKEN}`, "--var", `ADMIN_TOKEN:${ADMIN_TOKEN}`, ...(REQUEST_LOG ? ["--var", `REQUEST_LOG:${REQUEST_LOG}`] : [])];
     const product = startDev("product", {
       cwd: productDir, port: ports.product, inspectorPort: inspector.product, persistTo: productPersist,
-      logFile: join(stateDir, "product.log"),
-      extra: ["--var", `INTERNAL_TOKEN:${INTERNAL_TOKEN}`, "--var", `ADMIN_TOKEN:${ADMIN_TOKEN}`, ...(REQUEST_LOG ? ["--var", `REQUEST_LOG:${REQUEST_LOG}`] : [])],
+      logFile: join(stateDir, "product.log"), extra: productVars,
     });
+    let baseline = null;
+    if (BASELINE) {
+      const baselineDir = baselineProduct(stateDir, BASELINE);
+      const baselinePersist = persist("baseline");
+      await prepareProductDb(baselinePersist, stateDir, baselineDir);
+      baseline = startDev("baseline", {
+        cwd: baselineDir, port: ports.baseline, inspectorPort: inspector.baseline, persistTo: baselinePersist,
+        logFile: join(stateDir, "baseline.log"), extra: productVars,
+      });
+    }
     await Promise.all([
       waitReady("floor", floor, `http://${HOST}:${ports.floor}/`),
       waitReady("bucket-do", bucket, `http://${HOST}:${ports.bucket}/`),
       waitReady("product", product, `http://${HOST}:${ports.product}/`),
       ...(bucketLog ? [waitReady("bucket-do+log", bucketLog, `http://${HOST}:${ports.bucketLog}/`)] : []),
+      ...(baseline ? [waitReady("baseline", baseline, `http://${HOST}:${ports.baseline}/`)] : []),
     ]);
     console.log(`bench: all workers ready after ${((Date.now() - started) / 1000).toFixed(1)}s`);
 
@@ -535,6 +563,14 @@ async function main() {
         url: `${productUrl}/internal/consume`, method: "POST", headers: consumeHeaders, body: hotBody,
         check: checkConsume("bench-hot"),
       },
+      ...(baseline
+        ? [{
+            key: "c0", name: "baseline-hot", label: `(c0) product @ ${BASELINE}`.slice(0, 27), product: true, baseUrl: `http://${HOST}:${ports.baseline}`,
+            group: baseline.pid, proxyPid: listenerPid(ports.baseline),
+            url: `http://${HOST}:${ports.baseline}/internal/consume`, method: "POST", headers: consumeHeaders, body: hotBody,
+            check: checkConsume("bench-hot"),
+          }]
+        : []),
       {
         key: "d", name: "product-spread", label: `(d) product, ${SPREAD_POOLS} pools`, product: true, group: product.pid, proxyPid: listenerPid(ports.product),
         url: `${productUrl}/internal/consume`, method: "POST", headers: consumeHeaders, body: hotBody,
@@ -549,7 +585,7 @@ async function main() {
             check: (t) => { if (JSON.parse(t).status !== "ok") throw new Error(`liveness answered ${t.slice(0, 100)}`); },
           }]
         : []),
-    ].filter((s) => ONLY === null || ONLY.has(s.key));
+    ].filter((s) => ONLY === null || ONLY.has(s.key) || (s.key === "c0" && ONLY.has("c")));
 
     // Preflight: every target answers 200 with the right body; every spread pool's object exists.
     for (const s of scenarios) if (!s.setupRequest) await preflight(s);
@@ -563,6 +599,7 @@ async function main() {
     if (WARMUP > 0) {
       for (const s of scenarios) await measure(s, Math.max(...CONNECTIONS), WARMUP);
       await settleProduct(productUrl);
+      if (baseline) await settleProduct(`http://${HOST}:${ports.baseline}`);
       await sleep(PAUSE_MS);
     }
 
@@ -581,7 +618,7 @@ async function main() {
             const before = cpuTicks();
             const t = await measure(s, c, DURATION);
             t.other_cpu_pct = otherCpuPercent(before, cpuTicks());
-            if (s.product) Object.assign(t, await settleProduct(productUrl));
+            if (s.product) Object.assign(t, await settleProduct(s.baseUrl ?? productUrl));
             // After the product's usage flush: recording usage is part of what a request costs.
             const cpu = serverCpuUs(before, cpuTicks(), s.group, s.proxyPid, t.total);
             t.runtime_cpu_us = cpu?.runtime ?? null;
@@ -669,6 +706,12 @@ async function main() {
     const cpuB = get("b", hi)?.runtime_cpu_us;
     const proxy = median(Object.values(summary).filter((m) => m.connections === hi).map((m) => m.proxy_cpu_us));
     if (cpuC != null && cpuB != null) console.log(`runtime CPU per request at ${hi} connections: (c) ${fmtInt(cpuC)} us, (b) ${fmtInt(cpuB)} us, (c)/(b) ${(cpuC / cpuB).toFixed(2)}; wrangler's proxy ${fmtInt(proxy)} us`);
+    if (baseline && get("c0", hi)) {
+      const cpuC0 = get("c0", hi).runtime_cpu_us;
+      const tput = ratio(get("c", hi)?.rps, get("c0", hi).rps);
+      console.log(`A/B at ${hi} connections, this tree (c) against ${BASELINE} (c0): throughput (c)/(c0) ${tput == null ? "-" : tput.toFixed(3)}` +
+        (cpuC != null && cpuC0 != null ? `, runtime CPU (c) ${fmtInt(cpuC)} us vs (c0) ${fmtInt(cpuC0)} us (${(((cpuC - cpuC0) / cpuC0) * 100).toFixed(1)}%)` : ""));
+    }
     for (const t of targets) {
       const v = t.value == null ? "-" : t.value.toFixed(2);
       console.log(`${pad(t.name, 44, true)} ${pad(v, 7)}  target ${t.target}  ${t.met ? "met" : "NOT met"}`);
