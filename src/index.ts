@@ -1,4 +1,5 @@
 import { createApp } from "./app";
+import { hotConsume, isHotConsume } from "./http/hot";
 import { runCron } from "./scheduler/cron";
 
 export { AllocationObject } from "./objects/allocations";
@@ -10,6 +11,7 @@ export { ResourceManagerRpc } from "./rpc/entrypoint";
 const app = createApp();
 
 export default {
-  fetch: app.fetch,
+  // The spend every platform worker makes first goes round the router (see src/http/hot.ts).
+  fetch: (request, env, ctx) => (isHotConsume(request) ? hotConsume(request, env, (r) => app.fetch(r, env, ctx)) : app.fetch(request, env, ctx)),
   scheduled: (controller, env, ctx) => ctx.waitUntil(runCron(controller, env)),
 } satisfies ExportedHandler<Env>;

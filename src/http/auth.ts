@@ -43,7 +43,7 @@ function hex(digest: ArrayBuffer): string {
   return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-function bearer(header: string | undefined): string | null {
+export function bearer(header: string | undefined): string | null {
   const match = header?.match(/^Bearer\s+(\S+)\s*$/i);
   return match ? match[1]! : null;
 }
@@ -61,7 +61,7 @@ const READ_METHODS = new Set(["GET", "HEAD"]);
  * Identify the credential: admin, internal or metrics token, or an active API key (with whether its
  * client is suspended). Null when none is valid.
  */
-async function identify(env: Env, token: string): Promise<{ principal: Principal; suspended: boolean } | null> {
+export async function identify(env: Env, token: string): Promise<{ principal: Principal; suspended: boolean } | null> {
   const digest = presentedDigests.get(token) ?? (await digestOf(token, presentedDigests));
   // Every secret is compared, whichever matches, so the time taken does not tell which one did.
   await digestSecrets([env.ADMIN_TOKEN, env.INTERNAL_TOKEN, env.METRICS_TOKEN]);

@@ -52,14 +52,23 @@ export function errorResponses(...codes: ErrorCode[]) {
   );
 }
 
-export function errorJson(c: Context<AppEnv>, err: AppError): Response {
+/** An AppError's envelope and its Retry-After seconds (the app's and the hot path's one source). */
+export function errorEnvelope(err: AppError, traceId: string) {
   const body = {
     error: { code: err.code, message: err.message, ...(err.details ? { details: err.details } : {}) },
-    trace_id: c.get("traceId") ?? "",
+    trace_id: traceId,
   };
   // Every 429 says when to retry: the error's own hint, else its details' retry_after_ms, else 1 s.
   const hintMs = typeof err.details?.retry_after_ms === "number" ? err.details.retry_after_ms : null;
   const retryAfter = err.retryAfterSec ?? (err.status === 429 ? Math.max(1, Math.ceil((hintMs ?? 1000) / 1000)) : undefined);
+  return { body, retryAfter };
+}
+
+/** What an error that is not an AppError answers (after it is logged): 500 with nothing of its detail. */
+export const INTERNAL_ERROR = () => new AppError("internal", "internal error; quote the trace id when reporting it");
+
+export function errorJson(c: Context<AppEnv>, err: AppError): Response {
+  const { body, retryAfter } = errorEnvelope(err, c.get("traceId") ?? "");
   if (retryAfter !== undefined) c.header("Retry-After", String(retryAfter));
   return c.json(body, err.status as ContentfulStatusCode);
 }
@@ -77,7 +86,7 @@ export const onError: ErrorHandler<AppEnv> = (err, c) => {
     return errorJson(c, new AppError(code, message));
   }
   c.get("logger")?.error("unhandled_error", { error: err instanceof Error ? err.message : String(err), stack: err instanceof Error ? err.stack : undefined });
-  return errorJson(c, new AppError("internal", "internal error; quote the trace id when reporting it"));
+  return errorJson(c, INTERNAL_ERROR());
 };
 
 export const notFound: NotFoundHandler<AppEnv> = (c) =>

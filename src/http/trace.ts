@@ -1,7 +1,7 @@
 import type { MiddlewareHandler } from "hono";
 import { routePath } from "hono/route";
-import { createLogger } from "../log";
-import type { AppEnv } from "./context";
+import { createLogger, type Logger } from "../log";
+import type { AppEnv, Principal } from "./context";
 import { recordLatency } from "./latency";
 
 const TRACE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -15,8 +15,7 @@ const SLOW_MS = 1000;
  * platform's own invocation log already records every request. Default "all".
  */
 export const traceRequests: MiddlewareHandler<AppEnv> = async (c, next) => {
-  const given = c.req.header("x-trace-id");
-  const traceId = given && TRACE_ID.test(given) ? given : crypto.randomUUID();
+  const traceId = traceIdFor(c.req.header("x-trace-id"));
   const logger = createLogger({ trace_id: traceId });
   c.set("traceId", traceId);
   c.set("logger", logger);
@@ -26,18 +25,35 @@ export const traceRequests: MiddlewareHandler<AppEnv> = async (c, next) => {
   const duration = Date.now() - started;
   // The last matched route is the endpoint's pattern ("/api/execution/:requestId"), a bounded label.
   const route = routePath(c, -1);
-  recordLatency(c.req.method, route, c.res.status, duration);
-  if (c.env.REQUEST_LOG === "errors" && c.res.status < 400 && duration < SLOW_MS) return;
-  const principal = c.get("principal");
-  logger.info("request", {
-    method: c.req.method,
-    path: c.req.path,
-    route,
-    status: c.res.status,
-    duration_ms: duration,
-    principal: principal?.kind,
-    client_id: principal?.kind === "client" ? principal.clientId : undefined,
-    // Routes about one request name it in their path.
-    request_id: (c.req.param() as Record<string, string | undefined>).requestId,
-  });
+  // Routes about one request name it in their path.
+  const requestId = (c.req.param() as Record<string, string | undefined>).requestId;
+  requestEnded(c.env, logger, { method: c.req.method, path: c.req.path, route, status: c.res.status, durationMs: duration, principal: c.get("principal"), requestId });
 };
+
+/** The caller's X-Trace-Id when well formed, else a new one. */
+export function traceIdFor(given: string | undefined): string {
+  return given && TRACE_ID.test(given) ? given : crypto.randomUUID();
+}
+
+/**
+ * A request is answered: count its latency under its route pattern and log its line (unless REQUEST_LOG
+ * is "errors" and it neither failed nor was slow). The app's middleware and the hot path both end here.
+ */
+export function requestEnded(
+  env: Env,
+  logger: Logger,
+  r: { method: string; path: string; route: string; status: number; durationMs: number; principal?: Principal; requestId?: string },
+): void {
+  recordLatency(r.method, r.route, r.status, r.durationMs);
+  if (env.REQUEST_LOG === "errors" && r.status < 400 && r.durationMs < SLOW_MS) return;
+  logger.info("request", {
+    method: r.method,
+    path: r.path,
+    route: r.route,
+    status: r.status,
+    duration_ms: r.durationMs,
+    principal: r.principal?.kind,
+    client_id: r.principal?.kind === "client" ? r.principal.clientId : undefined,
+    request_id: r.requestId,
+  });
+}

@@ -1,7 +1,7 @@
 import { createRoute, OpenAPIHono, z } from "@hono/zod-openapi";
 import { AppError } from "../errors";
 import { authenticate } from "../http/auth";
-import type { AppEnv } from "../http/context";
+import type { AppEnv, Principal } from "../http/context";
 import { errorResponses } from "../http/errors";
 import { poolConfig } from "../services/config";
 import { callerFor, poolStub, unwrap } from "../services/pools";
@@ -19,7 +19,7 @@ const Spend = {
   idempotency_key: IdempotencyKey.optional().openapi({ description: "A retried call with the same key spends once and gets the same answer (or send an Idempotency-Key header)" }),
 };
 
-const ConsumeRequest = z.object(Spend).strict().openapi("ConsumeRequest");
+export const ConsumeRequest = z.object(Spend).strict().openapi("ConsumeRequest");
 const ReserveRequest = z
   .object({ ...Spend, ttl_ms: z.number().int().min(MIN_TTL_MS).max(MAX_TTL_MS).default(60_000).openapi({ description: "Released by alarm when not settled by then" }) })
   .strict()
@@ -52,7 +52,7 @@ const spendErrors = errorResponses(
 );
 
 /** The body's idempotency key, or the Idempotency-Key header; both given must agree. */
-function idempotencyKey(bodyKey: string | undefined, header: string | undefined): string | undefined {
+export function idempotencyKey(bodyKey: string | undefined, header: string | undefined): string | undefined {
   if (header !== undefined && (header.length === 0 || header.length > 128)) {
     throw new AppError("validation_failed", "invalid Idempotency-Key header", { fields: [{ path: "header.idempotency-key", message: "1 to 128 characters" }] });
   }
@@ -60,6 +60,16 @@ function idempotencyKey(bodyKey: string | undefined, header: string | undefined)
     throw new AppError("validation_failed", "idempotency_key and the Idempotency-Key header differ", { fields: [{ path: "idempotency_key", message: "differs from the header" }] });
   }
   return bodyKey ?? header;
+}
+
+/**
+ * Spend now: the consume route's work after authentication and validation (also the hot path's, see
+ * src/http/hot.ts). Throws the AppError to answer.
+ */
+export async function consumeNow(env: Env, principal: Principal, b: z.infer<typeof ConsumeRequest>, key: string | undefined, traceId: string) {
+  const [caller, cfg] = await Promise.all([callerFor(env, principal, b.client_id, "internal"), poolConfig(env, b.pool)]);
+  const r = unwrap(await poolStub(env, b.pool).consume(cfg, caller, { amount: b.amount, requestId: b.request_id, idempotencyKey: key }));
+  return { pool: r.pool, event_id: r.eventId, units: r.units, cost_nano: r.costNano, remaining: r.remaining, trace_id: traceId };
 }
 
 export const internalRoutes = new OpenAPIHono<AppEnv>()
@@ -72,9 +82,7 @@ export const internalRoutes = new OpenAPIHono<AppEnv>()
     async (c) => {
       const b = c.req.valid("json");
       const key = idempotencyKey(b.idempotency_key, c.req.header("idempotency-key"));
-      const [caller, cfg] = await Promise.all([callerFor(c.env, c.var.principal, b.client_id, "internal"), poolConfig(c.env, b.pool)]);
-      const r = unwrap(await poolStub(c.env, b.pool).consume(cfg, caller, { amount: b.amount, requestId: b.request_id, idempotencyKey: key }));
-      return c.json({ pool: r.pool, event_id: r.eventId, units: r.units, cost_nano: r.costNano, remaining: r.remaining, trace_id: c.var.traceId }, 200);
+      return c.json(await consumeNow(c.env, c.var.principal, b, key, c.var.traceId), 200);
     },
   )
   .openapi(

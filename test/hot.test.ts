@@ -1,0 +1,175 @@
+import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
+import { env, exports } from "cloudflare:workers";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { createApp } from "../src/app";
+import { isHotConsume } from "../src/http/hot";
+import { latencySnapshots } from "../src/http/latency";
+import { checkResponse } from "./contract";
+import { ADMIN, INTERNAL, KEYS, makePool } from "./helpers";
+
+/**
+ * POST /internal/consume is served round the router (src/http/hot.ts). The same request sent to the
+ * worker (the hot path) and to the app alone must be answered alike: status, body, headers.
+ */
+const app = createApp();
+
+interface Answer {
+  status: number;
+  headers: Headers;
+  body: Record<string, any>;
+}
+
+function request(body: string | undefined, headers: Record<string, string>, path = "/internal/consume"): Request {
+  return new Request(`https://rm.test${path}`, { method: "POST", headers, body });
+}
+
+async function answer(res: Response, path = "/internal/consume"): Promise<Answer> {
+  const text = await res.text();
+  checkResponse("POST", path, res.status, res.headers, text);
+  return { status: res.status, headers: res.headers, body: JSON.parse(text) };
+}
+
+/** Through the worker's fetch: the hot path (which may hand the request to the app). */
+async function viaWorker(body: string | undefined, headers: Record<string, string>): Promise<Answer> {
+  return answer(await exports.default.fetch(request(body, headers)));
+}
+
+/** Through the app alone: the router, middleware and validator. */
+async function viaApp(body: string | undefined, headers: Record<string, string>): Promise<Answer> {
+  const ctx = createExecutionContext();
+  const res = await app.fetch(request(body, headers), env, ctx);
+  const out = await answer(res);
+  await waitOnExecutionContext(ctx);
+  return out;
+}
+
+const auth = (token: string) => ({ authorization: `Bearer ${token}`, "content-type": "application/json" });
+const json = (o: unknown) => JSON.stringify(o);
+
+async function available(pool: string): Promise<number> {
+  const r = await exports.default.fetch(new Request("https://rm.test/api/resources/check", {
+    method: "POST", headers: auth(KEYS.acme), body: json({ pool, amount: 1 }),
+  }));
+  return ((await r.json()) as { results: Array<{ available: number }> }).results[0]!.available;
+}
+
+/** The two answers agree in everything but the ids that differ by nature (event id, trace id when not given). */
+function expectSame(hot: Answer, plain: Answer): void {
+  expect(hot.status).toBe(plain.status);
+  expect(hot.headers.get("content-type")).toBe(plain.headers.get("content-type"));
+  expect(hot.headers.get("retry-after")).toBe(plain.headers.get("retry-after"));
+  expect(hot.headers.get("x-trace-id")).toBe(hot.body.trace_id);
+  expect(plain.headers.get("x-trace-id")).toBe(plain.body.trace_id);
+  const strip = (b: Record<string, any>) => {
+    const { trace_id: _t, event_id: e, ...rest } = b;
+    return { ...rest, event_id: typeof e };
+  };
+  expect(strip(hot.body)).toEqual(strip(plain.body));
+}
+
+describe("the hot path: POST /internal/consume round the router", () => {
+  afterEach(() => vi.restoreAllMocks());
+
+  it("takes exactly POST /internal/consume", () => {
+    expect(isHotConsume(request("{}", {}))).toBe(true);
+    expect(isHotConsume(new Request("https://rm.test/internal/consume", { method: "GET" }))).toBe(false);
+    expect(isHotConsume(request("{}", {}, "/internal/consume?x=1"))).toBe(false);
+    expect(isHotConsume(request("{}", {}, "/internal/consume/"))).toBe(false);
+    expect(isHotConsume(request("{}", {}, "/x/internal/consume"))).toBe(false);
+    expect(isHotConsume(request("{}", {}, "/internal/reserve"))).toBe(false);
+  });
+
+  it("a spend answers as the app does, with the caller's trace id, and spends once per call", async () => {
+    const a = await makePool({ capacity: 100, costPerUnitNano: 250 });
+    const b = await makePool({ capacity: 100, costPerUnitNano: 250 });
+    const headers = { ...auth(INTERNAL), "x-trace-id": "trace-hot-1" };
+    const hot = await viaWorker(json({ client_id: "acme", pool: a.id, amount: 7 }), headers);
+    const plain = await viaApp(json({ client_id: "acme", pool: b.id, amount: 7 }), headers);
+    expect(hot.body).toMatchObject({ pool: a.id, units: 7, cost_nano: 1750, remaining: 93, trace_id: "trace-hot-1" });
+    expect(hot.body.event_id).toMatch(/^evt_[a-f0-9]{32}$/);
+    expectSame(hot, { ...plain, body: { ...plain.body, pool: a.id } });
+    expect(await available(a.id)).toBe(93);
+    // The admin token spends too (as the route allows); without a trace id one is made.
+    const admin = await viaWorker(json({ client_id: "acme", pool: a.id, amount: 3 }), auth(ADMIN));
+    expect(admin.status).toBe(200);
+    expect(admin.body.trace_id).toMatch(/^[0-9a-f-]{36}$/);
+    expect(await available(a.id)).toBe(90);
+  });
+
+  it("denials and errors after the decision carry the same envelope and Retry-After", async () => {
+    const a = await makePool({ capacity: 5, refillPerSec: 1 });
+    const b = await makePool({ capacity: 5, refillPerSec: 1 });
+    const spend = (id: string, amount: number) => json({ client_id: "acme", pool: id, amount });
+    expect((await viaWorker(spend(a.id, 5), auth(INTERNAL))).status).toBe(200);
+    expect((await viaApp(spend(b.id, 5), auth(INTERNAL))).status).toBe(200);
+    const hot = await viaWorker(spend(a.id, 3), auth(INTERNAL));
+    const plain = await viaApp(spend(b.id, 3), auth(INTERNAL));
+    expect(hot.status).toBe(429);
+    expect(hot.body.error).toMatchObject({ code: "rate_limited", details: { pool: a.id, requested: 3 } });
+    expect(Number(hot.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
+    expect(hot.body.error.code).toBe(plain.body.error.code);
+    expect(hot.headers.get("retry-after")).toBe(plain.headers.get("retry-after"));
+    // Unknown pool, unknown client, amount above capacity, a dedicated pool of another client.
+    const dedicated = await makePool({ capacity: 10, sharing: { mode: "dedicated", clientId: "globex" } });
+    for (const body of [
+      { client_id: "acme", pool: "no-such-pool", amount: 1 },
+      { client_id: "nobody", pool: a.id, amount: 1 },
+      { client_id: "acme", pool: a.id, amount: 6 },
+      { client_id: "acme", pool: dedicated.id, amount: 1 },
+    ]) {
+      expectSame(await viaWorker(json(body), auth(INTERNAL)), await viaApp(json(body), auth(INTERNAL)));
+    }
+  });
+
+  it("an idempotent retry on the hot path is answered the same and spends once", async () => {
+    const pool = await makePool({ capacity: 100 });
+    const body = json({ client_id: "acme", pool: pool.id, amount: 4, idempotency_key: "hot-retry-1" });
+    const first = await viaWorker(body, auth(INTERNAL));
+    const again = await viaWorker(body, { ...auth(INTERNAL), "idempotency-key": "hot-retry-1" });
+    expect(again.body.event_id).toBe(first.body.event_id);
+    expect(again.body.remaining).toBe(96);
+    expect(await available(pool.id)).toBe(96);
+  });
+
+  it("what it is not sure of goes to the app, which answers as always, and nothing is spent", async () => {
+    const pool = await makePool({ capacity: 100 });
+    const ok = { client_id: "acme", pool: pool.id, amount: 1 };
+    const cases: Array<[string, string | undefined, Record<string, string>, number, string]> = [
+      ["malformed JSON", "{not json", auth(INTERNAL), 400, "bad_request"],
+      ["no body", undefined, auth(INTERNAL), 400, "bad_request"],
+      ["another content type", json(ok), { authorization: `Bearer ${INTERNAL}`, "content-type": "text/plain" }, 400, "bad_request"],
+      ["no credential", json(ok), { "content-type": "application/json" }, 401, "unauthorized"],
+      ["a wrong token", json(ok), auth("not-a-token"), 401, "unauthorized"],
+      ["a client's API key", json(ok), auth(KEYS.acme), 403, "forbidden"],
+      ["a negative amount", json({ ...ok, amount: -1 }), auth(INTERNAL), 400, "validation_failed"],
+      ["a fractional amount", json({ ...ok, amount: 1.5 }), auth(INTERNAL), 400, "validation_failed"],
+      ["an unknown field", json({ ...ok, extra: 1 }), auth(INTERNAL), 400, "validation_failed"],
+      ["JSON null", "null", auth(INTERNAL), 400, "validation_failed"],
+      ["keys that differ", json({ ...ok, idempotency_key: "a" }), { ...auth(INTERNAL), "idempotency-key": "b" }, 400, "validation_failed"],
+      ["an empty key header", json(ok), { ...auth(INTERNAL), "idempotency-key": "" }, 400, "validation_failed"],
+    ];
+    for (const [name, body, headers, status, code] of cases) {
+      const hot = await viaWorker(body, headers);
+      const plain = await viaApp(body, headers);
+      expect({ name, status: hot.status, code: hot.body.error?.code }).toEqual({ name, status, code });
+      expect({ name, body: { ...hot.body, trace_id: 0 } }).toEqual({ name, body: { ...plain.body, trace_id: 0 } });
+    }
+    expect(await available(pool.id)).toBe(100);
+  });
+
+  it("logs one request line and counts the latency under the route, as the app does", async () => {
+    const pool = await makePool({ capacity: 100 });
+    const count = () => latencySnapshots()
+      .filter((s) => s.labels.route === "/internal/consume" && s.labels.method === "POST" && s.labels.status_class === "2xx")
+      .reduce((n, s) => n + s.value.count, 0);
+    const before = count();
+    const spy = vi.spyOn(console, "log");
+    const hot = await viaWorker(json({ client_id: "acme", pool: pool.id, amount: 1 }), { ...auth(INTERNAL), "x-trace-id": "trace-hot-log" });
+    const lines = spy.mock.calls.map((args) => JSON.parse(String(args[0])) as Record<string, unknown>).filter((l) => l.msg === "request");
+    expect(hot.status).toBe(200);
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatchObject({ level: "info", trace_id: "trace-hot-log", method: "POST", path: "/internal/consume", route: "/internal/consume", status: 200, principal: "internal" });
+    expect(JSON.stringify(lines)).not.toContain(INTERNAL);
+    expect(count()).toBe(before + 1);
+  });
+});
