@@ -126,6 +126,32 @@ describe("settle counts each event once", () => {
     expect((await stub.quotaState(q)).use.poolToday).toEqual({ p: 3, q: 11 });
   });
 
+  it("a pool outbox's deliveries count each seq once: repeats, overlapping retries and other sources, with no row per event", async () => {
+    const { stub } = freshClient();
+    const q = quota();
+    const now = Date.now();
+    await stub.recordPoolSpend(UNLIMITED, "pool-a:e1", "pool-a", [[1, 100, now, 1], [2, 200, now, 2], [3, 300, now, 3]]);
+    expect((await stub.budget(UNLIMITED)).spent_nano).toBe(600);
+    // A retried delivery: the same batch plus what came after it. Only seqs 4 and 5 are new.
+    await stub.recordPoolSpend(UNLIMITED, "pool-a:e1", "pool-a", [[1, 100, now, 1], [2, 200, now, 2], [3, 300, now, 3], [4, 400, now, 4], [5, 500, now, 5]]);
+    expect((await stub.budget(UNLIMITED)).spent_nano).toBe(1500);
+    // The same delivered again, and an older prefix: nothing.
+    await stub.recordPoolSpend(UNLIMITED, "pool-a:e1", "pool-a", [[4, 400, now, 4], [5, 500, now, 5]]);
+    await stub.recordPoolSpend(UNLIMITED, "pool-a:e1", "pool-a", [[2, 200, now, 2]]);
+    expect((await stub.budget(UNLIMITED)).spent_nano).toBe(1500);
+    // Another pool, and the same pool's storage started over under a new epoch: counted from their own seq 1.
+    await stub.recordPoolSpend(UNLIMITED, "pool-b:e1", "pool-b", [[1, 10, now, 7]]);
+    await stub.recordPoolSpend(UNLIMITED, "pool-a:e2", "pool-a", [[1, 1, now, 1]]);
+    expect((await stub.budget(UNLIMITED)).spent_nano).toBe(1511);
+    expect((await stub.quotaState(q)).use.poolToday).toEqual({ "pool-a": 16, "pool-b": 7 });
+    const rows = await runInDurableObject(stub, (_: ClientObject, state) => ({
+      counted: state.storage.sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM counted").one().n,
+      delivered: state.storage.sql.exec<{ source: string; seq: number }>("SELECT source, seq FROM delivered ORDER BY source").toArray(),
+    }));
+    expect(rows.counted).toBe(0);
+    expect(rows.delivered).toEqual([{ source: "pool-a:e1", seq: 5 }, { source: "pool-a:e2", seq: 1 }, { source: "pool-b:e1", seq: 1 }]);
+  });
+
   it("spend through recordSpend with a budget: totals exact and the budget alert raised once the line is crossed", async () => {
     const { id, stub } = freshClient();
     const limit: BudgetLimit = { limitNano: 1000, source: "client" };

@@ -15,6 +15,15 @@ describe("time-ordered ids", () => {
     expect(byId).toEqual([1, 5, 16, 255, 4_096, 1_795_000_000_000]);
   });
 
+  it("made in one millisecond by one isolate, sort in the order made (the tail counts up, with carry)", () => {
+    const ids = Array.from({ length: 5_000 }, () => timeOrderedId("evt", 77));
+    expect([...ids].sort()).toEqual(ids);
+    expect(new Set(ids.map((id) => id.slice(4, 16)))).toEqual(new Set([(77).toString(16).padStart(12, "0")]));
+    // The next millisecond starts from fresh random bytes, still after every id of the one before.
+    const next = timeOrderedId("evt", 78);
+    expect(next > ids.at(-1)!).toBe(true);
+  });
+
   it("are unique within one millisecond: 20,000 ids, no repeat", () => {
     const ids = new Set(Array.from({ length: 20_000 }, () => timeOrderedId("res", 42)));
     expect(ids.size).toBe(20_000);

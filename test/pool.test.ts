@@ -201,8 +201,12 @@ describe("usage outbox", () => {
     expect(rows.map((r) => r.kind).sort()).toEqual(["consume", "consume", "consume", "consume", "consume", "reservation"]);
   });
 
-  it("when D1 fails mid-flush nothing is lost and nothing is doubled", async () => {
-    const pool = await makePool({ capacity: 1000 });
+  it("when D1 fails mid-flush nothing is lost and nothing is doubled, in D1 nor in the client's spend", async () => {
+    const pool = await makePool({ capacity: 1000, costPerUnitNano: 3 });
+    const client = env.CLIENT.get(env.CLIENT.idFromName("acme"));
+    // What the client's object counted today against this pool (other tests spend as acme too).
+    const unitsCounted = async () =>
+      (await client.quotaState({ maxConcurrent: 10, cpuMillicores: null, memoryMb: null, poolDaily: {} })).use.poolToday[pool.id] ?? 0;
     for (let i = 0; i < 3; i++) await consume(pool.id, 10);
     const stub = stubOf(pool.id);
     // Fault 1: D1 refuses the write. Fault 2: D1 commits but the answer is lost, so the batch is re-sent.
@@ -221,6 +225,9 @@ describe("usage outbox", () => {
     const rows = await listUsageEvents(env.DB, { poolId: pool.id });
     expect(rows).toHaveLength(4);
     expect(new Set(rows.map((r) => r.event_id)).size).toBe(4);
+    // The client's object was told three times about the first three events (each failed flush reported
+    // them before D1 failed) and counted each once: 4 events x 10 units.
+    expect(await unitsCounted()).toBe(40);
     await runInDurableObject(stub, (_i, state) => {
       expect(state.storage.sql.exec("SELECT COUNT(*) AS n FROM usage_outbox").one().n).toBe(0);
     });

@@ -20,6 +20,9 @@ export interface SpendEvent {
   units?: number;
 }
 
+/** One event of a pool outbox's delivery: its seq in the outbox, cost, time and units. */
+export type PoolSpend = [seq: number, costNano: number, at: number, units: number];
+
 /** A client's quota as it stands: the configured limits, what applies now (with a burst), and the use. */
 export interface QuotaState {
   quota: ResolvedQuota;
@@ -83,6 +86,8 @@ export class ClientObject extends DurableObject<Env> {
       CREATE TABLE IF NOT EXISTS spend (month TEXT PRIMARY KEY, spent_nano INTEGER NOT NULL);
       CREATE TABLE IF NOT EXISTS in_flight (request_id TEXT PRIMARY KEY, estimate_nano INTEGER NOT NULL, admitted_at INTEGER NOT NULL);
       CREATE TABLE IF NOT EXISTS counted (event_id TEXT PRIMARY KEY, cost_nano INTEGER NOT NULL, at INTEGER NOT NULL);
+      -- Pool outboxes' deliveries: the highest outbox seq counted from each (one row per pool outbox).
+      CREATE TABLE IF NOT EXISTS delivered (source TEXT PRIMARY KEY, seq INTEGER NOT NULL, updated_at INTEGER NOT NULL);
     `);
     // Objects created before quotas kept request slots in "slots": carry them over once.
     if (this.sql.exec("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'slots'").toArray().length) {
@@ -283,6 +288,32 @@ export class ClientObject extends DurableObject<Env> {
     await this.spend(limit, events);
   }
 
+  /**
+   * Spend delivered by a pool object's outbox (direct consumes and reservations settled by a caller).
+   * `source` names that outbox (pool id and the outbox's epoch) and each event carries its `seq` there.
+   * An outbox delivers in seq order and a retried delivery starts again at its first undelivered event,
+   * so an event is new exactly when its seq is above the highest counted from its source: one row per
+   * source here, not one per event (`counted` would grow by every direct consume for 40 days).
+   */
+  async recordPoolSpend(limit: BudgetLimit | null, source: string, pool: string, events: PoolSpend[]): Promise<void> {
+    const now = Date.now();
+    const mark = this.sql.exec<{ seq: number }>("SELECT seq FROM delivered WHERE source = ?", source).toArray()[0]?.seq ?? 0;
+    let top = mark;
+    const fresh: SpendEvent[] = [];
+    for (const [seq, costNano, at, units] of events) {
+      if (seq <= mark) continue;
+      top = Math.max(top, seq);
+      fresh.push({ eventId: "", costNano, at, pool, units });
+    }
+    if (top === mark) return;
+    this.sql.exec(
+      `INSERT INTO delivered (source, seq, updated_at) VALUES (?, ?, ?)
+       ON CONFLICT (source) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at`,
+      source, top, now,
+    );
+    await this.counted(limit, this.tally(fresh), now);
+  }
+
   budget(limit: BudgetLimit): BudgetView & { concurrency_in_use: number } {
     const now = Date.now();
     return { ...budgetView(limit, this.spentIn(monthKey(now)), this.inFlight(), now), concurrency_in_use: this.inUse() };
@@ -301,8 +332,12 @@ export class ClientObject extends DurableObject<Env> {
   /** Count new events (synchronously), then raise budget alerts if this month's spend crossed a line. */
   private async spend(limit: BudgetLimit | null, events: SpendEvent[]): Promise<void> {
     const now = Date.now();
+    await this.counted(limit, this.tally(this.fresh(events)), now);
+  }
+
+  /** After new spend is written (`added`: cost per month): housekeeping, then budget alerts if a line was crossed. */
+  private async counted(limit: BudgetLimit | null, added: Map<string, number>, now: number): Promise<void> {
     const month = monthKey(now);
-    const added = this.tally(this.fresh(events));
     this.cleanUp(now);
     if (limit === null || (added.get(month) ?? 0) === 0) return;
     const after = this.spentIn(month);
@@ -375,6 +410,8 @@ export class ClientObject extends DurableObject<Env> {
   private cleanUp(now: number): void {
     if (now - this.cleanedAt < CLEANUP_EVERY_MS) return;
     this.sql.exec("DELETE FROM counted WHERE at < ?", now - COUNTED_TTL_MS);
+    // A pool outbox silent for as long is gone (its object re-created under a new epoch, or deleted).
+    this.sql.exec("DELETE FROM delivered WHERE updated_at < ?", now - COUNTED_TTL_MS);
     this.sql.exec("DELETE FROM pool_day WHERE day < ?", dayKey(now - 2 * DAY_MS));
     this.cleanedAt = now;
   }

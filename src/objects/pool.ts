@@ -11,7 +11,7 @@ import { log } from "../log";
 import { applyAlerts } from "../services/alerts";
 import { budgetLimit } from "../services/config";
 import { evaluatePoolScaling } from "../services/scaling";
-import type { SpendEvent } from "./client";
+import type { PoolSpend } from "./client";
 
 export type Result<T> = { ok: true; value: T } | { ok: false; error: ErrorBody };
 
@@ -119,6 +119,8 @@ export class PoolObject extends DurableObject<Env> {
   /** Time of the alarm we know to be set, to avoid rewriting it on every spend. */
   private alarmAt: number | null = null;
   private flushing = false;
+  /** This storage's outbox epoch (see the meta table). */
+  private epoch = "";
   /** The last outbox seq written (seqs only grow, also across deliveries). */
   private lastSeq = 0;
   private flushFailures = 0;
@@ -171,7 +173,12 @@ export class PoolObject extends DurableObject<Env> {
         created_at INTEGER NOT NULL
       );
       CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+      -- This storage's outbox epoch: clients' objects count deliveries per (pool, epoch) by seq, so
+      -- storage that started over (a new epoch) cannot have its seqs taken for ones already counted.
+      CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
     `);
+    this.sql.exec("INSERT INTO meta (name, value) VALUES ('epoch', ?) ON CONFLICT (name) DO NOTHING", crypto.randomUUID());
+    this.epoch = this.sql.exec<{ value: string }>("SELECT value FROM meta WHERE name = 'epoch'").one().value;
     this.migrateOutbox();
     this.migrateSnapshots();
     this.denials = this.sql.exec<{ value: number }>("SELECT value FROM counters WHERE name = 'denials'").toArray()[0]?.value ?? 0;
@@ -694,8 +701,9 @@ export class PoolObject extends DurableObject<Env> {
           "SELECT seq, payload FROM usage_outbox ORDER BY seq LIMIT ?", FLUSH_BATCH,
         ).toArray();
         if (rows.length === 0) break;
-        const events = rows.map((r) => JSON.parse(r.payload) as UsageEvent);
-        await this.reportSpend(events);
+        const parsed = rows.map((r) => ({ seq: r.seq, event: JSON.parse(r.payload) as UsageEvent }));
+        const events = parsed.map((r) => r.event);
+        await this.reportSpend(parsed);
         await insertUsageEvents(this.env.DB, events);
         // Events queued while D1 answered come after these: the batch is a prefix of the table. The
         // rows may carry the bucket's latest level: write the bucket row first (same transaction).
@@ -717,19 +725,25 @@ export class PoolObject extends DurableObject<Env> {
 
   /**
    * Tell clients' objects what was spent outside a request (direct consumes and reservations): the
-   * scheduler reports its requests' spend itself when it settles them. Idempotent by event id, so a
-   * flush retried after a failure reports nothing twice.
+   * scheduler reports its requests' spend itself when it settles them. Each event goes with its outbox
+   * seq, and a client object counts a seq from this outbox once (see ClientObject.recordPoolSpend), so
+   * a flush retried after a failure reports nothing twice.
    */
-  private async reportSpend(events: UsageEvent[]): Promise<void> {
-    const byClient = new Map<string, SpendEvent[]>();
-    for (const e of events) {
+  private async reportSpend(rows: Array<{ seq: number; event: UsageEvent }>): Promise<void> {
+    const byClient = new Map<string, PoolSpend[]>();
+    for (const { seq, event: e } of rows) {
       // Units count against the client's daily caps per pool even when they cost nothing.
       if (e.via === "scheduler" || (e.costNano === 0 && e.units === 0)) continue;
-      byClient.set(e.clientId, [...(byClient.get(e.clientId) ?? []), { eventId: e.eventId, costNano: e.costNano, at: e.at, pool: e.poolId, units: e.units }]);
+      let list = byClient.get(e.clientId);
+      if (!list) byClient.set(e.clientId, (list = []));
+      list.push([seq, e.costNano, e.at, e.units]);
     }
+    if (byClient.size === 0) return;
+    const pool = rows[0]!.event.poolId;
+    const source = `${pool}:${this.epoch}`;
     await Promise.all([...byClient].map(async ([clientId, list]) => {
       const stub = this.env.CLIENT.get(this.env.CLIENT.idFromName(clientId));
-      await stub.recordSpend(await budgetLimit(this.env, clientId), list);
+      await stub.recordPoolSpend(await budgetLimit(this.env, clientId), source, pool, list);
     }));
   }
 
