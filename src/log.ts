@@ -20,14 +20,28 @@ export interface Logger {
   child(fields: Fields): Logger;
 }
 
+/** A logger whose lines carry `base`. One per request: methods on the prototype, nothing allocated until a line is written. */
+class FieldsLogger implements Logger {
+  constructor(private readonly base: Fields) {}
+  debug(msg: string, f: Fields = {}): void {
+    emit("debug", msg, { ...this.base, ...f });
+  }
+  info(msg: string, f: Fields = {}): void {
+    emit("info", msg, { ...this.base, ...f });
+  }
+  warn(msg: string, f: Fields = {}): void {
+    emit("warn", msg, { ...this.base, ...f });
+  }
+  error(msg: string, f: Fields = {}): void {
+    emit("error", msg, { ...this.base, ...f });
+  }
+  child(f: Fields): Logger {
+    return new FieldsLogger({ ...this.base, ...f });
+  }
+}
+
 export function createLogger(base: Fields = {}): Logger {
-  return {
-    debug: (msg, f = {}) => emit("debug", msg, { ...base, ...f }),
-    info: (msg, f = {}) => emit("info", msg, { ...base, ...f }),
-    warn: (msg, f = {}) => emit("warn", msg, { ...base, ...f }),
-    error: (msg, f = {}) => emit("error", msg, { ...base, ...f }),
-    child: (f) => createLogger({ ...base, ...f }),
-  };
+  return new FieldsLogger(base);
 }
 
 /** Logger for code with no request in scope (alarms, cron); pass `trace_id` in fields where one exists. */

@@ -2,7 +2,8 @@ import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test"
 import { env, exports } from "cloudflare:workers";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { createApp } from "../src/app";
-import { isHotConsume } from "../src/http/hot";
+import { isHotConsume, plainConsume } from "../src/http/hot";
+import { ConsumeRequest } from "../src/routes/internal";
 import { latencySnapshots } from "../src/http/latency";
 import { checkResponse } from "./contract";
 import { ADMIN, INTERNAL, KEYS, makePool } from "./helpers";
@@ -155,6 +156,59 @@ describe("the hot path: POST /internal/consume round the router", () => {
       expect({ name, body: { ...hot.body, trace_id: 0 } }).toEqual({ name, body: { ...plain.body, trace_id: 0 } });
     }
     expect(await available(pool.id)).toBe(100);
+  });
+
+  it("its plain-body check accepts only what the route's schema accepts, with the same data", () => {
+    const ok = { client_id: "acme", pool: "openai-gpt4", amount: 5 };
+    const long = "k".repeat(128);
+    const inputs: unknown[] = [
+      ok,
+      { ...ok, request_id: "req_1", idempotency_key: "job-1" },
+      { ...ok, request_id: long, idempotency_key: long },
+      { ...ok, request_id: long + "k" },
+      { ...ok, idempotency_key: "" },
+      { ...ok, request_id: undefined },
+      { ...ok, request_id: null },
+      { ...ok, request_id: 5 },
+      { ...ok, amount: 1_000_000_000_000 },
+      { ...ok, amount: 1_000_000_000_001 },
+      { ...ok, amount: 0 },
+      { ...ok, amount: -3 },
+      { ...ok, amount: 2.5 },
+      { ...ok, amount: "5" },
+      { ...ok, amount: Number.NaN },
+      { ...ok, amount: Number.POSITIVE_INFINITY },
+      { ...ok, amount: 2 ** 53 },
+      { ...ok, pool: "Upper" },
+      { ...ok, pool: "-lead" },
+      { ...ok, pool: "p".repeat(64) },
+      { ...ok, pool: "p".repeat(65) },
+      { ...ok, pool: "pool\n" },
+      { ...ok, client_id: "Acme_Corp-1" },
+      { ...ok, client_id: "_x" },
+      { ...ok, client_id: "c".repeat(65) },
+      { ...ok, client_id: undefined },
+      { ...ok, extra: 1 },
+      { client_id: "acme", pool: "p" },
+      JSON.parse('{"client_id":"acme","pool":"p","amount":1,"__proto__":{"x":1}}'),
+      Object.assign(Object.create({ inherited: 1 }), ok),
+      [ok],
+      null,
+      "acme",
+      7,
+    ];
+    let accepted = 0;
+    for (const input of inputs) {
+      const plain = plainConsume(input);
+      if (plain === null) continue;
+      accepted += 1;
+      const schema = ConsumeRequest.safeParse(input);
+      expect({ input, success: schema.success }).toEqual({ input, success: true });
+      expect(plain).toEqual(schema.data);
+    }
+    // The usual bodies do take the plain path.
+    expect(accepted).toBeGreaterThanOrEqual(6);
+    expect(plainConsume(ok)).toEqual(ok);
   });
 
   it("logs one request line and counts the latency under the route, as the app does", async () => {

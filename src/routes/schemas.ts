@@ -1,25 +1,33 @@
 import { z } from "@hono/zod-openapi";
 
 /** Shared request/response pieces. Units are whole numbers; money is integer nano-dollars. */
+/** The patterns of pool and client ids (also used by the hot path's plain-body check, src/http/hot.ts). */
+export const POOL_ID = /^[a-z0-9][a-z0-9-]{0,63}$/;
+export const CLIENT_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
+/** The most units one call may name. */
+export const MAX_UNITS = 1_000_000_000_000;
+/** The longest idempotency key or request reference. */
+export const MAX_REF_LENGTH = 128;
+
 export const PoolId = z
   .string()
-  .regex(/^[a-z0-9][a-z0-9-]{0,63}$/, "lowercase letters, digits and dashes, at most 64")
+  .regex(POOL_ID, "lowercase letters, digits and dashes, at most 64")
   .openapi({ example: "openai-gpt4" });
 
 export const ClientId = z
   .string()
-  .regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/, "letters, digits, _ and -, at most 64")
+  .regex(CLIENT_ID, "letters, digits, _ and -, at most 64")
   .openapi({ example: "acme" });
 
 export const Units = z
   .number()
   .int()
   .positive()
-  .max(1_000_000_000_000)
+  .max(MAX_UNITS)
   .openapi({ description: "Whole units of the pool (tokens, e-mails, ...)", example: 500 });
 
-export const IdempotencyKey = z.string().min(1).max(128).openapi({ example: "job-42-step-1" });
-export const RequestRef = z.string().min(1).max(128).openapi({ example: "req_01" });
+export const IdempotencyKey = z.string().min(1).max(MAX_REF_LENGTH).openapi({ example: "job-42-step-1" });
+export const RequestRef = z.string().min(1).max(MAX_REF_LENGTH).openapi({ example: "req_01" });
 
 export const PoolAmount = z.object({ pool: PoolId, amount: Units }).strict().openapi("PoolAmount");
 

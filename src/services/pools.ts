@@ -4,8 +4,18 @@ import type { Result } from "../objects/pool";
 import type { Principal } from "../http/context";
 import { clientTier } from "./config";
 
+/** Pool objects' ids by pool id: idFromName hashes the name on every call, and every spend needs one. */
+const poolIds = new Map<string, DurableObjectId>();
+const POOL_IDS_MAX = 4096;
+
 export function poolStub(env: Env, poolId: string): DurableObjectStub<import("../objects/pool").PoolObject> {
-  return env.POOL.get(env.POOL.idFromName(poolId));
+  let id = poolIds.get(poolId);
+  if (!id) {
+    id = env.POOL.idFromName(poolId);
+    if (poolIds.size >= POOL_IDS_MAX) poolIds.clear();
+    poolIds.set(poolId, id);
+  }
+  return env.POOL.get(id);
 }
 
 /** A pool object's answer, or the AppError it stands for (429s carry Retry-After in seconds). */
