@@ -285,7 +285,9 @@ export class SchedulerObject extends DurableObject<Env> {
    * writer of its table, so the copy stays exact and the dispatch path reads no rows back from SQLite.
    */
   private live = new Map<string, Row>();
-  private inflight = new Map<string, AbortController>();
+  private inflight = new Map<string, CallHandle>();
+  /** The worker calls' deadlines, on one timer. */
+  private deadlines = new Deadlines();
   /** Bindings whose worker has no RPC `run`, until when to call them over HTTP without trying RPC. */
   private fetchOnly = new Map<string, number>();
   private admitting = new Set<string>();
@@ -1001,11 +1003,11 @@ export class SchedulerObject extends DurableObject<Env> {
   /** Start the worker call; its settlement is batched with others'. Not awaited by the pass. */
   private launch(row: Row, template: Template): void {
     const now = Date.now();
-    const controller = new AbortController();
-    this.inflight.set(row.id, controller);
+    const handle = new CallHandle();
+    this.inflight.set(row.id, handle);
     const attempt = row.attempts;
-    void this.invoke(row, template, controller).then((outcome) => {
-      if (this.inflight.get(row.id) === controller) this.inflight.delete(row.id);
+    void this.invoke(row, template, handle).then((outcome) => {
+      if (this.inflight.get(row.id) === handle) this.inflight.delete(row.id);
       this.noteDuration(Date.now() - now);
       this.queueSettlement(row.id, attempt, outcome);
     });
@@ -1017,16 +1019,16 @@ export class SchedulerObject extends DurableObject<Env> {
    */
   private launchBatch(rows: Row[], template: Template): void {
     const now = Date.now();
-    const controller = new AbortController();
+    const shared = new CallHandle();
     const attempts = new Map<string, number>();
     // Each request's own handle: cancelling one request aborts nothing the others share.
-    const handles = new Map<string, AbortController>();
+    const handles = new Map<string, CallHandle>();
     for (const row of rows) {
       attempts.set(row.id, row.attempts);
-      handles.set(row.id, new AbortController());
+      handles.set(row.id, new CallHandle());
       this.inflight.set(row.id, handles.get(row.id)!);
     }
-    void this.invokeBatch(rows, template, controller).then((outcomes) => {
+    void this.invokeBatch(rows, template, shared).then((outcomes) => {
       this.noteDuration(Date.now() - now);
       for (const row of rows) {
         if (this.inflight.get(row.id) === handles.get(row.id)) this.inflight.delete(row.id);
@@ -1043,8 +1045,8 @@ export class SchedulerObject extends DurableObject<Env> {
   /**
    * Call the template's worker with a deadline. Never rejects: every failure is an outcome.
    */
-  private async invoke(row: Row, template: Template, controller: AbortController): Promise<Outcome> {
-    const answer = await this.call(template, controller, row.id, await jobOf(row));
+  private async invoke(row: Row, template: Template, handle: CallHandle): Promise<Outcome> {
+    const answer = await this.call(template, handle, row.id, await jobOf(row));
     if (!answer.ok) return answer;
     const parsed = answer.body as { result?: unknown; usage?: Record<string, number> } | null;
     return { ok: true, result: parsed?.result ?? null, usage: parsed?.usage ?? {} };
@@ -1054,9 +1056,9 @@ export class SchedulerObject extends DurableObject<Env> {
    * The batch protocol: `{ "jobs": [job...] }` in (each job as a single call's), `{ "results":
    * [{ result, usage, error? }...] }` out, in the same order.
    */
-  private async invokeBatch(rows: Row[], template: Template, controller: AbortController): Promise<Map<string, Outcome>> {
+  private async invokeBatch(rows: Row[], template: Template, handle: CallHandle): Promise<Map<string, Outcome>> {
     const jobs = await Promise.all(rows.map(jobOf));
-    const answer = await this.call(template, controller, rows[0]!.id, { jobs });
+    const answer = await this.call(template, handle, rows[0]!.id, { jobs });
     const out = new Map<string, Outcome>();
     if (!answer.ok) {
       for (const row of rows) out.set(row.id, answer);
@@ -1076,36 +1078,28 @@ export class SchedulerObject extends DurableObject<Env> {
    * Hand a job (or a batch) to the template's worker within its deadline: over RPC (`run(job)`) when the
    * worker has it, else `POST /run`. RPC skips HTTP framing and JSON on both sides (about a third of
    * the call's cost under workerd; bench/README.md). A worker without `run` is remembered for a while.
-   * The deadline timer is cleared as soon as the call ends (AbortSignal.timeout would keep one live
-   * timer per call for the whole timeout, and workerd caps live timers per object at 10,000).
+   * The deadlines share one timer (see Deadlines): a timer, an AbortController and a listener per call
+   * were about 5% of the service's CPU while draining, and workerd caps live timers per object at 10,000.
    */
-  private async call(template: Template, controller: AbortController, requestId: string, job: unknown): Promise<(Outcome & { ok: false }) | { ok: true; body: unknown }> {
+  private async call(template: Template, handle: CallHandle, requestId: string, job: unknown): Promise<(Outcome & { ok: false }) | { ok: true; body: unknown }> {
     const binding = (this.env as unknown as Record<string, WorkerBinding | undefined>)[template.binding];
     if (!binding || typeof binding.fetch !== "function") {
       return { ok: false, error: `no service binding ${template.binding} for template ${template.id}`, retryable: false };
     }
     let timedOut = false;
-    let deadline: ReturnType<typeof setTimeout> | null = null;
-    let onAbort: (() => void) | undefined;
-    // Settles only by rejecting: when the deadline passes or the request is cancelled.
-    const stopped = new Promise<never>((_, reject) => {
-      onAbort = () => reject(controller.signal.reason);
-      controller.signal.addEventListener("abort", onAbort);
-      deadline = setTimeout(() => {
-        timedOut = true;
-        controller.abort(new Error("deadline"));
-      }, template.timeoutMs);
+    const deadline = this.deadlines.add(Date.now() + template.timeoutMs, () => {
+      timedOut = true;
+      handle.abort(new Error("deadline"));
     });
     try {
-      return { ok: true, body: await this.send(binding, template.binding, job, requestId, controller.signal, stopped) };
+      return { ok: true, body: await this.send(binding, template.binding, job, requestId, handle) };
     } catch (err) {
       if (timedOut) return { ok: false, error: `worker timed out after ${template.timeoutMs} ms` };
-      if (controller.signal.aborted) return { ok: false, error: "cancelled", retryable: false };
+      if (handle.aborted) return { ok: false, error: "cancelled", retryable: false };
       if (err instanceof WorkerAnswer) return { ok: false, error: err.message };
       return { ok: false, error: `worker failed: ${(err instanceof Error ? err.message : String(err)).slice(0, 300)}` };
     } finally {
-      clearTimeout(deadline);
-      controller.signal.removeEventListener("abort", onAbort!);
+      this.deadlines.remove(deadline);
     }
   }
 
@@ -1113,10 +1107,10 @@ export class SchedulerObject extends DurableObject<Env> {
    * The worker's answer to a job: by RPC unless its binding is marked HTTP-only, by HTTP when it is (or
    * when RPC finds no `run`, which marks it). Rejects with the worker's error, or when `stopped` does.
    */
-  private async send(binding: WorkerBinding, name: string, job: unknown, requestId: string, signal: AbortSignal, stopped: Promise<never>): Promise<unknown> {
+  private async send(binding: WorkerBinding, name: string, job: unknown, requestId: string, handle: CallHandle): Promise<unknown> {
     if ((this.fetchOnly.get(name) ?? 0) <= Date.now()) {
       try {
-        return await Promise.race([binding.run(job), stopped]);
+        return await Promise.race([binding.run(job), handle.stopped]);
       } catch (err) {
         if (!(err instanceof TypeError && err.message.includes('does not implement the method "run"'))) throw err;
         this.fetchOnly.set(name, Date.now() + RPC_PROBE_MS);
@@ -1126,8 +1120,8 @@ export class SchedulerObject extends DurableObject<Env> {
       method: "POST",
       headers: { "content-type": "application/json", "x-request-id": requestId },
       body: JSON.stringify(job),
-      signal,
-    }), stopped]);
+      signal: handle.signal(),
+    }), handle.stopped]);
     const text = await res.text();
     if (!res.ok) throw new WorkerAnswer(`worker answered ${res.status}: ${text.slice(0, 300)}`);
     return JSON.parse(text);
@@ -1640,6 +1634,92 @@ async function jobOf(row: Row): Promise<{ request_id: string; template: string; 
 
 /** A worker's non-2xx HTTP answer: a failed attempt, reported as it came. */
 class WorkerAnswer extends Error {}
+
+/**
+ * One worker call's stop: cancelled (a cancel, a lease that ended) or past its deadline. `stopped`
+ * rejects with the reason. An AbortSignal is made only for a call over HTTP, which fetch needs.
+ */
+class CallHandle {
+  readonly stopped: Promise<never>;
+  private reason: unknown = undefined;
+  private stop!: (reason: unknown) => void;
+  private controller: AbortController | null = null;
+
+  constructor() {
+    this.stopped = new Promise<never>((_, reject) => {
+      this.stop = reject;
+    });
+    // A call may end before anyone races this; a later stop must not be an unhandled rejection.
+    this.stopped.catch(() => undefined);
+  }
+
+  get aborted(): boolean {
+    return this.reason !== undefined;
+  }
+
+  abort(reason: unknown = new Error("aborted")): void {
+    if (this.reason !== undefined) return;
+    this.reason = reason;
+    this.stop(reason);
+    this.controller?.abort(reason);
+  }
+
+  signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.reason !== undefined) this.controller.abort(this.reason);
+    }
+    return this.controller.signal;
+  }
+}
+
+/**
+ * Deadlines on one timer, armed for the earliest. Calls share a template's timeout, so a new deadline
+ * is rarely the earliest and arms nothing; a call that ends removes its entry.
+ */
+class Deadlines {
+  private entries = new Set<{ at: number; fire: () => void }>();
+  private timer: ReturnType<typeof setTimeout> | null = null;
+  private timerAt = Infinity;
+
+  add(at: number, fire: () => void): { at: number; fire: () => void } {
+    const entry = { at, fire };
+    this.entries.add(entry);
+    if (at < this.timerAt) this.arm(at);
+    return entry;
+  }
+
+  remove(entry: { at: number; fire: () => void }): void {
+    this.entries.delete(entry);
+    if (this.entries.size === 0 && this.timer !== null) {
+      clearTimeout(this.timer);
+      this.timer = null;
+      this.timerAt = Infinity;
+    }
+  }
+
+  private arm(at: number): void {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timerAt = at;
+    this.timer = setTimeout(() => this.sweep(), Math.max(0, at - Date.now()));
+  }
+
+  private sweep(): void {
+    this.timer = null;
+    this.timerAt = Infinity;
+    const now = Date.now();
+    let next = Infinity;
+    for (const entry of [...this.entries]) {
+      if (entry.at <= now) {
+        this.entries.delete(entry);
+        entry.fire();
+      } else {
+        next = Math.min(next, entry.at);
+      }
+    }
+    if (next < Infinity) this.arm(next);
+  }
+}
 
 /** A service binding to a template's worker: HTTP always, RPC `run` when the worker has it. */
 interface WorkerBinding {
