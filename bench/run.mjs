@@ -8,7 +8,7 @@
 //
 // Usage: node bench/run.mjs   (or npm run bench). Knobs (environment):
 //   BENCH_DURATION   seconds per measurement (default 5)
-//   BENCH_RUNS       measurements per scenario and connection count (default 3); the median is reported
+//   BENCH_RUNS       measurements per scenario and connection count (default 5); the median is reported
 //   BENCH_WARMUP     warm-up seconds per scenario before measuring (default 2)
 //   BENCH_CONNECTIONS comma list of connection counts (default "32,1")
 //   BENCH_PORT       first of three consecutive ports (default 8911)
@@ -50,7 +50,7 @@ function intEnv(name, fallback, min, max) {
 }
 
 const DURATION = intEnv("BENCH_DURATION", 5, 1, 120);
-const RUNS = Math.round(intEnv("BENCH_RUNS", 3, 1, 20));
+const RUNS = Math.round(intEnv("BENCH_RUNS", 5, 1, 20));
 const WARMUP = intEnv("BENCH_WARMUP", 2, 0, 60);
 const PORT = Math.round(intEnv("BENCH_PORT", 8911, 1024, 65000));
 const CONNECTIONS = (process.env.BENCH_CONNECTIONS || "32,1").split(",").map((s) => {
