@@ -2,7 +2,7 @@ import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test"
 import { env, exports } from "cloudflare:workers";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { createApp } from "../src/app";
-import { isHotConsume, plainConsume } from "../src/http/hot";
+import { hotConsume, isHotConsume, plainConsume } from "../src/http/hot";
 import { ConsumeRequest } from "../src/routes/internal";
 import { latencySnapshots } from "../src/http/latency";
 import { checkResponse } from "./contract";
@@ -209,6 +209,23 @@ describe("the hot path: POST /internal/consume round the router", () => {
     // The usual bodies do take the plain path.
     expect(accepted).toBeGreaterThanOrEqual(6);
     expect(plainConsume(ok)).toEqual(ok);
+  });
+
+  it("a credential lookup that fails goes to the app (its envelope), untouched", async () => {
+    const failingDb = { prepare: () => { throw new Error("D1 down"); }, batch: async () => { throw new Error("D1 down"); } } as unknown as D1Database;
+    let handed: Request | null = null;
+    const res = await hotConsume(
+      request(json({ client_id: "acme", pool: "p", amount: 1 }), auth(`rmk_unknown_${crypto.randomUUID()}`)),
+      { ...env, DB: failingDb },
+      (r) => {
+        handed = r;
+        return new Response("from the app", { status: 599 });
+      },
+    );
+    expect(res.status).toBe(599);
+    expect(await res.text()).toBe("from the app");
+    // The body was not read: the app gets the request as it came.
+    expect(await handed!.json()).toEqual({ client_id: "acme", pool: "p", amount: 1 });
   });
 
   it("logs one request line and counts the latency under the route, as the app does", async () => {
