@@ -732,7 +732,8 @@ export class PoolObject extends DurableObject<Env> {
    * Tell clients' objects what was spent outside a request (direct consumes and reservations): the
    * scheduler reports its requests' spend itself when it settles them. Each event goes with its outbox
    * seq, and a client object counts a seq from this outbox once (see ClientObject.recordPoolSpend), so
-   * a flush retried after a failure reports nothing twice.
+   * a flush retried after a failure reports nothing twice. (One edge at the upgrade from counting by
+   * event id: an event reported that way, whose D1 write then failed, is counted again on the retry.)
    */
   private async reportSpend(rows: Array<{ seq: number; event: UsageEvent }>): Promise<void> {
     const byClient = new Map<string, PoolSpend[]>();

@@ -13,6 +13,7 @@ import { histogramOf, type HistogramSnapshot } from "../domain/histogram";
 import { log } from "../log";
 import { applyAlerts } from "../services/alerts";
 import { budgetLimit, clientQuota, clientTier, poolConfigs, slaTargets, templateConfigs } from "../services/config";
+import { poolStub } from "../services/pools";
 import { insertRequestLog, MAX_ERROR_CHARS, type FinishedRequest } from "../storage/request-log";
 import type { Template } from "../storage/templates";
 import type { Settlement, SpendEvent } from "./client";
@@ -1531,7 +1532,7 @@ export class SchedulerObject extends DurableObject<Env> {
   }
 
   private poolStub(pool: string) {
-    return this.env.POOL.get(this.env.POOL.idFromName(pool));
+    return poolStub(this.env, pool);
   }
 
   private clientStub(clientId: string) {

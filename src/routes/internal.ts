@@ -6,7 +6,7 @@ import { errorResponses } from "../http/errors";
 import { poolConfig } from "../services/config";
 import { callerFor, poolStub, unwrap } from "../services/pools";
 import { schedulerStub } from "../services/requests";
-import { ClientId, IdempotencyKey, Nano, PoolId, RequestRef, TraceId, Units } from "./schemas";
+import { ClientId, IdempotencyKey, MAX_REF_LENGTH, Nano, PoolId, RequestRef, TraceId, Units } from "./schemas";
 
 const MIN_TTL_MS = 1_000;
 const MAX_TTL_MS = 24 * 60 * 60 * 1000;
@@ -53,8 +53,8 @@ const spendErrors = errorResponses(
 
 /** The body's idempotency key, or the Idempotency-Key header; both given must agree. */
 export function idempotencyKey(bodyKey: string | undefined, header: string | undefined): string | undefined {
-  if (header !== undefined && (header.length === 0 || header.length > 128)) {
-    throw new AppError("validation_failed", "invalid Idempotency-Key header", { fields: [{ path: "header.idempotency-key", message: "1 to 128 characters" }] });
+  if (header !== undefined && (header.length === 0 || header.length > MAX_REF_LENGTH)) {
+    throw new AppError("validation_failed", "invalid Idempotency-Key header", { fields: [{ path: "header.idempotency-key", message: `1 to ${MAX_REF_LENGTH} characters` }] });
   }
   if (bodyKey !== undefined && header !== undefined && bodyKey !== header) {
     throw new AppError("validation_failed", "idempotency_key and the Idempotency-Key header differ", { fields: [{ path: "idempotency_key", message: "differs from the header" }] });
