@@ -213,6 +213,32 @@ function groupFds() {
   return out;
 }
 
+/**
+ * CPU time (user + system, in clock ticks) used so far by the wrangler dev group's workerd processes:
+ * read before and after the drain, it gives the runtime's CPU per dispatch, a figure that moves less
+ * with the machine's load than a rate does. null where /proc is not readable.
+ */
+function workerdTicks() {
+  if (devPgid === null || !existsSync("/proc/self/stat")) return null;
+  let ticks = 0;
+  try {
+    for (const pid of readdirSync("/proc")) {
+      if (!/^\d+$/.test(pid)) continue;
+      let stat;
+      try { stat = readFileSync(`/proc/${pid}/stat`, "utf8"); } catch { continue; }
+      const close = stat.lastIndexOf(")");
+      if (stat.slice(stat.indexOf("(") + 1, close) !== "workerd") continue;
+      const fields = stat.slice(close + 2).split(" ");
+      if (Number(fields[2]) !== devPgid) continue;
+      ticks += Number(fields[11]) + Number(fields[12]); // utime, stime
+    }
+  } catch {
+    return null;
+  }
+  return ticks;
+}
+const TICKS_PER_S = 100; // Linux USER_HZ
+
 // ---------------------------------------------------------------- HTTP
 
 let BASE = "";
@@ -395,6 +421,7 @@ async function drain(executeIds) {
   let emptyAt = null; // first poll with every queue empty: { t, dispatched }
   let flightSince = null; // { t, in_flight } while the queues are empty and in_flight does not move
 
+  const ticks0 = workerdTicks();
   const t0 = performance.now();
   const started = await mustOk("drain", "POST", "/admin/scheduler/start", { token: ADMIN_TOKEN });
   if (started.running !== true) throw new Error(`scheduler start answered running=${started.running}`);
@@ -417,7 +444,7 @@ async function drain(executeIds) {
         const p = { t, depth, in_flight: s.in_flight, queued: s.queued, dispatched_total: s.dispatched_total, running: s.running, ms: Math.round(res.ms * 10) / 10, fds: groupFds() };
         polls.push(p);
         const empty = depth === 0 && s.queued === 0;
-        if (empty && !emptyAt) emptyAt = { t, dispatched: s.dispatched_total - dispatched0 };
+        if (empty && !emptyAt) emptyAt = { t, dispatched: s.dispatched_total - dispatched0, ticks: workerdTicks() };
         if (polls.length % (emptyAt ? 20 : 4) === 0 || (empty && polls.at(-2)?.depth !== 0)) {
           console.log(`    t=${t.toFixed(2)}s depth ${depth} in_flight ${s.in_flight} dispatched ${s.dispatched_total - dispatched0} (poll ${fmt(p.ms, 0)} ms${p.fds ? `, fds ${JSON.stringify(p.fds)}` : ""})`);
         }
@@ -485,6 +512,11 @@ async function drain(executeIds) {
     dispatches_per_s: emptyAt ? emptyAt.dispatched / emptyAt.t : null,
     backlog_per_s: emptyAt ? backlog / emptyAt.t : null,
     peak_dispatches_per_s: peak,
+    // The runtime's CPU (every workerd of the dev group) per dispatch until the queues were empty, and
+    // how busy it was: about 1.0 means one core's worth (workerd runs its workers on one thread).
+    workerd_cpu_us_per_dispatch: emptyAt?.ticks != null && ticks0 != null && emptyAt.dispatched > 0
+      ? ((emptyAt.ticks - ticks0) / TICKS_PER_S / emptyAt.dispatched) * 1e6 : null,
+    workerd_cores_busy: emptyAt?.ticks != null && ticks0 != null ? (emptyAt.ticks - ticks0) / TICKS_PER_S / emptyAt.t : null,
     // Drain: until nothing is in flight either.
     drain_s: doneAt,
     dispatched_total: last ? last.dispatched_total - dispatched0 : null,
@@ -696,6 +728,7 @@ function summarize(result, { port, wranglerVersion, started }) {
   console.log(line);
   console.log(`${pad("dispatch (queues empty)", 30, true)}${D.dispatch_s == null ? `queues NOT empty within the wait: depth ${D.remaining_depth}` : `${D.dispatched_by_then} dispatched in ${fmt(D.dispatch_s, 2)} s (backlog ${D.backlog_at_start} + executes), ±${POLL_MS} ms poll resolution`}`);
   console.log(`${pad("  dispatches/s", 30, true)}${fmt(D.dispatches_per_s, 0)} (backlog/time ${fmt(D.backlog_per_s, 0)}), peak between polls ${fmt(D.peak_dispatches_per_s, 0)}`);
+  if (D.workerd_cpu_us_per_dispatch != null) console.log(`${pad("  workerd CPU", 30, true)}${fmt(D.workerd_cpu_us_per_dispatch, 0)} us per dispatch, ${fmt(D.workerd_cores_busy, 2)} cores busy`);
   console.log(`${pad("drain (nothing in flight)", 30, true)}${D.completed ? `after ${fmt(D.drain_s, 2)} s` : `NOT reached: ${D.stuck_in_flight} requests still in flight when the wait ended${D.stalled ? ` (unchanged for ${STALL_S} s)` : ""}`}`);
   console.log(`${pad("  verify", 30, true)}${result.verify.completed}/${result.verify.sampled} enqueued completed; ${result.verify_execute.completed}/${result.verify_execute.sampled} executes completed`);
   console.log(line);

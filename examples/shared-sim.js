@@ -1,12 +1,33 @@
 // Simulation helpers shared by the sample workers: latency and faults, no network, and the worker
-// protocol on both transports (RPC `run(job)` and HTTP `POST /run`).
+// protocol on its transports (RPC `run(job)` and `runMany(jobs)`, HTTP `POST /run`).
 // Per request, `params.simulate` may ask for { latency_ms, fail: "throw" | "error" | "hang", fail_attempts }.
 
+/** A sleep: one timer each. */
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Sleeps for one invocation in which sleeps that end at the same time share one timer. The runtime
+ * fires at most one of an invocation's timers per turn of its event loop, so the jobs of one `runMany`
+ * call (below), each with a timer of its own, would end one turn apart instead of together.
+ */
+function sharedSleep() {
+  const wakeAt = new Map();
+  return (ms) => {
+    const at = Date.now() + ms;
+    let wake = wakeAt.get(at);
+    if (!wake) {
+      wake = sleep(ms).then(() => wakeAt.delete(at));
+      wakeAt.set(at, wake);
+    }
+    return wake;
+  };
+}
+
 /** Wait the configured latency, then fail if asked. Resolves to null, or to the error to answer with. */
-export async function simulate(job, env) {
+export async function simulate(job, env, wait = sleep) {
   const sim = (job.params && job.params.simulate) || {};
   const latency = Number(sim.latency_ms ?? env.LATENCY_MS ?? 0);
-  if (latency > 0) await new Promise((r) => setTimeout(r, latency));
+  if (latency > 0) await wait(latency);
   const failAttempts = sim.fail_attempts === undefined ? Infinity : Number(sim.fail_attempts);
   const failing = sim.fail && job.attempt <= failAttempts;
   const rate = Number(env.FAILURE_RATE ?? 0);
@@ -23,9 +44,9 @@ export async function simulate(job, env) {
  * `work(job)` computing each job's `{ result, usage }`; each result says which transport carried it.
  * Resolves to the protocol's answer, or to `{ failure }` when the simulation asked for an error answer.
  */
-async function perform(job, env, work, transport) {
+async function perform(job, env, work, transport, wait = sleep) {
   const jobs = Array.isArray(job.jobs) ? job.jobs : [job];
-  const failure = (await Promise.all(jobs.map((j) => simulate(j, env)))).find(Boolean);
+  const failure = (await Promise.all(jobs.map((j) => simulate(j, env, wait)))).find(Boolean);
   if (failure) return { failure };
   const answers = jobs.map((j) => {
     const answer = work(j);
@@ -59,4 +80,39 @@ export async function runJob(job, env, work) {
   const answer = await perform(job, env, work, "rpc");
   if (answer.failure) throw new Error(`${answer.failure.code}: ${answer.failure.message}`);
   return answer;
+}
+
+/**
+ * RPC `runMany(jobs)`: independent jobs in one call (the scheduler sends the requests of one template it
+ * launches together). Each job runs on its own; the answer is a byte stream of lines (JSON, one per job,
+ * in the order the jobs end, each as soon as its job ends): `{"i": <index in jobs>, "result": ...,
+ * "usage": {...}}`, or `{"i": ..., "error": "..."}` for a job that failed. A job that never ends never
+ * gets a line (the scheduler times it out); the stream ends when every job has.
+ */
+export function runMany(jobs, env, ctx, work) {
+  const wait = sharedSleep();
+  const { readable, writable } = new TransformStream();
+  const writer = writable.getWriter();
+  const encoder = new TextEncoder();
+  let lines = "";
+  let flushing = null;
+  // Lines of jobs that end in the same turn go out as one chunk.
+  const answer = (line) => {
+    lines += `${JSON.stringify(line)}\n`;
+    flushing ??= Promise.resolve().then(() => {
+      const text = lines;
+      lines = "";
+      flushing = null;
+      return writer.write(encoder.encode(text));
+    });
+    return flushing;
+  };
+  const all = Promise.all((Array.isArray(jobs) ? jobs : []).map((job, i) => perform(job, env, work, "rpc-many", wait).then(
+    (a) => answer(a.failure ? { i, error: `${a.failure.code}: ${a.failure.message}` } : { i, ...a }),
+    (err) => answer({ i, error: err instanceof Error ? err.message : String(err) }),
+  )))
+    .then(() => writer.close())
+    .catch(() => writer.abort().catch(() => {})); // the scheduler stopped reading
+  ctx.waitUntil(all);
+  return readable;
 }

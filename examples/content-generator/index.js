@@ -1,8 +1,9 @@
 // Sample downstream worker: "generates content", spending LLM tokens, and reports what it used.
 // Simulated: no network. Reached by the Resource Manager through the CONTENT_WORKER service binding,
-// over RPC (`run`, which the scheduler prefers) or HTTP (`POST /run`): both answer the same.
+// over RPC (`run`, and `runMany` for several requests launched together, which the scheduler prefers)
+// or HTTP (`POST /run`): all answer the same.
 import { WorkerEntrypoint } from "cloudflare:workers";
-import { httpHandler, runJob } from "../shared-sim.js";
+import { httpHandler, runJob, runMany } from "../shared-sim.js";
 
 function generate(job) {
   const prompt = String(job.params?.prompt ?? "");
@@ -24,5 +25,9 @@ export default class ContentGenerator extends WorkerEntrypoint {
 
   run(job) {
     return runJob(job, this.env, generate);
+  }
+
+  runMany(jobs) {
+    return runMany(jobs, this.env, this.ctx, generate);
   }
 }

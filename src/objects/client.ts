@@ -66,6 +66,8 @@ export class ClientObject extends DurableObject<Env> {
   private sql: SqlStorage;
   /** The budget line (month and threshold) last reported to the alerts; D1 is written only when it changes. */
   private reportedLine: string | null = null;
+  /** The jobs table in memory (loaded on first use), with its sums: admission reads them per call. */
+  private held: HeldJobs | null = null;
   /** When spend last ran its housekeeping deletes (0: not yet in this object's life). */
   private cleanedAt = 0;
 
@@ -139,7 +141,7 @@ export class ClientObject extends DurableObject<Env> {
 
   /** Free these jobs' holds; unknown ids are ignored. Returns how many were freed. */
   releaseJobs(jobIds: string[]): number {
-    return this.sql.exec("DELETE FROM jobs WHERE job_id IN (SELECT value FROM json_each(?))", JSON.stringify(jobIds)).rowsWritten;
+    return this.deleteJobs(jobIds);
   }
 
   /** Would this job fit now (with an active burst), and if not, which limit and by how much. Holds nothing. */
@@ -274,7 +276,7 @@ export class ClientObject extends DurableObject<Env> {
    * flight, and add what they really spent to the month each event happened in. Each event counts once, however often it is reported.
    */
   async settle(limit: BudgetLimit | null, items: Settlement[]): Promise<void> {
-    this.sql.exec("DELETE FROM jobs WHERE job_id IN (SELECT value FROM json_each(?))", JSON.stringify(items.map((i) => i.requestId)));
+    this.deleteJobs(items.map((i) => i.requestId));
     const done = items.filter((i) => !i.keepInFlight).map((i) => i.requestId);
     if (done.length) this.sql.exec("DELETE FROM in_flight WHERE request_id IN (SELECT value FROM json_each(?))", JSON.stringify(done));
     await this.spend(limit, items.flatMap((i) => i.events));
@@ -324,6 +326,7 @@ export class ClientObject extends DurableObject<Env> {
     await this.ctx.storage.deleteAlarm();
     await this.ctx.storage.deleteAll();
     this.reportedLine = null;
+    this.held = null;
     this.createTables();
   }
 
@@ -430,14 +433,33 @@ export class ClientObject extends DurableObject<Env> {
 
   /** Which of these jobs are held now: one query for a batch. */
   private heldOf(jobIds: string[]): Set<string> {
-    return new Set(this.sql.exec<{ job_id: string }>("SELECT job_id FROM jobs WHERE job_id IN (SELECT value FROM json_each(?))", JSON.stringify(jobIds))
-      .toArray().map((r) => r.job_id));
+    const jobs = this.jobs().byId;
+    return new Set(jobIds.filter((id) => jobs.has(id)));
+  }
+
+  /**
+   * The held jobs, read from SQLite once per object life and then kept in step by the methods below
+   * (the only writers of the table). Before, every admission summed the table in SQL and parsed each
+   * job's pools: a chunk of admissions against a client holding hundreds of jobs cost O(held) each.
+   */
+  private jobs(): HeldJobs {
+    if (this.held) return this.held;
+    const held = new HeldJobs();
+    for (const r of this.sql.exec<{ job_id: string; kind: string; expires_at: number; cpu_millicores: number; memory_mb: number; pools: string }>(
+      "SELECT job_id, kind, expires_at, cpu_millicores, memory_mb, pools FROM jobs",
+    )) {
+      held.add({ jobId: r.job_id, kind: r.kind === "allocation" ? "allocation" : "request", expiresAt: r.expires_at, cpuMillicores: r.cpu_millicores, memoryMb: r.memory_mb, pools: JSON.parse(r.pools) as Record<string, number> });
+    }
+    this.held = held;
+    return held;
   }
 
   /** New expiries of held jobs, by job id. */
   private extendJobs(expiries: Map<string, number>): void {
     if (expiries.size === 0) return;
     this.sql.exec("UPDATE jobs SET expires_at = j.value FROM json_each(?) AS j WHERE jobs.job_id = j.key", JSON.stringify(Object.fromEntries(expiries)));
+    const held = this.jobs();
+    for (const [id, expiresAt] of expiries) held.extend(id, expiresAt);
   }
 
   private insertJobs(now: number, jobs: JobClaim[]): void {
@@ -447,23 +469,36 @@ export class ClientObject extends DurableObject<Env> {
        SELECT value ->> 0, value ->> 1, ?, value ->> 2, value ->> 3, value ->> 4, value ->> 5 FROM json_each(?)`,
       now, JSON.stringify(jobs.map((j) => [j.jobId, j.kind, j.expiresAt, j.cpuMillicores ?? 0, j.memoryMb ?? 0, JSON.stringify(j.pools ?? {})])),
     );
+    const held = this.jobs();
+    for (const j of jobs) held.add(j);
   }
 
+  /** Free these jobs' holds; returns how many were held. */
+  private deleteJobs(jobIds: string[]): number {
+    const held = this.jobs();
+    const known = jobIds.filter((id) => held.byId.has(id));
+    if (known.length === 0) return 0;
+    this.sql.exec("DELETE FROM jobs WHERE job_id IN (SELECT value FROM json_each(?))", JSON.stringify(known));
+    for (const id of known) held.remove(id);
+    return known.length;
+  }
+
+  /** Drop holds whose time is up (nothing to do before the earliest expiry). */
   private purgeExpired(now: number): void {
+    const held = this.jobs();
+    if (now < held.earliest || now < held.recomputeEarliest()) return;
     this.sql.exec("DELETE FROM jobs WHERE expires_at <= ?", now);
+    for (const [id, job] of held.byId) if (job.expiresAt <= now) held.remove(id);
+    held.recomputeEarliest();
   }
 
   /** Held jobs, CPU and memory, and per pool: units spent today plus units held by running jobs. */
   private use(now: number): QuotaUse {
-    const held = this.sql.exec<{ jobs: number; cpu: number | null; mem: number | null }>(
-      "SELECT COUNT(*) AS jobs, SUM(cpu_millicores) AS cpu, SUM(memory_mb) AS mem FROM jobs",
-    ).one();
+    const held = this.jobs();
     const poolToday: Record<string, number> = {};
     for (const r of this.sql.exec<{ pool: string; units: number }>("SELECT pool, units FROM pool_day WHERE day = ?", dayKey(now))) poolToday[r.pool] = r.units;
-    for (const r of this.sql.exec<{ pool: string; units: number }>("SELECT j.key AS pool, SUM(j.value) AS units FROM jobs, json_each(jobs.pools) AS j GROUP BY j.key")) {
-      poolToday[r.pool] = (poolToday[r.pool] ?? 0) + r.units;
-    }
-    return { jobs: held.jobs, cpuMillicores: held.cpu ?? 0, memoryMb: held.mem ?? 0, poolToday };
+    for (const [pool, units] of held.poolUnits) poolToday[pool] = (poolToday[pool] ?? 0) + units;
+    return { jobs: held.byId.size, cpuMillicores: held.cpu, memoryMb: held.memory, poolToday };
   }
 
   private burstSessions(): BurstSession[] {
@@ -513,5 +548,51 @@ export class ClientObject extends DurableObject<Env> {
 
   private wakeScheduler(): void {
     this.ctx.waitUntil(this.env.SCHEDULER.get(this.env.SCHEDULER.idFromName("scheduler")).wake().catch(() => undefined));
+  }
+}
+
+/** The jobs a client holds, by id, with running sums of CPU, memory and units per pool. */
+class HeldJobs {
+  readonly byId = new Map<string, JobClaim>();
+  cpu = 0;
+  memory = 0;
+  readonly poolUnits = new Map<string, number>();
+  /** A lower bound of the earliest expiry (removals only move the true one later). */
+  earliest = Infinity;
+
+  add(job: JobClaim): void {
+    this.remove(job.jobId);
+    this.byId.set(job.jobId, job);
+    this.cpu += job.cpuMillicores ?? 0;
+    this.memory += job.memoryMb ?? 0;
+    for (const [pool, units] of Object.entries(job.pools ?? {})) this.poolUnits.set(pool, (this.poolUnits.get(pool) ?? 0) + units);
+    this.earliest = Math.min(this.earliest, job.expiresAt);
+  }
+
+  extend(jobId: string, expiresAt: number): void {
+    const job = this.byId.get(jobId);
+    if (!job) return;
+    this.byId.set(jobId, { ...job, expiresAt });
+    this.earliest = Math.min(this.earliest, expiresAt);
+  }
+
+  remove(jobId: string): void {
+    const job = this.byId.get(jobId);
+    if (!job) return;
+    this.byId.delete(jobId);
+    this.cpu -= job.cpuMillicores ?? 0;
+    this.memory -= job.memoryMb ?? 0;
+    for (const [pool, units] of Object.entries(job.pools ?? {})) {
+      const left = (this.poolUnits.get(pool) ?? 0) - units;
+      if (left === 0) this.poolUnits.delete(pool);
+      else this.poolUnits.set(pool, left);
+    }
+  }
+
+  recomputeEarliest(): number {
+    let min = Infinity;
+    for (const job of this.byId.values()) if (job.expiresAt < min) min = job.expiresAt;
+    this.earliest = min;
+    return min;
   }
 }

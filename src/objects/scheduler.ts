@@ -237,21 +237,27 @@ interface Outcome {
   batched?: number;
 }
 
-/** Worker calls at once. 512 rather than 256 drains a backlog ~10% faster here (bench/README.md). */
-const MAX_IN_FLIGHT = 512;
+/** Worker calls at once (bench/README.md: 2048 rather than 512 drains a backlog faster here). */
+const MAX_IN_FLIGHT = 2048;
 /** Room above MAX_IN_FLIGHT kept for `immediate` work run at once by execute, so a backlog cannot hold it up. */
 const IMMEDIATE_HEADROOM = 32;
 /**
  * Requests claimed and admitted together: one client-object call per client and one pool-object call
- * per pool for the whole chunk, and one write each for its claim and start (256 measured no faster).
+ * per pool for the whole chunk, and one write each for its claim and start.
  */
-const CHUNK = 128;
+const CHUNK = 512;
 const SCAN_LIMIT = 2048;
 const FAIRNESS_WINDOW_MS = 5 * 60 * 1000;
 const RATE_WINDOW_MS = 60 * 1000;
 const RANK_CACHE_MS = 250;
 /** Completions are settled together: one release call per pool and client for all that end within this window. */
 const SETTLE_DELAY_MS = 5;
+/**
+ * ...or as soon as this many have ended. A timer does not fire while the runtime's event loop stays
+ * busy (a pass launching thousands of calls to workers that answer at once), so without this a
+ * backlog's whole wave waited for the pass to end before any of it was settled.
+ */
+const SETTLE_BATCH = 512;
 /** Queue and worker alerts are evaluated by dispatch passes at most this often (and by the cron). */
 const ALERT_CHECK_MS = 5000;
 const MAX_RESULT_CHARS = 256 * 1024;
@@ -291,6 +297,8 @@ export class SchedulerObject extends DurableObject<Env> {
   private deadlines = new Deadlines();
   /** Bindings whose worker has no RPC `run`, until when to call them over HTTP without trying RPC. */
   private fetchOnly = new Map<string, number>();
+  /** Workers found without RPC `runMany`, until when: their requests are sent one call each meanwhile. */
+  private callEach = new Map<string, number>();
   private admitting = new Set<string>();
   private waiters = new Map<string, Array<(v: RequestView) => void>>();
   private dispatchLog: Array<{ at: number; clientId: string; queue: QueueName }> = [];
@@ -976,10 +984,15 @@ export class SchedulerObject extends DurableObject<Env> {
     this.start(rows, Date.now());
     const batchable = rows.map((row) => ({ row, template: row.template, batchable: (this.plans.get(row.id)?.batchable ?? false) && row.queue === "batch" }));
     const size = (g: typeof batchable) => Math.max(1, this.plans.get(g[0]!.row.id)?.batch_size ?? 1);
+    const alone: Row[] = [];
     for (const group of batchGroupsBySize(batchable, size)) {
-      const template = templates.get(group[0]!.template)!;
-      if (group.length === 1) this.launch(group[0]!.row, template);
-      else this.launchBatch(group.map((g) => g.row), template);
+      if (group.length === 1) alone.push(group[0]!.row);
+      else this.launchBatch(group.map((g) => g.row), templates.get(group[0]!.template)!);
+    }
+    for (const [id, list] of groupBy(alone, (r) => r.template)) {
+      const template = templates.get(id)!;
+      if (list.length > 1 && (this.callEach.get(template.binding) ?? 0) <= Date.now()) this.launchMany(list, template);
+      else for (const row of list) this.launch(row, template);
     }
   }
 
@@ -1036,6 +1049,94 @@ export class SchedulerObject extends DurableObject<Env> {
         this.queueSettlement(row.id, attempts.get(row.id)!, { ...outcomes.get(row.id)!, batched: rows.length });
       }
     });
+  }
+
+  /**
+   * Several requests of one template in one call to its worker (RPC `runMany(jobs)`, README: the worker
+   * protocol), each still a request of its own: the worker runs them independently and streams each
+   * answer back as one line as soon as it has it, and each request keeps its own deadline and stop
+   * handle, so one slow or failing request holds up and fails no other. One call instead of one per
+   * request was about a third of the runtime's CPU per dispatch while draining a backlog
+   * (bench/README.md). A worker without `runMany` gets one call per request, and is remembered for a while.
+   */
+  private launchMany(rows: Row[], template: Template): void {
+    const startedAt = Date.now();
+    type Entry = { row: Row; attempt: number; handle: CallHandle; deadline: { at: number; fire: () => void } | null };
+    const pending = new Map<number, Entry>();
+    let reader: ReadableStreamDefaultReader<Uint8Array> | null = null;
+    let allEnded!: () => void;
+    const ended = new Promise<void>((resolve) => {
+      allEnded = resolve;
+    });
+    const end = (i: number, outcome: Outcome) => {
+      const entry = pending.get(i);
+      if (!entry) return; // answered already, or timed out or cancelled before its line came
+      pending.delete(i);
+      if (entry.deadline) this.deadlines.remove(entry.deadline);
+      if (this.inflight.get(entry.row.id) === entry.handle) this.inflight.delete(entry.row.id);
+      this.noteDuration(Date.now() - startedAt);
+      this.queueSettlement(entry.row.id, entry.attempt, outcome);
+      if (pending.size > 0) return;
+      allEnded();
+      void reader?.cancel().catch(() => undefined);
+    };
+    rows.forEach((row, i) => {
+      const entry: Entry = { row, attempt: row.attempts, handle: new CallHandle(), deadline: null };
+      entry.deadline = this.deadlines.add(startedAt + template.timeoutMs, () => {
+        entry.deadline = null;
+        end(i, { ok: false, error: `worker timed out after ${template.timeoutMs} ms` });
+      });
+      entry.handle.stopped.catch(() => end(i, { ok: false, error: "cancelled", retryable: false }));
+      pending.set(i, entry);
+      this.inflight.set(row.id, entry.handle);
+    });
+    void (async () => {
+      try {
+        const binding = (this.env as unknown as Record<string, WorkerBinding | undefined>)[template.binding];
+        if (!binding || typeof binding.runMany !== "function") throw new TypeError('does not implement the method "runMany"');
+        // Every request may end (deadline, cancel) before the worker even answers the call.
+        const stream = await Promise.race([binding.runMany(await Promise.all(rows.map(jobOf))), ended]);
+        if (pending.size === 0) {
+          if (stream instanceof ReadableStream) void stream.cancel().catch(() => undefined);
+          return;
+        }
+        if (!(stream instanceof ReadableStream)) throw new WorkerAnswer("worker failed: runMany answered without a stream");
+        reader = stream.getReader();
+        const decoder = new TextDecoder();
+        let text = "";
+        while (pending.size > 0) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          text += decoder.decode(value, { stream: true });
+          let nl: number;
+          while ((nl = text.indexOf("\n")) >= 0) {
+            const line = text.slice(0, nl);
+            text = text.slice(nl + 1);
+            if (line.trim()) {
+              const a = JSON.parse(line) as { i?: unknown; result?: unknown; usage?: Record<string, number>; error?: unknown };
+              if (typeof a.i !== "number") continue;
+              end(a.i, a.error !== undefined && a.error !== null
+                ? { ok: false, error: `worker failed: ${String(a.error).slice(0, 300)}` }
+                : { ok: true, result: a.result ?? null, usage: a.usage ?? {} });
+            }
+          }
+        }
+        for (const i of [...pending.keys()]) end(i, { ok: false, error: "worker failed: its answer stream ended without this request" });
+      } catch (err) {
+        if (err instanceof TypeError && err.message.includes('does not implement the method "runMany"')) {
+          // Not this worker's protocol: the same requests, one call each (their deadlines start now).
+          this.callEach.set(template.binding, Date.now() + RPC_PROBE_MS);
+          for (const [i, entry] of [...pending]) {
+            pending.delete(i);
+            if (entry.deadline) this.deadlines.remove(entry.deadline);
+            if (this.inflight.get(entry.row.id) === entry.handle) this.launch(entry.row, template);
+          }
+          return;
+        }
+        const reason = err instanceof WorkerAnswer ? err.message : `worker failed: ${(err instanceof Error ? err.message : String(err)).slice(0, 300)}`;
+        for (const i of [...pending.keys()]) end(i, { ok: false, error: reason });
+      }
+    })();
   }
 
   private noteDuration(ms: number): void {
@@ -1130,6 +1231,12 @@ export class SchedulerObject extends DurableObject<Env> {
 
   private queueSettlement(id: string, attempt: number, outcome: Outcome): void {
     this.settleBuffer.push({ id, attempt, outcome });
+    if (this.settleBuffer.length >= SETTLE_BATCH) {
+      if (this.settleTimer) clearTimeout(this.settleTimer);
+      this.settleTimer = null;
+      void this.settle();
+      return;
+    }
     this.settleTimer ??= setTimeout(() => {
       this.settleTimer = null;
       void this.settle();
@@ -1729,6 +1836,7 @@ class Deadlines {
 interface WorkerBinding {
   fetch: Fetcher["fetch"];
   run(job: unknown): Promise<unknown>;
+  runMany?(jobs: unknown[]): Promise<unknown>;
 }
 
 function allottedOf(row: Row): Record<string, number> {
