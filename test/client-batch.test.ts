@@ -1,4 +1,4 @@
-import { runInDurableObject } from "cloudflare:test";
+import { abortAllDurableObjects, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { BudgetLimit } from "../src/domain/budget";
@@ -89,6 +89,44 @@ describe("acquireJobs decides a batch in order", () => {
     expect(decisions[4]).toEqual({ ok: false, shortfall: { limit: "pool_daily", pool: "p", limit_value: 10, in_use: 9, requested: 2, shortfall: 1 } });
     expect(decisions[6]).toEqual({ ok: false, shortfall: { limit: "pool_daily", pool: "p", limit_value: 10, in_use: 10, requested: 1, shortfall: 1 } });
     expect((await stub.quotaState(q)).use).toMatchObject({ jobs: 5, poolToday: { p: 10, other: 50 } });
+  });
+});
+
+describe("held jobs kept in memory stay in step with the table", () => {
+  it("across releases, settlements, expiry and a restart: the same counts, CPU, memory and daily units as the table", async () => {
+    const { id, stub } = freshClient();
+    const q = quota({ maxConcurrent: 6, cpuMillicores: 1000, memoryMb: 1000, poolDaily: { p: 100 } });
+    const soon = Date.now() + 300;
+    expect(await stub.acquireJobs(q, [
+      job("a", { cpuMillicores: 200, memoryMb: 100, pools: { p: 30 } }),
+      job("b", { cpuMillicores: 300, memoryMb: 100, pools: { p: 30 } }),
+      job("short", { expiresAt: soon, cpuMillicores: 400, pools: { p: 30 } }),
+    ])).toEqual([{ ok: true }, { ok: true }, { ok: true }]);
+    // 90 units held of 100 today: 11 more do not fit, 10 do.
+    expect((await stub.checkJob(q, { kind: "request", pools: { p: 11 } })).ok).toBe(false);
+    expect((await stub.checkJob(q, { kind: "request", pools: { p: 10 } })).ok).toBe(true);
+    // CPU: 900 of 1000 held.
+    expect(await stub.checkJob(q, { kind: "request", cpuMillicores: 101 })).toMatchObject({ ok: false, shortfall: { limit: "cpu", in_use: 900 } });
+    expect(await stub.releaseJobs(["b", "nope"])).toBe(1);
+    expect(await stub.checkJob(q, { kind: "request", cpuMillicores: 101 })).toEqual({ ok: true });
+    await stub.settle(null, [{ requestId: "a", events: [] }]);
+    // The short hold ends by its expiry; afterwards nothing is held.
+    await new Promise((r) => setTimeout(r, 350));
+    const state = await stub.quotaState(q);
+    expect(state.use).toMatchObject({ jobs: 0, cpuMillicores: 0, memoryMb: 0, requests: 0 });
+    expect(state.use.poolToday.p ?? 0).toBe(0);
+    expect(await jobRows(stub)).toEqual({});
+
+    // New holds, then the object restarts: it reads them back from the table.
+    expect(await stub.acquireJobs(q, Array.from({ length: 5 }, (_, i) => job(`r${i}`, { cpuMillicores: 100, pools: { p: 20 } })))).toHaveLength(5);
+    await abortAllDurableObjects();
+    const after = env.CLIENT.get(env.CLIENT.idFromName(id));
+    expect(await after.quotaState(q)).toMatchObject({ use: { jobs: 5, cpuMillicores: 500, requests: 5, poolToday: { p: 100 } } });
+    const decisions = await after.acquireJobs(q, [job("r0"), job("x1"), job("x2", { pools: { p: 1 } })]);
+    expect(decisions[0]).toEqual({ ok: true }); // already held: kept, not counted twice
+    expect(decisions[1]).toEqual({ ok: true }); // the sixth job
+    expect(decisions[2]).toMatchObject({ ok: false, shortfall: { limit: "concurrent" } });
+    expect(Object.keys(await jobRows(after)).sort()).toEqual(["r0", "r1", "r2", "r3", "r4", "x1"]);
   });
 });
 

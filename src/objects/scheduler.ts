@@ -258,6 +258,8 @@ const SETTLE_DELAY_MS = 5;
  * backlog's whole wave waited for the pass to end before any of it was settled.
  */
 const SETTLE_BATCH = 512;
+/** Params (JSON characters) in one runMany call at most. */
+const MANY_PARAMS_CHARS = 4 * 1024 * 1024;
 /** Queue and worker alerts are evaluated by dispatch passes at most this often (and by the cron). */
 const ALERT_CHECK_MS = 5000;
 const MAX_RESULT_CHARS = 256 * 1024;
@@ -991,8 +993,30 @@ export class SchedulerObject extends DurableObject<Env> {
     }
     for (const [id, list] of groupBy(alone, (r) => r.template)) {
       const template = templates.get(id)!;
-      if (list.length > 1 && (this.callEach.get(template.binding) ?? 0) <= Date.now()) this.launchMany(list, template);
-      else for (const row of list) this.launch(row, template);
+      if ((this.callEach.get(template.binding) ?? 0) > Date.now()) {
+        for (const row of list) this.launch(row, template);
+        continue;
+      }
+      // One call carries at most MANY_PARAMS_CHARS of params (an RPC message is limited to 32 MiB);
+      // params stored compressed are large by definition and go alone.
+      let group: Row[] = [];
+      let chars = 0;
+      const flush = () => {
+        if (group.length === 1) this.launch(group[0]!, template);
+        else if (group.length > 1) this.launchMany(group, template);
+        group = [];
+        chars = 0;
+      };
+      for (const row of list) {
+        if (row.params.startsWith("gz:")) {
+          this.launch(row, template);
+          continue;
+        }
+        if (group.length > 0 && chars + row.params.length > MANY_PARAMS_CHARS) flush();
+        group.push(row);
+        chars += row.params.length;
+      }
+      flush();
     }
   }
 
