@@ -35,6 +35,17 @@ describe("weighted fair order (pure)", () => {
     for (const n of [60, 120, 300]) expect(jain(sharesOf(order, clients, n), weights)).toBeGreaterThan(0.99);
   });
 
+  it("headOnly returns exactly the first `limit` of the full order (what a dispatch pass looks at)", () => {
+    const clients = ["a", "b", "c"];
+    const weights = [1, 2, 3];
+    const items = backlog(clients, 700);
+    const full = fairRank(items, NOW, new Map([["b", 40]]), (id) => weights[clients.indexOf(id)]!, 500).map((o) => o.id);
+    const head = fairRank(items, NOW, new Map([["b", 40]]), (id) => weights[clients.indexOf(id)]!, 500, true).map((o) => o.id);
+    expect(full).toHaveLength(2100);
+    expect(head).toEqual(full.slice(0, 500));
+    expect(fairRank(items.slice(0, 10), NOW, new Map(), () => 1, 500, true)).toHaveLength(10);
+  });
+
   it("picks up from what was dispatched recently: a client that had more than its share waits its turn", () => {
     const clients = ["a", "b"];
     const order = fairRank(backlog(clients, 200), NOW, new Map([["a", 100]]), () => 1);

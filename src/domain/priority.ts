@@ -86,10 +86,12 @@ export interface FairItem {
  * with its entitlement: its weight over the weights of all clients with work waiting. So requests the
  * rest of the formula leaves equal are dispatched in proportion to the clients' weights, and a burst
  * of dispatches in one pass is interleaved by weight too. Starved requests still come first.
- * `limit` bounds the interleaved part; the rest follows in plain priority order.
+ * `limit` bounds the interleaved part; the rest follows in plain priority order, unless `headOnly`
+ * (a dispatch pass looks at no more than `limit`): then only the interleaved part is returned.
  */
 export function fairRank<T extends FairItem>(
   items: T[], now: number, recent: ReadonlyMap<string, number>, weightOf: (clientId: string, tier: Tier) => number, limit = Infinity,
+  headOnly = false,
 ): Array<T & { priority: Priority }> {
   const byClient = new Map<string, T[]>();
   for (const item of items) {
@@ -132,7 +134,7 @@ export function fairRank<T extends FairItem>(
     best.count += 1;
     total += 1;
   }
-  if (out.length < items.length) {
+  if (out.length < items.length && !headOnly) {
     const rest = clients.flatMap((c) => c.ranked.slice(c.next)).map(({ recentShare: _s, priority: _p, ...item }) => item as unknown as T);
     out.push(...rank(rest.map((i) => ({ ...i, recentShare: total > 0 ? (recent.get(i.clientId) ?? 0) / total : 0 })), now)
       .map(({ recentShare: _s, ...i }) => i as unknown as T & { priority: Priority }));
