@@ -187,25 +187,21 @@ function pickPort() {
 }
 
 /**
- * Diagnostics (Linux, best effort): open file descriptors of the processes of the wrangler dev group,
- * by command name, e.g. { workerd: 312, node: 40 }. null where /proc is not readable.
+ * The processes of the wrangler dev group (Linux, best effort): { pid, name, fields } with `fields`
+ * the /proc/<pid>/stat fields after the command name. null where /proc is not readable.
  */
 let devPgid = null;
-function groupFds() {
+function devGroup() {
   if (devPgid === null || !existsSync("/proc/self/stat")) return null;
-  const out = {};
+  const out = [];
   try {
     for (const pid of readdirSync("/proc")) {
       if (!/^\d+$/.test(pid)) continue;
       let stat;
       try { stat = readFileSync(`/proc/${pid}/stat`, "utf8"); } catch { continue; }
       const close = stat.lastIndexOf(")");
-      const name = stat.slice(stat.indexOf("(") + 1, close);
-      const pgrp = Number(stat.slice(close + 2).split(" ")[2]);
-      if (pgrp !== devPgid) continue;
-      let n = 0;
-      try { n = readdirSync(`/proc/${pid}/fd`).length; } catch { continue; }
-      out[name] = (out[name] ?? 0) + n;
+      const fields = stat.slice(close + 2).split(" ");
+      if (Number(fields[2]) === devPgid) out.push({ pid, name: stat.slice(stat.indexOf("(") + 1, close), fields });
     }
   } catch {
     return null;
@@ -213,28 +209,29 @@ function groupFds() {
   return out;
 }
 
+/** Diagnostics: open file descriptors of the dev group's processes by command name, e.g. { workerd: 312, node: 40 }. */
+function groupFds() {
+  const procs = devGroup();
+  if (!procs) return null;
+  const out = {};
+  for (const { pid, name } of procs) {
+    let n = 0;
+    try { n = readdirSync(`/proc/${pid}/fd`).length; } catch { continue; }
+    out[name] = (out[name] ?? 0) + n;
+  }
+  return out;
+}
+
 /**
- * CPU time (user + system, in clock ticks) used so far by the wrangler dev group's workerd processes:
- * read before and after the drain, it gives the runtime's CPU per dispatch, a figure that moves less
- * with the machine's load than a rate does. null where /proc is not readable.
+ * CPU time (user + system, in clock ticks) used so far by the dev group's workerd processes: read
+ * before and after the drain, it gives the runtime's CPU per dispatch, a figure that moves less with
+ * the machine's load than a rate does. null where /proc is not readable.
  */
 function workerdTicks() {
-  if (devPgid === null || !existsSync("/proc/self/stat")) return null;
+  const procs = devGroup();
+  if (!procs) return null;
   let ticks = 0;
-  try {
-    for (const pid of readdirSync("/proc")) {
-      if (!/^\d+$/.test(pid)) continue;
-      let stat;
-      try { stat = readFileSync(`/proc/${pid}/stat`, "utf8"); } catch { continue; }
-      const close = stat.lastIndexOf(")");
-      if (stat.slice(stat.indexOf("(") + 1, close) !== "workerd") continue;
-      const fields = stat.slice(close + 2).split(" ");
-      if (Number(fields[2]) !== devPgid) continue;
-      ticks += Number(fields[11]) + Number(fields[12]); // utime, stime
-    }
-  } catch {
-    return null;
-  }
+  for (const { name, fields } of procs) if (name === "workerd") ticks += Number(fields[11]) + Number(fields[12]); // utime, stime
   return ticks;
 }
 const TICKS_PER_S = 100; // Linux USER_HZ
