@@ -109,3 +109,27 @@ describe("runMany: requests launched together, one worker call", () => {
     expect(marks.get("NOTIFIER")! - before).toBeGreaterThanOrEqual(10 * 60 * 1000);
   });
 });
+
+describe("runMany: a worker that breaks the protocol fails only the requests it left unanswered", () => {
+  // test/fixtures/bad-many-worker.js, bound as BAD_MANY; one attempt each, so a failure is final.
+  const cases = [
+    { mode: "garbage", completed: 1, reason: /^worker failed: .*JSON/ },
+    { mode: "short", completed: 1, reason: /^worker failed: its answer stream ended without this request$/ },
+    { mode: "no-newline", completed: 4, reason: null },
+    { mode: "not-stream", completed: 0, reason: /^worker failed: runMany answered without a stream$/ },
+  ] as const;
+  for (const { mode, completed, reason } of cases) {
+    it(`${mode}: ${completed} of 4 completed${reason ? ", the rest failed with the reason" : ""}; nothing stays held`, async () => {
+      const pool = await makePool({ capacity: 100 });
+      const template = await makeTemplate([{ pool: pool.id, amount: 5 }], { binding: "BAD_MANY", timeoutMs: 3000 });
+      const ids = await enqueueStopped(template, Array.from({ length: 4 }, () => ({ mode })), { max_attempts: 1 });
+      await start();
+      const done = await Promise.all(ids.map((id) => settled(id, ["completed", "failed"], 8000)));
+      expect(done.filter((r) => r.status === "completed")).toHaveLength(completed);
+      for (const r of done.filter((d) => d.status === "failed")) expect(r.error).toMatch(reason!);
+      if (completed > 0) expect(done[0]).toMatchObject({ status: "completed", result: { transport: "bad-many", request_id: ids[0] } });
+      // The worker reports no usage: a completed request is charged what it reserved, a failed one nothing.
+      expect(await available(pool.id)).toBe(100 - 5 * completed);
+    });
+  }
+});
