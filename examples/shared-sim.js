@@ -83,36 +83,28 @@ export async function runJob(job, env, work) {
 }
 
 /**
- * RPC `runMany(jobs)`: independent jobs in one call (the scheduler sends the requests of one template it
- * launches together). Each job runs on its own; the answer is a byte stream of lines (JSON, one per job,
- * in the order the jobs end, each as soon as its job ends): `{"i": <index in jobs>, "result": ...,
- * "usage": {...}}`, or `{"i": ..., "error": "..."}` for a job that failed. A job that never ends never
- * gets a line (the scheduler times it out); the stream ends when every job has.
+ * RPC `runMany(jobs, report)`: independent jobs in one call (the scheduler sends the requests of one
+ * template it launches together). Each job runs on its own, and its answer is reported as soon as it
+ * ends by calling back `report(answers)`: `{ i: <index in jobs>, result, usage }`, or `{ i, error }` for
+ * a job that failed; answers of jobs that end in the same turn go in one call. Resolves when every job
+ * has ended; a job that never ends is never reported (the scheduler times it out).
  */
-export function runMany(jobs, env, ctx, work) {
+export async function runMany(jobs, env, work, report) {
   const wait = sharedSleep();
-  const { readable, writable } = new TransformStream();
-  const writer = writable.getWriter();
-  const encoder = new TextEncoder();
-  let lines = "";
-  let flushing = null;
-  // Lines of jobs that end in the same turn go out as one chunk.
-  const answer = (line) => {
-    lines += `${JSON.stringify(line)}\n`;
-    flushing ??= Promise.resolve().then(() => {
-      const text = lines;
-      lines = "";
-      flushing = null;
-      return writer.write(encoder.encode(text));
+  let wave = [];
+  let sending = null;
+  const answer = (a) => {
+    wave.push(a);
+    sending ??= Promise.resolve().then(() => {
+      const answers = wave;
+      wave = [];
+      sending = null;
+      return report(answers);
     });
-    return flushing;
+    return sending;
   };
-  const all = Promise.all((Array.isArray(jobs) ? jobs : []).map((job, i) => perform(job, env, work, "rpc-many", wait).then(
+  await Promise.all((Array.isArray(jobs) ? jobs : []).map((job, i) => perform(job, env, work, "rpc-many", wait).then(
     (a) => answer(a.failure ? { i, error: `${a.failure.code}: ${a.failure.message}` } : { i, ...a }),
     (err) => answer({ i, error: err instanceof Error ? err.message : String(err) }),
-  )))
-    .then(() => writer.close())
-    .catch(() => writer.abort().catch(() => {})); // the scheduler stopped reading
-  ctx.waitUntil(all);
-  return readable;
+  )));
 }

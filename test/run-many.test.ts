@@ -113,10 +113,10 @@ describe("runMany: requests launched together, one worker call", () => {
 describe("runMany: a worker that breaks the protocol fails only the requests it left unanswered", () => {
   // test/fixtures/bad-many-worker.js, bound as BAD_MANY; one attempt each, so a failure is final.
   const cases = [
-    { mode: "garbage", completed: 1, reason: /^worker failed: .*JSON/ },
-    { mode: "short", completed: 1, reason: /^worker failed: its answer stream ended without this request$/ },
-    { mode: "no-newline", completed: 4, reason: null },
-    { mode: "not-stream", completed: 0, reason: /^worker failed: runMany answered without a stream$/ },
+    { mode: "garbage", completed: 1, reason: /^worker failed: runMany ended without answering this request$/ },
+    { mode: "short", completed: 1, reason: /^worker failed: runMany ended without answering this request$/ },
+    { mode: "throws", completed: 1, reason: /^worker failed: .*broke after one answer/ },
+    { mode: "reverse", completed: 4, reason: null },
   ] as const;
   for (const { mode, completed, reason } of cases) {
     it(`${mode}: ${completed} of 4 completed${reason ? ", the rest failed with the reason" : ""}; nothing stays held`, async () => {

@@ -27,7 +27,7 @@ export default class ContentGenerator extends WorkerEntrypoint {
     return runJob(job, this.env, generate);
   }
 
-  runMany(jobs) {
-    return runMany(jobs, this.env, this.ctx, generate);
+  runMany(jobs, report) {
+    return runMany(jobs, this.env, generate, report);
   }
 }

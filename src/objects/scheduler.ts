@@ -1081,18 +1081,17 @@ export class SchedulerObject extends DurableObject<Env> {
   }
 
   /**
-   * Several requests of one template in one call to its worker (RPC `runMany(jobs)`, README: the worker
-   * protocol), each still a request of its own: the worker runs them independently and streams each
-   * answer back as one line as soon as it has it, and each request keeps its own deadline and stop
-   * handle, so one slow or failing request holds up and fails no other. One call instead of one per
-   * request was about a third of the runtime's CPU per dispatch while draining a backlog
-   * (bench/README.md). A worker without `runMany` gets one call per request, and is remembered for a while.
+   * Several requests of one template in one call to its worker (RPC `runMany(jobs, report)`, README:
+   * the worker protocol), each still a request of its own: the worker runs them independently and
+   * reports each answer as soon as it has it, and each request keeps its own deadline and stop handle,
+   * so one slow or failing request holds up and fails no other. One call instead of one per request
+   * was about a third of the runtime's CPU per dispatch while draining a backlog (bench/README.md). A
+   * worker without `runMany` gets one call per request, and is remembered for a while.
    */
   private launchMany(rows: Row[], template: Template): void {
     const startedAt = Date.now();
     type Entry = { row: Row; attempt: number; handle: CallHandle; deadline: { at: number; fire: () => void } | null };
     const pending = new Map<number, Entry>();
-    let reader: ReadableStreamDefaultReader<Uint8Array> | null = null;
     let allEnded!: () => void;
     const ended = new Promise<void>((resolve) => {
       allEnded = resolve;
@@ -1105,9 +1104,7 @@ export class SchedulerObject extends DurableObject<Env> {
       if (this.inflight.get(entry.row.id) === entry.handle) this.inflight.delete(entry.row.id);
       this.noteDuration(Date.now() - startedAt);
       this.queueSettlement(entry.row.id, entry.attempt, outcome);
-      if (pending.size > 0) return;
-      allEnded();
-      void reader?.cancel().catch(() => undefined);
+      if (pending.size === 0) allEnded();
     };
     rows.forEach((row, i) => {
       const entry: Entry = { row, attempt: row.attempts, handle: new CallHandle(), deadline: null };
@@ -1119,42 +1116,26 @@ export class SchedulerObject extends DurableObject<Env> {
       pending.set(i, entry);
       this.inflight.set(row.id, entry.handle);
     });
+    // The worker reports answers as its requests end, several at a time when they end together.
+    const report = (answers: unknown) => {
+      if (!Array.isArray(answers)) return;
+      for (const a of answers as Array<{ i?: unknown; result?: unknown; usage?: Record<string, number>; error?: unknown } | null>) {
+        if (!a || typeof a.i !== "number") continue;
+        end(a.i, a.error !== undefined && a.error !== null
+          ? { ok: false, error: `worker failed: ${String(a.error).slice(0, 300)}` }
+          : { ok: true, result: a.result ?? null, usage: a.usage ?? {} });
+      }
+      // Answers that came together are a batch already: settle them now rather than on the timer,
+      // which a busy event loop can hold back for seconds.
+      this.settleNow();
+    };
     void (async () => {
       try {
         const binding = (this.env as unknown as Record<string, WorkerBinding | undefined>)[template.binding];
         if (!binding || typeof binding.runMany !== "function") throw new TypeError('does not implement the method "runMany"');
-        // Every request may end (deadline, cancel) before the worker even answers the call.
-        const stream = await Promise.race([binding.runMany(await Promise.all(rows.map(jobOf))), ended]);
-        if (pending.size === 0) {
-          if (stream instanceof ReadableStream) void stream.cancel().catch(() => undefined);
-          return;
-        }
-        if (!(stream instanceof ReadableStream)) throw new WorkerAnswer("worker failed: runMany answered without a stream");
-        reader = stream.getReader();
-        const decoder = new TextDecoder();
-        const answer = (line: string) => {
-          if (!line.trim()) return;
-          const a = JSON.parse(line) as { i?: unknown; result?: unknown; usage?: Record<string, number>; error?: unknown };
-          if (typeof a.i !== "number") return;
-          end(a.i, a.error !== undefined && a.error !== null
-            ? { ok: false, error: `worker failed: ${String(a.error).slice(0, 300)}` }
-            : { ok: true, result: a.result ?? null, usage: a.usage ?? {} });
-        };
-        let text = "";
-        while (pending.size > 0) {
-          const { done, value } = await reader.read();
-          if (done) {
-            answer(text + decoder.decode()); // a last line without its newline
-            break;
-          }
-          text += decoder.decode(value, { stream: true });
-          let nl: number;
-          while ((nl = text.indexOf("\n")) >= 0) {
-            answer(text.slice(0, nl));
-            text = text.slice(nl + 1);
-          }
-        }
-        for (const i of [...pending.keys()]) end(i, { ok: false, error: "worker failed: its answer stream ended without this request" });
+        // Every request may end (deadline, cancel) before the worker's call does: then it is not waited for.
+        await Promise.race([binding.runMany(await Promise.all(rows.map(jobOf)), report), ended]);
+        for (const i of [...pending.keys()]) end(i, { ok: false, error: "worker failed: runMany ended without answering this request" });
       } catch (err) {
         if (err instanceof TypeError && err.message.includes('does not implement the method "runMany"')) {
           // Not this worker's protocol: the same requests, one call each (their deadlines start now).
@@ -1264,16 +1245,18 @@ export class SchedulerObject extends DurableObject<Env> {
 
   private queueSettlement(id: string, attempt: number, outcome: Outcome): void {
     this.settleBuffer.push({ id, attempt, outcome });
-    if (this.settleBuffer.length >= SETTLE_BATCH) {
-      if (this.settleTimer) clearTimeout(this.settleTimer);
-      this.settleTimer = null;
-      void this.settle();
-      return;
-    }
+    if (this.settleBuffer.length >= SETTLE_BATCH) return this.settleNow();
     this.settleTimer ??= setTimeout(() => {
       this.settleTimer = null;
       void this.settle();
     }, SETTLE_DELAY_MS);
+  }
+
+  /** Settle what has ended, now (the timer, if armed, is not needed any more). */
+  private settleNow(): void {
+    if (this.settleTimer) clearTimeout(this.settleTimer);
+    this.settleTimer = null;
+    if (this.settleBuffer.length) void this.settle();
   }
 
   /**
@@ -1878,7 +1861,7 @@ class Deadlines {
 interface WorkerBinding {
   fetch: Fetcher["fetch"];
   run(job: unknown): Promise<unknown>;
-  runMany?(jobs: unknown[]): Promise<unknown>;
+  runMany?(jobs: unknown[], report: (answers: unknown) => void): Promise<unknown>;
 }
 
 function allottedOf(row: Row): Record<string, number> {
