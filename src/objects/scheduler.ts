@@ -769,7 +769,7 @@ export class SchedulerObject extends DurableObject<Env> {
   private rankedOrder(now: number): string[] {
     if (this.rankCache && now - this.rankCache.at < RANK_CACHE_MS) return this.rankCache.order;
     const all = [...this.queued.values()];
-    const ready = fairRank(all.filter((q) => q.notBefore <= now), now, this.recentCounts(now), (client, tier) => this.weights.get(client) ?? TIER_WEIGHTS[tier], SCAN_LIMIT)
+    const ready = fairRank(all.filter((q) => q.notBefore <= now), now, this.recentCounts(now), this.weightOf, SCAN_LIMIT)
       .map((q) => q.id);
     const later = all.filter((q) => q.notBefore > now).sort((a, b) => a.notBefore - b.notBefore || a.createdAt - b.createdAt).map((q) => q.id);
     const order = [...ready, ...later];
@@ -784,7 +784,7 @@ export class SchedulerObject extends DurableObject<Env> {
   private readyOrder(now: number): string[] {
     const ready: Queued[] = [];
     for (const q of this.queued.values()) if (q.notBefore <= now) ready.push(q);
-    return fairRank(ready, now, this.recentCounts(now), (client, tier) => this.weights.get(client) ?? TIER_WEIGHTS[tier], SCAN_LIMIT, true).map((q) => q.id);
+    return fairRank(ready, now, this.recentCounts(now), this.weightOf, SCAN_LIMIT, true).map((q) => q.id);
   }
 
   private readyCount(now: number): number {
@@ -809,6 +809,9 @@ export class SchedulerObject extends DurableObject<Env> {
     const byThroughput = rate > 0 ? (position / rate) * 1000 : Math.ceil(position / MAX_IN_FLIGHT) * avgRunMs;
     return { position, estimated_wait_ms: Math.round(Math.max(byThroughput, q.notBefore - now)) };
   }
+
+  /** A client's fair-share weight: the operator's setting, else its tier's. */
+  private weightOf = (client: string, tier: Tier): number => this.weights.get(client) ?? TIER_WEIGHTS[tier];
 
   /** Dispatches per client within the fairness window. */
   private recentCounts(now: number): Map<string, number> {
@@ -1090,7 +1093,7 @@ export class SchedulerObject extends DurableObject<Env> {
    */
   private launchMany(rows: Row[], template: Template): void {
     const startedAt = Date.now();
-    type Entry = { row: Row; attempt: number; handle: CallHandle; deadline: { at: number; fire: () => void } | null };
+    type Entry = { row: Row; attempt: number; handle: CallHandle; deadline: { at: number; fire: () => void } };
     const pending = new Map<number, Entry>();
     let allEnded!: () => void;
     const ended = new Promise<void>((resolve) => {
@@ -1100,18 +1103,15 @@ export class SchedulerObject extends DurableObject<Env> {
       const entry = pending.get(i);
       if (!entry) return; // answered already, or timed out or cancelled before its line came
       pending.delete(i);
-      if (entry.deadline) this.deadlines.remove(entry.deadline);
+      this.deadlines.remove(entry.deadline); // a no-op for the deadline that fired
       if (this.inflight.get(entry.row.id) === entry.handle) this.inflight.delete(entry.row.id);
       this.noteDuration(Date.now() - startedAt);
       this.queueSettlement(entry.row.id, entry.attempt, outcome);
       if (pending.size === 0) allEnded();
     };
     rows.forEach((row, i) => {
-      const entry: Entry = { row, attempt: row.attempts, handle: new CallHandle(), deadline: null };
-      entry.deadline = this.deadlines.add(startedAt + template.timeoutMs, () => {
-        entry.deadline = null;
-        end(i, { ok: false, error: `worker timed out after ${template.timeoutMs} ms` });
-      });
+      const deadline = this.deadlines.add(startedAt + template.timeoutMs, () => end(i, { ok: false, error: `worker timed out after ${template.timeoutMs} ms` }));
+      const entry: Entry = { row, attempt: row.attempts, handle: new CallHandle(), deadline };
       entry.handle.stopped.catch(() => end(i, { ok: false, error: "cancelled", retryable: false }));
       pending.set(i, entry);
       this.inflight.set(row.id, entry.handle);
@@ -1119,11 +1119,8 @@ export class SchedulerObject extends DurableObject<Env> {
     // The worker reports answers as its requests end, several at a time when they end together.
     const report = (answers: unknown) => {
       if (!Array.isArray(answers)) return;
-      for (const a of answers as Array<{ i?: unknown; result?: unknown; usage?: Record<string, number>; error?: unknown } | null>) {
-        if (!a || typeof a.i !== "number") continue;
-        end(a.i, a.error !== undefined && a.error !== null
-          ? { ok: false, error: `worker failed: ${String(a.error).slice(0, 300)}` }
-          : { ok: true, result: a.result ?? null, usage: a.usage ?? {} });
+      for (const a of answers as Array<(ItemAnswer & { i?: unknown }) | null>) {
+        if (a && typeof a.i === "number") end(a.i, itemOutcome(a));
       }
       // Answers that came together are a batch already: settle them now rather than on the timer,
       // which a busy event loop can hold back for seconds.
@@ -1132,17 +1129,17 @@ export class SchedulerObject extends DurableObject<Env> {
     void (async () => {
       try {
         const binding = (this.env as unknown as Record<string, WorkerBinding | undefined>)[template.binding];
-        if (!binding || typeof binding.runMany !== "function") throw new TypeError('does not implement the method "runMany"');
+        if (!binding) throw new TypeError('does not implement the method "runMany"'); // launch reports the missing binding
         // Every request may end (deadline, cancel) before the worker's call does: then it is not waited for.
         await Promise.race([binding.runMany(await Promise.all(rows.map(jobOf)), report), ended]);
         for (const i of [...pending.keys()]) end(i, { ok: false, error: "worker failed: runMany ended without answering this request" });
       } catch (err) {
-        if (err instanceof TypeError && err.message.includes('does not implement the method "runMany"')) {
+        if (lacksMethod(err, "runMany")) {
           // Not this worker's protocol: the same requests, one call each (their deadlines start now).
           this.callEach.set(template.binding, Date.now() + RPC_PROBE_MS);
           for (const [i, entry] of [...pending]) {
             pending.delete(i);
-            if (entry.deadline) this.deadlines.remove(entry.deadline);
+            this.deadlines.remove(entry.deadline);
             if (this.inflight.get(entry.row.id) === entry.handle) this.launch(entry.row, template);
           }
           return;
@@ -1180,12 +1177,11 @@ export class SchedulerObject extends DurableObject<Env> {
       for (const row of rows) out.set(row.id, answer);
       return out;
     }
-    const results = (answer.body as { results?: Array<{ result?: unknown; usage?: Record<string, number>; error?: string }> } | null)?.results ?? [];
+    const results = (answer.body as { results?: ItemAnswer[] } | null)?.results ?? [];
     for (const [i, row] of rows.entries()) {
       const r = results[i];
       if (!r) out.set(row.id, { ok: false, error: "worker answered the batch without this request" });
-      else if (r.error) out.set(row.id, { ok: false, error: `worker failed: ${String(r.error).slice(0, 300)}` });
-      else out.set(row.id, { ok: true, result: r.result ?? null, usage: r.usage ?? {} });
+      else out.set(row.id, itemOutcome(r));
     }
     return out;
   }
@@ -1228,7 +1224,7 @@ export class SchedulerObject extends DurableObject<Env> {
       try {
         return await Promise.race([binding.run(job), handle.stopped]);
       } catch (err) {
-        if (!(err instanceof TypeError && err.message.includes('does not implement the method "run"'))) throw err;
+        if (!lacksMethod(err, "run")) throw err;
         this.fetchOnly.set(name, Date.now() + RPC_PROBE_MS);
       }
     }
@@ -1771,6 +1767,18 @@ async function jobOf(row: Row): Promise<{ request_id: string; template: string; 
 /** A worker's non-2xx HTTP answer: a failed attempt, reported as it came. */
 class WorkerAnswer extends Error {}
 
+/** One request's answer in a batch (`results[i]`) or a runMany report. */
+type ItemAnswer = { result?: unknown; usage?: Record<string, number>; error?: unknown };
+
+function itemOutcome(a: ItemAnswer): Outcome {
+  return a.error ? { ok: false, error: `worker failed: ${String(a.error).slice(0, 300)}` } : { ok: true, result: a.result ?? null, usage: a.usage ?? {} };
+}
+
+/** The runtime's answer to an RPC call of a method the worker does not have. */
+function lacksMethod(err: unknown, name: string): boolean {
+  return err instanceof TypeError && err.message.includes(`does not implement the method "${name}"`);
+}
+
 /**
  * One worker call's stop: cancelled (a cancel, a lease that ended) or past its deadline. `stopped`
  * rejects with the reason. An AbortSignal is made only for a call over HTTP, which fetch needs.
@@ -1857,11 +1865,11 @@ class Deadlines {
   }
 }
 
-/** A service binding to a template's worker: HTTP always, RPC `run` when the worker has it. */
+/** A service binding to a template's worker: HTTP always, RPC `run` and `runMany` when the worker has them. */
 interface WorkerBinding {
   fetch: Fetcher["fetch"];
   run(job: unknown): Promise<unknown>;
-  runMany?(jobs: unknown[], report: (answers: unknown) => void): Promise<unknown>;
+  runMany(jobs: unknown[], report: (answers: unknown) => void): Promise<unknown>;
 }
 
 function allottedOf(row: Row): Record<string, number> {
