@@ -3,7 +3,7 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { SchedulerObject } from "../src/objects/scheduler";
 import { listUsageEvents } from "../src/storage/usage";
-import { ADMIN, call, enqueue, KEYS, makePool, makeTemplate, requestOf, scheduler, settled, sleep } from "./helpers";
+import { ADMIN, call, enqueue, KEYS, makePool, makeTemplate, mulberry32, requestOf, scheduler, settled, sleep } from "./helpers";
 
 /**
  * Requests of one template launched together go to their worker in one RPC call (`runMany`), each
@@ -107,6 +107,29 @@ describe("runMany: requests launched together, one worker call", () => {
     const marks = await runInDurableObject(scheduler(), (instance: SchedulerObject) => new Map((instance as unknown as { callEach: Map<string, number> }).callEach));
     expect([...marks.keys()]).toEqual(["NOTIFIER"]);
     expect(marks.get("NOTIFIER")! - before).toBeGreaterThanOrEqual(10 * 60 * 1000);
+  });
+});
+
+describe("runMany: one call carries at most 4 MiB of params", () => {
+  it("70 requests of about 62 KB of params each go in two calls, 67 and 3, each within 4 MiB; all complete", async () => {
+    const template = await makeTemplate([], { binding: "BAD_MANY", timeoutMs: 10_000 });
+    // Printable ASCII without quote or backslash, drawn at random: gzip cannot make it smaller once
+    // base64-encoded, so the params are stored as they are (compressed params would each go alone).
+    const random = mulberry32(7);
+    const CHARS = Array.from({ length: 0x7f - 0x23 }, (_, k) => String.fromCharCode(0x23 + k)).filter((c) => c !== "\\").join("");
+    const pad = () => Array.from({ length: 62_000 }, () => CHARS[Math.floor(random() * CHARS.length)]).join("");
+    const ids = await enqueueStopped(template, Array.from({ length: 70 }, (_, i) => ({ mode: "sizes", i, pad: pad() })), { max_attempts: 1 });
+    await start();
+    const done = await Promise.all(ids.map((id) => settled(id, ["completed", "failed"], 20_000)));
+    expect(done.every((r) => r.status === "completed")).toBe(true);
+    const perCall = new Map<number, { requests: number; chars: number }>();
+    for (const r of done) perCall.set(r.result.group, { requests: (perCall.get(r.result.group)?.requests ?? 0) + 1, chars: r.result.params_chars });
+    // Each params is {"mode":"sizes","i":N,"pad":"…"}: 62,031-62,032 characters; 67 of them fit in 4 MiB, 68 do not.
+    expect([...perCall.keys()].sort((a, b) => a - b)).toEqual([3, 67]);
+    expect(perCall.get(67)).toMatchObject({ requests: 67 });
+    expect(perCall.get(3)).toMatchObject({ requests: 3 });
+    for (const { chars } of perCall.values()) expect(chars).toBeLessThanOrEqual(4 * 1024 * 1024);
+    expect(perCall.get(67)!.chars + 62_031).toBeGreaterThan(4 * 1024 * 1024);
   });
 });
 
