@@ -2,6 +2,7 @@ import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { PoolObject } from "../src/objects/pool";
+import type { PoolConfig } from "../src/domain/types";
 import { clearConfigCache } from "../src/services/config";
 import { listUsageEvents } from "../src/storage/usage";
 import { upsertPool } from "../src/storage/pools";
@@ -385,6 +386,51 @@ describe("configuration", () => {
     await upsertPool(env.DB, { ...pool, status: "draining" });
     clearConfigCache();
     expectError(await consume(pool.id, 1), 409, "pool_inactive");
+  });
+});
+
+describe("spend: consume as the hot path calls it, with the configuration's version in place of the configuration", () => {
+  const acme = ["acme", "enterprise", "internal"] as const;
+
+  it("an object without that version answers null and changes nothing; handed the configuration, it spends and then takes the version alone", async () => {
+    const pool = await makePool({ capacity: 10, costPerUnitNano: 7 });
+    const stub = stubOf(pool.id);
+    expect(await stub.spend(pool.version, ...acme, 3)).toBeNull();
+    const first = await stub.spend(pool, ...acme, 3);
+    expect(first).toEqual([expect.stringMatching(/^evt_/), 21, 7]);
+    expect(await stub.spend(pool.version, ...acme, 4)).toEqual([expect.stringMatching(/^evt_/), 28, 3]);
+    // An older version than the one held is answered with the one held; a newer one is asked for.
+    expect(await stub.spend(pool.version - 1, ...acme, 1)).toEqual([expect.any(String), 7, 2]);
+    expect(await stub.spend(pool.version + 1, ...acme, 1)).toBeNull();
+    expect(await level(pool.id)).toBe(2);
+    await stub.flush();
+    const events = await listUsageEvents(env.DB, { poolId: pool.id });
+    expect(events.map((e) => e.units).sort()).toEqual([1, 3, 4]);
+  });
+
+  it("a denial is the same failure consume answers; an idempotency key replays the same tuple and spends once", async () => {
+    const pool = await makePool({ capacity: 5 });
+    const stub = stubOf(pool.id);
+    expect(await stub.spend(pool, ...acme, 6)).toMatchObject({ ok: false, error: { code: "amount_exceeds_capacity" } });
+    const once = await stub.spend(pool.version, ...acme, 2, "req-1", "key-1");
+    expect(await stub.spend(pool.version, ...acme, 2, "req-1", "key-1")).toEqual(once);
+    expect(await stub.spend(pool.version, ...acme, 2, "req-2", "key-1")).toMatchObject({ ok: false, error: { code: "idempotency_conflict" } });
+    expect(await stub.spend(pool.version, ...acme, 4)).toMatchObject({ ok: false, error: { code: "rate_limited" } });
+    expect(await level(pool.id)).toBe(3);
+  });
+
+  it("consumeAt hands the configuration again to an object that no longer holds it, and spends exactly once", async () => {
+    const pool = await makePool({ capacity: 100 });
+    expect((await consume(pool.id, 5)).status).toBe(200); // this isolate has handed version 1
+    await runInDurableObject(stubOf(pool.id), async (instance: PoolObject) => {
+      // As an object whose storage started over would be (its level starts full again).
+      (instance as unknown as { config: PoolConfig | null }).config = null;
+    });
+    const r = await consume(pool.id, 5);
+    expect(r.status).toBe(200);
+    expect(r.body).toMatchObject({ pool: pool.id, units: 5, cost_nano: 5000, remaining: 95 });
+    await stubOf(pool.id).flush();
+    expect((await listUsageEvents(env.DB, { poolId: pool.id })).map((e) => e.units)).toEqual([5, 5]);
   });
 });
 

@@ -4,7 +4,7 @@ import { authenticate } from "../http/auth";
 import type { AppEnv, Principal } from "../http/context";
 import { errorResponses } from "../http/errors";
 import { poolConfig } from "../services/config";
-import { callerFor, poolStub, unwrap } from "../services/pools";
+import { callerFor, consumeAt, poolStub, unwrap } from "../services/pools";
 import { schedulerStub } from "../services/requests";
 import { ClientId, IdempotencyKey, MAX_REF_LENGTH, Nano, PoolId, RequestRef, TraceId, Units } from "./schemas";
 
@@ -68,7 +68,7 @@ export function idempotencyKey(bodyKey: string | undefined, header: string | und
  */
 export async function consumeNow(env: Env, principal: Principal, b: z.infer<typeof ConsumeRequest>, key: string | undefined, traceId: string) {
   const [caller, cfg] = await Promise.all([callerFor(env, principal, b.client_id, "internal"), poolConfig(env, b.pool)]);
-  const r = unwrap(await poolStub(env, b.pool).consume(cfg, caller, { amount: b.amount, requestId: b.request_id, idempotencyKey: key }));
+  const r = await consumeAt(env, cfg, caller, { amount: b.amount, requestId: b.request_id, idempotencyKey: key });
   return { pool: r.pool, event_id: r.eventId, units: r.units, cost_nano: r.costNano, remaining: r.remaining, trace_id: traceId };
 }
 

@@ -7,7 +7,7 @@ import { clientTier, poolConfig } from "../services/config";
 import { estimateCost, type CostEstimate } from "../services/estimate";
 import { validationError } from "../http/errors";
 import { RequestSpec as RequestSpecSchema } from "../routes/queue";
-import { poolStub, unwrap } from "../services/pools";
+import { consumeAt, poolStub, unwrap } from "../services/pools";
 import { cancelRequest, enqueueMany, execute, getRequest, positionOf, schedulerStub, type EnqueueResult, type RequestSpec } from "../services/requests";
 
 /**
@@ -73,9 +73,9 @@ export class ResourceManagerRpc extends WorkerEntrypoint<Env> {
   }
 
   async consume(clientId: string, pool: string, amount: number, opts: { requestId?: string; idempotencyKey?: string } = {}): Promise<ConsumeResult> {
-    return this.run(async () => unwrap(await poolStub(this.env, pool).consume(await poolConfig(this.env, pool), await this.caller(clientId), {
+    return this.run(async () => consumeAt(this.env, await poolConfig(this.env, pool), await this.caller(clientId), {
       amount: positive(amount), requestId: opts.requestId, idempotencyKey: opts.idempotencyKey,
-    })));
+    }));
   }
 
   /** The client acted for; a suspended one only for what starts nothing new (`allowSuspended`: check, release). */

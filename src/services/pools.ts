@@ -1,6 +1,6 @@
 import type { Caller, PoolConfig } from "../domain/types";
 import { AppError } from "../errors";
-import type { Result } from "../objects/pool";
+import type { ConsumeResult, Failure, Result, Spent, SpendOptions } from "../objects/pool";
 import type { Principal } from "../http/context";
 import { clientTier } from "./config";
 
@@ -18,7 +18,34 @@ export function poolStub(env: Env, poolId: string): DurableObjectStub<import("..
   return env.POOL.get(id);
 }
 
+/** The configuration version this isolate last handed to each pool's object, which keeps what it adopts. */
+const handed = new Map<string, number>();
+
+/**
+ * Spend now from a pool (the consume route, the hot path and the RPC entrypoint). The object gets the
+ * configuration itself only when this isolate has not handed it this version yet, or when the object
+ * answers that it holds an older one (its storage started over); otherwise just the version. Throws
+ * the AppError to answer.
+ */
+export async function consumeAt(env: Env, cfg: PoolConfig, caller: Caller, opts: SpendOptions): Promise<ConsumeResult> {
+  const stub = poolStub(env, cfg.id);
+  const spend = async (config: PoolConfig | number) =>
+    (await stub.spend(config, caller.clientId, caller.tier, caller.via, opts.amount, opts.requestId, opts.idempotencyKey)) as Spent | Failure | null;
+  let answer = handed.get(cfg.id) === cfg.version ? await spend(cfg.version) : null;
+  if (answer === null) {
+    answer = await spend(cfg);
+    if (handed.size >= POOL_IDS_MAX) handed.clear();
+    handed.set(cfg.id, cfg.version);
+  }
+  if (answer === null) throw new AppError("internal", `pool ${cfg.id} refused its configuration`);
+  if (!Array.isArray(answer)) return unwrap(answer);
+  const [eventId, costNano, remaining] = answer;
+  return { pool: cfg.id, eventId, units: opts.amount, costNano, remaining };
+}
+
 /** A pool object's answer, or the AppError it stands for (429s carry Retry-After in seconds). */
+export function unwrap<T>(result: Result<T>): T;
+export function unwrap(result: Failure): never;
 export function unwrap<T>(result: Result<T>): T {
   if (result.ok) return result.value;
   const retryMs = result.error.details?.retry_after_ms;
