@@ -695,7 +695,6 @@ async function main() {
     const hi = Math.max(...CONNECTIONS);
     const lo = Math.min(...CONNECTIONS);
     const get = (k, c) => summary[`${k}:${c}`];
-    const ratio = (x, y) => (x != null && y ? x / y : null);
     // A comparison is made within each round, between measurements taken a few seconds apart, and the
     // median of the rounds' values is the figure: the machine's speed drifts from minute to minute (in
     // one run (b)'s one-connection p50 went from 3.09 ms in its first round to 4.29 ms in its last),
@@ -714,10 +713,12 @@ async function main() {
     const db = paired("d", "b", hi, rpsRatio);
     const cbl = LOG_PROBE ? paired("c", "b'", hi, rpsRatio) : null;
     const p50diff = paired("c", "b", lo, p50Diff);
+    // The same comparisons between the table's medians (a summary has rps and p50_ms like a round).
+    const ofSummaries = (x, y, c, f) => (get(x, c) && get(y, c) ? f(get(x, c), get(y, c)) : null);
     const ofMedians = {
-      c_over_b: ratio(get("c", hi)?.rps, get("b", hi)?.rps),
-      c_over_a: ratio(get("c", hi)?.rps, get("a", hi)?.rps),
-      p50_c_minus_b_ms: get("c", lo)?.p50_ms != null && get("b", lo)?.p50_ms != null ? get("c", lo).p50_ms - get("b", lo).p50_ms : null,
+      c_over_b: ofSummaries("c", "b", hi, rpsRatio),
+      c_over_a: ofSummaries("c", "a", hi, rpsRatio),
+      p50_c_minus_b_ms: ofSummaries("c", "b", lo, p50Diff),
     };
     const targets = [
       { name: `throughput (c)/(b) at ${hi} connections`, value: cb, of_medians: ofMedians.c_over_b, target: ">= 0.90", met: cb != null && cb >= 0.9 },
