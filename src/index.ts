@@ -12,6 +12,6 @@ const app = createApp();
 
 export default {
   // The spend every platform worker makes first goes round the router (see src/http/hot.ts).
-  fetch: (request, env, ctx) => (isHotConsume(request) ? hotConsume(request, env, (r) => app.fetch(r, env, ctx)) : app.fetch(request, env, ctx)),
+  fetch: (request, env, ctx) => (isHotConsume(request) ? hotConsume(request, env, ctx, (r) => app.fetch(r, env, ctx)) : app.fetch(request, env, ctx)),
   scheduled: (controller, env, ctx) => ctx.waitUntil(runCron(controller, env)),
 } satisfies ExportedHandler<Env>;

@@ -217,6 +217,7 @@ describe("the hot path: POST /internal/consume round the router", () => {
     const res = await hotConsume(
       request(json({ client_id: "acme", pool: "p", amount: 1 }), auth(`rmk_unknown_${crypto.randomUUID()}`)),
       { ...env, DB: failingDb },
+      createExecutionContext(),
       (r) => {
         handed = r;
         return new Response("from the app", { status: 599 });

@@ -391,17 +391,24 @@ describe("configuration", () => {
 
 describe("spend: consume as the hot path calls it, with the configuration's version in place of the configuration", () => {
   const acme = ["acme", "enterprise", "internal"] as const;
+  /** One consume in a call of its own: its answer, or null when the object asks for the configuration. */
+  const one = async (stub: ReturnType<typeof stubOf>, config: PoolConfig | number, amount: number, requestId: string | null = null, key: string | null = null) => {
+    const answers = await stub.spend(config, [[...acme, amount, requestId, key]]);
+    if (answers === null) return null;
+    expect(answers).toHaveLength(1);
+    return answers[0];
+  };
 
   it("an object without that version answers null and changes nothing; handed the configuration, it spends and then takes the version alone", async () => {
     const pool = await makePool({ capacity: 10, costPerUnitNano: 7 });
     const stub = stubOf(pool.id);
-    expect(await stub.spend(pool.version, ...acme, 3)).toBeNull();
-    const first = await stub.spend(pool, ...acme, 3);
+    expect(await one(stub, pool.version, 3)).toBeNull();
+    const first = await one(stub, pool, 3);
     expect(first).toEqual([expect.stringMatching(/^evt_/), 21, 7]);
-    expect(await stub.spend(pool.version, ...acme, 4)).toEqual([expect.stringMatching(/^evt_/), 28, 3]);
+    expect(await one(stub, pool.version, 4)).toEqual([expect.stringMatching(/^evt_/), 28, 3]);
     // An older version than the one held is answered with the one held; a newer one is asked for.
-    expect(await stub.spend(pool.version - 1, ...acme, 1)).toEqual([expect.any(String), 7, 2]);
-    expect(await stub.spend(pool.version + 1, ...acme, 1)).toBeNull();
+    expect(await one(stub, pool.version - 1, 1)).toEqual([expect.any(String), 7, 2]);
+    expect(await one(stub, pool.version + 1, 1)).toBeNull();
     expect(await level(pool.id)).toBe(2);
     await stub.flush();
     const events = await listUsageEvents(env.DB, { poolId: pool.id });
@@ -411,11 +418,11 @@ describe("spend: consume as the hot path calls it, with the configuration's vers
   it("a denial is the same failure consume answers; an idempotency key replays the same tuple and spends once", async () => {
     const pool = await makePool({ capacity: 5 });
     const stub = stubOf(pool.id);
-    expect(await stub.spend(pool, ...acme, 6)).toMatchObject({ ok: false, error: { code: "amount_exceeds_capacity" } });
-    const once = await stub.spend(pool.version, ...acme, 2, "req-1", "key-1");
-    expect(await stub.spend(pool.version, ...acme, 2, "req-1", "key-1")).toEqual(once);
-    expect(await stub.spend(pool.version, ...acme, 2, "req-2", "key-1")).toMatchObject({ ok: false, error: { code: "idempotency_conflict" } });
-    expect(await stub.spend(pool.version, ...acme, 4)).toMatchObject({ ok: false, error: { code: "rate_limited" } });
+    expect(await one(stub, pool, 6)).toMatchObject({ ok: false, error: { code: "amount_exceeds_capacity" } });
+    const once = await one(stub, pool.version, 2, "req-1", "key-1");
+    expect(await one(stub, pool.version, 2, "req-1", "key-1")).toEqual(once);
+    expect(await one(stub, pool.version, 2, "req-2", "key-1")).toMatchObject({ ok: false, error: { code: "idempotency_conflict" } });
+    expect(await one(stub, pool.version, 4)).toMatchObject({ ok: false, error: { code: "rate_limited" } });
     expect(await level(pool.id)).toBe(3);
   });
 

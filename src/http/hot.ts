@@ -20,7 +20,7 @@ import { requestEnded, traceIdFor } from "./trace";
  * path's: the same body, the same error envelope and Retry-After, the same request log line and latency
  * metric, from the same functions the app uses. The route stays in the app for the OpenAPI document.
  */
-export async function hotConsume(request: Request, env: Env, app: (request: Request) => Response | Promise<Response>): Promise<Response> {
+export async function hotConsume(request: Request, env: Env, ctx: ExecutionContext, app: (request: Request) => Response | Promise<Response>): Promise<Response> {
   const started = Date.now();
   const contentType = request.headers.get("content-type");
   const token = bearer(request.headers.get("authorization") ?? undefined);
@@ -57,7 +57,7 @@ export async function hotConsume(request: Request, env: Env, app: (request: Requ
   let status = 200;
   let response: Response;
   try {
-    const body = await consumeNow(env, principal, parsed.data, key, traceId);
+    const body = await consumeNow(env, ctx, principal, parsed.data, key, traceId);
     response = new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json", "x-trace-id": traceId } });
   } catch (err) {
     if (!(err instanceof AppError)) logger.error("unhandled_error", { error: err instanceof Error ? err.message : String(err), stack: err instanceof Error ? err.stack : undefined });

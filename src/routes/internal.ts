@@ -66,9 +66,11 @@ export function idempotencyKey(bodyKey: string | undefined, header: string | und
  * Spend now: the consume route's work after authentication and validation (also the hot path's, see
  * src/http/hot.ts). Throws the AppError to answer.
  */
-export async function consumeNow(env: Env, principal: Principal, b: z.infer<typeof ConsumeRequest>, key: string | undefined, traceId: string) {
+export async function consumeNow(
+  env: Env, ctx: Pick<ExecutionContext, "waitUntil">, principal: Principal, b: z.infer<typeof ConsumeRequest>, key: string | undefined, traceId: string,
+) {
   const [caller, cfg] = await Promise.all([callerFor(env, principal, b.client_id, "internal"), poolConfig(env, b.pool)]);
-  const r = await consumeAt(env, cfg, caller, { amount: b.amount, requestId: b.request_id, idempotencyKey: key });
+  const r = await consumeAt(env, ctx, cfg, caller, { amount: b.amount, requestId: b.request_id, idempotencyKey: key });
   return { pool: r.pool, event_id: r.eventId, units: r.units, cost_nano: r.costNano, remaining: r.remaining, trace_id: traceId };
 }
 
@@ -77,12 +79,17 @@ export const internalRoutes = new OpenAPIHono<AppEnv>()
     createRoute({
       method: "post", path: "/internal/consume", ...guard, summary: "Spend units from a pool now",
       request: { body: json(ConsumeRequest) },
-      responses: { 200: { description: "Spent; a usage event is recorded.", content: { "application/json": { schema: Consumed } } }, ...spendErrors },
+      responses: {
+        200: { description: "Spent; a usage event is recorded.", content: { "application/json": { schema: Consumed } } },
+        ...spendErrors,
+        // A consume that waited in its pool's lane (see consumeAt) for a call that did not answer in time.
+        ...errorResponses("unavailable"),
+      },
     }),
     async (c) => {
       const b = c.req.valid("json");
       const key = idempotencyKey(b.idempotency_key, c.req.header("idempotency-key"));
-      return c.json(await consumeNow(c.env, c.var.principal, b, key, c.var.traceId), 200);
+      return c.json(await consumeNow(c.env, c.executionCtx, c.var.principal, b, key, c.var.traceId), 200);
     },
   )
   .openapi(

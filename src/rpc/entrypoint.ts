@@ -73,7 +73,7 @@ export class ResourceManagerRpc extends WorkerEntrypoint<Env> {
   }
 
   async consume(clientId: string, pool: string, amount: number, opts: { requestId?: string; idempotencyKey?: string } = {}): Promise<ConsumeResult> {
-    return this.run(async () => consumeAt(this.env, await poolConfig(this.env, pool), await this.caller(clientId), {
+    return this.run(async () => consumeAt(this.env, this.ctx, await poolConfig(this.env, pool), await this.caller(clientId), {
       amount: positive(amount), requestId: opts.requestId, idempotencyKey: opts.idempotencyKey,
     }));
   }

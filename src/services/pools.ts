@@ -1,6 +1,6 @@
 import type { Caller, PoolConfig } from "../domain/types";
 import { AppError } from "../errors";
-import type { ConsumeResult, Failure, Result, Spent, SpendOptions } from "../objects/pool";
+import type { ConsumeResult, Failure, Result, Spent, SpendItem, SpendOptions } from "../objects/pool";
 import type { Principal } from "../http/context";
 import { clientTier } from "./config";
 
@@ -21,26 +21,153 @@ export function poolStub(env: Env, poolId: string): DurableObjectStub<import("..
 /** The configuration version this isolate last handed to each pool's object, which keeps what it adopts. */
 const handed = new Map<string, number>();
 
+/** The most consumes one call to a pool object carries. */
+export const SPEND_BATCH_MAX = 128;
+
 /**
- * Spend now from a pool (the consume route, the hot path and the RPC entrypoint). The object gets the
- * configuration itself only when this isolate has not handed it this version yet, or when the object
- * answers that it holds an older one (its storage started over); otherwise just the version. Throws
- * the AppError to answer.
+ * One pool's consumes in this isolate: at most one call to its object is in flight; consumes that
+ * arrive meanwhile wait here and go together in the next call.
  */
-export async function consumeAt(env: Env, cfg: PoolConfig, caller: Caller, opts: SpendOptions): Promise<ConsumeResult> {
+interface Lane {
+  busy: boolean;
+  waiting: Waiter[];
+}
+
+/**
+ * A consume waiting in a lane. `turn` is set by the call that carried it (its answer, or the error) or
+ * by the consume before it (lead: make the next call); the waiting consume polls it (see waitTurn).
+ */
+interface Waiter {
+  item: SpendItem;
+  cfg: PoolConfig;
+  turn: Turn | null;
+  /** Until when it waits: to be taken by a call, then (set by the call that takes it) for that call's answer. */
+  deadline: number;
+  taken: boolean;
+}
+
+type Turn = { lead: true } | { lead: false; answer: Spent | Failure } | { lead: false; error: unknown };
+
+/**
+ * waitMs: how long a consume waits in its lane to be taken by a call, and then for that call's answer.
+ * Not taken in time, it makes the next call itself (with those waiting behind it); not answered in
+ * time, it fails (its outcome unknown: retry with an idempotency key). A call takes milliseconds; this is for a call
+ * that never returns, or a consume handed the next call whose request was killed. Tests shorten it.
+ * pollMs: how often a waiting consume looks at its turn.
+ */
+export const laneSettings = { waitMs: 10_000, pollMs: 1 };
+
+const lanes = new Map<string, Lane>();
+
+/**
+ * Spend now from a pool (the consume route, the hot path and the RPC entrypoint). Throws the AppError
+ * to answer.
+ *
+ * Consumes of one pool in one isolate are coalesced: when a call to the pool's object is in flight,
+ * the consumes that arrive meanwhile wait for it and then go in one call (up to SPEND_BATCH_MAX), made
+ * by the first of them. The object decides them one after the other, in arrival order, and commits
+ * them at once. A lone consume goes at once, so this adds no wait when the pool is not busy; a busy
+ * pool pays one call and one commit per batch, not per consume. Each consume keeps its own answer.
+ *
+ * Each caller's part is kept alive with waitUntil: a consume whose client went away may be carrying
+ * others, or be the one asked to make the next call.
+ *
+ * The object gets the configuration itself only when this isolate has not handed it this version
+ * yet, or when the object answers that it holds an older one (its storage started over); otherwise
+ * just the version.
+ */
+export async function consumeAt(
+  env: Env, ctx: Pick<ExecutionContext, "waitUntil">, cfg: PoolConfig, caller: Caller, opts: SpendOptions,
+): Promise<ConsumeResult> {
+  const item: SpendItem = [caller.clientId, caller.tier, caller.via, opts.amount, opts.requestId ?? null, opts.idempotencyKey ?? null];
+  let lane = lanes.get(cfg.id);
+  if (!lane) lanes.set(cfg.id, (lane = { busy: false, waiting: [] }));
+  let answer: Promise<Spent | Failure>;
+  if (!lane.busy) {
+    lane.busy = true;
+    answer = lead(env, lane, cfg, item);
+  } else {
+    answer = waitTurn(env, lane, cfg, item);
+  }
+  ctx.waitUntil(answer.then(ignore, ignore));
+  const spent = await answer;
+  if (!Array.isArray(spent)) return unwrap(spent);
+  const [eventId, costNano, remaining] = spent;
+  return { pool: cfg.id, eventId, units: opts.amount, costNano, remaining };
+}
+
+function ignore(): void {}
+
+/**
+ * Wait in the lane until a call carries this consume (its answer) or the consume before it hands over
+ * the next call. The turn is polled with this request's own timer, not awaited as a promise settled by
+ * the request that carries it: workerd runs a continuation in the context of the request that settles
+ * the promise (under vitest-pool-workers at least), where this request's I/O is refused.
+ */
+async function waitTurn(env: Env, lane: Lane, cfg: PoolConfig, item: SpendItem): Promise<Spent | Failure> {
+  const waiter: Waiter = { item, cfg, turn: null, deadline: Date.now() + laneSettings.waitMs, taken: false };
+  lane.waiting.push(waiter);
+  while (waiter.turn === null) {
+    if (Date.now() >= waiter.deadline) {
+      if (waiter.taken) throw new AppError("unavailable", `no answer from pool ${cfg.id} within ${laneSettings.waitMs} ms; retry with an idempotency key`);
+      // Nobody has taken it: the call in flight is stuck, or the consume handed the next call never
+      // made it (its request was killed). Make the call itself, for those waiting behind it too.
+      lane.waiting.splice(lane.waiting.indexOf(waiter), 1);
+      return lead(env, lane, cfg, item);
+    }
+    await new Promise((resolve) => setTimeout(resolve, laneSettings.pollMs));
+  }
+  const turn: Turn = waiter.turn;
+  if (turn.lead) return lead(env, lane, cfg, item);
+  if ("error" in turn) throw turn.error;
+  return turn.answer;
+}
+
+/**
+ * Make one call for `own` and the consumes waiting behind it, answer them, then hand the lane to the
+ * next waiting consume (or free it).
+ */
+async function lead(env: Env, lane: Lane, cfg: PoolConfig, own: SpendItem): Promise<Spent | Failure> {
+  const others = lane.waiting.splice(0, SPEND_BATCH_MAX - 1);
+  const deadline = Date.now() + laneSettings.waitMs;
+  for (const w of others) {
+    w.taken = true;
+    w.deadline = deadline;
+  }
+  try {
+    // The newest configuration any of them read (an object serves an older version with the one it holds).
+    let newest = cfg;
+    for (const w of others) if (w.cfg.version > newest.version) newest = w.cfg;
+    let answers: Array<Spent | Failure>;
+    try {
+      answers = await spendAt(env, newest, others.length === 0 ? [own] : [own, ...others.map((w) => w.item)]);
+    } catch (error) {
+      for (const w of others) w.turn = { lead: false, error };
+      throw error;
+    }
+    others.forEach((w, i) => (w.turn = { lead: false, answer: answers[i + 1]! }));
+    return answers[0]!;
+  } finally {
+    const next = lane.waiting.shift();
+    if (next) next.turn = { lead: true };
+    else {
+      lane.busy = false;
+      if (lanes.get(cfg.id) === lane) lanes.delete(cfg.id);
+    }
+  }
+}
+
+/** One call to the pool's object for `items`, with the configuration's version, or the configuration when the object needs it. */
+async function spendAt(env: Env, cfg: PoolConfig, items: SpendItem[]): Promise<Array<Spent | Failure>> {
   const stub = poolStub(env, cfg.id);
-  const spend = async (config: PoolConfig | number) =>
-    (await stub.spend(config, caller.clientId, caller.tier, caller.via, opts.amount, opts.requestId, opts.idempotencyKey)) as Spent | Failure | null;
-  let answer = handed.get(cfg.id) === cfg.version ? await spend(cfg.version) : null;
-  if (answer === null) {
-    answer = await spend(cfg);
+  let answers = handed.get(cfg.id) === cfg.version ? ((await stub.spend(cfg.version, items)) as Array<Spent | Failure> | null) : null;
+  if (answers === null) {
+    answers = (await stub.spend(cfg, items)) as Array<Spent | Failure> | null;
     if (handed.size >= POOL_IDS_MAX) handed.clear();
     handed.set(cfg.id, cfg.version);
   }
-  if (answer === null) throw new AppError("internal", `pool ${cfg.id} refused its configuration`);
-  if (!Array.isArray(answer)) return unwrap(answer);
-  const [eventId, costNano, remaining] = answer;
-  return { pool: cfg.id, eventId, units: opts.amount, costNano, remaining };
+  if (answers === null || answers.length !== items.length) throw new AppError("internal", `pool ${cfg.id} refused its configuration`);
+  return answers;
 }
 
 /** A pool object's answer, or the AppError it stands for (429s carry Retry-After in seconds). */

@@ -1,0 +1,168 @@
+import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
+import { env } from "cloudflare:workers";
+import { afterEach, describe, expect, it } from "vitest";
+import type { Caller, PoolConfig } from "../src/domain/types";
+import { AppError } from "../src/errors";
+import type { SpendItem } from "../src/objects/pool";
+import { consumeAt, laneSettings, SPEND_BATCH_MAX } from "../src/services/pools";
+import { listUsageEvents } from "../src/storage/usage";
+import { consume, makePool, sleep } from "./helpers";
+
+const stubOf = (pool: string) => env.POOL.get(env.POOL.idFromName(pool));
+const acme: Caller = { clientId: "acme", tier: "enterprise", via: "internal" };
+
+/**
+ * The real pool objects behind a binding that records each spend call's size, and lets a test delay
+ * or fail a call (by its number, from 1) before it reaches the object.
+ */
+function recording(hook: (call: number, items: SpendItem[]) => Promise<void> | void = () => {}) {
+  const calls: number[] = [];
+  const POOL = {
+    idFromName: (name: string) => env.POOL.idFromName(name),
+    get: (id: DurableObjectId) => {
+      const real = env.POOL.get(id);
+      return {
+        spend: async (config: PoolConfig | number, items: SpendItem[]) => {
+          calls.push(items.length);
+          await hook(calls.length, items);
+          return real.spend(config, items);
+        },
+      };
+    },
+  };
+  return { env: { ...env, POOL } as unknown as Env, calls };
+}
+
+/** n consumes of `amount` started together; each settles on its own. */
+function burst(e: Env, pool: PoolConfig, n: number, amount = 1) {
+  const ctx = createExecutionContext();
+  const all = Promise.allSettled(Array.from({ length: n }, () => consumeAt(e, ctx, pool, acme, { amount })));
+  return { all, ctx };
+}
+
+const codeOf = (r: PromiseSettledResult<unknown>) => (r.status === "rejected" && r.reason instanceof AppError ? r.reason.code : null);
+
+afterEach(() => {
+  laneSettings.waitMs = 10_000;
+});
+
+describe("spend: many consumes in one call to a pool object", () => {
+  it("decides them in order, each on its own: a denial stops none of the others, and they are recorded once each", async () => {
+    const pool = await makePool({ capacity: 10, costPerUnitNano: 3 });
+    const item = (amount: number, key: string | null = null): SpendItem => ["acme", "enterprise", "internal", amount, null, key];
+    const answers = await stubOf(pool.id).spend(pool, [item(4), item(8), item(3), item(2), item(5), item(11)]);
+    expect(answers).toEqual([
+      [expect.stringMatching(/^evt_/), 12, 6],
+      expect.objectContaining({ ok: false, error: expect.objectContaining({ code: "rate_limited" }) }),
+      [expect.stringMatching(/^evt_/), 9, 3],
+      [expect.stringMatching(/^evt_/), 6, 1],
+      expect.objectContaining({ ok: false, error: expect.objectContaining({ code: "rate_limited" }) }),
+      expect.objectContaining({ ok: false, error: expect.objectContaining({ code: "amount_exceeds_capacity" }) }),
+    ]);
+    // The same idempotency key twice in one call: the second is the first's answer, spent once.
+    const keyed = await stubOf(pool.id).spend(pool.version, [item(1, "k-1"), item(1, "k-1"), item(1, "k-2")]);
+    expect(keyed![0]).toEqual([expect.stringMatching(/^evt_/), 3, 0]);
+    expect(keyed![1]).toEqual(keyed![0]);
+    expect(keyed![2]).toMatchObject({ ok: false, error: { code: "rate_limited" } });
+    await stubOf(pool.id).flush();
+    const events = await listUsageEvents(env.DB, { poolId: pool.id });
+    expect(events.map((e) => e.units).sort()).toEqual([1, 2, 3, 4]);
+    expect(events.reduce((n, e) => n + e.cost_nano, 0)).toBe(30);
+  });
+});
+
+describe("consumeAt: one pool's consumes in an isolate share calls", () => {
+  it("20 consumes at once against 15 units: fewer calls than consumes, the first alone; exactly 15 granted, each with its own level", async () => {
+    const pool = await makePool({ capacity: 15 });
+    const rec = recording();
+    const { all, ctx } = burst(rec.env, pool, 20);
+    const results = await all;
+    await waitOnExecutionContext(ctx);
+    expect(rec.calls[0]).toBe(1);
+    expect(rec.calls.length).toBeLessThan(20);
+    expect(rec.calls.reduce((a, b) => a + b, 0)).toBe(20);
+    const granted = results.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
+    expect(granted).toHaveLength(15);
+    // Answers in arrival order: the levels left are 14 down to 0, each once.
+    expect(granted.map((g) => g.remaining)).toEqual([14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0]);
+    expect(new Set(granted.map((g) => g.eventId)).size).toBe(15);
+    expect(results.map(codeOf).filter((c) => c !== null)).toEqual(Array(5).fill("rate_limited"));
+    await stubOf(pool.id).flush();
+    expect(await listUsageEvents(env.DB, { poolId: pool.id })).toHaveLength(15);
+  });
+
+  it(`a call carries at most ${SPEND_BATCH_MAX} consumes: 300 waiting behind a slow call go in calls of 128, 128 and 43`, async () => {
+    const pool = await makePool({ capacity: 1000 });
+    const rec = recording((n) => (n === 1 ? sleep(30) : undefined));
+    const { all, ctx } = burst(rec.env, pool, 300);
+    const results = await all;
+    await waitOnExecutionContext(ctx);
+    expect(rec.calls).toEqual([1, 128, 128, 43]);
+    expect(results.every((r) => r.status === "fulfilled")).toBe(true);
+    expect(Math.min(...results.map((r) => (r.status === "fulfilled" ? r.value.remaining : Infinity)))).toBe(700);
+  });
+
+  it("a call that fails fails every consume it carried, spends nothing for them, and the next consume gets through", async () => {
+    const pool = await makePool({ capacity: 100 });
+    const rec = recording((n) => {
+      if (n === 1) return sleep(20);
+      if (n === 2) throw new Error("pool object reset");
+    });
+    const { all, ctx } = burst(rec.env, pool, 10, 2);
+    const results = await all;
+    await waitOnExecutionContext(ctx);
+    expect(rec.calls).toEqual([1, 9]);
+    expect(results[0]!.status).toBe("fulfilled");
+    for (const r of results.slice(1)) expect(r.status === "rejected" && String(r.reason)).toContain("pool object reset");
+    const after = await consumeAt(rec.env, createExecutionContext(), pool, acme, { amount: 2 });
+    expect(after.remaining).toBe(96);
+    expect(rec.calls).toEqual([1, 9, 1]);
+  });
+
+  it("consumes that wait longer than the lane allows, with no call taking them, make the next call themselves", async () => {
+    laneSettings.waitMs = 40;
+    const pool = await makePool({ capacity: 100 });
+    const rec = recording((n) => (n === 1 ? sleep(250) : undefined));
+    const { all, ctx } = burst(rec.env, pool, 4, 5);
+    const results = await all;
+    await waitOnExecutionContext(ctx);
+    // The three behind the stuck call went together after 40 ms, before it answered.
+    expect(rec.calls).toEqual([1, 3]);
+    expect(results.map((r) => (r.status === "fulfilled" ? r.value.remaining : null)).sort()).toEqual([80, 85, 90, 95]);
+    // The lane is free again: the next consume goes at once.
+    await consumeAt(rec.env, createExecutionContext(), pool, acme, { amount: 5 });
+    expect(rec.calls).toEqual([1, 3, 1]);
+  });
+
+  it("a consume whose call does not answer in time gets 503 unavailable (its outcome unknown), the others their answers", async () => {
+    laneSettings.waitMs = 60;
+    const pool = await makePool({ capacity: 100 });
+    // Call 1 (the first consume alone) holds the other two back; call 2 carries them and is slow.
+    const rec = recording((n) => sleep(n === 1 ? 20 : 200));
+    const { all, ctx } = burst(rec.env, pool, 3, 10);
+    const results = await all;
+    await waitOnExecutionContext(ctx);
+    expect(rec.calls).toEqual([1, 2]);
+    expect(results.map((r) => r.status)).toEqual(["fulfilled", "fulfilled", "rejected"]);
+    expect(codeOf(results[2]!)).toBe("unavailable");
+    expect((results[2] as PromiseRejectedResult).reason.status).toBe(503);
+    // The call did reach the object late: the third consume was spent, which is why a retry needs its key.
+    await stubOf(pool.id).flush();
+    expect(await listUsageEvents(env.DB, { poolId: pool.id })).toHaveLength(3);
+  });
+});
+
+describe("POST /internal/consume under concurrency", () => {
+  it("40 requests at once with 20 idempotency keys, each sent twice: each key spends once and both answers agree", async () => {
+    const pool = await makePool({ capacity: 100 });
+    const sent = Array.from({ length: 40 }, (_, i) => consume(pool.id, 2, { idempotency_key: `burst-${i % 20}` }));
+    const results = await Promise.all(sent);
+    expect(results.map((r) => r.status)).toEqual(Array(40).fill(200));
+    for (let i = 0; i < 20; i++) expect(results[i + 20]!.body.event_id).toBe(results[i]!.body.event_id);
+    expect(new Set(results.map((r) => r.body.event_id)).size).toBe(20);
+    await stubOf(pool.id).flush();
+    const events = await listUsageEvents(env.DB, { poolId: pool.id });
+    expect(events).toHaveLength(20);
+    expect(Math.min(...results.map((r) => r.body.remaining))).toBe(60);
+  });
+});
