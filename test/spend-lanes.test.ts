@@ -166,3 +166,20 @@ describe("POST /internal/consume under concurrency", () => {
     expect(Math.min(...results.map((r) => r.body.remaining))).toBe(60);
   });
 });
+
+describe("RPC consume under concurrency, from another worker through a service binding (as KAM calls)", () => {
+  it("30 consumes at once against 20 units: exactly 20 granted, 10 rate_limited, each level once", async () => {
+    const pool = await makePool({ capacity: 20 });
+    const rpc = async (...args: unknown[]) => {
+      const res = await env.KAM.fetch("https://kam/", { method: "POST", body: JSON.stringify({ method: "consume", args }) });
+      return (await res.json()) as { ok: boolean; value?: { remaining: number }; error?: string };
+    };
+    const results = await Promise.all(Array.from({ length: 30 }, () => rpc("acme", pool.id, 1)));
+    const granted = results.filter((r) => r.ok);
+    expect(granted).toHaveLength(20);
+    expect(granted.map((r) => r.value!.remaining).sort((a, b) => a - b)).toEqual(Array.from({ length: 20 }, (_, i) => i));
+    expect(results.filter((r) => !r.ok).map((r) => r.error!.split(":")[0])).toEqual(Array(10).fill("rate_limited"));
+    await stubOf(pool.id).flush();
+    expect(await listUsageEvents(env.DB, { poolId: pool.id })).toHaveLength(20);
+  });
+});
