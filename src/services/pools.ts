@@ -51,9 +51,9 @@ type Turn = { lead: true } | { lead: false; answer: Spent | Failure } | { lead: 
 /**
  * waitMs: how long a consume waits in its lane to be taken by a call, and then for that call's answer.
  * Not taken in time, it makes the next call itself (with those waiting behind it); not answered in
- * time, it fails (its outcome unknown: retry with an idempotency key). A call takes milliseconds; this is for a call
- * that never returns, or a consume handed the next call whose request was killed. Tests shorten it.
- * pollMs: how often a waiting consume looks at its turn.
+ * time, it fails (its outcome unknown: retry with an idempotency key). A call takes milliseconds;
+ * this is for a call that never returns, or a consume handed the next call whose request was killed.
+ * pollMs: how often a waiting consume looks at its turn. Tests shorten waitMs.
  */
 export const laneSettings = { waitMs: 10_000, pollMs: 1 };
 
