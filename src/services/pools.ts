@@ -23,13 +23,15 @@ const handed = new Map<string, number>();
 
 /** The most consumes one call to a pool object carries. */
 export const SPEND_BATCH_MAX = 128;
+/** Calls to one pool's object in flight at once from one isolate, before consumes wait to share the next. */
+export const SPEND_CALLS_MAX = 2;
 
 /**
- * One pool's consumes in this isolate: at most one call to its object is in flight; consumes that
- * arrive meanwhile wait here and go together in the next call.
+ * One pool's consumes in this isolate: at most SPEND_CALLS_MAX calls to its object are in flight;
+ * consumes that arrive meanwhile wait here and go together in the next call.
  */
 interface Lane {
-  busy: boolean;
+  calls: number;
   waiting: Waiter[];
 }
 
@@ -63,11 +65,14 @@ const lanes = new Map<string, Lane>();
  * Spend now from a pool (the consume route, the hot path and the RPC entrypoint). Throws the AppError
  * to answer.
  *
- * Consumes of one pool in one isolate are coalesced: when a call to the pool's object is in flight,
- * the consumes that arrive meanwhile wait for it and then go in one call (up to SPEND_BATCH_MAX), made
- * by the first of them. The object decides them one after the other, in arrival order, and commits
- * them at once. A lone consume goes at once, so this adds no wait when the pool is not busy; a busy
- * pool pays one call and one commit per batch, not per consume. Each consume keeps its own answer.
+ * Consumes of one pool in one isolate are coalesced: when SPEND_CALLS_MAX calls to the pool's object
+ * are in flight, the consumes that arrive meanwhile wait and then go in one call (up to
+ * SPEND_BATCH_MAX), made by the first of them when a call ends. The object decides them one after the
+ * other, in the order given, and commits them at once. Below that many calls a consume goes at once,
+ * so a pool that is not busy waits for nothing; a busy pool pays one call and one commit per batch,
+ * not per consume. Each consume keeps its own answer. Two calls, not one: with one, a consume behind
+ * a lone call waited for it and then for its own poll (p50 +0.65 ms at 4 connections); with two, that
+ * wait is gone at 4 connections and the batches at 32 are about as large.
  *
  * Each caller's part is kept alive with waitUntil: a consume whose client went away may be carrying
  * others, or be the one asked to make the next call.
@@ -81,10 +86,10 @@ export async function consumeAt(
 ): Promise<ConsumeResult> {
   const item: SpendItem = [caller.clientId, caller.tier, caller.via, opts.amount, opts.requestId ?? null, opts.idempotencyKey ?? null];
   let lane = lanes.get(cfg.id);
-  if (!lane) lanes.set(cfg.id, (lane = { busy: false, waiting: [] }));
+  if (!lane) lanes.set(cfg.id, (lane = { calls: 0, waiting: [] }));
   let answer: Promise<Spent | Failure>;
-  if (!lane.busy) {
-    lane.busy = true;
+  if (lane.calls < SPEND_CALLS_MAX) {
+    lane.calls += 1;
     answer = lead(env, lane, cfg, item);
   } else {
     answer = waitTurn(env, lane, cfg, item);
@@ -113,6 +118,7 @@ async function waitTurn(env: Env, lane: Lane, cfg: PoolConfig, item: SpendItem):
       // Nobody has taken it: the call in flight is stuck, or the consume handed the next call never
       // made it (its request was killed). Make the call itself, for those waiting behind it too.
       lane.waiting.splice(lane.waiting.indexOf(waiter), 1);
+      lane.calls += 1;
       return lead(env, lane, cfg, item);
     }
     await new Promise((resolve) => setTimeout(resolve, laneSettings.pollMs));
@@ -151,8 +157,8 @@ async function lead(env: Env, lane: Lane, cfg: PoolConfig, own: SpendItem): Prom
     const next = lane.waiting.shift();
     if (next) next.turn = { lead: true };
     else {
-      lane.busy = false;
-      if (lanes.get(cfg.id) === lane) lanes.delete(cfg.id);
+      lane.calls -= 1;
+      if (lane.calls === 0 && lanes.get(cfg.id) === lane) lanes.delete(cfg.id);
     }
   }
 }
