@@ -285,8 +285,8 @@ describe("settlement", () => {
     const run = async (o: (typeof ops)[number]) => {
       const stub = poolStub(o.pool.id);
       if (!o.reserve) {
-        const r = await stub.consume(o.pool, caller, { amount: o.amount });
-        expect(r.ok && r.value.costNano).toBe(o.amount * o.price);
+        const r = ((await stub.spend(o.pool, [[caller.clientId, caller.tier, caller.via, o.amount, null, null]])) as unknown as unknown[])[0];
+        expect(Array.isArray(r) && r[1]).toBe(o.amount * o.price);
         return;
       }
       const held = await stub.reserve(o.pool, caller, { amount: o.amount, ttlMs: 600_000 });

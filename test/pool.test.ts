@@ -250,9 +250,8 @@ describe("usage outbox", () => {
           batch: async (s: D1PreparedStatement[]) => {
             if (first) {
               first = false;
-              const caller = { clientId: "acme", tier: "enterprise" as const, via: "internal" };
-              expect(instance.consume(pool, caller, { amount: 10 }).ok).toBe(true);
-              expect(instance.consume(pool, caller, { amount: 20 }).ok).toBe(true);
+              const granted = instance.spend(pool, [["acme", "enterprise", "internal", 10, null, null], ["acme", "enterprise", "internal", 20, null, null]]);
+              expect(granted!.map((r) => Array.isArray(r))).toEqual([true, true]);
             }
             return real.batch(s);
           },

@@ -2,6 +2,7 @@ import { runDurableObjectAlarm } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { PoolConfig } from "../src/domain/types";
+import type { SpendItem } from "../src/objects/pool";
 import { checkAlerts } from "../src/services/alerts";
 import { ADMIN, call, consume, expectError, INTERNAL, KEYS, makePool } from "./helpers";
 
@@ -279,7 +280,8 @@ describe("lifecycle", () => {
     const lows = await call("GET", "/admin/alerts?kind=pool_low&state=open", { token: ADMIN });
     expect(lows.body.alerts.filter((a: any) => a.subject === id)).toEqual([]);
     const stale: PoolConfig = { id, name: BASE.name, unit: BASE.unit, capacity: 10, refillPerSec: 0, costPerUnitNano: 1000, sharing: { mode: "shared" }, status: "active", version: 1 };
-    const refused = await stub.consume(stale, { clientId: "acme", tier: "enterprise", via: "internal" }, { amount: 1 });
+    const one: SpendItem = ["acme", "enterprise", "internal", 1, null, null];
+    const refused = ((await stub.spend(stale, [one])) as unknown as unknown[])[0];
     expect(refused).toMatchObject({ ok: false, error: { code: "pool_inactive" } });
 
     const again = await create({ id, ...BASE, capacity: 4 });
@@ -288,7 +290,7 @@ describe("lifecycle", () => {
     expect(again.body.live).toMatchObject({ version: again.body.pool.version, capacity: 4, level: 4, status: "active" });
     expect((await get(id)).body.pool.version).toBe(again.body.pool.version);
     expect((await consume(id, 4)).status).toBe(200);
-    expect((await stub.consume(stale, { clientId: "acme", tier: "enterprise", via: "internal" }, { amount: 1 })).ok).toBe(false);
+    expect(((await stub.spend(stale, [one])) as unknown as unknown[])[0]).toMatchObject({ ok: false });
   });
 
   it("delete racing reservations: the pool is never deleted while one of them holds units", async () => {

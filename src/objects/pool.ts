@@ -251,12 +251,8 @@ export class PoolObject extends DurableObject<Env> {
     return { ok: true, value: { pool: cfg.id, allowed: false, available: d.available, retryAfterMs: d.retry_after_ms } };
   }
 
-  consume(config: PoolConfig, caller: Caller, opts: SpendOptions): Result<ConsumeResult> {
-    return this.consumeWith(this.adopt(config), caller, opts);
-  }
-
   /**
-   * consume() as the hot path calls it (consumeAt in src/services/pools.ts): many consumes in one call,
+   * Consume, as every consume reaches the object (consumeAt in src/services/pools.ts): many in one call,
    * decided one after the other in the order given, each answered on its own (a denial stops nothing
    * else), with one commit for them all. Primitives in and a tuple out per consume, and in place of the
    * configuration the version of it that this object already holds: structured-cloning the
