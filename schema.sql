@@ -1,4 +1,5 @@
--- Resource Manager D1 schema. Idempotent: safe to apply on every start.
+-- Resource Manager D1 schema: the full current schema, for reading. Databases are built and upgraded by
+-- migrations/ (`wrangler d1 migrations apply`); test/schema.test.ts proves the two agree.
 -- Money is integer nano-dollars (1e-9 USD); times are epoch milliseconds, UTC.
 
 CREATE TABLE IF NOT EXISTS tiers (
@@ -6,7 +7,9 @@ CREATE TABLE IF NOT EXISTS tiers (
   priority_points INTEGER NOT NULL CHECK (priority_points BETWEEN 0 AND 40),
   max_concurrent INTEGER NOT NULL CHECK (max_concurrent > 0),
   -- NULL: no tier default; the client's own budget applies ("custom").
-  monthly_budget_nano INTEGER CHECK (monthly_budget_nano IS NULL OR monthly_budget_nano >= 0)
+  monthly_budget_nano INTEGER CHECK (monthly_budget_nano IS NULL OR monthly_budget_nano >= 0),
+  -- Fair-share weight in dispatch; a client's quota may set its own.
+  weight INTEGER NOT NULL DEFAULT 1 CHECK (weight BETWEEN 1 AND 1000)
 );
 
 CREATE TABLE IF NOT EXISTS clients (
@@ -62,7 +65,9 @@ CREATE TABLE IF NOT EXISTS templates (
   cacheable INTEGER NOT NULL DEFAULT 0,
   batchable INTEGER NOT NULL DEFAULT 0,
   timeout_ms INTEGER NOT NULL DEFAULT 30000 CHECK (timeout_ms > 0),
-  updated_at INTEGER NOT NULL
+  updated_at INTEGER NOT NULL,
+  -- Attempts before a request of this template fails (a worker error or timeout retries with backoff).
+  max_attempts INTEGER NOT NULL DEFAULT 3 CHECK (max_attempts BETWEEN 1 AND 20)
 );
 
 -- A client's budget as set by an operator. No row: the client's monthly_budget_nano, else its tier's.

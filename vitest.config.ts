@@ -1,15 +1,11 @@
 import { readFileSync } from "node:fs";
-import { cloudflareTest } from "@cloudflare/vitest-pool-workers";
+import { cloudflareTest, readD1Migrations } from "@cloudflare/vitest-pool-workers";
+import { unstable_splitSqlQuery } from "wrangler";
 import { defineConfig } from "vitest/config";
 
-/** schema.sql and seed.sql split into statements, applied to each test file's fresh D1 by test/setup.ts. */
-function statements(file: string): string[] {
-  const text = readFileSync(new URL(file, import.meta.url), "utf8")
-    .split("\n")
-    .filter((line) => !line.trim().startsWith("--"))
-    .join("\n");
-  return text.split(/;\s*$/m).map((s) => s.trim()).filter(Boolean);
-}
+/** Each test file's fresh D1 gets the migrations, then the demo clients and keys of seed.sql (test/setup.ts). */
+const migrations = await readD1Migrations(new URL("./migrations", import.meta.url).pathname);
+const sqlFile = (file: string) => unstable_splitSqlQuery(readFileSync(new URL(file, import.meta.url), "utf8"));
 
 /** The pool names the worker under test after the project: "vitest-pool-workers-runner-<name>". */
 const PROJECT = "resource-manager";
@@ -27,10 +23,11 @@ export default defineConfig({
           CONFIG_TTL_MS: "5000",
           USAGE_FLUSH_DELAY_MS: "1000",
           LEASE_MARGIN_MS: "1000",
-          TEST_SQL: JSON.stringify([
-            { name: "schema.sql", queries: statements("./schema.sql") },
-            { name: "seed.sql", queries: statements("./seed.sql") },
-          ]),
+          TEST_MIGRATIONS: JSON.stringify(migrations),
+          TEST_SEED: JSON.stringify(sqlFile("./seed.sql")),
+          // schema.sql and the schema of the last version before migrations, for test/schema.test.ts.
+          TEST_SCHEMA: JSON.stringify(sqlFile("./schema.sql")),
+          TEST_LEGACY_SCHEMA: JSON.stringify(sqlFile("./test/fixtures/legacy-d1.sql")),
         },
         // The sample workers from examples/ stand behind the service bindings, as under `npm start`,
         // plus a KAM stand-in that binds to the RPC entrypoint.
@@ -41,6 +38,8 @@ export default defineConfig({
           { name: "alert-sink", modules: true, modulesRules: [{ type: "ESModule", include: ["**/*.js"] }], scriptPath: "./test/fixtures/alert-sink.js", compatibilityDate: "2026-04-20" },
           { name: "bad-many", modules: true, modulesRules: [{ type: "ESModule", include: ["**/*.js"] }], scriptPath: "./test/fixtures/bad-many-worker.js", compatibilityDate: "2026-04-20" },
         ],
+        // Empty databases for test/schema.test.ts (migrations against schema.sql, upgrades of older D1s).
+        d1Databases: ["SCHEMA_A", "SCHEMA_B"],
         serviceBindings: { KAM: "kam", ALERT_WEBHOOK: "alert-sink", BAD_MANY: "bad-many" },
       },
     }),

@@ -2,7 +2,7 @@
 // Queue and scheduler benchmark against a real `wrangler dev` on 127.0.0.1 (the Resource Manager with
 // the two sample workers of examples/, as `npm start` runs them), in a fresh temporary persist dir.
 //
-//   1. local D1: schema.sql, seed.sql, then bench limits (tiers max_concurrent 1000, pool bench-queue
+//   1. local D1: the migrations, seed.sql, then bench limits (tiers max_concurrent 1000, pool bench-queue
 //      with a bucket no run can empty, template bench-noop on CONTENT_WORKER needing 1 unit of it)
 //   2. wrangler dev (secrets from a temporary --env-file), wait for GET / = 200
 //   3. POST /admin/scheduler/stop
@@ -46,7 +46,7 @@ import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
-import { DEV_CONFIGS, freePortPair, HOST, ROOT, startWrangler, WRANGLER } from "../scripts/local-wrangler.mjs";
+import { DEV_CONFIGS, freePortPair, freshD1Sql, HOST, ROOT, startWrangler, WRANGLER } from "../scripts/local-wrangler.mjs";
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 const RESULTS_DIR = join(BENCH_DIR, "results");
@@ -592,8 +592,9 @@ async function main() {
   try {
     // 1-2. local D1 and limits, then wrangler dev.
     const d1 = ["d1", "execute", "DB", "--local", "--persist-to", persist, "--yes"];
-    await wranglerOnce([...d1, "--file", "schema.sql"], logFile);
-    await wranglerOnce([...d1, "--file", "seed.sql"], logFile);
+    const freshSql = join(stateDir, "fresh-d1.sql");
+    writeFileSync(freshSql, freshD1Sql());
+    await wranglerOnce([...d1, "--file", freshSql], logFile);
     await wranglerOnce([...d1, "--command", BENCH_SQL], logFile);
     const dev = spawnWrangler([
       "dev", ...DEV_CONFIGS, "--ip", HOST, "--port", String(port), "--inspector-port", String(port + 1000),

@@ -35,6 +35,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { setTimeout as sleep } from "node:timers/promises";
 import autocannon from "autocannon";
+import { freshD1Sql } from "../scripts/local-wrangler.mjs";
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 const ROOT = dirname(BENCH_DIR);
@@ -68,7 +69,7 @@ if (!["", "all", "errors"].includes(REQUEST_LOG)) throw new Error("BENCH_REQUEST
 const LOG_PROBE = process.env.BENCH_LOG_PROBE === "1";
 const BASELINE = process.env.BENCH_BASELINE || "";
 const ONLY = process.env.BENCH_SCENARIOS ? new Set(process.env.BENCH_SCENARIOS.split(",").map((k) => k.trim())) : null;
-const PRODUCT_FILES = ["src", "wrangler.toml", "schema.sql", "seed.sql", "package.json", "tsconfig.json"];
+const PRODUCT_FILES = ["src", "wrangler.toml", "migrations", "schema.sql", "seed.sql", "package.json", "tsconfig.json"];
 const PAUSE_MS = 500; // idle gap between measurements
 const SETTLE_MAX_MS = 15_000; // longest wait for the product's usage outbox to drain after a measurement
 const READY_TIMEOUT_MS = 120_000;
@@ -359,7 +360,9 @@ function benchPoolsSql() {
 async function prepareProductDb(persistTo, stateDir, productDir) {
   const poolsFile = join(stateDir, "bench-pools.sql");
   writeFileSync(poolsFile, benchPoolsSql());
-  for (const file of ["schema.sql", "seed.sql", poolsFile]) {
+  const freshSql = join(stateDir, "fresh-d1.sql");
+  writeFileSync(freshSql, freshD1Sql(productDir));
+  for (const file of [freshSql, poolsFile]) {
     await wranglerOnce(["d1", "execute", "DB", "--local", "--persist-to", persistTo, "--file", file, "--yes"], productDir);
   }
 }

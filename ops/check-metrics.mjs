@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Scrape a real GET /metrics and lint it with `promtool check metrics` (what CI runs).
 //
-//   1. a temporary persist dir: the local D1 gets schema.sql and seed.sql (one wrangler call)
+//   1. a temporary persist dir: the local D1 gets the migrations and seed.sql (one wrangler call)
 //   2. `wrangler dev` on 127.0.0.1 (the Resource Manager and the sample workers of examples/, as
 //      `npm start` runs them), secrets from a temporary --env-file, wrangler's inspector proxy off
 //      (VSCODE_INSPECTOR_OPTIONS, see bench/queue.mjs for why)
@@ -15,11 +15,11 @@
 // the scraped body in metrics.txt) and prints its path.
 
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { DEV_CONFIGS, freePort, HOST, ROOT, spawnWrangler, WRANGLER, WRANGLER_ENV } from "../scripts/local-wrangler.mjs";
+import { DEV_CONFIGS, freePort, freshD1Sql, HOST, ROOT, spawnWrangler, WRANGLER, WRANGLER_ENV } from "../scripts/local-wrangler.mjs";
 
 const TOKENS = { ADMIN_TOKEN: "check-admin-token", INTERNAL_TOKEN: "check-internal-token", METRICS_TOKEN: "check-metrics-token" };
 const READY_TIMEOUT_MS = 60_000;
@@ -65,13 +65,13 @@ async function main() {
   const persist = join(state, "state");
   const envFile = join(state, "check.env");
   writeFileSync(envFile, Object.entries(TOKENS).map(([k, v]) => `${k}=${v}\n`).join(""));
-  const sql = join(state, "schema-and-seed.sql");
-  writeFileSync(sql, `${readFileSync(join(ROOT, "schema.sql"), "utf8")}\n${readFileSync(join(ROOT, "seed.sql"), "utf8")}\n`);
+  const sql = join(state, "migrations-and-seed.sql");
+  writeFileSync(sql, freshD1Sql());
 
   const d1 = spawnSync(process.execPath, [WRANGLER, "d1", "execute", "DB", "--local", "--persist-to", persist, "--yes", "--file", sql], {
     cwd: ROOT, env: WRANGLER_ENV, encoding: "utf8", timeout: 60_000,
   });
-  if (d1.status !== 0) fail(`loading schema and seed failed:\n${d1.stdout}\n${d1.stderr}`);
+  if (d1.status !== 0) fail(`loading migrations and seed failed:\n${d1.stdout}\n${d1.stderr}`);
 
   const [port, inspectorPort] = [await freePort(), await freePort()];
   const base = `http://${HOST}:${port}`;

@@ -2,7 +2,7 @@
 // test/browser/dashboard.browser.mjs, npm start): the environment, the configs of one session, a free
 // port, and wrangler children in their own process groups.
 import { spawn } from "node:child_process";
-import { createWriteStream } from "node:fs";
+import { createWriteStream, readdirSync, readFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -96,4 +96,15 @@ function portFree(port) {
     server.once("error", () => resolve(false));
     server.listen(port, HOST, () => server.close(() => resolve(true)));
   });
+}
+
+/**
+ * The SQL that builds a fresh local D1 as a deployment's is built: every migration of `dir`/migrations in
+ * order, then the demo clients and keys of seed.sql. One file for one `wrangler d1 execute` call, for
+ * throwaway databases (tests, benchmarks); `npm start` applies the migrations with wrangler's own command.
+ */
+export function freshD1Sql(dir = ROOT) {
+  const migrations = join(dir, "migrations");
+  const files = readdirSync(migrations).filter((f) => f.endsWith(".sql")).sort((a, b) => parseInt(a) - parseInt(b));
+  return [...files.map((f) => join(migrations, f)), join(dir, "seed.sql")].map((f) => readFileSync(f, "utf8")).join("\n");
 }

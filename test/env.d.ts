@@ -1,7 +1,14 @@
 declare namespace Cloudflare {
   interface Env {
-    /** JSON of D1 migrations built from schema.sql and seed.sql by vitest.config.ts. */
-    TEST_SQL: string;
+    /** JSON of migrations/ as readD1Migrations read it (vitest.config.ts). */
+    TEST_MIGRATIONS: string;
+    /** JSON arrays of SQL statements: seed.sql, schema.sql, and a D1 of the last version before migrations. */
+    TEST_SEED: string;
+    TEST_SCHEMA: string;
+    TEST_LEGACY_SCHEMA: string;
+    /** Empty databases for test/schema.test.ts. */
+    SCHEMA_A: D1Database;
+    SCHEMA_B: D1Database;
   }
 }
 declare namespace Cloudflare {

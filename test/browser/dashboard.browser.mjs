@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // The operator's dashboard in headless Chromium, against a real `wrangler dev` on 127.0.0.1.
 //
-//   1. a fresh temporary persist dir: schema.sql, seed.sql and this test's data (an open alert whose
+//   1. a fresh temporary persist dir: the migrations, seed.sql and this test's data (an open alert whose
 //      text carries markup, a failed request) in the local D1 (one wrangler call)
 //   2. wrangler dev with the sample workers of examples/ (secrets from a temporary --env-file; the
 //      inspector proxy off, see bench/queue.mjs), ready when GET / answers 200; then some spend through
@@ -25,7 +25,7 @@ import { dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
-import { DEV_CONFIGS, freePortPair, HOST, killGroup, ROOT, startWrangler } from "../../scripts/local-wrangler.mjs";
+import { DEV_CONFIGS, freePortPair, freshD1Sql, HOST, killGroup, ROOT, startWrangler } from "../../scripts/local-wrangler.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ARTIFACTS = join(HERE, "artifacts");
@@ -93,7 +93,7 @@ async function startService(logFile) {
   const envFile = join(stateDir, "test.env");
   writeFileSync(envFile, `ADMIN_TOKEN=${ADMIN_TOKEN}\nINTERNAL_TOKEN=${INTERNAL_TOKEN}\n`);
   const sqlFile = join(stateDir, "data.sql");
-  writeFileSync(sqlFile, [readFileSync(join(ROOT, "schema.sql"), "utf8"), readFileSync(join(ROOT, "seed.sql"), "utf8"), SEED_SQL].join("\n"));
+  writeFileSync(sqlFile, [freshD1Sql(), SEED_SQL].join("\n"));
 
   const d1 = startWrangler(["d1", "execute", "DB", "--local", "--persist-to", persist, "--yes", "--file", sqlFile], { logFile });
   const timer = setTimeout(() => killGroup(d1, "SIGKILL"), 90_000);
