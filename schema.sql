@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS templates (
   timeout_ms INTEGER NOT NULL DEFAULT 30000 CHECK (timeout_ms > 0),
   updated_at INTEGER NOT NULL,
   -- Attempts before a request of this template fails (a worker error or timeout retries with backoff).
-  max_attempts INTEGER NOT NULL DEFAULT 3 CHECK (max_attempts BETWEEN 1 AND 20)
+  max_attempts INTEGER NOT NULL DEFAULT 3 CHECK (max_attempts BETWEEN 1 AND 10)
 );
 
 -- A client's budget as set by an operator. No row: the client's monthly_budget_nano, else its tier's.
@@ -155,7 +155,7 @@ CREATE TABLE IF NOT EXISTS request_log (
 CREATE INDEX IF NOT EXISTS request_log_finished ON request_log (finished_at);
 CREATE INDEX IF NOT EXISTS request_log_status_finished ON request_log (status, finished_at);
 
--- Pool levels sampled by the minute cron, for utilization over time. Kept 92 days.
+-- Pool levels sampled by the minute cron, for utilization over time. Kept 92 days by default (retention_settings).
 CREATE TABLE IF NOT EXISTS pool_samples (
   pool_id TEXT NOT NULL,
   at INTEGER NOT NULL,
@@ -328,4 +328,49 @@ CREATE TABLE IF NOT EXISTS sla_targets (
   target_percent REAL NOT NULL CHECK (target_percent > 0 AND target_percent <= 100),
   updated_at INTEGER NOT NULL,
   PRIMARY KEY (tier, queue)
+);
+
+-- ---- Dashboard sessions and logins (issue 19, migration 0003) ------------------------------------
+
+-- One row per dashboard login. The cookie carries the id, signed; a cookie is accepted only while its
+-- row exists, is not revoked and has not expired. Each login deletes a bounded number of expired rows.
+CREATE TABLE IF NOT EXISTS admin_sessions (
+  id TEXT PRIMARY KEY,
+  created_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL,
+  revoked_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS admin_sessions_expires ON admin_sessions (expires_at);
+
+-- Login attempts per source address (IPv6 by /64) in a fixed window from the window's first attempt.
+-- Each attempt deletes a bounded number of rows whose window has ended.
+CREATE TABLE IF NOT EXISTS login_attempts (
+  source TEXT PRIMARY KEY,
+  window_start INTEGER NOT NULL,
+  attempts INTEGER NOT NULL CHECK (attempts > 0)
+);
+CREATE INDEX IF NOT EXISTS login_attempts_window ON login_attempts (window_start);
+
+-- ---- Retention and retired client ids (issue 19, migration 0004) --------------------------------
+
+-- How long each kind of record is kept, in days; the minute cron deletes older rows in bounded chunks.
+-- Operators read and change these with GET/PUT /admin/retention. usage_daily (rollups) is kept forever.
+CREATE TABLE IF NOT EXISTS retention_settings (
+  kind TEXT PRIMARY KEY,
+  days INTEGER NOT NULL CHECK (days BETWEEN 1 AND 3650),
+  updated_at INTEGER NOT NULL
+);
+
+-- Pruning selects old rows by time: each kind needs an index on its time column (request_log,
+-- scaling_events and burst_sessions have one already).
+CREATE INDEX IF NOT EXISTS usage_events_at ON usage_events (at);
+CREATE INDEX IF NOT EXISTS alerts_resolved_at ON alerts (resolved_at) WHERE state = 'resolved';
+CREATE INDEX IF NOT EXISTS optimizer_savings_at ON optimizer_savings (at);
+CREATE INDEX IF NOT EXISTS pool_samples_at ON pool_samples (at);
+
+-- Ids of deleted clients. An id is never used again (POST /admin/clients answers 409 client_id_retired),
+-- so no later tenant can reach a deleted client's usage, requests, costs or cached results.
+CREATE TABLE IF NOT EXISTS retired_client_ids (
+  client_id TEXT PRIMARY KEY,
+  retired_at INTEGER NOT NULL
 );

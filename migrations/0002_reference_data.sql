@@ -5,7 +5,7 @@
 
 -- A tier's fair-share weight in dispatch (a client's quota may set its own), and a template's retry limit.
 ALTER TABLE tiers ADD COLUMN weight INTEGER NOT NULL DEFAULT 1 CHECK (weight BETWEEN 1 AND 1000);
-ALTER TABLE templates ADD COLUMN max_attempts INTEGER NOT NULL DEFAULT 3 CHECK (max_attempts BETWEEN 1 AND 20);
+ALTER TABLE templates ADD COLUMN max_attempts INTEGER NOT NULL DEFAULT 3 CHECK (max_attempts BETWEEN 1 AND 10);
 
 INSERT INTO tiers (id, priority_points, max_concurrent, monthly_budget_nano) VALUES
   ('enterprise', 40, 100, NULL),

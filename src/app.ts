@@ -1,6 +1,7 @@
 import { OpenAPIHono } from "@hono/zod-openapi";
 import type { AppEnv } from "./http/context";
 import { notFound, onError, validationError } from "./http/errors";
+import { declareInputLimits, limitInput } from "./http/limits";
 import { traceRequests } from "./http/trace";
 import { adminRoutes } from "./routes/admin";
 import { alertRoutes } from "./routes/alerts";
@@ -18,7 +19,9 @@ import { queueRoutes } from "./routes/queue";
 import { quotaRoutes } from "./routes/quotas";
 import { reportRoutes } from "./routes/reports";
 import { resourceRoutes } from "./routes/resources";
+import { retentionRoutes } from "./routes/retention";
 import { slaRoutes } from "./routes/sla";
+import { templateRoutes } from "./routes/templates";
 import { usageRoutes } from "./routes/usage";
 
 /** Compose the HTTP app: middleware, route groups, the OpenAPI document, error handling. */
@@ -29,6 +32,8 @@ export function createApp() {
     },
   });
   app.use("*", traceRequests);
+  // Body size and JSON depth, before any route (or object) sees the body.
+  app.use("*", limitInput);
   app.route("/", healthRoutes);
   app.route("/", resourceRoutes);
   app.route("/", usageRoutes);
@@ -41,12 +46,15 @@ export function createApp() {
   app.route("/", quotaRoutes);
   app.route("/", allocationRoutes);
   app.route("/", poolRoutes);
+  app.route("/", templateRoutes);
   app.route("/", slaRoutes);
   app.route("/", optimizeRoutes);
   app.route("/", reportRoutes);
+  app.route("/", retentionRoutes);
   app.route("/", dashboardRoutes);
   app.route("/", metricsRoutes);
   app.route("/", docsRoutes(app));
+  declareInputLimits(app);
   app.notFound(notFound);
   app.onError(onError);
   return app;

@@ -492,9 +492,7 @@ describe("delete", () => {
     expect((await admin("GET", `/admin/clients/${other.id}`)).body.counts.queued).toBe(2);
     for (const id of othersWork) expect((await admin("POST", `/api/execution/${id}/cancel`)).status).toBe(200);
 
-    // the id can be used again, from a clean slate
-    const reborn = await newClient({ id: c.id, tier: "premium" });
-    expect((await admin("GET", `/admin/clients/${reborn.id}`)).body.counts).toEqual({ active_keys: 0, queued: 0, running: 0 });
-    expect((await admin("GET", `/api/usage/${c.id}/current`)).body).toMatchObject({ in_flight_nano: 0, budget_source: "tier" });
+    // the id is retired: never used again (test/tenant-lifecycle.test.ts)
+    expectError(await admin("POST", "/admin/clients", { id: c.id, name: "Reborn", email: "ops@reborn.example", tier: "premium" }), 409, "client_id_retired");
   });
 });

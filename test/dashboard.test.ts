@@ -181,11 +181,12 @@ describe("the dashboard session", () => {
     expectError(await call("GET", "/admin/alerts", withCookie(cookie, { authorization: `Bearer ${KEYS.acme}` })), 403, "forbidden");
   });
 
-  it("logging out clears the cookie", async () => {
+  it("logging out clears the cookie and revokes the session (test/session.test.ts has the rest)", async () => {
     const cookie = await login();
     expectError(await call("POST", "/admin/dashboard/logout", withCookie(cookie)), 403, "forbidden");
     const r = await call("POST", "/admin/dashboard/logout", withCookie(cookie, CSRF));
     expect(r.status).toBe(204);
     expect(r.headers.get("set-cookie")).toMatch(/^rm_admin_session=; Max-Age=0; Path=\/admin/);
+    expectError(await call("GET", "/admin/dashboard/panels", withCookie(cookie)), 401, "unauthorized");
   });
 });

@@ -1,7 +1,7 @@
 import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { QUEUE_POINTS, QUEUES, STARVATION_MS, TIER_POINTS } from "../src/domain/priority";
+import { QUEUE_POINTS, QUEUES, STARVATION_MS, DEFAULT_TIER_POINTS } from "../src/domain/priority";
 import type { Tier } from "../src/domain/types";
 import type { SchedulerObject } from "../src/objects/scheduler";
 import { clearConfigCache } from "../src/services/config";
@@ -37,7 +37,7 @@ describe("dispatch order", () => {
     const rows = await rowsOf(template);
     expect(rows).toHaveLength(1000);
     expect(new Set(rows.map((r) => r.dispatch_seq)).size).toBe(1000);
-    const points = (r: Row) => TIER_POINTS[r.tier] + QUEUE_POINTS[r.queue];
+    const points = (r: Row) => DEFAULT_TIER_POINTS[r.tier] + QUEUE_POINTS[r.queue];
     const actual = [...rows].sort((a, b) => a.dispatch_seq! - b.dispatch_seq!);
     // Each client's own requests go strictly by tier + queue points, then the oldest: fairness only
     // decides between clients.

@@ -1,6 +1,6 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { fairRank, TIER_WEIGHTS, type FairItem } from "../src/domain/priority";
+import { fairRank, DEFAULT_TIER_WEIGHTS, type FairItem } from "../src/domain/priority";
 import type { NewRequest } from "../src/objects/scheduler";
 import { clearConfigCache } from "../src/services/config";
 import { ADMIN, call, eventually, scheduler } from "./helpers";
@@ -55,9 +55,9 @@ describe("weighted fair order (pure)", () => {
   });
 
   it("tier weights by default: enterprise 4, premium 3, standard 2, basic 1 (among requests otherwise equal)", () => {
-    expect(TIER_WEIGHTS).toEqual({ enterprise: 4, premium: 3, standard: 2, basic: 1 });
+    expect(DEFAULT_TIER_WEIGHTS).toEqual({ enterprise: 4, premium: 3, standard: 2, basic: 1 });
     const clients = ["x", "y"];
-    const order = fairRank(backlog(clients, 500), NOW, new Map(), (id) => (id === "x" ? TIER_WEIGHTS.enterprise : TIER_WEIGHTS.basic));
+    const order = fairRank(backlog(clients, 500), NOW, new Map(), (id) => (id === "x" ? DEFAULT_TIER_WEIGHTS.enterprise : DEFAULT_TIER_WEIGHTS.basic));
     expect(sharesOf(order, clients, 500)).toEqual([0.8, 0.2]);
   });
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { backoffMs, priorityOf, QUEUE_POINTS, QUEUES, rank, STARVATION_MS, TIER_POINTS, type QueueName } from "../src/domain/priority";
+import { backoffMs, priorityOf, QUEUE_POINTS, QUEUES, rank, STARVATION_MS, DEFAULT_TIER_POINTS, type QueueName } from "../src/domain/priority";
 import { TIERS, type Tier } from "../src/domain/types";
 
 const NOW = 1_800_000_000_000;
@@ -8,7 +8,7 @@ describe("priority formula", () => {
   it("is tier + queue + waited + fairness, each in its range", () => {
     const p = priorityOf({ tier: "premium", queue: "normal", createdAt: NOW, recentShare: 0 }, NOW);
     expect(p).toEqual({ score: 30 + 15 + 0 + 10, tier: 30, queue: 15, wait: 0, fairness: 10, starved: false });
-    expect(TIER_POINTS).toEqual({ enterprise: 40, premium: 30, standard: 20, basic: 10 });
+    expect(DEFAULT_TIER_POINTS).toEqual({ enterprise: 40, premium: 30, standard: 20, basic: 10 });
     expect(Math.max(...Object.values(QUEUE_POINTS))).toBe(30);
   });
 

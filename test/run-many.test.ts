@@ -15,12 +15,19 @@ const stop = () => call("POST", "/admin/scheduler/stop", { token: ADMIN });
 const available = async (pool: string) =>
   (await call("POST", "/api/resources/check", { token: KEYS.acme, json: { pool, amount: 1 } })).body.results[0].available;
 
-/** Enqueue while the scheduler is stopped, so that one pass launches them all together. */
+/**
+ * Enqueue while the scheduler is stopped, so that one pass launches them all together; 10 to a call,
+ * so that large params stay within the API's body limit (MAX_BODY_BYTES, 1 MiB).
+ */
 async function enqueueStopped(template: string, params: unknown[], extra: Record<string, unknown> = {}): Promise<string[]> {
   await stop();
-  const r = await enqueue({ requests: params.map((p) => ({ template, queue: "fast", params: p, ...extra })) });
-  expect(r.status).toBe(200);
-  return r.body.results.map((x: any) => x.request.id);
+  const ids: string[] = [];
+  for (let i = 0; i < params.length; i += 10) {
+    const r = await enqueue({ requests: params.slice(i, i + 10).map((p) => ({ template, queue: "fast", params: p, ...extra })) });
+    expect(r.status).toBe(200);
+    ids.push(...r.body.results.map((x: any) => x.request.id));
+  }
+  return ids;
 }
 
 describe("runMany: requests launched together, one worker call", () => {

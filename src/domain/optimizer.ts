@@ -151,11 +151,13 @@ export interface DowngradeInput {
   waitWouldExceedTarget: boolean;
   /** The template has a cheaper alternative this client may use. */
   hasAlternative: boolean;
-  /** The request demands the original; `quality: "premium"` always does. */
+  /** The request demands the original: `quality: "premium"` or `allow_downgrade: false`. */
   demandsOriginal: boolean;
 }
 
-export type DowngradeReason = "quality" | "queue" | "budget" | "capacity";
+/** Why a request runs as its cheaper alternative, in the order the rules are tried. */
+export const DOWNGRADE_REASONS = ["quality", "queue", "budget", "capacity"] as const;
+export type DowngradeReason = (typeof DOWNGRADE_REASONS)[number];
 export interface DowngradeDecision {
   downgrade: boolean;
   reason: DowngradeReason | null;

@@ -4,7 +4,11 @@ import type { Tier } from "./types";
 export const QUEUES = ["immediate", "fast", "normal", "batch", "deferred"] as const;
 export type QueueName = (typeof QUEUES)[number];
 
-export const TIER_POINTS: Record<Tier, number> = { enterprise: 40, premium: 30, standard: 20, basic: 10 };
+/**
+ * The tiers' points as migrations/0002 creates them. The scheduler ranks with each tier row's own
+ * (operators change them with PATCH /admin/tiers/{tier}); pure callers without a row use these.
+ */
+export const DEFAULT_TIER_POINTS: Record<Tier, number> = { enterprise: 40, premium: 30, standard: 20, basic: 10 };
 export const QUEUE_POINTS: Record<QueueName, number> = { immediate: 30, fast: 22, normal: 15, batch: 8, deferred: 0 };
 
 /** Waiting earns up to 20 points, linearly, full after this long; past it a request counts as starved. */
@@ -14,6 +18,8 @@ export const MAX_FAIRNESS_POINTS = 10;
 
 export interface PriorityInput {
   tier: Tier;
+  /** The tier row's priority points (0-40); absent: DEFAULT_TIER_POINTS. */
+  tierPoints?: number;
   queue: QueueName;
   createdAt: number;
   /** This client's share (0..1) of the work dispatched recently. */
@@ -44,7 +50,7 @@ export function priorityOf(input: PriorityInput, now: number): Priority {
   const share = Math.min(1, Math.max(0, Number.isFinite(input.recentShare) ? input.recentShare : 0));
   const entitled = input.entitled !== undefined && input.entitled > 0 ? Math.min(1, input.entitled) : 1;
   const fairness = MAX_FAIRNESS_POINTS * (1 - Math.min(1, share / entitled));
-  const tier = TIER_POINTS[input.tier];
+  const tier = input.tierPoints ?? DEFAULT_TIER_POINTS[input.tier];
   const queue = QUEUE_POINTS[input.queue];
   return { score: round2(tier + queue + wait + fairness), tier, queue, wait: round2(wait), fairness: round2(fairness), starved: waited >= STARVATION_MS };
 }
@@ -68,8 +74,11 @@ export function rank<T extends Rankable>(items: T[], now: number): Array<T & { p
     );
 }
 
-/** Fair-share weight by tier, proportional to the tier's points; an operator may set a client's own. */
-export const TIER_WEIGHTS: Record<Tier, number> = { enterprise: 4, premium: 3, standard: 2, basic: 1 };
+/**
+ * Fair-share weight by tier as migrations/0002 creates them (the tier row's `weight` is the one used);
+ * an operator may set a client's own.
+ */
+export const DEFAULT_TIER_WEIGHTS: Record<Tier, number> = { enterprise: 4, premium: 3, standard: 2, basic: 1 };
 
 export interface FairItem {
   id: string;

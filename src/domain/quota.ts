@@ -13,7 +13,7 @@ export interface ResolvedQuota {
   memoryMb: number | null;
   /** Units per UTC day per pool; a pool not named has no cap. */
   poolDaily: Record<string, number>;
-  /** Fair-share weight in dispatch; null or absent: the tier's (see TIER_WEIGHTS). Not a limit. */
+  /** Fair-share weight in dispatch; null or absent: the tier's (its `weight`). Not a limit. */
   weight?: number | null;
 }
 

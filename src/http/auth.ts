@@ -15,15 +15,15 @@ export async function sha256Hex(text: string): Promise<string> {
 const secretDigests = new Map<string, ArrayBuffer>();
 /**
  * Digests of recently presented credentials, so that a caller's every request does not hash its token
- * again (the hot path: a worker calling /internal/consume with the same token). Bounded: when full it
- * starts over. A hit only tells a caller that the token it holds was presented before.
+ * again (the hot path: a worker calling /internal/consume with the same token). Bounded: when full its
+ * oldest entry goes, one at a time. A hit only tells a caller that the token it holds was presented before.
  */
 const presentedDigests = new Map<string, ArrayBuffer>();
 const PRESENTED_DIGESTS_MAX = 1024;
 
 async function digestOf(text: string, cache: Map<string, ArrayBuffer>): Promise<ArrayBuffer> {
   const digest = await crypto.subtle.digest("SHA-256", encoder.encode(text));
-  if (cache.size >= PRESENTED_DIGESTS_MAX) cache.clear();
+  if (cache.size >= PRESENTED_DIGESTS_MAX) cache.delete(cache.keys().next().value!);
   cache.set(text, digest);
   return digest;
 }

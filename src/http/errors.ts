@@ -18,7 +18,7 @@ export const ErrorEnvelope = z
 
 /** The header every 429 carries (AppError.retryAfterSec). */
 const RETRY_AFTER = {
-  "Retry-After": { description: "Seconds until enough units are expected", required: true, schema: { type: "integer" as const, minimum: 1 } },
+  "Retry-After": { description: "Seconds until a retry can succeed (enough units, or a limit's window ended)", required: true, schema: { type: "integer" as const, minimum: 1 } },
 };
 
 /**

@@ -4,7 +4,9 @@ import type { z } from "@hono/zod-openapi";
 import { ConsumeRequest, consumeNow, idempotencyKey } from "../routes/internal";
 import { CLIENT_ID, MAX_REF_LENGTH, MAX_UNITS, POOL_ID } from "../routes/schemas";
 import { bearer, identify } from "./auth";
+import type { Principal } from "./context";
 import { errorEnvelope, INTERNAL_ERROR } from "./errors";
+import { JSON_MEDIA, maxBodyBytes, readBody } from "./limits";
 import { requestEnded, traceIdFor } from "./trace";
 
 /**
@@ -31,8 +33,11 @@ export async function hotConsume(request: Request, env: Env, ctx: ExecutionConte
   if (!principal || (principal.kind !== "internal" && principal.kind !== "admin")) return app(request);
   let text: string;
   try {
-    text = await request.text();
-  } catch {
+    // The app's body limit, enforced here too: this path never reaches the app's middleware.
+    const bytes = await readBody(request, maxBodyBytes(env));
+    text = bytes ? new TextDecoder().decode(bytes) : "";
+  } catch (err) {
+    if (err instanceof AppError) return answerError(env, err, request, started, principal);
     return app(request);
   }
   let input: unknown;
@@ -72,6 +77,14 @@ export async function hotConsume(request: Request, env: Env, ctx: ExecutionConte
   return response;
 }
 
+/** A refusal before the spend (the body limit): the envelope, its request log line and latency metric. */
+function answerError(env: Env, err: AppError, request: Request, started: number, principal: Principal): Response {
+  const traceId = traceIdFor(request.headers.get("x-trace-id") ?? undefined);
+  const { body } = errorEnvelope(err, traceId);
+  requestEnded(env, createLogger({ trace_id: traceId }), { method: "POST", path: HOT_PATH, route: HOT_PATH, status: err.status, durationMs: Date.now() - started, principal });
+  return new Response(JSON.stringify(body), { status: err.status, headers: { "content-type": "application/json", "x-trace-id": traceId } });
+}
+
 type ConsumeInput = z.infer<typeof ConsumeRequest>;
 const CONSUME_KEYS = new Set(["client_id", "pool", "amount", "request_id", "idempotency_key"]);
 
@@ -105,5 +118,3 @@ export function isHotConsume(request: Request): boolean {
 }
 
 const HOT_PATH = "/internal/consume";
-/** What the app's validator takes as JSON (hono/validator). */
-const JSON_MEDIA = /^application\/([\w.-]+\+)?json$/i;

@@ -2,12 +2,15 @@ import { base64url, fromBase64url } from "../domain/base64url";
 import type { Context } from "hono";
 import { deleteCookie, getCookie, setCookie } from "hono/cookie";
 import { AppError } from "../errors";
+import { insertSession, isSessionActive, revokeSession } from "../storage/admin-sessions";
 import type { AppEnv } from "./context";
 
 /**
  * The dashboard's operator session. A browser cannot send the admin token as a header when it
- * navigates, so the login form trades the token once for a cookie that holds an HMAC-signed expiry,
- * never the token. The signing key is derived from ADMIN_TOKEN: rotating the token ends every session.
+ * navigates, so the login form trades the token once for a cookie that holds an HMAC-signed expiry
+ * and session id, never the token. The signing key is derived from ADMIN_TOKEN: rotating the token
+ * ends every session. The id names a row in D1 `admin_sessions`, read on every cookie-authenticated
+ * request (no isolate cache, so a logout holds everywhere at once): logging out revokes it.
  * The cookie is HttpOnly (no script reads it), Secure, SameSite=Strict (no other site's page sends it)
  * and scoped to /admin; it is accepted on /admin/* only. Cookie-authenticated calls that change state
  * must carry the X-Requested-With header, which a cross-site form cannot send and a cross-site script
@@ -38,34 +41,48 @@ function sessionKey(secret: string): Promise<CryptoKey> {
   return key;
 }
 
-/** A session value valid until `now` + SESSION_TTL_MS: "v1.<expiry ms>.<nonce>.<HMAC of the rest>". Null without an admin token. */
-export async function signSession(env: Env, now: number): Promise<string | null> {
+/**
+ * A session value valid until `now` + SESSION_TTL_MS: "v1.<expiry ms>.<session id>.<HMAC of the rest>",
+ * the id 16 random bytes. Null without an admin token. Signing alone starts nothing: see startSession.
+ */
+export async function signSession(env: Env, now: number, id = base64url(crypto.getRandomValues(new Uint8Array(16)))): Promise<string | null> {
   if (!env.ADMIN_TOKEN) return null;
-  const body = `v1.${now + SESSION_TTL_MS}.${base64url(crypto.getRandomValues(new Uint8Array(16)))}`;
+  const body = `v1.${now + SESSION_TTL_MS}.${id}`;
   const mac = await crypto.subtle.sign("HMAC", await sessionKey(env.ADMIN_TOKEN), encoder.encode(body));
   return `${body}.${base64url(mac)}`;
 }
 
-/** Whether a session value is well formed, signed with the current key (compared in constant time) and not expired. */
-export async function verifySession(env: Env, value: string, now: number): Promise<boolean> {
+/**
+ * The session id of a value that is well formed, signed with the current key (compared in constant
+ * time) and not expired; null otherwise. Whether the session was revoked is D1's to say.
+ */
+export async function verifySession(env: Env, value: string, now: number): Promise<string | null> {
   const match = FORMAT.exec(value);
-  if (!match || !env.ADMIN_TOKEN) return false;
+  if (!match || !env.ADMIN_TOKEN) return null;
   const expires = Number(match[1]);
-  if (expires <= now || expires > now + SESSION_TTL_MS) return false;
+  if (expires <= now || expires > now + SESSION_TTL_MS) return null;
   const body = value.slice(0, value.lastIndexOf("."));
-  return crypto.subtle.verify("HMAC", await sessionKey(env.ADMIN_TOKEN), fromBase64url(match[3]!), encoder.encode(body));
+  const signed = await crypto.subtle.verify("HMAC", await sessionKey(env.ADMIN_TOKEN), fromBase64url(match[3]!), encoder.encode(body));
+  return signed ? match[2]! : null;
 }
 
 const COOKIE_OPTIONS = { path: "/admin", httpOnly: true, secure: true, sameSite: "Strict" } as const;
 
+/** Record a new session in D1 (pruning expired ones) and set its cookie; false without an admin token. */
 export async function startSession(c: Context<AppEnv>, now: number): Promise<boolean> {
-  const value = await signSession(c.env, now);
+  const id = base64url(crypto.getRandomValues(new Uint8Array(16)));
+  const value = await signSession(c.env, now, id);
   if (!value) return false;
+  await insertSession(c.env.DB, id, now, now + SESSION_TTL_MS);
   setCookie(c, SESSION_COOKIE, value, { ...COOKIE_OPTIONS, maxAge: SESSION_TTL_MS / 1000 });
   return true;
 }
 
-export function endSession(c: Context<AppEnv>): void {
+/** Revoke the session the request's cookie names, if it is a valid one, and clear the cookie. */
+export async function endSession(c: Context<AppEnv>, now: number): Promise<void> {
+  const value = getCookie(c, SESSION_COOKIE);
+  const id = value === undefined ? null : await verifySession(c.env, value, now);
+  if (id) await revokeSession(c.env.DB, id, now);
   deleteCookie(c, SESSION_COOKIE, COOKIE_OPTIONS);
 }
 
@@ -77,13 +94,17 @@ export function hasSessionCookie(c: Context<AppEnv>): boolean {
 /**
  * The operator's session, for a request without an Authorization header: false when there is no
  * cookie or the path is not under /admin/; 401 when the cookie is not valid (expired, tampered,
- * signed before a token rotation); 403 when a state-changing call lacks the CSRF header.
+ * signed before a token rotation, logged out, unknown to D1); 403 when a state-changing call lacks
+ * the CSRF header.
  */
 export async function adminSession(c: Context<AppEnv>): Promise<boolean> {
   const value = getCookie(c, SESSION_COOKIE);
   if (value === undefined || !c.req.path.startsWith("/admin/")) return false;
-  if (!(await verifySession(c.env, value, Date.now()))) {
-    throw new AppError("unauthorized", "the dashboard session expired or is not valid: log in again at /admin/dashboard");
+  const now = Date.now();
+  // The signature first: a forged or stale cookie costs no D1 read.
+  const id = await verifySession(c.env, value, now);
+  if (!id || !(await isSessionActive(c.env.DB, id, now))) {
+    throw new AppError("unauthorized", "the dashboard session expired, was logged out or is not valid: log in again at /admin/dashboard");
   }
   if (!SAFE_METHODS.has(c.req.method) && !c.req.header(CSRF_HEADER)) {
     throw new AppError("forbidden", `a session-authenticated ${c.req.method} must carry the X-Requested-With header`);

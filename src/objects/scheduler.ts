@@ -1,10 +1,10 @@
 import { DurableObject } from "cloudflare:workers";
 import { timeOrderedId } from "../domain/ids";
 import { dayStart } from "../domain/calendar";
-import { batchGroups, type Strategy } from "../domain/optimizer";
+import { batchGroups, type DowngradeReason, type Strategy } from "../domain/optimizer";
 import { compressText, decompressText } from "../services/compression";
 import { cachePut, recordSavings, type SavingsRow } from "../services/optimizer";
-import { backoffMs, fairRank, priorityOf, QUEUES, TIER_WEIGHTS, type Priority, type QueueName } from "../domain/priority";
+import { backoffMs, DEFAULT_TIER_POINTS, DEFAULT_TIER_WEIGHTS, fairRank, priorityOf, QUEUES, type Priority, type QueueName } from "../domain/priority";
 import type { Caller, PoolAmount, PoolConfig, Tier } from "../domain/types";
 import type { ErrorBody } from "../errors";
 import { mergeDecisions, queueAlerts, slaAlerts, workerAlerts, WORKER_WINDOW_MS, type WorkerOutcome } from "../domain/alerts";
@@ -12,7 +12,7 @@ import { attainment, requestSla, type Attainment, type RequestSla, type SlaRecor
 import { histogramOf, type HistogramSnapshot } from "../domain/histogram";
 import { log } from "../log";
 import { applyAlerts } from "../services/alerts";
-import { budgetLimit, clientQuota, clientTier, poolConfigs, slaTargets, templateConfigs } from "../services/config";
+import { budgetLimit, clientQuota, clientTier, poolConfigs, slaTargets, templateConfigs, tierLimits } from "../services/config";
 import { poolStub } from "../services/pools";
 import { insertRequestLog, MAX_ERROR_CHARS, type FinishedRequest } from "../storage/request-log";
 import type { Template } from "../storage/templates";
@@ -39,6 +39,8 @@ export interface NewRequest {
   plan?: StoredPlan | null;
   /** `params` as stored: JSON, or compressed JSON ("gz:..."), when the caller already encoded it. */
   paramsStored?: string;
+  /** Hash of the spec its idempotency key stands for (services/requests.ts): a repeat with another conflicts. */
+  specHash?: string | null;
   /** A result cache hit: the request is recorded as completed at once, at no cost. */
   cached?: { result: unknown; costNano: number } | null;
 }
@@ -47,7 +49,7 @@ export interface NewRequest {
 export interface StoredPlan {
   requested_template: string;
   downgraded_from: string | null;
-  downgrade_reason: string | null;
+  downgrade_reason: DowngradeReason | null;
   strategies: Array<{ strategy: Strategy; saved_nano: number; detail: string }>;
   cache_key: string | null;
   cache_ttl_ms: number;
@@ -76,6 +78,9 @@ export interface RequestView {
   id: string;
   client_id: string;
   template: string;
+  /** The template the caller asked for when the optimizer runs its cheaper alternative; null otherwise. */
+  downgraded_from: string | null;
+  downgrade_reason: DowngradeReason | null;
   queue: QueueName;
   status: RequestStatus;
   priority: number;
@@ -97,8 +102,6 @@ export interface RequestView {
   dispatch_seq: number | null;
   optimizer: {
     requested_template: string;
-    downgraded_from: string | null;
-    downgrade_reason: string | null;
     strategies: StoredPlan["strategies"];
     cached: boolean;
     batch_size: number | null;
@@ -108,6 +111,8 @@ export interface RequestView {
 export interface EnqueueOutcome {
   request: RequestView;
   duplicate: boolean;
+  /** The key's first request (`request`) was made with another spec: the service layer answers 409. */
+  conflict?: boolean;
   position: number | null;
   estimated_wait_ms: number | null;
 }
@@ -202,6 +207,8 @@ interface Queued {
   id: string;
   clientId: string;
   tier: Tier;
+  /** The tier row's priority points when this request was indexed (refreshed when a tier changes). */
+  tierPoints: number;
   queue: QueueName;
   createdAt: number;
   notBefore: number;
@@ -271,10 +278,6 @@ const FINISHED_BATCH = 200;
 const SLA_ALERT_WINDOW_MS = 15 * 60 * 1000;
 /** ...and are evaluated at most this often (the cron pass included). */
 const SLA_CHECK_MS = 30_000;
-/** How long a finished request stays in the scheduler (its view, its idempotency key, its service level). */
-const REQUEST_RETENTION_MS = 35 * 24 * 60 * 60 * 1000;
-/** Finished requests forgotten per cron pass at most (a minute's work stays small; a backlog of old ones clears over hours). */
-const PURGE_BATCH = 5000;
 /** Terminal states that cancellation cannot change. */
 const TERMINAL: RequestStatus[] = ["completed", "failed", "cancelled", "expired"];
 
@@ -316,6 +319,8 @@ export class SchedulerObject extends DurableObject<Env> {
   private plans = new Map<string, StoredPlan>();
   /** Operators' fair-share weights of clients with queued work (refreshed by each pass). */
   private weights = new Map<string, number>();
+  /** Priority points and fair-share weight by tier, from the tier rows (loadWeights refreshes them). */
+  private tierRows = new Map<Tier, { points: number; weight: number }>();
   private settleBuffer: Array<{ id: string; attempt: number; outcome: Outcome }> = [];
   private settleTimer: ReturnType<typeof setTimeout> | null = null;
   private alarmAt: number | null = null;
@@ -376,6 +381,8 @@ export class SchedulerObject extends DurableObject<Env> {
       if (!columns.has(column)) this.sql.exec(`ALTER TABLE requests ADD COLUMN ${column} INTEGER`);
     }
     if (!columns.has("plan")) this.sql.exec("ALTER TABLE requests ADD COLUMN plan TEXT");
+    // The hash of the spec an idempotency key was first used with; NULL for requests made before it.
+    if (!columns.has("spec_hash")) this.sql.exec("ALTER TABLE requests ADD COLUMN spec_hash TEXT");
     // Whether a finished request has optimizer records to deliver (1 for entries written before the column).
     const outboxColumns = this.sql.exec<{ name: string }>("SELECT name FROM pragma_table_info('finished_outbox')").toArray().map((c) => c.name);
     if (!outboxColumns.includes("optimizer")) this.sql.exec("ALTER TABLE finished_outbox ADD COLUMN optimizer INTEGER NOT NULL DEFAULT 1");
@@ -396,7 +403,7 @@ export class SchedulerObject extends DurableObject<Env> {
 
   // --- RPC: requests --------------------------------------------------------------------------
 
-  /** Add requests to their queues; a repeated idempotency key returns the first request. */
+  /** Add requests to their queues; a repeated idempotency key returns the first request (`conflict` when its spec differs). */
   enqueue(items: NewRequest[]): EnqueueOutcome[] {
     const now = Date.now();
     const outcomes = items.map((item) => this.insert(item, now));
@@ -419,7 +426,7 @@ export class SchedulerObject extends DurableObject<Env> {
     }
     this.ensureAlarm(Date.now());
     const row = this.rowOf(id)!;
-    return { request: await viewOf(row), duplicate: inserted.duplicate, ...this.positionOf(id, Date.now()) };
+    return { request: await viewOf(row), duplicate: inserted.duplicate, ...(inserted.conflict ? { conflict: true } : {}), ...this.positionOf(id, Date.now()) };
   }
 
   /** Of these request ids, those the scheduler holds and has not finished. */
@@ -427,10 +434,10 @@ export class SchedulerObject extends DurableObject<Env> {
     return ids.filter((id) => this.live.has(id));
   }
 
-  /** The request a client made with this idempotency key, if any. */
-  async findByKey(clientId: string, key: string): Promise<RequestView | null> {
-    const row = this.sql.exec<Row>("SELECT * FROM requests WHERE client_id = ? AND idempotency_key = ?", clientId, key).toArray()[0];
-    return row ? viewOf(this.live.get(row.id) ?? row) : null;
+  /** The id of the request a client made with this idempotency key, if any, and whether `specHash` conflicts with its spec. */
+  findByKey(clientId: string, key: string, specHash: string | null = null): { id: string; conflict: boolean } | null {
+    const row = this.sql.exec<Row>("SELECT id, spec_hash FROM requests WHERE client_id = ? AND idempotency_key = ?", clientId, key).toArray()[0];
+    return row ? { id: row.id, conflict: specConflict(row, specHash) } : null;
   }
 
   async get(id: string, clientId: string | null): Promise<RequestView | null> {
@@ -447,9 +454,10 @@ export class SchedulerObject extends DurableObject<Env> {
     return Object.fromEntries(rows.map((r) => [r.status, r.n]));
   }
 
-  position(id: string, clientId: string | null): PositionView | null {
+  async position(id: string, clientId: string | null): Promise<PositionView | null> {
     const row = this.rowOf(id);
     if (!row || (clientId !== null && row.client_id !== clientId)) return null;
+    await this.refreshTiers();
     const now = Date.now();
     const q = this.queued.get(id);
     return {
@@ -644,7 +652,6 @@ export class SchedulerObject extends DurableObject<Env> {
     this.lastPassAt = now;
     const lost = this.reclaimLeases(now);
     if (lost.length) await this.releaseHolds(lost.map((row) => ({ row: { ...row, reservations: null }, actual: {}, final: true })));
-    if (trigger === "cron") this.purgeFinished(now);
     if (!this.running) {
       await this.flushFinished();
       return 0;
@@ -709,14 +716,14 @@ export class SchedulerObject extends DurableObject<Env> {
 
   // --- internals: queue -------------------------------------------------------------------------
 
-  private insert(item: NewRequest, now: number): { request: RequestView; duplicate: boolean } {
+  private insert(item: NewRequest, now: number): { request: RequestView; duplicate: boolean; conflict?: boolean } {
     if (item.idempotencyKey) {
       const prior = this.sql.exec<Row>("SELECT * FROM requests WHERE client_id = ? AND idempotency_key = ?", item.clientId, item.idempotencyKey).toArray()[0];
-      if (prior) return { request: view(prior), duplicate: true };
+      if (prior) return { request: view(prior), duplicate: true, ...(specConflict(prior, item.specHash ?? null) ? { conflict: true } : {}) };
     }
     const id = item.id ?? newRequestId();
     const notBefore = Math.max(now, item.notBefore ?? now);
-    const priority = priorityOf({ tier: item.tier, queue: item.queue, createdAt: now, recentShare: this.shares(now).get(item.clientId) ?? 0 }, now).score;
+    const priority = priorityOf({ tier: item.tier, tierPoints: this.tierPointsOf(item.tier), queue: item.queue, createdAt: now, recentShare: this.shares(now).get(item.clientId) ?? 0 }, now).score;
     const params = item.paramsStored ?? JSON.stringify(item.params ?? null);
     const plan = item.plan ? { ...item.plan } : null;
     if (item.cached && plan) {
@@ -729,11 +736,12 @@ export class SchedulerObject extends DurableObject<Env> {
     this.sql.exec(
       `INSERT INTO requests (id, client_id, tier, max_concurrent, template, params, queue, status, priority, attempts, max_attempts,
          idempotency_key, estimate_nano, created_at, updated_at, not_before, estimate_detail, ready_at, plan,
-         result, actual_nano, actual_detail, first_started_at, started_at, finished_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+         result, actual_nano, actual_detail, first_started_at, started_at, finished_at, spec_hash)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       id, item.clientId, item.tier, item.maxConcurrent, item.template, params, item.queue, cached ? "completed" : "queued", priority,
       item.maxAttempts, item.idempotencyKey, item.estimateNano, now, now, notBefore, JSON.stringify(item.estimate), notBefore, planText,
       cached ? JSON.stringify(cached.result ?? null) : null, cached ? 0 : null, cached ? "[]" : null, cached ? now : null, cached ? now : null, cached ? now : null,
+      item.specHash ?? null,
     );
     const row: Row = {
       id, client_id: item.clientId, tier: item.tier, max_concurrent: item.maxConcurrent, template: item.template,
@@ -756,7 +764,8 @@ export class SchedulerObject extends DurableObject<Env> {
 
   private index(row: Row): void {
     this.queued.set(row.id, {
-      id: row.id, clientId: row.client_id, tier: row.tier, queue: row.queue, createdAt: row.created_at, notBefore: row.not_before, recentShare: 0,
+      id: row.id, clientId: row.client_id, tier: row.tier, tierPoints: this.tierPointsOf(row.tier), queue: row.queue, createdAt: row.created_at,
+      notBefore: row.not_before, recentShare: 0,
     });
     this.rankCache = null;
   }
@@ -811,7 +820,11 @@ export class SchedulerObject extends DurableObject<Env> {
   }
 
   /** A client's fair-share weight: the operator's setting, else its tier's. */
-  private weightOf = (client: string, tier: Tier): number => this.weights.get(client) ?? TIER_WEIGHTS[tier];
+  private weightOf = (client: string, tier: Tier): number => this.weights.get(client) ?? this.tierRows.get(tier)?.weight ?? DEFAULT_TIER_WEIGHTS[tier];
+
+  private tierPointsOf(tier: Tier): number {
+    return this.tierRows.get(tier)?.points ?? DEFAULT_TIER_POINTS[tier];
+  }
 
   /** Dispatches per client within the fairness window. */
   private recentCounts(now: number): Map<string, number> {
@@ -831,11 +844,30 @@ export class SchedulerObject extends DurableObject<Env> {
   private async loadWeights(): Promise<void> {
     const clients = new Set<string>();
     for (const q of this.queued.values()) clients.add(q.clientId);
-    const loaded = await Promise.all([...clients].map(async (id) => [id, (await clientQuota(this.env, id))?.weight ?? null] as const));
+    const [loaded] = await Promise.all([
+      Promise.all([...clients].map(async (id) => [id, (await clientQuota(this.env, id))?.weight ?? null] as const)),
+      this.refreshTiers(),
+    ]);
     const next = new Map<string, number>();
     for (const [id, weight] of loaded) if (weight !== null) next.set(id, weight);
     if (next.size !== this.weights.size || [...next].some(([id, w]) => this.weights.get(id) !== w)) this.rankCache = null;
     this.weights = next;
+  }
+
+  /** Tier points and weights from the tier rows (through the configuration cache); queued work re-ranked on a change. */
+  private async refreshTiers(): Promise<void> {
+    const tiers = await tierLimits(this.env);
+    let tiersChanged = false;
+    for (const [tier, row] of tiers) {
+      const known = this.tierRows.get(tier);
+      if (known?.points === row.priority_points && known.weight === row.weight) continue;
+      this.tierRows.set(tier, { points: row.priority_points, weight: row.weight });
+      tiersChanged = true;
+    }
+    if (tiersChanged) {
+      for (const q of this.queued.values()) q.tierPoints = this.tierPointsOf(q.tier);
+      this.rankCache = null;
+    }
   }
 
   private shares(now: number): Map<string, number> {
@@ -1491,16 +1523,18 @@ export class SchedulerObject extends DurableObject<Env> {
   }
 
   /**
-   * Forget requests finished more than REQUEST_RETENTION_MS ago whose request-log entry has reached D1
-   * (reports read D1; service levels look back at most 31 days). Up to PURGE_BATCH a cron minute.
+   * Forget up to `limit` requests finished before `cutoff` whose request-log entry has reached D1
+   * (reports read D1). The retention run calls it each cron minute with the "requests" setting.
    */
-  private purgeFinished(now: number): void {
+  purgeFinished(cutoff: number, limit: number): number {
+    // Counted by RETURNING: rowsWritten would include index writes.
     const purged = this.sql.exec(
       `DELETE FROM requests WHERE id IN (
-         SELECT id FROM requests WHERE finished_at < ? AND id NOT IN (SELECT id FROM finished_outbox) ORDER BY finished_at LIMIT ?)`,
-      now - REQUEST_RETENTION_MS, PURGE_BATCH,
-    ).rowsWritten;
+         SELECT id FROM requests WHERE finished_at < ? AND id NOT IN (SELECT id FROM finished_outbox) ORDER BY finished_at LIMIT ?) RETURNING 1`,
+      cutoff, limit,
+    ).toArray().length;
     if (purged) log.info("requests_purged", { count: purged });
+    return purged;
   }
 
   /** Remember a worker call's outcome for the failure and timeout alerts. */
@@ -1672,6 +1706,12 @@ export function newRequestId(): string {
   return timeOrderedId("req");
 }
 
+/** A repeat of an idempotency key with another spec; a request made before hashes (NULL) never conflicts. */
+function specConflict(prior: Row, specHash: string | null): boolean {
+  const stored = prior.spec_hash;
+  return typeof stored === "string" && specHash !== null && stored !== specHash;
+}
+
 function timedOut(outcome: Outcome): boolean {
   return !outcome.ok && (outcome.error ?? "").includes("timed out");
 }
@@ -1700,10 +1740,13 @@ function targetFor(targets: SlaTarget[], tier: Tier, queue: QueueName): SlaTarge
 }
 
 function view(row: Row): RequestView {
+  const plan = row.plan ? (JSON.parse(row.plan) as StoredPlan) : null;
   return {
     id: row.id,
     client_id: row.client_id,
     template: row.template,
+    downgraded_from: plan?.downgraded_from ?? null,
+    downgrade_reason: plan?.downgrade_reason ?? null,
     queue: row.queue,
     status: row.status,
     priority: row.priority,
@@ -1722,7 +1765,7 @@ function view(row: Row): RequestView {
     started_at: row.started_at,
     finished_at: row.finished_at,
     dispatch_seq: row.dispatch_seq,
-    optimizer: optimizerView(row.plan, row.status),
+    optimizer: optimizerView(plan, row.status),
   };
 }
 
@@ -1876,11 +1919,10 @@ function allottedOf(row: Row): Record<string, number> {
   return Object.fromEntries((JSON.parse(row.reservations ?? "[]") as Held[]).map((h) => [h.pool, h.amount]));
 }
 
-function optimizerView(planText: string | null, status: RequestStatus): RequestView["optimizer"] {
-  if (!planText) return null;
-  const p = JSON.parse(planText) as StoredPlan;
+function optimizerView(p: StoredPlan | null, status: RequestStatus): RequestView["optimizer"] {
+  if (!p) return null;
   return {
-    requested_template: p.requested_template, downgraded_from: p.downgraded_from, downgrade_reason: p.downgrade_reason,
+    requested_template: p.requested_template,
     // A request that ran alone completes without rewriting its plan: batched null there means 1.
     strategies: p.strategies, cached: p.cached, batch_size: p.batched ?? (status === "completed" && !p.cached ? 1 : null),
   };

@@ -132,7 +132,7 @@ export const clientRoutes = new OpenAPIHono<AppEnv>()
       request: { body: json(CreateClient) },
       responses: {
         201: ok("Created.", OneClient),
-        ...errorResponses("bad_request", "validation_failed", "unauthorized", "forbidden", "client_exists"),
+        ...errorResponses("bad_request", "validation_failed", "unauthorized", "forbidden", "client_exists", "client_id_retired"),
       },
     }),
     async (c) => {
@@ -183,7 +183,8 @@ export const clientRoutes = new OpenAPIHono<AppEnv>()
     createRoute({
       method: "delete", path: "/admin/clients/{clientId}", ...guard,
       summary: "Delete a client with its keys, budget and quota; refused while it has work unless force=true cancels it",
-      description: "Usage history stays. The client's keys stop working at once in this isolate, elsewhere within CONFIG_TTL_MS.",
+      description: "Usage history stays, and the id is retired: creating a client with it again is 409 client_id_retired. " +
+        "The client's open and acknowledged alerts are resolved. Its keys stop working at once in this isolate, elsewhere within CONFIG_TTL_MS.",
       request: { params: ClientParams, query: DeleteQuery },
       responses: {
         200: ok("Deleted, with what was cancelled.", ClientDeleted),

@@ -28,7 +28,14 @@ const PoolStatus = z.object({
   pending_usage_events: z.number(),
 });
 const Status = z
-  .object({ time: z.number().int(), pools: z.array(PoolStatus), counts: z.record(z.string(), z.number()), trace_id: TraceId })
+  .object({
+    time: z.number().int(),
+    pools: z.array(PoolStatus),
+    counts: z.record(z.string(), z.number()).openapi({
+      description: "clients, pools, templates, active api_keys; usage_events: events recorded today (UTC), from the daily rollups",
+    }),
+    trace_id: TraceId,
+  })
   .openapi("Status");
 
 async function probe(fn: () => Promise<unknown>): Promise<z.infer<typeof Dependency>> {

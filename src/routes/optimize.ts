@@ -1,6 +1,6 @@
 import { createRoute, OpenAPIHono, z } from "@hono/zod-openapi";
 import { dayKey, daysInclusive, monthStart, parseDay } from "../domain/calendar";
-import { QUALITIES, STRATEGIES, type Strategy } from "../domain/optimizer";
+import { DOWNGRADE_REASONS, QUALITIES, STRATEGIES, type Strategy } from "../domain/optimizer";
 import { QUEUES } from "../domain/priority";
 import type { Caller } from "../domain/types";
 import { AppError } from "../errors";
@@ -61,6 +61,7 @@ const AnalyzeRequest = z
     params: z.unknown().optional().openapi({ description: "The proposed request's params (any JSON)" }),
     queue: z.enum(QUEUES).optional().openapi({ description: "Default normal" }),
     quality: z.enum(QUALITIES).optional().openapi({ description: "premium: the original model only, never a downgrade; standard: a cheaper alternative is welcome; not given: no preference" }),
+    allow_downgrade: z.boolean().optional().openapi({ description: "As on enqueue and execute: false, never the cheaper alternative (default true)" }),
     deadline: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional().openapi({ description: "Epoch ms: a deferred request does not wait for off-peak past it" }),
     days: z.number().int().min(1).max(MAX_DAYS).optional().openapi({ description: `Client analysis: the window in whole UTC days (default ${DEFAULT_DAYS})` }),
   })
@@ -70,7 +71,7 @@ const AnalyzeRequest = z
       if (v.days !== undefined) ctx.addIssue({ code: "custom", path: ["days"], message: "only without template (a client analysis)" });
       return;
     }
-    for (const k of ["params", "queue", "quality", "deadline"] as const) {
+    for (const k of ["params", "queue", "quality", "allow_downgrade", "deadline"] as const) {
       if (v[k] !== undefined) ctx.addIssue({ code: "custom", path: [k], message: "only with template (a proposed request)" });
     }
   })
@@ -93,7 +94,7 @@ const RequestAnalysis = z
     original_estimate_nano: Nano,
     planned_template: z.string().openapi({ description: "The template it would run: the requested one or its cheaper alternative" }),
     planned_estimate_nano: Nano,
-    downgrade_reason: z.enum(["quality", "queue", "budget", "capacity"]).nullable(),
+    downgrade_reason: z.enum(DOWNGRADE_REASONS).nullable(),
     not_before: z.number().int().nullable().openapi({ description: "Deferred requests: when it would start (off-peak), epoch ms" }),
     batchable: z.boolean(),
     strategies: z.array(StrategyAnalysis),
@@ -197,7 +198,7 @@ async function analyzeRequest(env: Env, caller: Caller, body: z.infer<typeof Ana
   const strategies: Array<z.infer<typeof StrategyAnalysis>> = [
     {
       strategy: "downgrade", enabled: switches.downgrade, applies: downgrade !== undefined, saved_nano: downgrade?.saved_nano ?? 0, bytes_saved: 0,
-      detail: downgrade?.detail ?? (switches.downgrade ? "no downgrade: no cheaper alternative, quality premium, or no rule applies (quality, queue, budget, capacity)" : "turned off for this client"),
+      detail: downgrade?.detail ?? (switches.downgrade ? "no downgrade: no cheaper alternative, quality premium or allow_downgrade false, or no rule applies (quality, queue, budget, capacity)" : "turned off for this client"),
     },
     {
       strategy: "caching", enabled: switches.caching, applies: hit !== null, saved_nano: hit?.costNano ?? 0, bytes_saved: 0,
@@ -262,7 +263,7 @@ export const optimizeRoutes = new OpenAPIHono<AppEnv>()
         return c.json({ client_id: caller.clientId, mode: "client" as const, request: null, recommendations, trace_id: c.var.traceId }, 200);
       }
       const queue = body.queue ?? "normal";
-      const plan = await planRequest(c.env, { caller, template: body.template, params: body.params ?? null, queue, quality: body.quality, deadline: body.deadline ?? null, now }, c.var.logger);
+      const plan = await planRequest(c.env, { caller, template: body.template, params: body.params ?? null, queue, quality: body.quality, allowDowngrade: body.allow_downgrade, deadline: body.deadline ?? null, now }, c.var.logger);
       const downgrade = plan.strategies.find((s) => s.strategy === "downgrade");
       const original = plan.estimate.total_cost_nano + (downgrade?.saved_nano ?? 0);
       const request = await analyzeRequest(c.env, caller, body, plan, original, now);

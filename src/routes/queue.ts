@@ -1,12 +1,15 @@
 import { createRoute, OpenAPIHono, z } from "@hono/zod-openapi";
-import { QUALITIES } from "../domain/optimizer";
+import { DOWNGRADE_REASONS, QUALITIES } from "../domain/optimizer";
+import { MAX_JSON_DEPTH, nestsDeeperThan } from "../domain/json";
 import { QUEUES } from "../domain/priority";
 import { AppError } from "../errors";
 import { authenticate, requireScope } from "../http/auth";
+import type { Context } from "hono";
 import type { AppEnv, Principal } from "../http/context";
 import { errorResponses, validationError } from "../http/errors";
 import { callerFor } from "../services/pools";
 import { cancelRequest, enqueueMany, execute, getRequest, positionOf, schedulerStub } from "../services/requests";
+import { idempotencyKey } from "./internal";
 import { ClientId, IdempotencyKey, Nano, TraceId } from "./schemas";
 
 const MAX_PARAMS_CHARS = 64 * 1024;
@@ -14,14 +17,24 @@ const MAX_PARAMS_CHARS = 64 * 1024;
 export const RequestSpec = z
   .object({
     template: z.string().regex(/^[a-z0-9][a-z0-9-]{0,63}$/, "a template id").openapi({ example: "content-generate" }),
-    params: z.unknown().optional().refine((p) => p === undefined || JSON.stringify(p).length <= MAX_PARAMS_CHARS, `at most ${MAX_PARAMS_CHARS} characters of JSON`)
+    params: z.unknown().optional().superRefine((p, ctx) => {
+      if (p === undefined) return;
+      // Depth first, before anything serializes it (RPC callers' params never pass the body check).
+      if (nestsDeeperThan(p, MAX_JSON_DEPTH - 1)) ctx.addIssue({ code: "custom", message: `at most ${MAX_JSON_DEPTH} levels of objects and arrays, counting the request itself` });
+      else if (JSON.stringify(p).length > MAX_PARAMS_CHARS) ctx.addIssue({ code: "custom", message: `at most ${MAX_PARAMS_CHARS} characters of JSON` });
+    })
       .openapi({ description: "Passed to the worker as is", example: { prompt: "Write a haiku about rate limits" } }),
     queue: z.enum(QUEUES).optional().openapi({ description: "Default normal" }),
-    idempotency_key: IdempotencyKey.optional().openapi({ description: "Unique per client: a repeat returns the first request" }),
+    idempotency_key: IdempotencyKey.optional().openapi({
+      description: "Unique per client (or send an Idempotency-Key header): a repeat with the same request returns the first request; with a different one, 409 idempotency_conflict",
+    }),
     not_before: z.number().int().min(0).max(8_640_000_000_000).optional().openapi({ description: "Epoch ms; not dispatched before" }),
-    max_attempts: z.number().int().min(1).max(10).optional().openapi({ description: "Default 3" }),
+    max_attempts: z.number().int().min(1).max(10).optional().openapi({ description: "Default: the template's max_attempts (3 as migrations create them)" }),
     quality: z.enum(QUALITIES).optional().openapi({
       description: "standard: the optimizer may run the template's cheaper alternative; premium: never (the original is demanded). Absent: only the queue (batch, deferred), the client's budget use or an exhausted pool may downgrade",
+    }),
+    allow_downgrade: z.boolean().optional().openapi({
+      description: "Default true. false: never run as the template's cheaper alternative, whatever the rule (queue, budget, capacity): the request runs as requested, or is refused (402 budget_exceeded when the budget cannot cover it). With quality standard: 400",
     }),
     deadline: z.number().int().min(0).max(8_640_000_000_000).optional().openapi({ description: "Epoch ms by which it must run: a deferred request does not wait for the off-peak window past it" }),
     client_id: ClientId.optional().openapi({ description: "Required with the admin token" }),
@@ -33,7 +46,10 @@ const PoolCost = z.object({ pool: z.string(), units: z.number().int(), cost_nano
 
 const RequestView = z
   .object({
-    id: z.string(), client_id: z.string(), template: z.string(), queue: z.enum(QUEUES),
+    id: z.string(), client_id: z.string(), template: z.string().openapi({ description: "The template that runs" }),
+    downgraded_from: z.string().nullable().openapi({ description: "The template the caller asked for, when the optimizer runs its cheaper alternative (`template`); null when it runs as requested" }),
+    downgrade_reason: z.enum(DOWNGRADE_REASONS).nullable().openapi({ description: "Why it was downgraded: quality standard, the batch or deferred queue, the client's budget use above DOWNGRADE_BUDGET_PERCENT, or an exhausted pool; null when not downgraded" }),
+    queue: z.enum(QUEUES),
     status: z.enum(["queued", "dispatching", "running", "completed", "failed", "cancelled", "expired"]),
     priority: z.number(), attempts: z.number().int(), max_attempts: z.number().int(), idempotency_key: z.string().nullable(),
     estimate_nano: z.number().int(), actual_nano: z.number().int().nullable(),
@@ -44,8 +60,6 @@ const RequestView = z
     started_at: z.number().int().nullable(), finished_at: z.number().int().nullable(), dispatch_seq: z.number().int().nullable(),
     optimizer: z.object({
       requested_template: z.string().openapi({ description: "What the caller asked for; `template` is what runs" }),
-      downgraded_from: z.string().nullable(),
-      downgrade_reason: z.string().nullable(),
       strategies: z.array(z.object({ strategy: z.string(), saved_nano: Nano, detail: z.string() })).openapi({ description: "Strategies applied, each with the nano-dollars it saves" }),
       cached: z.boolean().openapi({ description: "Answered from the result cache, or by an identical request's execution (coalesced): no pool units, no cost" }),
       batch_size: z.number().int().nullable().openapi({ description: "Requests sent to the worker in the same invocation as this one" }),
@@ -103,6 +117,17 @@ const guard = {
 };
 const ok = <T extends z.ZodType>(description: string, schema: T) => ({ description, content: { "application/json": { schema } } });
 
+/** Says at the top of a single request's answer that the optimizer ran the cheaper alternative. */
+const DOWNGRADED_FROM = "X-RM-Downgraded-From";
+const downgradeHeader = {
+  [DOWNGRADED_FROM]: { description: "Only when the request runs as the template's cheaper alternative: the template asked for (the view's `downgraded_from`)", schema: { type: "string" as const } },
+};
+const okDowngradable = <T extends z.ZodType>(description: string, schema: T) => ({ ...ok(description, schema), headers: downgradeHeader });
+
+function markDowngrade(c: Context<AppEnv>, request: { downgraded_from: string | null }): void {
+  if (request.downgraded_from) c.header(DOWNGRADED_FROM, request.downgraded_from);
+}
+
 /** The client a request route may see: its own for a key, any for the admin token. */
 function scope(p: Principal): string | null {
   return p.kind === "client" ? p.clientId : null;
@@ -115,8 +140,8 @@ export const queueRoutes = new OpenAPIHono<AppEnv>()
       request: { body: json(EnqueueBody) },
       responses: {
         200: ok("Batch: each request accepted or rejected on its own.", BatchResult),
-        202: ok("Queued (or the first request with this idempotency key).", Enqueued),
-        ...errorResponses("bad_request", "validation_failed", "unauthorized", "budget_exceeded", "quota_exceeded", "forbidden", "client_suspended", "template_not_found", "pool_not_found", "client_not_found"),
+        202: okDowngradable("Queued (or the first request with this idempotency key).", Enqueued),
+        ...errorResponses("bad_request", "validation_failed", "unauthorized", "budget_exceeded", "quota_exceeded", "forbidden", "client_suspended", "template_not_found", "pool_not_found", "client_not_found", "idempotency_conflict"),
       },
     }),
     async (c) => {
@@ -124,13 +149,20 @@ export const queueRoutes = new OpenAPIHono<AppEnv>()
       if (!("requests" in body)) {
         const parsed = RequestSpec.safeParse(body);
         if (!parsed.success) throw validationError(parsed.error, "json");
+        const key = idempotencyKey(parsed.data.idempotency_key, c.req.header("idempotency-key"));
         const caller = await callerFor(c.env, c.var.principal, parsed.data.client_id, "api");
-        const [result] = await enqueueMany(c.env, caller, [parsed.data]);
+        const [result] = await enqueueMany(c.env, caller, [{ ...parsed.data, idempotency_key: key }]);
         if (!result!.ok) throw new AppError(result!.error.code, result!.error.message, result!.error.details);
+        markDowngrade(c, result!.value.request);
         return c.json({ ...result!.value, trace_id: c.var.traceId }, 202);
       }
       const batch = z.object({ requests: z.array(z.unknown()).min(1).max(100), client_id: ClientId.optional() }).strict().safeParse(body);
       if (!batch.success) throw validationError(batch.error, "json");
+      if (c.req.header("idempotency-key") !== undefined) {
+        throw new AppError("validation_failed", "an Idempotency-Key header names one request; give each request of a batch its own idempotency_key", {
+          fields: [{ path: "header.idempotency-key", message: "not with a batch" }],
+        });
+      }
       const caller = await callerFor(c.env, c.var.principal, batch.data.client_id, "api");
       const parsed = batch.data.requests.map((item) => RequestSpec.omit({ client_id: true }).safeParse(item));
       const valid = parsed.flatMap((p, index) => (p.success ? [{ index, spec: p.data }] : []));
@@ -179,15 +211,17 @@ export const queueRoutes = new OpenAPIHono<AppEnv>()
       method: "post", path: "/api/execute", ...guard, summary: "Run now when the queue is immediate and every limit admits it; else enqueue",
       request: { body: json(RequestSpec) },
       responses: {
-        200: ok("Ran: the request with its result.", Enqueued),
-        202: ok("Queued: id, position and estimated wait.", Enqueued),
-        ...errorResponses("bad_request", "validation_failed", "unauthorized", "budget_exceeded", "quota_exceeded", "forbidden", "client_suspended", "template_not_found", "pool_not_found", "client_not_found", "worker_failed"),
+        200: okDowngradable("Ran: the request with its result.", Enqueued),
+        202: okDowngradable("Queued: id, position and estimated wait.", Enqueued),
+        ...errorResponses("bad_request", "validation_failed", "unauthorized", "budget_exceeded", "quota_exceeded", "forbidden", "client_suspended", "template_not_found", "pool_not_found", "client_not_found", "idempotency_conflict", "worker_failed"),
       },
     }),
     async (c) => {
       const spec = c.req.valid("json");
+      const key = idempotencyKey(spec.idempotency_key, c.req.header("idempotency-key"));
       const caller = await callerFor(c.env, c.var.principal, spec.client_id, "api");
-      const outcome = await execute(c.env, caller, spec);
+      const outcome = await execute(c.env, caller, { ...spec, idempotency_key: key });
+      markDowngrade(c, outcome.request);
       const body = { ...outcome, trace_id: c.var.traceId };
       if (outcome.request.status === "failed") {
         throw new AppError("worker_failed", outcome.request.error ?? "the worker failed", { request: outcome.request });

@@ -252,7 +252,7 @@ export const reportRoutes = new OpenAPIHono<AppEnv>()
     createRoute({
       method: "get", path: "/admin/reports/utilization", ...guard,
       summary: "Pool utilization over time: the mean of the minute samples per step",
-      description: `Samples are the pools' levels taken by the minute cron and kept ${SAMPLE_RETENTION_MS / 86_400_000} days. Steps are counted from \`from\`; the last ends at \`to\`. A step without samples has null figures.`,
+      description: `Samples are the pools' levels taken by the minute cron and kept ${SAMPLE_RETENTION_MS / 86_400_000} days by default (the \`pool_samples\` retention setting, GET /admin/retention). Steps are counted from \`from\`; the last ends at \`to\`. A step without samples has null figures.`,
       request: { query: UtilizationQuery },
       responses: {
         200: { description: "Every step of the range, per pool.", content: { "application/json": { schema: UtilizationReport } } },

@@ -4,6 +4,7 @@ import { reconcileInFlight } from "../services/budget";
 import { poolConfigs } from "../services/config";
 import { samplePools } from "../services/pool-samples";
 import { poolStub } from "../services/pools";
+import { runRetention } from "../services/retention";
 import { schedulerStub } from "../services/requests";
 import { sweepCache } from "../services/optimizer";
 import { evaluateScaling } from "../services/scaling";
@@ -12,8 +13,9 @@ import { evaluateScaling } from "../services/scaling";
  * The minute cron: the scheduler's backstop and housekeeping. It runs a dispatch pass (which also
  * returns expired leases to the queue) and delivers any usage a pool's alarm has not yet flushed.
  * Then it re-checks the alert conditions on the state the pass left, and samples every pool's level
- * for utilization history (at the scheduled minute, so a repeated run adds nothing), and takes out of
- * flight any estimate whose request is gone. Dynamic pools' scaling policies are evaluated too.
+ * for utilization history (at the scheduled minute, so a repeated run adds nothing), and takes out of flight any estimate whose request is gone. Dynamic
+ * pools' scaling policies are evaluated too. Last, records past their retention are pruned, a bounded
+ * chunk per kind (services/retention.ts).
  */
 export async function runCron(controller: ScheduledController, env: Env): Promise<void> {
   const traceId = `cron-${controller.scheduledTime}`;
@@ -47,6 +49,7 @@ export async function runCron(controller: ScheduledController, env: Env): Promis
       return 0;
     }),
   ]);
+  await runRetention(env, controller.scheduledTime, traceId);
   log.info("cron_pass", {
     trace_id: traceId, cron: controller.cron, dispatched: dispatched!.status === "fulfilled" ? dispatched!.value : 0,
     pools: pools.size, usage_delivered: delivered, pools_failed: failed,

@@ -3,7 +3,7 @@ import type { Scope } from "../domain/scopes";
 import { AppError } from "../errors";
 import { sha256Hex } from "../http/auth";
 import {
-  countActiveKeys, deleteClientRows, getClient, insertApiKey, insertClient, listApiKeys, revokeApiKey, updateClientRow,
+  countActiveKeys, deleteClientRows, findRetiredAt, getClient, insertApiKey, insertClient, listApiKeys, revokeApiKey, updateClientRow,
   type ApiKeyView, type ClientChanges, type ClientRow,
 } from "../storage/clients";
 import { clearConfigCache } from "./config";
@@ -40,7 +40,13 @@ export async function createClient(env: Env, input: NewClient, now: number): Pro
     monthly_budget_nano: input.monthly_budget_nano ?? null, status: input.status ?? "active",
     created_at: now, updated_at: now,
   });
-  if (!created) throw new AppError("client_exists", `a client ${input.id} already exists`, { client_id: input.id });
+  if (!created) {
+    const retiredAt = await findRetiredAt(env.DB, input.id);
+    if (retiredAt !== null) {
+      throw new AppError("client_id_retired", `${input.id} belonged to a deleted client; a client id is never used again`, { client_id: input.id, retired_at: retiredAt });
+    }
+    throw new AppError("client_exists", `a client ${input.id} already exists`, { client_id: input.id });
+  }
   clearConfigCache();
   return created;
 }
@@ -70,8 +76,9 @@ export interface Deleted {
 
 /**
  * Delete a client: refused (409 `client_busy`) while it has queued or running work, unless forced,
- * which cancels that work first. Then its rows (keys, operator budget, quota) go in one batch and its
- * Durable Object forgets everything; usage history stays.
+ * which cancels that work first. Then its rows (keys, operator budget, quota) go in one batch that
+ * also retires its id (never usable again: its history stays and must stay its own) and resolves its
+ * open and acknowledged alerts; its Durable Object forgets everything.
  */
 export async function deleteClient(env: Env, clientId: string, force: boolean): Promise<Deleted> {
   if (!(await getClient(env.DB, clientId))) throw notFound(clientId);
@@ -88,7 +95,7 @@ export async function deleteClient(env: Env, clientId: string, force: boolean): 
     cancelled = await scheduler.cancelClient(clientId);
     await allocations.cancelClient(clientId);
   }
-  await deleteClientRows(env.DB, clientId);
+  await deleteClientRows(env.DB, clientId, Date.now());
   clearConfigCache();
   await clientStub(env, clientId).forget();
   return { queued, running, cancelled };

@@ -1,7 +1,8 @@
 import { resolveBudget, type BudgetLimit } from "../domain/budget";
 import type { PoolConfig, Tier } from "../domain/types";
 import { AppError } from "../errors";
-import { findBudgetSettings, findClientTier, findKeyOwner, listTiers, type KeyOwner, type TierRow } from "../storage/clients";
+import { findBudgetSettings, findClientTier, findKeyOwner, type KeyOwner } from "../storage/clients";
+import { listTiers, type TierRow } from "../storage/tiers";
 import { listPools } from "../storage/pools";
 import { listTemplates, type Template } from "../storage/templates";
 import { findQuotaOverrides, listBurstPolicies } from "../storage/quotas";
@@ -15,7 +16,13 @@ import { TtlCache } from "./cache";
 
 const pools = new TtlCache<Map<string, PoolConfig>>(1);
 const templates = new TtlCache<Map<string, Template>>(1);
-const keys = new TtlCache<KeyOwner | null>();
+/** Unknown API keys cached per isolate (each a D1 read saved); only older unknown keys make room for newer ones. */
+export const KEY_MISSES_MAX = 10_000;
+/** API keys by hash: valid keys and unknown ones in separate bounds, so bad keys cannot push out a valid one. */
+export function newKeyCache(): TtlCache<KeyOwner | null> {
+  return new TtlCache<KeyOwner | null>(10_000, { isNegative: (owner) => owner === null, maxEntries: KEY_MISSES_MAX });
+}
+const keys = newKeyCache();
 const tiers = new TtlCache<Map<Tier, TierRow>>(1);
 const clients = new TtlCache<{ tier: Tier; status: string } | null>();
 const budgets = new TtlCache<BudgetLimit | null>();

@@ -11,6 +11,7 @@ import {
 } from "../domain/optimizer";
 import type { QueueName } from "../domain/priority";
 import type { Caller } from "../domain/types";
+import { AppError } from "../errors";
 import { log, type Logger } from "../log";
 import {
   cacheHitsByTemplate, completedByQueueHour, completedByTemplate, countExecutions, deleteExpired, executionsByTemplate, findCached,
@@ -120,6 +121,8 @@ export interface PlanInput {
   params: unknown;
   queue: QueueName;
   quality?: Quality;
+  /** false: never the cheaper alternative, whatever the rule (as `quality: "premium"`); absent: true. */
+  allowDowngrade?: boolean;
   /** Epoch ms by which the request must have run; a deferred request does not wait for off-peak past it. */
   deadline?: number | null;
   now: number;
@@ -177,12 +180,26 @@ async function capacityFor(env: Env, requirements: Array<{ pool: string; amount:
 }
 
 /**
+ * 400 for `allow_downgrade: false` with `quality: "standard"`, which asks for the downgrade. Callers
+ * check before starting any load: a shared cache load begun by a request that then fails at once
+ * would be left to a finished request (see services/cache.ts).
+ */
+export function checkDowngradeChoice(input: Pick<PlanInput, "quality" | "allowDowngrade">): void {
+  if (input.allowDowngrade === false && input.quality === "standard") {
+    throw new AppError("validation_failed", "invalid request body", {
+      fields: [{ path: "allow_downgrade", message: "false contradicts quality \"standard\" (which asks for the cheaper alternative)" }],
+    });
+  }
+}
+
+/**
  * Decide how a request runs. Reads only what a rule needs: the client's budget only when neither its
  * quality nor its queue already decided, pool levels only when the budget did not either. Throws the
  * estimate's errors (404 template_not_found / pool_not_found, 403 pool_forbidden).
  */
 export async function planRequest(env: Env, input: PlanInput, logger: Logger = log): Promise<RequestPlan> {
   const { caller, queue, now } = input;
+  checkDowngradeChoice(input);
   const [{ switches }, original, requested] = await Promise.all([
     optimizerSettings(env, caller.clientId),
     estimateCost(env, { template: input.template }, caller, logger),
@@ -194,7 +211,7 @@ export async function planRequest(env: Env, input: PlanInput, logger: Logger = l
   const alternative = switches.downgrade ? original.alternative : null;
   const base: DowngradeInput = {
     quality: input.quality, queue, budgetUsedPercent: null, budgetThresholdPercent: config.downgradeBudgetPercent,
-    poolExhausted: false, waitWouldExceedTarget: false, hasAlternative: alternative !== null, demandsOriginal: input.quality === "premium",
+    poolExhausted: false, waitWouldExceedTarget: false, hasAlternative: alternative !== null, demandsOriginal: input.quality === "premium" || input.allowDowngrade === false,
   };
   let decision = downgradeDecision(base);
   if (!decision.downgrade && mayDowngrade(base)) {

@@ -1,12 +1,11 @@
 import type { BurstAsk, BurstPolicy, BurstSession } from "../domain/burst";
 import { dayKey } from "../domain/calendar";
-import { TIER_WEIGHTS } from "../domain/priority";
 import type { QuotaDecision, ResolvedQuota } from "../domain/quota";
 import type { Tier } from "../domain/types";
 import { AppError } from "../errors";
 import type { BurstResult, QuotaState } from "../objects/client";
 import { burstClient, putBurstPolicy, putQuotaOverrides, type QuotaOverrides } from "../storage/quotas";
-import { burstPolicyByTier, clearConfigCache, clientQuota, clientTier, poolConfigs, templateConfig } from "./config";
+import { burstPolicyByTier, clearConfigCache, clientQuota, clientTier, poolConfigs, templateConfig, tierLimits } from "./config";
 
 export { clientQuota };
 
@@ -22,7 +21,7 @@ export async function requireQuota(env: Env, clientId: string): Promise<Resolved
 }
 
 /** A quota as the API shows it: limits (configured and with any burst), use, and per pool today. */
-export function quotaView(clientId: string, tier: Tier, state: QuotaState) {
+export function quotaView(clientId: string, tierWeight: number, state: QuotaState) {
   const limits = (q: ResolvedQuota) => ({ max_concurrent: q.maxConcurrent, cpu_millicores: q.cpuMillicores, memory_mb: q.memoryMb, pool_daily: q.poolDaily });
   const weight = state.quota.weight ?? null;
   const pools = new Set([...Object.keys(state.quota.poolDaily), ...Object.keys(state.use.poolToday)]);
@@ -31,7 +30,7 @@ export function quotaView(clientId: string, tier: Tier, state: QuotaState) {
     day: dayKey(Date.now()),
     quota: limits(state.quota),
     effective: limits(state.effective),
-    weight: weight ?? TIER_WEIGHTS[tier],
+    weight: weight ?? tierWeight,
     weight_source: (weight === null ? "tier" : "client") as "tier" | "client",
     burst: state.burst,
     usage: {
@@ -50,8 +49,8 @@ export function quotaView(clientId: string, tier: Tier, state: QuotaState) {
 }
 
 export async function getQuota(env: Env, clientId: string) {
-  const [quota, client] = await Promise.all([requireQuota(env, clientId), clientTier(env, clientId)]);
-  return quotaView(clientId, client!.tier, await clientStub(env, clientId).quotaState(quota));
+  const [quota, client, tiers] = await Promise.all([requireQuota(env, clientId), clientTier(env, clientId), tierLimits(env)]);
+  return quotaView(clientId, tiers.get(client!.tier)?.weight ?? 1, await clientStub(env, clientId).quotaState(quota));
 }
 
 /** Replace a client's quota overrides (null: the default). Every pool named must exist. */

@@ -1,3 +1,4 @@
+import { canonicalJson } from "../domain/json";
 import { QUEUES, type QueueName } from "../domain/priority";
 import type { Caller } from "../domain/types";
 import { AppError, type ErrorBody } from "../errors";
@@ -11,7 +12,7 @@ import { budgetLimit, clientQuota, templateConfig, tierLimits } from "./config";
 import type { Quality } from "../domain/optimizer";
 import { compressText } from "./compression";
 import type { CostEstimate } from "./estimate";
-import { cacheGet, planRequest } from "./optimizer";
+import { cacheGet, checkDowngradeChoice, planRequest } from "./optimizer";
 import { unwrap } from "./pools";
 
 /** One request as a caller submits it (validated shape; see routes/queue.ts for the schema). */
@@ -24,12 +25,13 @@ export interface RequestSpec {
   max_attempts?: number;
   /** standard: may be downgraded; premium: the original is demanded (see services/optimizer.ts). */
   quality?: Quality;
+  /** false: run as requested or be refused, never as the cheaper alternative (see services/optimizer.ts). */
+  allow_downgrade?: boolean;
   /** Epoch ms by which it must run (a deferred request does not wait for off-peak past it). */
   deadline?: number;
 }
 
 export const DEFAULT_QUEUE: QueueName = "normal";
-export const DEFAULT_MAX_ATTEMPTS = 3;
 
 export function schedulerStub(env: Env) {
   return env.SCHEDULER.get(env.SCHEDULER.idFromName("scheduler"));
@@ -49,11 +51,14 @@ export interface PreparedRequest {
  */
 export async function prepare(env: Env, caller: Caller, spec: RequestSpec): Promise<PreparedRequest> {
   const queue = spec.queue ?? DEFAULT_QUEUE;
+  checkDowngradeChoice({ quality: spec.quality, allowDowngrade: spec.allow_downgrade });
   const [plan, tiers] = await Promise.all([
-    planRequest(env, { caller, template: spec.template, params: spec.params ?? null, queue, quality: spec.quality, deadline: spec.deadline ?? null, now: Date.now() }),
+    planRequest(env, { caller, template: spec.template, params: spec.params ?? null, queue, quality: spec.quality, allowDowngrade: spec.allow_downgrade, deadline: spec.deadline ?? null, now: Date.now() }),
     tierLimits(env),
   ]);
   const estimate = plan.estimate;
+  // The template that will run (after any downgrade) sets the retry limit unless the caller gives one.
+  const template = await templateConfig(env, plan.template);
   const params = JSON.stringify(spec.params ?? null);
   const packed = plan.compress_threshold_bytes === null ? null : await compressText(params, plan.compress_threshold_bytes);
   const notBefore = Math.max(spec.not_before ?? 0, plan.not_before ?? 0) || null;
@@ -69,7 +74,7 @@ export async function prepare(env: Env, caller: Caller, spec: RequestSpec): Prom
       queue,
       idempotencyKey: spec.idempotency_key ?? null,
       notBefore,
-      maxAttempts: spec.max_attempts ?? DEFAULT_MAX_ATTEMPTS,
+      maxAttempts: spec.max_attempts ?? template.maxAttempts,
       estimateNano: estimate.total_cost_nano,
       estimate: estimate.pools.map((p) => ({ pool: p.pool, units: p.amount, cost_nano: p.cost_nano })),
       plan: {
@@ -94,21 +99,26 @@ export async function prepare(env: Env, caller: Caller, spec: RequestSpec): Prom
 export type EnqueueResult = { ok: true; value: EnqueueOutcome } | { ok: false; error: ErrorBody; index: number };
 
 type Prepared =
-  | { ok: true; value: NewRequest; alternative: CostEstimate["alternative"]; index: number; existing?: RequestView }
+  | { ok: true; value: NewRequest; alternative: CostEstimate["alternative"]; index: number; existing?: { id: string } }
   | { ok: false; error: ErrorBody; index: number };
 
 /**
  * Validate, price and admit specs against the client's budget, in order. A spec whose idempotency key
- * was already used is answered with the first request and costs nothing more. Admitted estimates are
- * in flight in the client's object until their requests finish.
+ * was already used is answered with the first request and costs nothing more, or, when the first
+ * request had another spec, refused (409) before anything is booked. Admitted estimates are in
+ * flight in the client's object until their requests finish.
  */
 async function admitAll(env: Env, caller: Caller, specs: RequestSpec[]): Promise<Prepared[]> {
   const scheduler = schedulerStub(env);
   const prepared: Prepared[] = await Promise.all(specs.map(async (spec, index): Promise<Prepared> => {
     try {
+      const key = spec.idempotency_key ?? null;
+      const specHash = key ? await specFingerprint(spec) : null;
+      const keyed = key ? await scheduler.findByKey(caller.clientId, key, specHash) : null;
+      if (keyed?.conflict) return { ok: false, error: idempotencyConflict(key!, keyed.id), index };
       const { request: value, alternative } = await prepare(env, caller, spec);
-      const existing = value.idempotencyKey ? await scheduler.findByKey(caller.clientId, value.idempotencyKey) : null;
-      return existing ? { ok: true, value, alternative, index, existing } : { ok: true, value, alternative, index };
+      value.specHash = specHash;
+      return keyed ? { ok: true, value, alternative, index, existing: { id: keyed.id } } : { ok: true, value, alternative, index };
     } catch (err) {
       if (err instanceof AppError) return { ok: false, error: errorBody(err), index };
       throw err;
@@ -177,7 +187,11 @@ export async function enqueueMany(env: Env, caller: Caller, specs: RequestSpec[]
   const unused = toEnqueue.filter((p, i) => !p.existing && outcomes[i]!.request.id !== p.value.id).map((p) => p.value.id!);
   if (unused.length) await clientStub(env, caller.clientId).drop(unused);
   const byIndex = new Map(toEnqueue.map((p, i) => [p.index, outcomes[i]!]));
-  return prepared.map((p) => (p.ok ? { ok: true, value: byIndex.get(p.index)! } : { ok: false, error: p.error, index: p.index }));
+  return prepared.map((p): EnqueueResult => {
+    if (!p.ok) return { ok: false, error: p.error, index: p.index };
+    const { conflict, ...value } = byIndex.get(p.index)!;
+    return conflict ? { ok: false, error: idempotencyConflict(p.value.idempotencyKey!, value.request.id), index: p.index } : { ok: true, value };
+  });
 }
 
 /** Enqueue one spec and, for the immediate queue, run it now when every limit admits it. */
@@ -185,9 +199,31 @@ export async function execute(env: Env, caller: Caller, spec: RequestSpec): Prom
   const [prepared] = await admitAll(env, caller, [{ ...spec, queue: spec.queue ?? "immediate" }]);
   if (!prepared!.ok) throw AppError.from(prepared!.error);
   const template = await templateConfig(env, prepared!.value.template);
-  const outcome: EnqueueOutcome = await schedulerStub(env).execute(prepared!.value, template.timeoutMs + 1000);
+  const { conflict, ...outcome }: EnqueueOutcome = await schedulerStub(env).execute(prepared!.value, template.timeoutMs + 1000);
   if (!prepared!.existing && outcome.request.id !== prepared!.value.id) await clientStub(env, caller.clientId).drop([prepared!.value.id!]);
+  if (conflict) throw AppError.from(idempotencyConflict(prepared!.value.idempotencyKey!, outcome.request.id));
   return outcome;
+}
+
+/**
+ * What an idempotency key stands for: every field of the spec except the key itself and client_id
+ * (the key is already the client's own), with the queue's default filled in (normal for enqueue,
+ * immediate for execute: another queue is another job), as canonical JSON (object keys sorted, so
+ * the order fields are sent in does not matter), hashed.
+ */
+async function specFingerprint(spec: RequestSpec): Promise<string> {
+  const { idempotency_key: _key, client_id: _client, ...rest } = spec as RequestSpec & { client_id?: string };
+  const text = canonicalJson(JSON.parse(JSON.stringify({ ...rest, queue: spec.queue ?? DEFAULT_QUEUE })));
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function idempotencyConflict(key: string, firstId: string): ErrorBody {
+  return {
+    code: "idempotency_conflict",
+    message: `idempotency key ${key} was already used for request ${firstId} with a different request; use a new key for a new request`,
+    details: { idempotency_key: key, request_id: firstId },
+  };
 }
 
 function clientStub(env: Env, clientId: string) {

@@ -74,6 +74,20 @@ export function resolveStatement(db: D1Database, kind: AlertKind, subject: strin
     .bind(kind, subject, keepDedupeKey, now);
 }
 
+/** Kinds whose subject is a client id. */
+const CLIENT_KINDS: AlertKind[] = ["budget_80", "budget_95", "budget_exhausted"];
+
+/** Resolve a client's open and acknowledged alerts, if the client still exists (run before its row is deleted). */
+export function resolveClientAlertsStatement(db: D1Database, clientId: string, now: number): D1PreparedStatement {
+  return db
+    .prepare(
+      `UPDATE alerts SET state = 'resolved', resolved_at = ?2, updated_at = ?2
+       WHERE kind IN (SELECT value FROM json_each(?3)) AND subject = ?1 AND state != 'resolved'
+         AND EXISTS (SELECT 1 FROM clients WHERE id = ?1)`,
+    )
+    .bind(clientId, now, JSON.stringify(CLIENT_KINDS));
+}
+
 export async function resolveAlerts(db: D1Database, kind: AlertKind, subject: string, now: number, keepDedupeKey: string | null = null): Promise<string[]> {
   const { results } = await resolveStatement(db, kind, subject, now, keepDedupeKey).all<{ id: string }>();
   return results.map((r) => r.id);

@@ -1,6 +1,8 @@
 import { decodeCursorText, encodeCursorText } from "../domain/base64url";
 import type { BudgetSettings } from "../domain/budget";
+import { dayKey } from "../domain/calendar";
 import type { Tier } from "../domain/types";
+import { resolveClientAlertsStatement } from "./alerts";
 
 /** The client behind an API key, as authentication needs it. */
 export interface KeyOwner {
@@ -28,28 +30,21 @@ export async function findClientTier(db: D1Database, clientId: string): Promise<
   return db.prepare("SELECT tier, status FROM clients WHERE id = ?1").bind(clientId).first<{ tier: Tier; status: string }>();
 }
 
-export async function countRows(db: D1Database): Promise<Record<string, number>> {
+/**
+ * Counts for /status. usage_events is today's (UTC) events from the rollups: one indexed day, however
+ * long the ledger is (counting the ledger itself grew with every event).
+ */
+export async function countRows(db: D1Database, now = Date.now()): Promise<Record<string, number>> {
   const row = await db
     .prepare(
       `SELECT (SELECT COUNT(*) FROM clients) AS clients, (SELECT COUNT(*) FROM pools) AS pools,
               (SELECT COUNT(*) FROM templates) AS templates,
               (SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL) AS api_keys,
-              (SELECT COUNT(*) FROM usage_events) AS usage_events`,
+              (SELECT COALESCE(SUM(events), 0) FROM usage_daily WHERE day = ?1) AS usage_events`,
     )
+    .bind(dayKey(now))
     .first<Record<string, number>>();
   return row ?? {};
-}
-
-export interface TierRow {
-  id: Tier;
-  priority_points: number;
-  max_concurrent: number;
-  monthly_budget_nano: number | null;
-}
-
-export async function listTiers(db: D1Database): Promise<TierRow[]> {
-  const { results } = await db.prepare("SELECT id, priority_points, max_concurrent, monthly_budget_nano FROM tiers").all<TierRow>();
-  return results;
 }
 
 /** What decides a client's budget (see resolveBudget); null for an unknown client. */
@@ -104,15 +99,22 @@ export interface ClientRow {
 // Named, not *: a column added to clients later must not appear in the API by accident.
 const CLIENT_COLUMNS = "id, name, email, tier, monthly_budget_nano, status, created_at, updated_at";
 
-/** Insert a client; null when one with this id exists (nothing changed). */
+/** Insert a client; null when one with this id exists or the id is retired (nothing changed). */
 export async function insertClient(db: D1Database, client: ClientRow): Promise<ClientRow | null> {
   return db
     .prepare(
       `INSERT INTO clients (id, name, email, tier, monthly_budget_nano, status, created_at, updated_at)
-       VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING RETURNING ${CLIENT_COLUMNS}`,
+       SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE NOT EXISTS (SELECT 1 FROM retired_client_ids WHERE client_id = ?1)
+       ON CONFLICT (id) DO NOTHING RETURNING ${CLIENT_COLUMNS}`,
     )
     .bind(client.id, client.name, client.email, client.tier, client.monthly_budget_nano, client.status, client.created_at, client.updated_at)
     .first<ClientRow>();
+}
+
+/** When a deleted client's id was retired; null for an id never retired. */
+export async function findRetiredAt(db: D1Database, id: string): Promise<number | null> {
+  const row = await db.prepare("SELECT retired_at FROM retired_client_ids WHERE client_id = ?1").bind(id).first<{ retired_at: number }>();
+  return row?.retired_at ?? null;
 }
 
 export async function getClient(db: D1Database, id: string): Promise<ClientRow | null> {
@@ -136,12 +138,17 @@ export async function updateClientRow(db: D1Database, id: string, changes: Clien
 }
 
 /**
- * Delete a client with its keys, operator budget and quota in one batch (D1 does not enforce the
- * schema's ON DELETE CASCADE unless foreign keys are on). Usage history stays: it is a record.
- * False for an unknown client.
+ * Delete a client with its keys, operator budget, quota and optimizer switches in one batch (D1 does
+ * not enforce the schema's ON DELETE CASCADE unless foreign keys are on), retire its id for good and
+ * resolve its alerts. Usage history stays: it is a record, and no later tenant can take the id to read
+ * it. False for an unknown client (then nothing changes).
  */
-export async function deleteClientRows(db: D1Database, id: string): Promise<boolean> {
+export async function deleteClientRows(db: D1Database, id: string, now: number): Promise<boolean> {
   const results = await db.batch([
+    db.prepare("INSERT INTO retired_client_ids (client_id, retired_at) SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM clients WHERE id = ?1) ON CONFLICT (client_id) DO NOTHING")
+      .bind(id, now),
+    resolveClientAlertsStatement(db, id, now),
+    db.prepare("DELETE FROM client_optimizer WHERE client_id = ?1").bind(id),
     db.prepare("DELETE FROM api_keys WHERE client_id = ?1").bind(id),
     db.prepare("DELETE FROM client_budgets WHERE client_id = ?1").bind(id),
     db.prepare("DELETE FROM client_quotas WHERE client_id = ?1").bind(id),

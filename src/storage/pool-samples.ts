@@ -5,25 +5,24 @@ export interface PoolSample {
   capacity: number;
 }
 
-/** How long samples are kept; utilization history reaches back at most this far. */
+/**
+ * The longest range a utilization history may ask for: samples are kept 92 days by default (the
+ * "pool_samples" retention setting; the retention run prunes older ones).
+ */
 export const SAMPLE_RETENTION_MS = 92 * 86_400_000;
 
-/**
- * Record one sample per pool at `at`, and drop those pools' samples older than the retention, in one
- * batch. A cron run repeated for the same minute (`at` is its scheduled time) adds nothing.
- */
+/** Record one sample per pool at `at`. A cron run repeated for the same minute (`at` is its scheduled time) adds nothing. */
 export async function insertPoolSamples(db: D1Database, samples: PoolSample[], at: number): Promise<void> {
   if (samples.length === 0) return;
   const rows = JSON.stringify(samples.map((s) => ({ p: s.poolId, l: s.level, c: s.capacity })));
-  await db.batch([
-    db.prepare(
+  await db
+    .prepare(
       `INSERT INTO pool_samples (pool_id, at, level, capacity)
        SELECT j.value ->> '$.p', ?2, j.value ->> '$.l', j.value ->> '$.c' FROM json_each(?1) j WHERE true
        ON CONFLICT (pool_id, at) DO NOTHING`,
-    ).bind(rows, at),
-    db.prepare("DELETE FROM pool_samples WHERE pool_id IN (SELECT j.value ->> '$.p' FROM json_each(?1) j) AND at < ?2")
-      .bind(rows, at - SAMPLE_RETENTION_MS),
-  ]);
+    )
+    .bind(rows, at)
+    .run();
 }
 
 /** One pool's samples in one step of a series: how many, and their mean utilization and level. */

@@ -1,0 +1,44 @@
+import { DAY_MS } from "./calendar";
+
+/**
+ * Retention: how long each kind of record is kept. The minute cron deletes what is older, at most
+ * PRUNE_CHUNK_ROWS rows per kind per run, so a backlog clears over several minutes and no run holds
+ * D1 for long. Rollups (usage_daily) are never pruned: usage history and monthly totals read them.
+ */
+export const RETENTION_KINDS = [
+  "usage_events", "request_log", "alerts", "optimizer_savings", "scaling_events", "pool_samples", "burst_sessions", "requests",
+] as const;
+export type RetentionKind = (typeof RETENTION_KINDS)[number];
+
+/** Rows deleted per kind per cron run at most. */
+export const PRUNE_CHUNK_ROWS = 5000;
+export const MAX_RETENTION_DAYS = 3650;
+
+export interface RetentionRule {
+  /** Used when the kind has no row in retention_settings (migration 0004 seeds these). */
+  defaultDays: number;
+  /** Below this, something that reads the records would silently lose data. */
+  minDays: number;
+  description: string;
+}
+
+export const RETENTION_RULES: Record<RetentionKind, RetentionRule> = {
+  usage_events: { defaultDays: 90, minDays: 1, description: "Usage ledger rows (usage_events) by event time; each is already counted in its daily rollup, which stays" },
+  request_log: { defaultDays: 90, minDays: 1, description: "Finished requests in D1 (request_log) by finish time: reports by template, recommendations" },
+  alerts: { defaultDays: 90, minDays: 1, description: "Resolved alerts by resolution time; open and acknowledged alerts stay" },
+  optimizer_savings: { defaultDays: 90, minDays: 1, description: "Optimizer savings records by time: optimizer stats" },
+  scaling_events: { defaultDays: 90, minDays: 1, description: "Capacity changes made by scaling policies, by time" },
+  // Utilization reports accept ranges up to 92 days.
+  pool_samples: { defaultDays: 92, minDays: 1, description: "Pool levels sampled each minute, by time: utilization history" },
+  burst_sessions: { defaultDays: 90, minDays: 1, description: "Burst sessions that ended, expired or were denied, by request time" },
+  // SLA summaries read finished requests from the scheduler over windows of up to 31 days.
+  requests: {
+    defaultDays: 35, minDays: 31,
+    description: "Finished requests held by the scheduler (their view, idempotency key and service level), by finish time, once their request_log row is in D1",
+  },
+};
+
+/** Records of a kind older than this time (epoch ms) are pruned. */
+export function cutoffOf(now: number, days: number): number {
+  return now - days * DAY_MS;
+}
