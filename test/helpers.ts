@@ -136,3 +136,9 @@ export function mulberry32(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+/** A response an OpenAPI document declares, following a $ref into components.responses (shared error responses). */
+export function documentedResponse(doc: any, path: string, method: string, status: string): any {
+  const declared = doc.paths[path][method].responses[status];
+  return declared?.$ref ? doc.components.responses[declared.$ref.replace("#/components/responses/", "")] : declared;
+}

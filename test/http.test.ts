@@ -1,6 +1,6 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { call, consume, expectError, ADMIN, INTERNAL, KEYS, makePool } from "./helpers";
+import { call, consume, documentedResponse, expectError, ADMIN, INTERNAL, KEYS, makePool } from "./helpers";
 
 const PUBLIC_ROUTES: [string, string, unknown?][] = [
   ["GET", "/api/resources/availability"],
@@ -109,7 +109,7 @@ describe("resources API", () => {
   it("serves an OpenAPI document whose error responses come from the code table", async () => {
     const r = await call("GET", "/openapi.json");
     expect(r.status).toBe(200);
-    expect(r.body.paths["/internal/consume"].post.responses["429"].description).toContain("rate_limited");
+    expect(documentedResponse(r.body, "/internal/consume", "post", "429").description).toContain("rate_limited");
     expect(Object.keys(r.body.paths)).toEqual(expect.arrayContaining(["/api/resources/availability", "/internal/release", "/health"]));
   });
 

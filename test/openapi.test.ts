@@ -11,13 +11,16 @@ interface Op {
   summary?: string;
   tags?: string[];
   security?: Array<Record<string, string[]>>;
-  responses: Record<string, { content?: Record<string, { schema?: { $ref?: string }; examples?: Record<string, { value: { error: { code: string } } }> }> }>;
+  responses: Record<string, { content?: Record<string, { schema?: { $ref?: string }; examples?: Record<string, { $ref: string }> }> }>;
 }
 
 async function fetchDocument() {
   const r = await call("GET", "/openapi.json");
   expect(r.status).toBe(200);
-  return r.body as { openapi: string; tags: Array<{ name: string }>; paths: Record<string, Partial<Record<(typeof METHODS)[number], Op>>> };
+  return r.body as {
+    openapi: string; tags: Array<{ name: string }>; paths: Record<string, Partial<Record<(typeof METHODS)[number], Op>>>;
+    components: { examples: Record<string, { value: { error: { code: string } } }>; responses: Record<string, Op["responses"][string]> };
+  };
 }
 
 function operationsOf(doc: Awaited<ReturnType<typeof fetchDocument>>) {
@@ -85,8 +88,11 @@ describe("the OpenAPI document", () => {
     const doc = await fetchDocument();
     let checked = 0;
     for (const { method, path, op } of operationsOf(doc)) {
-      for (const [status, response] of Object.entries(op.responses)) {
+      for (const [status, declared] of Object.entries(op.responses)) {
         if (Number(status) < 400 || NOT_ENVELOPES.has(`${method} ${path} ${status}`)) continue;
+        // Error responses several operations share live once in components.responses.
+        const ref = (declared as { $ref?: string }).$ref;
+        const response = ref ? doc.components.responses[ref.replace("#/components/responses/", "")]! : declared;
         const media = response.content?.["application/json"];
         const where = `${method} ${path} ${status}`;
         expect(media?.schema, where).toEqual({ $ref: "#/components/schemas/Error" });
@@ -94,13 +100,16 @@ describe("the OpenAPI document", () => {
         expect(examples.length, `${where}: no codes`).toBeGreaterThan(0);
         for (const [code, example] of examples) {
           expect(ERRORS[code as ErrorCode]?.status, `${where}: ${code}`).toBe(Number(status));
-          expect(example.value.error.code).toBe(code);
+          // Each example is the code's one shared example in components.
+          expect(example, `${where}: ${code}`).toEqual({ $ref: `#/components/examples/${code}` });
+          expect(doc.components.examples[code]!.value.error.code).toBe(code);
           checked += 1;
         }
       }
     }
     expect(checked).toBeGreaterThan(50);
-    const doc429 = doc.paths["/internal/consume"]!.post!.responses["429"] as { headers?: Record<string, unknown> };
+    const declared429 = doc.paths["/internal/consume"]!.post!.responses["429"] as { $ref?: string };
+    const doc429 = (declared429.$ref ? doc.components.responses[declared429.$ref.replace("#/components/responses/", "")] : declared429) as { headers?: Record<string, unknown> };
     expect(doc429.headers).toHaveProperty("Retry-After");
   });
 

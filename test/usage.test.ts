@@ -6,7 +6,7 @@ import { sha256Hex } from "../src/http/auth";
 import type { PoolObject } from "../src/objects/pool";
 import { clearConfigCache } from "../src/services/config";
 import { insertUsageEvents, type UsageEvent } from "../src/storage/usage";
-import { ADMIN, call, consume, eventually, expectError, INTERNAL, KEYS, makePool, mulberry32 } from "./helpers";
+import { ADMIN, call, consume, documentedResponse, eventually, expectError, INTERNAL, KEYS, makePool, mulberry32 } from "./helpers";
 
 const stubOf = (pool: string) => env.POOL.get(env.POOL.idFromName(pool));
 
@@ -570,10 +570,10 @@ describe("cost estimate", () => {
   it("both routes are in the OpenAPI document with their errors", async () => {
     const r = await call("GET", "/openapi.json");
     const usage = r.body.paths["/api/usage/{clientId}"].get;
-    expect(usage.responses["403"].description).toContain("forbidden");
+    expect(documentedResponse(r.body, "/api/usage/{clientId}", "get", "403").description).toContain("forbidden");
     expect(usage.parameters.map((p: any) => `${p.in}:${p.name}`).sort()).toEqual(
       ["path:clientId", "query:cursor", "query:from", "query:granularity", "query:limit", "query:pool", "query:to"],
     );
-    expect(r.body.paths["/api/cost/estimate"].post.responses["403"].description).toContain("pool_forbidden");
+    expect(documentedResponse(r.body, "/api/cost/estimate", "post", "403").description).toContain("pool_forbidden");
   });
 });

@@ -21,10 +21,14 @@ const RETRY_AFTER = {
   "Retry-After": { description: "Seconds until a retry can succeed (enough units, or a limit's window ended)", required: true, schema: { type: "integer" as const, minimum: 1 } },
 };
 
+/** Where the document keeps each error code's example (one per code, registered by errorExamples). */
+const exampleRef = (code: ErrorCode) => ({ $ref: `#/components/examples/${code}` });
+
 /**
  * OpenAPI responses for the given error codes, generated from the one table: per status, the Error
- * schema with one example per code. The examples' names are the codes that status may carry for this
- * operation; the tests' response check (test/contract.ts) holds every error answer to them.
+ * schema with one example per code, each a reference to the code's shared example (errorExamples), so
+ * the document holds each example once. The examples' names are the codes that status may carry for
+ * this operation; the tests' response check (test/contract.ts) holds every error answer to them.
  */
 export function errorResponses(...codes: ErrorCode[]) {
   const byStatus = new Map<number, ErrorCode[]>();
@@ -36,20 +40,30 @@ export function errorResponses(...codes: ErrorCode[]) {
     [...byStatus].map(([status, group]) => [
       status,
       {
-        description: group.map((code) => `\`${code}\`: ${ERRORS[code].description}`).join(" "),
+        description: errorDescription(group),
         ...(status === 429 ? { headers: RETRY_AFTER } : {}),
         content: {
           "application/json": {
             schema: ErrorEnvelope,
-            examples: Object.fromEntries(group.map((code) => [
-              code,
-              { summary: code, value: { error: { code, message: ERRORS[code].description }, trace_id: "6f1c1a0e-..." } },
-            ])),
+            examples: Object.fromEntries(group.map((code) => [code, exampleRef(code)])),
           },
         },
       },
     ]),
   );
+}
+
+/** A response's description: the codes it may carry (each code's meaning is in its shared example). */
+export function errorDescription(codes: readonly string[]): string {
+  return `Error codes: ${codes.map((code) => `\`${code}\``).join(", ")}.`;
+}
+
+/** Every error code's example, for the document's components (docs.ts registers them). */
+export function errorExamples() {
+  return Object.entries(ERRORS).map(([code, { status, description }]) => ({
+    code,
+    example: { summary: `${status} ${code}`, description, value: { error: { code, message: description }, trace_id: "6f1c1a0e-..." } },
+  }));
 }
 
 /** An AppError's envelope and its Retry-After seconds (the app's and the hot path's one source). */

@@ -1,9 +1,9 @@
 import type { OpenAPIHono } from "@hono/zod-openapi";
 import type { MiddlewareHandler } from "hono";
 import { jsonTooDeep, MAX_JSON_DEPTH } from "../domain/json";
-import { AppError, ERRORS, type ErrorCode } from "../errors";
+import { AppError, type ErrorCode } from "../errors";
 import type { AppEnv } from "./context";
-import { errorResponses } from "./errors";
+import { errorDescription, errorResponses } from "./errors";
 
 /** The body limit when MAX_BODY_BYTES is unset or not a positive integer: 1 MiB. */
 export const DEFAULT_MAX_BODY_BYTES = 1_048_576;
@@ -107,7 +107,7 @@ export function declareInputLimits(app: OpenAPIHono<AppEnv>): void {
       // A copy: other operations may share this response object.
       responses[status] = {
         ...have,
-        description: [have.description, ...missing.map((code) => `\`${code}\`: ${ERRORS[code].description}`)].filter(Boolean).join(" "),
+        description: errorDescription([...Object.keys(examples), ...missing]),
         content: {
           ...have.content,
           "application/json": { ...have.content!["application/json"], examples: { ...examples, ...Object.fromEntries(missing.map((code) => [code, add.content!["application/json"]!.examples![code]])) } },

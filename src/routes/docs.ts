@@ -1,5 +1,6 @@
 import { createRoute, OpenAPIHono, z } from "@hono/zod-openapi";
 import type { AppEnv } from "../http/context";
+import { errorExamples } from "../http/errors";
 
 /** The document's own fields; paths and schemas come from the routes' createRoute declarations. */
 const DOCUMENT = {
@@ -55,6 +56,42 @@ function withOperationIds(doc: Document): Document {
   return doc;
 }
 
+/**
+ * Error responses that several operations declare alike (same status, same codes) are kept once in
+ * components.responses, named by status and codes, and referenced: most operations share 401/403 and
+ * the 400s. Success responses are left where they are.
+ */
+function withSharedErrorResponses(doc: Document): Document {
+  const seen = new Map<string, { name: string; response: unknown; uses: Array<Record<string, unknown>> }>();
+  for (const item of Object.values(doc.paths ?? {})) {
+    for (const method of METHODS) {
+      const responses = item[method]?.responses as Record<string, unknown> | undefined;
+      if (!responses) continue;
+      for (const [status, response] of Object.entries(responses)) {
+        const examples = (response as { content?: Record<string, { examples?: object }> }).content?.["application/json"]?.examples;
+        if (Number(status) < 400 || !examples) continue;
+        const key = `${status} ${JSON.stringify(response)}`;
+        const name = `Error${status}_${Object.keys(examples).join("_")}`;
+        const entry = seen.get(key) ?? { name, response, uses: [] };
+        entry.uses.push(responses);
+        seen.set(key, entry);
+      }
+    }
+  }
+  const shared: Record<string, unknown> = {};
+  for (const [key, { name, response, uses }] of seen) {
+    if (uses.length < 2 || name in shared) continue;
+    shared[name] = response;
+    const status = key.slice(0, key.indexOf(" "));
+    for (const responses of uses) responses[status] = { $ref: `#/components/responses/${name}` };
+  }
+  // Only the examples some response names (no operation declares a 500, say).
+  const used = new Set([...seen.values()].flatMap(({ response }) => Object.keys((response as { content: Record<string, { examples: object }> }).content["application/json"]!.examples)));
+  const examples = Object.fromEntries(Object.entries(doc.components?.examples ?? {}).filter(([code]) => used.has(code)));
+  doc.components = { ...doc.components, examples, responses: { ...doc.components?.responses, ...(shared as object) } };
+  return doc;
+}
+
 const OpenApiDocument = z
   .looseObject({ openapi: z.string(), info: z.looseObject({ title: z.string(), version: z.string() }), paths: z.record(z.string(), z.unknown()) })
   .openapi("OpenApiDocument", { description: "This OpenAPI 3.1 document" });
@@ -75,6 +112,7 @@ export function docsRoutes(app: OpenAPIHono<AppEnv>) {
     scheme: "bearer",
     description: "An API key (rmk_...) on /api, the internal token on /internal, the admin token on /admin, the metrics or admin token on /metrics",
   });
+  for (const { code, example } of errorExamples()) app.openAPIRegistry.registerComponent("examples", code, example);
   let document: Document | undefined;
   return new OpenAPIHono<AppEnv>()
     .openapi(
@@ -83,7 +121,7 @@ export function docsRoutes(app: OpenAPIHono<AppEnv>) {
         responses: { 200: { description: "The document.", content: { "application/json": { schema: OpenApiDocument } } } },
       }),
       (c) => {
-        document ??= withOperationIds(app.getOpenAPI31Document(DOCUMENT));
+        document ??= withSharedErrorResponses(withOperationIds(app.getOpenAPI31Document(DOCUMENT)));
         return c.json(document as z.infer<typeof OpenApiDocument>, 200);
       },
     )
