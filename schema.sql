@@ -374,3 +374,18 @@ CREATE TABLE IF NOT EXISTS retired_client_ids (
   client_id TEXT PRIMARY KEY,
   retired_at INTEGER NOT NULL
 );
+
+-- ---- Queue samples for the dashboard's trends (issue 24, migration 0005) ------------------------
+
+-- One row per queue per cron minute (`at` is the cron's scheduled time, so a repeated run adds nothing).
+-- depth and ready: requests queued and ready to run at that moment; dispatched: requests the scheduler
+-- dispatched from the queue in the minute before it. Pruned by the retention run ('queue_samples').
+CREATE TABLE IF NOT EXISTS queue_samples (
+  queue TEXT NOT NULL CHECK (queue IN ('immediate', 'fast', 'normal', 'batch', 'deferred')),
+  at INTEGER NOT NULL,
+  depth INTEGER NOT NULL CHECK (depth >= 0),
+  ready INTEGER NOT NULL CHECK (ready >= 0),
+  dispatched INTEGER NOT NULL CHECK (dispatched >= 0),
+  PRIMARY KEY (queue, at)
+);
+CREATE INDEX IF NOT EXISTS queue_samples_at ON queue_samples (at);

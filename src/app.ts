@@ -9,6 +9,7 @@ import { allocationRoutes } from "./routes/allocations";
 import { clientRoutes } from "./routes/clients";
 import { costRoutes } from "./routes/cost";
 import { dashboardRoutes } from "./routes/dashboard";
+import { dashboardDataRoutes } from "./routes/dashboard-data";
 import { docsRoutes } from "./routes/docs";
 import { healthRoutes } from "./routes/health";
 import { internalRoutes } from "./routes/internal";
@@ -52,6 +53,7 @@ export function createApp() {
   app.route("/", reportRoutes);
   app.route("/", retentionRoutes);
   app.route("/", dashboardRoutes);
+  app.route("/", dashboardDataRoutes);
   app.route("/", metricsRoutes);
   app.route("/", docsRoutes(app));
   declareInputLimits(app);

@@ -55,7 +55,7 @@ describe("retention", () => {
   it("every pruning query finds its chunk through an index on its time column, not a scan", async () => {
     const expected: Record<PrunableKind, string> = {
       usage_events: "usage_events_at", request_log: "request_log_finished", alerts: "alerts_resolved_at",
-      optimizer_savings: "optimizer_savings_at", scaling_events: "scaling_events_at", pool_samples: "pool_samples_at",
+      optimizer_savings: "optimizer_savings_at", scaling_events: "scaling_events_at", pool_samples: "pool_samples_at", queue_samples: "queue_samples_at",
       burst_sessions: "burst_sessions_state",
     };
     for (const kind of Object.keys(PRUNABLE) as PrunableKind[]) {
@@ -205,7 +205,7 @@ describe("retention settings (admin API)", () => {
     expect(r.body.chunk_rows).toBe(PRUNE_CHUNK_ROWS);
     expect(r.body.settings.map((s: any) => [s.kind, s.days, s.default_days, s.min_days])).toEqual([
       ["usage_events", 90, 90, 1], ["request_log", 90, 90, 1], ["alerts", 90, 90, 1], ["optimizer_savings", 90, 90, 1],
-      ["scaling_events", 90, 90, 1], ["pool_samples", 92, 92, 1], ["burst_sessions", 90, 90, 1], ["requests", 35, 35, 31],
+      ["scaling_events", 90, 90, 1], ["pool_samples", 92, 92, 1], ["queue_samples", 31, 31, 1], ["burst_sessions", 90, 90, 1], ["requests", 35, 35, 31],
     ]);
     expect(typeof r.body.settings[0].updated_at).toBe("number");
 

@@ -6,7 +6,7 @@ import { DAY_MS } from "./calendar";
  * D1 for long. Rollups (usage_daily) are never pruned: usage history and monthly totals read them.
  */
 export const RETENTION_KINDS = [
-  "usage_events", "request_log", "alerts", "optimizer_savings", "scaling_events", "pool_samples", "burst_sessions", "requests",
+  "usage_events", "request_log", "alerts", "optimizer_savings", "scaling_events", "pool_samples", "queue_samples", "burst_sessions", "requests",
 ] as const;
 export type RetentionKind = (typeof RETENTION_KINDS)[number];
 
@@ -30,6 +30,8 @@ export const RETENTION_RULES: Record<RetentionKind, RetentionRule> = {
   scaling_events: { defaultDays: 90, minDays: 1, description: "Capacity changes made by scaling policies, by time" },
   // Utilization reports accept ranges up to 92 days.
   pool_samples: { defaultDays: 92, minDays: 1, description: "Pool levels sampled each minute, by time: utilization history" },
+  // The dashboard's charts read the last hour; the rest is history for an operator's own queries.
+  queue_samples: { defaultDays: 31, minDays: 1, description: "Queue depths and dispatches sampled each minute (migration 0005), by time: the dashboard's trends" },
   burst_sessions: { defaultDays: 90, minDays: 1, description: "Burst sessions that ended, expired or were denied, by request time" },
   // SLA summaries read finished requests from the scheduler over windows of up to 31 days.
   requests: {

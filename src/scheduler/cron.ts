@@ -3,6 +3,7 @@ import { checkAlerts } from "../services/alerts";
 import { reconcileInFlight } from "../services/budget";
 import { poolConfigs } from "../services/config";
 import { samplePools } from "../services/pool-samples";
+import { sampleQueues } from "../services/queue-samples";
 import { poolStub } from "../services/pools";
 import { runRetention } from "../services/retention";
 import { schedulerStub } from "../services/requests";
@@ -13,7 +14,8 @@ import { evaluateScaling } from "../services/scaling";
  * The minute cron: the scheduler's backstop and housekeeping. It runs a dispatch pass (which also
  * returns expired leases to the queue) and delivers any usage a pool's alarm has not yet flushed.
  * Then it re-checks the alert conditions on the state the pass left, and samples every pool's level
- * for utilization history (at the scheduled minute, so a repeated run adds nothing), and takes out of flight any estimate whose request is gone. Dynamic
+ * and each queue's depth and dispatches for the dashboard's trends (at the scheduled minute, so a
+ * repeated run adds nothing), and takes out of flight any estimate whose request is gone. Dynamic
  * pools' scaling policies are evaluated too. Last, records past their retention are pruned, a bounded
  * chunk per kind (services/retention.ts).
  */
@@ -27,13 +29,17 @@ export async function runCron(controller: ScheduledController, env: Env): Promis
   const delivered = flushes.reduce((n, r) => n + (r.status === "fulfilled" ? r.value : 0), 0);
   const failed = flushes.filter((r) => r.status === "rejected").length;
   if (dispatched!.status === "rejected") log.error("cron_dispatch_failed", { trace_id: traceId, error: String(dispatched!.reason) });
-  const [alerts, sampled, reconciled, scaled, swept] = await Promise.all([
+  const [alerts, sampled, queuesSampled, reconciled, scaled, swept] = await Promise.all([
     checkAlerts(env, Date.now(), traceId).catch((err: unknown) => {
       log.error("cron_alerts_failed", { trace_id: traceId, error: String(err) });
       return null;
     }),
     samplePools(env, controller.scheduledTime).catch((err: unknown) => {
       log.error("cron_samples_failed", { trace_id: traceId, error: String(err) });
+      return 0;
+    }),
+    sampleQueues(env, controller.scheduledTime).catch((err: unknown) => {
+      log.error("cron_queue_samples_failed", { trace_id: traceId, error: String(err) });
       return 0;
     }),
     reconcileInFlight(env, Date.now()).catch((err: unknown) => {
@@ -53,7 +59,7 @@ export async function runCron(controller: ScheduledController, env: Env): Promis
   log.info("cron_pass", {
     trace_id: traceId, cron: controller.cron, dispatched: dispatched!.status === "fulfilled" ? dispatched!.value : 0,
     pools: pools.size, usage_delivered: delivered, pools_failed: failed,
-    alerts_raised: alerts?.raised.length ?? 0, alerts_resolved: alerts?.resolved ?? 0, pools_sampled: sampled, in_flight_dropped: reconciled,
+    alerts_raised: alerts?.raised.length ?? 0, alerts_resolved: alerts?.resolved ?? 0, pools_sampled: sampled, queues_sampled: queuesSampled, in_flight_dropped: reconciled,
     pools_scaled: scaled.filter((o) => o.event !== null).length, cache_entries_expired: swept,
   });
 }

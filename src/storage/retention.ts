@@ -41,6 +41,7 @@ export const PRUNABLE: Record<Exclude<RetentionKind, "requests">, { table: strin
   optimizer_savings: { table: "optimizer_savings", old: "at < ?1" },
   scaling_events: { table: "scaling_events", old: "at < ?1" },
   pool_samples: { table: "pool_samples", old: "at < ?1" },
+  queue_samples: { table: "queue_samples", old: "at < ?1" },
   // Sessions last at most their policy's duration, so the request time stands for the end (and is indexed).
   burst_sessions: { table: "burst_sessions", old: "state IN ('denied', 'ended', 'expired') AND requested_at < ?1" },
 };

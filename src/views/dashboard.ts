@@ -1,41 +1,73 @@
 import { html, raw } from "hono/html";
-import { formatUsd } from "../domain/money";
-import type { Panel, DashboardState } from "../services/dashboard";
+import type { DashboardState } from "../services/dashboard";
+import { panelsBody, REFRESH_MS, summary } from "./panels";
+
+export { dashboardPanels, REFRESH_MS } from "./panels";
 
 /**
- * The operator's dashboard as server-rendered HTML. Every value goes through hono's `html` template,
- * which escapes what it interpolates, so ids, names, messages and errors chosen by clients or workers
- * cannot become markup. The page's one script refreshes the panels and calls the admin API.
+ * The operator's dashboard as server-rendered HTML: the page's frame (header, style, script) and the
+ * login form; the panels are in views/panels.ts, the charts in views/charts.ts. The page's one script
+ * refreshes the header's summary and the panels, and calls the admin API.
  */
-
-/** How often the page fetches fresh panels. */
-export const REFRESH_MS = 5000;
 
 type Html = ReturnType<typeof html>;
 
 const STYLE = `
   :root { color-scheme: light; font: 14px/1.4 system-ui, sans-serif; }
+  * { box-sizing: border-box; }
   body { margin: 0; background: #f4f5f7; color: #1d2330; }
-  header { display: flex; align-items: center; gap: 1rem; padding: .75rem 1.5rem; background: #1d2330; color: #fff; }
-  header h1 { font-size: 1.1rem; margin: 0; flex: 1; }
-  main { display: grid; grid-template-columns: repeat(auto-fit, minmax(36rem, 1fr)); gap: 1rem; padding: 1rem 1.5rem; }
-  section { background: #fff; border-radius: 6px; padding: .75rem 1rem; box-shadow: 0 1px 2px #0002; overflow-x: auto; }
+  header { display: flex; flex-wrap: wrap; align-items: center; gap: .5rem 1rem; padding: .6rem 1rem; background: #1d2330; color: #fff; }
+  @media (min-width: 50rem) { header { position: sticky; top: 0; z-index: 1; } section { scroll-margin-top: 4rem; } }
+  header h1 { font-size: 1.05rem; margin: 0; }
+  .summary { display: flex; flex-wrap: wrap; gap: .4rem; align-items: center; flex: 1; }
+  .summary a { color: #fff; text-decoration: none; padding: .1rem .5rem; border-radius: 999px; border: 1px solid #fff4; font-size: .85rem; white-space: nowrap; }
+  .summary a.count.hot.sev-critical { background: #d0021b; border-color: #ff8a8a; font-weight: 700; }
+  .summary a.count.hot.sev-warning { background: #9a6700; border-color: #e0b44a; }
+  .summary a.count.hot.sev-info { background: #0b5cad; }
+  .summary a.sched.state-stopped { background: #d0021b; }
+  main { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 34rem), 1fr)); gap: 1rem; padding: 1rem; }
+  section { background: #fff; border-radius: 6px; padding: .75rem 1rem; box-shadow: 0 1px 2px #0002; min-width: 0; }
+  section.wide, .meta { grid-column: 1 / -1; }
   section h2 { font-size: 1rem; margin: 0 0 .5rem; }
-  .meta { grid-column: 1 / -1; margin: 0; color: #555; }
+  .meta { margin: 0; color: #555; }
+  .scroll { overflow-x: auto; max-width: 100%; }
+  .scroll.tall { max-height: 32rem; overflow-y: auto; }
   table { border-collapse: collapse; width: 100%; }
   th, td { text-align: left; padding: .25rem .4rem; border-bottom: 1px solid #e3e5e8; vertical-align: top; }
-  td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-  meter { width: 8rem; height: 1rem; }
+  td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+  td.failure { min-width: 14rem; overflow-wrap: anywhere; }
+  td.id { max-width: 9rem; overflow-wrap: anywhere; }
+  td.failure code { background: #fdecee; color: #8a0015; padding: 0 .3rem; border-radius: 3px; }
+  td.projection.over { color: #b00020; font-weight: 600; }
+  .badge { display: inline-block; font-size: .7rem; text-transform: uppercase; background: #b00020; color: #fff; padding: 0 .35rem; border-radius: 3px; }
+  meter { width: 7rem; height: 1rem; }
   small, .muted { color: #667; }
   ul.alerts { list-style: none; margin: 0; padding: 0; }
   ul.alerts li { display: flex; gap: .75rem; align-items: baseline; padding: .4rem 0; border-bottom: 1px solid #e3e5e8; }
-  ul.alerts li div { flex: 1; }
+  ul.alerts li div { flex: 1; min-width: 0; overflow-wrap: anywhere; }
+  details summary { cursor: pointer; color: #0b5cad; padding: .3rem 0; }
   .sev { font-weight: 600; text-transform: uppercase; font-size: .75rem; }
   .sev-critical { color: #b00020; } .sev-warning { color: #9a6700; } .sev-info { color: #0b5cad; }
   .state-running { color: #1a7f37; } .state-stopped { color: #b00020; }
   .error { color: #b00020; }
   button { font: inherit; padding: .2rem .7rem; cursor: pointer; }
   #status { color: #ffd479; }
+  .charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 20rem), 1fr)); gap: 1rem; }
+  figure.chart { margin: 0; min-width: 0; }
+  figure.chart figcaption { font-weight: 600; margin-bottom: .2rem; }
+  figure.chart svg { width: 100%; height: auto; display: block; }
+  svg .grid { stroke: #e3e5e8; stroke-width: 1; }
+  svg .axis { stroke: #889; stroke-width: 1; }
+  svg .tick, svg .axis-title, svg .empty { font: 9px system-ui, sans-serif; fill: #556; }
+  svg .axis-title { font-weight: 600; }
+  svg .line { fill: none; stroke-width: 1.6; stroke-linejoin: round; }
+  svg.spark { width: 7.5rem; height: 1.75rem; display: block; }
+  svg.spark .line { stroke-width: 1.2; vector-effect: non-scaling-stroke; }
+  .line.s0 { stroke: #0b5cad; } .line.s1 { stroke: #d0021b; } .line.s2 { stroke: #1a7f37; } .line.s3 { stroke: #9a6700; } .line.s4 { stroke: #7b3fb4; } .line.s5 { stroke: #00838f; }
+  .dot.s0, .sw.s0 { fill: #0b5cad; background: #0b5cad; } .dot.s1, .sw.s1 { fill: #d0021b; background: #d0021b; } .dot.s2, .sw.s2 { fill: #1a7f37; background: #1a7f37; }
+  .dot.s3, .sw.s3 { fill: #9a6700; background: #9a6700; } .dot.s4, .sw.s4 { fill: #7b3fb4; background: #7b3fb4; } .dot.s5, .sw.s5 { fill: #00838f; background: #00838f; }
+  ul.legend { list-style: none; margin: .2rem 0 0; padding: 0; display: flex; flex-wrap: wrap; gap: .1rem .8rem; font-size: .8rem; }
+  ul.legend .sw { display: inline-block; width: .7rem; height: .7rem; border-radius: 2px; margin-right: .3rem; vertical-align: -.05rem; }
   form.login { max-width: 22rem; margin: 4rem auto; background: #fff; padding: 1.5rem; border-radius: 6px; box-shadow: 0 1px 2px #0002; display: grid; gap: .75rem; }
   form.login input { font: inherit; padding: .35rem; }
 `;
@@ -55,7 +87,14 @@ const SCRIPT = `
       if (!res.ok) throw new Error("the server answered " + res.status);
       const text = await res.text();
       if (mine !== generation) return;
-      panels.innerHTML = text;
+      // The answer is the header's summary, then the panels; folded sections stay as the operator left them.
+      const next = document.createElement("template");
+      next.innerHTML = text;
+      const open = new Set([...panels.querySelectorAll("details[id][open]")].map((d) => d.id));
+      const line = next.content.getElementById("summary");
+      if (line) document.getElementById("summary").replaceWith(line);
+      for (const d of next.content.querySelectorAll("details[id]")) d.open = open.has(d.id);
+      panels.replaceChildren(next.content);
       status.textContent = "";
     } catch (err) {
       if (mine === generation) status.textContent = "Refresh failed (" + err.message + "); retrying";
@@ -127,96 +166,10 @@ export function loginPage(nonce: string, error: string | null): Html {
 export function dashboardPage(state: DashboardState, nonce: string): Html {
   return layout("Resource Manager: operator dashboard", nonce, html`
 <header>
-  <h1>Resource Manager · operator dashboard</h1>
+  <h1>Resource Manager</h1>
+  ${summary(state)}
   <span id="status" role="status" aria-live="polite"></span>
   <button type="button" data-action="logout">Log out</button>
 </header>
-<main id="panels">${dashboardPanels(state)}</main>`, true);
-}
-
-const int = (n: number) => Math.round(n).toLocaleString("en-US");
-const percent = (x: number) => `${(x * 100).toFixed(1)}%`;
-
-function time(ms: number | null): Html | string {
-  if (ms === null) return "never";
-  const iso = new Date(ms).toISOString();
-  return html`<time datetime="${iso}">${iso.slice(0, 19).replace("T", " ")} UTC</time>`;
-}
-
-/** A wait or age for humans: "45 s", "3 min 20 s", "2 h 5 min". */
-export function duration(ms: number): string {
-  const s = Math.floor(ms / 1000);
-  if (s < 60) return `${s} s`;
-  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
-  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
-}
-
-function section<T>(id: string, title: string, panel: Panel<T>, render: (value: T) => Html): Html {
-  return html`<section id="${id}"><h2>${title}</h2>${panel.ok ? render(panel.value) : html`<p class="error">Could not read: ${panel.error}</p>`}</section>`;
-}
-
-/** The panels alone: the page's body, and what the page fetches to refresh itself. */
-export function dashboardPanels(s: DashboardState): Html {
-  return html`<p class="meta">Updated ${time(s.at)} · refreshes every ${REFRESH_MS / 1000} s</p>
-${section("scheduler", "Scheduler", s.scheduler, (v) => html`
-<p>State: <strong class="state-${v.running ? "running" : "stopped"}" data-running="${String(v.running)}">${v.running ? "running" : "stopped"}</strong>
- · queued ${int(v.queued)} · in flight ${int(v.in_flight)} of ${int(v.max_in_flight)} · dispatched ${int(v.dispatched_total)} · last pass ${time(v.last_pass_at)}</p>
-<p>${v.running
-    ? html`<button type="button" data-action="stop">Stop scheduler</button>`
-    : html`<button type="button" data-action="start">Start scheduler</button>`}</p>`)}
-${section("pools", "Pools", s.pools, (pools) => pools.length === 0 ? html`<p class="muted">No pools.</p>` : html`
-<table><thead><tr><th>Pool</th><th>Level</th><th class="num">Utilization</th><th class="num">Reserved</th><th>Status</th></tr></thead><tbody>
-${pools.map((p) => html`<tr data-pool="${p.id}">
-  <td>${p.id}<br><small>${p.name}</small></td>
-  <td><meter min="0" max="${p.capacity}" value="${p.level}" low="${p.capacity * 0.1}" high="${p.capacity * 0.5}" optimum="${p.capacity}" title="${int(p.level)} of ${int(p.capacity)} ${p.unit}"></meter>
-      <br><small>${int(p.level)} / ${int(p.capacity)} ${p.unit}</small></td>
-  <td class="num">${percent(p.utilization)}</td>
-  <td class="num">${int(p.reserved)}</td>
-  <td>${p.status}</td>
-</tr>`)}
-</tbody></table>`)}
-${section("queues", "Queues", s.queues, (queues) => html`
-<table><thead><tr><th>Queue</th><th class="num">Depth</th><th class="num">Ready</th><th class="num">Oldest wait</th><th class="num">p95 wait</th><th class="num">Dispatched/s</th></tr></thead><tbody>
-${queues.map((q) => html`<tr data-queue="${q.queue}">
-  <td>${q.queue}</td><td class="num depth">${int(q.depth)}</td><td class="num">${int(q.ready)}</td>
-  <td class="num">${duration(q.oldest_wait_ms)}</td><td class="num">${duration(q.wait_p95_ms)}</td><td class="num">${q.dispatch_rate_per_s}</td>
-</tr>`)}
-</tbody></table>`)}
-${section("budgets", "Budgets of the top spenders this month", s.budgets, (budgets) => budgets.length === 0 ? html`<p class="muted">No spending this month.</p>` : html`
-<table><thead><tr><th>Client</th><th>Spent of budget</th><th class="num">Spent</th><th class="num">In flight</th><th class="num">Remaining</th></tr></thead><tbody>
-${budgets.map((b) => html`<tr data-client="${b.client_id}">
-  <td>${b.client_id}</td>
-  <td>${b.budget_nano === null
-    ? html`<span class="muted">no limit</span>`
-    : html`<meter min="0" max="${Math.max(1, b.budget_nano)}" value="${b.spent_nano}" low="${b.budget_nano * 0.8}" high="${b.budget_nano * 0.95}" optimum="0"></meter>
-      <br><small>${b.budget_nano > 0 ? percent(b.spent_nano / b.budget_nano) : "-"} of ${formatUsd(b.budget_nano)}</small>`}</td>
-  <td class="num">${formatUsd(b.spent_nano)}</td>
-  <td class="num">${formatUsd(b.in_flight_nano)}</td>
-  <td class="num">${b.remaining_nano === null ? "-" : formatUsd(b.remaining_nano)}</td>
-</tr>`)}
-</tbody></table>`)}
-${section("alerts", "Open alerts", s.alerts, (alerts) => alerts.length === 0 ? html`<p class="muted">No open alerts.</p>` : html`
-<ul class="alerts">
-${alerts.map((a) => html`<li data-alert-id="${a.id}">
-  <span class="sev sev-${a.severity}">${a.severity}</span>
-  <div><strong>${a.kind}</strong> · ${a.subject}<br>${a.message}<br><small>raised ${time(a.raised_at)}${a.count > 1 ? ` · ${a.count} times` : ""}</small></div>
-  <button type="button" data-action="ack" data-alert-id="${a.id}">Ack</button>
-</li>`)}
-</ul>`)}
-${section("failures", "Recent failures", s.failures, (failures) => failures.length === 0 ? html`<p class="muted">No failed requests.</p>` : html`
-<table><thead><tr><th>Finished</th><th>Request</th><th>Client</th><th>Template</th><th class="num">Attempts</th><th>Error</th></tr></thead><tbody>
-${failures.map((f) => html`<tr data-request="${f.id}">
-  <td>${time(f.finished_at)}</td><td><small>${f.id}</small></td><td>${f.client_id}</td><td>${f.template}</td>
-  <td class="num">${f.attempts}</td><td>${f.error ?? ""}</td>
-</tr>`)}
-</tbody></table>`)}
-${section("scaling", "Scaling events", s.scaling, (events) => events.length === 0 ? html`<p class="muted">No scaling events.</p>` : html`
-<table><thead><tr><th>When</th><th>Pool</th><th class="num">From</th><th class="num">To</th><th>Why</th></tr></thead><tbody>
-${events.map((e) => html`<tr><td>${time(e.at)}</td><td>${e.pool}</td><td class="num">${int(e.from_capacity)}</td><td class="num">${int(e.to_capacity)}</td><td>${e.reason}</td></tr>`)}
-</tbody></table>`)}
-<section id="reports"><h2>Reports (CSV)</h2><ul>
-  <li><a href="/admin/reports/cost?group_by=client&amp;period=day&amp;format=csv">Cost by client, per day, this month</a></li>
-  <li><a href="/admin/reports/cost?group_by=template&amp;period=week&amp;format=csv">Cost by template, per week, this month</a></li>
-  <li><a href="/admin/reports/usage?step=day&amp;format=csv">Usage by pool and tier, per day, this month</a></li>
-</ul></section>`;
+<main id="panels">${panelsBody(state)}</main>`, true);
 }
