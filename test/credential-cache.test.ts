@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { TtlCache } from "../src/services/cache";
+import { JOIN_TIMEOUT_MS, TtlCache } from "../src/services/cache";
 import { KEY_MISSES_MAX, newKeyCache } from "../src/services/config";
 import type { KeyOwner } from "../src/storage/clients";
 
@@ -89,5 +89,20 @@ describe("the failed-credential cache", () => {
     expect(await pending).toBe("stale");
     expect(cache.size).toEqual({ entries: 0, negatives: 0 });
     expect(await cache.get("k", TTL, () => Promise.resolve("fresh"), NOW)).toBe("fresh");
+  });
+
+  it("a miss that joins another request's load which never settles loads for itself after JOIN_TIMEOUT_MS", async () => {
+    const cache = new TtlCache<string>();
+    // The first request's load never settles (its request ended and the runtime dropped its I/O).
+    void cache.get("k", TTL, () => new Promise<string>(() => {}), NOW);
+    const started = Date.now();
+    expect(await cache.get("k", TTL, () => Promise.resolve("own"), NOW)).toBe("own");
+    expect(Date.now() - started).toBeGreaterThanOrEqual(JOIN_TIMEOUT_MS - 50);
+    // A join whose load settles in time shares it, as before.
+    let resolve!: (v: string) => void;
+    const first = cache.get("j", TTL, () => new Promise<string>((r) => (resolve = r)), NOW);
+    const second = cache.get("j", TTL, () => Promise.resolve("not used"), NOW);
+    resolve("shared");
+    expect(await Promise.all([first, second])).toEqual(["shared", "shared"]);
   });
 });

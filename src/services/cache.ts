@@ -10,8 +10,29 @@ export interface NegativeEntries<V> {
 }
 
 /**
+ * How long a miss waits on another request's load of the same key before loading for itself. A load
+ * belongs to the request that started it: if that request ends first (it failed fast, say), the
+ * runtime may cancel its I/O and the shared promise never settles, so a request must not wait on it
+ * for ever. A D1 read takes milliseconds.
+ */
+export const JOIN_TIMEOUT_MS = 1000;
+
+async function joinOrLoad<V>(pending: Promise<V>, load: () => Promise<V>): Promise<V> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timedOut = new Promise<typeof TIMED_OUT>((resolve) => (timer = setTimeout(() => resolve(TIMED_OUT), JOIN_TIMEOUT_MS)));
+  try {
+    const first = await Promise.race([pending, timedOut]);
+    return first === TIMED_OUT ? await load() : (first as V);
+  } finally {
+    if (timer !== undefined) clearTimeout(timer);
+  }
+}
+
+const TIMED_OUT = Symbol("timed out");
+
+/**
  * A small per-isolate cache with a time to live: configuration and key lookups stay off D1 on the hot
- * path. Concurrent misses for one key share one load. Bounded: when full, the oldest entry goes, one
+ * path. Concurrent misses for one key share one load (for at most JOIN_TIMEOUT_MS). Bounded: when full, the oldest entry goes, one
  * at a time (never the whole cache). With `negative`, negative answers are kept in a FIFO of their
  * own, so that a flood of distinct bad keys pushes out only older bad keys, never a valid one.
  */
@@ -28,7 +49,7 @@ export class TtlCache<V> {
     const hit = this.entries.get(key) ?? this.negatives.get(key);
     if (hit && hit.expiresAt > now) return hit.value;
     const pending = this.loading.get(key);
-    if (pending) return pending;
+    if (pending) return joinOrLoad(pending, load);
     const generation = this.generation;
     const value = load();
     this.loading.set(key, value);
