@@ -222,7 +222,9 @@ CREATE TABLE IF NOT EXISTS pool_settings (
   max_capacity INTEGER CHECK (max_capacity IS NULL OR max_capacity >= min_capacity),
   -- pool_low is raised strictly below this share of capacity; 0: never.
   low_water_percent INTEGER NOT NULL DEFAULT 10 CHECK (low_water_percent BETWEEN 0 AND 100),
-  updated_at INTEGER NOT NULL
+  updated_at INTEGER NOT NULL,
+  -- Token leases to isolates (migration 0006): auto lends to an isolate that consumes often; off: never.
+  leases TEXT NOT NULL DEFAULT 'auto' CHECK (leases IN ('auto', 'off'))
 );
 
 -- One scaling policy per dynamic pool. Utilizations are fractions (0.8 = 80%). NULL triggers are off.

@@ -4,7 +4,9 @@
 //   (a) floor          bench/floor      a worker that answers 200 and does nothing
 //   (b) bucket-do      bench/bucket-do  JSON body -> one RPC into one hot SQLite Durable Object (token bucket)
 //   (c) product-hot    repo root        POST /internal/consume, one hot pool
-//   (d) product-spread repo root        POST /internal/consume, pools bench-p-0 .. bench-p-63 in turn
+//   (d) product-spread repo root        POST /internal/consume, pools bench-p-0 .. bench-p-99 in turn
+//   (f) bucket-spread  bench/bucket-do  (b) over keys bench-p-0 .. bench-p-99 in turn: (d)'s reference
+//   (g) product-all    repo root        (c) on an instance with REQUEST_LOG=all (what a log line per request costs)
 //
 // Usage: node bench/run.mjs   (or npm run bench). Knobs (environment):
 //   BENCH_DURATION   seconds per measurement (default 5)
@@ -17,7 +19,8 @@
 //   BENCH_KEEP_STATE set to 1 to keep the temporary persist directory and wrangler logs
 //   BENCH_LOG_PROBE  set to 1 to add scenario (b') = (b) plus one JSON console.log line per request, as the
 //                    product writes; it shows what per-request logging costs under wrangler dev
-//   BENCH_REQUEST_LOG  all | errors: the product's REQUEST_LOG for the run (default: wrangler.toml's, "all")
+//   BENCH_REQUEST_LOG  all | errors: the product's REQUEST_LOG for (c) and (d) (default: wrangler.toml's, "errors");
+//                    (g) always runs with "all", so both are printed
 //   BENCH_SCENARIOS  comma-separated keys to run only some scenarios, e.g. "b,c" (default: all)
 //   BENCH_SNAPSHOT   set to 1 to run the product from a copy of src/ and its config taken at start, so
 //                    that edits made during the run do not make wrangler dev reload it mid-measurement
@@ -69,11 +72,11 @@ if (!["", "all", "errors"].includes(REQUEST_LOG)) throw new Error("BENCH_REQUEST
 const LOG_PROBE = process.env.BENCH_LOG_PROBE === "1";
 const BASELINE = process.env.BENCH_BASELINE || "";
 const ONLY = process.env.BENCH_SCENARIOS ? new Set(process.env.BENCH_SCENARIOS.split(",").map((k) => k.trim())) : null;
-const PRODUCT_FILES = ["src", "wrangler.toml", "migrations", "schema.sql", "seed.sql", "package.json", "tsconfig.json"];
+const PRODUCT_FILES = ["src", "wrangler.toml", "migrations", "schema.sql", "seed.sql", "package.json", "tsconfig.json", "public"];
 const PAUSE_MS = 500; // idle gap between measurements
 const SETTLE_MAX_MS = 15_000; // longest wait for the product's usage outbox to drain after a measurement
 const READY_TIMEOUT_MS = 120_000;
-const SPREAD_POOLS = 64;
+const SPREAD_POOLS = 100;
 
 const INTERNAL_TOKEN = "bench-internal-token";
 const ADMIN_TOKEN = "bench-admin-token";
@@ -469,9 +472,12 @@ async function main() {
   // fell on (c)'s measurements in the rounds where (c) followed (d) closely. In production each
   // object runs apart.
   const SPREAD = ONLY === null || ONLY.has("d");
+  // (f) and (g) run on instances of their own, like (d): no scenario's aftermath lands on another's.
+  const BUCKET_SPREAD = ONLY === null || ONLY.has("f");
+  const ALL_LOG = ONLY === null || ONLY.has("g");
   const ports = {
     floor: PORT, bucket: PORT + 1, product: PORT + 2, ...(LOG_PROBE ? { bucketLog: PORT + 3 } : {}), ...(BASELINE ? { baseline: PORT + 4 } : {}),
-    ...(SPREAD ? { spread: PORT + 5 } : {}),
+    ...(SPREAD ? { spread: PORT + 5 } : {}), ...(BUCKET_SPREAD ? { bucketSpread: PORT + 6 } : {}), ...(ALL_LOG ? { productAll: PORT + 7 } : {}),
   };
   const inspector = Object.fromEntries(Object.entries(ports).map(([k, p]) => [k, p + 1000]));
   for (const p of [...Object.values(ports), ...Object.values(inspector)]) {
@@ -529,6 +535,22 @@ async function main() {
         logFile: join(stateDir, "product-spread.log"), extra: productVars,
       });
     }
+    const bucketSpread = BUCKET_SPREAD
+      ? startDev("bucket-spread", {
+          cwd: join(BENCH_DIR, "bucket-do"), port: ports.bucketSpread, inspectorPort: inspector.bucketSpread,
+          persistTo: persist("bucket-spread"), logFile: join(stateDir, "bucket-spread.log"),
+        })
+      : null;
+    let productAll = null;
+    if (ALL_LOG) {
+      const allPersist = persist("product-all");
+      await prepareProductDb(allPersist, stateDir, productDir);
+      productAll = startDev("product-all", {
+        cwd: productDir, port: ports.productAll, inspectorPort: inspector.productAll, persistTo: allPersist,
+        logFile: join(stateDir, "product-all.log"),
+        extra: ["--var", `INTERNAL_TOKEN:${INTERNAL_TOKEN}`, "--var", `ADMIN_TOKEN:${ADMIN_TOKEN}`, "--var", "REQUEST_LOG:all"],
+      });
+    }
     let baseline = null;
     if (BASELINE) {
       const baselineDir = baselineProduct(stateDir, BASELINE);
@@ -546,6 +568,8 @@ async function main() {
       ...(bucketLog ? [waitReady("bucket-do+log", bucketLog, `http://${HOST}:${ports.bucketLog}/`)] : []),
       ...(baseline ? [waitReady("baseline", baseline, `http://${HOST}:${ports.baseline}/`)] : []),
       ...(spread ? [waitReady("product-spread", spread, `http://${HOST}:${ports.spread}/`)] : []),
+      ...(bucketSpread ? [waitReady("bucket-spread", bucketSpread, `http://${HOST}:${ports.bucketSpread}/`)] : []),
+      ...(productAll ? [waitReady("product-all", productAll, `http://${HOST}:${ports.productAll}/`)] : []),
     ]);
     console.log(`bench: all workers ready after ${((Date.now() - started) / 1000).toFixed(1)}s`);
 
@@ -561,6 +585,8 @@ async function main() {
     };
     let spreadNext = 0;
     const spreadBody = () => JSON.stringify({ client_id: "acme", pool: `bench-p-${spreadNext++ % SPREAD_POOLS}`, amount: 1 });
+    let bucketNext = 0;
+    const bucketSpreadBody = () => JSON.stringify({ client_id: "acme", pool: `bench-p-${bucketNext++ % SPREAD_POOLS}`, amount: 1 });
 
     const scenarios = [
       {
@@ -601,6 +627,21 @@ async function main() {
             setupRequest: (req) => ({ ...req, body: spreadBody() }),
           }]
         : []),
+      ...(bucketSpread
+        ? [{
+            key: "f", name: "bucket-spread", label: `(f) bucket-do, ${SPREAD_POOLS} keys`, group: bucketSpread.pid, proxyPid: listenerPid(ports.bucketSpread),
+            url: `http://${HOST}:${ports.bucketSpread}/`, method: "POST", headers: json, body: hotBody,
+            setupRequest: (req) => ({ ...req, body: bucketSpreadBody() }),
+          }]
+        : []),
+      ...(productAll
+        ? [{
+            key: "g", name: "product-hot-log-all", label: "(g) (c) with REQUEST_LOG=all", product: true, baseUrl: `http://${HOST}:${ports.productAll}`,
+            group: productAll.pid, proxyPid: listenerPid(ports.productAll),
+            url: `http://${HOST}:${ports.productAll}/internal/consume`, method: "POST", headers: consumeHeaders, body: hotBody,
+            check: checkConsume("bench-hot"),
+          }]
+        : []),
       // Diagnostic, only when asked for (BENCH_SCENARIOS=...,e): the product's HTTP stack without a
       // decision (`GET /`: routing, trace id, request log, JSON answer), to compare with (a).
       ...(ONLY?.has("e")
@@ -626,6 +667,7 @@ async function main() {
       await settleProduct(productUrl);
       if (baseline) await settleProduct(`http://${HOST}:${ports.baseline}`);
       if (spread) await settleProduct(`http://${HOST}:${ports.spread}`);
+      if (productAll) await settleProduct(`http://${HOST}:${ports.productAll}`);
       await sleep(PAUSE_MS);
     }
 
@@ -716,16 +758,26 @@ async function main() {
     const db = paired("d", "b", hi, rpsRatio);
     const cbl = LOG_PROBE ? paired("c", "b'", hi, rpsRatio) : null;
     const p50diff = paired("c", "b", lo, p50Diff);
+    // Issue 22's targets: (c) against the floor itself, and the spread case against a bucket spread alike.
+    const p50floor = paired("c", "a", lo, p50Diff);
+    const df = paired("d", "f", hi, rpsRatio);
+    const ga = paired("g", "a", hi, rpsRatio);
+    const cg = paired("c", "g", hi, rpsRatio);
     // The same comparisons between the table's medians (a summary has rps and p50_ms like a round).
     const ofSummaries = (x, y, c, f) => (get(x, c) && get(y, c) ? f(get(x, c), get(y, c)) : null);
     const ofMedians = {
       c_over_b: ofSummaries("c", "b", hi, rpsRatio),
       c_over_a: ofSummaries("c", "a", hi, rpsRatio),
       p50_c_minus_b_ms: ofSummaries("c", "b", lo, p50Diff),
+      p50_c_minus_a_ms: ofSummaries("c", "a", lo, p50Diff),
+      d_over_f: ofSummaries("d", "f", hi, rpsRatio),
     };
     const targets = [
+      { name: `throughput (c)/(a) at ${hi} connections`, value: ca, of_medians: ofMedians.c_over_a, target: ">= 0.90", met: ca != null && ca >= 0.9 },
+      { name: `p50 (c) - (a) at ${lo} connection(s), ms`, value: p50floor, of_medians: ofMedians.p50_c_minus_a_ms, target: "<= 0.30", met: p50floor != null && p50floor <= 0.3 },
+      { name: `throughput (d)/(f) at ${hi} connections`, value: df, of_medians: ofMedians.d_over_f, target: ">= 0.80", met: df != null && df >= 0.8 },
+      // The earlier targets, against the single-object bucket (kept for comparison with earlier runs).
       { name: `throughput (c)/(b) at ${hi} connections`, value: cb, of_medians: ofMedians.c_over_b, target: ">= 0.90", met: cb != null && cb >= 0.9 },
-      { name: `throughput (c)/(a) at ${hi} connections`, value: ca, of_medians: ofMedians.c_over_a, target: ">= 0.70", met: ca != null && ca >= 0.7 },
       { name: `p50 (c) - (b) at ${lo} connection(s), ms`, value: p50diff, of_medians: ofMedians.p50_c_minus_b_ms, target: "<= 0.50", met: p50diff != null && p50diff <= 0.5 },
     ];
 
@@ -746,6 +798,7 @@ async function main() {
     console.log("spread = (max - min) / median of req/s over the runs; other cpu = most CPU that processes outside this run used during one run");
     console.log("cpu us/req = CPU time per request of the workerd that runs the scenario's worker (not wrangler's proxy; the product's includes its usage flush to D1)");
     console.log(`ratio (d)/(b) at ${hi} connections: ${db == null ? "-" : db.toFixed(2)}`);
+    if (ga != null) console.log(`REQUEST_LOG=all: (g)/(a) at ${hi} connections ${ga.toFixed(2)}; (c) with the shipped errors against (g) with all: ${cg == null ? "-" : cg.toFixed(2)}`);
     if (LOG_PROBE) console.log(`ratio (c)/(b') at ${hi} connections: ${cbl == null ? "-" : cbl.toFixed(2)}`);
     const cpuC = get("c", hi)?.runtime_cpu_us;
     const cpuB = get("b", hi)?.runtime_cpu_us;
@@ -787,7 +840,10 @@ async function main() {
       config: { duration_s: DURATION, runs: RUNS, warmup_s: WARMUP, retries: RETRIES, noisy_pct: NOISY_PCT, connections: CONNECTIONS, ports, spread_pools: SPREAD_POOLS, snapshot: SNAPSHOT },
       product: { git: gitState(), sources_changed_during_run: sourcesChanged },
       summary,
-      ratios: { c_over_b: cb, c_over_a: ca, d_over_b: db, ...(LOG_PROBE ? { c_over_b_log: cbl } : {}), p50_c_minus_b_ms: p50diff, of_medians: ofMedians },
+      ratios: {
+        c_over_b: cb, c_over_a: ca, d_over_b: db, d_over_f: df, g_over_a: ga, c_over_g: cg, ...(LOG_PROBE ? { c_over_b_log: cbl } : {}),
+        p50_c_minus_b_ms: p50diff, p50_c_minus_a_ms: p50floor, of_medians: ofMedians,
+      },
       targets,
       elapsed_s: (Date.now() - started) / 1000,
     };
@@ -802,7 +858,7 @@ async function main() {
 }
 
 // A hard ceiling: the run ends by itself even if something hangs.
-const budgetMs = 300_000 + RUNS * CONNECTIONS.length * 5 * (1 + RETRIES) * (DURATION * 1000 + PAUSE_MS + SETTLE_MAX_MS);
+const budgetMs = 300_000 + RUNS * CONNECTIONS.length * 8 * (1 + RETRIES) * (DURATION * 1000 + PAUSE_MS + SETTLE_MAX_MS);
 const watchdog = setTimeout(async () => {
   console.error(`bench: watchdog fired after ${budgetMs / 1000}s; stopping`);
   activeCannon?.stop();

@@ -1,6 +1,11 @@
 // Simulation helpers shared by the sample workers: latency and faults, no network, and the worker
 // protocol on its transports (RPC `run(job)` and `runMany(jobs)`, HTTP `POST /run`).
-// Per request, `params.simulate` may ask for { latency_ms, fail: "throw" | "error" | "hang", fail_attempts }.
+// A job: { request_id, template, params, attempt, allotted: { <pool>: units }, trace_id? }. trace_id is
+// the trace id of the enqueue or execute that made the request (over HTTP also sent as X-Trace-Id);
+// each job's log line carries it, so one request can be followed from the Resource Manager's lines to
+// the worker's.
+// Per request, `params.simulate` may ask for { latency_ms, hold_s, fail: "throw" | "error" | "hang", fail_attempts }:
+// hold_s holds the job that many seconds (long jobs; with ACCEPT_MANY = "1" no call stays open meanwhile).
 
 /** A sleep: one timer each. */
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -23,10 +28,31 @@ function sharedSleep() {
   };
 }
 
+const INSPECT = Symbol.for("nodejs.util.inspect.custom");
+function asJson() {
+  return JSON.stringify(this);
+}
+
+/**
+ * One log line per job, as an object (wrangler tail shows its fields), printed as one line of JSON
+ * where it is printed as text (as the Resource Manager's src/log.ts does). JOB_LOG "off" silences it
+ * (the test suite's copies of these workers).
+ */
+export function logJob(job, transport, outcome, env) {
+  if (env && env.JOB_LOG === "off") return;
+  const line = {
+    level: outcome === "ok" ? "info" : "warn", msg: "job", time: Date.now(), template: job.template ?? null, request_id: job.request_id ?? null,
+    attempt: job.attempt ?? null, transport, outcome, trace_id: typeof job.trace_id === "string" ? job.trace_id : null,
+  };
+  Object.defineProperty(line, INSPECT, { value: asJson });
+  Object.defineProperty(line, "toString", { value: asJson });
+  console.log(line);
+}
+
 /** Wait the configured latency, then fail if asked. Resolves to null, or to the error to answer with. */
 export async function simulate(job, env, wait = sleep) {
   const sim = (job.params && job.params.simulate) || {};
-  const latency = Number(sim.latency_ms ?? env.LATENCY_MS ?? 0);
+  const latency = sim.hold_s !== undefined ? Number(sim.hold_s) * 1000 : Number(sim.latency_ms ?? env.LATENCY_MS ?? 0);
   if (latency > 0) await wait(latency);
   const failAttempts = sim.fail_attempts === undefined ? Infinity : Number(sim.fail_attempts);
   const failing = sim.fail && job.attempt <= failAttempts;
@@ -46,7 +72,15 @@ export async function simulate(job, env, wait = sleep) {
  */
 async function perform(job, env, work, transport, wait = sleep) {
   const jobs = Array.isArray(job.jobs) ? job.jobs : [job];
-  const failure = (await Promise.all(jobs.map((j) => simulate(j, env, wait)))).find(Boolean);
+  let failures;
+  try {
+    failures = await Promise.all(jobs.map((j) => simulate(j, env, wait)));
+  } catch (err) {
+    for (const j of jobs) logJob(j, transport, "thrown", env);
+    throw err;
+  }
+  jobs.forEach((j, i) => logJob(j, transport, failures[i] ? failures[i].code : "ok", env));
+  const failure = failures.find(Boolean);
   if (failure) return { failure };
   const answers = jobs.map((j) => {
     const answer = work(j);
@@ -69,6 +103,10 @@ export function httpHandler(work) {
     } catch {
       return badRequest("the body must be JSON");
     }
+    // The trace id comes in the job; X-Trace-Id carries it too, for workers that read headers only
+    // (one request's: a batch's jobs each carry their own).
+    const traceId = request.headers.get("x-trace-id");
+    if (traceId && job && typeof job === "object" && !Array.isArray(job.jobs) && job.trace_id === undefined) job.trace_id = traceId;
     const answer = await perform(job, env, work, "http");
     if (answer.failure) return Response.json({ error: answer.failure }, { status: 500 });
     return Response.json(answer);
@@ -107,4 +145,17 @@ export async function runMany(jobs, env, work, report) {
     (a) => answer(a.failure ? { i, error: `${a.failure.code}: ${a.failure.message}` } : { i, ...a }),
     (err) => answer({ i, error: err instanceof Error ? err.message : String(err) }),
   )));
+}
+
+/**
+ * RPC `runMany` that holds no call open (the worker var ACCEPT_MANY = "1"): answer `{ accepted: n }` at
+ * once, run the jobs after the call under `waitUntil`, and report each answer through `report` as
+ * runMany does. The stub is kept with `dup()` (a stub passed to an RPC call is released when the call
+ * returns) and released when every job has been reported. The scheduler then holds no call open for
+ * held jobs (README: the worker protocol).
+ */
+export function acceptMany(jobs, env, work, report, ctx) {
+  const keep = typeof report.dup === "function" ? report.dup() : report;
+  ctx.waitUntil(runMany(jobs, env, work, keep).finally(() => keep[Symbol.dispose]?.()));
+  return { accepted: Array.isArray(jobs) ? jobs.length : 0 };
 }

@@ -7,7 +7,7 @@
 //      (VSCODE_INSPECTOR_OPTIONS, see bench/queue.mjs for why)
 //   3. a little traffic so that every kind of series exists: consumes (one refused), a 404, an
 //      immediate execute that runs a worker
-//   4. GET /metrics with the metrics token; the families the README lists must be there; the body
+//   4. GET /metrics with the metrics token; the families docs/operations.md lists must be there; the body
 //      goes to `promtool check metrics` on stdin, which must print nothing and exit 0
 //
 // Usage: node ops/check-metrics.mjs (promtool on PATH: Debian's `prometheus` package). Exit status 0
@@ -25,9 +25,10 @@ const TOKENS = { ADMIN_TOKEN: "check-admin-token", INTERNAL_TOKEN: "check-intern
 const READY_TIMEOUT_MS = 60_000;
 const WATCHDOG_MS = 120_000;
 const FAMILIES = [
-  "rm_pool_level", "rm_pool_capacity", "rm_pool_utilization_ratio", "rm_pool_denials_total", "rm_queue_depth",
+  "rm_pool_level", "rm_pool_capacity", "rm_pool_utilization_ratio", "rm_pool_denials_total", "rm_pool_leased", "rm_pool_consumes_total", "rm_queue_depth",
   "rm_queue_wait_seconds", "rm_scheduler_dispatches_total", "rm_scheduler_completions_total", "rm_http_request_duration_seconds",
   "rm_spend_nanodollars_total", "rm_client_budget_nanodollars", "rm_alerts_open",
+  "rm_rpc_duration_seconds", "rm_rpc_calls_total",
 ];
 
 

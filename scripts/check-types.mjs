@@ -8,7 +8,7 @@ import { readFileSync, rmSync } from "node:fs";
 const committed = "src/worker-configuration.d.ts";
 // Generated beside the committed file so that its relative import paths match.
 const out = "src/.worker-configuration.check.d.ts";
-const r = spawnSync("npx", ["--no-install", "wrangler", "types", out, "--include-runtime=false", "--strict-vars=false", "--env-file", ".dev.vars.example"], {
+const r = spawnSync("npx", ["--no-install", "wrangler", "types", out, "--strict-vars=false", "--env-file", ".dev.vars.example"], {
   stdio: ["ignore", "ignore", "inherit"],
   env: { ...process.env, WRANGLER_SEND_METRICS: "false" },
 });

@@ -13,6 +13,7 @@ import { dashboardDataRoutes } from "./routes/dashboard-data";
 import { docsRoutes } from "./routes/docs";
 import { healthRoutes } from "./routes/health";
 import { internalRoutes } from "./routes/internal";
+import { mcpRoutes } from "./mcp/server";
 import { metricsRoutes } from "./routes/metrics";
 import { optimizeRoutes } from "./routes/optimize";
 import { poolRoutes } from "./routes/pools";
@@ -56,6 +57,7 @@ export function createApp() {
   app.route("/", dashboardDataRoutes);
   app.route("/", metricsRoutes);
   app.route("/", docsRoutes(app));
+  app.route("/", mcpRoutes(app));
   declareInputLimits(app);
   app.notFound(notFound);
   app.onError(onError);

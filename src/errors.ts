@@ -13,6 +13,7 @@ export const ERRORS = {
   pool_forbidden: { status: 403, description: "The pool is dedicated to another client." },
   not_found: { status: 404, description: "No such route or resource." },
   pool_not_found: { status: 404, description: "No such pool." },
+  method_not_allowed: { status: 405, description: "The path does not take this method; the Allow header names those it takes." },
   template_not_found: { status: 404, description: "No such template." },
   template_exists: { status: 409, description: "A template with this id already exists." },
   template_in_use: { status: 409, description: "Another template names this one as its cheaper alternative." },

@@ -3,8 +3,9 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { runCron } from "../src/scheduler/cron";
 import { clearConfigCache } from "../src/services/config";
+import { closeLeases } from "../src/services/leases";
 import { setClientBudget } from "../src/storage/clients";
-import { ADMIN, call, consume, enqueue, eventually, makePool, makeTemplate, scheduler, settled, sleep } from "./helpers";
+import { ADMIN, call, consume, enqueue, eventually, expectError, makePool, makeTemplate, scheduler, settled, sleep } from "./helpers";
 
 interface AlertRow { id: string; kind: string; subject: string; state: string; count: number; severity: string }
 
@@ -14,7 +15,11 @@ async function alertsOf(kind: string, subject: string, state = "open"): Promise<
   return (r.body.alerts as AlertRow[]).filter((a) => a.subject === subject);
 }
 
-const flush = (pool: string) => env.POOL.get(env.POOL.idFromName(pool)).flush();
+/** Deliver a pool's outbox, with the grants this isolate made from a token lease reported first. */
+const flush = async (pool: string) => {
+  await closeLeases(env);
+  return env.POOL.get(env.POOL.idFromName(pool)).flush();
+};
 
 describe("alerts raised by the code path that sees the condition", () => {
   it("worker failures: 10 failing calls of a template raise worker_failures once; later successes resolve it", async () => {
@@ -75,14 +80,16 @@ describe("alerts raised by the code path that sees the condition", () => {
     await spend(1); // 100%
     const exhausted = await alertsOf("budget_exhausted", "initech");
     expect(exhausted).toHaveLength(1);
-    await spend(5); // still exhausted: the same alert, not a second one
+    // Spent to the budget: a direct consume is refused now (it used to go through and only alert).
+    expectError(await consume(pool.id, 5, {}, "initech"), 402, "budget_exceeded");
+    await flush(pool.id);
     expect(await alertsOf("budget_exhausted", "initech")).toHaveLength(1);
     const all80 = await call("GET", "/admin/alerts?kind=budget_80&limit=200", { token: ADMIN });
     expect((all80.body.alerts as AlertRow[]).filter((a) => a.subject === "initech")).toHaveLength(1);
 
     await setClientBudget(env.DB, "initech", 2_000_000);
     clearConfigCache();
-    await spend(1); // 1,006,000 of 2,000,000: nothing reached any more
+    await spend(1); // 1,001,000 of 2,000,000: nothing reached any more
     expect(await alertsOf("budget_exhausted", "initech")).toHaveLength(0);
     expect(await alertsOf("budget_exhausted", "initech", "resolved")).toHaveLength(1);
     // 80% and 95% are once a month: they stay for the month.

@@ -216,28 +216,27 @@ describe("the client's switch: PUT /admin/clients/{id}/optimizer { downgrade: fa
 describe("RPC (a worker over the service binding, as KAM)", () => {
   const rpc = async (method: string, ...args: unknown[]) => {
     const res = await env.KAM.fetch("https://kam/", { method: "POST", body: JSON.stringify({ method, args }) });
-    return (await res.json()) as { ok: boolean; value?: any; error?: string };
+    return ((await res.json()) as { value: any }).value;
   };
 
   it("execute, enqueue and status carry the top-level fields; allow_downgrade works and is validated", async () => {
     const { id, key } = await makeClient(70_000_000);
     await hold(key, 1);
-    const ran = await rpc("execute", id, { template: FULL, queue: "fast" });
-    expect(ran.ok, ran.error).toBe(true);
-    expect(ran.value.request).toMatchObject({ template: LITE, downgraded_from: FULL, downgrade_reason: "budget", status: "queued" });
-    const status = await rpc("status", id, ran.value.request.id);
-    expect(status.value).toMatchObject({ id: ran.value.request.id, template: LITE, downgraded_from: FULL, downgrade_reason: "budget" });
+    const ran = await rpc("execute", { client_id: id, template: FULL, queue: "fast" });
+    expect(ran.ok, JSON.stringify(ran.error)).toBe(true);
+    expect(ran.request).toMatchObject({ template: LITE, downgraded_from: FULL, downgrade_reason: "budget", status: "queued" });
+    const status = await rpc("status", { client_id: id, request_id: ran.request.id });
+    expect(status.request).toMatchObject({ id: ran.request.id, template: LITE, downgraded_from: FULL, downgrade_reason: "budget" });
 
-    const queued = await rpc("enqueue", id, [{ template: "notify-email", params: { to: ["a@example.com"] } }, { template: FULL, allow_downgrade: false }, { template: FULL, allow_downgrade: "no" }]);
-    expect(queued.ok, queued.error).toBe(true);
-    expect(queued.value.map((x: any) => [x.ok, x.value?.request.downgraded_from ?? null, x.error?.code ?? null]))
+    const queued = await rpc("enqueue", { client_id: id, requests: [{ template: "notify-email", params: { to: ["a@example.com"] } }, { template: FULL, allow_downgrade: false }, { template: FULL, allow_downgrade: "no" }] });
+    expect(queued.ok, JSON.stringify(queued.error)).toBe(true);
+    expect(queued.results.map((x: any) => [x.ok, x.request?.downgraded_from ?? null, x.error?.code ?? null]))
       .toEqual([[true, null, null], [false, null, "budget_exceeded"], [false, null, "validation_failed"]]);
-    expect(queued.value[1].error.details).toMatchObject({ template: FULL, downgraded_from: null, estimate_nano: FULL_NANO });
+    expect(queued.results[1].error.details).toMatchObject({ template: FULL, downgraded_from: null, estimate_nano: FULL_NANO });
 
-    const bad = await rpc("execute", id, { template: FULL, allow_downgrade: 1 });
-    expect(bad.ok).toBe(false);
-    expect(bad.error).toMatch(/^validation_failed: invalid request body \(allow_downgrade: .*expected boolean/);
-    const refused = await rpc("execute", id, { template: FULL, allow_downgrade: false });
-    expect(refused.error).toMatch(/^budget_exceeded: client /);
+    const bad = await rpc("execute", { client_id: id, template: FULL, allow_downgrade: 1 });
+    expect(bad).toMatchObject({ ok: false, error: { code: "validation_failed", message: "invalid request body", details: { fields: [{ path: "allow_downgrade", message: expect.stringMatching(/expected boolean/) }] } } });
+    const refused = await rpc("execute", { client_id: id, template: FULL, allow_downgrade: false });
+    expect(refused).toMatchObject({ ok: false, error: { code: "budget_exceeded", message: expect.stringMatching(/^client /) } });
   });
 });

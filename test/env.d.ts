@@ -15,5 +15,7 @@ declare namespace Cloudflare {
   interface Env {
     /** The KAM stand-in auxiliary worker (test/fixtures/kam-worker.js). */
     KAM: Fetcher;
+    /** examples/kam-caller/index.js, bound to the RPC entrypoint as RM. */
+    KAM_CALLER: Fetcher;
   }
 }

@@ -1,7 +1,7 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { fairRank, DEFAULT_TIER_WEIGHTS, type FairItem } from "../src/domain/priority";
-import type { NewRequest } from "../src/objects/scheduler";
+import type { NewRequest } from "../src/objects/scheduler/types";
 import { clearConfigCache } from "../src/services/config";
 import { ADMIN, call, eventually, scheduler } from "./helpers";
 

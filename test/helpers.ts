@@ -71,6 +71,10 @@ export async function makePool(overrides: Partial<Omit<PoolConfig, "version">> =
     ...overrides,
   };
   await upsertPool(env.DB, pool);
+  // Token leases are a pool setting (pool_settings): "off" sends every consume to the pool's object.
+  if (pool.leases === "off") {
+    await env.DB.prepare("INSERT INTO pool_settings (pool_id, leases, updated_at) VALUES (?1, 'off', 0)").bind(pool.id).run();
+  }
   clearConfigCache();
   return { ...pool, version: 1 };
 }

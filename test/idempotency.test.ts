@@ -47,9 +47,10 @@ function expectConflict(r: Call, key: string, firstId: string): void {
   expect(r.body.error.message).toBe(`idempotency key ${key} was already used for request ${firstId} with a different request; use a new key for a new request`);
 }
 
+/** The RPC entrypoint's answer (REST's body with ok: true, or its error with ok: false), called from the KAM stand-in. */
 const rpc = async (method: string, ...args: unknown[]) => {
   const res = await env.KAM.fetch("https://kam/", { method: "POST", body: JSON.stringify({ method, args }) });
-  return (await res.json()) as { ok: boolean; value?: any; error?: string };
+  return ((await res.json()) as { value: any }).value;
 };
 
 describe("idempotency keys on enqueue and execute", () => {
@@ -179,19 +180,18 @@ describe("idempotency keys on enqueue and execute", () => {
     expect(await current(client.id)).toEqual({ in_flight_nano: ESTIMATE, requests: 1 });
   });
 
-  it("over RPC: enqueue answers the item idempotency_conflict, execute throws it; nothing booked", async () => {
+  it("over RPC: enqueue answers the item idempotency_conflict, execute refuses with it; nothing booked", async () => {
     const { template, client, later } = await setup();
-    const first = await rpc("enqueue", client.id, [{ template, params: { v: 1 }, not_before: later, idempotency_key: "rpc-1" }]);
+    const first = await rpc("enqueue", { client_id: client.id, requests: [{ template, params: { v: 1 }, not_before: later, idempotency_key: "rpc-1" }] });
     expect(first.ok).toBe(true);
-    const firstId = first.value[0].value.request.id;
-    const same = await rpc("enqueue", client.id, [{ template, params: { v: 1 }, not_before: later, idempotency_key: "rpc-1" }]);
-    expect(same.value[0]).toMatchObject({ ok: true, value: { duplicate: true, request: { id: firstId } } });
-    const conflict = await rpc("enqueue", client.id, [{ template, params: { v: 2 }, not_before: later, idempotency_key: "rpc-1" }]);
+    const firstId = first.results[0].request.id;
+    const same = await rpc("enqueue", { client_id: client.id, requests: [{ template, params: { v: 1 }, not_before: later, idempotency_key: "rpc-1" }] });
+    expect(same.results[0]).toMatchObject({ ok: true, duplicate: true, request: { id: firstId } });
+    const conflict = await rpc("enqueue", { client_id: client.id, requests: [{ template, params: { v: 2 }, not_before: later, idempotency_key: "rpc-1" }] });
     expect(conflict.ok).toBe(true);
-    expect(conflict.value[0]).toEqual({ ok: false, index: 0, error: expect.objectContaining({ code: "idempotency_conflict", details: { idempotency_key: "rpc-1", request_id: firstId } }) });
-    const ran = await rpc("execute", client.id, { template, params: { v: 3 }, queue: "normal", not_before: later, idempotency_key: "rpc-1" });
-    expect(ran.ok).toBe(false);
-    expect(ran.error).toBe(`idempotency_conflict: idempotency key rpc-1 was already used for request ${firstId} with a different request; use a new key for a new request`);
+    expect(conflict.results[0]).toEqual({ ok: false, index: 0, error: expect.objectContaining({ code: "idempotency_conflict", details: { idempotency_key: "rpc-1", request_id: firstId } }) });
+    const ran = await rpc("execute", { client_id: client.id, template, params: { v: 3 }, queue: "normal", not_before: later, idempotency_key: "rpc-1" });
+    expect(ran).toMatchObject({ ok: false, error: { code: "idempotency_conflict", message: `idempotency key rpc-1 was already used for request ${firstId} with a different request; use a new key for a new request` } });
     expect(await current(client.id)).toEqual({ in_flight_nano: ESTIMATE, requests: 1 });
   });
 

@@ -69,9 +69,9 @@ describe("create, read, list", () => {
     expect(r.status).toBe(201);
     expect(r.body.pool).toEqual({
       id, ...BASE, sharing: { mode: "shared" }, status: "active", sizing: "static", min_capacity: null, max_capacity: null,
-      low_water_percent: 10, version: 1, updated_at: expect.any(Number),
+      low_water_percent: 10, leases: "auto", version: 1, updated_at: expect.any(Number),
     });
-    expect(r.body.live).toMatchObject({ version: 1, level: 100, capacity: 100, active_reservations: 0, reserved_units: 0, drained: false });
+    expect(r.body.live).toMatchObject({ version: 1, level: 100, capacity: 100, active_reservations: 0, reserved_units: 0, drained: false, leased_units: 0, lease_holders: 0 });
     // it serves at once
     expect((await consume(id, 30)).status).toBe(200);
     expect((await get(id)).body.live).toMatchObject({ level: 70, capacity: 100 });

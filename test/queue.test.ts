@@ -258,9 +258,9 @@ describe("faults", () => {
       return (await settled(id, ["completed"], 5000)).result.transport;
     };
     const fetchOnly = () => runInDurableObject(scheduler(), (instance: SchedulerObject) =>
-      new Map((instance as unknown as { fetchOnly: Map<string, number> }).fetchOnly));
+      new Map((instance as unknown as { calls: { fetchOnly: Map<string, number> } }).calls.fetchOnly));
     // Earlier tests in this file called the notifier: start from a scheduler that knows nothing yet.
-    await runInDurableObject(scheduler(), (instance: SchedulerObject) => (instance as unknown as { fetchOnly: Map<string, number> }).fetchOnly.clear());
+    await runInDurableObject(scheduler(), (instance: SchedulerObject) => (instance as unknown as { calls: { fetchOnly: Map<string, number> } }).calls.fetchOnly.clear());
     const before = Date.now();
     expect(await run(http)).toBe("http");
     const first = await fetchOnly();
@@ -290,7 +290,7 @@ describe("faults", () => {
     const id = (await enqueue({ template, queue: "fast" })).body.request.id;
     const cfg = await templateConfig(env, template);
     await runInDurableObject(scheduler(), (instance: SchedulerObject) => {
-      (instance as unknown as { claim(items: Array<{ id: string; template: unknown }>, now: number): unknown }).claim([{ id, template: cfg }], Date.now());
+      (instance as unknown as { admission: { claim(items: Array<{ id: string; template: unknown }>, now: number): unknown } }).admission.claim([{ id, template: cfg }], Date.now());
     });
     await abortAllDurableObjects(); // the object dies mid-pass: its in-memory state is gone
     await start();
@@ -375,36 +375,36 @@ describe("scheduler control", () => {
 describe("RPC entrypoint, called from an auxiliary worker as KAM does", () => {
   const rpc = async (method: string, ...args: unknown[]) => {
     const res = await env.KAM.fetch("https://kam/", { method: "POST", body: JSON.stringify({ method, args }) });
-    return (await res.json()) as { ok: boolean; value?: any; error?: string };
+    return ((await res.json()) as { value: any }).value;
   };
 
   it("execute, status, position, enqueue, cancel, estimate, check, reserve, release and consume", async () => {
-    const ran = await rpc("execute", "globex", { template: "notify-email", params: { to: ["a@x", "b@x"] } });
+    const ran = await rpc("execute", { client_id: "globex", template: "notify-email", params: { to: ["a@x", "b@x"] } });
     expect(ran.ok).toBe(true);
-    expect(ran.value.request).toMatchObject({ status: "completed", client_id: "globex", actual_nano: 100_000 });
-    expect((await rpc("status", "globex", ran.value.request.id)).value.status).toBe("completed");
-    expect((await rpc("status", "acme", ran.value.request.id)).error).toMatch(/^request_not_found/);
+    expect(ran.request).toMatchObject({ status: "completed", client_id: "globex", actual_nano: 100_000 });
+    expect((await rpc("status", { client_id: "globex", request_id: ran.request.id })).request.status).toBe("completed");
+    expect((await rpc("status", { client_id: "acme", request_id: ran.request.id })).error.code).toBe("request_not_found");
 
     await stop();
-    const queued = await rpc("enqueue", "globex", [{ template: "notify-sms", queue: "batch" }, { template: "nope" }]);
-    expect(queued.value[0].ok).toBe(true);
-    expect(queued.value[1].error.code).toBe("template_not_found");
-    const id = queued.value[0].value.request.id;
-    expect((await rpc("position", "globex", id)).value.position).toBeGreaterThanOrEqual(1);
-    expect((await rpc("cancel", "globex", id)).value.status).toBe("cancelled");
+    const queued = await rpc("enqueue", { client_id: "globex", requests: [{ template: "notify-sms", queue: "batch" }, { template: "nope" }] });
+    expect(queued.results[0].ok).toBe(true);
+    expect(queued.results[1].error.code).toBe("template_not_found");
+    const id = queued.results[0].request.id;
+    expect((await rpc("position", { client_id: "globex", request_id: id })).position).toBeGreaterThanOrEqual(1);
+    expect((await rpc("cancel", { client_id: "globex", request_id: id })).request.status).toBe("cancelled");
     await start();
 
-    expect((await rpc("estimate", { template: "content-generate" })).value.total_cost_nano).toBe(60_000_000);
+    expect((await rpc("estimate", { client_id: "globex", template: "content-generate" })).total_cost_nano).toBe(60_000_000);
     const pool = await makePool({ capacity: 10, costPerUnitNano: 3 });
-    expect((await rpc("check", "acme", pool.id, 10)).value.allowed).toBe(true);
-    const res = await rpc("reserve", "acme", pool.id, 6, { ttlMs: 10_000 });
-    expect(res.value.remaining).toBe(4);
-    expect((await rpc("release", "acme", pool.id, res.value.reservationId, 2)).value).toMatchObject({ consumed: 2, refunded: 4, costNano: 6 });
-    expect((await rpc("consume", "acme", pool.id, 8)).value.remaining).toBe(0);
-    expect((await rpc("consume", "acme", pool.id, 1)).error).toMatch(/^rate_limited/);
-    expect((await rpc("consume", "nobody", pool.id, 1)).error).toMatch(/^client_not_found/);
-    expect((await rpc("consume", "acme", pool.id, -1)).error).toMatch(/^validation_failed/);
-    expect((await rpc("execute", "acme", { template: "notify-email", queue: "yesterday" })).error).toMatch(/^validation_failed/);
+    expect((await rpc("check", { client_id: "acme", pool: pool.id, amount: 10 })).allowed).toBe(true);
+    const res = await rpc("reserve", { client_id: "acme", pool: pool.id, amount: 6, ttl_ms: 10_000 });
+    expect(res.remaining).toBe(4);
+    expect(await rpc("release", { client_id: "acme", pool: pool.id, reservation_id: res.reservation_id, actual_used: 2 })).toMatchObject({ ok: true, consumed: 2, refunded: 4, cost_nano: 6 });
+    expect((await rpc("consume", { client_id: "acme", pool: pool.id, amount: 8 })).remaining).toBe(0);
+    expect((await rpc("consume", { client_id: "acme", pool: pool.id, amount: 1 })).error.code).toBe("rate_limited");
+    expect((await rpc("consume", { client_id: "nobody", pool: pool.id, amount: 1 })).error.code).toBe("client_not_found");
+    expect((await rpc("consume", { client_id: "acme", pool: pool.id, amount: -1 })).error.code).toBe("validation_failed");
+    expect((await rpc("execute", { client_id: "acme", template: "notify-email", queue: "yesterday" })).error.code).toBe("validation_failed");
   });
 });
 

@@ -104,14 +104,14 @@ describe("runMany: requests launched together, one worker call", () => {
   it("a worker without runMany gets one call per request, and is remembered as such", async () => {
     const pool = await makePool({ capacity: 100 });
     const template = await makeTemplate([{ pool: pool.id, amount: 5 }], { binding: "NOTIFIER" });
-    await runInDurableObject(scheduler(), (instance: SchedulerObject) => (instance as unknown as { callEach: Map<string, number> }).callEach.clear());
+    await runInDurableObject(scheduler(), (instance: SchedulerObject) => (instance as unknown as { calls: { callEach: Map<string, number> } }).calls.callEach.clear());
     const before = Date.now();
     const ids = await enqueueStopped(template, Array.from({ length: 6 }, () => ({ to: ["a@example.com"] })));
     await start();
     const done = await Promise.all(ids.map((id) => settled(id, ["completed"], 8000)));
     for (const [i, r] of done.entries()) expect(r.result).toMatchObject({ transport: "http", request_id: ids[i] });
     expect(await available(pool.id)).toBe(100 - 6);
-    const marks = await runInDurableObject(scheduler(), (instance: SchedulerObject) => new Map((instance as unknown as { callEach: Map<string, number> }).callEach));
+    const marks = await runInDurableObject(scheduler(), (instance: SchedulerObject) => new Map((instance as unknown as { calls: { callEach: Map<string, number> } }).calls.callEach));
     expect([...marks.keys()]).toEqual(["NOTIFIER"]);
     expect(marks.get("NOTIFIER")! - before).toBeGreaterThanOrEqual(10 * 60 * 1000);
   });

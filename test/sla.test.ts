@@ -75,7 +75,7 @@ describe("SLA attainment", () => {
       { id: id("b2"), client: "initech", tier: "standard", queue: "batch", status: "completed", ready: T, start: T + 3000, end: T + 3100 },
     ]);
     const check = () => runInDurableObject(scheduler(), async (instance: SchedulerObject) => {
-      const i = instance as unknown as { slaCheckedAt: number; alertsCheckedAt: number; checkAlerts(now: number): Promise<void> };
+      const i = (instance as unknown as { health: { slaCheckedAt: number; alertsCheckedAt: number; checkAlerts(now: number): Promise<void> } }).health;
       i.slaCheckedAt = 0;
       i.alertsCheckedAt = 0;
       await i.checkAlerts(Date.now());

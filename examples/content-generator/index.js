@@ -3,7 +3,7 @@
 // over RPC (`run`, and `runMany` for several requests launched together, which the scheduler prefers)
 // or HTTP (`POST /run`): all answer the same.
 import { WorkerEntrypoint } from "cloudflare:workers";
-import { httpHandler, runJob, runMany } from "../shared-sim.js";
+import { acceptMany, httpHandler, runJob, runMany } from "../shared-sim.js";
 
 function generate(job) {
   const prompt = String(job.params?.prompt ?? "");
@@ -28,6 +28,8 @@ export default class ContentGenerator extends WorkerEntrypoint {
   }
 
   runMany(jobs, report) {
+    // ACCEPT_MANY = "1": answer at once and report each job later (no call held open for long jobs).
+    if (this.env.ACCEPT_MANY === "1") return acceptMany(jobs, this.env, generate, report, this.ctx);
     return runMany(jobs, this.env, generate, report);
   }
 }

@@ -174,7 +174,10 @@ export function budgetAlerts(s: BudgetSnapshot): AlertDecision {
 export interface QueueSnapshot {
   queue: string;
   depth: number;
-  /** When the longest-waiting request in this queue was queued; null when the queue is empty. */
+  /**
+   * When the longest-waiting request in this queue that may run became ready (its ready time: the
+   * latest of creation, not-before and off-peak start); null when none may run. Held-back work is not waiting.
+   */
   oldestQueuedAt: number | null;
 }
 

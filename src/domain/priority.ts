@@ -22,6 +22,11 @@ export interface PriorityInput {
   tierPoints?: number;
   queue: QueueName;
   createdAt: number;
+  /**
+   * When the request could first run: the latest of its creation, its not-before and the start of its
+   * off-peak window. Waiting (points, starvation, ties) counts from here; absent: from `createdAt`.
+   */
+  readyAt?: number;
   /** This client's share (0..1) of the work dispatched recently. */
   recentShare: number;
   /**
@@ -41,11 +46,11 @@ export interface Priority {
 }
 
 /**
- * Priority 0-100: tier (0-40) + queue urgency (0-30) + time waited (0-20, full after 10 minutes) +
+ * Priority 0-100: tier (0-40) + queue urgency (0-30) + time waited since ready (0-20, full after 10 minutes) +
  * fairness (0-10, falling as the client's recent share of dispatched work grows). Pure: `now` is given.
  */
 export function priorityOf(input: PriorityInput, now: number): Priority {
-  const waited = Math.max(0, now - input.createdAt);
+  const waited = Math.max(0, now - readyOf(input));
   const wait = Math.min(MAX_WAIT_POINTS, (waited / STARVATION_MS) * MAX_WAIT_POINTS);
   const share = Math.min(1, Math.max(0, Number.isFinite(input.recentShare) ? input.recentShare : 0));
   const entitled = input.entitled !== undefined && input.entitled > 0 ? Math.min(1, input.entitled) : 1;
@@ -69,7 +74,7 @@ export function rank<T extends Rankable>(items: T[], now: number): Array<T & { p
     .sort((a, b) =>
       Number(b.priority.starved) - Number(a.priority.starved) ||
       b.priority.score - a.priority.score ||
-      a.createdAt - b.createdAt ||
+      readyOf(a) - readyOf(b) ||
       (a.id < b.id ? -1 : a.id > b.id ? 1 : 0),
     );
 }
@@ -86,6 +91,7 @@ export interface FairItem {
   tier: Tier;
   queue: QueueName;
   createdAt: number;
+  readyAt?: number;
 }
 
 /**
@@ -151,9 +157,14 @@ export function fairRank<T extends FairItem>(
   return out;
 }
 
-/** Equal scores: the older request first, then by id (a total order). */
-function precedes(a: { createdAt: number; id: string }, b: { createdAt: number; id: string }): boolean {
-  return a.createdAt < b.createdAt || (a.createdAt === b.createdAt && a.id < b.id);
+/** Equal scores: the one ready longest first, then by id (a total order). */
+function precedes(a: { createdAt: number; readyAt?: number; id: string }, b: { createdAt: number; readyAt?: number; id: string }): boolean {
+  return readyOf(a) < readyOf(b) || (readyOf(a) === readyOf(b) && a.id < b.id);
+}
+
+/** When a request could first run (its ready time), for waits: `createdAt` when no ready time is known. */
+export function readyOf(item: { createdAt: number; readyAt?: number }): number {
+  return item.readyAt ?? item.createdAt;
 }
 
 /** Retry backoff: 1 s, 2 s, 4 s ... capped at 60 s. */

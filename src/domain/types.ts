@@ -27,6 +27,11 @@ export interface PoolConfig {
   sizing?: "static" | "dynamic";
   /** pool_low is raised strictly below this percent of capacity (0: never). Default 10. */
   lowWaterPercent?: number;
+  /**
+   * Token leases to isolates (see README, the exactness model): auto (default) lends to an isolate once
+   * its own consumes of the pool are frequent enough; off: every consume is decided by the pool's object.
+   */
+  leases?: "auto" | "off";
   /** Monotonic; a pool object adopts a configuration only when its version is newer. */
   version: number;
 }

@@ -2,6 +2,7 @@ import type { MiddlewareHandler } from "hono";
 import type { Scope } from "../domain/scopes";
 import { AppError } from "../errors";
 import { keyOwner } from "../services/config";
+import { identityOf } from "../rpc/identity";
 import type { AppEnv, Principal } from "./context";
 import { adminSession } from "./session";
 
@@ -87,14 +88,16 @@ export async function identify(env: Env, token: string): Promise<{ principal: Pr
  */
 export function authenticate(...kinds: Principal["kind"][]): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
+    // An in-process call (RPC over a service binding, an MCP tool) was identified by its caller.
+    const inProcess = identityOf(c.env);
     const token = bearer(c.req.header("authorization"));
-    if (!c.req.header("authorization") && kinds.includes("admin") && (await adminSession(c))) {
+    if (!inProcess && !c.req.header("authorization") && kinds.includes("admin") && (await adminSession(c))) {
       c.set("principal", { kind: "admin" });
       await next();
       return;
     }
-    if (!token) throw new AppError("unauthorized", "missing credential: send Authorization: Bearer <token>");
-    const identified = await identify(c.env, token);
+    if (!inProcess && !token) throw new AppError("unauthorized", "missing credential: send Authorization: Bearer <token>");
+    const identified = inProcess ?? (await identify(c.env, token!));
     if (!identified) throw new AppError("unauthorized", "credential not valid");
     const { principal, suspended } = identified;
     c.set("principal", principal);

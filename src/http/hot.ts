@@ -34,7 +34,7 @@ export async function hotConsume(request: Request, env: Env, ctx: ExecutionConte
   let text: string;
   try {
     // The app's body limit, enforced here too: this path never reaches the app's middleware.
-    const bytes = await readBody(request, maxBodyBytes(env));
+    const bytes = await readConsumeBody(request, maxBodyBytes(env));
     text = bytes ? new TextDecoder().decode(bytes) : "";
   } catch (err) {
     if (err instanceof AppError) return answerError(env, err, request, started, principal);
@@ -76,6 +76,47 @@ export async function hotConsume(request: Request, env: Env, ctx: ExecutionConte
   requestEnded(env, logger, { method: "POST", path: HOT_PATH, route: HOT_PATH, status, durationMs: Date.now() - started, principal });
   return response;
 }
+
+/**
+ * The body, as readBody reads it (the app's limit, counted while streaming), but for the usual consume
+ * (a Content-Length of a few dozen bytes, all in the first chunk) in one read: the stream's end is not
+ * awaited, the bytes the header announced are the body. Waiting for the end took a second read per
+ * request, and the loop of readBody about 15% of the isolate's time under load (V8 profile, bench (c)).
+ * Anything else (no or a larger length, or a first chunk of another size) goes on as readBody does.
+ */
+async function readConsumeBody(request: Request, max: number): Promise<Uint8Array | null> {
+  const declared = Number(request.headers.get("content-length") ?? NaN);
+  if (!request.body || !(declared > 0 && declared <= Math.min(max, SMALL_BODY))) return readBody(request, max);
+  const reader = request.body.getReader();
+  const first = await reader.read();
+  if (first.done) return new Uint8Array(0);
+  if (first.value.byteLength === declared) {
+    reader.releaseLock();
+    return first.value;
+  }
+  const chunks = [first.value];
+  let size = first.value.byteLength;
+  for (;;) {
+    if (size > max) {
+      await reader.cancel().catch(() => undefined);
+      throw new AppError("payload_too_large", `the request body is over ${max} bytes`, { max_bytes: max });
+    }
+    const next = await reader.read();
+    if (next.done) break;
+    chunks.push(next.value);
+    size += next.value.byteLength;
+  }
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.byteLength;
+  }
+  return out;
+}
+
+/** Bodies up to this many bytes may be read in one go (a consume's is under 200). */
+const SMALL_BODY = 4096;
 
 /** A refusal before the spend (the body limit): the envelope, its request log line and latency metric. */
 function answerError(env: Env, err: AppError, request: Request, started: number, principal: Principal): Response {

@@ -8,6 +8,8 @@ import { upsertBurstSessions } from "../storage/quotas";
 import { budgetAlerts, BUDGET_CRITICAL_PERCENT, BUDGET_WARN_PERCENT, reached } from "../domain/alerts";
 import { log } from "../log";
 import { applyAlerts } from "../services/alerts";
+import { MoneyBook, type MoneyAnswer, type MoneyRequest, type SpendMark } from "./money";
+import { ownerShard, shardStub } from "./scheduler/shards";
 
 
 /** One line of spend: a usage event's cost, at the time it happened. */
@@ -70,6 +72,10 @@ export class ClientObject extends DurableObject<Env> {
   private held: HeldJobs | null = null;
   /** When spend last ran its housekeeping deletes (0: not yet in this object's life). */
   private cleanedAt = 0;
+  /** Scheduler shards refused a slot since slots last freed, by name (in memory; see wakeRefused). */
+  private refusedShards = new Set<string>();
+  /** Money held outside requests: leases to isolates, reservations, spend awaiting delivery (./money.ts). */
+  private money!: MoneyBook;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -91,6 +97,11 @@ export class ClientObject extends DurableObject<Env> {
       -- Pool outboxes' deliveries: the highest outbox seq counted from each (one row per pool outbox).
       CREATE TABLE IF NOT EXISTS delivered (source TEXT PRIMARY KEY, seq INTEGER NOT NULL, updated_at INTEGER NOT NULL);
     `);
+    this.money = new MoneyBook(this.sql, {
+      delivered: (source) => this.sql.exec<{ seq: number }>("SELECT seq FROM delivered WHERE source = ?", source).toArray()[0]?.seq ?? 0,
+      spent: (now) => this.spentIn(monthKey(now)),
+      requestsInFlight: () => this.sql.exec<{ n: number }>("SELECT COALESCE(SUM(estimate_nano), 0) AS n FROM in_flight").one().n,
+    });
     // Objects created before quotas kept request slots in "slots": carry them over once.
     if (this.sql.exec("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'slots'").toArray().length) {
       this.sql.exec("INSERT OR IGNORE INTO jobs (job_id, kind, acquired_at, expires_at) SELECT request_id, 'request', acquired_at, expires_at FROM slots");
@@ -106,7 +117,7 @@ export class ClientObject extends DurableObject<Env> {
    * callers can never hold more than the quota together. Work held when a burst ends runs on; nothing
    * new is admitted until the use is back under the quota.
    */
-  acquireJobs(quota: ResolvedQuota, items: JobClaim[]): QuotaDecision[] {
+  acquireJobs(quota: ResolvedQuota, items: JobClaim[], shard?: string): QuotaDecision[] {
     const now = Date.now();
     this.purgeExpired(now);
     const effective = withBurst(quota, activePercent(this.burstSessions(), now));
@@ -136,6 +147,7 @@ export class ClientObject extends DurableObject<Env> {
     });
     this.extendJobs(extended);
     this.insertJobs(now, [...added.values()]);
+    if (shard && decisions.some((d) => !d.ok)) this.refusedShards.add(shard);
     return decisions;
   }
 
@@ -313,7 +325,39 @@ export class ClientObject extends DurableObject<Env> {
        ON CONFLICT (source) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at`,
       source, top, now,
     );
+    this.money.delivered(source, top);
     await this.counted(limit, this.tally(fresh), now);
+  }
+
+  // --- direct spends: money leases and reservations -------------------------------------------
+
+  /**
+   * A slice of budget headroom for an isolate's direct consumes (see ./money.ts and src/services/money.ts),
+   * taking back the slice it returns.
+   */
+  leaseMoney(limit: BudgetLimit, req: MoneyRequest): MoneyAnswer {
+    return this.money.lease(limit, req, Date.now());
+  }
+
+  /**
+   * Admit a reservation made outside a request (/internal/reserve, RPC reserve): it holds one job slot
+   * (the concurrency limit, and its units against the pool's daily cap) and its price in flight until it
+   * is settled, or until it expires. Refused with the budget (402) or the quota's shortfall (429).
+   */
+  holdReservation(limit: BudgetLimit, quota: ResolvedQuota, hold: { id: string; nano: number; expiresAt: number; pool: string; units: number }): BudgetDecision {
+    const now = Date.now();
+    const view = this.money.view(limit, now);
+    if (limit.limitNano !== null && view.spent_nano + view.in_flight_nano + hold.nano > limit.limitNano) return { ok: false, budget: view };
+    const [job] = this.acquireJobs(quota, [{ jobId: hold.id, kind: "allocation", expiresAt: hold.expiresAt, pools: { [hold.pool]: hold.units } }]);
+    if (!job!.ok) return { ok: false, quota: job!.shortfall };
+    this.money.hold(hold.id, hold.nano, hold.expiresAt);
+    return { ok: true };
+  }
+
+  /** A reservation was settled (its spend, if any, is held until its outbox delivers it) or never made. */
+  settleReservation(id: string, mark: SpendMark | null): void {
+    this.deleteJobs([id]);
+    this.money.giveBack(id, mark ? [mark] : [], Date.now());
   }
 
   budget(limit: BudgetLimit): BudgetView & { concurrency_in_use: number } {
@@ -427,8 +471,9 @@ export class ClientObject extends DurableObject<Env> {
     return this.sql.exec<{ n: number }>("SELECT COALESCE(MAX(spent_nano), 0) AS n FROM spend WHERE month = ?", month).one().n;
   }
 
+  /** Admitted requests' estimates and the money held outside requests. */
   private inFlight(): number {
-    return this.sql.exec<{ n: number }>("SELECT COALESCE(SUM(estimate_nano), 0) AS n FROM in_flight").one().n;
+    return this.money.inFlight(Date.now());
   }
 
   /** Which of these jobs are held now: one query for a batch. */
@@ -480,6 +525,7 @@ export class ClientObject extends DurableObject<Env> {
     if (known.length === 0) return 0;
     this.sql.exec("DELETE FROM jobs WHERE job_id IN (SELECT value FROM json_each(?))", JSON.stringify(known));
     for (const id of known) held.remove(id);
+    this.wakeRefused();
     return known.length;
   }
 
@@ -546,8 +592,19 @@ export class ClientObject extends DurableObject<Env> {
     if (at !== Infinity) void this.ctx.storage.setAlarm(Math.max(at, now));
   }
 
+  /**
+   * Slots freed: wake the scheduler shards refused a slot since the last wake (issue 20: after a change of
+   * SCHEDULER_SHARDS a client's work sits in two shards, and the one that frees a slot may not be the
+   * one waiting). A shard's own settlements wake it anyway; this is for the other.
+   */
+  private wakeRefused(): void {
+    for (const shard of this.refusedShards) this.ctx.waitUntil(this.env.SCHEDULER.get(this.env.SCHEDULER.idFromName(shard)).wake().catch(() => undefined));
+    this.refusedShards.clear();
+  }
+
+  /** A burst began: wake the scheduler shard that owns this client. */
   private wakeScheduler(): void {
-    this.ctx.waitUntil(this.env.SCHEDULER.get(this.env.SCHEDULER.idFromName("scheduler")).wake().catch(() => undefined));
+    this.ctx.waitUntil(shardStub(this.env, ownerShard(this.env, this.clientId())).wake().catch(() => undefined));
   }
 }
 

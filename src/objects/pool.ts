@@ -12,11 +12,18 @@ import { applyAlerts } from "../services/alerts";
 import { budgetLimit } from "../services/config";
 import { evaluatePoolScaling } from "../services/scaling";
 import type { PoolSpend } from "./client";
+import { LeaseBook, type LeaseAnswer, type LeaseExchange } from "./pool-leases";
+import { flushDelay } from "../domain/flush";
+import { heldBack, WaitBook, type WaitClaim } from "./pool-waiters";
 
 export type Failure = { ok: false; error: ErrorBody };
 export type Result<T> = { ok: true; value: T } | Failure;
-/** A granted consume as spend() answers it: the event id, its cost in nano-dollars, the whole units left. */
-export type Spent = [eventId: string, costNano: number, remaining: number];
+/**
+ * A granted consume as spend() answers it: the event id, its cost in nano-dollars, the whole units left,
+ * and where its usage event sits: its outbox seq (0 for an idempotent replay, which spent nothing new)
+ * and that outbox's source name (clients' objects count delivered spend by both).
+ */
+export type Spent = [eventId: string, costNano: number, remaining: number, seq: number, source: string];
 /** One consume as spend() takes it: who, for how much, and the optional request id and idempotency key. */
 export type SpendItem = [clientId: string, tier: Caller["tier"], via: string, amount: number, requestId: string | null, idempotencyKey: string | null];
 
@@ -25,10 +32,12 @@ export interface Availability {
   level: number;
   capacity: number;
   refillPerSec: number;
-  /** Whole units this caller could take now (after shares kept for others). */
+  /** Whole units this caller could take now from the bucket (after shares kept for others; not counting units leased out). */
   available: number;
   utilization: number;
   reserved: number;
+  /** Units lent to isolates on token leases (already taken from the bucket; their holders grant them). */
+  leased: number;
   outbox: number;
   /** Spending refused for lack of units (rate_limited) since the object was created. */
   denials: number;
@@ -37,7 +46,9 @@ export interface Availability {
 export interface CheckResult {
   pool: string;
   allowed: boolean;
+  /** Whole units in the bucket for this caller; units leased out to isolates are not in it. */
   available: number;
+  leased: number;
   retryAfterMs: number | null;
 }
 
@@ -66,6 +77,9 @@ export interface ReleaseResult {
   eventId: string | null;
   /** When the usage was recorded (its month is the month it is spent in). */
   at: number;
+  /** Where its usage event sits (release() only): the outbox seq and source; the client's object holds the spend in flight until delivered. */
+  seq?: number;
+  source?: string;
 }
 
 /** A pool's live state as its object holds it (the admin API's view, and the answer to a pushed configuration). */
@@ -83,6 +97,9 @@ export interface PoolState {
   activeReservations: number;
   outbox: number;
   denials: number;
+  /** Units lent to isolates on token leases, and the open leases. */
+  leasedUnits: number;
+  leaseHolders: number;
 }
 
 export interface BatchReserveItem {
@@ -90,6 +107,10 @@ export interface BatchReserveItem {
   amount: number;
   ttlMs: number;
   requestId: string | null;
+  /** A reservation id chosen by the caller (reserve() only). */
+  id?: string;
+  /** A scheduler shard's queued request: its class, weight and shard, for priority across shards (./pool-waiters.ts). */
+  wait?: WaitClaim;
 }
 
 export interface BatchReleaseItem {
@@ -102,6 +123,12 @@ export interface SpendOptions {
   amount: number;
   requestId?: string;
   idempotencyKey?: string;
+}
+
+export interface ReserveOptions extends SpendOptions {
+  ttlMs: number;
+  /** The id to give the reservation (the client's object holds its slot and price under it); made here when absent. */
+  reservationId?: string;
 }
 
 const IDEMPOTENCY_TTL_MS = 24 * 60 * 60 * 1000;
@@ -141,6 +168,13 @@ export class PoolObject extends DurableObject<Env> {
   private savedDenials = 0;
   /** Earliest time running dry may ask for another scaling evaluation. */
   private scalingKickAfter = 0;
+  /** Token leases lent to isolates (src/objects/pool-leases.ts). */
+  private leases: LeaseBook;
+  /** Events per second the outbox delivered at its last flush (null: not known yet), and when that was. */
+  private outboxRate: number | null = null;
+  private lastFlushAt = Date.now();
+  /** Scheduler shards' requests waiting for units here, in memory (issue 20: priority across shards; ./pool-waiters.ts). */
+  private waits = new WaitBook();
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -189,6 +223,24 @@ export class PoolObject extends DurableObject<Env> {
     `);
     this.sql.exec("INSERT INTO meta (name, value) VALUES ('epoch', ?) ON CONFLICT (name) DO NOTHING", crypto.randomUUID());
     this.epoch = this.sql.exec<{ value: string }>("SELECT value FROM meta WHERE name = 'epoch'").one().value;
+    this.leases = new LeaseBook(this.sql, {
+      level: (now, cfg) => {
+        this.refillTo(now, cfg);
+        return this.whole();
+      },
+      shift: (units, cfg) => {
+        this.refillTo(Date.now(), cfg);
+        // Taking may leave the level below 0 (a grant reported after its lease was taken back); giving back stops at capacity.
+        this.bucket = units >= 0 ? { level: this.bucket.level - units, updatedAt: this.bucket.updatedAt } : giveBack(this.bucket, -units, cfg);
+      },
+      record: (events) => {
+        this.queueUsage(events);
+        return this.lastSeq;
+      },
+      lastSeq: () => this.lastSeq,
+      source: (cfg) => `${cfg.id}:${this.epoch}`,
+      wakeAt: (at) => this.ensureAlarm(at),
+    });
     this.migrateOutbox();
     this.migrateSnapshots();
     this.denials = this.sql.exec<{ value: number }>("SELECT value FROM counters WHERE name = 'denials'").toArray()[0]?.value ?? 0;
@@ -235,6 +287,7 @@ export class PoolObject extends DurableObject<Env> {
       available,
       utilization: cfg.capacity > 0 ? round3(1 - this.bucket.level / cfg.capacity) : 0,
       reserved,
+      leased: this.leases.leased(),
       outbox,
       denials: this.denials,
     };
@@ -245,10 +298,11 @@ export class PoolObject extends DurableObject<Env> {
     const admitted = this.admit(cfg, caller, amount, Date.now());
     if (!admitted.ok && admitted.error.code !== "rate_limited") return admitted;
     // A draining or disabled pool grants nothing new, whatever its level.
-    if (cfg.status !== "active") return { ok: true, value: { pool: cfg.id, allowed: false, available: 0, retryAfterMs: null } };
-    if (admitted.ok) return { ok: true, value: { pool: cfg.id, allowed: true, available: admitted.value, retryAfterMs: 0 } };
+    const leased = this.leases.leased();
+    if (cfg.status !== "active") return { ok: true, value: { pool: cfg.id, allowed: false, available: 0, leased, retryAfterMs: null } };
+    if (admitted.ok) return { ok: true, value: { pool: cfg.id, allowed: true, available: admitted.value, leased, retryAfterMs: 0 } };
     const d = admitted.error.details as { available: number; retry_after_ms: number | null };
-    return { ok: true, value: { pool: cfg.id, allowed: false, available: d.available, retryAfterMs: d.retry_after_ms } };
+    return { ok: true, value: { pool: cfg.id, allowed: false, available: d.available, leased, retryAfterMs: d.retry_after_ms } };
   }
 
   /**
@@ -260,12 +314,33 @@ export class PoolObject extends DurableObject<Env> {
    * null: this object holds an older configuration (or none), and nothing was spent; call again with it.
    */
   spend(config: PoolConfig | number, items: SpendItem[]): Array<Spent | Failure> | null {
-    const cfg = typeof config !== "number" ? this.adopt(config) : this.config && this.config.version >= config ? this.config : null;
+    const cfg = this.current(config);
     if (!cfg) return null;
+    const source = `${cfg.id}:${this.epoch}`;
     return items.map(([clientId, tier, via, amount, requestId, idempotencyKey]) => {
+      const before = this.lastSeq;
       const r = this.consumeWith(cfg, { clientId, tier, via }, { amount, requestId: requestId ?? undefined, idempotencyKey: idempotencyKey ?? undefined });
-      return r.ok ? [r.value.eventId, r.value.costNano, r.value.remaining] : r;
+      // A replayed answer wrote no event: seq 0.
+      return r.ok ? [r.value.eventId, r.value.costNano, r.value.remaining, this.lastSeq === before ? 0 : this.lastSeq, source] : r;
     });
+  }
+
+  /**
+   * A token lease exchange with one holder (an isolate): record the consumes it granted from its lease,
+   * take back what it returns, and lend it more (at most a fair share of what is left). Configuration
+   * as spend() takes it; null: send the configuration itself. See src/objects/pool-leases.ts.
+   */
+  lease(config: PoolConfig | number, x: LeaseExchange): LeaseAnswer | null {
+    const cfg = this.current(config);
+    if (!cfg) return null;
+    const answer = this.leases.exchange(cfg, x, Date.now());
+    this.saveBucket();
+    return answer;
+  }
+
+  /** The configuration a call names: adopted when given whole, else ours when it is at least that version. */
+  private current(config: PoolConfig | number): PoolConfig | null {
+    return typeof config !== "number" ? this.adopt(config) : this.config && this.config.version >= config ? this.config : null;
   }
 
   private consumeWith(cfg: PoolConfig, caller: Caller, opts: SpendOptions): Result<ConsumeResult> {
@@ -287,9 +362,9 @@ export class PoolObject extends DurableObject<Env> {
     });
   }
 
-  reserve(config: PoolConfig, caller: Caller, opts: SpendOptions & { ttlMs: number }): Result<ReserveResult> {
+  reserve(config: PoolConfig, caller: Caller, opts: ReserveOptions): Result<ReserveResult> {
     const cfg = this.adopt(config);
-    const item = { caller, amount: opts.amount, ttlMs: opts.ttlMs, requestId: opts.requestId ?? null };
+    const item = { caller, amount: opts.amount, ttlMs: opts.ttlMs, requestId: opts.requestId ?? null, id: opts.reservationId };
     return this.idempotent(caller, "reserve", opts, () => this.reserveBatch(cfg, [item])[0]!);
   }
 
@@ -306,7 +381,10 @@ export class PoolObject extends DurableObject<Env> {
    * reserved is refused; the caller should have reserved enough. Only the holder's client may settle.
    */
   release(config: PoolConfig, caller: Caller, reservationId: string, actualUsed = 0): Result<ReleaseResult> {
-    return this.releaseMany(config, [{ caller, reservationId, actualUsed }])[0]!;
+    const r = this.releaseMany(config, [{ caller, reservationId, actualUsed }])[0]!;
+    // Its event, if any, is the last one written.
+    if (r.ok && r.value.eventId) Object.assign(r.value, { seq: this.lastSeq, source: `${r.value.pool}:${this.epoch}` });
+    return r;
   }
 
   /**
@@ -334,7 +412,15 @@ export class PoolObject extends DurableObject<Env> {
     }
     this.queueUsage(changes.events);
     this.saveBucket();
+    if (this.waits.size > 0) this.wakeWaiters(now);
     return results;
+  }
+
+  /** Units came back: wake every scheduler shard with a request waiting here, so the first in line takes them. */
+  private wakeWaiters(now: number): void {
+    for (const shard of this.waits.waitingShards(now)) {
+      this.ctx.waitUntil(this.env.SCHEDULER.get(this.env.SCHEDULER.idFromName(shard)).wake().catch(() => undefined));
+    }
   }
 
   /**
@@ -399,6 +485,11 @@ export class PoolObject extends DurableObject<Env> {
       ).toArray();
       this.expire(due, now, this.config);
       if (due.length) log.info("reservations_expired", { pool: this.config.id, count: due.length });
+      const reclaimed = this.leases.reclaim(this.config, now);
+      if (reclaimed > 0) {
+        this.saveBucket();
+        log.info("leases_reclaimed", { pool: this.config.id, units: reclaimed });
+      }
     }
     this.sql.exec("DELETE FROM idempotency WHERE created_at < ?", now - IDEMPOTENCY_TTL_MS);
     // Settled reservations answer a late release with reservation_closed for a day, then are forgotten
@@ -454,6 +545,8 @@ export class PoolObject extends DurableObject<Env> {
       activeReservations: held.n,
       outbox: this.sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM usage_outbox").one().n,
       denials: this.denials,
+      leasedUnits: this.leases.leased(),
+      leaseHolders: this.leases.holders(Date.now()),
     };
   }
 
@@ -502,10 +595,20 @@ export class PoolObject extends DurableObject<Env> {
     const now = Date.now();
     const granted: NewReservation[] = [];
     const results = items.map((item): Result<ReserveResult> => {
+      // Another shard's request goes first: keep the units for it (./pool-waiters.ts).
+      const ahead = item.wait ? this.waits.aheadOf(item.wait, now) : null;
+      if (ahead) {
+        this.waits.refused(item.wait!, item.amount, now);
+        return heldBack(cfg.id, item.amount, this.whole(), ahead, now);
+      }
       const admitted = this.admit(cfg, item.caller, item.amount, now, true);
-      if (!admitted.ok) return admitted;
+      if (!admitted.ok) {
+        if (item.wait && admitted.error.code === "rate_limited") this.waits.refused(item.wait, item.amount, now);
+        return admitted;
+      }
+      if (item.wait) this.waits.granted(item.wait, item.amount);
       this.bucket = take(this.bucket, item.amount);
-      const id = timeOrderedId("res", now);
+      const id = item.id ?? timeOrderedId("res", now);
       const expiresAt = now + item.ttlMs;
       granted.push({ id, clientId: item.caller.clientId, requestId: item.requestId, via: item.caller.via, amount: item.amount, expiresAt });
       return { ok: true, value: { pool: cfg.id, reservationId: id, amount: item.amount, expiresAt, remaining: this.whole() } };
@@ -687,7 +790,7 @@ export class PoolObject extends DurableObject<Env> {
       if (withLevel) this.saveBucket();
     }
     const at = events.reduce((t, e) => Math.min(t, e.at), Infinity);
-    this.ensureAlarm(at + Number(this.env.USAGE_FLUSH_DELAY_MS ?? 1000));
+    this.ensureAlarm(at + this.flushDelay());
   }
 
   /**
@@ -738,6 +841,11 @@ export class PoolObject extends DurableObject<Env> {
         delivered += rows.length;
       }
       this.flushFailures = 0;
+      if (delivered > 0) {
+        const now = Date.now();
+        this.outboxRate = (delivered * 1000) / Math.max(now - this.lastFlushAt, Number(this.env.USAGE_FLUSH_DELAY_MS ?? 1000));
+        this.lastFlushAt = now;
+      }
     } catch (err) {
       this.flushFailures += 1;
       const backoff = Math.min(MAX_FLUSH_BACKOFF_MS, 500 * 2 ** this.flushFailures);
@@ -813,8 +921,16 @@ export class PoolObject extends DurableObject<Env> {
       "SELECT MIN(expires_at) AS t FROM reservations WHERE status = 'held'",
     ).one().t;
     if (next !== null) this.ensureAlarm(Math.max(next, now));
+    const leaseDue = this.leases.nextDue();
+    if (leaseDue !== null) this.ensureAlarm(Math.max(leaseDue, now));
     const pending = this.sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM usage_outbox").one().n;
-    if (pending > 0 && this.flushFailures === 0) this.ensureAlarm(now + Number(this.env.USAGE_FLUSH_DELAY_MS ?? 1000));
+    if (pending > 0 && this.flushFailures === 0) this.ensureAlarm(now + this.flushDelay());
+  }
+
+  /** How long events wait before delivery: USAGE_FLUSH_DELAY_MS when busy, up to USAGE_FLUSH_MAX_MS when quiet (src/domain/flush.ts). */
+  private flushDelay(): number {
+    const base = Number(this.env.USAGE_FLUSH_DELAY_MS ?? 1000);
+    return flushDelay(this.outboxRate, base, Number(this.env.USAGE_FLUSH_MAX_MS ?? base));
   }
 }
 

@@ -5,14 +5,16 @@ import { errorResponses } from "../http/errors";
 import { AppError } from "../errors";
 import { clientBudget } from "../services/budget";
 import { clearConfigCache } from "../services/config";
-import { schedulerStub } from "../services/requests";
+import { schedulerState, setRunning } from "../services/scheduler";
 import { findBudgetSettings, setClientBudget } from "../storage/clients";
 import { BudgetFields, ClientId, TraceId } from "./schemas";
 
 const SchedulerState = z
   .object({
     running: z.boolean(), queued: z.number().int(), in_flight: z.number().int(), max_in_flight: z.number().int(),
-    last_pass_at: z.number().nullable(), dispatched_total: z.number().int(), trace_id: TraceId,
+    last_pass_at: z.number().nullable(), dispatched_total: z.number().int(),
+    shards: z.number().int().openapi({ description: "Scheduler shards consulted (SCHEDULER_SHARDS, plus any still draining after a change); the counts are their sums." }),
+    trace_id: TraceId,
   })
   .openapi("SchedulerState");
 
@@ -52,19 +54,19 @@ export const adminRoutes = new OpenAPIHono<AppEnv>()
     createRoute({ method: "post", path: "/admin/scheduler/start", ...guard, summary: "Resume dispatching (survives restarts)", responses }),
     async (c) => {
       c.var.logger.info("admin_scheduler", { action: "start" });
-      return c.json({ ...(await schedulerStub(c.env).setRunning(true)), trace_id: c.var.traceId }, 200);
+      return c.json({ ...(await setRunning(c.env, true)), trace_id: c.var.traceId }, 200);
     },
   )
   .openapi(
     createRoute({ method: "post", path: "/admin/scheduler/stop", ...guard, summary: "Stop dispatching; queued work waits (survives restarts)", responses }),
     async (c) => {
       c.var.logger.info("admin_scheduler", { action: "stop" });
-      return c.json({ ...(await schedulerStub(c.env).setRunning(false)), trace_id: c.var.traceId }, 200);
+      return c.json({ ...(await setRunning(c.env, false)), trace_id: c.var.traceId }, 200);
     },
   )
   .openapi(
     createRoute({ method: "get", path: "/admin/scheduler/status", ...guard, summary: "Whether dispatching is on, and its counts", responses }),
-    async (c) => c.json({ ...(await schedulerStub(c.env).state()), trace_id: c.var.traceId }, 200),
+    async (c) => c.json({ ...(await schedulerState(c.env)), trace_id: c.var.traceId }, 200),
   )
   .openapi(
     createRoute({

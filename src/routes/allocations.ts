@@ -11,7 +11,7 @@ import {
 } from "../services/allocations";
 import { ClientId, TraceId } from "./schemas";
 
-const AllocationId = z.string().regex(/^alc_[a-f0-9]{32}$/, "an allocation id (alc_ + 32 hex)").openapi({ example: "alc_8d0c4f2a9b7e41d3a5c6f0e1b2d3c4a5" });
+export const AllocationId = z.string().regex(/^alc_[a-f0-9]{32}$/, "an allocation id (alc_ + 32 hex)").openapi({ example: "alc_8d0c4f2a9b7e41d3a5c6f0e1b2d3c4a5" });
 const Depth = z.number().int().min(0).max(MAX_DEPTH);
 const Count = z.number().int().min(0).max(1_000_000_000);
 
@@ -36,7 +36,7 @@ const AllocationView = z
   })
   .openapi("Allocation");
 
-const AllocateRequest = z
+export const AllocateRequest = z
   .object({
     client_id: ClientId.optional().openapi({ description: "Required with the admin token; a client key acts for its own client" }),
     job_id: z.string().min(1).max(128).openapi({ description: "The caller's id for the job", example: "crawl-2026-11-23" }),
@@ -51,7 +51,7 @@ const AllocateRequest = z
   .strict()
   .openapi("AllocateRequest");
 
-const ReleaseRequest = z.object({ allocation_id: AllocationId }).strict().openapi("ReleaseAllocation");
+export const ReleaseRequest = z.object({ allocation_id: AllocationId }).strict().openapi("ReleaseAllocation");
 
 const OneAllocation = z.object({ allocation: AllocationView, trace_id: TraceId }).openapi("AllocationResponse");
 const Released = z
@@ -63,7 +63,7 @@ const Released = z
   .openapi("AllocationReleased");
 const AllocationList = z.object({ allocations: z.array(AllocationView), next_cursor: z.string().nullable(), trace_id: TraceId }).openapi("AllocationList");
 
-const ListQuery = z
+export const ListQuery = z
   .object({
     state: z.enum(ALLOCATION_STATES).optional(),
     job_id: z.string().min(1).max(128).optional(),

@@ -5,7 +5,7 @@ import { errorResponses } from "../http/errors";
 import { estimateCost } from "../services/estimate";
 import { callerFor } from "../services/pools";
 import { getRequest } from "../services/requests";
-import type { RequestView } from "../objects/scheduler";
+import type { RequestView } from "../objects/scheduler/types";
 import { ClientId, Nano, PoolAmount, TraceId } from "./schemas";
 
 const CostEstimateRequest = z

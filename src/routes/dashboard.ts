@@ -1,14 +1,15 @@
 import { createRoute, OpenAPIHono, z } from "@hono/zod-openapi";
-import type { Context, MiddlewareHandler } from "hono";
+import type { MiddlewareHandler } from "hono";
 import { AppError } from "../errors";
 import { authenticate, isAdminToken } from "../http/auth";
 import type { AppEnv } from "../http/context";
 import { errorResponses } from "../http/errors";
+import { dashboardHeaders, dashboardNonce } from "../http/page-headers";
 import { endSession, hasSessionCookie, startSession } from "../http/session";
 import { sourceAddress } from "../domain/source-address";
 import { dashboardState } from "../services/dashboard";
 import { admitLoginAttempt, LOGIN_MAX_FAILURES, LOGIN_WINDOW_MS, loginSucceeded } from "../services/login-limit";
-import { contentSecurityPolicy, dashboardPage, dashboardPanels, loginPage } from "../views/dashboard";
+import { dashboardPage, dashboardPanels, loginPage } from "../views/dashboard";
 
 const LoginForm = z.object({ token: z.string().min(1).max(1024) }).openapi("DashboardLogin");
 
@@ -28,26 +29,11 @@ const LoginLimited = {
 };
 
 /**
- * Headers of every dashboard page: a per-response script nonce, no framing, no caching, and the
- * referrer only to this origin ("no-referrer" would make Chromium send `Origin: null` with the login
- * form, which the login refuses as it would any other origin).
- */
-function pageHeaders(c: Context<AppEnv>): string {
-  const nonce = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))));
-  c.header("Content-Security-Policy", contentSecurityPolicy(nonce));
-  c.header("X-Content-Type-Options", "nosniff");
-  c.header("X-Frame-Options", "DENY");
-  c.header("Referrer-Policy", "same-origin");
-  c.header("Cache-Control", "no-store");
-  return nonce;
-}
-
-/**
  * The dashboard takes the admin token as a header (curl, scripts) or the session cookie (a browser);
  * with neither, it answers the login form instead of an error, since a person is at the other end.
  */
 const adminOrLogin: MiddlewareHandler<AppEnv> = async (c, next) => {
-  if (!c.req.header("authorization") && !hasSessionCookie(c)) return c.html(loginPage(pageHeaders(c), null), 200);
+  if (!c.req.header("authorization") && !hasSessionCookie(c)) return c.html(loginPage(dashboardNonce(c), null), 200);
   return authenticate("admin")(c, next);
 };
 
@@ -55,27 +41,24 @@ export const dashboardRoutes = new OpenAPIHono<AppEnv>()
   .openapi(
     createRoute({
       // Public in the document's sense: a caller without a credential gets the login form, not a 401.
-      method: "get", path: "/admin/dashboard", tags: ["admin"], security: [], middleware: [adminOrLogin],
+      method: "get", path: "/admin/dashboard", tags: ["admin"], security: [], middleware: [dashboardHeaders, adminOrLogin],
       summary: "The operator's dashboard (HTML): pools, queues, budgets, open alerts, failures, scaling events",
       description: "Without a credential: the login form. With the admin token (Authorization: Bearer), or the session cookie the form starts: the page, which refreshes its panels every 5 s and acts through the admin API.",
       responses: { 200: HtmlPage("The dashboard, or the login form."), ...errorResponses("unauthorized", "forbidden") },
     }),
-    async (c) => c.html(dashboardPage(await dashboardState(c.env, Date.now()), pageHeaders(c)), 200),
+    async (c) => c.html(dashboardPage(await dashboardState(c.env, Date.now()), dashboardNonce(c)), 200),
   )
   .openapi(
     createRoute({
-      method: "get", path: "/admin/dashboard/panels", tags: ["admin"], security: [{ bearer: [] }], middleware: [authenticate("admin")],
+      method: "get", path: "/admin/dashboard/panels", tags: ["admin"], security: [{ bearer: [] }], middleware: [dashboardHeaders, authenticate("admin")],
       summary: "The dashboard's panels as an HTML fragment (what the page fetches to refresh itself)",
       responses: { 200: HtmlPage("The panels."), ...errorResponses("unauthorized", "forbidden") },
     }),
-    async (c) => {
-      pageHeaders(c);
-      return c.html(dashboardPanels(await dashboardState(c.env, Date.now())), 200);
-    },
+    async (c) => c.html(dashboardPanels(await dashboardState(c.env, Date.now())), 200),
   )
   .openapi(
     createRoute({
-      method: "post", path: "/admin/dashboard/session", tags: ["admin"], security: [],
+      method: "post", path: "/admin/dashboard/session", tags: ["admin"], security: [], middleware: [dashboardHeaders],
       summary: "Log in to the dashboard: trade the admin token for a 12-hour session cookie",
       description: `The cookie (HttpOnly, Secure, SameSite=Strict, Path=/admin) holds an HMAC-signed expiry and session id, never the token. It authenticates /admin/* calls until it expires or is logged out; those that change state must also send X-Requested-With. At most ${LOGIN_MAX_FAILURES} failed logins per source address (CF-Connecting-IP) in ${LOGIN_WINDOW_MS / 60_000} minutes; then 429 until the window ends.`,
       request: { body: { required: true, content: { "application/x-www-form-urlencoded": { schema: LoginForm } } } },
@@ -102,12 +85,12 @@ export const dashboardRoutes = new OpenAPIHono<AppEnv>()
         const details = { retry_after_ms: locked.retryAfterMs, max_failures: LOGIN_MAX_FAILURES, window_ms: LOGIN_WINDOW_MS };
         if (!browser) throw new AppError("rate_limited", message, details, retryAfterSec);
         c.header("Retry-After", String(retryAfterSec));
-        return c.html(loginPage(pageHeaders(c), `Too many failed logins from this address: try again in ${Math.ceil(retryAfterSec / 60)} min.`), 429);
+        return c.html(loginPage(dashboardNonce(c), `Too many failed logins from this address: try again in ${Math.ceil(retryAfterSec / 60)} min.`), 429);
       }
       if (!(await isAdminToken(c.env, token)) || !(await startSession(c, Date.now()))) {
         c.var.logger.warn("dashboard_login_failed", { source });
         if (!browser) throw new AppError("unauthorized", "not the admin token");
-        return c.html(loginPage(pageHeaders(c), "That is not the admin token."), 401);
+        return c.html(loginPage(dashboardNonce(c), "That is not the admin token."), 401);
       }
       await loginSucceeded(c.env, source);
       c.var.logger.info("dashboard_login", { source });

@@ -4,8 +4,8 @@ import { authenticate } from "../http/auth";
 import type { AppEnv, Principal } from "../http/context";
 import { errorResponses } from "../http/errors";
 import { poolConfig } from "../services/config";
-import { callerFor, consumeAt, poolStub, unwrap } from "../services/pools";
-import { schedulerStub } from "../services/requests";
+import { callerFor, consumeAt, releaseAt, reserveAt } from "../services/pools";
+import { wakeAll } from "../services/scheduler";
 import { ClientId, IdempotencyKey, MAX_REF_LENGTH, Nano, PoolId, RequestRef, TraceId, Units } from "./schemas";
 
 const MIN_TTL_MS = 1_000;
@@ -46,10 +46,11 @@ const Released = z
 
 const json = <T extends z.ZodType>(schema: T) => ({ required: true, content: { "application/json": { schema } } });
 const guard = { security: [{ bearer: [] }], middleware: [authenticate("internal", "admin")], tags: ["internal"] };
-const spendErrors = errorResponses(
-  "bad_request", "validation_failed", "amount_exceeds_capacity", "unauthorized", "forbidden", "client_suspended", "pool_forbidden",
+const SPEND_ERRORS = [
+  "bad_request", "validation_failed", "amount_exceeds_capacity", "unauthorized", "budget_exceeded", "forbidden", "client_suspended", "pool_forbidden",
   "pool_not_found", "client_not_found", "idempotency_conflict", "pool_inactive", "rate_limited",
-);
+] as const;
+const spendErrors = errorResponses(...SPEND_ERRORS);
 
 /** The body's idempotency key, or the Idempotency-Key header; both given must agree. */
 export function idempotencyKey(bodyKey: string | undefined, header: string | undefined): string | undefined {
@@ -82,7 +83,7 @@ export const internalRoutes = new OpenAPIHono<AppEnv>()
       responses: {
         200: { description: "Spent; a usage event is recorded.", content: { "application/json": { schema: Consumed } } },
         ...spendErrors,
-        // A consume that waited in its pool's lane (see consumeAt) for a call that did not answer in time.
+        // A consume that waited in its pool's lane, or for its lease or budget exchange (see consumeAt), without an answer in time.
         ...errorResponses("unavailable"),
       },
     }),
@@ -96,13 +97,17 @@ export const internalRoutes = new OpenAPIHono<AppEnv>()
     createRoute({
       method: "post", path: "/internal/reserve", ...guard, summary: "Hold units in a pool until released or expired",
       request: { body: json(ReserveRequest) },
-      responses: { 200: { description: "Held.", content: { "application/json": { schema: Reserved } } }, ...spendErrors },
+      responses: {
+        200: { description: "Held: the units in the pool, one of the client's job slots and the price in flight, until released or expired.", content: { "application/json": { schema: Reserved } } },
+        // A reservation also holds one of the client's job slots: 429 quota_exceeded when none is free.
+        ...errorResponses(...SPEND_ERRORS, "quota_exceeded"),
+      },
     }),
     async (c) => {
       const b = c.req.valid("json");
       const key = idempotencyKey(b.idempotency_key, c.req.header("idempotency-key"));
       const [caller, cfg] = await Promise.all([callerFor(c.env, c.var.principal, b.client_id, "internal"), poolConfig(c.env, b.pool)]);
-      const r = unwrap(await poolStub(c.env, b.pool).reserve(cfg, caller, { amount: b.amount, ttlMs: b.ttl_ms, requestId: b.request_id, idempotencyKey: key }));
+      const r = await reserveAt(c.env, cfg, caller, { amount: b.amount, ttlMs: b.ttl_ms, requestId: b.request_id, idempotencyKey: key });
       return c.json({ pool: r.pool, reservation_id: r.reservationId, amount: r.amount, expires_at: r.expiresAt, remaining: r.remaining, trace_id: c.var.traceId }, 200);
     },
   )
@@ -119,9 +124,9 @@ export const internalRoutes = new OpenAPIHono<AppEnv>()
       const b = c.req.valid("json");
       // Settling what was reserved before a suspension is allowed: it frees units and records the spend.
       const [caller, cfg] = await Promise.all([callerFor(c.env, c.var.principal, b.client_id, "internal", { allowSuspended: true }), poolConfig(c.env, b.pool)]);
-      const r = unwrap(await poolStub(c.env, b.pool).release(cfg, caller, b.reservation_id, b.actual_used ?? 0));
+      const r = await releaseAt(c.env, cfg, caller, b.reservation_id, b.actual_used ?? 0);
       // Capacity came back: let waiting requests go without waiting for the cron.
-      if (r.refunded > 0) c.executionCtx.waitUntil(schedulerStub(c.env).wake());
+      if (r.refunded > 0) c.executionCtx.waitUntil(wakeAll(c.env));
       return c.json({
         pool: r.pool, reservation_id: r.reservationId, consumed: r.consumed, refunded: r.refunded,
         cost_nano: r.costNano, event_id: r.eventId, trace_id: c.var.traceId,

@@ -36,6 +36,9 @@ const Sharing = z
   .openapi("PoolSharing", { description: "shared: everyone; reserved: shares kept per tier or client (fractions add up to at most 1); dedicated: one client only" });
 
 const LowWater = z.number().int().min(0).max(100).openapi({ description: "pool_low is raised strictly below this percent of capacity; 0: never", example: 10 });
+const Leases = z.enum(["auto", "off"]).openapi({
+  description: "Token leases to isolates: auto lends slices of the bucket to isolates that consume from the pool often (decided there, no object round trip; see the README's exactness model); off: every consume is decided by the pool's object",
+});
 
 const Definition = {
   name: z.string().min(1).max(100).openapi({ example: "OpenAI GPT-4" }),
@@ -49,6 +52,7 @@ const Definition = {
   min_capacity: Capacity.openapi({ description: "Dynamic pools: the least capacity scaling may set" }),
   max_capacity: Capacity.openapi({ description: "Dynamic pools: the most capacity scaling may set" }),
   low_water_percent: LowWater,
+  leases: Leases,
 };
 
 const CreatePool = z
@@ -61,6 +65,7 @@ const CreatePool = z
     min_capacity: Definition.min_capacity.optional(),
     max_capacity: Definition.max_capacity.optional(),
     low_water_percent: LowWater.default(10),
+    leases: Leases.default("auto"),
   })
   .strict()
   .openapi("CreatePool");
@@ -78,6 +83,7 @@ const UpdatePool = z
     min_capacity: Definition.min_capacity.optional(),
     max_capacity: Definition.max_capacity.optional(),
     low_water_percent: LowWater.optional(),
+    leases: Leases.optional(),
   })
   .strict()
   .refine((v) => Object.keys(v).length > 0, { message: "give at least one field to change" })
@@ -97,6 +103,7 @@ const PoolView = z
     min_capacity: z.number().int().nullable(),
     max_capacity: z.number().int().nullable(),
     low_water_percent: z.number().int(),
+    leases: Leases,
     version: z.number().int().openapi({ description: "Bumped on every change; the pool's object adopts a newer version at once" }),
     updated_at: z.number().int(),
   })
@@ -114,6 +121,8 @@ const PoolLive = z
     drained: z.boolean().openapi({ description: "Not active and no reservation held: safe to disable" }),
     outbox: z.number().int().openapi({ description: "Usage events not yet delivered to D1" }),
     denials: z.number().int().openapi({ description: "Spending refused for lack of units since the object started" }),
+    leased_units: z.number().int().openapi({ description: "Units lent to isolates on token leases: taken from the bucket, granted there" }),
+    lease_holders: z.number().int().openapi({ description: "Isolates holding a lease now" }),
   })
   .openapi("PoolLive");
 
@@ -146,7 +155,7 @@ function poolView(r: PoolRecord) {
   return {
     id: r.id, name: r.name, unit: r.unit, capacity: r.capacity, refill_per_sec: r.refillPerSec, cost_per_unit_nano: r.costPerUnitNano,
     sharing: sharingOut(r.sharing), status: r.status, sizing: r.sizing, min_capacity: r.minCapacity, max_capacity: r.maxCapacity,
-    low_water_percent: r.lowWaterPercent, version: r.version, updated_at: r.updatedAt,
+    low_water_percent: r.lowWaterPercent, leases: r.leases, version: r.version, updated_at: r.updatedAt,
   };
 }
 
@@ -155,6 +164,7 @@ function liveView(s: PoolState) {
     version: s.version, status: s.status, level: s.level, capacity: s.capacity, utilization: s.utilization,
     reserved_units: s.reservedUnits, active_reservations: s.activeReservations,
     drained: s.status !== "active" && s.activeReservations === 0, outbox: s.outbox, denials: s.denials,
+    leased_units: s.leasedUnits, lease_holders: s.leaseHolders,
   };
 }
 
@@ -175,6 +185,7 @@ function patched(current: PoolRecord, b: z.infer<typeof UpdatePool>): PoolDefini
     minCapacity: bound(b.min_capacity, current.minCapacity),
     maxCapacity: bound(b.max_capacity, current.maxCapacity),
     lowWaterPercent: b.low_water_percent ?? current.lowWaterPercent,
+    leases: b.leases ?? current.leases,
   };
 }
 
@@ -197,7 +208,7 @@ export const poolRoutes = new OpenAPIHono<AppEnv>()
       const { record, state } = await createPool(c.env, {
         id: b.id, name: b.name, unit: b.unit, capacity: b.capacity, refillPerSec: b.refill_per_sec, costPerUnitNano: b.cost_per_unit_nano,
         sharing: sharingIn(b.sharing), status: b.status, sizing: b.sizing, minCapacity: b.min_capacity ?? null, maxCapacity: b.max_capacity ?? null,
-        lowWaterPercent: b.low_water_percent,
+        lowWaterPercent: b.low_water_percent, leases: b.leases,
       }, Date.now());
       c.var.logger.info("admin_pool_created", { pool: record.id, capacity: record.capacity, sizing: record.sizing, status: record.status });
       return c.json({ pool: poolView(record), live: liveView(state), trace_id: c.var.traceId }, 201);

@@ -8,7 +8,8 @@ import type { Context } from "hono";
 import type { AppEnv, Principal } from "../http/context";
 import { errorResponses, validationError } from "../http/errors";
 import { callerFor } from "../services/pools";
-import { cancelRequest, enqueueMany, execute, getRequest, positionOf, schedulerStub } from "../services/requests";
+import { cancelRequest, enqueueMany, execute, getRequest, positionOf } from "../services/requests";
+import { queueStatus } from "../services/scheduler";
 import { idempotencyKey } from "./internal";
 import { ClientId, IdempotencyKey, Nano, TraceId } from "./schemas";
 
@@ -96,7 +97,7 @@ const QueueStatus = z
       queue: z.enum(QUEUES), depth: z.number().int(), ready: z.number().int(), oldest_wait_ms: z.number(),
       wait_p50_ms: z.number(), wait_p95_ms: z.number(), dispatch_rate_per_s: z.number(),
     })),
-    scheduler: z.object({ running: z.boolean(), queued: z.number().int(), in_flight: z.number().int(), max_in_flight: z.number().int(), last_pass_at: z.number().nullable(), dispatched_total: z.number().int() }),
+    scheduler: z.object({ running: z.boolean(), queued: z.number().int(), in_flight: z.number().int(), max_in_flight: z.number().int(), last_pass_at: z.number().nullable(), dispatched_total: z.number().int(), shards: z.number().int() }),
     trace_id: TraceId,
   })
   .openapi("QueueStatus");
@@ -151,7 +152,7 @@ export const queueRoutes = new OpenAPIHono<AppEnv>()
         if (!parsed.success) throw validationError(parsed.error, "json");
         const key = idempotencyKey(parsed.data.idempotency_key, c.req.header("idempotency-key"));
         const caller = await callerFor(c.env, c.var.principal, parsed.data.client_id, "api");
-        const [result] = await enqueueMany(c.env, caller, [{ ...parsed.data, idempotency_key: key }]);
+        const [result] = await enqueueMany(c.env, caller, [{ ...parsed.data, idempotency_key: key }], c.var.traceId);
         if (!result!.ok) throw new AppError(result!.error.code, result!.error.message, result!.error.details);
         markDowngrade(c, result!.value.request);
         return c.json({ ...result!.value, trace_id: c.var.traceId }, 202);
@@ -166,7 +167,7 @@ export const queueRoutes = new OpenAPIHono<AppEnv>()
       const caller = await callerFor(c.env, c.var.principal, batch.data.client_id, "api");
       const parsed = batch.data.requests.map((item) => RequestSpec.omit({ client_id: true }).safeParse(item));
       const valid = parsed.flatMap((p, index) => (p.success ? [{ index, spec: p.data }] : []));
-      const outcomes = await enqueueMany(c.env, caller, valid.map((v) => v.spec));
+      const outcomes = await enqueueMany(c.env, caller, valid.map((v) => v.spec), c.var.traceId);
       const byIndex = new Map(valid.map((v, i) => [v.index, outcomes[i]!]));
       const results = parsed.map((p, index) => {
         if (!p.success) {
@@ -185,7 +186,7 @@ export const queueRoutes = new OpenAPIHono<AppEnv>()
       method: "get", path: "/api/queue/status", ...guard, summary: "Per queue: depth, waits, dispatch rate; scheduler state",
       responses: { 200: ok("Queues.", QueueStatus), ...errorResponses("unauthorized", "forbidden") },
     }),
-    async (c) => c.json({ ...(await schedulerStub(c.env).queueStatus()), trace_id: c.var.traceId }, 200),
+    async (c) => c.json({ ...(await queueStatus(c.env)), trace_id: c.var.traceId }, 200),
   )
   .openapi(
     createRoute({
@@ -220,7 +221,7 @@ export const queueRoutes = new OpenAPIHono<AppEnv>()
       const spec = c.req.valid("json");
       const key = idempotencyKey(spec.idempotency_key, c.req.header("idempotency-key"));
       const caller = await callerFor(c.env, c.var.principal, spec.client_id, "api");
-      const outcome = await execute(c.env, caller, { ...spec, idempotency_key: key });
+      const outcome = await execute(c.env, caller, { ...spec, idempotency_key: key }, c.var.traceId);
       markDowngrade(c, outcome.request);
       const body = { ...outcome, trace_id: c.var.traceId };
       if (outcome.request.status === "failed") {

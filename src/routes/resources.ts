@@ -17,7 +17,10 @@ const PoolAvailability = z.object({
   sharing: z.string(),
   capacity: z.number(),
   level: z.number(),
-  available: z.number().int().openapi({ description: "Whole units this client could take now" }),
+  available: z.number().int().openapi({
+    description: "Whole units this client could take now from the pool's bucket (after shares kept for others). Units lent to isolates on token leases are not in it: they are granted there, so a consume can still succeed when this is 0",
+  }),
+  leased: z.number().int().openapi({ description: "Units lent to isolates on token leases now (already taken from the bucket; see the README's exactness model)" }),
   refill_per_sec: z.number(),
   utilization: z.number(),
   cost_per_unit_nano: Nano,
@@ -45,7 +48,12 @@ const CheckRequest = Amounts.openapi("CheckRequest");
 const CheckResult = z
   .object({
     allowed: z.boolean(),
-    results: z.array(z.object({ pool: z.string(), amount: z.number(), allowed: z.boolean(), available: z.number(), retry_after_ms: z.number().nullable() })),
+    results: z.array(z.object({
+      pool: z.string(), amount: z.number(), allowed: z.boolean(),
+      available: z.number().openapi({ description: "Whole units in the pool's bucket for this client; units lent to isolates on leases are not counted (see leased)" }),
+      leased: z.number().openapi({ description: "Units lent to isolates on token leases: a consume may be granted from them although allowed is false" }),
+      retry_after_ms: z.number().nullable(),
+    })),
     trace_id: TraceId,
   })
   .openapi("CheckResult");
@@ -98,7 +106,7 @@ export const resourceRoutes = new OpenAPIHono<AppEnv>()
           const a = await poolStub(c.env, cfg.id).availability(cfg, caller);
           return {
             pool: cfg.id, name: cfg.name, unit: cfg.unit, status: cfg.status, sharing: cfg.sharing.mode,
-            capacity: cfg.capacity, level: a.level, available: a.available, refill_per_sec: cfg.refillPerSec,
+            capacity: cfg.capacity, level: a.level, available: a.available, leased: a.leased, refill_per_sec: cfg.refillPerSec,
             utilization: a.utilization, cost_per_unit_nano: cfg.costPerUnitNano,
           };
         }),
@@ -126,7 +134,7 @@ export const resourceRoutes = new OpenAPIHono<AppEnv>()
       const results = await Promise.all(
         amounts.map(async (a, i) => {
           const r = unwrap(await poolStub(c.env, a.pool).check(configs[i]!, caller, a.amount));
-          return { pool: a.pool, amount: a.amount, allowed: r.allowed, available: r.available, retry_after_ms: r.retryAfterMs };
+          return { pool: a.pool, amount: a.amount, allowed: r.allowed, available: r.available, leased: r.leased, retry_after_ms: r.retryAfterMs };
         }),
       );
       return c.json({ allowed: results.every((r) => r.allowed), results, trace_id: c.var.traceId }, 200);

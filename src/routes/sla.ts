@@ -6,7 +6,7 @@ import { authenticate, requireScope } from "../http/auth";
 import type { AppEnv } from "../http/context";
 import { errorResponses } from "../http/errors";
 import { clearConfigCache, slaTargets } from "../services/config";
-import { schedulerStub } from "../services/requests";
+import { requestSla, slaSummary } from "../services/scheduler";
 import { deleteSlaTarget, putSlaTarget } from "../storage/sla";
 import { ClientId, TraceId } from "./schemas";
 
@@ -112,7 +112,7 @@ export const slaRoutes = new OpenAPIHono<AppEnv>()
       const { requestId } = c.req.valid("param");
       const p = c.var.principal;
       const targets = [...(await slaTargets(c.env)).values()];
-      const sla = await schedulerStub(c.env).sla(requestId, p.kind === "client" ? p.clientId : null, targets);
+      const sla = await requestSla(c.env, requestId, p.kind === "client" ? p.clientId : null, targets);
       if (!sla) throw new AppError("request_not_found", `no request ${requestId}`, { request_id: requestId });
       return c.json({ ...sla, trace_id: c.var.traceId }, 200);
     },
@@ -138,7 +138,7 @@ export const slaRoutes = new OpenAPIHono<AppEnv>()
       }
       const clientId = p.kind === "client" ? p.clientId : (q.client_id ?? null);
       const targets = [...(await slaTargets(c.env)).values()];
-      const groups = await schedulerStub(c.env).slaSummary(from, to, targets, { clientId: clientId ?? undefined, tier: q.tier, queue: q.queue });
+      const groups = await slaSummary(c.env, from, to, targets, { clientId: clientId ?? undefined, tier: q.tier, queue: q.queue });
       const sum = (list: Array<{ met: number; breached: number }>) => {
         const met = list.reduce((n, g) => n + g.met, 0);
         const breached = list.reduce((n, g) => n + g.breached, 0);

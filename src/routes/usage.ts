@@ -1,13 +1,13 @@
 import { createRoute, OpenAPIHono, z } from "@hono/zod-openapi";
 import { dayKey, daysInclusive, monthStart, parseDay, parseMonth } from "../domain/calendar";
-import type { RequestStatus } from "../objects/scheduler";
+import type { RequestStatus } from "../objects/scheduler/types";
 import { AppError } from "../errors";
 import { authenticate, requireScope } from "../http/auth";
 import type { AppEnv, Principal } from "../http/context";
 import { errorResponses } from "../http/errors";
 import { clientBudget } from "../services/budget";
 import { clientTier, poolConfig, tierLimits } from "../services/config";
-import { schedulerStub } from "../services/requests";
+import { countsFor } from "../services/scheduler";
 import { usageHistory, type Granularity, type UsageSum } from "../storage/usage";
 import { BudgetFields, ClientId, Nano, PoolId, TraceId } from "./schemas";
 
@@ -189,7 +189,7 @@ export const usageRoutes = new OpenAPIHono<AppEnv>()
       const { clientId } = c.req.valid("param");
       await checkReader(c.env, c.var.principal, clientId);
       const [budget, client, tiers] = await Promise.all([clientBudget(c.env, clientId), clientTier(c.env, clientId), tierLimits(c.env)]);
-      const counts = await schedulerStub(c.env).countsFor(clientId, parseMonth(budget.month)!);
+      const counts = await countsFor(c.env, clientId, parseMonth(budget.month)!);
       return c.json({
         client_id: clientId,
         ...budget,

@@ -1,114 +1,128 @@
 import { WorkerEntrypoint } from "cloudflare:workers";
-import type { Caller, PoolAmount } from "../domain/types";
+import { createApp } from "../app";
+import { SCOPES } from "../domain/scopes";
 import { AppError } from "../errors";
-import type { CheckResult, ConsumeResult, ReleaseResult, ReserveResult } from "../objects/pool";
-import type { EnqueueOutcome, PositionView, RequestView } from "../objects/scheduler";
-import { clientTier, poolConfig } from "../services/config";
-import { estimateCost, type CostEstimate } from "../services/estimate";
-import { validationError } from "../http/errors";
-import { RequestSpec as RequestSpecSchema } from "../routes/queue";
-import { consumeAt, poolStub, unwrap } from "../services/pools";
-import { cancelRequest, enqueueMany, execute, getRequest, positionOf, schedulerStub, type EnqueueResult, type RequestSpec } from "../services/requests";
+import { CLIENT_ID } from "../routes/schemas";
+import { clientTier } from "../services/config";
+import { callEnded, callRoute, failureOf, traceIdOf, type RouteCall } from "./dispatch";
+import type { Identity } from "./identity";
+import { fieldOf, OPERATIONS, type OperationName } from "./operations";
+import type { RpcInput, RpcOptions, RpcOutput, RpcResult } from "./types";
+
+type Answer<N extends OperationName> = Promise<RpcResult<RpcOutput<N>>>;
+
+/** The REST app that answers every call (one per isolate, made on the first call). */
+let app: ReturnType<typeof createApp> | null = null;
 
 /**
  * RPC for KAM and the platform's workers over a service binding
  * (`[[services]] binding = "RM", service = "resource-manager", entrypoint = "ResourceManagerRpc"`).
- * The binding is the credential: callers name the client they act for. Errors are thrown as
- * `Error` whose message starts with the error code, e.g. "rate_limited: pool openai-gpt4 ...".
+ *
+ * Every method is a REST operation (src/rpc/operations.ts) and is answered by that route, in-process:
+ * the input is the route's body (or query) and path fields in REST's snake_case names, the answer is
+ * REST's body with `ok: true`, or REST's error envelope with `ok: false` (never a throw: thrown errors
+ * lose their properties across the binding unless both workers set `enhanced_error_serialization`).
+ *
+ * The binding is the credential, as the internal token is over HTTP: a caller names the client it acts
+ * for in `client_id`, and client operations run as that client's API key with every scope would
+ * (its own requests only; a suspended client may read but start nothing). Bind it only to trusted
+ * workers. Each call writes one log line and is counted in /metrics (rm_rpc_*); pass `{ trace_id }`
+ * as the last argument to carry your own trace id.
  */
 export class ResourceManagerRpc extends WorkerEntrypoint<Env> {
-  async execute(clientId: string, spec: RequestSpec): Promise<EnqueueOutcome> {
-    return this.run(async () => execute(this.env, await this.caller(clientId), parseSpec(spec)));
-  }
-
-  /** Each spec is validated and answered on its own, as with POST /api/queue/enqueue. */
-  async enqueue(clientId: string, specs: RequestSpec[]): Promise<EnqueueResult[]> {
-    return this.run(async () => {
-      if (!Array.isArray(specs) || specs.length === 0 || specs.length > 100) throw new AppError("validation_failed", "specs must be an array of 1 to 100 requests");
-      const caller = await this.caller(clientId);
-      const parsed = specs.map((s) => SpecSchema.safeParse(s));
-      const valid = parsed.flatMap((p, index) => (p.success ? [{ index, spec: p.data }] : []));
-      const outcomes = await enqueueMany(this.env, caller, valid.map((v) => v.spec));
-      const byIndex = new Map(valid.map((v, i) => [v.index, outcomes[i]!]));
-      return parsed.map((p, index): EnqueueResult => {
-        if (p.success) return { ...byIndex.get(index)!, index } as EnqueueResult;
-        const e = validationError(p.error, "json");
-        return { ok: false, index, error: { code: e.code, message: e.message, details: e.details } };
-      });
-    });
-  }
-
-  async status(clientId: string, requestId: string): Promise<RequestView> {
-    return this.run(() => getRequest(this.env, requestId, clientId));
-  }
-
-  async position(clientId: string, requestId: string): Promise<PositionView> {
-    return this.run(() => positionOf(this.env, requestId, clientId));
-  }
-
-  async cancel(clientId: string, requestId: string): Promise<RequestView> {
-    return this.run(() => cancelRequest(this.env, requestId, clientId, false));
-  }
-
-  async estimate(input: { template?: string; requirements?: PoolAmount[] }): Promise<CostEstimate> {
-    return this.run(() => estimateCost(this.env, input, null));
-  }
-
-  async check(clientId: string, pool: string, amount: number): Promise<CheckResult> {
-    return this.run(async () => unwrap(await poolStub(this.env, pool).check(await poolConfig(this.env, pool), await this.caller(clientId, true), positive(amount))));
-  }
-
-  async reserve(clientId: string, pool: string, amount: number, opts: { ttlMs?: number; requestId?: string; idempotencyKey?: string } = {}): Promise<ReserveResult> {
-    return this.run(async () => unwrap(await poolStub(this.env, pool).reserve(await poolConfig(this.env, pool), await this.caller(clientId), {
-      amount: positive(amount), ttlMs: opts.ttlMs ?? 60_000, requestId: opts.requestId, idempotencyKey: opts.idempotencyKey,
-    })));
-  }
-
-  async release(clientId: string, pool: string, reservationId: string, actualUsed = 0): Promise<ReleaseResult> {
-    return this.run(async () => {
-      const released = unwrap(await poolStub(this.env, pool).release(await poolConfig(this.env, pool), await this.caller(clientId, true), reservationId, actualUsed));
-      if (released.refunded > 0) this.ctx.waitUntil(schedulerStub(this.env).wake());
-      return released;
-    });
-  }
-
-  async consume(clientId: string, pool: string, amount: number, opts: { requestId?: string; idempotencyKey?: string } = {}): Promise<ConsumeResult> {
-    return this.run(async () => consumeAt(this.env, this.ctx, await poolConfig(this.env, pool), await this.caller(clientId), {
-      amount: positive(amount), requestId: opts.requestId, idempotencyKey: opts.idempotencyKey,
-    }));
-  }
-
-  /** The client acted for; a suspended one only for what starts nothing new (`allowSuspended`: check, release). */
-  private async caller(clientId: string, allowSuspended = false): Promise<Caller> {
-    const client = typeof clientId === "string" ? await clientTier(this.env, clientId) : null;
-    if (!client) throw new AppError("client_not_found", `no client ${String(clientId)}`);
-    if (client.status === "suspended" && !allowSuspended) throw new AppError("client_suspended", `client ${clientId} is suspended: new work is refused`);
-    return { clientId, tier: client.tier, via: "rpc" };
-  }
-
-  /** RPC errors cross the binding as plain Errors: keep the code in the message. */
-  private async run<T>(fn: () => Promise<T>): Promise<T> {
-    try {
-      return await fn();
-    } catch (err) {
-      if (err instanceof AppError) {
-        const fields = (err.details?.fields as Array<{ path: string; message: string }> | undefined)?.map((f) => `${f.path}: ${f.message}`).join("; ");
-        throw new Error(`${err.code}: ${err.message}${fields ? ` (${fields})` : ""}`);
-      }
-      throw err;
-    }
-  }
+  // Queue and execution
+  enqueue(input: RpcInput<"enqueue">, options?: RpcOptions): Answer<"enqueue"> { return call(this.env, this.ctx, "enqueue", input, options); }
+  execute(input: RpcInput<"execute">, options?: RpcOptions): Answer<"execute"> { return call(this.env, this.ctx, "execute", input, options); }
+  queueStatus(input: RpcInput<"queueStatus">, options?: RpcOptions): Answer<"queueStatus"> { return call(this.env, this.ctx, "queueStatus", input, options); }
+  position(input: RpcInput<"position">, options?: RpcOptions): Answer<"position"> { return call(this.env, this.ctx, "position", input, options); }
+  dequeue(input: RpcInput<"dequeue">, options?: RpcOptions): Answer<"dequeue"> { return call(this.env, this.ctx, "dequeue", input, options); }
+  status(input: RpcInput<"status">, options?: RpcOptions): Answer<"status"> { return call(this.env, this.ctx, "status", input, options); }
+  cancel(input: RpcInput<"cancel">, options?: RpcOptions): Answer<"cancel"> { return call(this.env, this.ctx, "cancel", input, options); }
+  sla(input: RpcInput<"sla">, options?: RpcOptions): Answer<"sla"> { return call(this.env, this.ctx, "sla", input, options); }
+  // Usage and cost
+  slaReport(input: RpcInput<"slaReport">, options?: RpcOptions): Answer<"slaReport"> { return call(this.env, this.ctx, "slaReport", input, options); }
+  usage(input: RpcInput<"usage">, options?: RpcOptions): Answer<"usage"> { return call(this.env, this.ctx, "usage", input, options); }
+  currentUsage(input: RpcInput<"currentUsage">, options?: RpcOptions): Answer<"currentUsage"> { return call(this.env, this.ctx, "currentUsage", input, options); }
+  cost(input: RpcInput<"cost">, options?: RpcOptions): Answer<"cost"> { return call(this.env, this.ctx, "cost", input, options); }
+  costEstimate(input: RpcInput<"costEstimate">, options?: RpcOptions): Answer<"costEstimate"> { return call(this.env, this.ctx, "costEstimate", input, options); }
+  // Pools
+  serviceStatus(input: RpcInput<"serviceStatus">, options?: RpcOptions): Answer<"serviceStatus"> { return call(this.env, this.ctx, "serviceStatus", input, options); }
+  availability(input: RpcInput<"availability">, options?: RpcOptions): Answer<"availability"> { return call(this.env, this.ctx, "availability", input, options); }
+  check(input: RpcInput<"check">, options?: RpcOptions): Answer<"check"> { return call(this.env, this.ctx, "check", input, options); }
+  estimate(input: RpcInput<"estimate">, options?: RpcOptions): Answer<"estimate"> { return call(this.env, this.ctx, "estimate", input, options); }
+  // Quota and bursts
+  quota(input: RpcInput<"quota">, options?: RpcOptions): Answer<"quota"> { return call(this.env, this.ctx, "quota", input, options); }
+  quotaCheck(input: RpcInput<"quotaCheck">, options?: RpcOptions): Answer<"quotaCheck"> { return call(this.env, this.ctx, "quotaCheck", input, options); }
+  requestBurst(input: RpcInput<"requestBurst">, options?: RpcOptions): Answer<"requestBurst"> { return call(this.env, this.ctx, "requestBurst", input, options); }
+  burst(input: RpcInput<"burst">, options?: RpcOptions): Answer<"burst"> { return call(this.env, this.ctx, "burst", input, options); }
+  endBurst(input: RpcInput<"endBurst">, options?: RpcOptions): Answer<"endBurst"> { return call(this.env, this.ctx, "endBurst", input, options); }
+  // Allocations
+  allocationQuotas(input: RpcInput<"allocationQuotas">, options?: RpcOptions): Answer<"allocationQuotas"> { return call(this.env, this.ctx, "allocationQuotas", input, options); }
+  allocate(input: RpcInput<"allocate">, options?: RpcOptions): Answer<"allocate"> { return call(this.env, this.ctx, "allocate", input, options); }
+  releaseAllocation(input: RpcInput<"releaseAllocation">, options?: RpcOptions): Answer<"releaseAllocation"> { return call(this.env, this.ctx, "releaseAllocation", input, options); }
+  allocationUsage(input: RpcInput<"allocationUsage">, options?: RpcOptions): Answer<"allocationUsage"> { return call(this.env, this.ctx, "allocationUsage", input, options); }
+  capacity(input: RpcInput<"capacity">, options?: RpcOptions): Answer<"capacity"> { return call(this.env, this.ctx, "capacity", input, options); }
+  allocations(input: RpcInput<"allocations">, options?: RpcOptions): Answer<"allocations"> { return call(this.env, this.ctx, "allocations", input, options); }
+  allocation(input: RpcInput<"allocation">, options?: RpcOptions): Answer<"allocation"> { return call(this.env, this.ctx, "allocation", input, options); }
+  // Optimizer
+  analyze(input: RpcInput<"analyze">, options?: RpcOptions): Answer<"analyze"> { return call(this.env, this.ctx, "analyze", input, options); }
+  optimizerStats(input: RpcInput<"optimizerStats">, options?: RpcOptions): Answer<"optimizerStats"> { return call(this.env, this.ctx, "optimizerStats", input, options); }
+  recommendations(input: RpcInput<"recommendations">, options?: RpcOptions): Answer<"recommendations"> { return call(this.env, this.ctx, "recommendations", input, options); }
+  // Spending (the internal token's /internal/*)
+  consume(input: RpcInput<"consume">, options?: RpcOptions): Answer<"consume"> { return call(this.env, this.ctx, "consume", input, options); }
+  reserve(input: RpcInput<"reserve">, options?: RpcOptions): Answer<"reserve"> { return call(this.env, this.ctx, "reserve", input, options); }
+  release(input: RpcInput<"release">, options?: RpcOptions): Answer<"release"> { return call(this.env, this.ctx, "release", input, options); }
 }
 
-const SpecSchema = RequestSpecSchema.omit({ client_id: true });
-
-function parseSpec(spec: unknown): RequestSpec {
-  const parsed = SpecSchema.safeParse(spec);
-  if (!parsed.success) throw validationError(parsed.error, "json");
-  return parsed.data;
+/** Outside the class: what is on its prototype is callable over the binding. */
+async function call<N extends OperationName>(env: Env, ctx: ExecutionContext, name: N, input: unknown, options: RpcOptions | undefined): Answer<N> {
+  const started = Date.now();
+  const traceId = traceIdOf(options?.trace_id);
+  const fields = isRecord(input) ? input : null;
+  const clientId = typeof fields?.client_id === "string" && CLIENT_ID.test(fields.client_id) ? fields.client_id : null;
+  let result: RpcResult<RpcOutput<N>>;
+  try {
+    if (!fields) throw new AppError("validation_failed", "the input must be an object", { fields: [{ path: "", message: "expected an object" }] });
+    const identity = OPERATIONS[name].as === "internal" ? INTERNAL : await actingFor(env, fields.client_id);
+    result = await callRoute<RpcOutput<N>>((app ??= createApp()).fetch, env, ctx, identity, routeCall(name, fields), traceId);
+  } catch (err) {
+    result = failureOf(err, traceId, { via: "rpc", method: name });
+  }
+  callEnded("rpc", name, clientId, result, started, traceId);
+  return result;
 }
 
-function positive(amount: number): number {
-  if (!Number.isSafeInteger(amount) || amount <= 0) throw new AppError("validation_failed", "amount must be a positive integer");
-  return amount;
+/** The client a call acts for, as its API key with every scope would. */
+async function actingFor(env: Env, clientId: unknown): Promise<Identity> {
+  if (typeof clientId !== "string" || !CLIENT_ID.test(clientId)) {
+    throw new AppError("validation_failed", "invalid input", { fields: [{ path: "client_id", message: "the client this call acts for: letters, digits, _ and -, at most 64" }] });
+  }
+  const client = await clientTier(env, clientId);
+  if (!client) throw new AppError("client_not_found", `no client ${clientId}`, { client_id: clientId });
+  return {
+    principal: { kind: "client", clientId, tier: client.tier, scopes: [...SCOPES], keyId: "rpc" },
+    suspended: client.status === "suspended",
+  };
+}
+
+const INTERNAL: Identity = { principal: { kind: "internal" }, suspended: false };
+
+/** The route call of an operation: path parameters from their fields, the rest as query or body. */
+function routeCall(name: OperationName, input: Record<string, unknown>): RouteCall {
+  const op = OPERATIONS[name];
+  const rest: Record<string, unknown> = { ...input };
+  // A client operation's client is its credential's (as with a key); internal ones name it in the body.
+  if (op.as === "client") delete rest.client_id;
+  const path = op.path.replace(/:([A-Za-z]+)/g, (_, param: string) => {
+    const field = fieldOf(param);
+    const value = input[field];
+    delete rest[field];
+    if (typeof value !== "string" || value === "") throw new AppError("validation_failed", "invalid input", { fields: [{ path: field, message: "Required: a string" }] });
+    return encodeURIComponent(value);
+  });
+  return op.method === "GET" ? { method: op.method, path, query: rest } : { method: op.method, path, body: op.method === "DELETE" && Object.keys(rest).length === 0 ? undefined : rest };
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
 }

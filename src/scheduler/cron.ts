@@ -6,7 +6,7 @@ import { samplePools } from "../services/pool-samples";
 import { sampleQueues } from "../services/queue-samples";
 import { poolStub } from "../services/pools";
 import { runRetention } from "../services/retention";
-import { schedulerStub } from "../services/requests";
+import { passAll, retireEmptyShards } from "../services/scheduler";
 import { sweepCache } from "../services/optimizer";
 import { evaluateScaling } from "../services/scaling";
 
@@ -23,7 +23,7 @@ export async function runCron(controller: ScheduledController, env: Env): Promis
   const traceId = `cron-${controller.scheduledTime}`;
   const pools = await poolConfigs(env);
   const [dispatched, ...flushes] = await Promise.allSettled([
-    schedulerStub(env).pass("cron"),
+    passAll(env, "cron"),
     ...[...pools.keys()].map((id) => poolStub(env, id).flush()),
   ]);
   const delivered = flushes.reduce((n, r) => n + (r.status === "fulfilled" ? r.value : 0), 0);
@@ -56,6 +56,8 @@ export async function runCron(controller: ScheduledController, env: Env): Promis
     }),
   ]);
   await runRetention(env, controller.scheduledTime, traceId);
+  // Shards left above a lowered SCHEDULER_SHARDS are forgotten once they hold nothing (services/scheduler.ts).
+  await retireEmptyShards(env).catch((err: unknown) => log.error("cron_shard_retire_failed", { trace_id: traceId, error: String(err) }));
   log.info("cron_pass", {
     trace_id: traceId, cron: controller.cron, dispatched: dispatched!.status === "fulfilled" ? dispatched!.value : 0,
     pools: pools.size, usage_delivered: delivered, pools_failed: failed,

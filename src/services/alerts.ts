@@ -4,7 +4,7 @@ import { log } from "../log";
 import { ackAlert, getAlert, raisedFrom, raiseStatement, resolveStatement, type Alert } from "../storage/alerts";
 import { budgetLimit, poolConfigs } from "./config";
 import { poolStub } from "./pools";
-import { schedulerStub } from "./requests";
+import { queueStatus } from "./scheduler";
 
 /** A webhook that does not answer within this long is given up on; delivery never holds up its caller longer. */
 export const ALERT_WEBHOOK_DEADLINE_MS = 2000;
@@ -95,7 +95,7 @@ export async function checkAlerts(env: Env, now: number, traceId?: string): Prom
       const a = await poolStub(env, cfg.id).availability(cfg, null);
       return { id: cfg.id, level: a.level, capacity: a.capacity, lowWaterPercent: cfg.lowWaterPercent };
     })),
-    schedulerStub(env).queueStatus().then(
+    queueStatus(env).then(
       (s) => s.queues.map((q): QueueSnapshot => ({ queue: q.queue, depth: q.depth, oldestQueuedAt: q.depth > 0 ? now - q.oldest_wait_ms : null })),
       (err: unknown) => {
         log.warn("alert_check_scheduler_failed", { trace_id: traceId, error: String(err) });

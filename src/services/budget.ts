@@ -1,6 +1,7 @@
 import type { BudgetView } from "../domain/budget";
 import { AppError } from "../errors";
 import { budgetLimit } from "./config";
+import { unfinished } from "./scheduler";
 
 /**
  * A client's budget as its object keeps it: the limit that applies, this month's spend, money in
@@ -21,13 +22,12 @@ const IN_FLIGHT_GRACE_MS = 60_000;
  */
 export async function reconcileInFlight(env: Env, now: number): Promise<number> {
   const { results } = await env.DB.prepare("SELECT id FROM clients").all<{ id: string }>();
-  const scheduler = env.SCHEDULER.get(env.SCHEDULER.idFromName("scheduler"));
   let dropped = 0;
   for (const { id } of results) {
     const client = env.CLIENT.get(env.CLIENT.idFromName(id));
     const old = await client.inFlightSince(now - IN_FLIGHT_GRACE_MS);
     if (old.length === 0) continue;
-    const alive = new Set(await scheduler.unfinished(old));
+    const alive = new Set(await unfinished(env, old));
     const gone = old.filter((r) => !alive.has(r));
     if (gone.length) await client.drop(gone);
     dropped += gone.length;

@@ -7,7 +7,7 @@ import {
   type ApiKeyView, type ClientChanges, type ClientRow,
 } from "../storage/clients";
 import { clearConfigCache } from "./config";
-import { schedulerStub } from "./requests";
+import { activeFor, cancelClient } from "./scheduler";
 
 /** What an operator gives to create a client. */
 export type NewClient = Pick<ClientRow, "id" | "name" | "email" | "tier"> & Partial<Pick<ClientRow, "monthly_budget_nano" | "status">>;
@@ -53,7 +53,7 @@ export async function createClient(env: Env, input: NewClient, now: number): Pro
 
 export async function clientDetail(env: Env, clientId: string): Promise<ClientDetail> {
   const [client, activeKeys, active] = await Promise.all([
-    getClient(env.DB, clientId), countActiveKeys(env.DB, clientId), schedulerStub(env).activeFor(clientId),
+    getClient(env.DB, clientId), countActiveKeys(env.DB, clientId), activeFor(env, clientId),
   ]);
   if (!client) throw notFound(clientId);
   return { client, counts: { active_keys: activeKeys, queued: active.queued, running: active.running } };
@@ -82,9 +82,8 @@ export interface Deleted {
  */
 export async function deleteClient(env: Env, clientId: string, force: boolean): Promise<Deleted> {
   if (!(await getClient(env.DB, clientId))) throw notFound(clientId);
-  const scheduler = schedulerStub(env);
   const allocations = env.ALLOCATIONS.get(env.ALLOCATIONS.idFromName("allocations"));
-  const [{ queued, running }, allocated] = await Promise.all([scheduler.activeFor(clientId), allocations.liveFor(clientId)]);
+  const [{ queued, running }, allocated] = await Promise.all([activeFor(env, clientId), allocations.liveFor(clientId)]);
   let cancelled = 0;
   if (queued + running + allocated > 0) {
     if (!force) {
@@ -92,7 +91,7 @@ export async function deleteClient(env: Env, clientId: string, force: boolean): 
         client_id: clientId, queued, running, allocations: allocated,
       });
     }
-    cancelled = await scheduler.cancelClient(clientId);
+    cancelled = await cancelClient(env, clientId);
     await allocations.cancelClient(clientId);
   }
   await deleteClientRows(env.DB, clientId, Date.now());

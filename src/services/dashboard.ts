@@ -3,14 +3,14 @@ import { budgetView, resolveBudget } from "../domain/budget";
 import { rankByRisk, type BudgetRisk } from "../domain/budget-risk";
 import { dayKey, monthKey, monthStart, nextMonthStart } from "../domain/calendar";
 import { QUEUES, type QueueName } from "../domain/priority";
-import type { QueueStats, SchedulerState } from "../objects/scheduler";
+import type { QueueStats, SchedulerState } from "../objects/scheduler/types";
 import type { Alert } from "../storage/alerts";
 import { clientMonthSpend, openAlertCounts, openAlertsBySeverity, poolSamplesBetween, spendSteps } from "../storage/dashboard";
 import { queueSamplesBetween } from "../storage/queue-samples";
 import { recentFailures, type FinishedRequest } from "../storage/request-log";
 import { poolConfigs } from "./config";
 import { poolStub } from "./pools";
-import { schedulerStub } from "./requests";
+import { queueStatus, schedulerState } from "./scheduler";
 import { recentScalingEvents, type ScalingEvent } from "./scaling";
 
 /** One panel's data, or why it could not be read: a panel that fails does not take the page down. */
@@ -158,7 +158,7 @@ export async function trends(env: Env, now: number): Promise<Trends> {
 /** Everything the operator's dashboard shows, read from the owners in parallel. */
 export async function dashboardState(env: Env, now: number): Promise<DashboardState> {
   const [status, counts, poolPanel, budgetPanel, alerts, failures, scaling, trendPanel] = await Promise.all([
-    panel(() => schedulerStub(env).queueStatus()),
+    panel(() => queueStatus(env)),
     panel(() => openAlertCounts(env.DB)),
     panel(() => pools(env)),
     panel(() => budgetsByRisk(env, now)),
@@ -194,7 +194,7 @@ export interface DashboardData {
 export async function dashboardData(env: Env, now: number): Promise<DashboardData> {
   const [counts, running, budgets, trendData] = await Promise.all([
     openAlertCounts(env.DB),
-    schedulerStub(env).state().then((s) => s.running),
+    schedulerState(env).then((s) => s.running),
     budgetsByRisk(env, now),
     trends(env, now),
   ]);

@@ -6,10 +6,12 @@ import { monthKey } from "../domain/calendar";
 import { latencySnapshots } from "../http/latency";
 import type { Family } from "../http/prometheus";
 import { metricsRows } from "../storage/metrics";
-import type { DispatchCounters } from "../objects/scheduler";
+import { callDurations, callOutcomes } from "../rpc/metrics";
+import type { DispatchCounters } from "../objects/scheduler/types";
 import { poolConfigs } from "./config";
+import { consumeCounts } from "./pool-counters";
 import { poolStub } from "./pools";
-import { schedulerStub } from "./requests";
+import { schedulerMetrics } from "./scheduler";
 
 const COUNTER_HELP: Record<keyof DispatchCounters, string> = {
   dispatches: "Worker calls started, per template.",
@@ -28,7 +30,7 @@ export async function collectMetrics(env: Env, now: number): Promise<Family[]> {
   const configs = [...(await poolConfigs(env)).values()].sort((a, b) => a.id.localeCompare(b.id));
   const [pools, scheduler, rows, savings] = await Promise.all([
     Promise.all(configs.map(async (cfg) => ({ cfg, a: await poolStub(env, cfg.id).availability(cfg, null) }))),
-    schedulerStub(env).metrics(),
+    schedulerMetrics(env),
     metricsRows(env.DB, `${monthKey(now)}-01`),
     savingsTotals(env.DB),
   ]);
@@ -47,11 +49,15 @@ export async function collectMetrics(env: Env, now: number): Promise<Family[]> {
     { name: "rm_pool_reserved", type: "gauge", help: "Units held by open reservations.", samples: byPool((p) => p.a.reserved) },
     { name: "rm_pool_denials_total", type: "counter", help: "Spending (consume, reserve, scheduler admission) refused for lack of units: 429 rate_limited.", samples: byPool((p) => p.a.denials) },
     { name: "rm_pool_usage_events_pending", type: "gauge", help: "Usage events in the pool's outbox, not yet delivered to D1.", samples: byPool((p) => p.a.outbox) },
+    { name: "rm_pool_leased", type: "gauge", help: "Units lent to isolates on token leases: taken from the bucket, granted by their holders.", samples: byPool((p) => p.a.leased) },
+    { name: "rm_pool_consumes_total", type: "counter",
+      help: "Consumes per pool counted in this isolate since it started (each scrape sees the isolate that served it): granted or refused (429), decided from this isolate's token lease or by the pool's object.",
+      samples: consumeCounts().map((c) => ({ labels: { pool: c.pool, path: c.path, outcome: c.outcome }, value: c.value })) },
 
     { name: "rm_queue_depth", type: "gauge", help: "Requests queued now.", samples: scheduler.queues.map((q) => ({ labels: { queue: q.queue }, value: q.depth })) },
-    { name: "rm_queue_oldest_wait_seconds", type: "gauge", help: "How long the longest-waiting queued request has waited; 0 when the queue is empty.",
+    { name: "rm_queue_oldest_wait_seconds", type: "gauge", help: "How long the longest-waiting queued request that may run has waited since its ready time (creation, not_before or off-peak start, the latest); 0 when none.",
       samples: scheduler.queues.map((q) => ({ labels: { queue: q.queue }, value: q.oldest_wait_ms / 1000 })) },
-    { name: "rm_queue_wait_seconds", type: "histogram", help: "How long the requests queued now have waited so far: a snapshot at scrape time, not cumulative (_count equals the depth).",
+    { name: "rm_queue_wait_seconds", type: "histogram", help: "How long the requests queued now that may run have waited so far, since their ready time: a snapshot at scrape time, not cumulative (_count is the ready requests; held-back ones are left out).",
       samples: scheduler.queues.map((q) => ({ labels: { queue: q.queue }, value: q.wait_seconds })) },
 
     { name: "rm_scheduler_running", type: "gauge", help: "1 when the dispatcher is started, 0 when an operator stopped it.", samples: [{ value: scheduler.running ? 1 : 0 }] },
@@ -64,6 +70,12 @@ export async function collectMetrics(env: Env, now: number): Promise<Family[]> {
     { name: "rm_http_request_duration_seconds", type: "histogram",
       help: "HTTP request latency by route pattern, method and status class, counted per isolate since it started (each scrape sees the isolate that served it).",
       samples: latencySnapshots() },
+    { name: "rm_rpc_duration_seconds", type: "histogram",
+      help: "RPC (service binding) and MCP tool call latency by interface (via: rpc, mcp) and method or tool, counted per isolate since it started.",
+      samples: callDurations() },
+    { name: "rm_rpc_calls_total", type: "counter",
+      help: "RPC and MCP tool calls by interface (via), method or tool, and outcome (ok, or the error code), counted per isolate since it started.",
+      samples: callOutcomes() },
 
     { name: "rm_spend_nanodollars_total", type: "counter", help: "Money spent per pool since the ledger began, in nano-dollars (1e-9 USD), from the daily usage rollups.",
       samples: rows.spend.map((s) => ({ labels: { pool: s.pool_id }, value: s.total_nano })) },

@@ -1,22 +1,18 @@
+import { costOf } from "../domain/money";
 import type { Caller, PoolConfig } from "../domain/types";
 import { AppError } from "../errors";
-import type { ConsumeResult, Failure, Result, Spent, SpendItem, SpendOptions } from "../objects/pool";
+import { timeOrderedId } from "../domain/ids";
+import type { SpendMark } from "../objects/money";
+import type { ConsumeResult, Failure, ReleaseResult, ReserveResult, Result, Spent, SpendItem, SpendOptions } from "../objects/pool";
 import type { Principal } from "../http/context";
-import { clientTier } from "./config";
+import { budgetLimit, clientQuota, clientTier } from "./config";
+import { leaseConsume } from "./leases";
+import { debitMoney, settleDebit } from "./money";
+import { countConsume } from "./pool-counters";
+import { POOL_IDS_MAX, poolStub } from "./pool-stub";
+import { spendBudgetRefusal, spendQuotaRefusal } from "./refusals";
 
-/** Pool objects' ids by pool id: idFromName hashes the name on every call, and every spend needs one. */
-const poolIds = new Map<string, DurableObjectId>();
-const POOL_IDS_MAX = 4096;
-
-export function poolStub(env: Env, poolId: string): DurableObjectStub<import("../objects/pool").PoolObject> {
-  let id = poolIds.get(poolId);
-  if (!id) {
-    id = env.POOL.idFromName(poolId);
-    if (poolIds.size >= POOL_IDS_MAX) poolIds.clear();
-    poolIds.set(poolId, id);
-  }
-  return env.POOL.get(id);
-}
+export { poolStub };
 
 /** The configuration version this isolate last handed to each pool's object, which keeps what it adopts. */
 const handed = new Map<string, number>();
@@ -84,6 +80,29 @@ const lanes = new Map<string, Lane>();
 export async function consumeAt(
   env: Env, ctx: Pick<ExecutionContext, "waitUntil">, cfg: PoolConfig, caller: Caller, opts: SpendOptions,
 ): Promise<ConsumeResult> {
+  // The budget first (402 before any unit is taken), from this isolate's slice of the client's headroom.
+  const costNano = costOf(opts.amount, cfg.costPerUnitNano);
+  const debit = await debitMoney(env, ctx, caller.clientId, costNano, { pool: cfg.id, units: opts.amount });
+  let result: ConsumeResult | null = null;
+  let mark: { source: string; seq: number } | null = null;
+  try {
+    result = await leaseConsume(env, ctx, cfg, caller, opts.amount, opts.requestId ?? null, costNano, debit, opts.idempotencyKey);
+    // A grant from a lease settles its debit when it is reported (see ./leases.ts).
+    if (result) return result;
+    const spent = await spendInLane(env, ctx, cfg, caller, opts);
+    mark = { source: spent[4], seq: spent[3] };
+    countConsume(cfg.id, "object", true);
+    return { pool: cfg.id, eventId: spent[0], units: opts.amount, costNano: spent[1], remaining: spent[2] };
+  } catch (err) {
+    if (err instanceof AppError && err.code === "rate_limited") countConsume(cfg.id, "object", false);
+    throw err;
+  } finally {
+    if (!result) settleDebit(debit, mark);
+  }
+}
+
+/** One consume through the pool's lane (below): the object's answer, or the AppError it stands for. */
+async function spendInLane(env: Env, ctx: Pick<ExecutionContext, "waitUntil">, cfg: PoolConfig, caller: Caller, opts: SpendOptions): Promise<Spent> {
   const item: SpendItem = [caller.clientId, caller.tier, caller.via, opts.amount, opts.requestId ?? null, opts.idempotencyKey ?? null];
   let lane = lanes.get(cfg.id);
   if (!lane) lanes.set(cfg.id, (lane = { calls: 0, waiting: [] }));
@@ -97,8 +116,7 @@ export async function consumeAt(
   ctx.waitUntil(answer.then(ignore, ignore));
   const spent = await answer;
   if (!Array.isArray(spent)) return unwrap(spent);
-  const [eventId, costNano, remaining] = spent;
-  return { pool: cfg.id, eventId, units: opts.amount, costNano, remaining };
+  return spent;
 }
 
 function ignore(): void {}
@@ -174,6 +192,49 @@ async function spendAt(env: Env, cfg: PoolConfig, items: SpendItem[]): Promise<A
   }
   if (answers === null || answers.length !== items.length) throw new AppError("internal", `pool ${cfg.id} refused its configuration`);
   return answers;
+}
+
+/**
+ * Reserve units for a caller (/internal/reserve and RPC reserve). The reservation holds one of the
+ * client's job slots (its concurrency limit, and its units against the pool's daily cap) and its price
+ * in flight, in the client's object, until it is released or expires: refused with 429 quota_exceeded
+ * or 402 budget_exceeded before any unit is taken. Then the pool decides. Throws the AppError to answer.
+ */
+export async function reserveAt(env: Env, cfg: PoolConfig, caller: Caller, opts: SpendOptions & { ttlMs: number }): Promise<ReserveResult> {
+  const [limit, quota] = await Promise.all([budgetLimit(env, caller.clientId), clientQuota(env, caller.clientId)]);
+  if (!limit || !quota) throw new AppError("client_not_found", `no client ${caller.clientId}`, { client_id: caller.clientId });
+  const now = Date.now();
+  const id = timeOrderedId("res", now);
+  const nano = costOf(opts.amount, cfg.costPerUnitNano);
+  const client = clientStub(env, caller.clientId);
+  const held = await client.holdReservation(limit, quota, { id, nano, expiresAt: now + opts.ttlMs, pool: cfg.id, units: opts.amount });
+  if (!held.ok) throw "budget" in held ? spendBudgetRefusal(caller.clientId, nano, { pool: cfg.id, units: opts.amount }, held.budget) : spendQuotaRefusal(caller.clientId, held.quota);
+  let r: Result<ReserveResult>;
+  try {
+    r = await poolStub(env, cfg.id).reserve(cfg, caller, { ...opts, reservationId: id });
+  } catch (err) {
+    await client.settleReservation(id, null);
+    throw err;
+  }
+  // Refused, or the replay of an earlier reservation under the same idempotency key (held under its own id).
+  if (!r.ok || r.value.reservationId !== id) await client.settleReservation(id, null);
+  return unwrap(r);
+}
+
+/**
+ * Settle a reservation (/internal/release and RPC release): the pool consumes what was used and refunds
+ * the rest; the client's object frees its job slot and keeps the spend in flight until the pool's
+ * outbox has delivered it.
+ */
+export async function releaseAt(env: Env, cfg: PoolConfig, caller: Caller, reservationId: string, actualUsed: number): Promise<ReleaseResult> {
+  const r = unwrap(await poolStub(env, cfg.id).release(cfg, caller, reservationId, actualUsed));
+  const mark: SpendMark | null = r.eventId && r.seq && r.source ? [r.source, r.seq, r.costNano] : null;
+  await clientStub(env, caller.clientId).settleReservation(reservationId, mark);
+  return r;
+}
+
+function clientStub(env: Env, clientId: string) {
+  return env.CLIENT.get(env.CLIENT.idFromName(clientId));
 }
 
 /** A pool object's answer, or the AppError it stands for (429s carry Retry-After in seconds). */

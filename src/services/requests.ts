@@ -3,7 +3,7 @@ import { QUEUES, type QueueName } from "../domain/priority";
 import type { Caller } from "../domain/types";
 import { AppError, type ErrorBody } from "../errors";
 import type { BudgetView } from "../domain/budget";
-import { newRequestId, type EnqueueOutcome, type NewRequest, type PositionView, type RequestView } from "../objects/scheduler";
+import { newRequestId, type EnqueueOutcome, type NewRequest, type PositionView, type RequestView } from "../objects/scheduler/types";
 import { dayStart } from "../domain/calendar";
 import type { QuotaShortfall } from "../domain/quota";
 
@@ -14,6 +14,8 @@ import { compressText } from "./compression";
 import type { CostEstimate } from "./estimate";
 import { cacheGet, checkDowngradeChoice, planRequest } from "./optimizer";
 import { unwrap } from "./pools";
+import { cancelHeld, findByKey, getRequestView, positionView } from "./scheduler";
+import { ownerShard, shardStub } from "../objects/scheduler/shards";
 
 /** One request as a caller submits it (validated shape; see routes/queue.ts for the schema). */
 export interface RequestSpec {
@@ -32,10 +34,6 @@ export interface RequestSpec {
 }
 
 export const DEFAULT_QUEUE: QueueName = "normal";
-
-export function schedulerStub(env: Env) {
-  return env.SCHEDULER.get(env.SCHEDULER.idFromName("scheduler"));
-}
 
 /** A request ready for the scheduler, and its template's cheaper alternative (for a 402), if any. */
 export interface PreparedRequest {
@@ -99,7 +97,7 @@ export async function prepare(env: Env, caller: Caller, spec: RequestSpec): Prom
 export type EnqueueResult = { ok: true; value: EnqueueOutcome } | { ok: false; error: ErrorBody; index: number };
 
 type Prepared =
-  | { ok: true; value: NewRequest; alternative: CostEstimate["alternative"]; index: number; existing?: { id: string } }
+  | { ok: true; value: NewRequest; alternative: CostEstimate["alternative"]; index: number; existing?: { id: string }; shard: number }
   | { ok: false; error: ErrorBody; index: number };
 
 /**
@@ -108,17 +106,19 @@ type Prepared =
  * request had another spec, refused (409) before anything is booked. Admitted estimates are in
  * flight in the client's object until their requests finish.
  */
-async function admitAll(env: Env, caller: Caller, specs: RequestSpec[]): Promise<Prepared[]> {
-  const scheduler = schedulerStub(env);
+async function admitAll(env: Env, caller: Caller, specs: RequestSpec[], traceId: string | null): Promise<Prepared[]> {
+  const owner = ownerShard(env, caller.clientId);
   const prepared: Prepared[] = await Promise.all(specs.map(async (spec, index): Promise<Prepared> => {
     try {
       const key = spec.idempotency_key ?? null;
       const specHash = key ? await specFingerprint(spec) : null;
-      const keyed = key ? await scheduler.findByKey(caller.clientId, key, specHash) : null;
+      // The key's request may sit in a shard that owned this client before SCHEDULER_SHARDS changed: it is answered there.
+      const keyed = key ? await findByKey(env, caller.clientId, key, specHash) : null;
       if (keyed?.conflict) return { ok: false, error: idempotencyConflict(key!, keyed.id), index };
       const { request: value, alternative } = await prepare(env, caller, spec);
       value.specHash = specHash;
-      return keyed ? { ok: true, value, alternative, index, existing: { id: keyed.id } } : { ok: true, value, alternative, index };
+      value.traceId = traceId;
+      return keyed ? { ok: true, value, alternative, index, existing: { id: keyed.id }, shard: keyed.shard } : { ok: true, value, alternative, index, shard: owner };
     } catch (err) {
       if (err instanceof AppError) return { ok: false, error: errorBody(err), index };
       throw err;
@@ -178,11 +178,21 @@ function budgetRefusal(caller: Caller, request: NewRequest, cheaper: CostEstimat
   };
 }
 
-/** Enqueue several specs; each is answered on its own (a bad one does not stop the others). */
-export async function enqueueMany(env: Env, caller: Caller, specs: RequestSpec[]): Promise<EnqueueResult[]> {
-  const prepared = await admitAll(env, caller, specs);
+/**
+ * Enqueue several specs; each is answered on its own (a bad one does not stop the others). `traceId`
+ * (the HTTP, RPC or MCP call's) is stored with each request: on its scheduler log lines and its jobs.
+ */
+export async function enqueueMany(env: Env, caller: Caller, specs: RequestSpec[], traceId: string | null = null): Promise<EnqueueResult[]> {
+  const prepared = await admitAll(env, caller, specs, traceId);
   const toEnqueue = prepared.filter((p): p is Extract<Prepared, { ok: true }> => p.ok);
-  const outcomes: EnqueueOutcome[] = toEnqueue.length ? await schedulerStub(env).enqueue(toEnqueue.map((p) => p.value)) : [];
+  // One call per shard: the owner's, and a shard holding a repeated key's first request.
+  const outcomes: EnqueueOutcome[] = new Array(toEnqueue.length);
+  const byShard = new Map<number, number[]>();
+  toEnqueue.forEach((p, i) => byShard.set(p.shard, [...(byShard.get(p.shard) ?? []), i]));
+  await Promise.all([...byShard].map(async ([shard, list]) => {
+    const answers = await shardStub(env, shard).enqueue(list.map((i) => toEnqueue[i]!.value));
+    list.forEach((i, j) => (outcomes[i] = answers[j]!));
+  }));
   // A concurrent first use of the same key won the insert: this admission was never needed.
   const unused = toEnqueue.filter((p, i) => !p.existing && outcomes[i]!.request.id !== p.value.id).map((p) => p.value.id!);
   if (unused.length) await clientStub(env, caller.clientId).drop(unused);
@@ -194,12 +204,12 @@ export async function enqueueMany(env: Env, caller: Caller, specs: RequestSpec[]
   });
 }
 
-/** Enqueue one spec and, for the immediate queue, run it now when every limit admits it. */
-export async function execute(env: Env, caller: Caller, spec: RequestSpec): Promise<EnqueueOutcome> {
-  const [prepared] = await admitAll(env, caller, [{ ...spec, queue: spec.queue ?? "immediate" }]);
+/** Enqueue one spec and, for the immediate queue, run it now when every limit admits it (`traceId`: as enqueueMany). */
+export async function execute(env: Env, caller: Caller, spec: RequestSpec, traceId: string | null = null): Promise<EnqueueOutcome> {
+  const [prepared] = await admitAll(env, caller, [{ ...spec, queue: spec.queue ?? "immediate" }], traceId);
   if (!prepared!.ok) throw AppError.from(prepared!.error);
   const template = await templateConfig(env, prepared!.value.template);
-  const { conflict, ...outcome }: EnqueueOutcome = await schedulerStub(env).execute(prepared!.value, template.timeoutMs + 1000);
+  const { conflict, ...outcome }: EnqueueOutcome = await shardStub(env, prepared!.shard).execute(prepared!.value, template.timeoutMs + 1000);
   if (!prepared!.existing && outcome.request.id !== prepared!.value.id) await clientStub(env, caller.clientId).drop([prepared!.value.id!]);
   if (conflict) throw AppError.from(idempotencyConflict(prepared!.value.idempotencyKey!, outcome.request.id));
   return outcome;
@@ -231,19 +241,19 @@ function clientStub(env: Env, clientId: string) {
 }
 
 export async function getRequest(env: Env, id: string, clientId: string | null): Promise<RequestView> {
-  const found = await schedulerStub(env).get(id, clientId);
+  const found = await getRequestView(env, id, clientId);
   if (!found) throw new AppError("request_not_found", `no request ${id}`, { request_id: id });
   return found;
 }
 
 export async function positionOf(env: Env, id: string, clientId: string | null): Promise<PositionView> {
-  const found = await schedulerStub(env).position(id, clientId);
+  const found = await positionView(env, id, clientId);
   if (!found) throw new AppError("request_not_found", `no request ${id}`, { request_id: id });
   return found;
 }
 
 export async function cancelRequest(env: Env, id: string, clientId: string | null, onlyQueued: boolean): Promise<RequestView> {
-  return unwrap(await schedulerStub(env).cancel(id, clientId, onlyQueued));
+  return unwrap(await cancelHeld(env, id, clientId, onlyQueued));
 }
 
 function errorBody(err: AppError): ErrorBody {

@@ -2,7 +2,7 @@ import { cutoffOf, PRUNE_CHUNK_ROWS, RETENTION_KINDS, RETENTION_RULES, type Rete
 import { AppError } from "../errors";
 import { log } from "../log";
 import { listRetentionRows, pruneChunk, putRetentionRow, type PrunableKind } from "../storage/retention";
-import { schedulerStub } from "./requests";
+import { purgeFinished } from "./scheduler";
 
 /** One kind's setting as operators see it. */
 export interface RetentionSetting {
@@ -64,7 +64,7 @@ export async function runRetention(env: Env, now: number, traceId: string): Prom
     const cutoff = cutoffOf(now, days);
     try {
       pruned[kind] = kind === "requests"
-        ? await schedulerStub(env).purgeFinished(cutoff, PRUNE_CHUNK_ROWS)
+        ? await purgeFinished(env, cutoff, PRUNE_CHUNK_ROWS)
         : await pruneChunk(env.DB, kind as PrunableKind, cutoff, PRUNE_CHUNK_ROWS);
     } catch (err) {
       failed.push(kind);

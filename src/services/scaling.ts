@@ -8,7 +8,7 @@ import {
 } from "../storage/scaling";
 import { changePool, findPool } from "./pool-admin";
 import { poolStub } from "./pools";
-import { schedulerStub } from "./requests";
+import { waitingByPool } from "./scheduler";
 
 /** A pool's capacity changed by the scaling policy (the dashboard's panel reads these fields). */
 export type ScalingEvent = ScalingEventRecord;
@@ -33,7 +33,7 @@ type Waiting = Record<string, { requests: number; units: number; oldest_wait_ms:
 /** Work waiting on each pool, from the scheduler; nothing when it does not answer (queue triggers then stay quiet). */
 async function waitingOnPools(env: Env): Promise<Waiting> {
   try {
-    return await schedulerStub(env).waitingByPool();
+    return await waitingByPool(env);
   } catch (err) {
     log.warn("scaling_queue_unavailable", { error: String(err) });
     return {};

@@ -4,6 +4,7 @@ import type { PoolConfig, Sharing } from "../domain/types";
 export interface PoolRecord extends PoolConfig {
   sizing: "static" | "dynamic";
   lowWaterPercent: number;
+  leases: "auto" | "off";
   /** Dynamic pools only (null for static ones): the bounds a scaling policy keeps capacity within. */
   minCapacity: number | null;
   maxCapacity: number | null;
@@ -25,12 +26,14 @@ interface PoolRow {
   min_capacity: number | null;
   max_capacity: number | null;
   low_water_percent: number;
+  leases: PoolRecord["leases"];
 }
 
 /** Pools with their settings; a pool without a settings row is static with the default low water (10%). */
 const SELECT_POOLS = `
   SELECT p.id, p.name, p.unit, p.capacity, p.refill_per_sec, p.cost_per_unit_nano, p.sharing, p.status, p.version, p.updated_at,
-         COALESCE(s.sizing, 'static') AS sizing, s.min_capacity, s.max_capacity, COALESCE(s.low_water_percent, 10) AS low_water_percent
+         COALESCE(s.sizing, 'static') AS sizing, s.min_capacity, s.max_capacity, COALESCE(s.low_water_percent, 10) AS low_water_percent,
+         COALESCE(s.leases, 'auto') AS leases
   FROM pools p LEFT JOIN pool_settings s ON s.pool_id = p.id`;
 
 function toRecord(row: PoolRow): PoolRecord {
@@ -46,6 +49,7 @@ function toRecord(row: PoolRow): PoolRecord {
     version: row.version,
     sizing: row.sizing,
     lowWaterPercent: row.low_water_percent,
+    leases: row.leases,
     minCapacity: row.min_capacity,
     maxCapacity: row.max_capacity,
     updatedAt: row.updated_at,
@@ -98,12 +102,13 @@ export async function upsertPool(db: D1Database, pool: Omit<PoolConfig, "version
 function settingsStatement(db: D1Database, record: Omit<PoolRecord, "version" | "updatedAt">, now: number): D1PreparedStatement {
   return db
     .prepare(
-      `INSERT INTO pool_settings (pool_id, sizing, min_capacity, max_capacity, low_water_percent, updated_at)
-       SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE changes() = 1
+      `INSERT INTO pool_settings (pool_id, sizing, min_capacity, max_capacity, low_water_percent, updated_at, leases)
+       SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE changes() = 1
        ON CONFLICT (pool_id) DO UPDATE SET sizing = excluded.sizing, min_capacity = excluded.min_capacity,
-         max_capacity = excluded.max_capacity, low_water_percent = excluded.low_water_percent, updated_at = excluded.updated_at`,
+         max_capacity = excluded.max_capacity, low_water_percent = excluded.low_water_percent, updated_at = excluded.updated_at,
+         leases = excluded.leases`,
     )
-    .bind(record.id, record.sizing, record.minCapacity, record.maxCapacity, record.lowWaterPercent, now);
+    .bind(record.id, record.sizing, record.minCapacity, record.maxCapacity, record.lowWaterPercent, now, record.leases);
 }
 
 /** Create a pool at version 1 with its settings, in one batch. False when a pool with this id exists (nothing written). */

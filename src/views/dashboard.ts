@@ -126,14 +126,7 @@ const SCRIPT = `
 })();
 `;
 
-/** Content-Security-Policy for these pages: only this page's own script and style, calls to this origin only. */
-export function contentSecurityPolicy(nonce: string): string {
-  return [
-    "default-src 'none'", `script-src 'nonce-${nonce}'`, `style-src 'nonce-${nonce}'`, "connect-src 'self'",
-    "img-src data:", "form-action 'self'", "frame-ancestors 'none'", "base-uri 'none'",
-  ].join("; ");
-}
-
+/** `nonce`: the one in the response's content security policy (http/page-headers.ts). */
 function layout(title: string, nonce: string, body: Html, script: boolean): Html {
   return html`<!doctype html>
 <html lang="en">

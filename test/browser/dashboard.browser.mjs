@@ -22,7 +22,10 @@
 //      (the 5 s refresh), start the scheduler with its button and watch the queue drain
 //   5. at 390x844 (a phone): no horizontal overflow, wide tables scroll inside their panels
 //      (artifacts/dashboard-phone.png)
-//   6. no console error or page error the whole time (a Content-Security-Policy violation is one)
+//   6. /docs: its files are static assets (nosniff); Swagger UI renders every operation of /openapi.json,
+//      "Try it out" calls this origin, nothing is loaded from another origin and the content security
+//      policy blocks nothing (artifacts/docs.png)
+//   7. no console error or page error the whole time (a Content-Security-Policy violation is one)
 //
 // Usage: npm run test:browser. Exit status 0 when every check passed, 1 otherwise. Knobs: BROWSER_TEST_PORT
 // (first port to try, default 8971), BROWSER_TEST_KEEP_STATE=1 (keep the temporary directory),
@@ -352,6 +355,40 @@ async function run() {
   const phoneShot = join(ARTIFACTS, "dashboard-phone.png");
   await phone.screenshot({ path: phoneShot, fullPage: false });
   check(readFileSync(phoneShot).subarray(1, 4).toString() === "PNG", `a screenshot is at ${phoneShot}`);
+
+  // /docs: Swagger UI from the static assets (public/docs/) over /openapi.json, under a self-only policy.
+  for (const [path, type] of [["/docs/init.js", "text/javascript"], ["/docs/swagger-ui/swagger-ui-bundle.js", "text/javascript"], ["/docs/swagger-ui/swagger-ui.css", "text/css"]]) {
+    const res = await fetch(BASE + path, { signal: AbortSignal.timeout(15_000) });
+    await res.arrayBuffer();
+    check(res.status === 200 && res.headers.get("content-type")?.startsWith(type) && res.headers.get("x-content-type-options") === "nosniff",
+      `${path} is a static asset (${res.status}, ${res.headers.get("content-type")}, nosniff)`);
+  }
+  const docs = await context.newPage();
+  watch(docs);
+  await docs.addInitScript(() => {
+    window.__violations = [];
+    document.addEventListener("securitypolicyviolation", (e) => window.__violations.push(`${e.violatedDirective} ${e.blockedURI}`));
+  });
+  const foreign = [];
+  docs.on("request", (r) => {
+    if (!r.url().startsWith(`${BASE}/`) && !r.url().startsWith("data:")) foreign.push(r.url());
+  });
+  await docs.goto(`${BASE}/docs`);
+  await docs.locator(".opblock").first().waitFor();
+  const documented = Object.values((await api("GET", "/openapi.json", ADMIN_TOKEN)).json.paths)
+    .reduce((n, item) => n + Object.keys(item).filter((k) => ["get", "put", "post", "delete", "patch"].includes(k)).length, 0);
+  check((await docs.locator(".opblock").count()) === documented, `/docs renders all ${documented} operations of /openapi.json`);
+  const health = docs.locator('.opblock:has(.opblock-summary-path[data-path="/health"])').first();
+  await health.locator(".opblock-summary").click();
+  await health.locator("button.execute").click();
+  const answered = health.locator(".live-responses-table tbody .response-col_status").first();
+  await answered.waitFor();
+  check((await answered.innerText()).trim() === "200", "/docs tries an operation on this origin: GET /health answers 200");
+  const docsShot = join(ARTIFACTS, "docs.png");
+  await docs.screenshot({ path: docsShot, fullPage: false });
+  const violations = await docs.evaluate(() => window.__violations);
+  check(violations.length === 0 && foreign.length === 0,
+    `/docs loads nothing from another origin and its content security policy blocks nothing${violations.length || foreign.length ? `: ${[...violations, ...foreign].join(" | ")}` : ""}`);
 
   check(problems.length === 0, `no console error, page error or dialog${problems.length ? `: ${problems.join(" | ")}` : ""}`);
   console.log(`dashboard browser test: passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);

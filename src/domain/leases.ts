@@ -1,0 +1,92 @@
+/**
+ * Leases: slices of a limit lent by its owner (a pool's object lends tokens, a client's object lends
+ * budget headroom) to an isolate, which then decides spends locally. Pure arithmetic: the clock is a
+ * parameter. What is lent is already taken from the owner, so a lease never lets anyone overspend; it
+ * can only make a refusal elsewhere conservative, by at most what is out on leases, for at most a
+ * lease's life.
+ */
+
+/** Token leases (pool objects to isolates). */
+export const TOKEN_LEASE = {
+  /** A lease lives this long from its last exchange; its holder stops granting MARGIN_MS before. */
+  TTL_MS: 2_000,
+  MARGIN_MS: 300,
+  /** The owner takes an expired lease's units back this long after its expiry (a late report still lands). */
+  GRACE_MS: 2_000,
+  /** A holder reports its grants at least this often (and tops its slice up at the same time). */
+  REPORT_MS: 500,
+  /** A slice aims at this much of the holder's own traffic (two report intervals: a top-up comes before it runs out). */
+  WINDOW_MS: 1_000,
+  /** A pool in `auto` mode is leased by an isolate once that isolate consumes from it at this rate. */
+  AUTO_MIN_RATE: 4,
+  /** After the pool could not serve a holder, its consumes go to the object this long (exact refusals). */
+  DRY_BACKOFF_MS: 1_000,
+} as const;
+
+/** Money leases (client objects to isolates). */
+export const MONEY_LEASE = {
+  TTL_MS: 5_000,
+  MARGIN_MS: 500,
+  /**
+   * A lease that was not returned is held this long past its expiry before the money counts as free: its
+   * holder's spends all sit in pool outboxes by then, and outboxes deliver within seconds.
+   */
+  GRACE_MS: 15_000,
+  /** A returned lease's spend not yet delivered by its pool's outbox is held at most this long (a pool's storage that started over never delivers it). */
+  PENDING_MAX_MS: 10 * 60_000,
+  /** A slice aims at this much of the holder's spend for this client. */
+  WINDOW_MS: 2_000,
+} as const;
+
+/**
+ * What one lease request may take from `available` when `holders` others hold leases: at most a fair
+ * share, what is left split between them, this one and one more that may come (so no request, however
+ * frequent, takes the last units from a slower holder), but always at least `need` when that much is
+ * there (a spend that fits is never refused for fairness), and never more than `want`.
+ */
+export function grantFor(available: number, holders: number, want: number, need = 0): number {
+  const left = Math.max(0, Math.floor(available + 1e-9));
+  if (want <= 0 || left === 0) return 0;
+  const share = Math.floor(left / (Math.max(0, holders) + 2));
+  const floor = need <= left ? need : 0;
+  return Math.min(left, Math.max(floor, Math.min(want, share)));
+}
+
+/** How much a holder asks for: its rate over the window, at least `need`, at most `max`. */
+export function sliceWant(ratePerSec: number, windowMs: number, need: number, max: number): number {
+  const byRate = Math.ceil((Math.max(0, ratePerSec) * windowMs) / 1000);
+  return Math.max(need, Math.min(max, byRate));
+}
+
+/** A rate over a sliding window of whole seconds: the last full second and the running one, weighted. */
+export interface RateMeter {
+  /** Start of the running second. */
+  second: number;
+  current: number;
+  previous: number;
+}
+
+export function newMeter(now: number): RateMeter {
+  return { second: Math.floor(now / 1000) * 1000, current: 0, previous: 0 };
+}
+
+/** Count `amount` at `now` (mutates the meter). */
+export function observe(m: RateMeter, now: number, amount = 1): void {
+  roll(m, now);
+  m.current += amount;
+}
+
+/** The rate per second at `now`: the previous second weighted by how much of it the window still covers. */
+export function rateOf(m: RateMeter, now: number): number {
+  roll(m, now);
+  const into = (now - m.second) / 1000;
+  return m.current + m.previous * (1 - into);
+}
+
+function roll(m: RateMeter, now: number): void {
+  const second = Math.floor(now / 1000) * 1000;
+  if (second === m.second) return;
+  m.previous = second - m.second === 1000 ? m.current : 0;
+  m.current = 0;
+  m.second = second;
+}

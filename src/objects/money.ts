@@ -1,0 +1,132 @@
+import { budgetView, type BudgetLimit, type BudgetView } from "../domain/budget";
+import { MONEY_LEASE } from "../domain/leases";
+import { timeOrderedId } from "../domain/ids";
+
+/**
+ * Spend decided under a money lease or a reservation, as its holder hands it back: the pool outbox it
+ * went to (source), the seq of its last event there, and its cost. Until that outbox has delivered the
+ * seq to this client, the cost stays in flight; after, it is in the month's spend. Never both missing.
+ */
+export type SpendMark = [source: string, seq: number, nano: number];
+
+export interface MoneyRequest {
+  /** The lease the holder gives back, with the spend decided under it (per outbox). */
+  returning: { id: string; marks: SpendMark[] } | null;
+  /** Spends decided under the returned lease whose outcome the holder does not know yet: held again in the new one. */
+  carry: number;
+  /** The spend waiting for this lease: granted with it, or refused (402) with the budget as it stands. */
+  need: number;
+  /** What the holder would like (its rate over the window). */
+  want: number;
+}
+
+export interface MoneyAnswer {
+  lease: { id: string; nano: number; ttlMs: number } | null;
+  /** Set when `need` does not fit: the budget as it stands (the 402's explanation). */
+  refused: BudgetView | null;
+}
+
+/** What the money book needs of the client object. */
+export interface MoneyHost {
+  /** The highest seq counted from a pool outbox (0: none). */
+  delivered(source: string): number;
+  /** This month's spend, and the estimates of admitted requests in flight. */
+  spent(now: number): number;
+  requestsInFlight(): number;
+}
+
+/**
+ * A client's money held outside its requests: slices of budget headroom leased to isolates (which decide
+ * direct consumes against them locally), reservations made over /internal/reserve, and spend handed
+ * back under a lease or reservation that its pool's outbox has not delivered yet. All of it counts as
+ * money in flight, so budget + in flight can never be overrun; a holder that never comes back is
+ * covered until its hold's drop time.
+ */
+export class MoneyBook {
+  constructor(private readonly sql: SqlStorage, private readonly host: MoneyHost) {
+    sql.exec(`
+      CREATE TABLE IF NOT EXISTS money_holds (
+        id TEXT PRIMARY KEY,
+        nano INTEGER NOT NULL,
+        drop_at INTEGER NOT NULL,
+        source TEXT,
+        seq INTEGER
+      );
+    `);
+  }
+
+  /** Money held now (expired holds dropped first). */
+  held(now: number): number {
+    this.sql.exec("DELETE FROM money_holds WHERE drop_at <= ?", now);
+    return this.sql.exec<{ n: number }>("SELECT COALESCE(SUM(nano), 0) AS n FROM money_holds").one().n;
+  }
+
+  /** Money in flight: admitted requests' estimates and every hold. */
+  inFlight(now: number): number {
+    return this.host.requestsInFlight() + this.held(now);
+  }
+
+  /**
+   * Take back a returned lease (its undelivered spend stays held) and lend a new one: `carry + need` when
+   * they fit the budget, up to `want` but at most half of what is left (another isolate asking next still
+   * finds some). When `need` does not fit, only `carry` is lent (money already spent) and the answer
+   * explains the refusal. Synchronous: no two leases can be lent from the same headroom.
+   */
+  lease(limit: BudgetLimit, req: MoneyRequest, now: number): MoneyAnswer {
+    if (req.returning) this.giveBack(req.returning.id, req.returning.marks, now);
+    const spent = this.host.spent(now);
+    const inFlight = this.inFlight(now);
+    const carry = Math.max(0, req.carry);
+    const min = carry + Math.max(0, req.need);
+    let nano: number;
+    let refused: BudgetView | null = null;
+    if (limit.limitNano === null) {
+      nano = Math.max(min, req.want);
+    } else {
+      const left = limit.limitNano - spent - inFlight;
+      if (left >= min) {
+        nano = Math.min(left, Math.max(min, Math.min(req.want, Math.floor(left / 2))));
+      } else {
+        nano = carry;
+        refused = budgetView(limit, spent, inFlight + carry, now);
+      }
+    }
+    if (nano <= 0) return { lease: null, refused };
+    const id = timeOrderedId("mls", now);
+    this.sql.exec(
+      "INSERT INTO money_holds (id, nano, drop_at) VALUES (?, ?, ?)",
+      id, nano, now + MONEY_LEASE.TTL_MS + MONEY_LEASE.GRACE_MS,
+    );
+    return { lease: { id, nano, ttlMs: MONEY_LEASE.TTL_MS }, refused };
+  }
+
+  /** Hold a reservation's price until it is settled or its expiry (plus the grace) passes. */
+  hold(id: string, nano: number, expiresAt: number): void {
+    this.sql.exec(
+      "INSERT INTO money_holds (id, nano, drop_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
+      id, nano, expiresAt + MONEY_LEASE.GRACE_MS,
+    );
+  }
+
+  /** A lease or reservation comes back: its hold ends; the spend made under it stays held until delivered. */
+  giveBack(id: string, marks: SpendMark[], now: number): void {
+    this.sql.exec("DELETE FROM money_holds WHERE id = ?", id);
+    for (const [source, seq, nano] of marks) {
+      if (nano <= 0 || seq <= this.host.delivered(source)) continue;
+      this.sql.exec(
+        "INSERT INTO money_holds (id, nano, drop_at, source, seq) VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        `${id}:${source}`, nano, now + MONEY_LEASE.PENDING_MAX_MS, source, seq,
+      );
+    }
+  }
+
+  /** A pool outbox delivered up to `seq`: spend handed back under it is in the month's spend now. */
+  delivered(source: string, seq: number): void {
+    this.sql.exec("DELETE FROM money_holds WHERE source = ? AND seq <= ?", source, seq);
+  }
+
+  /** The budget as it stands, with every hold in flight. */
+  view(limit: BudgetLimit, now: number): BudgetView {
+    return budgetView(limit, this.host.spent(now), this.inFlight(now), now);
+  }
+}

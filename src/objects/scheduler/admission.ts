@@ -1,0 +1,159 @@
+/**
+ * Admission: claim the best ready requests under a lease, then admit them against their clients'
+ * quotas (slots, burst, daily caps; one call per client) and every pool amount they need (one call per
+ * pool), all-or-nothing per request. What is not admitted goes back to its queue with anything it got
+ * released; what can never run fails.
+ */
+import { dayStart } from "../../domain/calendar";
+import { DEFAULT_TIER_WEIGHTS, priorityOf } from "../../domain/priority";
+import type { PoolConfig } from "../../domain/types";
+import type { ErrorBody } from "../../errors";
+import { clientQuota, clientTier, tierLimits } from "../../services/config";
+import { poolStub } from "../../services/pools";
+import type { Template } from "../../storage/templates";
+import type { ReserveResult, Result } from "../pool";
+import type { WaitClaim } from "../pool-waiters";
+import { callerOf, groupBy, type Held, type Row } from "./rows";
+import type { Release } from "./settlement";
+import type { QueueStore } from "./store";
+
+/** What admission asks of settlement: to give back what requests it does not admit got. */
+export interface AdmissionHost {
+  releaseHolds(items: Release[]): Promise<unknown>;
+}
+
+export class Admission {
+  /** `shard`: this scheduler object's name, which pools record their waiting requests under (../pool-waiters.ts). */
+  constructor(private readonly env: Env, private readonly store: QueueStore, private readonly host: AdmissionHost, private readonly shard: string) {}
+
+  /**
+   * Take requests out of their queues under a lease (template timeout + LEASE_MARGIN_MS), in one write
+   * (synchronous: no other pass can take them too).
+   */
+  claim(items: Array<{ id: string; template: Template | undefined }>, now: number): Row[] {
+    const margin = this.leaseMarginMs();
+    return this.store.claim(items.map(({ id, template }) => [id, now + (template?.timeoutMs ?? 30_000) + margin] as const), now);
+  }
+
+  /**
+   * Admit claimed requests: client slots first (batched per client), then every pool amount
+   * (batched per pool), all-or-nothing per request. Requests not admitted go back to their queue with
+   * anything they got released; requests that can never run fail now.
+   */
+  async admit(rows: Row[], templates: Map<string, Template>, pools: Map<string, PoolConfig>, blockedPools: Set<string>, fullClients: Set<string>): Promise<{ rows: Row[]; retryAt: number | null }> {
+    let retryAt: number | null = null;
+    const requeue: Row[] = [];
+    const failNow: Array<{ row: Row; reason: string }> = [];
+    const runnable: Row[] = [];
+    for (const row of rows) {
+      const template = templates.get(row.template);
+      const missing = template?.requirements.find((r) => !pools.has(r.pool));
+      if (!template) failNow.push({ row, reason: `template ${row.template} no longer exists` });
+      else if (missing) failNow.push({ row, reason: `pool ${missing.pool} no longer exists` });
+      else runnable.push(row);
+    }
+
+    // The client's quota, one call per client: its object admits jobs up to the quota (and burst). A
+    // suspended client's work waits in its queue; a deleted client's fails.
+    const byClient = groupBy(runnable, (r) => r.client_id);
+    const slotted = new Set<string>();
+    const waitUntil = new Map<string, number>();
+    const weights = new Map<string, number>();
+    const tiers = await tierLimits(this.env);
+    await Promise.all([...byClient].map(async ([clientId, list]) => {
+      const [quota, client] = await Promise.all([clientQuota(this.env, clientId), clientTier(this.env, clientId)]);
+      if (!quota || !client) {
+        for (const row of list) failNow.push({ row, reason: `client ${clientId} no longer exists` });
+        return;
+      }
+      weights.set(clientId, quota.weight ?? tiers.get(client.tier)?.weight ?? DEFAULT_TIER_WEIGHTS[client.tier]);
+      if (client.status === "suspended") {
+        fullClients.add(clientId);
+        return;
+      }
+      const claims = list.map((r) => ({
+        jobId: r.id, kind: "request" as const, expiresAt: r.lease_until!,
+        pools: Object.fromEntries(templates.get(r.template)!.requirements.map((q) => [q.pool, q.amount])),
+      }));
+      const decisions = await this.env.CLIENT.get(this.env.CLIENT.idFromName(clientId)).acquireJobs(quota, claims, this.shard);
+      decisions.forEach((d, i) => {
+        if (d.ok) slotted.add(list[i]!.id);
+        // Over a daily cap per pool: the request waits for the next UTC day.
+        else if (d.shortfall.limit === "pool_daily") waitUntil.set(list[i]!.id, dayStart(Date.now()) + 24 * 60 * 60 * 1000);
+      });
+      if (decisions.some((d) => !d.ok)) fullClients.add(clientId);
+    }));
+
+    // Pool reservations, one call per pool.
+    const withSlot = runnable.filter((r) => slotted.has(r.id));
+    const failing = new Set(failNow.map((f) => f.row.id));
+    for (const r of runnable) if (!slotted.has(r.id) && !failing.has(r.id)) requeue.push(r);
+    const needs = new Map<string, Array<{ row: Row; amount: number }>>();
+    for (const row of withSlot) {
+      for (const req of templates.get(row.template)!.requirements) {
+        needs.set(req.pool, [...(needs.get(req.pool) ?? []), { row, amount: req.amount }]);
+      }
+    }
+    const held = new Map<string, Held[]>();
+    const refused = new Map<string, ErrorBody>();
+    const rankedAt = Date.now();
+    // What a pool short of units arbitrates between shards with: class, weight, shard (../pool-waiters.ts).
+    const claimOf = (row: Row): WaitClaim => {
+      const p = priorityOf({ tier: row.tier, tierPoints: tiers.get(row.tier)?.priority_points, queue: row.queue, createdAt: row.created_at, readyAt: row.ready_at ?? undefined, recentShare: 0 }, rankedAt);
+      return { clientId: row.client_id, shard: this.shard, priority: Math.floor(p.tier + p.queue + p.wait) + (p.starved ? 100 : 0), weight: weights.get(row.client_id) ?? 1 };
+    };
+    await Promise.all([...needs].map(async ([pool, list]) => {
+      const results = (await poolStub(this.env, pool).reserveMany(pools.get(pool)!, list.map(({ row, amount }) => ({
+        caller: callerOf(row), amount, ttlMs: Math.max(1000, row.lease_until! - Date.now()), requestId: row.id, wait: claimOf(row),
+      })))) as Result<ReserveResult>[];
+      results.forEach((res, i) => {
+        const { row, amount } = list[i]!;
+        if (res.ok) held.set(row.id, [...(held.get(row.id) ?? []), { pool, reservationId: res.value.reservationId, amount }]);
+        else if (!refused.has(row.id)) refused.set(row.id, res.error);
+      });
+    }));
+
+    const admitted: Row[] = [];
+    const rollback: Array<{ row: Row; holds: Held[] }> = [];
+    for (const row of withSlot) {
+      const error = refused.get(row.id);
+      const holds = held.get(row.id) ?? [];
+      if (!error) {
+        row.reservations = JSON.stringify(holds);
+        admitted.push(row);
+        continue;
+      }
+      rollback.push({ row, holds });
+      if (error.code === "rate_limited") {
+        const details = error.details as { pool: string; retry_after_ms: number | null };
+        blockedPools.add(details.pool);
+        const hint = details.retry_after_ms ?? 60_000;
+        retryAt = Math.min(retryAt ?? Infinity, Date.now() + Math.max(10, hint));
+        requeue.push(row);
+      } else if (error.code === "pool_inactive") {
+        requeue.push(row);
+        retryAt = Math.min(retryAt ?? Infinity, Date.now() + 60_000);
+      } else {
+        failNow.push({ row, reason: `${error.code}: ${error.message}` });
+      }
+    }
+    if (rollback.length) await this.host.releaseHolds(rollback.map(({ row, holds }) => ({ row: { ...row, reservations: JSON.stringify(holds) }, actual: {}, final: false })));
+
+    const now = Date.now();
+    const claimed = (row: Row) => this.store.live.get(row.id)?.status === "dispatching";
+    for (const row of requeue) if (claimed(row)) this.store.requeue(row, now, waitUntil.get(row.id) ?? row.not_before, false);
+    this.store.finishAll(failNow.filter(({ row }) => claimed(row)).map(({ row, reason }) => ({ id: row.id, status: "failed", error: reason })), now);
+    for (const row of rows) this.store.admitting.delete(row.id);
+    // A request cancelled while it was being admitted gives back what it got.
+    const stillClaimed = admitted.filter(claimed);
+    const cancelled = admitted.filter((r) => !stillClaimed.includes(r));
+    if (cancelled.length) await this.host.releaseHolds(cancelled.map((row) => ({ row, actual: {}, final: true })));
+    const failed = failNow.filter(({ row }) => this.store.rowOf(row.id)?.status === "failed").map(({ row }) => row);
+    if (failed.length) await this.host.releaseHolds(failed.map((row) => ({ row: { ...row, reservations: null }, actual: {}, final: true })));
+    return { rows: stillClaimed, retryAt };
+  }
+
+  private leaseMarginMs(): number {
+    return Number((this.env as unknown as Record<string, string>).LEASE_MARGIN_MS ?? 5000) || 5000;
+  }
+}

@@ -1,0 +1,183 @@
+/**
+ * The dispatcher: one pass over the queues. It returns expired leases to their queues, then takes the
+ * ready requests in fair order, chunk by chunk: claim (QueueStore), admit (Admission), mark running and
+ * launch (WorkerCalls), until the in-flight limit or the end of the ready list. An `execute` of
+ * immediate work takes the immediate lane (runNow): its own request only, with no pass over the backlog.
+ */
+import { log } from "../../log";
+import { poolConfigs, templateConfigs } from "../../services/config";
+import type { Template } from "../../storage/templates";
+import type { Admission } from "./admission";
+import type { WorkerCalls } from "./calls";
+import type { Health } from "./health";
+import { CHUNK, IMMEDIATE_HEADROOM, MAX_IN_FLIGHT, SCAN_LIMIT, YOUNG_MS, YOUNG_TOTAL } from "./limits";
+import { shardCount } from "./shards";
+import type { Outbox } from "./outbox";
+import type { Ranking } from "./ranking";
+import type { Row } from "./rows";
+import type { Settlement } from "./settlement";
+import type { QueueStore } from "./store";
+
+/** What the pass asks of the object that hosts it: whether dispatch is on, an alarm, and whether it owns a client. */
+export interface DispatcherHost {
+  isRunning(): boolean;
+  ensureAlarm(at: number): void;
+  /** False for a client whose new work goes to another shard now (SCHEDULER_SHARDS changed): this shard drains its old work. */
+  ownsClient(clientId: string): boolean;
+}
+
+/** A shard draining a client it no longer owns looks for freed slots this often (the client object wakes only its owner). */
+const FORMER_CLIENT_POLL_MS = 1000;
+
+/** The collaborators a pass drives. */
+export interface PassParts {
+  store: QueueStore;
+  ranking: Ranking;
+  admission: Admission;
+  calls: WorkerCalls;
+  settlement: Settlement;
+  health: Health;
+  outbox: Outbox;
+}
+
+export class Dispatcher {
+  /** When the last pass began. */
+  lastPassAt: number | null = null;
+  private readonly store: QueueStore;
+  private readonly ranking: Ranking;
+  private readonly admission: Admission;
+  private readonly calls: WorkerCalls;
+  private readonly settlement: Settlement;
+  private readonly health: Health;
+  private readonly outbox: Outbox;
+
+  constructor(private readonly env: Env, parts: PassParts, private readonly host: DispatcherHost) {
+    this.store = parts.store;
+    this.ranking = parts.ranking;
+    this.admission = parts.admission;
+    this.calls = parts.calls;
+    this.settlement = parts.settlement;
+    this.health = parts.health;
+    this.outbox = parts.outbox;
+  }
+
+  /**
+   * One dispatch pass: return expired leases to the queue, then claim the best ready requests and
+   * admit and launch them, chunk by chunk, until the in-flight limit or the ready list is reached.
+   * Requests blocked on a pool or a client's slots are skipped for the rest of the pass (no
+   * lower-priority request overtakes them on that pool or client). Returns how many were launched.
+   */
+  async pass(trigger: string, onlyIds?: string[]): Promise<number> {
+    const now = Date.now();
+    this.lastPassAt = now;
+    const lost = this.settlement.reclaimLeases(now);
+    if (lost.length) await this.settlement.releaseHolds(lost.map((row) => ({ row: { ...row, reservations: null }, actual: {}, final: true })));
+    if (!this.host.isRunning()) {
+      await this.outbox.flush();
+      return 0;
+    }
+    const [templates, pools] = await Promise.all([templateConfigs(this.env), poolConfigs(this.env), onlyIds ? undefined : this.ranking.loadWeights()]);
+    const order = onlyIds ?? this.ranking.readyOrder(now);
+    const blockedPools = new Set<string>();
+    const fullClients = new Set<string>();
+    // Identical cacheable requests are coalesced: while one runs, the others wait and share its result.
+    const keysInFlight = new Set<string>();
+    for (const [id, plan] of this.store.plans) {
+      const status = this.store.live.get(id)?.status;
+      if (plan.cache_key && (status === "dispatching" || status === "running")) keysInFlight.add(plan.cache_key);
+    }
+    let coalescedWaiting = 0;
+    let launched = 0;
+    let wakeAt: number | null = null;
+    const limit = onlyIds ? MAX_IN_FLIGHT + IMMEDIATE_HEADROOM : MAX_IN_FLIGHT;
+    const end = Math.min(order.length, SCAN_LIMIT);
+    let cursor = 0;
+    const youngLimit = onlyIds ? Infinity : Math.max(CHUNK / 4, Math.floor(YOUNG_TOTAL / shardCount(this.env)));
+    let paced = false;
+    while (cursor < end && this.calls.inflight.size + this.store.admitting.size < limit) {
+      const youngRoom = youngLimit - this.calls.young(Date.now(), YOUNG_MS) - this.store.admitting.size;
+      if (youngRoom <= 0) {
+        paced = true;
+        break;
+      }
+      // The next requests in rank order, as many as there is room for: none is passed over unless it
+      // cannot run now (room freed while a chunk was admitted goes to the very next in line).
+      const room = Math.min(CHUNK, youngRoom, limit - this.calls.inflight.size - this.store.admitting.size);
+      const chunk: Array<{ id: string; template: Template | undefined }> = [];
+      while (chunk.length < room && cursor < end) {
+        const id = order[cursor++]!;
+        const q = this.store.queued.get(id);
+        if (!q || q.notBefore > now || fullClients.has(q.clientId)) continue;
+        const template = templates.get(this.store.rowOf(id)!.template);
+        if (template && template.requirements.some((r) => blockedPools.has(r.pool))) continue;
+        const key = this.store.plans.get(id)?.cache_key;
+        if (key) {
+          if (keysInFlight.has(key)) {
+            coalescedWaiting += 1;
+            continue;
+          }
+          keysInFlight.add(key);
+        }
+        chunk.push({ id, template });
+      }
+      if (chunk.length === 0) continue;
+      const rows = this.admission.claim(chunk, Date.now());
+      const admitted = await this.admission.admit(rows, templates, pools, blockedPools, fullClients);
+      this.start(admitted.rows, Date.now());
+      this.calls.launchAll(admitted.rows, templates);
+      this.health.saveCounters();
+      launched += admitted.rows.length;
+      if (admitted.retryAt !== null) wakeAt = Math.min(wakeAt ?? Infinity, admitted.retryAt);
+    }
+    if (launched > 0) log.info("dispatch_pass", { trigger, launched, queued: this.store.queued.size, in_flight: this.calls.inflight.size });
+    const nextReady = this.store.nextNotBefore(Date.now());
+    if (nextReady !== null) wakeAt = Math.min(wakeAt ?? Infinity, nextReady);
+    // More ready work than this pass could take: continue right after it, without waiting for the cron.
+    if (!onlyIds && this.store.readyCount(Date.now()) > coalescedWaiting && blockedPools.size === 0 && fullClients.size === 0 && this.calls.inflight.size < MAX_IN_FLIGHT) {
+      // Paced: come back when some of the calls just started have ended or aged (a settlement wakes it sooner).
+      wakeAt = paced ? Date.now() + YOUNG_MS / 5 : Date.now();
+    }
+    if ([...fullClients].some((c) => !this.host.ownsClient(c))) wakeAt = Math.min(wakeAt ?? Infinity, Date.now() + FORMER_CLIENT_POLL_MS);
+    if (wakeAt !== null) this.host.ensureAlarm(wakeAt);
+    if (!onlyIds) await this.health.checkAlerts(Date.now());
+    if (!onlyIds) await this.outbox.flush();
+    return launched;
+  }
+
+  /**
+   * The immediate lane: admit and launch one request now, with no pass over the backlog (no lease
+   * sweep, no ranking, no alert check or outbox flush), within the headroom kept above the in-flight
+   * limit; its outcome is settled on its own (Settlement.queue). False when it stays queued: not ready,
+   * taken meanwhile, refused by its client's or a pool's limits (then the alarm retries it first: it
+   * ranks highest), or an identical cacheable request is running (it will share that result).
+   */
+  async runNow(id: string): Promise<boolean> {
+    if (!this.store.queued.has(id) || this.calls.inflight.size + this.store.admitting.size >= MAX_IN_FLIGHT + IMMEDIATE_HEADROOM) return false;
+    const key = this.store.plans.get(id)?.cache_key;
+    if (key) {
+      for (const [other, plan] of this.store.plans) {
+        const status = this.store.live.get(other)?.status;
+        if (other !== id && plan.cache_key === key && (status === "dispatching" || status === "running")) return false;
+      }
+    }
+    const [templates, pools] = await Promise.all([templateConfigs(this.env), poolConfigs(this.env)]);
+    const q = this.store.queued.get(id);
+    if (!q || q.notBefore > Date.now()) return false; // a pass took it meanwhile, or it waits for its time
+    const rows = this.admission.claim([{ id, template: templates.get(this.store.rowOf(id)!.template) }], Date.now());
+    const admitted = await this.admission.admit(rows, templates, pools, new Set(), new Set());
+    this.start(admitted.rows, Date.now());
+    this.calls.launchAll(admitted.rows, templates);
+    this.health.saveCounters();
+    if (admitted.rows.length === 0) this.host.ensureAlarm(admitted.retryAt ?? Date.now());
+    return admitted.rows.length > 0;
+  }
+
+  /** Mark admitted requests running (one write), counted as dispatched for fairness and metrics. */
+  private start(rows: Row[], now: number): void {
+    this.store.start(rows, now);
+    for (const row of rows) {
+      this.ranking.noteDispatch(row, now);
+      this.health.count(row.template, "dispatches");
+    }
+  }
+}

@@ -1,0 +1,282 @@
+import { DurableObject } from "cloudflare:workers";
+import type { QueueName } from "../../domain/priority";
+import type { RequestSla, SlaTarget } from "../../domain/sla";
+import type { Tier } from "../../domain/types";
+import { log } from "../../log";
+import type { Result } from "../pool";
+import { Admission } from "./admission";
+import { WorkerCalls } from "./calls";
+import { Dispatcher } from "./dispatcher";
+import { Health } from "./health";
+import { MAX_IN_FLIGHT } from "./limits";
+import { Outbox } from "./outbox";
+import { Ranking } from "./ranking";
+import { viewOf } from "./rows";
+import { createTables } from "./schema";
+import { Settlement } from "./settlement";
+import { ownerShard, shardName } from "./shards";
+import { QueueStore } from "./store";
+import type { EnqueueOutcome, NewRequest, PositionView, QueueStats, RequestView, SchedulerMetrics, SchedulerState, SlaGroup } from "./types";
+
+/**
+ * The scheduler: the single owner of the five queues. It ranks queued requests, claims the best
+ * with a lease, admits them against client slots and pool reservations (all-or-nothing, batched per
+ * client and per pool), invokes each template's worker through its service binding with a deadline,
+ * and settles what the worker reports. Claims are synchronous, so overlapping passes (alarm, cron,
+ * execute) can never dispatch one request twice; a lease that ends returns its request to the queue.
+ *
+ * This class is the host: it owns the storage, the alarm and the running switch, wires the
+ * collaborators (one file each beside it) and answers RPC by delegating to them.
+ *
+ * One object per shard (./shards.ts): each owns the clients that hash to it, with its own queues,
+ * alarm, leases and outbox. Shard 0 also keeps the shard span (how many shards may hold work).
+ */
+export class SchedulerObject extends DurableObject<Env> {
+  private readonly store: QueueStore;
+  private readonly ranking: Ranking;
+  private readonly admission: Admission;
+  private readonly calls: WorkerCalls;
+  private readonly settlement: Settlement;
+  private readonly outbox: Outbox;
+  private readonly health: Health;
+  private readonly dispatcher: Dispatcher;
+  private running: boolean;
+  private alarmAt: number | null = null;
+  /** This shard's name ("scheduler", "scheduler-<k>") and index. */
+  private readonly shard: string;
+  private readonly shardIndex: number;
+
+  constructor(ctx: DurableObjectState, env: Env) {
+    super(ctx, env);
+    const sql = ctx.storage.sql;
+    createTables(sql);
+    this.shard = ctx.id.name ?? shardName(0);
+    this.shardIndex = this.shard === shardName(0) ? 0 : Number(this.shard.slice("scheduler-".length));
+    // Collaborators call each other through narrow hosts; the arrows resolve once all are wired.
+    this.store = new QueueStore(sql, {
+      tierPointsOf: (tier) => this.ranking.tierPointsOf(tier),
+      enqueueScore: (clientId, tier, queue, now) => this.ranking.enqueueScore(clientId, tier, queue, now),
+    });
+    this.ranking = new Ranking(env, this.store);
+    const saved = this.store.readState();
+    this.running = saved.get("running") !== "false";
+    this.health = new Health(env, this.store, this.ranking, saved.get("counters"));
+    this.outbox = new Outbox(env, sql);
+    this.calls = new WorkerCalls(env, this.store, {
+      settle: (id, attempt, outcome) => this.settlement.queue(id, attempt, outcome),
+      settleNow: () => this.settlement.settleNow(),
+      noteDuration: (ms) => this.ranking.noteDuration(ms),
+    });
+    this.settlement = new Settlement(env, this.store, this.health, {
+      abortCall: (id, reason) => this.calls.abort(id, reason),
+      dropCall: (id, reason) => this.calls.drop(id, reason),
+      ensureAlarm: (at) => this.ensureAlarm(at),
+    });
+    this.admission = new Admission(env, this.store, this.settlement, this.shard);
+    this.dispatcher = new Dispatcher(
+      env,
+      { store: this.store, ranking: this.ranking, admission: this.admission, calls: this.calls, settlement: this.settlement, health: this.health, outbox: this.outbox },
+      { isRunning: () => this.running, ensureAlarm: (at) => this.ensureAlarm(at), ownsClient: (id) => ownerShard(env, id) === this.shardIndex },
+    );
+    this.store.load();
+    void ctx.blockConcurrencyWhile(async () => {
+      this.alarmAt = await ctx.storage.getAlarm();
+    });
+  }
+
+  // --- RPC: requests --------------------------------------------------------------------------
+
+  /** Add requests to their queues; a repeated idempotency key returns the first request (`conflict` when its spec differs). */
+  enqueue(items: NewRequest[]): EnqueueOutcome[] {
+    const now = Date.now();
+    const outcomes = items.map((item) => this.store.insert(item, now));
+    if (outcomes.some((o) => !o.duplicate)) this.ensureAlarm(now);
+    return outcomes.map((o) => ({ ...o, ...this.ranking.positionOf(o.request.id, now) }));
+  }
+
+  /**
+   * Enqueue one request and, for the `immediate` queue, dispatch it at once in the immediate lane (no
+   * pass over the backlog: Dispatcher.runNow) and wait for its first attempt to settle. Other queues are
+   * only enqueued. Returns the request as it stands.
+   */
+  async execute(item: NewRequest, waitMs: number): Promise<EnqueueOutcome> {
+    const now = Date.now();
+    const inserted = this.store.insert(item, now);
+    const id = inserted.request.id;
+    if (!inserted.duplicate && !item.cached && item.queue === "immediate" && this.running) {
+      const settled = this.store.waitFor(id, waitMs);
+      if (await this.dispatcher.runNow(id)) await settled;
+    }
+    if (this.store.queued.has(id)) this.ensureAlarm(Date.now());
+    const row = this.store.rowOf(id)!;
+    return { request: await viewOf(row), duplicate: inserted.duplicate, ...(inserted.conflict ? { conflict: true } : {}), ...this.ranking.positionOf(id, Date.now()) };
+  }
+
+  /** Of these request ids, those the scheduler holds and has not finished. */
+  unfinished(ids: string[]): string[] {
+    return ids.filter((id) => this.store.live.has(id));
+  }
+
+  /** The id of the request a client made with this idempotency key, if any, and whether `specHash` conflicts with its spec. */
+  findByKey(clientId: string, key: string, specHash: string | null = null): { id: string; conflict: boolean } | null {
+    return this.store.findByKey(clientId, key, specHash);
+  }
+
+  async get(id: string, clientId: string | null): Promise<RequestView | null> {
+    const row = this.store.rowOf(id);
+    if (!row || (clientId !== null && row.client_id !== clientId)) return null;
+    return viewOf(row);
+  }
+
+  /** How many of a client's requests created at or after `since` are in each status. */
+  countsFor(clientId: string, since: number): Record<string, number> {
+    return this.store.countsFor(clientId, since);
+  }
+
+  async position(id: string, clientId: string | null): Promise<PositionView | null> {
+    const row = this.store.rowOf(id);
+    if (!row || (clientId !== null && row.client_id !== clientId)) return null;
+    await this.ranking.refreshTiers();
+    const now = Date.now();
+    const q = this.store.queued.get(id);
+    return {
+      id,
+      status: row.status,
+      queue: row.queue,
+      queued_total: this.store.queued.size,
+      priority: q ? this.ranking.priorityNow(q, now) : null,
+      ...this.ranking.positionOf(id, now),
+    };
+  }
+
+  /**
+   * Cancel a request. Queued: removed from its queue. Dispatching or running (unless `onlyQueued`):
+   * its worker call is aborted and its reservations and slot are released. Otherwise a conflict.
+   */
+  cancel(id: string, clientId: string | null, onlyQueued: boolean): Promise<Result<RequestView>> {
+    return this.settlement.cancel(id, clientId, onlyQueued);
+  }
+
+  /** Cancel every unfinished request of a client (a forced delete). Returns how many were cancelled. */
+  async cancelClient(clientId: string): Promise<number> {
+    const ids = [...this.store.live.values()].filter((r) => r.client_id === clientId).map((r) => r.id);
+    let cancelled = 0;
+    for (const id of ids) if ((await this.settlement.cancel(id, clientId, false)).ok) cancelled += 1;
+    return cancelled;
+  }
+
+  /** A client's unfinished requests: queued, and dispatching or running. */
+  activeFor(clientId: string): { queued: number; running: number } {
+    return this.store.activeFor(clientId);
+  }
+
+  // --- RPC: service levels, status, metrics ---------------------------------------------------
+
+  /** One request against its service level; null when unknown (or another client's). */
+  sla(id: string, clientId: string | null, targets: SlaTarget[]): RequestSla | null {
+    return this.health.sla(id, clientId, targets);
+  }
+
+  /**
+   * Service-level attainment of the requests decided (met or breached) between `from` and `to`, per
+   * tier and queue, optionally for one client, tier or queue only.
+   */
+  slaSummary(from: number, to: number, targets: SlaTarget[], filter: { clientId?: string; tier?: Tier; queue?: QueueName }): SlaGroup[] {
+    return this.health.slaSummary(from, to, targets, filter);
+  }
+
+  /**
+   * Per pool: the units that queued requests are waiting for (their templates' amounts), how many are
+   * waiting, and the oldest wait in ms. For scaling policies' queue-depth and wait-time triggers.
+   */
+  waitingByPool(): Promise<Record<string, { requests: number; units: number; oldest_wait_ms: number }>> {
+    return this.health.waitingByPool();
+  }
+
+  queueStatus(): { queues: QueueStats[]; scheduler: SchedulerState } {
+    return { queues: this.health.queues(Date.now()), scheduler: this.state() };
+  }
+
+  /** For /metrics: each queue's depth and the waits of its requests so far; worker-call counters. */
+  metrics(): SchedulerMetrics {
+    return this.health.metrics(this.running, this.calls.inflight.size);
+  }
+
+  // --- RPC: control ---------------------------------------------------------------------------
+
+  setRunning(running: boolean): SchedulerState {
+    this.running = running;
+    this.store.writeState("running", String(running));
+    log.info(running ? "scheduler_started" : "scheduler_stopped", {});
+    if (running) this.ensureAlarm(Date.now());
+    return this.state();
+  }
+
+  state(): SchedulerState {
+    return {
+      running: this.running,
+      queued: this.store.queued.size,
+      in_flight: this.calls.inflight.size,
+      max_in_flight: MAX_IN_FLIGHT,
+      last_pass_at: this.dispatcher.lastPassAt,
+      dispatched_total: this.store.seq,
+    };
+  }
+
+  // --- RPC: shards ---------------------------------------------------------------------------
+
+  /**
+   * Shard 0 only: how many shards may hold work, given the configured count — the highest count in
+   * use since the shards above the current one last held nothing (services/scheduler.ts).
+   */
+  shardSpan(count: number): number {
+    const stored = Number(this.store.readState().get("shard_span") ?? 1);
+    if (count > stored) this.store.writeState("shard_span", String(count));
+    return Math.max(count, stored);
+  }
+
+  /** Shard 0 only: shards from `top` up hold nothing any more (checked by the cron): forget them. */
+  retireShards(count: number, top: number): number {
+    const span = Math.max(count, top);
+    this.store.writeState("shard_span", String(span));
+    log.info("scheduler_shards_retired", { span });
+    return span;
+  }
+
+  /** Whether this shard holds nothing: no unfinished request, nothing in its outbox, no rows kept. */
+  holdsNothing(): boolean {
+    return this.store.live.size === 0 && this.calls.inflight.size === 0 && this.store.sql.exec("SELECT 1 FROM requests LIMIT 1").toArray().length === 0
+      && this.store.sql.exec("SELECT 1 FROM finished_outbox LIMIT 1").toArray().length === 0;
+  }
+
+  /** Capacity was freed or work arrived elsewhere: run a pass soon. */
+  wake(): void {
+    this.ensureAlarm(Date.now());
+  }
+
+  override async alarm(): Promise<void> {
+    this.alarmAt = null;
+    await this.dispatcher.pass("alarm");
+  }
+
+  /** One dispatch pass (see Dispatcher.pass); the cron calls it every minute as a backstop. */
+  pass(trigger: string, onlyIds?: string[]): Promise<number> {
+    return this.dispatcher.pass(trigger, onlyIds);
+  }
+
+  /**
+   * Forget up to `limit` requests finished before `cutoff` whose request-log entry has reached D1
+   * (reports read D1). The retention run calls it each cron minute with the "requests" setting.
+   */
+  purgeFinished(cutoff: number, limit: number): number {
+    return this.store.purgeFinished(cutoff, limit);
+  }
+
+  private ensureAlarm(at: number): void {
+    // An alarm already due no later than `at` will do, unless it is overdue (a failed alarm waits in
+    // the runtime's retry backoff): then set it again.
+    if (this.alarmAt !== null && this.alarmAt <= at && this.alarmAt >= Date.now() - 1000) return;
+    this.alarmAt = at;
+    void this.ctx.storage.setAlarm(at);
+  }
+}

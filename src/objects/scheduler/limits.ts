@@ -1,0 +1,25 @@
+/** The dispatch limits that ranking, the pass and the state view share. */
+
+/**
+ * Requests in worker calls at once, per shard: 10,000 held jobs fit in one shard (issue 20; README: the
+ * worker protocol, `runMany` accepting jobs). A pass still launches at most SCAN_LIMIT, so a backlog of
+ * quick jobs drains in the same waves as with 2,048 (bench/README.md).
+ */
+export const MAX_IN_FLIGHT = 10_240;
+/** Room above MAX_IN_FLIGHT kept for `immediate` work run at once by execute (the immediate lane), so a backlog cannot hold it up. */
+export const IMMEDIATE_HEADROOM = 32;
+/**
+ * Requests claimed and admitted together: one client-object call per client and one pool-object call
+ * per pool for the whole chunk, and one write each for its claim and start.
+ */
+export const CHUNK = 512;
+/**
+ * Pacing: calls started within YOUNG_MS and still running, at most, per shard (YOUNG_TOTAL over the
+ * shard count). Quick calls leave this set as they end and long ones as they age, so held jobs still
+ * reach MAX_IN_FLIGHT; what it bounds is the burst of answers and settlements a pass queues in front of
+ * other work (under `wrangler dev` every object shares one thread: an execute waited behind it).
+ */
+export const YOUNG_MS = 250;
+export const YOUNG_TOTAL = 1024;
+/** Ready requests one pass looks at, at most (the head of the fair order). */
+export const SCAN_LIMIT = 2048;

@@ -1,0 +1,97 @@
+/**
+ * The outbox: finished requests (entered by QueueStore in the same write as their end) delivered to
+ * D1's request_log for reports, with the optimizer's records of completed ones (savings rows, results
+ * into the result cache). Idempotent, in batches, one delivery at a time, with a backoff after a failure.
+ */
+import { log } from "../../log";
+import { decompressText } from "../../services/compression";
+import { cachePut, recordSavings, type SavingsRow } from "../../services/optimizer";
+import { insertRequestLog, MAX_ERROR_CHARS, type FinishedRequest } from "../../storage/request-log";
+import type { StoredPlan } from "./types";
+
+/** Finished requests per D1 statement when the outbox is delivered to request_log. */
+const FINISHED_BATCH = 200;
+
+export class Outbox {
+  private flushing = false;
+  private failures = 0;
+  private retryAt = 0;
+
+  constructor(private readonly env: Env, private readonly sql: SqlStorage) {}
+
+  /**
+   * For completed requests the optimizer touched: their savings (one row per strategy, idempotent by
+   * request and strategy) and, for the leaders of cacheable work, their result into the result cache.
+   * Delivered with the request log, so a failure retries both.
+   */
+  private async deliverOptimizerRecords(ids: string[]): Promise<void> {
+    if (ids.length === 0) return;
+    const rows = this.sql.exec<{ id: string; client_id: string; template: string; plan: string | null; result: string | null; actual_nano: number | null; finished_at: number }>(
+      "SELECT id, client_id, template, plan, result, actual_nano, finished_at FROM requests WHERE id IN (SELECT value FROM json_each(?)) AND plan IS NOT NULL",
+      JSON.stringify(ids),
+    ).toArray();
+    const savings: SavingsRow[] = [];
+    for (const r of rows) {
+      const plan = JSON.parse(r.plan!) as StoredPlan;
+      for (const saving of savingsOf(plan)) savings.push({ requestId: r.id, clientId: r.client_id, template: r.template, at: r.finished_at, ...saving });
+      if (cachesResult(plan) && r.result !== null) {
+        const text = r.result.startsWith("gz:") ? await decompressText(r.result) : r.result;
+        await cachePut(this.env, plan.cache_key, r.template, JSON.parse(text), r.actual_nano ?? 0, plan.cache_ttl_ms, Date.now());
+      }
+    }
+    if (savings.length) await recordSavings(this.env, savings);
+  }
+
+  /**
+   * Deliver finished requests (queued by finish and cancel in the same SQLite write as their status) to
+   * D1's request_log for reports: one upsert per batch, keyed by request id, then drop them from the
+   * outbox. Run at the end of a pass, so after each settlement batch. A failure leaves them for a later
+   * pass, after a backoff; it never fails the pass.
+   */
+  async flush(): Promise<void> {
+    if (this.flushing || Date.now() < this.retryAt) return;
+    this.flushing = true;
+    try {
+      for (;;) {
+        const rows = this.sql.exec<{ outbox_id: string; optimizer: number } & { [K in keyof FinishedRequest]: SqlStorageValue }>(
+          `SELECT o.id AS outbox_id, o.optimizer, r.id, r.client_id, r.template, r.queue, r.status, r.estimate_nano, r.actual_nano, r.attempts,
+                  r.created_at, r.finished_at, substr(r.error, 1, ?) AS error
+           FROM finished_outbox o LEFT JOIN requests r ON r.id = o.id ORDER BY o.rowid LIMIT ?`,
+          MAX_ERROR_CHARS, FINISHED_BATCH,
+        ).toArray();
+        if (rows.length === 0) break;
+        // A request no longer stored has nothing to report: just drop its entry.
+        await insertRequestLog(this.env.DB, rows.filter((r) => r.id !== null).map(({ outbox_id: _, optimizer: __, ...r }) => r as unknown as FinishedRequest));
+        await this.deliverOptimizerRecords(rows.filter((r) => r.id !== null && r.status === "completed" && r.optimizer === 1).map((r) => String(r.id)));
+        this.sql.exec("DELETE FROM finished_outbox WHERE id IN (SELECT value FROM json_each(?))", JSON.stringify(rows.map((r) => r.outbox_id)));
+        if (rows.length < FINISHED_BATCH) break;
+      }
+      this.failures = 0;
+    } catch (err) {
+      this.failures += 1;
+      const backoff = Math.min(60_000, 500 * 2 ** this.failures);
+      this.retryAt = Date.now() + backoff;
+      log.warn("request_log_flush_failed", { attempt: this.failures, retry_in_ms: backoff, error: String(err) });
+    } finally {
+      this.flushing = false;
+    }
+  }
+}
+
+/** The savings rows a completed request's plan records (one per strategy, and for compression and batching). */
+function savingsOf(plan: StoredPlan): Array<Pick<SavingsRow, "strategy" | "savedNano" | "bytesSaved">> {
+  const rows: Array<Pick<SavingsRow, "strategy" | "savedNano" | "bytesSaved">> = plan.strategies.map((st) => ({ strategy: st.strategy, savedNano: st.saved_nano }));
+  if (plan.bytes_saved > 0) rows.push({ strategy: "compression", savedNano: 0, bytesSaved: plan.bytes_saved });
+  if ((plan.batched ?? 1) > 1) rows.push({ strategy: "batching", savedNano: 0 });
+  return rows;
+}
+
+/** Whether a completed request's result goes into the result cache: it ran cacheable work itself. */
+function cachesResult(plan: StoredPlan): plan is StoredPlan & { cache_key: string } {
+  return Boolean(plan.cache_key) && !plan.cached;
+}
+
+/** Whether a completed request has optimizer records to deliver (most plans decide nothing). */
+export function hasOptimizerRecords(plan: StoredPlan | undefined): boolean {
+  return plan !== undefined && (cachesResult(plan) || savingsOf(plan).length > 0);
+}

@@ -1,0 +1,207 @@
+/**
+ * Ranking: the fair order of the queued requests (tier, urgency, time waited, each client's share of
+ * recent dispatches against its weight), a request's position and its estimated wait. It keeps the
+ * dispatch log the shares and rates come from, and the tier and client weights from configuration.
+ */
+import { DEFAULT_TIER_POINTS, DEFAULT_TIER_WEIGHTS, fairRank, priorityOf, type Priority, type QueueName } from "../../domain/priority";
+import type { Tier } from "../../domain/types";
+import { DispatchRates, estimateWaitMs } from "../../domain/wait-estimate";
+import { clientQuota, poolConfigs, tierLimits } from "../../services/config";
+import { MAX_IN_FLIGHT, SCAN_LIMIT } from "./limits";
+import { poolNeedsOf, readyAtOf, type Queued, type Row } from "./rows";
+import type { QueueStore } from "./store";
+
+const FAIRNESS_WINDOW_MS = 5 * 60 * 1000;
+/** Dispatch rates (estimates, queue status) are measured over this window. */
+export const RATE_WINDOW_MS = 60 * 1000;
+const RANK_CACHE_MS = 250;
+
+export class Ranking {
+  /** Dispatches of the fairness window, oldest first. */
+  private dispatchLog: Array<{ at: number; clientId: string; queue: QueueName }> = [];
+  /** How long the last worker calls took (ms), for estimates while nothing has been dispatched lately. */
+  private durations: number[] = [];
+  /** Operators' fair-share weights of clients with queued work (refreshed by each pass). */
+  private weights = new Map<string, number>();
+  /** Priority points and fair-share weight by tier, from the tier rows (loadWeights refreshes them). */
+  private tierRows = new Map<Tier, { points: number; weight: number }>();
+  /** The full order for positions, reused while young and while the queued index has not changed. */
+  private rankCache: { at: number; epoch: number; order: string[] } | null = null;
+  /** Measured dispatch rates (overall, per queue) and pool grant rates, for wait estimates. */
+  private readonly rates = new DispatchRates();
+  /** Each pool's refill per second (the pool rows as last loaded): its grant rate until one is measured. */
+  private refill = new Map<string, number>();
+
+  constructor(private readonly env: Env, private readonly store: QueueStore) {}
+
+  /** Queued ids in dispatch order (ready ones first), with current fairness shares. */
+  rankedOrder(now: number): string[] {
+    if (this.rankCache && this.rankCache.epoch === this.store.epoch && now - this.rankCache.at < RANK_CACHE_MS) return this.rankCache.order;
+    const all = [...this.store.queued.values()];
+    const ready = fairRank(all.filter((q) => q.notBefore <= now), now, this.recentCounts(now), this.weightOf, SCAN_LIMIT)
+      .map((q) => q.id);
+    const later = all.filter((q) => q.notBefore > now).sort((a, b) => a.notBefore - b.notBefore || a.createdAt - b.createdAt).map((q) => q.id);
+    const order = [...ready, ...later];
+    this.rankCache = { at: now, epoch: this.store.epoch, order };
+    return order;
+  }
+
+  /**
+   * The ready requests a pass may take, best first: the head of the fair order only (a pass looks at
+   * no more than SCAN_LIMIT; ranking the whole backlog behind it was ~5% of a drain's CPU).
+   */
+  readyOrder(now: number): string[] {
+    const ready: Queued[] = [];
+    for (const q of this.store.queued.values()) if (q.notBefore <= now) ready.push(q);
+    return fairRank(ready, now, this.recentCounts(now), this.weightOf, SCAN_LIMIT, true).map((q) => q.id);
+  }
+
+  /**
+   * A queued request's place in the order (1 = next) and its estimated wait (domain/wait-estimate.ts:
+   * the work ranked ahead of it, overall, in its queue and in each pool it needs, over the measured
+   * rates); nulls once it left the queue. One walk of the order up to it.
+   */
+  positionOf(id: string, now: number): { position: number | null; estimated_wait_ms: number | null } {
+    const q = this.store.queued.get(id);
+    if (!q) return { position: null, estimated_wait_ms: null };
+    const order = this.rankedOrder(now);
+    const aheadUnits = q.pools.map(() => 0);
+    let aheadInQueue = 0;
+    let position = 1;
+    const ahead = (o: { queue: QueueName; pools: ReadonlyArray<{ pool: string; units: number }> }) => {
+      // Work ahead competes with it when it needs one of its pools (any work, when it needs none).
+      let competes = q.pools.length === 0;
+      for (const need of o.pools) {
+        const i = q.pools.findIndex((p) => p.pool === need.pool);
+        if (i < 0) continue;
+        aheadUnits[i]! += need.units;
+        competes = true;
+      }
+      if (competes && o.queue === q.queue) aheadInQueue += 1;
+    };
+    // Requests a pass has claimed and is admitting are out of the order but still ahead of it for the
+    // estimate (a pool that refuses them sends them back).
+    let admitting = 0;
+    for (const other of this.store.admitting) {
+      const row = this.store.live.get(other);
+      if (!row) continue;
+      admitting += 1;
+      ahead({ queue: row.queue, pools: poolNeedsOf(row) });
+    }
+    for (const other of order) {
+      if (other === id) break;
+      position += 1;
+      const o = this.store.queued.get(other);
+      if (o) ahead(o);
+    }
+    const avgRunMs = this.durations.length ? this.durations.reduce((a, b) => a + b, 0) / this.durations.length : 1000;
+    const estimated = estimateWaitMs(
+      { position: position + admitting, aheadInQueue, pools: q.pools.map((p, i) => ({ ...p, aheadUnits: aheadUnits[i]! })), delayMs: Math.max(0, q.notBefore - now) },
+      {
+        total: this.rates.total(now),
+        queue: this.rates.queue(q.queue, now),
+        pool: (pool) => Math.max(this.rates.pool(pool, now) ?? 0, this.refill.get(pool) ?? 0) || null,
+        fallbackMs: (p) => Math.ceil(p / MAX_IN_FLIGHT) * avgRunMs,
+      },
+    );
+    return { position, estimated_wait_ms: estimated };
+  }
+
+  /** Dispatches per second over the rate window, of one queue or of all. */
+  dispatchRatePerS(now: number, queue?: QueueName): number {
+    let n = 0;
+    for (const d of this.dispatchLog) if (d.at > now - RATE_WINDOW_MS && (queue === undefined || d.queue === queue)) n += 1;
+    return n / (RATE_WINDOW_MS / 1000);
+  }
+
+  /** A queued request's priority now, its fairness term from its client's current share. */
+  priorityNow(q: Queued, now: number): Priority {
+    return priorityOf({ ...q, recentShare: this.shares(now).get(q.clientId) ?? 0 }, now);
+  }
+
+  /** The priority score a new request is stored with. */
+  enqueueScore(clientId: string, tier: Tier, queue: QueueName, now: number): number {
+    return priorityOf({ tier, tierPoints: this.tierPointsOf(tier), queue, createdAt: now, recentShare: this.shares(now).get(clientId) ?? 0 }, now).score;
+  }
+
+  noteDispatch(row: Row, now: number): void {
+    this.dispatchLog.push({ at: now, clientId: row.client_id, queue: row.queue });
+    this.rates.note(now, row.queue, poolNeedsOf(row), now - readyAtOf(row));
+  }
+
+  noteDuration(ms: number): void {
+    this.durations.push(ms);
+    if (this.durations.length > 100) this.durations.shift();
+  }
+
+  /** A client's fair-share weight: the operator's setting, else its tier's. */
+  private weightOf = (client: string, tier: Tier): number => this.weights.get(client) ?? this.tierRows.get(tier)?.weight ?? DEFAULT_TIER_WEIGHTS[tier];
+
+  tierPointsOf(tier: Tier): number {
+    return this.tierRows.get(tier)?.points ?? DEFAULT_TIER_POINTS[tier];
+  }
+
+  /** Dispatches per client within the fairness window. */
+  private recentCounts(now: number): Map<string, number> {
+    this.pruneLog(now);
+    const counts = new Map<string, number>();
+    for (const d of this.dispatchLog) counts.set(d.clientId, (counts.get(d.clientId) ?? 0) + 1);
+    // Claims still being admitted count too: a pass that ranks while another pass admits its chunk
+    // must not hand the same clients' share out twice.
+    for (const id of this.store.admitting) {
+      const clientId = this.store.live.get(id)?.client_id;
+      if (clientId) counts.set(clientId, (counts.get(clientId) ?? 0) + 1);
+    }
+    return counts;
+  }
+
+  /** Fair-share weights of the clients with queued work (operators' settings; the tier's otherwise). */
+  async loadWeights(): Promise<void> {
+    const clients = new Set<string>();
+    for (const q of this.store.queued.values()) clients.add(q.clientId);
+    const [loaded] = await Promise.all([
+      Promise.all([...clients].map(async (id) => [id, (await clientQuota(this.env, id))?.weight ?? null] as const)),
+      this.refreshTiers(),
+    ]);
+    const next = new Map<string, number>();
+    for (const [id, weight] of loaded) if (weight !== null) next.set(id, weight);
+    if (next.size !== this.weights.size || [...next].some(([id, w]) => this.weights.get(id) !== w)) this.rankCache = null;
+    this.weights = next;
+  }
+
+  /**
+   * Tier points and weights from the tier rows (through the configuration cache); queued work re-ranked
+   * on a change. Pools' refill rates too, for wait estimates.
+   */
+  async refreshTiers(): Promise<void> {
+    const [tiers, pools] = await Promise.all([tierLimits(this.env), poolConfigs(this.env)]);
+    this.refill = new Map([...pools].map(([id, p]) => [id, p.refillPerSec]));
+    let tiersChanged = false;
+    for (const [tier, row] of tiers) {
+      const known = this.tierRows.get(tier);
+      if (known?.points === row.priority_points && known.weight === row.weight) continue;
+      this.tierRows.set(tier, { points: row.priority_points, weight: row.weight });
+      tiersChanged = true;
+    }
+    if (tiersChanged) {
+      for (const q of this.store.queued.values()) q.tierPoints = this.tierPointsOf(q.tier);
+      this.rankCache = null;
+    }
+  }
+
+  /** Each client's share of the dispatches in the fairness window. */
+  private shares(now: number): Map<string, number> {
+    this.pruneLog(now);
+    const counts = new Map<string, number>();
+    for (const d of this.dispatchLog) counts.set(d.clientId, (counts.get(d.clientId) ?? 0) + 1);
+    const total = this.dispatchLog.length;
+    return new Map([...counts].map(([client, n]) => [client, total ? n / total : 0]));
+  }
+
+  private pruneLog(now: number): void {
+    const cutoff = now - FAIRNESS_WINDOW_MS;
+    let drop = 0;
+    while (drop < this.dispatchLog.length && this.dispatchLog[drop]!.at <= cutoff) drop += 1;
+    if (drop) this.dispatchLog.splice(0, drop);
+  }
+}

@@ -1,0 +1,59 @@
+/**
+ * The scheduler object's own SQLite tables, created idempotently, with the columns added since the
+ * first version: `requests` (every request it holds, written only by QueueStore), `state` (running
+ * flag, dispatch counters) and `finished_outbox` (finished requests still to deliver to D1; Outbox).
+ */
+export function createTables(sql: SqlStorage): void {
+  sql.exec(`
+    CREATE TABLE IF NOT EXISTS requests (
+      id TEXT PRIMARY KEY,
+      client_id TEXT NOT NULL,
+      tier TEXT NOT NULL,
+      max_concurrent INTEGER NOT NULL,
+      template TEXT NOT NULL,
+      params TEXT NOT NULL,
+      queue TEXT NOT NULL,
+      status TEXT NOT NULL,
+      priority REAL NOT NULL DEFAULT 0,
+      attempts INTEGER NOT NULL DEFAULT 0,
+      max_attempts INTEGER NOT NULL,
+      idempotency_key TEXT,
+      estimate_nano INTEGER NOT NULL,
+      actual_nano INTEGER,
+      result TEXT,
+      error TEXT,
+      created_at INTEGER NOT NULL,
+      updated_at INTEGER NOT NULL,
+      not_before INTEGER NOT NULL,
+      lease_until INTEGER,
+      started_at INTEGER,
+      finished_at INTEGER,
+      dispatch_seq INTEGER,
+      reservations TEXT,
+      estimate_detail TEXT,
+      actual_detail TEXT
+    );
+    CREATE UNIQUE INDEX IF NOT EXISTS requests_idempotency ON requests (client_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS requests_client_created ON requests (client_id, created_at);
+    DROP INDEX IF EXISTS requests_status;
+    CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS finished_outbox (id TEXT PRIMARY KEY);
+  `);
+  const columns = new Set(sql.exec<{ name: string }>("SELECT name FROM pragma_table_info('requests')").toArray().map((c) => c.name));
+  for (const column of ["estimate_detail", "actual_detail"]) {
+    if (!columns.has(column)) sql.exec(`ALTER TABLE requests ADD COLUMN ${column} TEXT`);
+  }
+  // For service levels: when the request could first run, and when it was first dispatched.
+  for (const column of ["ready_at", "first_started_at"]) {
+    if (!columns.has(column)) sql.exec(`ALTER TABLE requests ADD COLUMN ${column} INTEGER`);
+  }
+  if (!columns.has("plan")) sql.exec("ALTER TABLE requests ADD COLUMN plan TEXT");
+  // The hash of the spec an idempotency key was first used with; NULL for requests made before it.
+  if (!columns.has("spec_hash")) sql.exec("ALTER TABLE requests ADD COLUMN spec_hash TEXT");
+  // The trace id of the enqueue or execute that made the request: on its scheduler log lines and its jobs.
+  if (!columns.has("trace_id")) sql.exec("ALTER TABLE requests ADD COLUMN trace_id TEXT");
+  // Whether a finished request has optimizer records to deliver (1 for entries written before the column).
+  const outboxColumns = sql.exec<{ name: string }>("SELECT name FROM pragma_table_info('finished_outbox')").toArray().map((c) => c.name);
+  if (!outboxColumns.includes("optimizer")) sql.exec("ALTER TABLE finished_outbox ADD COLUMN optimizer INTEGER NOT NULL DEFAULT 1");
+  sql.exec("CREATE INDEX IF NOT EXISTS requests_finished ON requests (finished_at)");
+}

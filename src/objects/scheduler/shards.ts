@@ -1,0 +1,47 @@
+/**
+ * Scheduler shards: which scheduler object owns a client, by name. A client's requests go to shard
+ * `hash(client id) mod SCHEDULER_SHARDS`; shard 0 keeps the name the single scheduler always had
+ * ("scheduler"), so one shard is exactly the old layout and its data. Plain functions over `env`:
+ * the service layer routes with them, and the objects (client, scheduler) wake shards with them.
+ */
+
+/** Shards when SCHEDULER_SHARDS is unset or not a whole number in [1, MAX_SHARDS] (README: Configuration). */
+export const DEFAULT_SHARDS = 4;
+/** Reads that ask every shard fan out to all of them: a bound keeps that fan-out small. */
+export const MAX_SHARDS = 64;
+
+/** The configured shard count. */
+export function shardCount(env: Env): number {
+  const raw = env.SCHEDULER_SHARDS as string | undefined;
+  const n = Number(raw);
+  return raw !== undefined && raw !== "" && Number.isInteger(n) && n >= 1 && n <= MAX_SHARDS ? n : DEFAULT_SHARDS;
+}
+
+/** 32-bit FNV-1a: stable across isolates and deploys (the partition must not move by itself). */
+function fnv1a(text: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h;
+}
+
+/** The shard that owns a client under `count` shards. */
+export function shardIndexOf(clientId: string, count: number): number {
+  return count <= 1 ? 0 : fnv1a(clientId) % count;
+}
+
+/** A shard's object name: "scheduler" for shard 0 (the name before shards), "scheduler-<k>" after. */
+export function shardName(index: number): string {
+  return index === 0 ? "scheduler" : `scheduler-${index}`;
+}
+
+export function shardStub(env: Env, index: number) {
+  return env.SCHEDULER.get(env.SCHEDULER.idFromName(shardName(index)));
+}
+
+/** The shard that owns this client now (new work goes there; see README: queues, shards). */
+export function ownerShard(env: Env, clientId: string): number {
+  return shardIndexOf(clientId, shardCount(env));
+}

@@ -1,0 +1,332 @@
+/**
+ * The queue store: the `requests` table, its only writer, and its exact copies in memory (the live
+ * rows, the queued index, the parsed plans), so that the dispatch path reads no rows back from SQLite.
+ * Every change of a request's status goes through here, with its outbox entry in the same write.
+ */
+import type { QueueName } from "../../domain/priority";
+import type { Tier } from "../../domain/types";
+import { log } from "../../log";
+import { hasOptimizerRecords } from "./outbox";
+import { groupBy, poolNeedsOf, readyAtOf, specConflict, view, type Finished, type Queued, type Row } from "./rows";
+import { newRequestId, type NewRequest, type RequestView, type StoredPlan } from "./types";
+
+/** What the store asks of ranking: the numbers a request is indexed and first scored with. */
+export interface StoreHost {
+  /** A tier's priority points (the tier rows as last loaded; the defaults before). */
+  tierPointsOf(tier: Tier): number;
+  /** The priority score a new request is stored with. */
+  enqueueScore(clientId: string, tier: Tier, queue: QueueName, now: number): number;
+}
+
+export class QueueStore {
+  /** The queued requests: the index a pass ranks and claims from. */
+  readonly queued = new Map<string, Queued>();
+  /**
+   * Every request not yet finished (queued, dispatching, running), as stored. This store is the only
+   * writer of its table, so the copy stays exact.
+   */
+  readonly live = new Map<string, Row>();
+  /** The optimizer's plan of each live request that has one (parsed once). */
+  readonly plans = new Map<string, StoredPlan>();
+  /** Requests claimed by a pass and still being admitted. */
+  readonly admitting = new Set<string>();
+  /** Bumped by every change of the queued index that a cached ranking must not outlive. */
+  epoch = 0;
+  /** The last dispatch sequence number given. */
+  seq = 0;
+  private waiters = new Map<string, Array<(v: RequestView) => void>>();
+
+  constructor(readonly sql: SqlStorage, private readonly host: StoreHost) {}
+
+  /** Read the unfinished requests into memory: once, when the object starts. */
+  load(): void {
+    this.seq = this.sql.exec<{ n: number | null }>("SELECT MAX(dispatch_seq) AS n FROM requests").one().n ?? 0;
+    for (const row of this.sql.exec<Row>("SELECT * FROM requests WHERE status IN ('queued', 'dispatching', 'running')")) {
+      this.live.set(row.id, row);
+      if (row.plan) this.plans.set(row.id, JSON.parse(row.plan) as StoredPlan);
+      if (row.status === "queued") this.index(row);
+    }
+  }
+
+  /** The `state` table: small settings and counters the object keeps across restarts. */
+  readState(): Map<string, string> {
+    return new Map(this.sql.exec<{ k: string; v: string }>("SELECT k, v FROM state").toArray().map((r) => [r.k, r.v]));
+  }
+
+  writeState(key: string, value: string): void {
+    this.sql.exec("INSERT INTO state (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v", key, value);
+  }
+
+  /** Add a request (completed at once when it is a cache hit); a repeated idempotency key returns the first. */
+  insert(item: NewRequest, now: number): { request: RequestView; duplicate: boolean; conflict?: boolean } {
+    if (item.idempotencyKey) {
+      const prior = this.sql.exec<Row>("SELECT * FROM requests WHERE client_id = ? AND idempotency_key = ?", item.clientId, item.idempotencyKey).toArray()[0];
+      if (prior) return { request: view(prior), duplicate: true, ...(specConflict(prior, item.specHash ?? null) ? { conflict: true } : {}) };
+    }
+    const id = item.id ?? newRequestId();
+    const notBefore = Math.max(now, item.notBefore ?? now);
+    const priority = this.host.enqueueScore(item.clientId, item.tier, item.queue, now);
+    const params = item.paramsStored ?? JSON.stringify(item.params ?? null);
+    const plan = item.plan ? { ...item.plan } : null;
+    if (item.cached && plan) {
+      // A cache hit: completed now, no dispatch, no pool units, no cost.
+      plan.cached = true;
+      plan.strategies = [...plan.strategies, { strategy: "caching", saved_nano: item.cached.costNano, detail: "answered from the result cache" }];
+    }
+    const planText = plan ? JSON.stringify(plan) : null;
+    const cached = item.cached ?? null;
+    this.sql.exec(
+      `INSERT INTO requests (id, client_id, tier, max_concurrent, template, params, queue, status, priority, attempts, max_attempts,
+         idempotency_key, estimate_nano, created_at, updated_at, not_before, estimate_detail, ready_at, plan,
+         result, actual_nano, actual_detail, first_started_at, started_at, finished_at, spec_hash, trace_id)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      id, item.clientId, item.tier, item.maxConcurrent, item.template, params, item.queue, cached ? "completed" : "queued", priority,
+      item.maxAttempts, item.idempotencyKey, item.estimateNano, now, now, notBefore, JSON.stringify(item.estimate), notBefore, planText,
+      cached ? JSON.stringify(cached.result ?? null) : null, cached ? 0 : null, cached ? "[]" : null, cached ? now : null, cached ? now : null, cached ? now : null,
+      item.specHash ?? null, item.traceId ?? null,
+    );
+    const row: Row = {
+      id, client_id: item.clientId, tier: item.tier, max_concurrent: item.maxConcurrent, template: item.template,
+      params, queue: item.queue, status: cached ? "completed" : "queued", priority, attempts: 0,
+      max_attempts: item.maxAttempts, idempotency_key: item.idempotencyKey, estimate_nano: item.estimateNano,
+      actual_nano: cached ? 0 : null, result: cached ? JSON.stringify(cached.result ?? null) : null, error: null, created_at: now, updated_at: now, not_before: notBefore,
+      lease_until: null, started_at: cached ? now : null, finished_at: cached ? now : null, dispatch_seq: null, reservations: null,
+      ready_at: notBefore, first_started_at: cached ? now : null, plan: planText,
+      estimate_detail: JSON.stringify(item.estimate), actual_detail: cached ? "[]" : null, trace_id: item.traceId ?? null,
+    };
+    if (cached) {
+      this.sql.exec("INSERT INTO finished_outbox (id, optimizer) VALUES (?, ?) ON CONFLICT (id) DO NOTHING", id, plan && hasOptimizerRecords(plan) ? 1 : 0);
+      return { request: view(row), duplicate: false };
+    }
+    this.live.set(id, row);
+    if (plan) this.plans.set(id, plan);
+    this.index(row);
+    return { request: view(row), duplicate: false };
+  }
+
+  index(row: Row): void {
+    this.queued.set(row.id, {
+      id: row.id, clientId: row.client_id, tier: row.tier, tierPoints: this.host.tierPointsOf(row.tier), queue: row.queue, createdAt: row.created_at,
+      readyAt: readyAtOf(row), notBefore: row.not_before, recentShare: 0, pools: poolNeedsOf(row),
+    });
+    this.epoch += 1;
+  }
+
+  rowOf(id: string): Row | undefined {
+    return this.live.get(id) ?? this.sql.exec<Row>("SELECT * FROM requests WHERE id = ?", id).toArray()[0];
+  }
+
+  /**
+   * Take requests out of their queues under a lease, in one write (synchronous: no other pass can take
+   * them too). `leases`: request id and lease end.
+   */
+  claim(leases: Array<readonly [string, number]>, now: number): Row[] {
+    // One statement per lease length (per template timeout, usually one): an id list is the cheapest update.
+    for (const [leaseUntil, group] of groupBy(leases, ([, until]) => String(until))) {
+      this.sql.exec(
+        "UPDATE requests SET status = 'dispatching', lease_until = ?, updated_at = ? WHERE id IN (SELECT value FROM json_each(?))",
+        Number(leaseUntil), now, JSON.stringify(group.map(([id]) => id)),
+      );
+    }
+    this.epoch += 1;
+    return leases.map(([id, leaseUntil]) => {
+      this.queued.delete(id);
+      this.admitting.add(id);
+      return Object.assign(this.live.get(id)!, { status: "dispatching", lease_until: leaseUntil, updated_at: now });
+    });
+  }
+
+  /** Mark requests running under a new attempt (one dispatch, one sequence number each), in one write. */
+  start(rows: Row[], now: number): void {
+    if (rows.length === 0) return;
+    const items = rows.map((row) => {
+      this.seq += 1;
+      Object.assign(row, { status: "running", attempts: row.attempts + 1, started_at: now, first_started_at: row.first_started_at ?? now, updated_at: now, dispatch_seq: this.seq });
+      return [row.id, this.seq, row.reservations];
+    });
+    this.sql.exec(
+      `UPDATE requests SET status = 'running', attempts = attempts + 1, started_at = ?1, first_started_at = COALESCE(first_started_at, ?1),
+         updated_at = ?1, dispatch_seq = j.value ->> 1, reservations = j.value ->> 2
+       FROM json_each(?2) AS j WHERE requests.id = j.value ->> 0`,
+      now, JSON.stringify(items),
+    );
+  }
+
+  /**
+   * Return a claimed or running request to its queue, to run from `notBefore`; a failed attempt keeps its
+   * error. Its ready time stays: a retry's backoff (or a wait for the next day's cap) does not reset its
+   * wait, so it keeps the wait points it earned and its SLA wait runs on from when it could first run.
+   */
+  requeue(row: Row, now: number, notBefore: number, failedAttempt: boolean, error?: string): void {
+    this.sql.exec(
+      "UPDATE requests SET status = 'queued', lease_until = NULL, reservations = NULL, not_before = ?, updated_at = ?, error = COALESCE(?, error) WHERE id = ?",
+      notBefore, now, failedAttempt ? (error ?? null) : null, row.id,
+    );
+    const live = this.live.get(row.id) ?? row;
+    Object.assign(live, {
+      status: "queued", lease_until: null, reservations: null, not_before: notBefore, updated_at: now,
+      error: (failedAttempt ? (error ?? null) : null) ?? live.error,
+    });
+    this.live.set(live.id, live);
+    this.index(live);
+    if (failedAttempt) this.resolveWaiters(row.id);
+  }
+
+  finish(id: string, status: Finished["status"], now: number, fields: Omit<Finished, "id" | "status">): void {
+    this.finishAll([{ id, status, ...fields }], now);
+  }
+
+  /**
+   * Record requests' end (and queue them for the request log) in two writes, then update the copies
+   * in memory and answer whoever waits on them. A plan given replaces the stored one; `startedAt`
+   * marks requests that never ran (coalesced) as started now.
+   */
+  finishAll(items: Finished[], now: number): void {
+    if (items.length === 0) return;
+    // Positional arrays: each `->> n` re-reads its element, and short arrays read faster than objects.
+    const json = JSON.stringify(items.map((f) => [
+      f.id, f.status, f.result ?? null, f.actual ?? null, f.actualDetail ?? null, f.error ?? null,
+      f.plan ? JSON.stringify(f.plan) : null, f.startedAt ?? null,
+      f.status === "completed" && hasOptimizerRecords(f.plan ?? this.plans.get(f.id)) ? 1 : 0,
+    ]));
+    // Each `->>` parses its element again (~1.5 us a column here): the usual batch, with no plan to
+    // replace and nothing started late, leaves those columns out.
+    const full = items.some((f) => f.plan !== undefined || f.startedAt !== undefined);
+    this.sql.exec(
+      full
+        ? `UPDATE requests SET status = j.value ->> 1, result = j.value ->> 2, actual_nano = j.value ->> 3, actual_detail = j.value ->> 4,
+             error = j.value ->> 5, plan = COALESCE(j.value ->> 6, plan), started_at = COALESCE(j.value ->> 7, started_at),
+             first_started_at = COALESCE(j.value ->> 7, first_started_at), finished_at = ?1, updated_at = ?1, lease_until = NULL
+           FROM json_each(?2) AS j WHERE requests.id = j.value ->> 0`
+        : `UPDATE requests SET status = j.value ->> 1, result = j.value ->> 2, actual_nano = j.value ->> 3, actual_detail = j.value ->> 4,
+             error = j.value ->> 5, finished_at = ?1, updated_at = ?1, lease_until = NULL
+           FROM json_each(?2) AS j WHERE requests.id = j.value ->> 0`,
+      now, json,
+    );
+    this.sql.exec("INSERT INTO finished_outbox (id, optimizer) SELECT value ->> 0, value ->> 8 FROM json_each(?) WHERE true ON CONFLICT (id) DO NOTHING", json);
+    for (const f of items) {
+      const live = this.live.get(f.id);
+      if (live) {
+        Object.assign(live, {
+          status: f.status, result: f.result ?? null, actual_nano: f.actual ?? null, actual_detail: f.actualDetail ?? null, error: f.error ?? null,
+          finished_at: now, updated_at: now, lease_until: null,
+        });
+        if (f.plan) live.plan = JSON.stringify(f.plan);
+        if (f.startedAt !== undefined) Object.assign(live, { started_at: f.startedAt, first_started_at: f.startedAt });
+      }
+      this.queued.delete(f.id);
+      this.resolveWaiters(f.id);
+      this.live.delete(f.id);
+      this.plans.delete(f.id);
+    }
+  }
+
+  /** Record a caller's cancel of a live request (one that finishes without running), in its copy too. */
+  cancel(row: Row, now: number): void {
+    const id = row.id;
+    this.queued.delete(id);
+    this.epoch += 1;
+    this.sql.exec(
+      "UPDATE requests SET status = 'cancelled', error = 'cancelled by caller', finished_at = ?, updated_at = ?, lease_until = NULL WHERE id = ?",
+      now, now, id,
+    );
+    this.sql.exec("INSERT INTO finished_outbox (id, optimizer) VALUES (?, 0) ON CONFLICT (id) DO NOTHING", id);
+    Object.assign(row, { status: "cancelled", error: "cancelled by caller", finished_at: now, updated_at: now, lease_until: null });
+    this.live.delete(id);
+    this.plans.delete(id);
+  }
+
+  /**
+   * Forget up to `limit` requests finished before `cutoff` whose request-log entry has reached D1
+   * (reports read D1). The retention run calls it each cron minute with the "requests" setting.
+   */
+  purgeFinished(cutoff: number, limit: number): number {
+    // Counted by RETURNING: rowsWritten would include index writes.
+    const purged = this.sql.exec(
+      `DELETE FROM requests WHERE id IN (
+         SELECT id FROM requests WHERE finished_at < ? AND id NOT IN (SELECT id FROM finished_outbox) ORDER BY finished_at LIMIT ?) RETURNING 1`,
+      cutoff, limit,
+    ).toArray().length;
+    if (purged) log.info("requests_purged", { count: purged });
+    return purged;
+  }
+
+  /** The id of the request a client made with this idempotency key, if any, and whether `specHash` conflicts with its spec. */
+  findByKey(clientId: string, key: string, specHash: string | null): { id: string; conflict: boolean } | null {
+    const row = this.sql.exec<Row>("SELECT id, spec_hash FROM requests WHERE client_id = ? AND idempotency_key = ?", clientId, key).toArray()[0];
+    return row ? { id: row.id, conflict: specConflict(row, specHash) } : null;
+  }
+
+  /** How many of a client's requests created at or after `since` are in each status. */
+  countsFor(clientId: string, since: number): Record<string, number> {
+    const rows = this.sql.exec<{ status: string; n: number }>(
+      "SELECT status, COUNT(*) AS n FROM requests WHERE client_id = ? AND created_at >= ? GROUP BY status", clientId, since,
+    ).toArray();
+    return Object.fromEntries(rows.map((r) => [r.status, r.n]));
+  }
+
+  /** A client's unfinished requests: queued, and dispatching or running. */
+  activeFor(clientId: string): { queued: number; running: number } {
+    let queued = 0;
+    let running = 0;
+    for (const row of this.live.values()) {
+      if (row.client_id !== clientId) continue;
+      if (row.status === "queued") queued += 1;
+      else running += 1;
+    }
+    return { queued, running };
+  }
+
+  /** Queued requests that may run now. */
+  readyCount(now: number): number {
+    let n = 0;
+    for (const q of this.queued.values()) if (q.notBefore <= now) n += 1;
+    return n;
+  }
+
+  /** The earliest not-before time still in the future (deferred or backing-off work), if any. */
+  nextNotBefore(now: number): number | null {
+    let next: number | null = null;
+    for (const q of this.queued.values()) if (q.notBefore > now && (next === null || q.notBefore < next)) next = q.notBefore;
+    return next;
+  }
+
+  /** Queued requests with one of these cache keys, by key: one scan of the plans for a settlement's leaders. */
+  queuedByCacheKey(keys: Set<string>): Map<string, string[]> {
+    const out = new Map<string, string[]>();
+    for (const [id, plan] of this.plans) {
+      if (!plan.cache_key || !keys.has(plan.cache_key) || this.live.get(id)?.status !== "queued") continue;
+      out.set(plan.cache_key, [...(out.get(plan.cache_key) ?? []), id]);
+    }
+    return out;
+  }
+
+  /** Requests decided or still open in a window (see Health.slaSummary), optionally for one client, tier or queue. */
+  slaRows(from: number, to: number, filter: { clientId?: string; tier?: Tier; queue?: QueueName }): Row[] {
+    return this.sql.exec<Row>(
+      `SELECT id, client_id, tier, queue, status, created_at, ready_at, first_started_at, finished_at FROM requests
+       WHERE (finished_at IS NULL OR finished_at >= ?) AND created_at <= ?
+         AND (? IS NULL OR client_id = ?) AND (? IS NULL OR tier = ?) AND (? IS NULL OR queue = ?)`,
+      from, to, filter.clientId ?? null, filter.clientId ?? null, filter.tier ?? null, filter.tier ?? null, filter.queue ?? null, filter.queue ?? null,
+    ).toArray();
+  }
+
+  /** Resolve with nothing after `ms`, or as soon as the request finishes or a failed attempt returns it to its queue. */
+  waitFor(id: string, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.waiters.set(id, [...(this.waiters.get(id) ?? []), () => {
+        clearTimeout(timer);
+        resolve();
+      }]);
+    });
+  }
+
+  resolveWaiters(id: string): void {
+    const list = this.waiters.get(id);
+    if (!list) return;
+    this.waiters.delete(id);
+    const row = this.rowOf(id);
+    if (row) for (const fn of list) fn(view(row));
+  }
+}
