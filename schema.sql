@@ -1,5 +1,5 @@
 -- Resource Manager D1 schema: the full current schema, for reading. Databases are built and upgraded by
--- migrations/ (`wrangler d1 migrations apply`); test/schema.test.ts proves the two agree.
+-- migrations/ (`wrangler d1 migrations apply`); test/api/schema.test.ts proves the two agree.
 -- Money is integer nano-dollars (1e-9 USD); times are epoch milliseconds, UTC.
 
 CREATE TABLE IF NOT EXISTS tiers (

@@ -1,4 +1,4 @@
-// Types of shared-sim.js for the tests that import it (test/worker-trace.test.ts).
+// Types of shared-sim.js for the tests that import it (test/unit/worker-trace.test.ts).
 export interface Job {
   request_id?: string;
   template?: string;

@@ -1,6 +1,6 @@
 import { createApp } from "./app";
-import { hotConsume, isHotConsume } from "./http/hot";
-import { runCron } from "./scheduler/cron";
+import { hotConsume, isHotConsume } from "./routes/consume-fast-path";
+import { runCron } from "./cron";
 
 export { AllocationObject } from "./objects/allocations";
 export { ClientObject } from "./objects/client";
@@ -11,7 +11,7 @@ export { ResourceManagerRpc } from "./rpc/entrypoint";
 const app = createApp();
 
 export default {
-  // The spend every platform worker makes first goes round the router (see src/http/hot.ts).
+  // The spend every platform worker makes first goes round the router (see src/routes/consume-fast-path.ts).
   fetch: (request, env, ctx) => (isHotConsume(request) ? hotConsume(request, env, ctx, (r) => app.fetch(r, env, ctx)) : app.fetch(request, env, ctx)),
   scheduled: (controller, env, ctx) => ctx.waitUntil(runCron(controller, env)),
 } satisfies ExportedHandler<Env>;

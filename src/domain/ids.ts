@@ -15,6 +15,30 @@
  * CSPRNG in blocks (one call per 409 milliseconds that make ids, not one per id) and the millisecond's
  * hex is kept while it is the same. The ids are identifiers, not secrets: holding bytes in memory is fine.
  */
+/**
+ * Every kind of record id and its prefix: the one table. The prefixes are part of the API (clients and
+ * logs see them), so an entry never changes; a new kind of id gets a new entry here.
+ */
+export const ID_PREFIXES = {
+  request: "req",
+  reservation: "res",
+  event: "evt",
+  money_hold: "mls",
+  key: "key",
+  burst: "bst",
+  allocation: "alc",
+  alert: "alt",
+  scaling_event: "sce",
+  isolate: "iso",
+} as const;
+
+export type IdKind = keyof typeof ID_PREFIXES;
+
+/** A new id of this kind: its prefix from the table, then the time-ordered tail below. */
+export function newId(kind: IdKind, now: number = Date.now()): string {
+  return timeOrderedId(ID_PREFIXES[kind], now);
+}
+
 export function timeOrderedId(prefix: string, now: number = Date.now()): string {
   const ms = Math.max(0, Math.floor(now));
   const t = tail;

@@ -47,3 +47,13 @@ export interface PoolAmount {
   pool: string;
   amount: number;
 }
+
+/**
+ * Who is calling: a client by API key, a platform worker by internal token, an operator by admin token,
+ * or a Prometheus scraper by the metrics token (which reads /metrics and nothing else).
+ */
+export type Principal =
+  | { kind: "client"; clientId: string; tier: Tier; scopes: string[]; keyId: string }
+  | { kind: "internal" }
+  | { kind: "admin" }
+  | { kind: "metrics" };

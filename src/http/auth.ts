@@ -1,4 +1,5 @@
 import type { MiddlewareHandler } from "hono";
+import { hex, sha256Hex } from "../domain/digest";
 import type { Scope } from "../domain/scopes";
 import { AppError } from "../errors";
 import { keyOwner } from "../services/config";
@@ -8,9 +9,8 @@ import { adminSession } from "./session";
 
 const encoder = new TextEncoder();
 
-export async function sha256Hex(text: string): Promise<string> {
-  return hex(await crypto.subtle.digest("SHA-256", encoder.encode(text)));
-}
+// Re-exported: callers that check a credential read the digest from here (it lives in the domain).
+export { sha256Hex };
 
 /** Digests of the configured secrets, made once per isolate (the secrets do not change while it lives). */
 const secretDigests = new Map<string, ArrayBuffer>();
@@ -38,10 +38,6 @@ async function digestSecrets(secrets: Array<string | undefined>): Promise<void> 
 function sameSecret(given: ArrayBuffer, expected: string | undefined): boolean {
   const digest = expected ? secretDigests.get(expected) : undefined;
   return digest !== undefined && crypto.subtle.timingSafeEqual(given, digest);
-}
-
-function hex(digest: ArrayBuffer): string {
-  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 export function bearer(header: string | undefined): string | null {

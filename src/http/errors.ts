@@ -28,7 +28,7 @@ const exampleRef = (code: ErrorCode) => ({ $ref: `#/components/examples/${code}`
  * OpenAPI responses for the given error codes, generated from the one table: per status, the Error
  * schema with one example per code, each a reference to the code's shared example (errorExamples), so
  * the document holds each example once. The examples' names are the codes that status may carry for
- * this operation; the tests' response check (test/contract.ts) holds every error answer to them.
+ * this operation; the tests' response check (test/support/contract.ts) holds every error answer to them.
  */
 export function errorResponses(...codes: ErrorCode[]) {
   const byStatus = new Map<number, ErrorCode[]>();

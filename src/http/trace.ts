@@ -3,7 +3,7 @@ import { routePath } from "hono/route";
 import { createLogger, type Logger } from "../log";
 import { identityOf } from "../rpc/identity";
 import type { AppEnv, Principal } from "./context";
-import { recordLatency } from "./latency";
+import { recordLatency } from "../services/latency";
 
 const TRACE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 /** A request slower than this is always logged, whatever REQUEST_LOG says. */

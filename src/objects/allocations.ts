@@ -1,4 +1,5 @@
 import { DurableObject } from "cloudflare:workers";
+import { newId } from "../domain/ids";
 import {
   applyConfigUpdate, canTransition, capacityView, checkCapacity, checkDepth, decodeListCursor, DEFAULT_ALLOCATION_CONFIG,
   demandOf, depthFor, depthUsage, encodeListCursor, HOLDING_STATES, LIVE_STATES, priorityRank, retryAfterSec,
@@ -330,7 +331,7 @@ export class AllocationObject extends DurableObject<Env> {
         retryAfterSec: retryAfterSec(this.earliestExpiry({}), now),
       };
     }
-    const id = `alc_${crypto.randomUUID().replaceAll("-", "")}`;
+    const id = newId("allocation");
     const expiresAt = now + input.ttlMs;
     this.sql.exec(
       `INSERT INTO allocations (id, client_id, job_id, parent_id, depth, workers, cpu_millicores, memory_mb, priority, priority_rank,

@@ -1,4 +1,5 @@
 import { DurableObject } from "cloudflare:workers";
+import { newId } from "../domain/ids";
 import { budgetView, fitsBudget, type BudgetLimit, type BudgetView } from "../domain/budget";
 import { activePercent, burstRefusal, type BurstAsk, type BurstPolicy, type BurstSession } from "../domain/burst";
 import { DAY_MS, dayKey, monthKey } from "../domain/calendar";
@@ -196,7 +197,7 @@ export class ClientObject extends DurableObject<Env> {
     const refusal = burstRefusal(policy, this.burstSessions(), { percent, duration_ms: duration }, now);
     if (refusal) return { ok: false, error: refusal };
     const session: BurstSession = {
-      id: `bst_${crypto.randomUUID().replaceAll("-", "")}`, client_id: this.clientId(), state: "pending", percent, duration_ms: duration,
+      id: newId("burst"), client_id: this.clientId(), state: "pending", percent, duration_ms: duration,
       reason: ask.reason ?? null, requested_at: now, decided_at: null, started_at: null, ends_at: null, ended_at: null, updated_at: now,
     };
     if (!policy.requires_approval) Object.assign(session, { state: "active", decided_at: now, started_at: now, ends_at: now + duration });

@@ -1,6 +1,6 @@
 import { budgetView, type BudgetLimit, type BudgetView } from "../domain/budget";
 import { MONEY_LEASE } from "../domain/leases";
-import { timeOrderedId } from "../domain/ids";
+import { newId } from "../domain/ids";
 
 /**
  * Spend decided under a money lease or a reservation, as its holder hands it back: the pool outbox it
@@ -92,7 +92,7 @@ export class MoneyBook {
       }
     }
     if (nano <= 0) return { lease: null, refused };
-    const id = timeOrderedId("mls", now);
+    const id = newId("money_hold", now);
     this.sql.exec(
       "INSERT INTO money_holds (id, nano, drop_at) VALUES (?, ?, ?)",
       id, nano, now + MONEY_LEASE.TTL_MS + MONEY_LEASE.GRACE_MS,

@@ -1,5 +1,5 @@
 import { DurableObject } from "cloudflare:workers";
-import { timeOrderedId } from "../domain/ids";
+import { newId } from "../domain/ids";
 import { fits, giveBack, msUntil, refill, take, type BucketState } from "../domain/bucket";
 import { costOf } from "../domain/money";
 import { accessFor } from "../domain/sharing";
@@ -608,7 +608,7 @@ export class PoolObject extends DurableObject<Env> {
       }
       if (item.wait) this.waits.granted(item.wait, item.amount);
       this.bucket = take(this.bucket, item.amount);
-      const id = item.id ?? timeOrderedId("res", now);
+      const id = item.id ?? newId("reservation", now);
       const expiresAt = now + item.ttlMs;
       granted.push({ id, clientId: item.caller.clientId, requestId: item.requestId, via: item.caller.via, amount: item.amount, expiresAt });
       return { ok: true, value: { pool: cfg.id, reservationId: id, amount: item.amount, expiresAt, remaining: this.whole() } };
@@ -729,7 +729,7 @@ export class PoolObject extends DurableObject<Env> {
 
   private usageEvent(cfg: PoolConfig, caller: Caller, requestId: string | null, kind: UsageEvent["kind"], units: number, at: number): UsageEvent {
     return {
-      eventId: timeOrderedId("evt", at),
+      eventId: newId("event", at),
       poolId: cfg.id,
       clientId: caller.clientId,
       requestId,

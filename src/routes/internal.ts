@@ -65,7 +65,7 @@ export function idempotencyKey(bodyKey: string | undefined, header: string | und
 
 /**
  * Spend now: the consume route's work after authentication and validation (also the hot path's, see
- * src/http/hot.ts). Throws the AppError to answer.
+ * src/routes/consume-fast-path.ts). Throws the AppError to answer.
  */
 export async function consumeNow(
   env: Env, ctx: Pick<ExecutionContext, "waitUntil">, principal: Principal, b: z.infer<typeof ConsumeRequest>, key: string | undefined, traceId: string,

@@ -2,7 +2,7 @@ import { createRoute, OpenAPIHono, z } from "@hono/zod-openapi";
 import { authenticate } from "../http/auth";
 import type { AppEnv } from "../http/context";
 import { errorResponses } from "../http/errors";
-import { exposition, PROMETHEUS_CONTENT_TYPE } from "../http/prometheus";
+import { exposition, PROMETHEUS_CONTENT_TYPE } from "../domain/prometheus";
 import { collectMetrics } from "../services/metrics";
 
 export const metricsRoutes = new OpenAPIHono<AppEnv>().openapi(

@@ -2,7 +2,7 @@ import { z } from "@hono/zod-openapi";
 
 // Shared request/response pieces. Units are whole numbers; money is integer nano-dollars.
 
-/** The patterns of pool and client ids (also used by the hot path's plain-body check, src/http/hot.ts). */
+/** The patterns of pool and client ids (also used by the hot path's plain-body check, src/routes/consume-fast-path.ts). */
 export const POOL_ID = /^[a-z0-9][a-z0-9-]{0,63}$/;
 export const CLIENT_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 /** The most units one call may name. */

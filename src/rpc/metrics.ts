@@ -1,8 +1,8 @@
 import { Histogram, type HistogramSnapshot } from "../domain/histogram";
-import { LATENCY_BUCKETS_S } from "../http/latency";
+import { LATENCY_BUCKETS_S } from "../services/latency";
 
 /**
- * RPC and MCP tool calls, counted in this isolate since it started (as src/http/latency.ts counts
+ * RPC and MCP tool calls, counted in this isolate since it started (as src/services/latency.ts counts
  * HTTP). Labels are bounded: `via` is rpc or mcp, `method` a method of the entrypoint or a tool name
  * (only known ones are counted), `outcome` ok or an error code of src/errors.ts.
  */

@@ -1,6 +1,6 @@
 import type { AllocationConfigUpdate, AllocationPriority, AllocationState } from "../domain/allocations";
 import { AppError } from "../errors";
-import type { Principal } from "../http/context";
+import type { Principal } from "../domain/types";
 import type { AllocResult, Allocation, AllocationObject } from "../objects/allocations";
 import { callerFor } from "./pools";
 import { clientQuota } from "./quotas";

@@ -1,7 +1,8 @@
 import { base64url } from "../domain/base64url";
+import { newId } from "../domain/ids";
 import type { Scope } from "../domain/scopes";
 import { AppError } from "../errors";
-import { sha256Hex } from "../http/auth";
+import { sha256Hex } from "../domain/digest";
 import {
   countActiveKeys, deleteClientRows, findRetiredAt, getClient, insertApiKey, insertClient, listApiKeys, revokeApiKey, updateClientRow,
   type ApiKeyView, type ClientChanges, type ClientRow,
@@ -104,7 +105,7 @@ export async function deleteClient(env: Env, clientId: string, force: boolean): 
 export async function issueKey(env: Env, clientId: string, scopes: Scope[], name: string | null, now: number): Promise<IssuedKey> {
   const key = KEY_PREFIX + base64url(crypto.getRandomValues(new Uint8Array(SECRET_BYTES)));
   const stored = await insertApiKey(env.DB, {
-    id: `key_${crypto.randomUUID().replaceAll("-", "")}`,
+    id: newId("key"),
     clientId,
     keyHash: await sha256Hex(key),
     prefix: key.slice(0, SHOWN_PREFIX_CHARS),

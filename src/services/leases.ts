@@ -1,4 +1,4 @@
-import { timeOrderedId } from "../domain/ids";
+import { newId } from "../domain/ids";
 import { newMeter, observe, rateOf, sliceWant, TOKEN_LEASE, type RateMeter } from "../domain/leases";
 import type { Caller, PoolConfig } from "../domain/types";
 import { AppError } from "../errors";
@@ -86,7 +86,7 @@ export async function leaseConsume(
     const t = Date.now();
     if (t < h.deadline && h.units >= amount) {
       h.units -= amount;
-      const eventId = timeOrderedId("evt", t);
+      const eventId = newId("event", t);
       h.grants.push({ grant: [eventId, caller.clientId, caller.tier, caller.via, amount, requestId, costNano, t], debit });
       countConsume(cfg.id, "lease", true);
       if (h.units * 2 < h.lastAdded && !h.exchanging) ctx.waitUntil(exchange(env, cfg, h, 0, false));
@@ -194,7 +194,7 @@ function scheduleTick(env: Env, ctx: Pick<ExecutionContext, "waitUntil">, cfg: P
 }
 
 function holder(): string {
-  if (!holderId) holderId = `iso_${crypto.randomUUID().replaceAll("-", "")}`;
+  if (!holderId) holderId = newId("isolate");
   return holderId;
 }
 

@@ -1,6 +1,6 @@
 /**
  * Consumes per pool counted in this isolate since it started (module state, like request latency in
- * src/http/latency.ts): granted or refused, and decided where — from this isolate's token lease, or by
+ * src/services/latency.ts): granted or refused, and decided where — from this isolate's token lease, or by
  * the pool's object. Labels are bounded by configuration (pools). Exposed in /metrics; cheap enough to
  * count every consume, so per-pool traffic stays visible when request log lines are sampled.
  */

@@ -1,10 +1,9 @@
 import { costOf } from "../domain/money";
-import type { Caller, PoolConfig } from "../domain/types";
+import type { Caller, PoolConfig, Principal } from "../domain/types";
 import { AppError } from "../errors";
-import { timeOrderedId } from "../domain/ids";
+import { newId } from "../domain/ids";
 import type { SpendMark } from "../objects/money";
 import type { ConsumeResult, Failure, ReleaseResult, ReserveResult, Result, Spent, SpendItem, SpendOptions } from "../objects/pool";
-import type { Principal } from "../http/context";
 import { budgetLimit, clientQuota, clientTier } from "./config";
 import { leaseConsume } from "./leases";
 import { debitMoney, settleDebit } from "./money";
@@ -204,7 +203,7 @@ export async function reserveAt(env: Env, cfg: PoolConfig, caller: Caller, opts:
   const [limit, quota] = await Promise.all([budgetLimit(env, caller.clientId), clientQuota(env, caller.clientId)]);
   if (!limit || !quota) throw new AppError("client_not_found", `no client ${caller.clientId}`, { client_id: caller.clientId });
   const now = Date.now();
-  const id = timeOrderedId("res", now);
+  const id = newId("reservation", now);
   const nano = costOf(opts.amount, cfg.costPerUnitNano);
   const client = clientStub(env, caller.clientId);
   const held = await client.holdReservation(limit, quota, { id, nano, expiresAt: now + opts.ttlMs, pool: cfg.id, units: opts.amount });

@@ -1,4 +1,5 @@
 import { decodeCursorText, encodeCursorText } from "../domain/base64url";
+import { newId } from "../domain/ids";
 import type { AlertInput, AlertKind, AlertSeverity, AlertState } from "../domain/alerts";
 
 /** An alert as stored and as the API shows it; `details` parsed. */
@@ -25,7 +26,7 @@ function toAlert(row: AlertRow): Alert {
 }
 
 export function newAlertId(): string {
-  return `alt_${crypto.randomUUID().replaceAll("-", "")}`;
+  return newId("alert");
 }
 
 /**

@@ -4,7 +4,7 @@ import type { Period } from "../domain/periods";
 /**
  * The first day ('YYYY-MM-DD') of the period of a 'YYYY-MM-DD' day column, in SQLite: the day, the
  * Monday of its ISO week (strftime %w is 0 on Sunday), or the first of its month. The same rule as
- * domain/periods.ts periodStart; test/reports.test.ts holds the two together at week and year edges.
+ * domain/periods.ts periodStart; test/api/reports.test.ts holds the two together at week and year edges.
  */
 function periodStartSql(day: string, period: Period): string {
   if (period === "day") return day;

@@ -47,7 +47,7 @@ export const PRUNABLE: Record<Exclude<RetentionKind, "requests">, { table: strin
 };
 export type PrunableKind = keyof typeof PRUNABLE;
 
-/** The query that picks a chunk of old rows (also what test/retention.test.ts checks the plan of). */
+/** The query that picks a chunk of old rows (also what test/api/retention.test.ts checks the plan of). */
 export function chunkQuery(kind: PrunableKind): string {
   const { table, old } = PRUNABLE[kind];
   return `SELECT rowid FROM ${table} WHERE ${old} LIMIT ?2`;

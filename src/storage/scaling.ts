@@ -1,4 +1,5 @@
 import { decodeCursorText, encodeCursorText } from "../domain/base64url";
+import { newId } from "../domain/ids";
 import type { ScalingAction, ScalingBlock, ScalingPolicy, TriggerValues } from "../domain/scaling";
 
 /** What started an evaluation: the minute cron, a dynamic pool that ran dry, or an operator. */
@@ -146,7 +147,7 @@ export interface ScalingEventRecord {
 }
 
 export function newScalingEventId(): string {
-  return `sce_${crypto.randomUUID().replaceAll("-", "")}`;
+  return newId("scaling_event");
 }
 
 /**

@@ -3,7 +3,7 @@
  * back. Wire types only (and the request id), so that callers depend on this file and never on the
  * Durable Object class or its collaborators.
  */
-import { timeOrderedId } from "../../domain/ids";
+import { newId } from "../../domain/ids";
 import type { HistogramSnapshot } from "../../domain/histogram";
 import type { DowngradeReason, Strategy } from "../../domain/optimizer";
 import type { Priority, QueueName } from "../../domain/priority";
@@ -174,5 +174,5 @@ export interface SlaGroup extends Attainment {
 }
 
 export function newRequestId(): string {
-  return timeOrderedId("req");
+  return newId("request");
 }

@@ -1,0 +1,148 @@
+import { env, exports } from "cloudflare:workers";
+import { expect } from "vitest";
+import { clearConfigCache } from "../../src/services/config";
+import { checkResponse } from "./contract";
+import { upsertPool } from "../../src/storage/pools";
+import type { PoolConfig } from "../../src/domain/types";
+
+export const ADMIN = "test-admin-token";
+export const INTERNAL = "test-internal-token";
+/** Demo keys from seed.sql. */
+export const KEYS = {
+  acme: "rmk_demo_enterprise_acme",
+  globex: "rmk_demo_premium_globex",
+  initech: "rmk_demo_standard_initech",
+  hooli: "rmk_demo_basic_hooli",
+  hooliReadOnly: "rmk_demo_readonly_hooli",
+} as const;
+
+export interface Call {
+  status: number;
+  body: any;
+  headers: Headers;
+}
+
+/**
+ * Call the worker over HTTP and read the whole body (an unread body breaks storage isolation). Every
+ * response is checked against the OpenAPI document (test/support/contract.ts): an undeclared status, content
+ * type, error code or field fails the test that received it.
+ */
+export async function call(method: string, path: string, opts: { token?: string; json?: unknown; body?: string; headers?: Record<string, string> } = {}): Promise<Call> {
+  const headers: Record<string, string> = { ...(opts.headers ?? {}) };
+  if (opts.token) headers.authorization = `Bearer ${opts.token}`;
+  let body: string | undefined = opts.body;
+  if (opts.json !== undefined) {
+    body = JSON.stringify(opts.json);
+    headers["content-type"] ??= "application/json";
+  }
+  const res = await exports.default.fetch(new Request(`https://rm.test${path}`, { method, headers, body }));
+  const text = await res.text();
+  checkResponse(method, path, res.status, res.headers, text);
+  let parsed: unknown = text;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    /* not JSON: keep the text */
+  }
+  return { status: res.status, body: parsed, headers: res.headers };
+}
+
+/** Assert the one error envelope with a status and code. */
+export function expectError(r: Call, status: number, code: string): void {
+  expect(r.status, JSON.stringify(r.body)).toBe(status);
+  expect(r.body.error.code).toBe(code);
+  expect(typeof r.body.error.message).toBe("string");
+  expect(typeof r.body.trace_id).toBe("string");
+}
+
+let seq = 0;
+/** A fresh pool for one test (unique name, so a fresh Durable Object). */
+export async function makePool(overrides: Partial<Omit<PoolConfig, "version">> = {}): Promise<PoolConfig> {
+  seq += 1;
+  const pool: Omit<PoolConfig, "version"> = {
+    id: `t-${crypto.randomUUID().slice(0, 8)}-${seq}`,
+    name: "Test pool",
+    unit: "units",
+    capacity: 100,
+    refillPerSec: 0,
+    costPerUnitNano: 1000,
+    sharing: { mode: "shared" },
+    status: "active",
+    ...overrides,
+  };
+  await upsertPool(env.DB, pool);
+  // Token leases are a pool setting (pool_settings): "off" sends every consume to the pool's object.
+  if (pool.leases === "off") {
+    await env.DB.prepare("INSERT INTO pool_settings (pool_id, leases, updated_at) VALUES (?1, 'off', 0)").bind(pool.id).run();
+  }
+  clearConfigCache();
+  return { ...pool, version: 1 };
+}
+
+export function consume(pool: string, amount: number, extra: Record<string, unknown> = {}, clientId = "acme"): Promise<Call> {
+  return call("POST", "/internal/consume", { token: INTERNAL, json: { client_id: clientId, pool, amount, ...extra } });
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+let tseq = 0;
+/** A template for one test, served by a sample worker (CONTENT_WORKER by default). */
+export async function makeTemplate(requirements: Array<{ pool: string; amount: number }>, opts: { timeoutMs?: number; binding?: string } = {}): Promise<string> {
+  tseq += 1;
+  const id = `tpl-${crypto.randomUUID().slice(0, 8)}-${tseq}`;
+  await env.DB.prepare(
+    `INSERT INTO templates (id, name, binding, requirements, alternative_id, cacheable, batchable, timeout_ms, updated_at)
+     VALUES (?1, ?1, ?2, ?3, NULL, 0, 0, ?4, 0)`,
+  ).bind(id, opts.binding ?? "CONTENT_WORKER", JSON.stringify(requirements), opts.timeoutMs ?? 5000).run();
+  clearConfigCache();
+  return id;
+}
+
+/** Poll until `fn` returns a truthy value, or fail after `timeoutMs`. */
+export async function eventually<T>(fn: () => Promise<T | null | undefined | false>, timeoutMs = 5000, label = "condition"): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await fn();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${label}`);
+    await sleep(25);
+  }
+}
+
+export const scheduler = () => env.SCHEDULER.get(env.SCHEDULER.idFromName("scheduler"));
+
+export async function requestOf(id: string, token: string = KEYS.acme): Promise<any> {
+  return (await call("GET", `/api/execution/${id}`, { token })).body.request;
+}
+
+/** Wait until a request reaches one of the given statuses. */
+export function settled(id: string, statuses = ["completed", "failed", "cancelled"], timeoutMs = 8000, token: string = KEYS.acme): Promise<any> {
+  return eventually(async () => {
+    const r = await requestOf(id, token);
+    return statuses.includes(r?.status) ? r : null;
+  }, timeoutMs, `request ${id} to reach ${statuses.join("/")}`);
+}
+
+export function enqueue(json: unknown, token: string = KEYS.acme): Promise<Call> {
+  return call("POST", "/api/queue/enqueue", { token, json });
+}
+
+/** A small seeded generator, so that a failing run can be replayed. */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** A response an OpenAPI document declares, following a $ref into components.responses (shared error responses). */
+export function documentedResponse(doc: any, path: string, method: string, status: string): any {
+  const declared = doc.paths[path][method].responses[status];
+  return declared?.$ref ? doc.components.responses[declared.$ref.replace("#/components/responses/", "")] : declared;
+}
