@@ -56,6 +56,11 @@ export const laneSettings = { waitMs: 10_000, pollMs: 1 };
 
 const lanes = new Map<string, Lane>();
 
+/** How many consumes wait in this isolate's lane for a pool (for tests and diagnostics). */
+export function waitingInLane(poolId: string): number {
+  return lanes.get(poolId)?.waiting.length ?? 0;
+}
+
 /**
  * Spend now from a pool (the consume route, the hot path and the RPC entrypoint). Throws the AppError
  * to answer.

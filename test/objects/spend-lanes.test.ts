@@ -4,9 +4,9 @@ import { afterEach, describe, expect, it } from "vitest";
 import type { Caller, PoolConfig } from "../../src/domain/types";
 import { AppError } from "../../src/errors";
 import type { SpendItem } from "../../src/objects/pool";
-import { consumeAt, laneSettings, SPEND_BATCH_MAX, SPEND_CALLS_MAX } from "../../src/services/pools";
+import { consumeAt, laneSettings, SPEND_BATCH_MAX, SPEND_CALLS_MAX, waitingInLane } from "../../src/services/pools";
 import { listUsageEvents } from "../../src/storage/usage";
-import { consume, makePool, sleep } from "../support/helpers";
+import { consume, eventually, makePool, sleep } from "../support/helpers";
 
 const stubOf = (pool: string) => env.POOL.get(env.POOL.idFromName(pool));
 const acme: Caller = { clientId: "acme", tier: "enterprise", via: "internal" };
@@ -95,7 +95,9 @@ describe("consumeAt: one pool's consumes in an isolate share calls", () => {
 
   it(`a call carries at most ${SPEND_BATCH_MAX} consumes: 298 waiting behind two slow calls go in calls of 128, 128 and the 42 left`, async () => {
     const pool = await makePool({ leases: "off", capacity: 1000 });
-    const rec = recording((n) => (n <= 2 ? sleep(30) : undefined));
+    // The two first calls are held until the other 298 consumes wait behind them (each reaches the
+    // lane after its budget debit: under load that takes longer than any fixed pause).
+    const rec = recording((n) => (n <= 2 ? eventually(async () => waitingInLane(pool.id) === 298, 10_000, "298 consumes waiting").then(() => undefined) : undefined));
     const { all, ctx } = burst(rec.env, pool, 300);
     const results = await all;
     await waitOnExecutionContext(ctx);
