@@ -4,16 +4,13 @@ import { jsonTooDeep, MAX_JSON_DEPTH } from "../domain/json";
 import { AppError, type ErrorCode } from "../errors";
 import type { AppEnv } from "./context";
 import { errorDescription, errorResponses } from "./errors";
-
-/** The body limit when MAX_BODY_BYTES is unset or not a positive integer: 1 MiB. */
-export const DEFAULT_MAX_BODY_BYTES = 1_048_576;
+import { settings } from "../settings";
 
 /** What JSON body parsers take (hono/validator's test). */
 export const JSON_MEDIA = /^application\/([\w.-]+\+)?json$/i;
 
 export function maxBodyBytes(env: Env): number {
-  const n = Number(env.MAX_BODY_BYTES);
-  return Number.isSafeInteger(n) && n > 0 ? n : DEFAULT_MAX_BODY_BYTES;
+  return settings(env).MAX_BODY_BYTES;
 }
 
 function tooLarge(max: number): AppError {

@@ -4,6 +4,7 @@ import { createLogger, type Logger } from "../log";
 import { identityOf } from "../rpc/identity";
 import type { AppEnv, Principal } from "./context";
 import { recordLatency } from "../services/latency";
+import { settings } from "../settings";
 
 const TRACE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 /** A request slower than this is always logged, whatever REQUEST_LOG says. */
@@ -53,7 +54,7 @@ export function requestEnded(
 ): void {
   recordLatency(r.method, r.route, r.status, r.durationMs);
   let sampledOneIn: number | undefined;
-  if (env.REQUEST_LOG !== "all" && r.durationMs < SLOW_MS && (r.status < 400 || r.status === 429)) {
+  if (settings(env).REQUEST_LOG !== "all" && r.durationMs < SLOW_MS && (r.status < 400 || r.status === 429)) {
     sampledOneIn = sampleEvery(env);
     // Counted per isolate: deterministic (no randomness on the hot path, none in tests) and even.
     if (sampledOneIn === 0 || ++unlogged % sampledOneIn !== 0) return;
@@ -73,11 +74,7 @@ export function requestEnded(
 
 /** Requests not logged since this isolate started (the sample counts them). */
 let unlogged = 0;
-const DEFAULT_SAMPLE_EVERY = 100;
-
-/** One in how many of the requests that need no line is logged anyway: REQUEST_LOG_SAMPLE, a whole number (0: none). */
+/** One in how many of the requests that need no line is logged anyway: REQUEST_LOG_SAMPLE (0: none). */
 function sampleEvery(env: Env): number {
-  const raw = env.REQUEST_LOG_SAMPLE;
-  const n = raw === undefined || raw === "" ? DEFAULT_SAMPLE_EVERY : Number(raw);
-  return Number.isSafeInteger(n) && n >= 0 ? n : DEFAULT_SAMPLE_EVERY;
+  return settings(env).REQUEST_LOG_SAMPLE;
 }

@@ -15,6 +15,7 @@ import type { PoolSpend } from "./client";
 import { LeaseBook, type LeaseAnswer, type LeaseExchange } from "./pool-leases";
 import { flushDelay } from "../domain/flush";
 import { heldBack, WaitBook, type WaitClaim } from "./pool-waiters";
+import { settings } from "../settings";
 
 export type Failure = { ok: false; error: ErrorBody };
 export type Result<T> = { ok: true; value: T } | Failure;
@@ -843,7 +844,7 @@ export class PoolObject extends DurableObject<Env> {
       this.flushFailures = 0;
       if (delivered > 0) {
         const now = Date.now();
-        this.outboxRate = (delivered * 1000) / Math.max(now - this.lastFlushAt, Number(this.env.USAGE_FLUSH_DELAY_MS ?? 1000));
+        this.outboxRate = (delivered * 1000) / Math.max(now - this.lastFlushAt, settings(this.env).USAGE_FLUSH_DELAY_MS);
         this.lastFlushAt = now;
       }
     } catch (err) {
@@ -929,8 +930,8 @@ export class PoolObject extends DurableObject<Env> {
 
   /** How long events wait before delivery: USAGE_FLUSH_DELAY_MS when busy, up to USAGE_FLUSH_MAX_MS when quiet (src/domain/flush.ts). */
   private flushDelay(): number {
-    const base = Number(this.env.USAGE_FLUSH_DELAY_MS ?? 1000);
-    return flushDelay(this.outboxRate, base, Number(this.env.USAGE_FLUSH_MAX_MS ?? base));
+    const { USAGE_FLUSH_DELAY_MS: base, USAGE_FLUSH_MAX_MS: max } = settings(this.env);
+    return flushDelay(this.outboxRate, base, max ?? base);
   }
 }
 

@@ -5,6 +5,7 @@ import { ackAlert, getAlert, raisedFrom, raiseStatement, resolveStatement, type 
 import { budgetLimit, poolConfigs } from "./config";
 import { poolStub } from "./pools";
 import { queueStatus } from "./scheduler";
+import { settings } from "../settings";
 
 /** A webhook that does not answer within this long is given up on; delivery never holds up its caller longer. */
 export const ALERT_WEBHOOK_DEADLINE_MS = 2000;
@@ -54,7 +55,7 @@ export async function applyAlerts(env: Env, decision: AlertDecision, now: number
 /** POST one alert to the webhook, when configured: the service binding first, else the URL. Logs failures, never throws. */
 async function deliver(env: Env, alert: Alert, traceId?: string): Promise<void> {
   const webhook = (env as unknown as AlertWebhookBinding).ALERT_WEBHOOK;
-  const url = env.ALERT_WEBHOOK_URL;
+  const url = settings(env).ALERT_WEBHOOK_URL;
   const send = webhook
     ? (init: RequestInit) => webhook.fetch("https://alert-webhook.internal/", init)
     : url

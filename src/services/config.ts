@@ -13,6 +13,7 @@ import { defaultTarget, type SlaTarget } from "../domain/sla";
 import { TIERS } from "../domain/types";
 import { listSlaTargets } from "../storage/sla";
 import { TtlCache } from "./cache";
+import { settings } from "../settings";
 
 const pools = new TtlCache<Map<string, PoolConfig>>(1);
 const templates = new TtlCache<Map<string, Template>>(1);
@@ -31,7 +32,7 @@ const burstPolicies = new TtlCache<Map<string, BurstPolicy>>(1);
 const slaCache = new TtlCache<Map<string, SlaTarget>>(1);
 
 function ttl(env: Env): number {
-  return Number(env.CONFIG_TTL_MS) || 5000;
+  return settings(env).CONFIG_TTL_MS;
 }
 
 export function poolConfigs(env: Env): Promise<Map<string, PoolConfig>> {

@@ -24,6 +24,7 @@ import { compressText, decompressText } from "./compression";
 import { poolConfigs, templateConfig, templateConfigs } from "./config";
 import { estimateCost, type CostEstimate } from "./estimate";
 import { poolStub } from "./pools";
+import { settings } from "../settings";
 
 export type { SavingsRow } from "../storage/optimizer";
 
@@ -49,7 +50,7 @@ const switchesCache = new TtlCache<{ switches: StrategySwitches; updatedAt: numb
 const optionsCache = new TtlCache<Map<string, TemplateOptionsRow>>(1);
 
 function ttl(env: Env): number {
-  return Number(env.CONFIG_TTL_MS) || 5000;
+  return settings(env).CONFIG_TTL_MS;
 }
 
 /** Forget the switches and options cached in this isolate (after an admin change, and in tests). */

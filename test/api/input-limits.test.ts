@@ -4,7 +4,7 @@ import { describe, expect, it } from "vitest";
 import { canonicalJson, jsonTooDeep, MAX_JSON_DEPTH, nestsDeeperThan } from "../../src/domain/json";
 import { sha256Hex } from "../../src/http/auth";
 import { hotConsume } from "../../src/routes/consume-fast-path";
-import { DEFAULT_MAX_BODY_BYTES, maxBodyBytes } from "../../src/http/limits";
+import { maxBodyBytes } from "../../src/http/limits";
 import { clearConfigCache } from "../../src/services/config";
 import { checkResponse } from "../support/contract";
 import { ADMIN, call, expectError, INTERNAL, makePool, makeTemplate, type Call } from "../support/helpers";
@@ -99,7 +99,7 @@ describe("JSON depth (pure)", () => {
     cyclic.self = cyclic;
     expect(nestsDeeperThan(cyclic, MAX_JSON_DEPTH)).toBe(true);
     expect(canonicalJson({ b: [1, { d: 1, c: null }], a: "x", u: undefined })).toBe('{"a":"x","b":[1,{"c":null,"d":1}]}');
-    expect(maxBodyBytes({ MAX_BODY_BYTES: "nope" } as unknown as Env)).toBe(DEFAULT_MAX_BODY_BYTES);
+    expect(maxBodyBytes({ MAX_BODY_BYTES: "nope" } as unknown as Env)).toBe(1_048_576);
     expect(maxBodyBytes(env)).toBe(MAX);
   });
 });

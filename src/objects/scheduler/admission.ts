@@ -16,6 +16,7 @@ import type { WaitClaim } from "../pool-waiters";
 import { callerOf, groupBy, type Held, type Row } from "./rows";
 import type { Release } from "./settlement";
 import type { QueueStore } from "./store";
+import { settings } from "../../settings";
 
 /** What admission asks of settlement: to give back what requests it does not admit got. */
 export interface AdmissionHost {
@@ -154,6 +155,6 @@ export class Admission {
   }
 
   private leaseMarginMs(): number {
-    return Number((this.env as unknown as Record<string, string>).LEASE_MARGIN_MS ?? 5000) || 5000;
+    return settings(this.env).LEASE_MARGIN_MS;
   }
 }

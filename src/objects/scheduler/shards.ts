@@ -1,3 +1,5 @@
+import { settings } from "../../settings";
+
 /**
  * Scheduler shards: which scheduler object owns a client, by name. A client's requests go to shard
  * `hash(client id) mod SCHEDULER_SHARDS`; shard 0 keeps the name the single scheduler always had
@@ -5,16 +7,12 @@
  * the service layer routes with them, and the objects (client, scheduler) wake shards with them.
  */
 
-/** Shards when SCHEDULER_SHARDS is unset or not a whole number in [1, MAX_SHARDS] (README: Configuration). */
-export const DEFAULT_SHARDS = 4;
 /** Reads that ask every shard fan out to all of them: a bound keeps that fan-out small. */
 export const MAX_SHARDS = 64;
 
 /** The configured shard count. */
 export function shardCount(env: Env): number {
-  const raw = env.SCHEDULER_SHARDS as string | undefined;
-  const n = Number(raw);
-  return raw !== undefined && raw !== "" && Number.isInteger(n) && n >= 1 && n <= MAX_SHARDS ? n : DEFAULT_SHARDS;
+  return Math.min(settings(env).SCHEDULER_SHARDS, MAX_SHARDS);
 }
 
 /** 32-bit FNV-1a: stable across isolates and deploys (the partition must not move by itself). */
