@@ -152,7 +152,7 @@ export async function runMany(jobs, env, work, report) {
  * once, run the jobs after the call under `waitUntil`, and report each answer through `report` as
  * runMany does. The stub is kept with `dup()` (a stub passed to an RPC call is released when the call
  * returns) and released when every job has been reported. The scheduler then holds no call open for
- * held jobs (README: the worker protocol).
+ * held jobs (docs/kam.md: the worker protocol).
  */
 export function acceptMany(jobs, env, work, report, ctx) {
   const keep = typeof report.dup === "function" ? report.dup() : report;

@@ -5,7 +5,7 @@
 export const SCOPES = ["resources:read", "execute", "usage:read", "quota:read", "burst", "allocations"] as const;
 export type Scope = (typeof SCOPES)[number];
 
-/** What each scope opens, for the API document and the README. */
+/** What each scope opens, for the API document and docs/api-guide.md. */
 export const SCOPE_DESCRIPTIONS: Record<Scope, string> = {
   "resources:read": "pool availability, checks and cost estimates; /status",
   execute: "enqueue and execute requests, read and cancel them, queue status",

@@ -28,7 +28,7 @@ export interface PoolConfig {
   /** pool_low is raised strictly below this percent of capacity (0: never). Default 10. */
   lowWaterPercent?: number;
   /**
-   * Token leases to isolates (see README, the exactness model): auto (default) lends to an isolate once
+   * Token leases to isolates (see docs/architecture.md, the exactness model): auto (default) lends to an isolate once
    * its own consumes of the pool are frequent enough; off: every consume is decided by the pool's object.
    */
   leases?: "auto" | "off";

@@ -44,7 +44,7 @@ export function traceIdFor(given: string | undefined): string {
  * every request slower than 1 s, plus one in REQUEST_LOG_SAMPLE of the others (default 100; 0: none),
  * marked with `sampled_one_in`. A 429 is a limiter's ordinary answer under load, so it is sampled too:
  * refusals per pool are counted in /metrics (rm_pool_consumes_total), where nothing is sampled. Under
- * `wrangler dev` a line per consume halved the hot path's throughput (bench/README.md). The app's
+ * `wrangler dev` a line per consume halved the hot path's throughput (docs/benchmarks.md). The app's
  * middleware and the hot path both end here.
  */
 export function requestEnded(

@@ -9,7 +9,7 @@ export const metricsRoutes = new OpenAPIHono<AppEnv>().openapi(
   createRoute({
     method: "get", path: "/metrics", tags: ["health"],
     summary: "Prometheus text format: pools, queues, dispatch counters, request latency, spend, open alerts",
-    description: "For a Prometheus scraper with the metrics token (METRICS_TOKEN), or an operator with the admin token. Metric families are listed in the README.",
+    description: "For a Prometheus scraper with the metrics token (METRICS_TOKEN), or an operator with the admin token. Metric families are listed in docs/operations.md.",
     middleware: [authenticate("admin", "metrics")],
     security: [{ bearer: [] }],
     responses: {

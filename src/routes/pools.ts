@@ -37,7 +37,7 @@ const Sharing = z
 
 const LowWater = z.number().int().min(0).max(100).openapi({ description: "pool_low is raised strictly below this percent of capacity; 0: never", example: 10 });
 const Leases = z.enum(["auto", "off"]).openapi({
-  description: "Token leases to isolates: auto lends slices of the bucket to isolates that consume from the pool often (decided there, no object round trip; see the README's exactness model); off: every consume is decided by the pool's object",
+  description: "Token leases to isolates: auto lends slices of the bucket to isolates that consume from the pool often (decided there, no object round trip; see docs/architecture.md, the exactness model); off: every consume is decided by the pool's object",
 });
 
 const Definition = {

@@ -20,7 +20,7 @@ const PoolAvailability = z.object({
   available: z.number().int().openapi({
     description: "Whole units this client could take now from the pool's bucket (after shares kept for others). Units lent to isolates on token leases are not in it: they are granted there, so a consume can still succeed when this is 0",
   }),
-  leased: z.number().int().openapi({ description: "Units lent to isolates on token leases now (already taken from the bucket; see the README's exactness model)" }),
+  leased: z.number().int().openapi({ description: "Units lent to isolates on token leases now (already taken from the bucket; see docs/architecture.md, the exactness model)" }),
   refill_per_sec: z.number(),
   utilization: z.number(),
   cost_per_unit_nano: Nano,

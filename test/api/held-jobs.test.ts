@@ -7,7 +7,7 @@ import { ADMIN, call, enqueue, eventually, KEYS, makePool, makeTemplate, schedul
 /**
  * Issue 20: many long jobs in flight at once. HOLD_WORKER is the content generator with ACCEPT_MANY
  * (vitest.config.ts): its runMany answers `{ accepted }` at once and reports each job when it ends, so
- * the scheduler holds no call open while the jobs run (README: the worker protocol). The bench runs
+ * the scheduler holds no call open while the jobs run (docs/kam.md: the worker protocol). The bench runs
  * 10,000 (bench/queue.mjs, QUEUE_BENCH_HOLD_S); the suite runs 1,500.
  */
 describe("held jobs", () => {

@@ -15,7 +15,7 @@ import { ADMIN, call, consume, enqueue, eventually, expectError, INTERNAL, KEYS,
 
 const METRICS = "test-metrics-token";
 
-/** The families the README documents, with their type and the only labels they may carry. */
+/** The families docs/operations.md documents, with their type and the only labels they may carry. */
 const DOCUMENTED: Record<string, { type: string; labels: string[] }> = {
   rm_pool_info: { type: "gauge", labels: ["pool", "unit", "status", "sharing"] },
   rm_pool_level: { type: "gauge", labels: ["pool"] },

@@ -137,11 +137,11 @@ export class WorkerCalls {
   }
 
   /**
-   * Several requests of one template in one call to its worker (RPC `runMany(jobs, report)`, README:
+   * Several requests of one template in one call to its worker (RPC `runMany(jobs, report)`, docs/kam.md:
    * the worker protocol), each still a request of its own: the worker runs them independently and
    * reports each answer as soon as it has it, and each request keeps its own deadline and stop handle,
    * so one slow or failing request holds up and fails no other. One call instead of one per request
-   * was about a third of the runtime's CPU per dispatch while draining a backlog (bench/README.md). A
+   * was about a third of the runtime's CPU per dispatch while draining a backlog (docs/benchmarks.md). A
    * worker without `runMany` gets one call per request, and is remembered for a while.
    */
   private launchMany(rows: Row[], template: Template): void {
@@ -186,7 +186,7 @@ export class WorkerCalls {
         // Every request may end (deadline, cancel) before the worker's call does: then it is not waited for.
         const answer = await Promise.race([binding.runMany(await Promise.all(rows.map(jobOf)), report), ended]);
         // The worker accepted the jobs and keeps `report` to answer each later: no call stays open here
-        // (README: the worker protocol). Each request still ends by its report, its deadline or a cancel.
+        // (docs/kam.md: the worker protocol). Each request still ends by its report, its deadline or a cancel.
         if (accepted(answer)) return;
         for (const i of [...pending.keys()]) end(i, { ok: false, error: "worker failed: runMany ended without answering this request" });
       } catch (err) {
@@ -240,7 +240,7 @@ export class WorkerCalls {
   /**
    * Hand a job (or a batch) to the template's worker within its deadline: over RPC (`run(job)`) when the
    * worker has it, else `POST /run`. RPC skips HTTP framing and JSON on both sides (about a third of
-   * the call's cost under workerd; bench/README.md). A worker without `run` is remembered for a while.
+   * the call's cost under workerd; docs/benchmarks.md). A worker without `run` is remembered for a while.
    * The deadlines share one timer (see Deadlines): a timer, an AbortController and a listener per call
    * were about 5% of the service's CPU while draining, and workerd caps live timers per object at 10,000.
    */

@@ -1,9 +1,9 @@
 /** The dispatch limits that ranking, the pass and the state view share. */
 
 /**
- * Requests in worker calls at once, per shard: 10,000 held jobs fit in one shard (issue 20; README: the
+ * Requests in worker calls at once, per shard: 10,000 held jobs fit in one shard (issue 20; docs/architecture.md: the
  * worker protocol, `runMany` accepting jobs). A pass still launches at most SCAN_LIMIT, so a backlog of
- * quick jobs drains in the same waves as with 2,048 (bench/README.md).
+ * quick jobs drains in the same waves as with 2,048 (docs/benchmarks.md).
  */
 export const MAX_IN_FLIGHT = 10_240;
 /** Room above MAX_IN_FLIGHT kept for `immediate` work run at once by execute (the immediate lane), so a backlog cannot hold it up. */

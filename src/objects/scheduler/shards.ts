@@ -39,7 +39,7 @@ export function shardStub(env: Env, index: number) {
   return env.SCHEDULER.get(env.SCHEDULER.idFromName(shardName(index)));
 }
 
-/** The shard that owns this client now (new work goes there; see README: queues, shards). */
+/** The shard that owns this client now (new work goes there; see docs/architecture.md: queues, shards). */
 export function ownerShard(env: Env, clientId: string): number {
   return shardIndexOf(clientId, shardCount(env));
 }

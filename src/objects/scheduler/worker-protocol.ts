@@ -1,5 +1,5 @@
 /**
- * The worker protocol as the scheduler speaks it (README: the worker protocol): the job a worker gets
+ * The worker protocol as the scheduler speaks it (docs/kam.md: the worker protocol): the job a worker gets
  * for one request, the answers it gives (alone, in a batch, or reported by `runMany`), and the service
  * binding's shape.
  */
@@ -18,7 +18,7 @@ async function paramsOf(row: Row): Promise<string> {
   return row.params.startsWith("gz:") ? decompressText(row.params) : row.params;
 }
 
-/** What the worker gets for one request (the worker protocol, README); `trace_id` is its enqueue's or execute's. */
+/** What the worker gets for one request (the worker protocol, docs/kam.md); `trace_id` is its enqueue's or execute's. */
 export async function jobOf(row: Row): Promise<{ request_id: string; template: string; params: unknown; attempt: number; allotted: Record<string, number>; trace_id: string | null }> {
   return { request_id: row.id, template: row.template, params: JSON.parse(await paramsOf(row)), attempt: row.attempts, allotted: allottedOf(row), trace_id: row.trace_id ?? null };
 }
