@@ -15,7 +15,7 @@ export function spendBudgetRefusal(clientId: string, nano: number, what: { pool:
   );
 }
 
-/** The 429 for a reservation the client's quota cannot hold (as enqueue words it: the limit, its use, the shortfall). */
+/** The 429 for work or a reservation the client's quota cannot hold: the limit, its use, the shortfall (enqueue's too). */
 export function spendQuotaRefusal(clientId: string, shortfall: QuotaShortfall): AppError {
   const what = shortfall.limit === "pool_daily" ? `its daily cap of ${shortfall.limit_value} units of ${shortfall.pool}` : `its ${shortfall.limit} quota of ${shortfall.limit_value}`;
   const now = Date.now();

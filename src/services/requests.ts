@@ -4,10 +4,7 @@ import type { Caller } from "../domain/types";
 import { AppError, type ErrorBody } from "../errors";
 import type { BudgetView } from "../domain/budget";
 import { newRequestId, type EnqueueOutcome, type NewRequest, type PositionView, type RequestView } from "../objects/scheduler/types";
-import { dayStart } from "../domain/calendar";
 import type { QuotaShortfall } from "../domain/quota";
-
-const DAY_MS = 24 * 60 * 60 * 1000;
 import { budgetLimit, clientQuota, templateConfig, tierLimits } from "./config";
 import type { Quality } from "../domain/optimizer";
 import { compressText } from "./compression";
@@ -16,6 +13,7 @@ import { cacheGet, checkDowngradeChoice, planRequest } from "./optimizer";
 import { unwrap } from "./pools";
 import { cancelHeld, findByKey, getRequestView, positionView } from "./scheduler";
 import { ownerShard, shardStub } from "../objects/scheduler/shards";
+import { spendQuotaRefusal } from "./refusals";
 
 /** One request as a caller submits it (validated shape; see routes/queue.ts for the schema). */
 export interface RequestSpec {
@@ -156,12 +154,8 @@ function unitsByPool(request: NewRequest): Record<string, number> {
 
 /** The 429 body for a daily cap: which pool, its cap, today's use, what the request needs, the shortfall. */
 export function quotaRefusal(caller: Caller, shortfall: QuotaShortfall): ErrorBody {
-  const what = shortfall.limit === "pool_daily" ? `its daily cap of ${shortfall.limit_value} units of ${shortfall.pool}` : `its ${shortfall.limit} quota of ${shortfall.limit_value}`;
-  return {
-    code: "quota_exceeded",
-    message: `client ${caller.clientId} would exceed ${what} by ${shortfall.shortfall}`,
-    details: { client_id: caller.clientId, ...shortfall, ...(shortfall.limit === "pool_daily" ? { retry_after_ms: dayStart(Date.now()) + DAY_MS - Date.now() } : {}) },
-  };
+  const { code, message, details } = spendQuotaRefusal(caller.clientId, shortfall);
+  return { code, message, details };
 }
 
 /** The 402 body: the budget, what is spent and in flight, when it resets, and a cheaper template if one fits. */

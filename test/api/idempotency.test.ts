@@ -1,33 +1,17 @@
 import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { sha256Hex } from "../../src/http/auth";
 import type { SchedulerObject } from "../../src/objects/scheduler";
-import { clearConfigCache } from "../../src/services/config";
-import { ADMIN, call, expectError, makePool, makeTemplate, scheduler, type Call } from "../support/helpers";
+import { ADMIN, call, expectError, makeClient, makePool, makeTemplate, scheduler, type Call } from "../support/helpers";
 
 const HOUR = 3_600_000;
 const ESTIMATE = 2000; // 2 units at 1,000 nano-dollars
 
-let cseq = 0;
-/** A fresh client with its own key, so its requests and money in flight are only this test's. */
-async function makeClient(): Promise<{ id: string; key: string }> {
-  cseq += 1;
-  const id = `idem-${crypto.randomUUID().slice(0, 8)}-${cseq}`;
-  const key = `rmk_test_${crypto.randomUUID().replace(/-/g, "")}`;
-  await env.DB.batch([
-    env.DB.prepare(`INSERT INTO clients (id, name, email, tier, monthly_budget_nano, status, created_at, updated_at) VALUES (?1, ?1, 'ops@example.com', 'standard', NULL, 'active', 0, 0)`).bind(id),
-    env.DB.prepare(`INSERT INTO api_keys (id, client_id, key_hash, prefix, scopes, created_at) VALUES (?1, ?2, ?3, 'rmk_test', ?4, 0)`)
-      .bind(`key_${id}`, id, await sha256Hex(key), JSON.stringify(["resources:read", "execute", "usage:read"])),
-  ]);
-  clearConfigCache();
-  return { id, key };
-}
 
 async function setup() {
   const pool = await makePool({ capacity: 1000, refillPerSec: 1 });
   const template = await makeTemplate([{ pool: pool.id, amount: 2 }]);
-  return { pool, template, client: await makeClient(), later: Date.now() + HOUR };
+  return { pool, template, client: await makeClient("idem"), later: Date.now() + HOUR };
 }
 
 async function current(clientId: string): Promise<{ in_flight_nano: number; requests: number }> {
@@ -122,7 +106,7 @@ describe("idempotency keys on enqueue and execute", () => {
 
   it("different clients with the same key are independent", async () => {
     const { template, client, later } = await setup();
-    const other = await makeClient();
+    const other = await makeClient("idem");
     const a = await enqueue(client.key, { template, params: { who: "a" }, not_before: later, idempotency_key: "shared" });
     const b = await enqueue(other.key, { template, params: { who: "b" }, not_before: later, idempotency_key: "shared" });
     expect(a.status).toBe(202);

@@ -2,37 +2,21 @@ import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test"
 import { env, exports } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { canonicalJson, jsonTooDeep, MAX_JSON_DEPTH, nestsDeeperThan } from "../../src/domain/json";
-import { sha256Hex } from "../../src/http/auth";
 import { hotConsume } from "../../src/routes/consume-fast-path";
 import { maxBodyBytes } from "../../src/http/limits";
-import { clearConfigCache } from "../../src/services/config";
 import { checkResponse } from "../support/contract";
-import { ADMIN, call, expectError, INTERNAL, makePool, makeTemplate, type Call } from "../support/helpers";
+import { ADMIN, call, expectError, INTERNAL, makeClient, makePool, makeTemplate, type Call } from "../support/helpers";
 
 const MAX = 1_048_576; // wrangler.toml MAX_BODY_BYTES
 const MB50 = 50 * 1024 * 1024;
 const HOUR = 3_600_000;
 
-let cseq = 0;
-/** A fresh client with its own key, so its money in flight is only this test's. */
-async function makeClient(): Promise<{ id: string; key: string }> {
-  cseq += 1;
-  const id = `il-${crypto.randomUUID().slice(0, 8)}-${cseq}`;
-  const key = `rmk_test_${crypto.randomUUID().replace(/-/g, "")}`;
-  await env.DB.batch([
-    env.DB.prepare(`INSERT INTO clients (id, name, email, tier, monthly_budget_nano, status, created_at, updated_at) VALUES (?1, ?1, 'ops@example.com', 'standard', NULL, 'active', 0, 0)`).bind(id),
-    env.DB.prepare(`INSERT INTO api_keys (id, client_id, key_hash, prefix, scopes, created_at) VALUES (?1, ?2, ?3, 'rmk_test', ?4, 0)`)
-      .bind(`key_${id}`, id, await sha256Hex(key), JSON.stringify(["resources:read", "execute", "usage:read"])),
-  ]);
-  clearConfigCache();
-  return { id, key };
-}
 
 /** A client with one request queued for an hour (1,000 nano-dollars in flight), and its template. */
 async function clientWithMoneyInFlight() {
   const pool = await makePool({ capacity: 1000, refillPerSec: 1 });
   const template = await makeTemplate([{ pool: pool.id, amount: 1 }]);
-  const client = await makeClient();
+  const client = await makeClient("il");
   const queued = await call("POST", "/api/queue/enqueue", { token: client.key, json: { template, not_before: Date.now() + HOUR } });
   expect(queued.status).toBe(202);
   expect(await inFlight(client.id)).toBe(1000);

@@ -1,5 +1,6 @@
 import { env, exports } from "cloudflare:workers";
 import { expect } from "vitest";
+import { sha256Hex } from "../../src/domain/digest";
 import { clearConfigCache } from "../../src/services/config";
 import { checkResponse } from "./contract";
 import { upsertPool } from "../../src/storage/pools";
@@ -145,4 +146,22 @@ export function mulberry32(seed: number): () => number {
 export function documentedResponse(doc: any, path: string, method: string, status: string): any {
   const declared = doc.paths[path][method].responses[status];
   return declared?.$ref ? doc.components.responses[declared.$ref.replace("#/components/responses/", "")] : declared;
+}
+
+let clientSeq = 0;
+/**
+ * A fresh standard-tier client with its own API key (scopes resources:read, execute, usage:read), so
+ * its requests and money in flight are only the calling test's.
+ */
+export async function makeClient(prefix: string): Promise<{ id: string; key: string }> {
+  clientSeq += 1;
+  const id = `${prefix}-${crypto.randomUUID().slice(0, 8)}-${clientSeq}`;
+  const key = `rmk_test_${crypto.randomUUID().replace(/-/g, "")}`;
+  await env.DB.batch([
+    env.DB.prepare(`INSERT INTO clients (id, name, email, tier, monthly_budget_nano, status, created_at, updated_at) VALUES (?1, ?1, 'ops@example.com', 'standard', NULL, 'active', 0, 0)`).bind(id),
+    env.DB.prepare(`INSERT INTO api_keys (id, client_id, key_hash, prefix, scopes, created_at) VALUES (?1, ?2, ?3, 'rmk_test', ?4, 0)`)
+      .bind(`key_${id}`, id, await sha256Hex(key), JSON.stringify(["resources:read", "execute", "usage:read"])),
+  ]);
+  clearConfigCache();
+  return { id, key };
 }
