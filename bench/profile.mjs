@@ -3,7 +3,7 @@
 // summary of where the samples went (self and inclusive, by function).
 //
 //   node --experimental-websocket bench/profile.mjs [--worker resource-manager] [--seconds 2]
-//        [--wait-for FILE --marker TEXT] [--out bench/results/profile.cpuprofile]
+//        [--wait-for FILE --marker TEXT] [--pid WORKERD_PID] [--out bench/results/profile.cpuprofile]
 //
 // Run it beside a benchmark (e.g. `node bench/queue.mjs > /tmp/q.out &`, then this with
 // `--wait-for /tmp/q.out --marker draining` to start when the drain starts). It finds workerd's
@@ -25,11 +25,14 @@ const SECONDS = Number(args.get("seconds") ?? 2);
 const OUT = args.get("out") ?? "bench/results/profile.cpuprofile";
 const WAIT_FOR = args.get("wait-for");
 const MARKER = args.get("marker") ?? "";
+// Several wrangler dev instances of one worker (a benchmark's product and its baseline, or another
+// engineer's): --pid names the workerd process whose isolate to profile.
+const PID = args.get("pid");
 if (typeof WebSocket === "undefined") throw new Error("no WebSocket: run with node --experimental-websocket (Node 20)");
 if (!(SECONDS > 0)) throw new Error("--seconds must be a positive number");
 
 async function inspectorUrl() {
-  const lines = execFileSync("ss", ["-ltnp"]).toString().split("\n").filter((l) => l.includes("workerd"));
+  const lines = execFileSync("ss", ["-ltnp"]).toString().split("\n").filter((l) => l.includes("workerd") && (!PID || l.includes(`pid=${PID},`)));
   for (const line of lines) {
     const port = line.split(/\s+/)[3]?.split(":").pop();
     try {

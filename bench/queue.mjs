@@ -8,6 +8,7 @@
 //   3. POST /admin/scheduler/stop
 //   4. enqueue 10,000 requests over the four demo clients and the queues fast/normal/batch:
 //      2,000 single calls (16 in flight), then 8,000 in batches of 100 (4 in flight); every answer checked
+//      (and workerd's CPU per single enqueue, in all and per workerd process: wrangler's proxy and the workers)
 //   5. with the backlog queued and the scheduler stopped: ~200 sequential calls (1 connection) each of
 //      GET /api/queue/status, GET /api/queue/position/{id}, POST /api/execute (202 expected)
 //   6. POST /admin/scheduler/start; poll GET /api/queue/status every 250 ms while ~200 sequential
@@ -251,6 +252,13 @@ function workerdTicks() {
 }
 const TICKS_PER_S = 100; // Linux USER_HZ
 
+/** The same, per workerd process (wrangler dev runs two: its proxy in front, and the workers): { pid: ticks }. */
+function workerdTicksByPid() {
+  const procs = devGroup();
+  if (!procs) return null;
+  return Object.fromEntries(procs.filter((p) => p.name === "workerd").map(({ pid, fields }) => [pid, Number(fields[11]) + Number(fields[12])]));
+}
+
 // ---------------------------------------------------------------- HTTP
 
 let BASE = "";
@@ -341,6 +349,8 @@ const enqueued = []; // { id, client }
 async function enqueueSingle() {
   const latencies = [];
   let ok = 0;
+  const ticks0 = workerdTicks();
+  const byPid0 = workerdTicksByPid();
   const t0 = performance.now();
   await pool(SINGLE, SINGLE_CONCURRENCY, async (i) => {
     const client = CLIENTS[i % CLIENTS.length];
@@ -356,7 +366,14 @@ async function enqueueSingle() {
     enqueued.push({ id, client });
   });
   const seconds = (performance.now() - t0) / 1000;
-  return { calls: SINGLE, concurrency: SINGLE_CONCURRENCY, requests_ok: ok, seconds, requests_per_s: ok / seconds, call_latency: latencyStats(latencies) };
+  const ticks1 = workerdTicks();
+  // workerd CPU per enqueue: moves less with the machine's load than req/s does.
+  const cpuUs = ticks0 == null || ticks1 == null || ok === 0 ? null : ((ticks1 - ticks0) / TICKS_PER_S / ok) * 1e6;
+  const byPid1 = workerdTicksByPid();
+  const perProcess = byPid0 && byPid1 && ok > 0
+    ? Object.fromEntries(Object.entries(byPid1).map(([pid, t]) => [pid, Math.round(((t - (byPid0[pid] ?? 0)) / TICKS_PER_S / ok) * 1e6)]))
+    : null;
+  return { calls: SINGLE, concurrency: SINGLE_CONCURRENCY, requests_ok: ok, seconds, requests_per_s: ok / seconds, workerd_cpu_us_per_enqueue: cpuUs, workerd_cpu_us_per_enqueue_by_pid: perProcess, call_latency: latencyStats(latencies) };
 }
 
 async function enqueueBatched() {
@@ -779,7 +796,7 @@ async function main() {
     // 4. enqueue.
     console.log(`queue bench: enqueueing ${SINGLE} single (${SINGLE_CONCURRENCY} in flight)...`);
     result.enqueue_single = await enqueueSingle();
-    console.log(`  ${fmt(result.enqueue_single.requests_per_s)} req/s, ${result.enqueue_single.requests_ok} ok in ${fmt(result.enqueue_single.seconds, 2)} s`);
+    console.log(`  ${fmt(result.enqueue_single.requests_per_s)} req/s, ${result.enqueue_single.requests_ok} ok in ${fmt(result.enqueue_single.seconds, 2)} s, workerd CPU ${fmt(result.enqueue_single.workerd_cpu_us_per_enqueue, 0)} us per enqueue ${JSON.stringify(result.enqueue_single.workerd_cpu_us_per_enqueue_by_pid)}`);
     console.log(`queue bench: enqueueing ${BATCHED} in batches of ${BATCH_SIZE} (${BATCH_CONCURRENCY} in flight)...`);
     result.enqueue_batched = await enqueueBatched();
     console.log(`  ${fmt(result.enqueue_batched.requests_per_s)} req/s, ${result.enqueue_batched.requests_ok} ok in ${fmt(result.enqueue_batched.seconds, 2)} s`);
@@ -857,7 +874,7 @@ function summarize(result, { port, wranglerVersion, started }) {
   const D = result.drain;
   const E = D.execute_during_drain;
   const rows = [
-    ["enqueue, single calls", `${fmt(result.enqueue_single.requests_per_s, 0)} req/s`, `${result.enqueue_single.requests_ok}/${SINGLE} ok, c=${SINGLE_CONCURRENCY}, call p50 ${fmt(result.enqueue_single.call_latency.p50_ms, 1)} p95 ${fmt(result.enqueue_single.call_latency.p95_ms, 1)} ms`],
+    ["enqueue, single calls", `${fmt(result.enqueue_single.requests_per_s, 0)} req/s`, `${result.enqueue_single.requests_ok}/${SINGLE} ok, c=${SINGLE_CONCURRENCY}, call p50 ${fmt(result.enqueue_single.call_latency.p50_ms, 1)} p95 ${fmt(result.enqueue_single.call_latency.p95_ms, 1)} ms, ${fmt(result.enqueue_single.workerd_cpu_us_per_enqueue, 0)} us CPU each`],
     ["enqueue, batches of 100", `${fmt(result.enqueue_batched.requests_per_s, 0)} req/s`, `${result.enqueue_batched.requests_ok}/${BATCHED} ok, c=${BATCH_CONCURRENCY}, call p50 ${fmt(result.enqueue_batched.call_latency.p50_ms, 1)} p95 ${fmt(result.enqueue_batched.call_latency.p95_ms, 1)} ms`],
   ];
   const latRows = [

@@ -11,6 +11,7 @@ import { costRoutes } from "./routes/cost";
 import { dashboardRoutes } from "./routes/dashboard";
 import { dashboardDataRoutes } from "./routes/dashboard-data";
 import { docsRoutes } from "./routes/docs";
+import { docsFileRoutes } from "./routes/docs-files";
 import { healthRoutes } from "./routes/health";
 import { internalRoutes } from "./routes/internal";
 import { mcpRoutes } from "./mcp/server";
@@ -57,6 +58,7 @@ export function createApp() {
   app.route("/", dashboardDataRoutes);
   app.route("/", metricsRoutes);
   app.route("/", docsRoutes(app));
+  app.route("/", docsFileRoutes());
   app.route("/", mcpRoutes(app));
   declareInputLimits(app);
   app.notFound(notFound);

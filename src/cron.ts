@@ -1,10 +1,10 @@
 import { log } from "./log";
 import { checkAlerts } from "./services/alerts";
 import { reconcileInFlight } from "./services/budget";
-import { poolConfigs } from "./services/config";
+import { poolConfigs } from "./storage/config";
 import { samplePools } from "./services/pool-samples";
 import { sampleQueues } from "./services/queue-samples";
-import { poolStub } from "./services/pools";
+import { poolStub } from "./objects/pool/stub";
 import { runRetention } from "./services/retention";
 import { passAll, retireEmptyShards } from "./services/scheduler";
 import { sweepCache } from "./services/optimizer";

@@ -1,6 +1,8 @@
 import { createApp } from "./app";
 import { hotConsume, isHotConsume } from "./routes/consume-fast-path";
 import { runCron } from "./cron";
+import { poolHooks } from "./objects/pool/hooks";
+import { evaluatePoolScaling } from "./services/scaling";
 
 export { AllocationObject } from "./objects/allocations";
 export { ClientObject } from "./objects/client";
@@ -9,6 +11,8 @@ export { SchedulerObject } from "./objects/scheduler";
 export { ResourceManagerRpc } from "./rpc/entrypoint";
 
 const app = createApp();
+// A pool that runs dry asks for a scaling evaluation; objects import no service, so the entry wires it.
+poolHooks.poolDry = (env, poolId, now) => evaluatePoolScaling(env, poolId, "pool_dry", now);
 
 export default {
   // The spend every platform worker makes first goes round the router (see src/routes/consume-fast-path.ts).

@@ -35,8 +35,8 @@ export function dashboardNonce(c: Context): string {
 }
 
 /**
- * /docs: Swagger UI's bundle, its stylesheet and the page's init script are files of this origin (static
- * assets, public/docs/), so no nonce is needed. Swagger UI sets its run-time styles through the DOM's
+ * /docs: Swagger UI's bundle, its stylesheet and the page's init script are files of this origin
+ * (src/routes/docs-files.ts), so no nonce is needed. Swagger UI sets its run-time styles through the DOM's
  * style properties, which style-src does not restrict: no 'unsafe-inline' (test/browser checks it).
  */
 export const docsHeaders = secureHeaders({

@@ -1,7 +1,7 @@
 import type { MiddlewareHandler } from "hono";
 import { routePath } from "hono/route";
 import { createLogger, type Logger } from "../log";
-import { identityOf } from "../rpc/identity";
+import { identityOf } from "./identity";
 import type { AppEnv, Principal } from "./context";
 import { recordLatency } from "../services/latency";
 import { settings } from "../settings";

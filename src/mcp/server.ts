@@ -9,7 +9,7 @@ import { authenticate, bearer, identify } from "../http/auth";
 import type { AppEnv } from "../http/context";
 import { errorResponses, validationError } from "../http/errors";
 import { callEnded, callRoute, failureOf } from "../rpc/dispatch";
-import type { Identity } from "../rpc/identity";
+import type { Identity } from "../http/identity";
 import type { RpcResult } from "../rpc/types";
 import { inputJsonSchema, TOOLS } from "./tools";
 

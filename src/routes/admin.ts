@@ -4,7 +4,7 @@ import type { AppEnv } from "../http/context";
 import { errorResponses } from "../http/errors";
 import { AppError } from "../errors";
 import { clientBudget } from "../services/budget";
-import { clearConfigCache } from "../services/config";
+import { clearConfigCache } from "../storage/config";
 import { schedulerState, setRunning } from "../services/scheduler";
 import { findBudgetSettings, setClientBudget } from "../storage/clients";
 import { BudgetFields, ClientId, TraceId } from "./schemas";

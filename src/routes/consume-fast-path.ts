@@ -3,7 +3,7 @@ import { createLogger } from "../log";
 import type { z } from "@hono/zod-openapi";
 import { ConsumeRequest, consumeNow, idempotencyKey } from "./internal";
 import { CLIENT_ID, MAX_REF_LENGTH, MAX_UNITS, POOL_ID } from "./schemas";
-import { bearer, identify } from "../http/auth";
+import { bearer, identify, knownSecret } from "../http/auth";
 import type { Principal } from "../http/context";
 import { errorEnvelope, INTERNAL_ERROR } from "../http/errors";
 import { JSON_MEDIA, maxBodyBytes, readBody } from "../http/limits";
@@ -26,16 +26,17 @@ export async function hotConsume(request: Request, env: Env, ctx: ExecutionConte
   const started = Date.now();
   const contentType = request.headers.get("content-type");
   const token = bearer(request.headers.get("authorization") ?? undefined);
-  if (!contentType || !JSON_MEDIA.test(contentType.split(";")[0]!.trim()) || !token) return app(request);
-  // A lookup that fails (an API key's, in D1) is the app's to answer, with its envelope.
-  const identified = await identify(env, token).catch(() => null);
+  if (!contentType || !(contentType === "application/json" || JSON_MEDIA.test(contentType.split(";")[0]!.trim())) || !token) return app(request);
+  // A token already proved to be a secret needs no await; a lookup that fails (an API key's, in D1) is
+  // the app's to answer, with its envelope.
+  const identified = knownSecret(env, token) ?? (await identify(env, token).catch(() => null));
   const principal = identified?.principal;
   if (!principal || (principal.kind !== "internal" && principal.kind !== "admin")) return app(request);
   let text: string;
   try {
     // The app's body limit, enforced here too: this path never reaches the app's middleware.
     const bytes = await readConsumeBody(request, maxBodyBytes(env));
-    text = bytes ? new TextDecoder().decode(bytes) : "";
+    text = bytes ? utf8.decode(bytes) : "";
   } catch (err) {
     if (err instanceof AppError) return answerError(env, err, request, started, principal);
     return app(request);
@@ -114,6 +115,9 @@ async function readConsumeBody(request: Request, max: number): Promise<Uint8Arra
   }
   return out;
 }
+
+/** One decoder for every request (decode() without a stream option keeps no state between calls). */
+const utf8 = new TextDecoder();
 
 /** Bodies up to this many bytes may be read in one go (a consume's is under 200). */
 const SMALL_BODY = 4096;

@@ -131,9 +131,9 @@ export function docsRoutes(app: OpenAPIHono<AppEnv>) {
 }
 
 /**
- * The reference page: Swagger UI (swagger-ui-dist, a pinned devDependency) from this origin's static
- * assets (public/docs/: the bundle copied by scripts/docs-assets.mjs, and init.js, which points it at
- * /openapi.json). No inline script, nothing from another origin.
+ * The reference page: Swagger UI (swagger-ui-dist, a pinned devDependency) from this origin
+ * (src/routes/docs-files.ts: the bundle copied by scripts/docs-assets.mjs, and init.js, which points it
+ * at /openapi.json). No inline script, nothing from another origin.
  */
 const PAGE = `<!doctype html>
 <html lang="en">

@@ -2,8 +2,8 @@ import { createRoute, OpenAPIHono, z } from "@hono/zod-openapi";
 import type { AppEnv } from "../http/context";
 import { authenticate, requireScope } from "../http/auth";
 import { errorResponses } from "../http/errors";
-import { poolConfigs } from "../services/config";
-import { poolStub } from "../services/pools";
+import { poolConfigs } from "../storage/config";
+import { poolStub } from "../objects/pool/stub";
 import { countRows } from "../storage/clients";
 import { TraceId } from "./schemas";
 

@@ -3,7 +3,7 @@ import { AppError } from "../errors";
 import { authenticate } from "../http/auth";
 import type { AppEnv, Principal } from "../http/context";
 import { errorResponses } from "../http/errors";
-import { poolConfig } from "../services/config";
+import { poolConfig } from "../storage/config";
 import { callerFor, consumeAt, releaseAt, reserveAt } from "../services/pools";
 import { wakeAll } from "../services/scheduler";
 import { ClientId, IdempotencyKey, MAX_REF_LENGTH, Nano, PoolId, RequestRef, TraceId, Units } from "./schemas";

@@ -7,11 +7,12 @@ import { AppError } from "../errors";
 import { authenticate, requireScope } from "../http/auth";
 import type { AppEnv, Principal } from "../http/context";
 import { errorResponses } from "../http/errors";
-import { compressText } from "../services/compression";
-import { clientTier } from "../services/config";
+import { compressText } from "../domain/compression";
+import { clientTier } from "../storage/config";
 import {
-  cacheGet, optimizerRecommendations, optimizerSettings, optimizerStats, planRequest, setOptimizerSettings, type RequestPlan,
+  optimizerRecommendations, optimizerSettings, optimizerStats, planRequest, setOptimizerSettings, type RequestPlan,
 } from "../services/optimizer";
+import { cacheGet } from "../storage/optimizer-cache";
 import { callerFor } from "../services/pools";
 import { findClientTier } from "../storage/clients";
 import { ClientId, Nano, TraceId } from "./schemas";

@@ -3,7 +3,7 @@ import { TIERS, type Sharing as SharingT } from "../domain/types";
 import { authenticate } from "../http/auth";
 import type { AppEnv } from "../http/context";
 import { errorResponses } from "../http/errors";
-import type { PoolState } from "../objects/pool";
+import type { PoolState } from "../objects/pool/types";
 import { changePool, createPool, listPoolsFor, poolDetail, removePool, type PoolDefinition } from "../services/pool-admin";
 import type { PoolRecord } from "../storage/pools";
 import { scalingRoutes } from "./scaling";

@@ -9,7 +9,7 @@ import { AppError } from "../errors";
 import { authenticate } from "../http/auth";
 import type { AppEnv } from "../http/context";
 import { errorResponses } from "../http/errors";
-import { poolConfigs } from "../services/config";
+import { poolConfigs } from "../storage/config";
 import { SAMPLE_RETENTION_MS, sampleBuckets } from "../storage/pool-samples";
 import { costRows, usageRows, type CostGroup, type DayRange } from "../storage/reports";
 import { Nano, PoolId, TraceId } from "./schemas";

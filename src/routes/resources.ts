@@ -4,9 +4,10 @@ import type { PoolAmount as PoolAmountT } from "../domain/types";
 import { authenticate, requireScope } from "../http/auth";
 import type { AppEnv } from "../http/context";
 import { errorResponses } from "../http/errors";
-import { poolConfig, poolConfigs } from "../services/config";
+import { poolConfig, poolConfigs } from "../storage/config";
 import { estimateCost } from "../services/estimate";
-import { callerFor, poolStub, unwrap } from "../services/pools";
+import { poolStub } from "../objects/pool/stub";
+import { callerFor, unwrap } from "../services/pools";
 import { ClientId, Nano, PoolAmount, PoolId, TraceId, Units } from "./schemas";
 
 const PoolAvailability = z.object({

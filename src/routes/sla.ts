@@ -5,7 +5,7 @@ import { AppError } from "../errors";
 import { authenticate, requireScope } from "../http/auth";
 import type { AppEnv } from "../http/context";
 import { errorResponses } from "../http/errors";
-import { clearConfigCache, slaTargets } from "../services/config";
+import { clearConfigCache, slaTargets } from "../storage/config";
 import { requestSla, slaSummary } from "../services/scheduler";
 import { deleteSlaTarget, putSlaTarget } from "../storage/sla";
 import { ClientId, TraceId } from "./schemas";

@@ -3,7 +3,7 @@ import { TIERS } from "../domain/types";
 import { authenticate } from "../http/auth";
 import type { AppEnv } from "../http/context";
 import { errorResponses } from "../http/errors";
-import { tierLimits } from "../services/config";
+import { tierLimits } from "../storage/config";
 import {
   changeTemplate, changeTier, createTemplate, removeTemplate, templateDefinition, templateDefinitions, type TemplateDefinition,
 } from "../services/templates";

@@ -6,7 +6,7 @@ import { authenticate, requireScope } from "../http/auth";
 import type { AppEnv, Principal } from "../http/context";
 import { errorResponses } from "../http/errors";
 import { clientBudget } from "../services/budget";
-import { clientTier, poolConfig, tierLimits } from "../services/config";
+import { clientTier, poolConfig, tierLimits } from "../storage/config";
 import { countsFor } from "../services/scheduler";
 import { usageHistory, type Granularity, type UsageSum } from "../storage/usage";
 import { BudgetFields, ClientId, Nano, PoolId, TraceId } from "./schemas";

@@ -2,8 +2,8 @@ import { AppError, ERRORS } from "../errors";
 import { INTERNAL_ERROR } from "../http/errors";
 import { traceIdFor } from "../http/trace";
 import { log } from "../log";
-import { envActingAs, type Identity } from "./identity";
-import { recordCall } from "./metrics";
+import { envActingAs, type Identity } from "../http/identity";
+import { recordCall } from "../services/call-metrics";
 import type { Json, RpcFailure, RpcResult } from "./types";
 
 /** The app's fetch (src/app.ts): in-process calls are answered by the REST routes themselves. */

@@ -3,9 +3,9 @@ import { createApp } from "../app";
 import { SCOPES } from "../domain/scopes";
 import { AppError } from "../errors";
 import { CLIENT_ID } from "../routes/schemas";
-import { clientTier } from "../services/config";
+import { clientTier } from "../storage/config";
 import { callEnded, callRoute, failureOf, traceIdOf, type RouteCall } from "./dispatch";
-import type { Identity } from "./identity";
+import type { Identity } from "../http/identity";
 import { fieldOf, OPERATIONS, type OperationName } from "./operations";
 import type { RpcInput, RpcOptions, RpcOutput, RpcResult } from "./types";
 

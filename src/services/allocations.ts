@@ -1,12 +1,12 @@
 import type { AllocationConfigUpdate, AllocationPriority, AllocationState } from "../domain/allocations";
 import { AppError } from "../errors";
 import type { Principal } from "../domain/types";
-import type { AllocResult, Allocation, AllocationObject } from "../objects/allocations";
+import type { AllocResult, Allocation } from "../objects/allocations/types";
 import { callerFor } from "./pools";
 import { clientQuota } from "./quotas";
 
 /** The one allocations object (a singleton: depth quotas and capacity are global). */
-export function allocationStub(env: Env): DurableObjectStub<AllocationObject> {
+export function allocationStub(env: Env): ReturnType<Env["ALLOCATIONS"]["get"]> {
   return env.ALLOCATIONS.get(env.ALLOCATIONS.idFromName("allocations"));
 }
 

@@ -1,6 +1,6 @@
 import type { BudgetView } from "../domain/budget";
 import { AppError } from "../errors";
-import { budgetLimit } from "./config";
+import { budgetLimit } from "../storage/config";
 import { unfinished } from "./scheduler";
 
 /**

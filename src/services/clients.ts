@@ -7,7 +7,7 @@ import {
   countActiveKeys, deleteClientRows, findRetiredAt, getClient, insertApiKey, insertClient, listApiKeys, revokeApiKey, updateClientRow,
   type ApiKeyView, type ClientChanges, type ClientRow,
 } from "../storage/clients";
-import { clearConfigCache } from "./config";
+import { clearConfigCache } from "../storage/config";
 import { activeFor, cancelClient } from "./scheduler";
 
 /** What an operator gives to create a client. */

@@ -8,8 +8,8 @@ import type { Alert } from "../storage/alerts";
 import { clientMonthSpend, openAlertCounts, openAlertsBySeverity, poolSamplesBetween, spendSteps } from "../storage/dashboard";
 import { queueSamplesBetween } from "../storage/queue-samples";
 import { recentFailures, type FinishedRequest } from "../storage/request-log";
-import { poolConfigs } from "./config";
-import { poolStub } from "./pools";
+import { poolConfigs } from "../storage/config";
+import { poolStub } from "../objects/pool/stub";
 import { queueStatus, schedulerState } from "./scheduler";
 import { recentScalingEvents, type ScalingEvent } from "./scaling";
 

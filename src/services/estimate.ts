@@ -2,7 +2,7 @@ import { accessFor } from "../domain/sharing";
 import type { Caller, PoolAmount, PoolConfig } from "../domain/types";
 import { AppError } from "../errors";
 import { log, type Logger } from "../log";
-import { poolConfigs, templateConfig, templateConfigs } from "./config";
+import { poolConfigs, templateConfig, templateConfigs } from "../storage/config";
 
 export interface EstimateLine {
   pool: string;

@@ -3,11 +3,11 @@ import { newMeter, observe, rateOf, sliceWant, TOKEN_LEASE, type RateMeter } fro
 import type { Caller, PoolConfig } from "../domain/types";
 import { AppError } from "../errors";
 import { log } from "../log";
-import type { ConsumeResult } from "../objects/pool";
-import type { LeaseAnswer, LeaseExchange, LeaseGrant } from "../objects/pool-leases";
+import type { ConsumeResult } from "../objects/pool/types";
+import type { LeaseAnswer, LeaseExchange, LeaseGrant } from "../objects/pool/types";
 import { countConsume } from "./pool-counters";
 import { settleDebit, type Debit } from "./money";
-import { poolStub } from "./pool-stub";
+import { poolStub } from "../objects/pool/stub";
 
 /**
  * Token leases, the isolate's side. A pool in `auto` lease mode that this isolate consumes from often

@@ -6,11 +6,11 @@ import { monthKey } from "../domain/calendar";
 import { latencySnapshots } from "./latency";
 import type { Family } from "../domain/prometheus";
 import { metricsRows } from "../storage/metrics";
-import { callDurations, callOutcomes } from "../rpc/metrics";
+import { callDurations, callOutcomes } from "./call-metrics";
 import type { DispatchCounters } from "../objects/scheduler/types";
-import { poolConfigs } from "./config";
+import { poolConfigs } from "../storage/config";
 import { consumeCounts } from "./pool-counters";
-import { poolStub } from "./pools";
+import { poolStub } from "../objects/pool/stub";
 import { schedulerMetrics } from "./scheduler";
 
 const COUNTER_HELP: Record<keyof DispatchCounters, string> = {

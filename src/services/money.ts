@@ -1,8 +1,8 @@
 import type { BudgetLimit, BudgetView } from "../domain/budget";
 import { MONEY_LEASE, newMeter, observe, rateOf, sliceWant, type RateMeter } from "../domain/leases";
 import { AppError } from "../errors";
-import type { SpendMark } from "../objects/money";
-import { budgetLimit } from "./config";
+import type { SpendMark } from "../objects/client/types";
+import { budgetLimit } from "../storage/config";
 import { spendBudgetRefusal } from "./refusals";
 
 /**

@@ -1,7 +1,9 @@
 /**
  * The cost optimizer: per-client switches, per-template options, the plan a request follows (model
- * downgrade, off-peak deferral, cache key, batching, compression threshold), the result cache, the
- * savings ledger, and the stats and recommendations read from it. The rules are in domain/optimizer.ts.
+ * downgrade, off-peak deferral, cache key, batching, compression threshold), the cache sweep, and the
+ * stats and recommendations read from the savings ledger. The rules are in domain/optimizer.ts; the
+ * result cache, the savings ledger and template options, which the scheduler writes too, are in
+ * storage/optimizer-cache.ts.
  */
 import { DAY_MS, dayKey, dayStart } from "../domain/calendar";
 import {
@@ -14,16 +16,15 @@ import type { Caller } from "../domain/types";
 import { AppError } from "../errors";
 import { log, type Logger } from "../log";
 import {
-  cacheHitsByTemplate, completedByQueueHour, completedByTemplate, countExecutions, deleteExpired, executionsByTemplate, findCached,
-  insertSavings, listStrategySettings, listTemplateOptions, savingsByPeriod, setStrategySettings, spendInDays, upsertCached,
-  type SavingsRow, type SavingsSum, type TemplateOptionsRow,
+  cacheHitsByTemplate, completedByQueueHour, completedByTemplate, countExecutions, deleteExpired, executionsByTemplate,
+  listStrategySettings, savingsByPeriod, setStrategySettings, spendInDays, type SavingsSum,
 } from "../storage/optimizer";
+import { clearTemplateOptionsCache, templateOptions } from "../storage/optimizer-cache";
 import { clientBudget } from "./budget";
-import { TtlCache } from "./cache";
-import { compressText, decompressText } from "./compression";
-import { poolConfigs, templateConfig, templateConfigs } from "./config";
+import { TtlCache } from "../storage/cache";
+import { poolConfigs, templateConfig, templateConfigs } from "../storage/config";
 import { estimateCost, type CostEstimate } from "./estimate";
-import { poolStub } from "./pools";
+import { poolStub } from "../objects/pool/stub";
 import { settings } from "../settings";
 
 export type { SavingsRow } from "../storage/optimizer";
@@ -33,21 +34,10 @@ export type { SavingsRow } from "../storage/optimizer";
 /** A client's switches: every strategy, on unless the client turned it off. */
 export type StrategySwitches = Record<Strategy, boolean>;
 
-/** A template's optimizer options. */
-export interface TemplateOptions {
-  cacheTtlMs: number;
-  batchSize: number;
-  compressThresholdBytes: number;
-}
-
-/** Options of a template without a template_options row. */
-export const DEFAULT_TEMPLATE_OPTIONS: TemplateOptions = { cacheTtlMs: 3_600_000, batchSize: 10, compressThresholdBytes: 4096 };
-
 const DEFAULT_OFF_PEAK: OffPeakWindow = { startHour: 22, endHour: 6 };
 const DEFAULT_BUDGET_PERCENT = 80;
 
 const switchesCache = new TtlCache<{ switches: StrategySwitches; updatedAt: number | null }>();
-const optionsCache = new TtlCache<Map<string, TemplateOptionsRow>>(1);
 
 function ttl(env: Env): number {
   return settings(env).CONFIG_TTL_MS;
@@ -56,7 +46,7 @@ function ttl(env: Env): number {
 /** Forget the switches and options cached in this isolate (after an admin change, and in tests). */
 export function clearOptimizerCache(): void {
   switchesCache.clear();
-  optionsCache.clear();
+  clearTemplateOptionsCache();
 }
 
 /** A client's switches and when they last changed (null: never set), cached like configuration. */
@@ -74,13 +64,6 @@ export async function setOptimizerSettings(env: Env, clientId: string, changes: 
   await setStrategySettings(env.DB, clientId, changes, now);
   clearOptimizerCache();
   return optimizerSettings(env, clientId);
-}
-
-/** A template's options: its template_options row, else the defaults. */
-export async function templateOptions(env: Env, templateId: string): Promise<TemplateOptions> {
-  const rows = await optionsCache.get("all", ttl(env), async () => new Map((await listTemplateOptions(env.DB)).map((r) => [r.template_id, r])));
-  const row = rows.get(templateId);
-  return row ? { cacheTtlMs: row.cache_ttl_ms, batchSize: row.batch_size, compressThresholdBytes: row.compress_threshold_bytes } : DEFAULT_TEMPLATE_OPTIONS;
 }
 
 export interface OptimizerConfig {
@@ -183,7 +166,7 @@ async function capacityFor(env: Env, requirements: Array<{ pool: string; amount:
 /**
  * 400 for `allow_downgrade: false` with `quality: "standard"`, which asks for the downgrade. Callers
  * check before starting any load: a shared cache load begun by a request that then fails at once
- * would be left to a finished request (see services/cache.ts).
+ * would be left to a finished request (see storage/cache.ts).
  */
 export function checkDowngradeChoice(input: Pick<PlanInput, "quality" | "allowDowngrade">): void {
   if (input.allowDowngrade === false && input.quality === "standard") {
@@ -257,36 +240,7 @@ export async function planRequest(env: Env, input: PlanInput, logger: Logger = l
   };
 }
 
-// --- savings and the result cache ----------------------------------------------------------------
-
-/**
- * Record what strategies saved, in one set-based statement per 500 rows. Idempotent by (request id,
- * strategy). Returns how many rows were new.
- */
-export function recordSavings(env: Env, rows: SavingsRow[]): Promise<number> {
-  return insertSavings(env.DB, rows);
-}
-
-/** A cached result and what the execution that produced it cost; null on a miss or an expired entry. */
-export async function cacheGet(env: Env, key: string, now: number): Promise<{ result: unknown; costNano: number } | null> {
-  const row = await findCached(env.DB, key, now);
-  if (!row) return null;
-  return { result: JSON.parse(await decompressText(row.result)) as unknown, costNano: row.cost_nano };
-}
-
-/**
- * Cache `result` (any JSON value) under `key` for `ttlMs`, replacing an older entry; stored
- * compressed above the template's threshold. A TTL of 0 or less caches nothing.
- */
-export async function cachePut(
-  env: Env, key: string, template: string, result: unknown, costNano: number, ttlMs: number, now: number,
-): Promise<{ stored: boolean; compressed: boolean; bytesSaved: number }> {
-  if (!(ttlMs > 0)) return { stored: false, compressed: false, bytesSaved: 0 };
-  const options = await templateOptions(env, template);
-  const packed = await compressText(JSON.stringify(result ?? null), options.compressThresholdBytes);
-  await upsertCached(env.DB, { key, template, result: packed.stored, cost_nano: costNano, created_at: now, expires_at: now + ttlMs });
-  return { stored: true, compressed: packed.compressed, bytesSaved: packed.bytesSaved };
-}
+// --- the result cache's sweep --------------------------------------------------------------------
 
 /** Rows one sweep deletes at most; the minute cron comes back for the rest. */
 export const SWEEP_LIMIT = 5000;

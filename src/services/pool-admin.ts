@@ -1,16 +1,17 @@
 import { clientsNamed, needsDrained, poolIssues } from "../domain/pools";
 import { AppError } from "../errors";
 import { log } from "../log";
-import type { PoolState } from "../objects/pool";
+import type { PoolState } from "../objects/pool/types";
 import { findClientTier } from "../storage/clients";
 import {
   configOf, deletePool, findPoolRecord, insertPool, listPoolRecords, setPoolVersion, writePool,
   type PoolFilter, type PoolRecord,
 } from "../storage/pools";
 import { dropPolicyIfStatic } from "../storage/scaling";
-import { applyAlerts } from "./alerts";
-import { clearConfigCache } from "./config";
-import { poolStub, unwrap } from "./pools";
+import { applyAlerts } from "../storage/alert-apply";
+import { clearConfigCache } from "../storage/config";
+import { poolStub } from "../objects/pool/stub";
+import { unwrap } from "./pools";
 
 /**
  * Operators' changes to pools. Every change is written to D1 with a version bump, the isolate's

@@ -1,6 +1,6 @@
 import { insertPoolSamples, type PoolSample } from "../storage/pool-samples";
-import { poolConfigs } from "./config";
-import { poolStub } from "./pools";
+import { poolConfigs } from "../storage/config";
+import { poolStub } from "../objects/pool/stub";
 
 /**
  * Read every pool's level from its object and record them as one sample per pool at `at` (one D1

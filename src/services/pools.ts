@@ -2,16 +2,14 @@ import { costOf } from "../domain/money";
 import type { Caller, PoolConfig, Principal } from "../domain/types";
 import { AppError } from "../errors";
 import { newId } from "../domain/ids";
-import type { SpendMark } from "../objects/money";
-import type { ConsumeResult, Failure, ReleaseResult, ReserveResult, Result, Spent, SpendItem, SpendOptions } from "../objects/pool";
-import { budgetLimit, clientQuota, clientTier } from "./config";
+import type { SpendMark } from "../objects/client/types";
+import type { ConsumeResult, Failure, ReleaseResult, ReserveResult, Result, Spent, SpendItem, SpendOptions } from "../objects/pool/types";
+import { budgetLimit, clientQuota, clientTier } from "../storage/config";
 import { leaseConsume } from "./leases";
 import { debitMoney, settleDebit } from "./money";
 import { countConsume } from "./pool-counters";
-import { POOL_IDS_MAX, poolStub } from "./pool-stub";
+import { POOL_IDS_MAX, poolStub } from "../objects/pool/stub";
 import { spendBudgetRefusal, spendQuotaRefusal } from "./refusals";
-
-export { poolStub };
 
 /** The configuration version this isolate last handed to each pool's object, which keeps what it adopts. */
 const handed = new Map<string, number>();

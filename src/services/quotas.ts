@@ -3,9 +3,9 @@ import { dayKey } from "../domain/calendar";
 import type { QuotaDecision, ResolvedQuota } from "../domain/quota";
 import type { Tier } from "../domain/types";
 import { AppError } from "../errors";
-import type { BurstResult, QuotaState } from "../objects/client";
+import type { BurstResult, QuotaState } from "../objects/client/types";
 import { burstClient, putBurstPolicy, putQuotaOverrides, type QuotaOverrides } from "../storage/quotas";
-import { burstPolicyByTier, clearConfigCache, clientQuota, clientTier, poolConfigs, templateConfig, tierLimits } from "./config";
+import { burstPolicyByTier, clearConfigCache, clientQuota, clientTier, poolConfigs, templateConfig, tierLimits } from "../storage/config";
 
 export { clientQuota };
 

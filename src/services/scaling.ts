@@ -7,7 +7,7 @@ import {
   sampleSums, setCooldown, type Evaluation, type ScalingEventRecord, type ScalingState, type ScalingTrigger, type StoredPolicy,
 } from "../storage/scaling";
 import { changePool, findPool } from "./pool-admin";
-import { poolStub } from "./pools";
+import { poolStub } from "../objects/pool/stub";
 import { waitingByPool } from "./scheduler";
 
 /** A pool's capacity changed by the scaling policy (the dashboard's panel reads these fields). */

@@ -6,8 +6,9 @@ import {
   type Template, type TemplateOptionsRecord,
 } from "../storage/templates";
 import { updateTier, type TierChanges, type TierRow } from "../storage/tiers";
-import { clearConfigCache, poolConfigs } from "./config";
-import { clearOptimizerCache, DEFAULT_TEMPLATE_OPTIONS } from "./optimizer";
+import { clearConfigCache, poolConfigs } from "../storage/config";
+import { clearOptimizerCache } from "./optimizer";
+import { DEFAULT_TEMPLATE_OPTIONS } from "../storage/optimizer-cache";
 
 /**
  * Operators' changes to the reference data: tiers and templates. Each change is written to D1 and this

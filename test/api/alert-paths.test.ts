@@ -2,7 +2,7 @@ import { createScheduledController } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { runCron } from "../../src/cron";
-import { clearConfigCache } from "../../src/services/config";
+import { clearConfigCache } from "../../src/storage/config";
 import { closeLeases } from "../../src/services/leases";
 import { setClientBudget } from "../../src/storage/clients";
 import { ADMIN, call, consume, enqueue, eventually, expectError, makePool, makeTemplate, scheduler, settled, sleep } from "../support/helpers";

@@ -6,8 +6,9 @@ import {
   QUEUE_BACKUP_DEPTH, STARVATION_WAIT_MS, WORKER_MIN_CALLS, WORKER_WINDOW_MS, type AlertDecision, type WorkerOutcome,
 } from "../../src/domain/alerts";
 import { runCron } from "../../src/cron";
-import { ALERT_WEBHOOK_DEADLINE_MS, applyAlerts, checkAlerts } from "../../src/services/alerts";
-import { clearConfigCache } from "../../src/services/config";
+import { ALERT_WEBHOOK_DEADLINE_MS, applyAlerts } from "../../src/storage/alert-apply";
+import { checkAlerts } from "../../src/services/alerts";
+import { clearConfigCache } from "../../src/storage/config";
 import { decodeCursor, getAlert, raiseAlert, resolveAlerts, type Alert } from "../../src/storage/alerts";
 import { upsertPool } from "../../src/storage/pools";
 import { ADMIN, call, consume, enqueue, expectError, INTERNAL, KEYS, makePool } from "../support/helpers";

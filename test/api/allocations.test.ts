@@ -3,7 +3,7 @@ import { env } from "cloudflare:workers";
 import { afterEach, describe, expect, it } from "vitest";
 import { sha256Hex } from "../../src/http/auth";
 import type { AllocationObject } from "../../src/objects/allocations";
-import { clearConfigCache, clientQuota } from "../../src/services/config";
+import { clearConfigCache, clientQuota } from "../../src/storage/config";
 import { ADMIN, call, eventually, expectError, sleep, type Call } from "../support/helpers";
 
 const allocations = () => env.ALLOCATIONS.get(env.ALLOCATIONS.idFromName("allocations"));

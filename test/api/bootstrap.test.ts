@@ -1,6 +1,6 @@
 import { env } from "cloudflare:workers";
 import { beforeAll, describe, expect, it } from "vitest";
-import { clearConfigCache } from "../../src/services/config";
+import { clearConfigCache } from "../../src/storage/config";
 import { ADMIN, call, expectError, requestOf, settled } from "../support/helpers";
 
 // A deployment built from the migrations alone: no demo clients or keys. Everything else comes

@@ -1,7 +1,7 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { sha256Hex } from "../../src/http/auth";
-import { clearConfigCache } from "../../src/services/config";
+import { clearConfigCache } from "../../src/storage/config";
 import { closeLeases } from "../../src/services/leases";
 import { returnMoney } from "../../src/services/money";
 import { ADMIN, call, consume, eventually, expectError, INTERNAL, makePool } from "../support/helpers";

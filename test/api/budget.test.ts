@@ -5,7 +5,7 @@ import { budgetView, fitsBudget, resolveBudget, type BudgetLimit } from "../../s
 import { monthKey, nextMonthStart } from "../../src/domain/calendar";
 import { sha256Hex } from "../../src/http/auth";
 import type { ClientObject } from "../../src/objects/client";
-import { clearConfigCache } from "../../src/services/config";
+import { clearConfigCache } from "../../src/storage/config";
 import { ADMIN, call, enqueue, eventually, expectError, INTERNAL, KEYS, makePool, makeTemplate, mulberry32, settled, type Call } from "../support/helpers";
 
 const STANDARD_BUDGET = 500_000_000_000; // seed.sql: the standard tier's monthly budget
@@ -560,10 +560,11 @@ describe("money in flight is reconciled with the scheduler", () => {
     const queued = await enqueue({ template }, key);
     expect(queued.status).toBe(202);
     const orphan = "req_" + "0".repeat(32);
-    // An admission whose enqueue never happened, and the queued request's admission, both two minutes old.
+    // An admission whose enqueue never happened (admitted as an enqueue admits, through the object, so
+    // its kept sum in flight counts it), then both it and the queued request's admission made two minutes old.
+    expect(await clientStub(id).admit({ limitNano: null, source: "unlimited" }, [{ requestId: orphan, estimateNano: 5000 }])).toEqual([{ ok: true }]);
     await runInDurableObject(clientStub(id), async (_instance: ClientObject, state) => {
-      state.storage.sql.exec("INSERT INTO in_flight (request_id, estimate_nano, admitted_at) VALUES (?, 5000, ?)", orphan, Date.now() - 120_000);
-      state.storage.sql.exec("UPDATE in_flight SET admitted_at = ? WHERE request_id = ?", Date.now() - 120_000, queued.body.request.id);
+      state.storage.sql.exec("UPDATE in_flight SET admitted_at = ? WHERE request_id IN (?, ?)", Date.now() - 120_000, orphan, queued.body.request.id);
     });
     expect((await current(id)).body.in_flight_nano).toBe(10_000 + 5000);
     const { reconcileInFlight } = await import("../../src/services/budget");

@@ -2,7 +2,7 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { fairRank, DEFAULT_TIER_WEIGHTS, type FairItem } from "../../src/domain/priority";
 import type { NewRequest } from "../../src/objects/scheduler/types";
-import { clearConfigCache } from "../../src/services/config";
+import { clearConfigCache } from "../../src/storage/config";
 import { ADMIN, call, eventually, scheduler } from "../support/helpers";
 
 const NOW = 1_800_000_000_000;

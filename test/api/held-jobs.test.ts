@@ -1,6 +1,6 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { clearConfigCache } from "../../src/services/config";
+import { clearConfigCache } from "../../src/storage/config";
 import { listUsageEvents } from "../../src/storage/usage";
 import { ADMIN, call, enqueue, eventually, KEYS, makePool, makeTemplate, scheduler } from "../support/helpers";
 

@@ -45,7 +45,7 @@ describe("auth matrix", () => {
   it("a revoked key is 401; a suspended client's key may read but starting anything is 403 client_suspended", async () => {
     await env.DB.prepare("UPDATE api_keys SET revoked_at = 1 WHERE id = 'key_demo_initech'").run();
     await env.DB.prepare("UPDATE clients SET status = 'suspended' WHERE id = 'globex'").run();
-    const { clearConfigCache } = await import("../../src/services/config");
+    const { clearConfigCache } = await import("../../src/storage/config");
     clearConfigCache();
     expectError(await call("GET", "/api/resources/availability", { token: KEYS.initech }), 401, "unauthorized");
     expect((await call("GET", "/api/resources/availability", { token: KEYS.globex })).status).toBe(200);

@@ -1,6 +1,6 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { clearConfigCache } from "../../src/services/config";
+import { clearConfigCache } from "../../src/storage/config";
 import { ADMIN, call, enqueue, eventually, KEYS, makePool, makeTemplate, scheduler } from "../support/helpers";
 
 /** Issue 20: immediate work has its own lane: no pass over the backlog, settled on its own. */

@@ -9,7 +9,7 @@ import { histogramOf } from "../../src/domain/histogram";
 import { exposition } from "../../src/domain/prometheus";
 import type { PoolObject } from "../../src/objects/pool";
 import type { SchedulerObject } from "../../src/objects/scheduler";
-import { poolStub } from "../../src/services/pools";
+import { poolStub } from "../../src/objects/pool/stub";
 import { raiseAlert, resolveAlerts } from "../../src/storage/alerts";
 import { ADMIN, call, consume, enqueue, eventually, expectError, INTERNAL, KEYS, makePool, makeTemplate, scheduler, settled } from "../support/helpers";
 

@@ -1,5 +1,7 @@
 import { describe, expect, it } from "vitest";
+import { exports } from "cloudflare:workers";
 import { createApp } from "../../src/app";
+import { DOCS_FILES } from "../../src/routes/docs-files";
 import { ERRORS, type ErrorCode } from "../../src/errors";
 import { checkResponse, ContractError } from "../support/contract";
 import { call } from "../support/helpers";
@@ -44,9 +46,12 @@ describe("the OpenAPI document", () => {
 
   it("declares every route the app serves, and no other", async () => {
     const doc = await fetchDocument();
-    // The app-wide middleware ("*") is not a route; every handler of a route is.
+    // The app-wide middleware ("*") is not a route; every handler of a route is. The reference page's
+    // files (Swagger UI, its licences) are parts of /docs, not API: tested below.
     const served = new Set(
-      createApp().routes.filter((r) => r.path !== "*" && r.path !== "/*").map((r) => `${r.method.toLowerCase()} ${r.path.replace(/:([^/]+)/g, "{$1}")}`),
+      createApp().routes
+        .filter((r) => r.path !== "*" && r.path !== "/*" && !(r.path in DOCS_FILES))
+        .map((r) => `${r.method.toLowerCase()} ${r.path.replace(/:([^/]+)/g, "{$1}")}`),
     );
     const documented = new Set(operationsOf(doc).map((o) => `${o.method} ${o.path}`));
     expect([...served].sort()).toEqual([...documented].sort());
@@ -132,9 +137,40 @@ describe("the OpenAPI document", () => {
     expect(r.headers.get("x-frame-options")).toBe("DENY");
     expect(r.headers.get("referrer-policy")).toBe("no-referrer");
 
-    // The files it names are static assets (public/docs/), served before the worker reaches this app:
-    // exports.default.fetch does not pass the asset router, so test/browser/dashboard.browser.mjs checks them
-    // against wrangler dev, with Swagger UI rendering every operation under this policy.
+    // test/browser/dashboard.browser.mjs checks against wrangler dev that Swagger UI renders every
+    // operation under this policy.
+  });
+
+  it("serves the files /docs names from the worker: Swagger UI's bundle and stylesheet, init.js, the licences", async () => {
+    const expected: Array<[string, RegExp, string]> = [
+      ["/docs/init.js", /^text\/javascript/, 'url: "/openapi.json"'],
+      ["/docs/swagger-ui/swagger-ui-bundle.js", /^text\/javascript/, "SwaggerUIBundle"],
+      ["/docs/swagger-ui/swagger-ui.css", /^text\/css/, ".swagger-ui"],
+      ["/docs/swagger-ui/swagger-ui-bundle.js.LICENSE.txt", /^text\/plain/, "@license"],
+      ["/docs/swagger-ui/LICENSE", /^text\/plain/, "Apache License"],
+      ["/docs/swagger-ui/NOTICE", /^text\/plain/, "swagger-ui"],
+    ];
+    expect(expected.map(([path]) => path).sort()).toEqual(Object.keys(DOCS_FILES).sort());
+    for (const [path, type, content] of expected) {
+      const r = await exports.default.fetch(new Request(`http://rm.test${path}`));
+      const body = await r.text();
+      expect(r.status, path).toBe(200);
+      expect(r.headers.get("content-type"), path).toMatch(type);
+      expect(r.headers.get("x-content-type-options"), path).toBe("nosniff");
+      expect(r.headers.get("cross-origin-resource-policy"), path).toBe("same-origin");
+      expect(r.headers.get("cache-control"), path).toBe("public, max-age=3600");
+      expect(body, path).toContain(content);
+      expect(body.length, path).toBe(DOCS_FILES[path]!.body.length);
+      // Revalidation by ETag: the same file answers 304 without a body.
+      const again = await exports.default.fetch(new Request(`http://rm.test${path}`, { headers: { "if-none-match": r.headers.get("etag")! } }));
+      expect(again.status, path).toBe(304);
+      expect(await again.text(), path).toBe("");
+    }
+    expect(DOCS_FILES["/docs/swagger-ui/swagger-ui-bundle.js"]!.body.length).toBeGreaterThan(1_000_000);
+    // Any other path under /docs is the API's 404 envelope.
+    const missing = await exports.default.fetch(new Request("http://rm.test/docs/swagger-ui/nope.js"));
+    expect(missing.status).toBe(404);
+    expect(((await missing.json()) as { error: { code: string } }).error.code).toBe("not_found");
   });
 });
 

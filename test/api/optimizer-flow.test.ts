@@ -2,7 +2,7 @@ import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { beforeEach, describe, expect, it } from "vitest";
 import type { SchedulerObject } from "../../src/objects/scheduler";
-import { clearConfigCache } from "../../src/services/config";
+import { clearConfigCache } from "../../src/storage/config";
 import { clearOptimizerCache } from "../../src/services/optimizer";
 import { ADMIN, call, enqueue, eventually, KEYS, makePool, scheduler, settled } from "../support/helpers";
 

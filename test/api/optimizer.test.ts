@@ -4,11 +4,12 @@ import { DAY_MS, dayKey, dayStart } from "../../src/domain/calendar";
 import { cacheKey, modelOf } from "../../src/domain/optimizer";
 import type { Caller, PoolAmount } from "../../src/domain/types";
 import { sha256Hex } from "../../src/http/auth";
-import { compressText } from "../../src/services/compression";
-import { clearConfigCache } from "../../src/services/config";
+import { compressText } from "../../src/domain/compression";
+import { clearConfigCache } from "../../src/storage/config";
 import {
-  cacheGet, cachePut, clearOptimizerCache, DEFAULT_TEMPLATE_OPTIONS, optimizerConfig, planRequest, recordSavings, sweepCache, type PlanInput, type SavingsRow,
+  clearOptimizerCache, optimizerConfig, planRequest, sweepCache, type PlanInput, type SavingsRow,
 } from "../../src/services/optimizer";
+import { cacheGet, cachePut, DEFAULT_TEMPLATE_OPTIONS, recordSavings } from "../../src/storage/optimizer-cache";
 import { insertRequestLog, type FinishedRequest } from "../../src/storage/request-log";
 import { ADMIN, call, consume, expectError, KEYS, makePool } from "../support/helpers";
 

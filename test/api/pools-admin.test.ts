@@ -2,7 +2,7 @@ import { runDurableObjectAlarm } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { PoolConfig } from "../../src/domain/types";
-import type { SpendItem } from "../../src/objects/pool";
+import type { SpendItem } from "../../src/objects/pool/types";
 import { checkAlerts } from "../../src/services/alerts";
 import { ADMIN, call, consume, expectError, INTERNAL, KEYS, makePool } from "../support/helpers";
 

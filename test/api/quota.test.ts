@@ -2,7 +2,7 @@ import { runDurableObjectAlarm } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { beforeEach, describe, expect, it } from "vitest";
 import type { ResolvedQuota } from "../../src/domain/quota";
-import { clearConfigCache } from "../../src/services/config";
+import { clearConfigCache } from "../../src/storage/config";
 import { ADMIN, call, consume, enqueue, eventually, expectError, KEYS, makeTemplate, requestOf, scheduler, settled, sleep } from "../support/helpers";
 
 let n = 0;

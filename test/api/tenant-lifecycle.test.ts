@@ -1,7 +1,7 @@
 import { applyD1Migrations } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { clearConfigCache } from "../../src/services/config";
+import { clearConfigCache } from "../../src/storage/config";
 import { ADMIN, call, enqueue, eventually, expectError, makePool, makeTemplate, scheduler, settled } from "../support/helpers";
 import { RETENTION_KINDS } from "../../src/domain/retention";
 

@@ -4,7 +4,7 @@ import { describe, expect, it } from "vitest";
 import { DAY_MS, dayKey, monthStart } from "../../src/domain/calendar";
 import { sha256Hex } from "../../src/http/auth";
 import type { PoolObject } from "../../src/objects/pool";
-import { clearConfigCache } from "../../src/services/config";
+import { clearConfigCache } from "../../src/storage/config";
 import { insertUsageEvents, type UsageEvent } from "../../src/storage/usage";
 import { ADMIN, call, consume, documentedResponse, eventually, expectError, INTERNAL, KEYS, makePool, mulberry32 } from "../support/helpers";
 
@@ -239,7 +239,8 @@ describe("end to end: consume, outbox flush, history", () => {
     const stub = stubOf(pool.id);
     await runInDurableObject(stub, async (instance: PoolObject) => {
       const real = env.DB;
-      const target = instance as unknown as { env: Env };
+      // The outbox delivers (src/objects/pool/outbox.ts): its env is the one to fault.
+      const target = (instance as unknown as { outbox: { env: Env } }).outbox;
       // D1 commits, then the connection drops before the answer: the outbox keeps the events and resends them.
       target.env = { ...env, DB: { prepare: real.prepare.bind(real), batch: async (s: D1PreparedStatement[]) => { await real.batch(s); throw new Error("connection reset"); } } as unknown as D1Database };
       expect(await instance.flush()).toBe(0);

@@ -22,7 +22,7 @@
 //      (the 5 s refresh), start the scheduler with its button and watch the queue drain
 //   5. at 390x844 (a phone): no horizontal overflow, wide tables scroll inside their panels
 //      (artifacts/dashboard-phone.png)
-//   6. /docs: its files are static assets (nosniff); Swagger UI renders every operation of /openapi.json,
+//   6. /docs: its files come from the worker (nosniff); Swagger UI renders every operation of /openapi.json,
 //      "Try it out" calls this origin, nothing is loaded from another origin and the content security
 //      policy blocks nothing (artifacts/docs.png)
 //   7. no console error or page error the whole time (a Content-Security-Policy violation is one)
@@ -356,12 +356,12 @@ async function run() {
   await phone.screenshot({ path: phoneShot, fullPage: false });
   check(readFileSync(phoneShot).subarray(1, 4).toString() === "PNG", `a screenshot is at ${phoneShot}`);
 
-  // /docs: Swagger UI from the static assets (public/docs/) over /openapi.json, under a self-only policy.
+  // /docs: Swagger UI served by the worker (src/routes/docs-files.ts) over /openapi.json, under a self-only policy.
   for (const [path, type] of [["/docs/init.js", "text/javascript"], ["/docs/swagger-ui/swagger-ui-bundle.js", "text/javascript"], ["/docs/swagger-ui/swagger-ui.css", "text/css"]]) {
     const res = await fetch(BASE + path, { signal: AbortSignal.timeout(15_000) });
     await res.arrayBuffer();
     check(res.status === 200 && res.headers.get("content-type")?.startsWith(type) && res.headers.get("x-content-type-options") === "nosniff",
-      `${path} is a static asset (${res.status}, ${res.headers.get("content-type")}, nosniff)`);
+      `${path} is served (${res.status}, ${res.headers.get("content-type")}, nosniff)`);
   }
   const docs = await context.newPage();
   watch(docs);

@@ -4,7 +4,8 @@ import { describe, expect, it } from "vitest";
 import type { BudgetLimit } from "../../src/domain/budget";
 import { DAY_MS, monthKey } from "../../src/domain/calendar";
 import type { ResolvedQuota } from "../../src/domain/quota";
-import type { ClientObject, SpendEvent } from "../../src/objects/client";
+import type { ClientObject } from "../../src/objects/client";
+import type { SpendEvent } from "../../src/objects/client/types";
 
 /** Batched quota and spend decisions against a real client object: exact counts, in order, once per id. */
 

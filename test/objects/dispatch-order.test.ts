@@ -4,7 +4,7 @@ import { describe, expect, it } from "vitest";
 import { QUEUE_POINTS, QUEUES, STARVATION_MS, DEFAULT_TIER_POINTS } from "../../src/domain/priority";
 import type { Tier } from "../../src/domain/types";
 import type { SchedulerObject } from "../../src/objects/scheduler";
-import { clearConfigCache } from "../../src/services/config";
+import { clearConfigCache } from "../../src/storage/config";
 import { shardStub } from "../../src/objects/scheduler/shards";
 import { ADMIN, call, enqueue, eventually, KEYS, makePool, makeTemplate, scheduler } from "../support/helpers";
 

@@ -4,7 +4,7 @@ import { describe, expect, it } from "vitest";
 import { flushDelay } from "../../src/domain/flush";
 import { grantFor, newMeter, observe, rateOf, sliceWant, TOKEN_LEASE } from "../../src/domain/leases";
 import type { PoolConfig } from "../../src/domain/types";
-import type { LeaseAnswer, LeaseExchange, LeaseGrant } from "../../src/objects/pool-leases";
+import type { LeaseAnswer, LeaseExchange, LeaseGrant } from "../../src/objects/pool/types";
 import { listUsageEvents } from "../../src/storage/usage";
 import { ADMIN, call, consume, eventually, expectError, makePool, sleep } from "../support/helpers";
 

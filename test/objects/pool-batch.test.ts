@@ -1,7 +1,8 @@
 import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import type { BatchReserveItem, PoolObject, ReleaseResult, ReserveResult, Result } from "../../src/objects/pool";
+import type { PoolObject } from "../../src/objects/pool";
+import type { BatchReserveItem, ReleaseResult, ReserveResult, Result } from "../../src/objects/pool/types";
 import type { Caller } from "../../src/domain/types";
 import { listUsageEvents } from "../../src/storage/usage";
 import { makePool } from "../support/helpers";

@@ -2,8 +2,9 @@ import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { PoolObject } from "../../src/objects/pool";
+import { migrate } from "../../src/objects/pool/schema";
 import type { PoolConfig } from "../../src/domain/types";
-import { clearConfigCache } from "../../src/services/config";
+import { clearConfigCache } from "../../src/storage/config";
 import { listUsageEvents } from "../../src/storage/usage";
 import { upsertPool } from "../../src/storage/pools";
 import { call, consume, expectError, INTERNAL, KEYS, makePool, sleep } from "../support/helpers";
@@ -213,7 +214,8 @@ describe("usage outbox", () => {
     // Fault 1: D1 refuses the write. Fault 2: D1 commits but the answer is lost, so the batch is re-sent.
     await runInDurableObject(stub, async (instance: PoolObject) => {
       const real = env.DB;
-      const target = instance as unknown as { env: Env };
+      // The outbox delivers (src/objects/pool/outbox.ts): its env is the one to fault.
+      const target = (instance as unknown as { outbox: { env: Env } }).outbox;
       target.env = { ...env, DB: { prepare: real.prepare.bind(real), batch: async () => { throw new Error("D1 down"); } } as unknown as D1Database };
       expect(await instance.flush()).toBe(0);
       target.env = { ...env, DB: { prepare: real.prepare.bind(real), batch: async (s: D1PreparedStatement[]) => { await real.batch(s); throw new Error("connection reset"); } } as unknown as D1Database };
@@ -240,7 +242,8 @@ describe("usage outbox", () => {
     const stub = stubOf(pool.id);
     await runInDurableObject(stub, async (instance: PoolObject) => {
       const real = env.DB;
-      const target = instance as unknown as { env: Env };
+      // The outbox delivers (src/objects/pool/outbox.ts): its env is the one to fault.
+      const target = (instance as unknown as { outbox: { env: Env } }).outbox;
       let first = true;
       // While D1 takes the first batch, two more spends land in the outbox behind it.
       target.env = {
@@ -277,11 +280,11 @@ describe("usage outbox", () => {
     const events = [2, 3].map((units, i) => ({
       eventId: `evt_old${i}`, poolId: pool.id, clientId: "acme", requestId: null, via: "internal", kind: "consume", units, costNano: units * 1000, at: Date.now() + i,
     }));
-    await runInDurableObject(stub, (instance: PoolObject, state) => {
+    await runInDurableObject(stub, (_i: PoolObject, state) => {
       // The old shape, as objects of earlier versions have it, with two events waiting.
       state.storage.sql.exec("CREATE TABLE outbox (event_id TEXT PRIMARY KEY, payload TEXT NOT NULL, created_at INTEGER NOT NULL)");
       for (const e of events) state.storage.sql.exec("INSERT INTO outbox VALUES (?, ?, ?)", e.eventId, JSON.stringify(e), e.at);
-      (instance as unknown as { migrateOutbox(): void }).migrateOutbox();
+      migrate(state.storage.sql);
       expect(state.storage.sql.exec("SELECT COUNT(*) AS n FROM sqlite_master WHERE name = 'outbox'").one().n).toBe(0);
       expect(state.storage.sql.exec("SELECT COUNT(*) AS n FROM usage_outbox").one().n).toBe(2);
     });
@@ -300,8 +303,8 @@ describe("usage outbox", () => {
     const stub = stubOf(pool.id);
     /** The level a freshly constructed object (a restart) reads from this object's storage. */
     const levelAfterRestart = () => runInDurableObject(stub, (_i: PoolObject, state) => {
-      const fresh = new PoolObject(state, env) as unknown as { bucket: { level: number } };
-      return fresh.bucket.level;
+      const fresh = new PoolObject(state, env) as unknown as { store: { bucket: { level: number } } };
+      return fresh.store.bucket.level;
     });
     await runInDurableObject(stub, (_i: PoolObject, state) => {
       // The bucket row still holds the level of the first write (the configuration's full bucket)...
@@ -347,7 +350,7 @@ describe("usage outbox", () => {
       sql.exec("UPDATE bucket SET level = 60");
       const e = { eventId: "evt_oldshape", poolId: pool.id, clientId: "acme", requestId: null, via: "internal", kind: "consume", units: 2, costNano: 2000, at: Date.now() };
       sql.exec("INSERT INTO usage_outbox (payload) VALUES (?)", JSON.stringify(e));
-      const fresh = new PoolObject(state, env) as unknown as { bucket: { level: number }; lastSeq: number };
+      const fresh = (new PoolObject(state, env) as unknown as { store: { bucket: { level: number }; lastSeq: number } }).store;
       expect(sql.exec("SELECT COUNT(*) AS n FROM pragma_table_info('usage_outbox') WHERE name IN ('level', 'updated_at')").one().n).toBe(2);
       expect(sql.exec("SELECT outbox_seq FROM bucket").one().outbox_seq).toBe(0);
       expect(fresh.lastSeq).toBe(1);
@@ -435,7 +438,7 @@ describe("spend: consume as the hot path calls it, with the configuration's vers
     expect((await consume(pool.id, 5)).status).toBe(200); // this isolate has handed version 1
     await runInDurableObject(stubOf(pool.id), async (instance: PoolObject) => {
       // As an object whose storage started over would be (its level starts full again).
-      (instance as unknown as { config: PoolConfig | null }).config = null;
+      (instance as unknown as { store: { config: PoolConfig | null } }).store.config = null;
     });
     const r = await consume(pool.id, 5);
     expect(r.status).toBe(200);

@@ -5,7 +5,7 @@ import { describe, expect, it } from "vitest";
 import type { SchedulerObject } from "../../src/objects/scheduler";
 import { ownerShard, shardIndexOf, shardStub } from "../../src/objects/scheduler/shards";
 import type { NewRequest } from "../../src/objects/scheduler/types";
-import { clearConfigCache, templateConfig } from "../../src/services/config";
+import { clearConfigCache, templateConfig } from "../../src/storage/config";
 import { enqueueMany } from "../../src/services/requests";
 import { clearShardSpan, getRequestView, passAll, purgeFinished, retireEmptyShards, setRunning, shardSpan } from "../../src/services/scheduler";
 import { listUsageEvents } from "../../src/storage/usage";

@@ -3,7 +3,7 @@ import { env } from "cloudflare:workers";
 import { afterEach, describe, expect, it } from "vitest";
 import type { Caller, PoolConfig } from "../../src/domain/types";
 import { AppError } from "../../src/errors";
-import type { SpendItem } from "../../src/objects/pool";
+import type { SpendItem } from "../../src/objects/pool/types";
 import { consumeAt, laneSettings, SPEND_BATCH_MAX, SPEND_CALLS_MAX, waitingInLane } from "../../src/services/pools";
 import { listUsageEvents } from "../../src/storage/usage";
 import { consume, eventually, makePool, sleep } from "../support/helpers";

@@ -1,7 +1,7 @@
 import { env, exports } from "cloudflare:workers";
 import { expect } from "vitest";
 import { sha256Hex } from "../../src/domain/digest";
-import { clearConfigCache } from "../../src/services/config";
+import { clearConfigCache } from "../../src/storage/config";
 import { checkResponse } from "./contract";
 import { upsertPool } from "../../src/storage/pools";
 import type { PoolConfig } from "../../src/domain/types";

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { compressText, decompressText } from "../../src/services/compression";
+import { compressText, decompressText } from "../../src/domain/compression";
 import { mulberry32 } from "../support/helpers";
 
 const utf8 = (s: string) => new TextEncoder().encode(s).length;

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { JOIN_TIMEOUT_MS, TtlCache } from "../../src/services/cache";
-import { KEY_MISSES_MAX, newKeyCache } from "../../src/services/config";
+import { JOIN_TIMEOUT_MS, TtlCache } from "../../src/storage/cache";
+import { KEY_MISSES_MAX, newKeyCache } from "../../src/storage/config";
 import type { KeyOwner } from "../../src/storage/clients";
 
 const TTL = 60_000;

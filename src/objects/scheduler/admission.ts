@@ -8,11 +8,11 @@ import { dayStart } from "../../domain/calendar";
 import { DEFAULT_TIER_WEIGHTS, priorityOf } from "../../domain/priority";
 import type { PoolConfig } from "../../domain/types";
 import type { ErrorBody } from "../../errors";
-import { clientQuota, clientTier, tierLimits } from "../../services/config";
-import { poolStub } from "../../services/pools";
+import { clientQuota, clientTier, tierLimits } from "../../storage/config";
+import { poolStub } from "../pool/stub";
 import type { Template } from "../../storage/templates";
-import type { ReserveResult, Result } from "../pool";
-import type { WaitClaim } from "../pool-waiters";
+import type { ReserveResult, Result } from "../pool/types";
+import type { WaitClaim } from "../pool/types";
 import { callerOf, groupBy, type Held, type Row } from "./rows";
 import type { Release } from "./settlement";
 import type { QueueStore } from "./store";
@@ -24,7 +24,7 @@ export interface AdmissionHost {
 }
 
 export class Admission {
-  /** `shard`: this scheduler object's name, which pools record their waiting requests under (../pool-waiters.ts). */
+  /** `shard`: this scheduler object's name, which pools record their waiting requests under (../pool/waiters.ts). */
   constructor(private readonly env: Env, private readonly store: QueueStore, private readonly host: AdmissionHost, private readonly shard: string) {}
 
   /**
@@ -92,13 +92,16 @@ export class Admission {
     const needs = new Map<string, Array<{ row: Row; amount: number }>>();
     for (const row of withSlot) {
       for (const req of templates.get(row.template)!.requirements) {
-        needs.set(req.pool, [...(needs.get(req.pool) ?? []), { row, amount: req.amount }]);
+        // Appended in place: copying the list per request was quadratic in a chunk of 512.
+        const list = needs.get(req.pool);
+        if (list) list.push({ row, amount: req.amount });
+        else needs.set(req.pool, [{ row, amount: req.amount }]);
       }
     }
     const held = new Map<string, Held[]>();
     const refused = new Map<string, ErrorBody>();
     const rankedAt = Date.now();
-    // What a pool short of units arbitrates between shards with: class, weight, shard (../pool-waiters.ts).
+    // What a pool short of units arbitrates between shards with: class, weight, shard (../pool/waiters.ts).
     const claimOf = (row: Row): WaitClaim => {
       const p = priorityOf({ tier: row.tier, tierPoints: tiers.get(row.tier)?.priority_points, queue: row.queue, createdAt: row.created_at, readyAt: row.ready_at ?? undefined, recentShare: 0 }, rankedAt);
       return { clientId: row.client_id, shard: this.shard, priority: Math.floor(p.tier + p.queue + p.wait) + (p.starved ? 100 : 0), weight: weights.get(row.client_id) ?? 1 };
@@ -147,7 +150,7 @@ export class Admission {
     for (const row of rows) this.store.admitting.delete(row.id);
     // A request cancelled while it was being admitted gives back what it got.
     const stillClaimed = admitted.filter(claimed);
-    const cancelled = admitted.filter((r) => !stillClaimed.includes(r));
+    const cancelled = stillClaimed.length === admitted.length ? [] : admitted.filter((r) => !claimed(r));
     if (cancelled.length) await this.host.releaseHolds(cancelled.map((row) => ({ row, actual: {}, final: true })));
     const failed = failNow.filter(({ row }) => this.store.rowOf(row.id)?.status === "failed").map(({ row }) => row);
     if (failed.length) await this.host.releaseHolds(failed.map((row) => ({ row: { ...row, reservations: null }, actual: {}, final: true })));

@@ -5,7 +5,7 @@
  * immediate work takes the immediate lane (runNow): its own request only, with no pass over the backlog.
  */
 import { log } from "../../log";
-import { poolConfigs, templateConfigs } from "../../services/config";
+import { poolConfigs, templateConfigs } from "../../storage/config";
 import type { Template } from "../../storage/templates";
 import type { Admission } from "./admission";
 import type { WorkerCalls } from "./calls";

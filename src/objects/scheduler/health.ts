@@ -10,8 +10,8 @@ import { QUEUES, type QueueName } from "../../domain/priority";
 import { attainment, defaultTarget, requestSla, type RequestSla, type SlaRecord, type SlaTarget } from "../../domain/sla";
 import type { Tier } from "../../domain/types";
 import { log } from "../../log";
-import { applyAlerts } from "../../services/alerts";
-import { slaTargets, templateConfigs } from "../../services/config";
+import { applyAlerts } from "../../storage/alert-apply";
+import { slaTargets, templateConfigs } from "../../storage/config";
 import type { Ranking } from "./ranking";
 import { readyAtOf, timedOut, type Outcome, type Queued, type Row } from "./rows";
 import type { QueueStore } from "./store";
@@ -94,10 +94,13 @@ export class Health {
    * the requests that may run now, counted from their ready time (see waitedMs).
    */
   queues(now: number): QueueStats[] {
-    const queued = [...this.store.queued.values()];
+    // One walk of the queued index, and a typed-array sort (native, no comparator): the status poll
+    // was ~4% of a 16,000-request drain's CPU with a filter per queue and a comparator sort.
+    const byQueue = new Map<string, Queued[]>(QUEUES.map((queue) => [queue, []]));
+    for (const q of this.store.queued.values()) byQueue.get(q.queue)?.push(q);
     return QUEUES.map((queue) => {
-      const mine = queued.filter((q) => q.queue === queue);
-      const waits = readyWaits(mine, now).sort((a, b) => a - b);
+      const mine = byQueue.get(queue)!;
+      const waits = Float64Array.from(readyWaits(mine, now)).sort();
       return {
         queue,
         depth: mine.length,
@@ -223,7 +226,7 @@ function targetFor(targets: SlaTarget[], tier: Tier, queue: QueueName): SlaTarge
   return targets.find((t) => t.tier === tier && t.queue === queue) ?? defaultTarget(tier, queue);
 }
 
-function percentile(sorted: number[], p: number): number {
+function percentile(sorted: ArrayLike<number>, p: number): number {
   if (sorted.length === 0) return 0;
   return sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)]!;
 }

@@ -3,7 +3,7 @@ import type { QueueName } from "../../domain/priority";
 import type { RequestSla, SlaTarget } from "../../domain/sla";
 import type { Tier } from "../../domain/types";
 import { log } from "../../log";
-import type { Result } from "../pool";
+import type { Result } from "../pool/types";
 import { Admission } from "./admission";
 import { WorkerCalls } from "./calls";
 import { Dispatcher } from "./dispatcher";
@@ -90,8 +90,10 @@ export class SchedulerObject extends DurableObject<Env> {
   enqueue(items: NewRequest[]): EnqueueOutcome[] {
     const now = Date.now();
     const outcomes = items.map((item) => this.store.insert(item, now));
-    if (outcomes.some((o) => !o.duplicate)) this.ensureAlarm(now);
-    return outcomes.map((o) => ({ ...o, ...this.ranking.positionOf(o.request.id, now) }));
+    // A pass for new work; while dispatch is stopped only a cache hit's outbox entry needs one (setRunning wakes the rest).
+    if (outcomes.some((o, i) => !o.duplicate && (this.running || items[i]!.cached))) this.ensureAlarm(now);
+    // A single new request is placed into the cached order (Ranking.splice), not ranked with the whole backlog again.
+    return outcomes.map((o) => ({ ...o, ...this.ranking.positionOf(o.request.id, now, items.length === 1 && !o.duplicate) }));
   }
 
   /**

@@ -3,10 +3,10 @@
  * recent dispatches against its weight), a request's position and its estimated wait. It keeps the
  * dispatch log the shares and rates come from, and the tier and client weights from configuration.
  */
-import { DEFAULT_TIER_POINTS, DEFAULT_TIER_WEIGHTS, fairRank, priorityOf, type Priority, type QueueName } from "../../domain/priority";
+import { DEFAULT_TIER_POINTS, DEFAULT_TIER_WEIGHTS, fairRank, priorityOf, readyOf, type Priority, type QueueName } from "../../domain/priority";
 import type { Tier } from "../../domain/types";
 import { DispatchRates, estimateWaitMs } from "../../domain/wait-estimate";
-import { clientQuota, poolConfigs, tierLimits } from "../../services/config";
+import { clientQuota, poolConfigs, tierLimits } from "../../storage/config";
 import { MAX_IN_FLIGHT, SCAN_LIMIT } from "./limits";
 import { poolNeedsOf, readyAtOf, type Queued, type Row } from "./rows";
 import type { QueueStore } from "./store";
@@ -25,8 +25,19 @@ export class Ranking {
   private weights = new Map<string, number>();
   /** Priority points and fair-share weight by tier, from the tier rows (loadWeights refreshes them). */
   private tierRows = new Map<Tier, { points: number; weight: number }>();
-  /** The full order for positions, reused while young and while the queued index has not changed. */
-  private rankCache: { at: number; epoch: number; order: string[] } | null = null;
+  /**
+   * The full order for positions, reused while young and while the queued index has not changed.
+   * `items` holds what each id was ranked with; `spliced`: single enqueues were placed into it since
+   * (see splice), so it serves only enqueue answers.
+   */
+  private rankCache: { at: number; epoch: number; order: string[]; items: Array<Queued | Omit<Queued, "recentShare">>; readyCount: number; spliced: boolean } | null = null;
+  /**
+   * The head of the fair order of ready requests as the last pass ranked it (readyOrder); `indexed`:
+   * the store's last insertion then, `nextReady`: when the first held request becomes ready.
+   */
+  private headCache: { at: number; indexed: number; nextReady: number; complete: boolean; order: string[] } | null = null;
+  /** Dispatches per client in the fairness window (kept with dispatchLog: a share is not a scan of the log). */
+  private logCounts = new Map<string, number>();
   /** Measured dispatch rates (overall, per queue) and pool grant rates, for wait estimates. */
   private readonly rates = new DispatchRates();
   /** Each pool's refill per second (the pool rows as last loaded): its grant rate until one is measured. */
@@ -35,15 +46,64 @@ export class Ranking {
   constructor(private readonly env: Env, private readonly store: QueueStore) {}
 
   /** Queued ids in dispatch order (ready ones first), with current fairness shares. */
-  rankedOrder(now: number): string[] {
-    if (this.rankCache && this.rankCache.epoch === this.store.epoch && now - this.rankCache.at < RANK_CACHE_MS) return this.rankCache.order;
+  rankedOrder(now: number, allowSplice = false): string[] {
+    return this.ranked(now, allowSplice).order;
+  }
+
+  /** The order for positions (ids, and what each was ranked with), from the cache when it may serve. */
+  private ranked(now: number, allowSplice: boolean): NonNullable<Ranking["rankCache"]> {
+    const cache = this.rankCache;
+    if (cache && now - cache.at < RANK_CACHE_MS && (allowSplice || !cache.spliced)) {
+      if (cache.epoch === this.store.epoch) return cache;
+      if (allowSplice && cache.epoch === this.store.epoch - 1 && this.splice(cache, now)) return cache;
+    }
     const all = [...this.store.queued.values()];
-    const ready = fairRank(all.filter((q) => q.notBefore <= now), now, this.recentCounts(now), this.weightOf, SCAN_LIMIT)
-      .map((q) => q.id);
-    const later = all.filter((q) => q.notBefore > now).sort((a, b) => a.notBefore - b.notBefore || a.createdAt - b.createdAt).map((q) => q.id);
-    const order = [...ready, ...later];
-    this.rankCache = { at: now, epoch: this.store.epoch, order };
-    return order;
+    const ready = fairRank(all.filter((q) => q.notBefore <= now), now, this.recentCounts(now), this.weightOf, SCAN_LIMIT);
+    const later = all.filter((q) => q.notBefore > now).sort((a, b) => a.notBefore - b.notBefore || a.createdAt - b.createdAt);
+    const items = [...ready, ...later];
+    const order = items.map((q) => q.id);
+    this.rankCache = { at: now, epoch: this.store.epoch, order, items, readyCount: ready.length, spliced: false };
+    return this.rankCache;
+  }
+
+  /**
+   * Place the one request indexed since the cached order was ranked into it, instead of ranking the
+   * whole backlog again for every single enqueue (O(n log n) each: most of an enqueue's CPU with a
+   * few thousand queued). The fair order keeps each client's own order, so it goes after the last of
+   * its client's requests that its client's own order puts ahead of it, by the client's mean spacing in
+   * the order (the other clients' picks interleaved between two of its own), and never past the next
+   * of its own: exact for clients taking turns, an estimate otherwise. Not placed (false: rank again)
+   * when it is not ready, when its client has fewer than two requests ranked (no spacing to go by), or
+   * when it ranks ahead of all its client's queued work (it may then pass other clients' work).
+   */
+  private splice(cache: NonNullable<Ranking["rankCache"]>, now: number): boolean {
+    const last = this.store.lastIndexed;
+    if (!last || last.epoch !== this.store.epoch) return false;
+    const x = this.store.queued.get(last.id);
+    if (!x || x.notBefore > now) return false;
+    const mine: number[] = [];
+    for (let i = 0; i < cache.readyCount; i++) if (cache.items[i]!.clientId === x.clientId) mine.push(i);
+    // Within a client every request has the same fairness term: the order is fairRank's per-client rank.
+    const key = (q: Omit<Queued, "recentShare">) => ({ q, p: priorityOf({ ...q, recentShare: 0 }, cache.at) });
+    const kx = key(x);
+    const before = (a: ReturnType<typeof key>, b: ReturnType<typeof key>) =>
+      Number(b.p.starved) - Number(a.p.starved) || b.p.score - a.p.score || readyOf(a.q) - readyOf(b.q) || (a.q.id < b.q.id ? -1 : 1);
+    let lo = 0;
+    let hi = mine.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (before(key(cache.items[mine[mid]!]!), kx) < 0) lo = mid + 1;
+      else hi = mid;
+    }
+    if (lo === 0 || mine.length < 2) return false;
+    const spacing = (mine[mine.length - 1]! - mine[0]!) / (mine.length - 1);
+    const at = Math.min(lo < mine.length ? mine[lo]! : cache.readyCount, Math.round(mine[lo - 1]! + spacing));
+    cache.items.splice(at, 0, x);
+    cache.order.splice(at, 0, x.id);
+    cache.readyCount += 1;
+    cache.epoch = this.store.epoch;
+    cache.spliced = true;
+    return true;
   }
 
   /**
@@ -51,9 +111,28 @@ export class Ranking {
    * no more than SCAN_LIMIT; ranking the whole backlog behind it was ~5% of a drain's CPU).
    */
   readyOrder(now: number): string[] {
+    const indexed = this.store.lastIndexed?.epoch ?? 0;
+    const cached = this.headCache;
+    if (cached && cached.indexed === indexed && now - cached.at < RANK_CACHE_MS && now < cached.nextReady) {
+      // The passes since took requests from its head and noted them as dispatched: the fair order of
+      // what is left is the rest of this one (the merge continues with the same counts), so a pass
+      // every few ms does not rank the whole backlog again. Ranked again when anything was added or
+      // returned to a queue, a held request became ready, or the head runs short.
+      const left = cached.order.filter((id) => this.store.queued.has(id));
+      if (cached.complete || left.length >= SCAN_LIMIT / 2) {
+        cached.order = left;
+        return left;
+      }
+    }
     const ready: Queued[] = [];
-    for (const q of this.store.queued.values()) if (q.notBefore <= now) ready.push(q);
-    return fairRank(ready, now, this.recentCounts(now), this.weightOf, SCAN_LIMIT, true).map((q) => q.id);
+    let nextReady = Infinity;
+    for (const q of this.store.queued.values()) {
+      if (q.notBefore <= now) ready.push(q);
+      else if (q.notBefore < nextReady) nextReady = q.notBefore;
+    }
+    const order = fairRank(ready, now, this.recentCounts(now), this.weightOf, SCAN_LIMIT, true).map((q) => q.id);
+    this.headCache = { at: now, indexed, nextReady, complete: order.length === ready.length, order };
+    return order;
   }
 
   /**
@@ -61,15 +140,23 @@ export class Ranking {
    * the work ranked ahead of it, overall, in its queue and in each pool it needs, over the measured
    * rates); nulls once it left the queue. One walk of the order up to it.
    */
-  positionOf(id: string, now: number): { position: number | null; estimated_wait_ms: number | null } {
+  positionOf(id: string, now: number, justEnqueued = false): { position: number | null; estimated_wait_ms: number | null } {
     const q = this.store.queued.get(id);
     if (!q) return { position: null, estimated_wait_ms: null };
-    const order = this.rankedOrder(now);
+    const { items } = this.ranked(now, justEnqueued);
     const aheadUnits = q.pools.map(() => 0);
     let aheadInQueue = 0;
     let position = 1;
+    const onlyPool = q.pools.length === 1 ? q.pools[0]!.pool : null;
     const ahead = (o: { queue: QueueName; pools: ReadonlyArray<{ pool: string; units: number }> }) => {
       // Work ahead competes with it when it needs one of its pools (any work, when it needs none).
+      if (onlyPool !== null && o.pools.length === 1) {
+        // The usual case, one pool each: no search (this walk runs for every request ahead).
+        if (o.pools[0]!.pool !== onlyPool) return;
+        aheadUnits[0]! += o.pools[0]!.units;
+        if (o.queue === q.queue) aheadInQueue += 1;
+        return;
+      }
       let competes = q.pools.length === 0;
       for (const need of o.pools) {
         const i = q.pools.findIndex((p) => p.pool === need.pool);
@@ -88,11 +175,12 @@ export class Ranking {
       admitting += 1;
       ahead({ queue: row.queue, pools: poolNeedsOf(row) });
     }
-    for (const other of order) {
-      if (other === id) break;
+    // The order's own copies: no lookup per request ahead (one that left the queue since the order was
+    // ranked still counts ahead, as in its position: for at most RANK_CACHE_MS).
+    for (const o of items) {
+      if (o.id === id) break;
       position += 1;
-      const o = this.store.queued.get(other);
-      if (o) ahead(o);
+      ahead(o);
     }
     const avgRunMs = this.durations.length ? this.durations.reduce((a, b) => a + b, 0) / this.durations.length : 1000;
     const estimated = estimateWaitMs(
@@ -126,6 +214,7 @@ export class Ranking {
 
   noteDispatch(row: Row, now: number): void {
     this.dispatchLog.push({ at: now, clientId: row.client_id, queue: row.queue });
+    this.logCounts.set(row.client_id, (this.logCounts.get(row.client_id) ?? 0) + 1);
     this.rates.note(now, row.queue, poolNeedsOf(row), now - readyAtOf(row));
   }
 
@@ -144,8 +233,7 @@ export class Ranking {
   /** Dispatches per client within the fairness window. */
   private recentCounts(now: number): Map<string, number> {
     this.pruneLog(now);
-    const counts = new Map<string, number>();
-    for (const d of this.dispatchLog) counts.set(d.clientId, (counts.get(d.clientId) ?? 0) + 1);
+    const counts = new Map(this.logCounts);
     // Claims still being admitted count too: a pass that ranks while another pass admits its chunk
     // must not hand the same clients' share out twice.
     for (const id of this.store.admitting) {
@@ -165,7 +253,10 @@ export class Ranking {
     ]);
     const next = new Map<string, number>();
     for (const [id, weight] of loaded) if (weight !== null) next.set(id, weight);
-    if (next.size !== this.weights.size || [...next].some(([id, w]) => this.weights.get(id) !== w)) this.rankCache = null;
+    if (next.size !== this.weights.size || [...next].some(([id, w]) => this.weights.get(id) !== w)) {
+      this.rankCache = null;
+      this.headCache = null;
+    }
     this.weights = next;
   }
 
@@ -186,22 +277,27 @@ export class Ranking {
     if (tiersChanged) {
       for (const q of this.store.queued.values()) q.tierPoints = this.tierPointsOf(q.tier);
       this.rankCache = null;
+      this.headCache = null;
     }
   }
 
   /** Each client's share of the dispatches in the fairness window. */
   private shares(now: number): Map<string, number> {
     this.pruneLog(now);
-    const counts = new Map<string, number>();
-    for (const d of this.dispatchLog) counts.set(d.clientId, (counts.get(d.clientId) ?? 0) + 1);
     const total = this.dispatchLog.length;
-    return new Map([...counts].map(([client, n]) => [client, total ? n / total : 0]));
+    return new Map([...this.logCounts].map(([client, n]) => [client, total ? n / total : 0]));
   }
 
   private pruneLog(now: number): void {
     const cutoff = now - FAIRNESS_WINDOW_MS;
     let drop = 0;
-    while (drop < this.dispatchLog.length && this.dispatchLog[drop]!.at <= cutoff) drop += 1;
+    while (drop < this.dispatchLog.length && this.dispatchLog[drop]!.at <= cutoff) {
+      const client = this.dispatchLog[drop]!.clientId;
+      const n = (this.logCounts.get(client) ?? 0) - 1;
+      if (n > 0) this.logCounts.set(client, n);
+      else this.logCounts.delete(client);
+      drop += 1;
+    }
     if (drop) this.dispatchLog.splice(0, drop);
   }
 }

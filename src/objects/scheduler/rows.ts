@@ -5,7 +5,7 @@
 import type { QueueName } from "../../domain/priority";
 import type { Caller, Tier } from "../../domain/types";
 import type { ErrorBody } from "../../errors";
-import { decompressText } from "../../services/compression";
+import { decompressText } from "../../domain/compression";
 import type { PoolCost, RequestStatus, RequestView, StoredPlan } from "./types";
 
 /** A row of the `requests` table (see schema.ts); the live copies in memory have the same shape. */

@@ -6,11 +6,11 @@
  */
 import { backoffMs } from "../../domain/priority";
 import { log } from "../../log";
-import { compressText } from "../../services/compression";
-import { budgetLimit, poolConfigs } from "../../services/config";
-import { poolStub } from "../../services/pools";
-import type { Settlement as ClientSettlement, SpendEvent } from "../client";
-import type { ReleaseResult, Result } from "../pool";
+import { compressText } from "../../domain/compression";
+import { budgetLimit, poolConfigs } from "../../storage/config";
+import { poolStub } from "../pool/stub";
+import type { Settlement as ClientSettlement, SpendEvent } from "../client/types";
+import type { ReleaseResult, Result } from "../pool/types";
 import type { Health } from "./health";
 import { callerOf, fail, groupBy, timedOut, view, type Finished, type Held, type Outcome, type Row } from "./rows";
 import type { QueueStore } from "./store";
@@ -209,7 +209,10 @@ export class Settlement {
     const byPool = new Map<string, Array<{ row: Row; hold: Held; used: number }>>();
     for (const { row, actual } of items) {
       for (const hold of JSON.parse(row.reservations ?? "[]") as Held[]) {
-        byPool.set(hold.pool, [...(byPool.get(hold.pool) ?? []), { row, hold, used: actual[hold.pool] ?? 0 }]);
+        // Appended in place: copying the list per request was quadratic in a batch of 512.
+        const list = byPool.get(hold.pool);
+        if (list) list.push({ row, hold, used: actual[hold.pool] ?? 0 });
+        else byPool.set(hold.pool, [{ row, hold, used: actual[hold.pool] ?? 0 }]);
       }
     }
     const used = new Map<string, PoolCost[]>();

@@ -34,6 +34,8 @@ export class QueueStore {
   epoch = 0;
   /** The last dispatch sequence number given. */
   seq = 0;
+  /** The request the last change of the queued index added, and the epoch it made (Ranking.splice). */
+  lastIndexed: { id: string; epoch: number } | null = null;
   private waiters = new Map<string, Array<(v: RequestView) => void>>();
 
   constructor(readonly sql: SqlStorage, private readonly host: StoreHost) {}
@@ -110,6 +112,7 @@ export class QueueStore {
       readyAt: readyAtOf(row), notBefore: row.not_before, recentShare: 0, pools: poolNeedsOf(row),
     });
     this.epoch += 1;
+    this.lastIndexed = { id: row.id, epoch: this.epoch };
   }
 
   rowOf(id: string): Row | undefined {
@@ -187,8 +190,9 @@ export class QueueStore {
     const json = JSON.stringify(items.map((f) => [
       f.id, f.status, f.result ?? null, f.actual ?? null, f.actualDetail ?? null, f.error ?? null,
       f.plan ? JSON.stringify(f.plan) : null, f.startedAt ?? null,
-      f.status === "completed" && hasOptimizerRecords(f.plan ?? this.plans.get(f.id)) ? 1 : 0,
     ]));
+    // The outbox gets its own short list: json_each over the text above would parse every result again.
+    const outbox = JSON.stringify(items.map((f) => [f.id, f.status === "completed" && hasOptimizerRecords(f.plan ?? this.plans.get(f.id)) ? 1 : 0]));
     // Each `->>` parses its element again (~1.5 us a column here): the usual batch, with no plan to
     // replace and nothing started late, leaves those columns out.
     const full = items.some((f) => f.plan !== undefined || f.startedAt !== undefined);
@@ -203,7 +207,7 @@ export class QueueStore {
            FROM json_each(?2) AS j WHERE requests.id = j.value ->> 0`,
       now, json,
     );
-    this.sql.exec("INSERT INTO finished_outbox (id, optimizer) SELECT value ->> 0, value ->> 8 FROM json_each(?) WHERE true ON CONFLICT (id) DO NOTHING", json);
+    this.sql.exec("INSERT INTO finished_outbox (id, optimizer) SELECT value ->> 0, value ->> 1 FROM json_each(?) WHERE true ON CONFLICT (id) DO NOTHING", outbox);
     for (const f of items) {
       const live = this.live.get(f.id);
       if (live) {

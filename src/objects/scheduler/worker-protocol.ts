@@ -3,7 +3,7 @@
  * for one request, the answers it gives (alone, in a batch, or reported by `runMany`), and the service
  * binding's shape.
  */
-import { decompressText } from "../../services/compression";
+import { decompressText } from "../../domain/compression";
 import { allottedOf, type Outcome, type Row } from "./rows";
 
 /** A service binding to a template's worker: HTTP always, RPC `run` and `runMany` when the worker has them. */

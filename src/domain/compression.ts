@@ -1,4 +1,4 @@
-import { savedBytes, shouldCompress } from "../domain/optimizer";
+import { savedBytes, shouldCompress } from "./optimizer";
 
 /**
  * Text stored compressed or as it is, told apart by a prefix: "gz:" + base64 of gzip, or the text

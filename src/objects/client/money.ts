@@ -1,30 +1,7 @@
-import { budgetView, type BudgetLimit, type BudgetView } from "../domain/budget";
-import { MONEY_LEASE } from "../domain/leases";
-import { newId } from "../domain/ids";
-
-/**
- * Spend decided under a money lease or a reservation, as its holder hands it back: the pool outbox it
- * went to (source), the seq of its last event there, and its cost. Until that outbox has delivered the
- * seq to this client, the cost stays in flight; after, it is in the month's spend. Never both missing.
- */
-export type SpendMark = [source: string, seq: number, nano: number];
-
-export interface MoneyRequest {
-  /** The lease the holder gives back, with the spend decided under it (per outbox). */
-  returning: { id: string; marks: SpendMark[] } | null;
-  /** Spends decided under the returned lease whose outcome the holder does not know yet: held again in the new one. */
-  carry: number;
-  /** The spend waiting for this lease: granted with it, or refused (402) with the budget as it stands. */
-  need: number;
-  /** What the holder would like (its rate over the window). */
-  want: number;
-}
-
-export interface MoneyAnswer {
-  lease: { id: string; nano: number; ttlMs: number } | null;
-  /** Set when `need` does not fit: the budget as it stands (the 402's explanation). */
-  refused: BudgetView | null;
-}
+import { budgetView, type BudgetLimit, type BudgetView } from "../../domain/budget";
+import { MONEY_LEASE } from "../../domain/leases";
+import { newId } from "../../domain/ids";
+import type { MoneyAnswer, MoneyRequest, SpendMark } from "./types";
 
 /** What the money book needs of the client object. */
 export interface MoneyHost {

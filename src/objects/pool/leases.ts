@@ -1,44 +1,7 @@
-import { grantFor, TOKEN_LEASE } from "../domain/leases";
-import type { Caller, PoolConfig } from "../domain/types";
-import type { UsageEvent } from "../storage/usage";
-
-/**
- * A consume an isolate granted from its lease, as it reports it: the event id it answered with, who,
- * how much, for what cost (the one it answered with), when.
- */
-export type LeaseGrant = [eventId: string, clientId: string, tier: Caller["tier"], via: string, amount: number, requestId: string | null, costNano: number, at: number];
-
-/** One exchange between a holder (an isolate) and the pool's object. */
-export interface LeaseExchange {
-  /** The holder's id (one per isolate and pool). */
-  holder: string;
-  /** Grows with every exchange of this holder: an exchange seen before is answered again, not applied twice. */
-  report: number;
-  /** Consumes granted from the lease since the last exchange. */
-  grants: LeaseGrant[];
-  /** Units the holder gives back now (it stopped holding them before the call). */
-  returned: number;
-  /** Units it would like to get in addition. */
-  want: number;
-  /** If > 0: give at least this many, or none. */
-  need: number;
-  /** The holder is done: what it still holds comes back. */
-  close: boolean;
-}
-
-export interface LeaseAnswer {
-  /** Units added to the holder's slice. */
-  added: number;
-  /** The lease lasts this long from now (the holder counts from when it got the answer). */
-  ttlMs: number;
-  /** Whole units left in the bucket (not counting leases). */
-  level: number;
-  /** The outbox these grants went to, and the seq of the last: their spend reaches clients by it. */
-  source: string;
-  seq: number;
-  /** The pool no longer lends (not active, not shared, or leases off): drop the lease. */
-  stop: boolean;
-}
+import { grantFor, TOKEN_LEASE } from "../../domain/leases";
+import type { PoolConfig } from "../../domain/types";
+import type { UsageEvent } from "../../storage/usage";
+import type { LeaseAnswer, LeaseExchange, LeaseGrant } from "./types";
 
 /** What the lease book needs of the pool object that hosts it. */
 export interface LeaseHost {

@@ -1,17 +1,17 @@
 import { resolveBudget, type BudgetLimit } from "../domain/budget";
 import type { PoolConfig, Tier } from "../domain/types";
 import { AppError } from "../errors";
-import { findBudgetSettings, findClientTier, findKeyOwner, type KeyOwner } from "../storage/clients";
-import { listTiers, type TierRow } from "../storage/tiers";
-import { listPools } from "../storage/pools";
-import { listTemplates, type Template } from "../storage/templates";
-import { findQuotaOverrides, listBurstPolicies } from "../storage/quotas";
+import { findBudgetSettings, findClientTier, findKeyOwner, type KeyOwner } from "./clients";
+import { listTiers, type TierRow } from "./tiers";
+import { listPools } from "./pools";
+import { listTemplates, type Template } from "./templates";
+import { findQuotaOverrides, listBurstPolicies } from "./quotas";
 import type { BurstPolicy } from "../domain/burst";
 import type { ResolvedQuota } from "../domain/quota";
 import { QUEUES } from "../domain/priority";
 import { defaultTarget, type SlaTarget } from "../domain/sla";
 import { TIERS } from "../domain/types";
-import { listSlaTargets } from "../storage/sla";
+import { listSlaTargets } from "./sla";
 import { TtlCache } from "./cache";
 import { settings } from "../settings";
 

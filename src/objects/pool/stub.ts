@@ -1,4 +1,4 @@
-import type { PoolObject } from "../objects/pool";
+import type { PoolObject } from "./index";
 
 /** Pool objects' ids by pool id: idFromName hashes the name on every call, and every spend needs one. */
 const poolIds = new Map<string, DurableObjectId>();

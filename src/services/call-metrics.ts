@@ -1,5 +1,5 @@
 import { Histogram, type HistogramSnapshot } from "../domain/histogram";
-import { LATENCY_BUCKETS_S } from "../services/latency";
+import { LATENCY_BUCKETS_S } from "./latency";
 
 /**
  * RPC and MCP tool calls, counted in this isolate since it started (as src/services/latency.ts counts

@@ -1,3 +1,5 @@
+import type { WaitClaim } from "./types";
+
 /**
  * The scheduler shards' waiting reservations in one pool: how a pool short of units grants them to the
  * best waiting request of any shard (DESIGN.md: priority across shards is arbitrated by the pools).
@@ -17,15 +19,6 @@
  * Memory only: after a restart the pool grants first come, first served until shards wait again.
  * Reserves without a shard (direct reservations, not queued work) are neither held back nor recorded.
  */
-
-/** What a scheduler shard's reserve says about its request. */
-export interface WaitClaim {
-  clientId: string;
-  shard: string;
-  /** Priority class: tier + urgency + whole wait points (+100 when starved); fairness is the pool's. */
-  priority: number;
-  weight: number;
-}
 
 interface Waiter extends WaitClaim {
   amount: number;

@@ -1,4 +1,4 @@
-import type { Principal } from "../http/context";
+import type { Principal } from "./context";
 
 /** Who an in-process call to the app acts as, and whether that client is suspended (authenticate()'s inputs). */
 export interface Identity {

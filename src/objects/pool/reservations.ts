@@ -1,0 +1,242 @@
+import { giveBack, take } from "../../domain/bucket";
+import { newId } from "../../domain/ids";
+import type { Caller, PoolConfig } from "../../domain/types";
+import type { UsageEvent } from "../../storage/usage";
+import { fail } from "./results";
+import type { PoolStore } from "./store";
+import type { BatchReleaseItem, BatchReserveItem, ReleaseResult, ReserveResult, Result } from "./types";
+import { heldBack, WaitBook } from "./waiters";
+
+/** What the reservations need of the object that hosts them. */
+export interface ReservationHost {
+  /** Whether `caller` may take `amount` now, counting a denial when `spending` (./spending.ts). */
+  admit(cfg: PoolConfig, caller: Caller, amount: number, now: number, spending: boolean): Result<number>;
+  /** Be woken no later than `at` (a reservation's expiry). */
+  ensureAlarm(at: number): void;
+  /** Keep the object alive until `promise` settles (wakes sent after answering). */
+  waitUntil(promise: Promise<unknown>): void;
+}
+
+export interface ReservationRow {
+  id: string;
+  client_id: string;
+  request_id: string | null;
+  via: string;
+  amount: number;
+  status: string;
+  created_at: number;
+  expires_at: number;
+  [key: string]: SqlStorageValue;
+}
+
+/** A reservation granted in a batch, as written by its one INSERT. */
+interface NewReservation {
+  id: string;
+  clientId: string;
+  requestId: string | null;
+  via: string;
+  amount: number;
+  expiresAt: number;
+}
+
+/** What a batch of settlements changes, written once for the whole batch. */
+interface Settlements {
+  expired: string[];
+  released: Array<{ id: string; consumed: number }>;
+  events: UsageEvent[];
+}
+
+/** How long a settled (released or expired) reservation is kept after its expiry time. */
+const SETTLED_RETENTION_MS = 24 * 60 * 60 * 1000;
+
+/**
+ * A pool's reservations: units taken from the bucket for a holder until it settles them (consumed and
+ * refunded) or they expire by alarm, and the scheduler shards' requests waiting for units (./waiters.ts).
+ * Batches are decided in memory, in order, then written in one statement per kind of change.
+ */
+export class Reservations {
+  /** Scheduler shards' requests waiting for units here, in memory (issue 20: priority across shards). */
+  private readonly waits = new WaitBook();
+
+  constructor(
+    private readonly env: Env,
+    private readonly store: PoolStore,
+    private readonly host: ReservationHost,
+  ) {}
+
+  /** Reservations held now (expired ones not yet swept included): how many, and their units. */
+  held(): { n: number; units: number } {
+    return this.store.sql.exec<{ n: number; units: number }>(
+      "SELECT COUNT(*) AS n, COALESCE(SUM(amount), 0) AS units FROM reservations WHERE status = 'held'",
+    ).one();
+  }
+
+  /** Units held by reservations. */
+  heldUnits(): number {
+    return this.store.sql.exec<{ n: number }>(
+      "SELECT COALESCE(SUM(amount), 0) AS n FROM reservations WHERE status = 'held'",
+    ).one().n;
+  }
+
+  /** The earliest expiry of a held reservation (null: none held). */
+  nextExpiry(): number | null {
+    return this.store.sql.exec<{ t: number | null }>(
+      "SELECT MIN(expires_at) AS t FROM reservations WHERE status = 'held'",
+    ).one().t;
+  }
+
+  /**
+   * Decide each item in order against the bucket in memory (nothing here awaits, so no call interleaves),
+   * then write every granted reservation in one statement and the bucket once.
+   */
+  reserveBatch(cfg: PoolConfig, items: BatchReserveItem[]): Result<ReserveResult>[] {
+    const store = this.store;
+    const now = Date.now();
+    const granted: NewReservation[] = [];
+    const results = items.map((item): Result<ReserveResult> => {
+      // Another shard's request goes first: keep the units for it (./waiters.ts).
+      const ahead = item.wait ? this.waits.aheadOf(item.wait, now) : null;
+      if (ahead) {
+        this.waits.refused(item.wait!, item.amount, now);
+        return heldBack(cfg.id, item.amount, store.whole(), ahead, now);
+      }
+      const admitted = this.host.admit(cfg, item.caller, item.amount, now, true);
+      if (!admitted.ok) {
+        if (item.wait && admitted.error.code === "rate_limited") this.waits.refused(item.wait, item.amount, now);
+        return admitted;
+      }
+      if (item.wait) this.waits.granted(item.wait, item.amount);
+      store.bucket = take(store.bucket, item.amount);
+      const id = item.id ?? newId("reservation", now);
+      const expiresAt = now + item.ttlMs;
+      granted.push({ id, clientId: item.caller.clientId, requestId: item.requestId, via: item.caller.via, amount: item.amount, expiresAt });
+      return { ok: true, value: { pool: cfg.id, reservationId: id, amount: item.amount, expiresAt, remaining: store.whole() } };
+    });
+    store.saveDenials();
+    if (granted.length === 0) return results;
+    store.sql.exec(
+      `INSERT INTO reservations (id, client_id, request_id, via, amount, status, created_at, expires_at)
+       SELECT value ->> '$.id', value ->> '$.clientId', value ->> '$.requestId', value ->> '$.via', value ->> '$.amount', 'held', ?, value ->> '$.expiresAt'
+       FROM json_each(?)`,
+      now, JSON.stringify(granted),
+    );
+    store.saveBucket();
+    this.host.ensureAlarm(granted.reduce((t, r) => Math.min(t, r.expiresAt), Infinity));
+    return results;
+  }
+
+  /**
+   * Settle many reservations, as PoolObject.release each, in order: one read for all the reservations
+   * named, decisions in memory, then one write per kind of change.
+   */
+  releaseBatch(cfg: PoolConfig, items: BatchReleaseItem[]): Result<ReleaseResult>[] {
+    const store = this.store;
+    const now = Date.now();
+    const rows = new Map(store.sql.exec<ReservationRow>(
+      "SELECT * FROM reservations WHERE id IN (SELECT value FROM json_each(?))",
+      JSON.stringify(items.map((item) => item.reservationId)),
+    ).toArray().map((row) => [row.id, row]));
+    store.refillTo(now, cfg);
+    const changes: Settlements = { expired: [], released: [], events: [] };
+    const results = items.map((item) => this.settle(cfg, rows.get(item.reservationId), item, now, changes));
+    if (changes.expired.length + changes.released.length === 0) return results;
+    this.markExpired(changes.expired, now);
+    if (changes.released.length) {
+      store.sql.exec(
+        `UPDATE reservations SET status = 'released', settled_at = ?, consumed = s.value ->> '$.consumed'
+         FROM json_each(?) AS s WHERE reservations.id = s.value ->> '$.id'`,
+        now, JSON.stringify(changes.released),
+      );
+    }
+    store.queueUsage(changes.events);
+    store.saveBucket();
+    if (this.waits.size > 0) this.wakeWaiters(now);
+    return results;
+  }
+
+  /** Expire reservations past their time now (as the alarm would), so counts of active ones are exact. Returns how many. */
+  expireDue(now: number, cfg: PoolConfig): number {
+    const due = this.store.sql.exec<ReservationRow>("SELECT * FROM reservations WHERE status = 'held' AND expires_at <= ?", now).toArray();
+    this.expire(due, now, cfg);
+    return due.length;
+  }
+
+  /**
+   * Settled reservations answer a late release with reservation_closed for a day, then are forgotten
+   * (one row per dispatched request would otherwise stay forever). Served by the (status, expires_at) index.
+   */
+  forgetSettled(now: number): void {
+    this.store.sql.exec("DELETE FROM reservations WHERE status IN ('released', 'expired') AND expires_at < ?", now - SETTLED_RETENTION_MS);
+  }
+
+  /** Units came back: wake every scheduler shard with a request waiting here, so the first in line takes them. */
+  private wakeWaiters(now: number): void {
+    for (const shard of this.waits.waitingShards(now)) {
+      this.host.waitUntil(this.env.SCHEDULER.get(this.env.SCHEDULER.idFromName(shard)).wake().catch(() => undefined));
+    }
+  }
+
+  /**
+   * One settlement of a batch, decided against the batch's copy of its row (`undefined`: not found). The
+   * row's status is updated in that copy, so an id named twice in a batch sees its first settlement.
+   */
+  private settle(cfg: PoolConfig, row: ReservationRow | undefined, item: BatchReleaseItem, now: number, changes: Settlements): Result<ReleaseResult> {
+    const { caller, reservationId, actualUsed } = item;
+    if (!row || row.client_id !== caller.clientId) {
+      return fail("reservation_not_found", `no reservation ${reservationId} in pool ${cfg.id}`);
+    }
+    if (row.status === "held" && row.expires_at <= now) {
+      this.refundExpired(row, cfg);
+      changes.expired.push(row.id);
+    }
+    if (row.status !== "held") {
+      return fail("reservation_closed", `reservation ${reservationId} is ${row.status}`, { status: row.status });
+    }
+    if (actualUsed > row.amount) {
+      return fail("validation_failed", "actual_used exceeds the reserved amount", {
+        fields: [{ path: "actual_used", message: `must be at most ${row.amount}` }],
+      });
+    }
+    const store = this.store;
+    const refunded = row.amount - actualUsed;
+    store.bucket = giveBack(store.bucket, refunded, cfg);
+    row.status = "released";
+    changes.released.push({ id: row.id, consumed: actualUsed });
+    const event = actualUsed > 0
+      ? store.usageEvent(cfg, { clientId: row.client_id, tier: caller.tier, via: row.via }, row.request_id, "reservation", actualUsed, now)
+      : null;
+    if (event) changes.events.push(event);
+    return {
+      ok: true,
+      value: {
+        pool: cfg.id, reservationId, consumed: actualUsed, refunded,
+        costNano: event?.costNano ?? 0, eventId: event?.eventId ?? null, at: now,
+      },
+    };
+  }
+
+  /** Expire held reservations past their time (the alarm's sweep): refund each, then write them at once. */
+  private expire(rows: ReservationRow[], now: number, cfg: PoolConfig): void {
+    if (rows.length === 0) return;
+    this.store.refillTo(now, cfg);
+    for (const row of rows) this.refundExpired(row, cfg);
+    this.markExpired(rows.map((row) => row.id), now);
+    this.store.saveBucket();
+  }
+
+  /** Give an expired reservation's units back, in memory; the caller writes it with markExpired. */
+  private refundExpired(row: ReservationRow, cfg: PoolConfig): void {
+    this.store.bucket = giveBack(this.store.bucket, row.amount, cfg);
+    row.status = "expired";
+  }
+
+  private markExpired(ids: string[], now: number): void {
+    if (ids.length === 0) return;
+    // `+status`: look the rows up by id, not through the status index (which would visit every held row).
+    this.store.sql.exec(
+      `UPDATE reservations SET status = 'expired', settled_at = ?, consumed = 0
+       WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'held'`,
+      now, JSON.stringify(ids),
+    );
+  }
+}
