@@ -72,7 +72,7 @@ if (!["", "all", "errors"].includes(REQUEST_LOG)) throw new Error("BENCH_REQUEST
 const LOG_PROBE = process.env.BENCH_LOG_PROBE === "1";
 const BASELINE = process.env.BENCH_BASELINE || "";
 const ONLY = process.env.BENCH_SCENARIOS ? new Set(process.env.BENCH_SCENARIOS.split(",").map((k) => k.trim())) : null;
-const PRODUCT_FILES = ["src", "wrangler.toml", "migrations", "schema.sql", "seed.sql", "package.json", "tsconfig.json", "public"];
+const PRODUCT_FILES = ["src", "wrangler.toml", "migrations", "schema.sql", "seed.sql", "package.json", "tsconfig.json", "public", "vendor"];
 const PAUSE_MS = 500; // idle gap between measurements
 const SETTLE_MAX_MS = 15_000; // longest wait for the product's usage outbox to drain after a measurement
 const READY_TIMEOUT_MS = 120_000;
@@ -431,6 +431,8 @@ function baselineProduct(stateDir, rev) {
   });
   const tar = execFileSync("git", ["archive", "--format=tar", rev, "--", ...files], { cwd: ROOT, maxBuffer: 256 * 1024 * 1024 });
   execFileSync("tar", ["-x", "-C", dir], { input: tar });
+  // vendor/ (/docs's Swagger UI, bundled as text modules) is generated, not in git: the current copy.
+  if (existsSync(join(ROOT, "vendor"))) cpSync(join(ROOT, "vendor"), join(dir, "vendor"), { recursive: true });
   symlinkSync(join(ROOT, "node_modules"), join(dir, "node_modules"), "dir");
   return dir;
 }
