@@ -114,11 +114,12 @@ export class Reservations {
     });
     store.saveDenials();
     if (granted.length === 0) return results;
+    // Positional arrays: each `->>` parses its element again, and a short array reads faster than an object.
     store.sql.exec(
       `INSERT INTO reservations (id, client_id, request_id, via, amount, status, created_at, expires_at)
-       SELECT value ->> '$.id', value ->> '$.clientId', value ->> '$.requestId', value ->> '$.via', value ->> '$.amount', 'held', ?, value ->> '$.expiresAt'
+       SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, 'held', ?, value ->> 5
        FROM json_each(?)`,
-      now, JSON.stringify(granted),
+      now, JSON.stringify(granted.map((r) => [r.id, r.clientId, r.requestId, r.via, r.amount, r.expiresAt])),
     );
     store.saveBucket();
     this.host.ensureAlarm(granted.reduce((t, r) => Math.min(t, r.expiresAt), Infinity));
@@ -143,9 +144,9 @@ export class Reservations {
     this.markExpired(changes.expired, now);
     if (changes.released.length) {
       store.sql.exec(
-        `UPDATE reservations SET status = 'released', settled_at = ?, consumed = s.value ->> '$.consumed'
-         FROM json_each(?) AS s WHERE reservations.id = s.value ->> '$.id'`,
-        now, JSON.stringify(changes.released),
+        `UPDATE reservations SET status = 'released', settled_at = ?, consumed = s.value ->> 1
+         FROM json_each(?) AS s WHERE reservations.id = s.value ->> 0`,
+        now, JSON.stringify(changes.released.map((r) => [r.id, r.consumed])),
       );
     }
     store.queueUsage(changes.events);

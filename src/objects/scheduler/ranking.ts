@@ -31,11 +31,6 @@ export class Ranking {
    * (see splice), so it serves only enqueue answers.
    */
   private rankCache: { at: number; epoch: number; order: string[]; items: Array<Queued | Omit<Queued, "recentShare">>; readyCount: number; spliced: boolean } | null = null;
-  /**
-   * The head of the fair order of ready requests as the last pass ranked it (readyOrder); `indexed`:
-   * the store's last insertion then, `nextReady`: when the first held request becomes ready.
-   */
-  private headCache: { at: number; indexed: number; nextReady: number; complete: boolean; order: string[] } | null = null;
   /** Dispatches per client in the fairness window (kept with dispatchLog: a share is not a scan of the log). */
   private logCounts = new Map<string, number>();
   /** Measured dispatch rates (overall, per queue) and pool grant rates, for wait estimates. */
@@ -111,28 +106,12 @@ export class Ranking {
    * no more than SCAN_LIMIT; ranking the whole backlog behind it was ~5% of a drain's CPU).
    */
   readyOrder(now: number): string[] {
-    const indexed = this.store.lastIndexed?.epoch ?? 0;
-    const cached = this.headCache;
-    if (cached && cached.indexed === indexed && now - cached.at < RANK_CACHE_MS && now < cached.nextReady) {
-      // The passes since took requests from its head and noted them as dispatched: the fair order of
-      // what is left is the rest of this one (the merge continues with the same counts), so a pass
-      // every few ms does not rank the whole backlog again. Ranked again when anything was added or
-      // returned to a queue, a held request became ready, or the head runs short.
-      const left = cached.order.filter((id) => this.store.queued.has(id));
-      if (cached.complete || left.length >= SCAN_LIMIT / 2) {
-        cached.order = left;
-        return left;
-      }
-    }
+    // Ranked at every pass. Reusing the previous pass's head while nothing was added (tried in the
+    // tenth session) saved a few percent of a drain's CPU, within the noise, and one full run under load
+    // then failed the weighted-fairness test: not worth an order that can drift from a fresh ranking.
     const ready: Queued[] = [];
-    let nextReady = Infinity;
-    for (const q of this.store.queued.values()) {
-      if (q.notBefore <= now) ready.push(q);
-      else if (q.notBefore < nextReady) nextReady = q.notBefore;
-    }
-    const order = fairRank(ready, now, this.recentCounts(now), this.weightOf, SCAN_LIMIT, true).map((q) => q.id);
-    this.headCache = { at: now, indexed, nextReady, complete: order.length === ready.length, order };
-    return order;
+    for (const q of this.store.queued.values()) if (q.notBefore <= now) ready.push(q);
+    return fairRank(ready, now, this.recentCounts(now), this.weightOf, SCAN_LIMIT, true).map((q) => q.id);
   }
 
   /**
@@ -255,7 +234,6 @@ export class Ranking {
     for (const [id, weight] of loaded) if (weight !== null) next.set(id, weight);
     if (next.size !== this.weights.size || [...next].some(([id, w]) => this.weights.get(id) !== w)) {
       this.rankCache = null;
-      this.headCache = null;
     }
     this.weights = next;
   }
@@ -277,7 +255,6 @@ export class Ranking {
     if (tiersChanged) {
       for (const q of this.store.queued.values()) q.tierPoints = this.tierPointsOf(q.tier);
       this.rankCache = null;
-      this.headCache = null;
     }
   }
 
