@@ -29,18 +29,24 @@ export async function readBody(request: Request, max: number): Promise<Uint8Arra
     await request.body.cancel().catch(() => undefined);
     throw tooLarge(max);
   }
-  const reader = request.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let size = 0;
+  return readRest(request.body.getReader(), [], max);
+}
+
+/**
+ * The rest of a body whose first chunks were already read (`chunks`, added to), counted while
+ * streaming: 413 once the total is over `max`.
+ */
+export async function readRest(reader: ReadableStreamDefaultReader<Uint8Array>, chunks: Uint8Array[], max: number): Promise<Uint8Array> {
+  let size = chunks.reduce((n, c) => n + c.byteLength, 0);
   for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.byteLength;
     if (size > max) {
       await reader.cancel().catch(() => undefined);
       throw tooLarge(max);
     }
+    const { done, value } = await reader.read();
+    if (done) break;
     chunks.push(value);
+    size += value.byteLength;
   }
   if (chunks.length === 1) return chunks[0]!;
   const out = new Uint8Array(size);

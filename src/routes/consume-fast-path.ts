@@ -6,7 +6,7 @@ import { CLIENT_ID, MAX_REF_LENGTH, MAX_UNITS, POOL_ID } from "./schemas";
 import { bearer, identify, knownSecret } from "../http/auth";
 import type { Principal } from "../http/context";
 import { errorEnvelope, INTERNAL_ERROR } from "../http/errors";
-import { JSON_MEDIA, maxBodyBytes, readBody } from "../http/limits";
+import { JSON_MEDIA, maxBodyBytes, readBody, readRest } from "../http/limits";
 import { requestEnded, traceIdFor } from "../http/trace";
 
 /**
@@ -95,25 +95,7 @@ async function readConsumeBody(request: Request, max: number): Promise<Uint8Arra
     reader.releaseLock();
     return first.value;
   }
-  const chunks = [first.value];
-  let size = first.value.byteLength;
-  for (;;) {
-    if (size > max) {
-      await reader.cancel().catch(() => undefined);
-      throw new AppError("payload_too_large", `the request body is over ${max} bytes`, { max_bytes: max });
-    }
-    const next = await reader.read();
-    if (next.done) break;
-    chunks.push(next.value);
-    size += next.value.byteLength;
-  }
-  const out = new Uint8Array(size);
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.byteLength;
-  }
-  return out;
+  return readRest(reader, [first.value], max);
 }
 
 /** One decoder for every request (decode() without a stream option keeps no state between calls). */

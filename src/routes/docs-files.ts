@@ -1,5 +1,6 @@
 /// <reference path="../text-modules.d.ts" />
 import { Hono } from "hono";
+import { fnv1a } from "../domain/hash";
 import type { AppEnv } from "../http/context";
 // Swagger UI, copied from node_modules by scripts/docs-assets.mjs and bundled as text modules (wrangler's
 // default rule for *.txt; src/text-modules.d.ts types them). Served by the worker rather than by Workers
@@ -42,9 +43,7 @@ export const DOCS_FILES: Record<string, { body: string; type: string }> = {
 
 /** A strong validator per file: the files change only with a deploy, so their length and a cheap hash name them. */
 function etagOf(body: string): string {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < body.length; i += 1) h = Math.imul(h ^ body.charCodeAt(i), 0x01000193);
-  return `"${body.length.toString(36)}-${(h >>> 0).toString(36)}"`;
+  return `"${body.length.toString(36)}-${fnv1a(body).toString(36)}"`;
 }
 const ETAGS = new Map<string, string>();
 

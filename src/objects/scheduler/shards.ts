@@ -1,4 +1,5 @@
 import { settings } from "../../settings";
+import { fnv1a } from "../../domain/hash";
 
 /**
  * Scheduler shards: which scheduler object owns a client, by name. A client's requests go to shard
@@ -15,17 +16,7 @@ export function shardCount(env: Env): number {
   return Math.min(settings(env).SCHEDULER_SHARDS, MAX_SHARDS);
 }
 
-/** 32-bit FNV-1a: stable across isolates and deploys (the partition must not move by itself). */
-function fnv1a(text: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < text.length; i++) {
-    h ^= text.charCodeAt(i);
-    h = Math.imul(h, 0x01000193) >>> 0;
-  }
-  return h;
-}
-
-/** The shard that owns a client under `count` shards. */
+/** The shard that owns a client under `count` shards (FNV-1a: the partition must not move by itself). */
 export function shardIndexOf(clientId: string, count: number): number {
   return count <= 1 ? 0 : fnv1a(clientId) % count;
 }
