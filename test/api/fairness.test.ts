@@ -116,5 +116,11 @@ describe("weighted fair dispatch (the scheduler)", () => {
       shares.forEach((s, i) => expect(Math.abs(s - weights[i]! / 6) / (weights[i]! / 6), `first ${n}: shares ${shares}`).toBeLessThan(0.05));
       expect(jain(shares, weights)).toBeGreaterThan(0.99);
     }
-  }, 90_000);
+    // Every request settles before the file ends: settlement still running at teardown would outlive
+    // the test's environment (CI once failed on exactly that: an unhandled rejection from a settle).
+    await eventually(async () => {
+      const views = (await Promise.all(ids.map((id) => scheduler().get(id, null)))) as Array<{ status: string } | null>;
+      return views.every((v) => v?.status === "completed") || null;
+    }, 60_000, "everything settled");
+  }, 120_000);
 });

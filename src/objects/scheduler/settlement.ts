@@ -77,12 +77,12 @@ export class Settlement {
    * timer does not fire while the event loop is busy with a backlog, nor should it wait behind 512 others.
    */
   queue(id: string, attempt: number, outcome: Outcome): void {
-    if (this.store.live.get(id)?.queue === "immediate") return void this.settle([{ id, attempt, outcome }]);
+    if (this.store.live.get(id)?.queue === "immediate") return this.settleSafely([{ id, attempt, outcome }]);
     this.settleBuffer.push({ id, attempt, outcome });
     if (this.settleBuffer.length >= SETTLE_BATCH) return this.settleNow();
     this.settleTimer ??= setTimeout(() => {
       this.settleTimer = null;
-      void this.settle(this.settleBuffer.splice(0));
+      this.settleSafely(this.settleBuffer.splice(0));
     }, SETTLE_DELAY_MS);
   }
 
@@ -90,7 +90,18 @@ export class Settlement {
   settleNow(): void {
     if (this.settleTimer) clearTimeout(this.settleTimer);
     this.settleTimer = null;
-    if (this.settleBuffer.length) void this.settle(this.settleBuffer.splice(0));
+    if (this.settleBuffer.length) this.settleSafely(this.settleBuffer.splice(0));
+  }
+
+  /**
+   * Settle a batch nobody awaits. A batch that fails (a pool or client object unreachable) is logged,
+   * never left as an unhandled rejection: its requests stay running until their leases end, then
+   * return to their queue (reclaimLeases), and their reservations and slots expire on their own.
+   */
+  private settleSafely(batch: Array<{ id: string; attempt: number; outcome: Outcome }>): void {
+    this.settle(batch).catch((err: unknown) => {
+      log.error("settle_failed", { count: batch.length, request_ids: batch.map((b) => b.id), error: String(err) });
+    });
   }
 
   /**
