@@ -276,7 +276,7 @@ async function call(method, path, { token, body, timeoutMs = CALL_TIMEOUT_MS } =
     const ms = performance.now() - t0;
     let json = null;
     try { json = JSON.parse(text); } catch { /* not JSON */ }
-    return { status: res.status, ms, json, text };
+    return { status: res.status, ms, json, text, sentAt: Date.now() - ms };
   } catch (err) {
     return { status: 0, ms: performance.now() - t0, json: null, text: `${err?.name ?? "Error"}: ${err?.message ?? err}` };
   }
@@ -560,7 +560,12 @@ async function drain(executeIds) {
       const st = res.json?.request?.status;
       if (res.status === 200 && st !== "completed") return `200 with status ${st}`;
       if (res.status === 202 && !["queued", "dispatching", "running"].includes(st)) return `202 with status ${st}`;
-      if (res.json?.request?.id) executeIds.push({ id: res.json.request.id, client: ACME, answered: res.status, status: st, ms: Math.round(res.ms) });
+      if (res.json?.request?.id) {
+        const r = res.json.request;
+        // Where the time went (epoch ms, wall clock): sent -> created in the scheduler -> started -> finished -> answered.
+        const phases = r.started_at == null ? null : { to_scheduler: r.created_at - res.sentAt, admit: r.started_at - r.created_at, run_and_settle: (r.finished_at ?? r.started_at) - r.started_at, answer: res.sentAt + res.ms - (r.finished_at ?? r.started_at) };
+        executeIds.push({ id: r.id, client: ACME, answered: res.status, status: st, ms: Math.round(res.ms), phases });
+      }
       return null;
     },
     { warmup: 0, startedAt: mySent, stop: () => gaveUp || emptyAt !== null },
@@ -568,7 +573,9 @@ async function drain(executeIds) {
   await poller;
   const endMs = t0 + (emptyAt?.t ?? Infinity) * 1000;
   const { latencies: execLatencies, ...execAllStats } = execAll;
-  const execDuring = { ...latencyStats(execLatencies.filter((_, i) => sentAt[i] < endMs)), all_calls: execAllStats };
+  // The slowest executes of the drain, each with where its time went (created, started, finished: the request's own times).
+  const slowest = executeIds.filter((e) => e.phases).sort((a, b) => b.ms - a.ms).slice(0, 8).map(({ id, ms, phases }) => ({ id, ms, ...phases }));
+  const execDuring = { ...latencyStats(execLatencies.filter((_, i) => sentAt[i] < endMs)), all_calls: execAllStats, slowest };
 
   const okPolls = polls.filter((p) => p.dispatched_total !== undefined);
   const last = okPolls.at(-1);
@@ -899,6 +906,8 @@ function summarize(result, { port, wranglerVersion, started }) {
   console.log(`${pad("dispatch (queues empty)", 30, true)}${D.dispatch_s == null ? `queues NOT empty within the wait: depth ${D.remaining_depth}` : `${D.dispatched_by_then} dispatched in ${fmt(D.dispatch_s, 2)} s (backlog ${D.backlog_at_start} + executes), ±${POLL_MS} ms poll resolution`}`);
   console.log(`${pad("  dispatches/s", 30, true)}${fmt(D.dispatches_per_s, 0)} (backlog/time ${fmt(D.backlog_per_s, 0)}), peak between polls ${fmt(D.peak_dispatches_per_s, 0)}`);
   if (D.workerd_cpu_us_per_dispatch != null) console.log(`${pad("  workerd CPU", 30, true)}${fmt(D.workerd_cpu_us_per_dispatch, 0)} us per dispatch, ${fmt(D.workerd_cores_busy, 2)} cores busy`);
+  const slow = D.execute_during_drain?.slowest?.[0];
+  if (slow) console.log(`${pad("  slowest execute", 30, true)}${slow.ms} ms: ${fmt(slow.to_scheduler, 0)} before the scheduler held it (HTTP, the worker's checks, and workerd's queue: one thread under wrangler dev), admit ${slow.admit}, run and settle ${slow.run_and_settle}, answer ${fmt(slow.answer, 0)}`);
   console.log(`${pad("drain (nothing in flight)", 30, true)}${D.completed ? `after ${fmt(D.drain_s, 2)} s` : `NOT reached: ${D.stuck_in_flight} requests still in flight when the wait ended${D.stalled ? ` (unchanged for ${STALL_S} s)` : ""}`}`);
   console.log(`${pad("  verify", 30, true)}${result.verify.completed}/${result.verify.sampled} enqueued completed; ${result.verify_execute.completed}/${result.verify_execute.sampled} executes completed`);
   console.log(line);
