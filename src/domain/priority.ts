@@ -51,13 +51,23 @@ export interface Priority {
  */
 export function priorityOf(input: PriorityInput, now: number): Priority {
   const waited = Math.max(0, now - readyOf(input));
-  const wait = Math.min(MAX_WAIT_POINTS, (waited / STARVATION_MS) * MAX_WAIT_POINTS);
-  const share = Math.min(1, Math.max(0, Number.isFinite(input.recentShare) ? input.recentShare : 0));
-  const entitled = input.entitled !== undefined && input.entitled > 0 ? Math.min(1, input.entitled) : 1;
-  const fairness = MAX_FAIRNESS_POINTS * (1 - Math.min(1, share / entitled));
+  const wait = waitPoints(waited);
+  const fairness = fairnessPoints(input.recentShare, input.entitled);
   const tier = input.tierPoints ?? DEFAULT_TIER_POINTS[input.tier];
   const queue = QUEUE_POINTS[input.queue];
   return { score: round2(tier + queue + wait + fairness), tier, queue, wait: round2(wait), fairness: round2(fairness), starved: waited >= STARVATION_MS };
+}
+
+/** Points for waiting `waited` ms since ready (0-20). */
+function waitPoints(waited: number): number {
+  return Math.min(MAX_WAIT_POINTS, (waited / STARVATION_MS) * MAX_WAIT_POINTS);
+}
+
+/** Fairness points (0-10) for a recent share against an entitlement (absent: 1). */
+function fairnessPoints(recentShare: number, entitledShare: number | undefined): number {
+  const share = Math.min(1, Math.max(0, Number.isFinite(recentShare) ? recentShare : 0));
+  const entitled = entitledShare !== undefined && entitledShare > 0 ? Math.min(1, entitledShare) : 1;
+  return MAX_FAIRNESS_POINTS * (1 - Math.min(1, share / entitled));
 }
 
 export interface Rankable extends PriorityInput {
@@ -108,53 +118,105 @@ export function fairRank<T extends FairItem>(
   items: T[], now: number, recent: ReadonlyMap<string, number>, weightOf: (clientId: string, tier: Tier) => number, limit = Infinity,
   headOnly = false,
 ): Array<T & { priority: Priority }> {
-  const byClient = new Map<string, T[]>();
-  for (const item of items) {
-    const list = byClient.get(item.clientId);
-    if (list) list.push(item);
-    else byClient.set(item.clientId, [item]);
-  }
-  const clients = [...byClient].map(([clientId, list]) => {
-    const ranked = rank(list.map((i) => ({ ...i, recentShare: 0 })), now);
-    return { clientId, ranked, next: 0, weight: Math.max(1e-9, weightOf(clientId, list[0]!.tier)), count: recent.get(clientId) ?? 0 };
+  const { picks, clients, total } = fairPicks(items, now, recent, weightOf, limit);
+  const out: Array<T & { priority: Priority }> = picks.map(({ item, priority }) => {
+    const { recentShare: _share, priority: _own, ...rest } = item as T & { recentShare?: number; priority?: Priority };
+    return { ...(rest as unknown as T), priority };
   });
-  const totalWeight = clients.reduce((sum, c) => sum + c.weight, 0);
-  let total = [...recent.values()].reduce((a, b) => a + b, 0);
-  const out: Array<T & { priority: Priority }> = [];
-  const scoreOf = (c: (typeof clients)[number]) => {
-    const head = c.ranked[c.next]!;
-    return priorityOf({ ...head, recentShare: total > 0 ? c.count / total : 0, entitled: c.weight / totalWeight }, now);
-  };
-  while (out.length < Math.min(limit, items.length)) {
-    let best: (typeof clients)[number] | null = null;
-    let bestPriority: Priority | null = null;
-    for (const c of clients) {
-      if (c.next >= c.ranked.length) continue;
-      const p = scoreOf(c);
-      const head = c.ranked[c.next]!;
-      if (
-        !bestPriority ||
-        Number(p.starved) - Number(bestPriority.starved) > 0 ||
-        (p.starved === bestPriority.starved && (p.score > bestPriority.score ||
-          (p.score === bestPriority.score && precedes(head, best!.ranked[best!.next]!))))
-      ) {
-        best = c;
-        bestPriority = p;
-      }
-    }
-    if (!best || !bestPriority) break;
-    const { recentShare: _share, priority: _own, ...item } = best.ranked[best.next]!;
-    out.push({ ...(item as unknown as T), priority: bestPriority });
-    best.next += 1;
-    best.count += 1;
-    total += 1;
-  }
   if (out.length < items.length && !headOnly) {
-    const rest = clients.flatMap((c) => c.ranked.slice(c.next)).map(({ recentShare: _s, priority: _p, ...item }) => item as unknown as T);
+    const rest = clients.flatMap((c) => c.ranked.slice(c.next)).map((e) => {
+      const { recentShare: _s, priority: _p, ...item } = e.item as T & { recentShare?: number; priority?: Priority };
+      return item as unknown as T;
+    });
     out.push(...rank(rest.map((i) => ({ ...i, recentShare: total > 0 ? (recent.get(i.clientId) ?? 0) / total : 0 })), now)
       .map(({ recentShare: _s, ...i }) => i as unknown as T & { priority: Priority }));
   }
   return out;
+}
+
+/** The ids of fairRank's head (`headOnly`), without building its items: what a dispatch pass looks at. */
+export function fairHeadIds<T extends FairItem>(
+  items: T[], now: number, recent: ReadonlyMap<string, number>, weightOf: (clientId: string, tier: Tier) => number, limit: number,
+): string[] {
+  return fairPicks(items, now, recent, weightOf, limit).picks.map((p) => p.item.id);
+}
+
+/** A request with the parts of its score that do not depend on its client's share (priorityOf's arithmetic). */
+interface Scored<T> {
+  item: T;
+  /** Tier points + queue points + wait points, summed in priorityOf's order. */
+  base: number;
+  tier: number;
+  queue: number;
+  wait: number;
+  ready: number;
+  starved: boolean;
+  /** The score with no recent share (fairness 10): each client's own order. */
+  own: number;
+}
+
+/**
+ * fairRank's interleaving: each client's requests in their own order, the next pick the client whose
+ * head scores highest with its share so far. Scores are priorityOf's, computed from numbers (no object
+ * per request and client per pick: this runs at every dispatch pass over the whole ready backlog).
+ */
+function fairPicks<T extends FairItem>(
+  items: T[], now: number, recent: ReadonlyMap<string, number>, weightOf: (clientId: string, tier: Tier) => number, limit: number,
+) {
+  const byClient = new Map<string, Array<Scored<T>>>();
+  const fullFairness = fairnessPoints(0, undefined);
+  for (const item of items) {
+    const ready = readyOf(item);
+    const waited = Math.max(0, now - ready);
+    const wait = waitPoints(waited);
+    const tier = (item as FairItem & { tierPoints?: number }).tierPoints ?? DEFAULT_TIER_POINTS[item.tier];
+    const queue = QUEUE_POINTS[item.queue];
+    const base = tier + queue + wait;
+    const scored: Scored<T> = { item, base, tier, queue, wait, ready, starved: waited >= STARVATION_MS, own: round2(base + fullFairness) };
+    const list = byClient.get(item.clientId);
+    if (list) list.push(scored);
+    else byClient.set(item.clientId, [scored]);
+  }
+  const clients = [...byClient].map(([clientId, list]) => {
+    list.sort((a, b) => Number(b.starved) - Number(a.starved) || b.own - a.own || a.ready - b.ready || (a.item.id < b.item.id ? -1 : a.item.id > b.item.id ? 1 : 0));
+    return { clientId, ranked: list, next: 0, weight: Math.max(1e-9, weightOf(clientId, list[0]!.item.tier)), count: recent.get(clientId) ?? 0 };
+  });
+  const totalWeight = clients.reduce((sum, c) => sum + c.weight, 0);
+  let total = [...recent.values()].reduce((a, b) => a + b, 0);
+  const picks: Array<{ item: T; priority: Priority }> = [];
+  const want = Math.min(limit, items.length);
+  while (picks.length < want) {
+    let best: (typeof clients)[number] | null = null;
+    let bestHead: Scored<T> | null = null;
+    let bestScore = 0;
+    let bestFairness = 0;
+    for (const c of clients) {
+      if (c.next >= c.ranked.length) continue;
+      const head = c.ranked[c.next]!;
+      const fairness = fairnessPoints(total > 0 ? c.count / total : 0, c.weight / totalWeight);
+      const score = round2(head.base + fairness);
+      if (
+        !bestHead ||
+        Number(head.starved) - Number(bestHead.starved) > 0 ||
+        (head.starved === bestHead.starved && (score > bestScore ||
+          (score === bestScore && (head.ready < bestHead.ready || (head.ready === bestHead.ready && head.item.id < bestHead.item.id)))))
+      ) {
+        best = c;
+        bestHead = head;
+        bestScore = score;
+        bestFairness = fairness;
+      }
+    }
+    if (!best || !bestHead) break;
+    picks.push({
+      item: bestHead.item,
+      priority: { score: bestScore, tier: bestHead.tier, queue: bestHead.queue, wait: round2(bestHead.wait), fairness: round2(bestFairness), starved: bestHead.starved },
+    });
+    best.next += 1;
+    best.count += 1;
+    total += 1;
+  }
+  return { picks, clients, total };
 }
 
 /** Equal scores: the one ready longest first, then by id (a total order). */

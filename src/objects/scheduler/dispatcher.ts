@@ -147,9 +147,10 @@ export class Dispatcher {
   /**
    * The immediate lane: admit and launch one request now, with no pass over the backlog (no lease
    * sweep, no ranking, no alert check or outbox flush), within the headroom kept above the in-flight
-   * limit; its outcome is settled on its own (Settlement.queue). False when it stays queued: not ready,
-   * taken meanwhile, refused by its client's or a pool's limits (then the alarm retries it first: it
-   * ranks highest), or an identical cacheable request is running (it will share that result).
+   * limit; its outcome is settled on its own while its caller waits (Settlement.queue). False when it
+   * stays queued: not ready, taken meanwhile, refused by its client's or a pool's limits (then the alarm
+   * retries it first: it ranks highest), or an identical cacheable request is running (it will share
+   * that result).
    */
   async runNow(id: string): Promise<boolean> {
     if (!this.store.queued.has(id) || this.calls.inflight.size + this.store.admitting.size >= MAX_IN_FLIGHT + IMMEDIATE_HEADROOM) return false;

@@ -3,7 +3,7 @@
  * recent dispatches against its weight), a request's position and its estimated wait. It keeps the
  * dispatch log the shares and rates come from, and the tier and client weights from configuration.
  */
-import { DEFAULT_TIER_POINTS, DEFAULT_TIER_WEIGHTS, fairRank, priorityOf, readyOf, type Priority, type QueueName } from "../../domain/priority";
+import { DEFAULT_TIER_POINTS, DEFAULT_TIER_WEIGHTS, fairHeadIds, fairRank, priorityOf, readyOf, type Priority, type QueueName } from "../../domain/priority";
 import type { Tier } from "../../domain/types";
 import { DispatchRates, estimateWaitMs } from "../../domain/wait-estimate";
 import { clientQuota, poolConfigs, tierLimits } from "../../storage/config";
@@ -111,7 +111,7 @@ export class Ranking {
     // then failed the weighted-fairness test: not worth an order that can drift from a fresh ranking.
     const ready: Queued[] = [];
     for (const q of this.store.queued.values()) if (q.notBefore <= now) ready.push(q);
-    return fairRank(ready, now, this.recentCounts(now), this.weightOf, SCAN_LIMIT, true).map((q) => q.id);
+    return fairHeadIds(ready, now, this.recentCounts(now), this.weightOf, SCAN_LIMIT);
   }
 
   /**

@@ -73,11 +73,13 @@ export class Settlement {
 
   /**
    * A worker call ended: settle it with the others that end within SETTLE_DELAY_MS (or SETTLE_BATCH of
-   * them). Immediate work is settled at once and alone (the immediate lane): its caller is waiting, and a
-   * timer does not fire while the event loop is busy with a backlog, nor should it wait behind 512 others.
+   * them). A request whose caller waits for it (an execute) is settled at once and alone (the immediate
+   * lane): a timer does not fire while the event loop is busy with a backlog, nor should it wait behind
+   * 512 others. Immediate work nobody waits for (answered 202 and queued) settles with the rest: one
+   * settlement each for 200 of them, all at once, held a drain's first wave up by half a second.
    */
   queue(id: string, attempt: number, outcome: Outcome): void {
-    if (this.store.live.get(id)?.queue === "immediate") return this.settleSafely([{ id, attempt, outcome }]);
+    if (this.store.hasWaiters(id)) return this.settleSafely([{ id, attempt, outcome }]);
     this.settleBuffer.push({ id, attempt, outcome });
     if (this.settleBuffer.length >= SETTLE_BATCH) return this.settleNow();
     this.settleTimer ??= setTimeout(() => {

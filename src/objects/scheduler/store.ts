@@ -336,6 +336,11 @@ export class QueueStore {
     });
   }
 
+  /** Whether a caller waits for this request (an execute: Scheduler.execute). */
+  hasWaiters(id: string): boolean {
+    return this.waiters.has(id);
+  }
+
   resolveWaiters(id: string): void {
     const list = this.waiters.get(id);
     if (!list) return;
