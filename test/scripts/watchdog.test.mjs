@@ -1,0 +1,38 @@
+// node --test test/scripts/: the CI watchdog (scripts/watchdog.mjs) against real child processes.
+import { spawnSync } from "node:child_process";
+import { test } from "node:test";
+import assert from "node:assert/strict";
+
+const WATCHDOG = new URL("../../scripts/watchdog.mjs", import.meta.url).pathname;
+const run = (...args) => spawnSync(process.execPath, [WATCHDOG, ...args], { encoding: "utf8" });
+
+test("a run that passes or fails keeps its exit status, its output passed through, and is never rerun", () => {
+  const ok = run("--idle", "5", "--", "bash", "-c", "echo passed");
+  assert.equal(ok.status, 0);
+  assert.equal(ok.stdout, "passed\n");
+  const failed = run("--idle", "5", "--", "bash", "-c", "echo once; echo oops >&2; exit 3");
+  assert.equal(failed.status, 3);
+  assert.equal(failed.stdout, "once\n");
+  assert.match(failed.stderr, /oops/);
+  assert.doesNotMatch(failed.stderr, /watchdog/);
+});
+
+test("a run silent for --idle seconds is stopped with what it started, run again, and fails with 124 when it hangs again", () => {
+  const started = Date.now();
+  const hung = run("--idle", "1", "--", "bash", "-c", "echo start; sleep 30 & wait");
+  assert.equal(hung.status, 124);
+  assert.equal(hung.stdout, "start\nstart\n");
+  assert.match(hung.stderr, /running it again \(attempt 2 of 2\)/);
+  assert.match(hung.stderr, /every run hung \(2\); failing/);
+  assert.ok(Date.now() - started < 10_000, "stopped after about 2 s, not after the child's 30 s");
+  const left = spawnSync("pgrep", ["-f", "sleep 30"], { encoding: "utf8" });
+  assert.equal(left.stdout.trim(), "", "the hung run's children are gone");
+});
+
+test("output keeps a slow run alive; a bad command line is refused with 2", () => {
+  const slow = run("--idle", "1", "--", "bash", "-c", "for i in 1 2 3 4; do echo tick; sleep 0.6; done");
+  assert.equal(slow.status, 0);
+  assert.equal(slow.stdout, "tick\n".repeat(4));
+  assert.equal(run().status, 2);
+  assert.equal(run("--idle", "0", "--", "true").status, 2);
+});
