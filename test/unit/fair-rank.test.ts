@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { fairHeadIds, fairRank, priorityOf, rank, STARVATION_MS, type FairItem, type Priority, type QueueName } from "../../src/domain/priority";
 import type { Tier } from "../../src/domain/types";
+import { mulberry32 as random } from "../support/helpers";
 
 /**
  * The weighted fair order written plainly, as the formula reads (the way fairRank was written before it
@@ -43,18 +44,6 @@ function plainFairRank<T extends FairItem>(items: T[], now: number, recent: Read
     out.push(...rank(rest.map((i) => ({ ...i, recentShare: total > 0 ? (recent.get(i.clientId) ?? 0) / total : 0 })), now).map(({ recentShare: _s, ...i }) => i));
   }
   return out;
-}
-
-/** A deterministic generator (mulberry32), so a failure names its seed. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 const NOW = 1_800_000_000_000;

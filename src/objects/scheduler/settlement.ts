@@ -98,11 +98,16 @@ export class Settlement {
   /**
    * Settle a batch nobody awaits. A batch that fails (a pool or client object unreachable) is logged,
    * never left as an unhandled rejection: its requests stay running until their leases end, then
-   * return to their queue (reclaimLeases), and their reservations and slots expire on their own.
+   * return to their queue (reclaimLeases, at a pass the alarm brings then) and run again; their
+   * reservations and slots expire on their own.
    */
   private settleSafely(batch: Array<{ id: string; attempt: number; outcome: Outcome }>): void {
     this.settle(batch).catch((err: unknown) => {
-      log.error("settle_failed", { count: batch.length, request_ids: batch.map((b) => b.id), error: String(err) });
+      const rows = batch.map((b) => this.store.rowOf(b.id));
+      const requests = batch.map((b, i) => ({ request_id: b.id, trace_id: rows[i]?.trace_id ?? null }));
+      log.error("settle_failed", { count: batch.length, requests, error: String(err) });
+      const leaseEnd = Math.min(...rows.map((r) => (r?.status === "running" && r.lease_until !== null ? r.lease_until : Infinity)));
+      if (leaseEnd !== Infinity) this.host.ensureAlarm(leaseEnd);
     });
   }
 
