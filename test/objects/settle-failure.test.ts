@@ -1,43 +1,80 @@
 import { runInDurableObject } from "cloudflare:test";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import type { SchedulerObject } from "../../src/objects/scheduler";
-import { enqueue, eventually, makePool, makeTemplate, scheduler, settled } from "../support/helpers";
+import { ADMIN, call, enqueue, eventually, makeClient, makePool, makeTemplate, scheduler, settled } from "../support/helpers";
 
 /** What the settlement reaches for a client object (the fault is injected there: the client object unreachable). */
 type ClientStubOf = { clientStub: (clientId: string) => { settle: (...args: unknown[]) => Promise<void> } };
 
+/** The next `failures` client-object settlements of the scheduler fail, as when the object cannot be reached; later ones go through. */
+async function failClientSettlements(failures: number): Promise<void> {
+  await runInDurableObject(scheduler(), (instance: SchedulerObject) => {
+    const settlement = (instance as unknown as { settlement: ClientStubOf }).settlement;
+    const real = Object.getPrototypeOf(settlement).clientStub.bind(settlement) as ClientStubOf["clientStub"];
+    let left = failures;
+    settlement.clientStub = (clientId: string) => {
+      const stub = real(clientId);
+      return {
+        settle: async (...args: unknown[]) => {
+          if (left-- > 0) throw new Error("client object unreachable");
+          return stub.settle(...args);
+        },
+      };
+    };
+  });
+}
+
+/** The service's log lines while a test runs (every line goes through console.log, src/log.ts). */
+function captureLog(): Array<Record<string, unknown>> {
+  const lines: Array<Record<string, unknown>> = [];
+  vi.spyOn(console, "log").mockImplementation((line: unknown) => {
+    if (line && typeof line === "object") lines.push({ ...(line as Record<string, unknown>) });
+  });
+  return lines;
+}
+
+const spendOf = async (clientId: string) => (await call("GET", `/api/usage/${clientId}/current`, { token: ADMIN })).body;
+
 describe("a settlement that fails (a client object unreachable)", () => {
   afterEach(() => vi.restoreAllMocks());
 
-  it("is logged as settle_failed with its requests and trace ids, is no unhandled rejection, and loses nothing: the request runs again when its lease ends and completes", async () => {
+  it("is made again: the pools answer the repeated release as the first time, so the request completes once and its cost is counted once", async () => {
+    const pool = await makePool({ capacity: 100, costPerUnitNano: 1000 });
+    const template = await makeTemplate([{ pool: pool.id, amount: 3 }], { timeoutMs: 2000 });
+    const client = await makeClient("settle-retry");
+    const lines = captureLog();
+    await failClientSettlements(1);
+    const r = await enqueue({ template, queue: "fast" }, client.key);
+    expect(r.status, JSON.stringify(r.body)).toBe(202);
+    const id: string = r.body.request.id;
+    const done = await settled(id, ["completed", "failed"], 10_000, client.key);
+    expect(done).toMatchObject({ status: "completed", attempts: 1 });
+    const failed = lines.filter((l) => l.msg === "settle_failed");
+    expect(failed).toHaveLength(1);
+    expect(failed[0]).toMatchObject({ level: "error", count: 1, error: "Error: client object unreachable", retry_in_ms: 200 });
+    expect(failed[0]!.requests).toEqual([{ request_id: id, trace_id: r.body.trace_id }]);
+    expect(lines.some((l) => l.msg === "release_refused")).toBe(false);
+    // 3 units at 1,000 nano-dollars, once: the first release's usage event, answered again, counted once.
+    await eventually(async () => {
+      const s = await spendOf(client.id);
+      return s.spent_nano === 3000 && s.in_flight_nano === 0 ? s : null;
+    }, 5000, "the client's spend of one run");
+    expect(await spendOf(client.id)).toMatchObject({ spent_nano: 3000, in_flight_nano: 0 });
+  }, 30_000);
+
+  it("when every retry fails too: logged as settle_failed, no unhandled rejection, and nothing lost: the request runs again when its lease ends and completes", async () => {
     const pool = await makePool({ capacity: 100 });
     const template = await makeTemplate([{ pool: pool.id, amount: 1 }], { timeoutMs: 500 });
-    const lines: Array<Record<string, unknown>> = [];
-    vi.spyOn(console, "log").mockImplementation((line: unknown) => {
-      if (line && typeof line === "object") lines.push({ ...(line as Record<string, unknown>) });
-    });
-    // The first settlement of this shard fails in the client object call; later ones go through.
-    await runInDurableObject(scheduler(), (instance: SchedulerObject) => {
-      const settlement = (instance as unknown as { settlement: ClientStubOf }).settlement;
-      const real = settlement.clientStub.bind(settlement);
-      let failures = 1;
-      settlement.clientStub = (clientId: string) => {
-        const stub = real(clientId);
-        return {
-          settle: async (...args: unknown[]) => {
-            if (failures-- > 0) throw new Error("client object unreachable");
-            return stub.settle(...args);
-          },
-        };
-      };
-    });
+    const lines = captureLog();
+    await failClientSettlements(3);
     const r = await enqueue({ template, queue: "fast" });
     expect(r.status, JSON.stringify(r.body)).toBe(202);
     const id: string = r.body.request.id;
-    const failed = await eventually(async () => lines.find((l) => l.msg === "settle_failed"), 8000, "a settle_failed line");
-    expect(failed).toMatchObject({ level: "error", count: 1, error: "Error: client object unreachable" });
-    expect(failed.requests).toEqual([{ request_id: id, trace_id: r.body.trace_id }]);
-    // Not settled: still running, until its lease (timeout 500 ms + LEASE_MARGIN_MS 1,000) ends.
+    const last = await eventually(async () => lines.find((l) => l.msg === "settle_failed" && l.retry_in_ms === null), 8000, "the last settle_failed line");
+    expect(lines.filter((l) => l.msg === "settle_failed").map((l) => l.retry_in_ms)).toEqual([200, 1000, null]);
+    expect(last).toMatchObject({ level: "error", count: 1, error: "Error: client object unreachable" });
+    expect(last.requests).toEqual([{ request_id: id, trace_id: r.body.trace_id }]);
+    // Not settled: still running, until its lease (timeout 500 ms + LEASE_MARGIN_MS 1,000) ends; the alarm is set for then.
     expect(((await scheduler().get(id, null)) as { status: string } | null)?.status).toBe("running");
     await eventually(async () => lines.some((l) => l.msg === "lease_expired" && l.request_id === id), 8000, "the lease to end");
     const done = await settled(id, ["completed", "failed"], 10_000);

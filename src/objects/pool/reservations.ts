@@ -42,7 +42,7 @@ interface NewReservation {
 /** What a batch of settlements changes, written once for the whole batch. */
 interface Settlements {
   expired: string[];
-  released: Array<{ id: string; consumed: number }>;
+  released: Array<{ id: string; consumed: number; costNano: number; eventId: string | null }>;
   events: UsageEvent[];
 }
 
@@ -144,9 +144,9 @@ export class Reservations {
     this.markExpired(changes.expired, now);
     if (changes.released.length) {
       store.sql.exec(
-        `UPDATE reservations SET status = 'released', settled_at = ?, consumed = s.value ->> 1
+        `UPDATE reservations SET status = 'released', settled_at = ?, consumed = s.value ->> 1, cost_nano = s.value ->> 2, event_id = s.value ->> 3
          FROM json_each(?) AS s WHERE reservations.id = s.value ->> 0`,
-        now, JSON.stringify(changes.released.map((r) => [r.id, r.consumed])),
+        now, JSON.stringify(changes.released.map((r) => [r.id, r.consumed, r.costNano, r.eventId])),
       );
     }
     store.queueUsage(changes.events);
@@ -190,6 +190,17 @@ export class Reservations {
       this.refundExpired(row, cfg);
       changes.expired.push(row.id);
     }
+    // The scheduler settling again after a settlement failed part-way: the first release's answer.
+    if (row.status === "released" && item.replay && row.request_id !== null && row.request_id === item.requestId) {
+      const consumed = Number(row.consumed ?? 0);
+      return {
+        ok: true,
+        value: {
+          pool: cfg.id, reservationId, consumed, refunded: row.amount - consumed,
+          costNano: Number(row.cost_nano ?? 0), eventId: (row.event_id as string | null) ?? null, at: Number(row.settled_at ?? now),
+        },
+      };
+    }
     if (row.status !== "held") {
       return fail("reservation_closed", `reservation ${reservationId} is ${row.status}`, { status: row.status });
     }
@@ -201,12 +212,13 @@ export class Reservations {
     const store = this.store;
     const refunded = row.amount - actualUsed;
     store.bucket = giveBack(store.bucket, refunded, cfg);
-    row.status = "released";
-    changes.released.push({ id: row.id, consumed: actualUsed });
     const event = actualUsed > 0
       ? store.usageEvent(cfg, { clientId: row.client_id, tier: caller.tier, via: row.via }, row.request_id, "reservation", actualUsed, now)
       : null;
     if (event) changes.events.push(event);
+    // The batch's copy too: an id named twice in a batch sees this settlement.
+    Object.assign(row, { status: "released", consumed: actualUsed, cost_nano: event?.costNano ?? 0, event_id: event?.eventId ?? null, settled_at: now });
+    changes.released.push({ id: row.id, consumed: actualUsed, costNano: event?.costNano ?? 0, eventId: event?.eventId ?? null });
     return {
       ok: true,
       value: {

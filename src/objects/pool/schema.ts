@@ -18,7 +18,9 @@ export function createTables(sql: SqlStorage): void {
       created_at INTEGER NOT NULL,
       expires_at INTEGER NOT NULL,
       settled_at INTEGER,
-      consumed INTEGER
+      consumed INTEGER,
+      cost_nano INTEGER,
+      event_id TEXT
     );
     CREATE INDEX IF NOT EXISTS reservations_held ON reservations (status, expires_at);
     -- Usage events waiting for D1, in the order they happened: appended at the end of the table
@@ -69,4 +71,9 @@ function migrateSnapshots(sql: SqlStorage): void {
     sql.exec("ALTER TABLE usage_outbox ADD COLUMN updated_at INTEGER");
   }
   if (!has("bucket", "outbox_seq")) sql.exec("ALTER TABLE bucket ADD COLUMN outbox_seq INTEGER NOT NULL DEFAULT 0");
+  // What a release answered (its cost and usage event), so a repeat of it is answered the same.
+  if (!has("reservations", "cost_nano")) {
+    sql.exec("ALTER TABLE reservations ADD COLUMN cost_nano INTEGER");
+    sql.exec("ALTER TABLE reservations ADD COLUMN event_id TEXT");
+  }
 }

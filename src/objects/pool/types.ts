@@ -107,6 +107,13 @@ export interface BatchReleaseItem {
   caller: Caller;
   reservationId: string;
   actualUsed: number;
+  /**
+   * The scheduler's settlement of `requestId`: a repeat of a release already made for that request is
+   * answered as the first one was (units, cost, usage event), not `reservation_closed`, so a settlement
+   * that failed part-way can be made again without losing or counting twice what was spent.
+   */
+  replay?: boolean;
+  requestId?: string;
 }
 
 export interface SpendOptions {

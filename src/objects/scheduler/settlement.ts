@@ -24,6 +24,8 @@ const SETTLE_DELAY_MS = 5;
  * backlog's whole wave waited for the pass to end before any of it was settled.
  */
 const SETTLE_BATCH = 512;
+/** A failed settlement is made again after these delays (ms), then left to the leases. */
+const SETTLE_RETRY_MS = [200, 1000];
 const MAX_RESULT_CHARS = 256 * 1024;
 /** Terminal states that cancellation cannot change. */
 const TERMINAL: RequestStatus[] = ["completed", "failed", "cancelled", "expired"];
@@ -97,15 +99,22 @@ export class Settlement {
 
   /**
    * Settle a batch nobody awaits. A batch that fails (a pool or client object unreachable) is logged,
-   * never left as an unhandled rejection: its requests stay running until their leases end, then
-   * return to their queue (reclaimLeases, at a pass the alarm brings then) and run again; their
-   * reservations and slots expire on their own.
+   * never left as an unhandled rejection, and made again after SETTLE_RETRY_MS (each step is
+   * idempotent: the pools answer a repeated release as they did the first time, the client object
+   * counts each usage event once, and requests settled meanwhile are skipped). When every retry fails,
+   * its requests stay running until their leases end, then return to their queue (reclaimLeases, at a
+   * pass the alarm brings then) and run again; their reservations and slots expire on their own.
    */
-  private settleSafely(batch: Array<{ id: string; attempt: number; outcome: Outcome }>): void {
+  private settleSafely(batch: Array<{ id: string; attempt: number; outcome: Outcome }>, retry = 0): void {
     this.settle(batch).catch((err: unknown) => {
       const rows = batch.map((b) => this.store.rowOf(b.id));
       const requests = batch.map((b, i) => ({ request_id: b.id, trace_id: rows[i]?.trace_id ?? null }));
-      log.error("settle_failed", { count: batch.length, requests, error: String(err) });
+      const retryInMs = SETTLE_RETRY_MS[retry] ?? null;
+      log.error("settle_failed", { count: batch.length, requests, error: String(err), retry_in_ms: retryInMs });
+      if (retryInMs !== null) {
+        setTimeout(() => this.settleSafely(batch, retry + 1), retryInMs);
+        return;
+      }
       const leaseEnd = Math.min(...rows.map((r) => (r?.status === "running" && r.lease_until !== null ? r.lease_until : Infinity)));
       if (leaseEnd !== Infinity) this.host.ensureAlarm(leaseEnd);
     });
@@ -238,7 +247,9 @@ export class Settlement {
     await Promise.all([...byPool].map(async ([pool, list]) => {
       const cfg = pools.get(pool);
       if (!cfg) return;
-      const results = (await poolStub(this.env, pool).releaseMany(cfg, list.map(({ row, hold, used }) => ({ caller: callerOf(row), reservationId: hold.reservationId, actualUsed: used })))) as Result<ReleaseResult>[];
+      // `replay`: a settlement made again after one failed part-way gets the first release's answers.
+      const items = list.map(({ row, hold, used }) => ({ caller: callerOf(row), reservationId: hold.reservationId, actualUsed: used, replay: true, requestId: row.id }));
+      const results = (await poolStub(this.env, pool).releaseMany(cfg, items)) as Result<ReleaseResult>[];
       results.forEach((r, i) => {
         const { row } = list[i]!;
         if (!r.ok) {
