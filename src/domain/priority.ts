@@ -195,12 +195,7 @@ function fairPicks<T extends FairItem>(
       const head = c.ranked[c.next]!;
       const fairness = fairnessPoints(total > 0 ? c.count / total : 0, c.weight / totalWeight);
       const score = round2(head.base + fairness);
-      if (
-        !bestHead ||
-        Number(head.starved) - Number(bestHead.starved) > 0 ||
-        (head.starved === bestHead.starved && (score > bestScore ||
-          (score === bestScore && (head.ready < bestHead.ready || (head.ready === bestHead.ready && head.item.id < bestHead.item.id)))))
-      ) {
+      if (!bestHead || Number(head.starved) > Number(bestHead.starved) || (head.starved === bestHead.starved && (score > bestScore || (score === bestScore && precedes(head, bestHead))))) {
         best = c;
         bestHead = head;
         bestScore = score;
@@ -220,8 +215,8 @@ function fairPicks<T extends FairItem>(
 }
 
 /** Equal scores: the one ready longest first, then by id (a total order). */
-function precedes(a: { createdAt: number; readyAt?: number; id: string }, b: { createdAt: number; readyAt?: number; id: string }): boolean {
-  return readyOf(a) < readyOf(b) || (readyOf(a) === readyOf(b) && a.id < b.id);
+function precedes(a: Scored<FairItem>, b: Scored<FairItem>): boolean {
+  return a.ready < b.ready || (a.ready === b.ready && a.item.id < b.item.id);
 }
 
 /** When a request could first run (its ready time), for waits: `createdAt` when no ready time is known. */

@@ -6,7 +6,7 @@ import { runCron } from "../../src/cron";
 import { runRetention } from "../../src/services/retention";
 import { listUsageEvents } from "../../src/storage/usage";
 import { templateConfig } from "../../src/storage/config";
-import { ADMIN, call, consume, enqueue, eventually, expectError, INTERNAL, KEYS, makePool, makeTemplate, requestOf, scheduler, settled, sleep } from "../support/helpers";
+import { ADMIN, call, enqueue, eventually, expectError, INTERNAL, KEYS, makePool, makeTemplate, requestOf, scheduler, settled, sleep } from "../support/helpers";
 
 const start = () => call("POST", "/admin/scheduler/start", { token: ADMIN });
 const stop = () => call("POST", "/admin/scheduler/stop", { token: ADMIN });

@@ -1,7 +1,7 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it, vi } from "vitest";
 import { OPERATIONS } from "../../src/rpc/operations";
-import { ADMIN, call, INTERNAL, KEYS, makePool, makeTemplate } from "../support/helpers";
+import { ADMIN, call, INTERNAL, KEYS, makePool } from "../support/helpers";
 
 /** Call the Resource Manager's RPC entrypoint from the KAM stand-in, a separate worker bound to it. */
 async function kam(method: string, ...args: unknown[]): Promise<any> {

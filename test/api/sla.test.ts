@@ -1,8 +1,7 @@
 import { runInDurableObject } from "cloudflare:test";
-import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { SchedulerObject } from "../../src/objects/scheduler";
-import { ADMIN, call, enqueue, eventually, expectError, KEYS, scheduler, settled } from "../support/helpers";
+import { ADMIN, call, enqueue, expectError, KEYS, scheduler, settled } from "../support/helpers";
 
 /** Seed finished requests straight into the scheduler's storage: a history with known times. */
 async function seed(rows: Array<{ id: string; client: string; tier: string; queue: string; status: string; ready: number; start: number | null; end: number | null }>) {

@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { rank, type QueueName } from "../../src/domain/priority";
 import type { Tier } from "../../src/domain/types";
 import { DispatchRates, estimateWaitMs, type WaitRates } from "../../src/domain/wait-estimate";
-import { enqueue, eventually, KEYS, makePool, makeTemplate, requestOf, sleep } from "../support/helpers";
+import { enqueue, eventually, makePool, makeTemplate, requestOf, sleep } from "../support/helpers";
 
 const rates = (over: Partial<WaitRates> = {}): WaitRates => ({ total: null, queue: null, pool: () => null, fallbackMs: () => 1234, ...over });
 

@@ -132,7 +132,7 @@ describe("scheduler shards (SCHEDULER_SHARDS = 4)", () => {
     const pool = await makePool({ capacity: 100 });
     const template = await makeTemplate([{ pool: pool.id, amount: 1 }], { timeoutMs: 300 });
     const ids: Array<[string, string]> = [];
-    for (const [client, key] of CLIENTS) for (let i = 0; i < 5; i++) ids.push([(await enqueue({ template, queue: "fast", params: { tokens_used: 1 } }, key)).body.request.id, key]);
+    for (const [, key] of CLIENTS) for (let i = 0; i < 5; i++) ids.push([(await enqueue({ template, queue: "fast", params: { tokens_used: 1 } }, key)).body.request.id, key]);
     const acmeId = ids[0]![0];
     const cfg = await templateConfig(env, template);
     // acme's shard (3) claims its request under a lease, then every object dies before admitting it.

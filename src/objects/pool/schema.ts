@@ -50,6 +50,11 @@ export function createTables(sql: SqlStorage): void {
 export function migrate(sql: SqlStorage): void {
   migrateOutbox(sql);
   migrateSnapshots(sql);
+  migrateReleaseAnswers(sql);
+}
+
+function hasColumn(sql: SqlStorage, table: string, column: string): boolean {
+  return sql.exec("SELECT 1 FROM pragma_table_info(?) WHERE name = ?", table, column).toArray().length > 0;
 }
 
 /** Objects made before usage_outbox kept their outbox keyed by event id: move what waits there, in order. */
@@ -64,16 +69,16 @@ function migrateOutbox(sql: SqlStorage): void {
  * the bucket row's mark of the last outbox row it supersedes.
  */
 function migrateSnapshots(sql: SqlStorage): void {
-  const has = (table: string, column: string) =>
-    sql.exec("SELECT 1 FROM pragma_table_info(?) WHERE name = ?", table, column).toArray().length > 0;
-  if (!has("usage_outbox", "level")) {
+  if (!hasColumn(sql, "usage_outbox", "level")) {
     sql.exec("ALTER TABLE usage_outbox ADD COLUMN level REAL");
     sql.exec("ALTER TABLE usage_outbox ADD COLUMN updated_at INTEGER");
   }
-  if (!has("bucket", "outbox_seq")) sql.exec("ALTER TABLE bucket ADD COLUMN outbox_seq INTEGER NOT NULL DEFAULT 0");
-  // What a release answered (its cost and usage event), so a repeat of it is answered the same.
-  if (!has("reservations", "cost_nano")) {
-    sql.exec("ALTER TABLE reservations ADD COLUMN cost_nano INTEGER");
-    sql.exec("ALTER TABLE reservations ADD COLUMN event_id TEXT");
-  }
+  if (!hasColumn(sql, "bucket", "outbox_seq")) sql.exec("ALTER TABLE bucket ADD COLUMN outbox_seq INTEGER NOT NULL DEFAULT 0");
+}
+
+/** Objects made before a release kept what it answered (its cost and usage event), so that a repeat of it is answered the same. */
+function migrateReleaseAnswers(sql: SqlStorage): void {
+  if (hasColumn(sql, "reservations", "cost_nano")) return;
+  sql.exec("ALTER TABLE reservations ADD COLUMN cost_nano INTEGER");
+  sql.exec("ALTER TABLE reservations ADD COLUMN event_id TEXT");
 }
