@@ -77,6 +77,11 @@ const DRAIN_MAX_S = intEnv("QUEUE_BENCH_DRAIN_S", 180, 5, 1800);
 const KEEP_STATE = process.env.QUEUE_BENCH_KEEP_STATE === "1";
 const INSPECTOR = process.env.QUEUE_BENCH_INSPECTOR === "1";
 const DRAIN_EXECUTE = process.env.QUEUE_BENCH_DRAIN_EXECUTE !== "0";
+/** Settings over wrangler.toml's for the service's run, e.g. QUEUE_BENCH_VARS="SCHEDULER_SHARDS=1" (written to its --env-file). */
+const EXTRA_VARS = (process.env.QUEUE_BENCH_VARS ?? "").split(/[\s,]+/).filter(Boolean).map((v) => {
+  if (!/^[A-Z_][A-Z0-9_]*=[^\s]*$/.test(v)) throw new Error(`QUEUE_BENCH_VARS: expected NAME=value items, got ${v}`);
+  return v;
+});
 const EXECUTE_CONCURRENCY = intEnv("QUEUE_BENCH_EXECUTE_CONCURRENCY", 4, 1, 64);
 const HOLD_S = intEnv("QUEUE_BENCH_HOLD_S", 0, 0, 600);
 const BASELINE = process.env.QUEUE_BENCH_BASELINE !== "0";
@@ -748,7 +753,7 @@ async function main() {
   const persist = join(stateDir, "state");
   mkdirSync(persist, { recursive: true });
   const envFile = join(stateDir, "bench.env");
-  writeFileSync(envFile, `ADMIN_TOKEN=${ADMIN_TOKEN}\nINTERNAL_TOKEN=${INTERNAL_TOKEN}\n`);
+  writeFileSync(envFile, `ADMIN_TOKEN=${ADMIN_TOKEN}\nINTERNAL_TOKEN=${INTERNAL_TOKEN}\n${EXTRA_VARS.map((v) => `${v}\n`).join("")}`);
 
   console.log(`queue bench: ${SINGLE} single + ${BATCHED} batched enqueues, ${SAMPLES} samples per latency; wrangler ${wranglerVersion}, node ${process.version}, ${cpus().length} cpus, load ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
   console.log(`queue bench: ${BASE}, state in ${stateDir}, wrangler log in bench/results/queue-wrangler.log`);

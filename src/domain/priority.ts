@@ -134,11 +134,30 @@ export function fairRank<T extends FairItem>(
   return out;
 }
 
-/** The ids of fairRank's head (`headOnly`), without building its items: what a dispatch pass looks at. */
+/** The ids of fairRank's head (`headOnly`), without building its items. */
 export function fairHeadIds<T extends FairItem>(
   items: T[], now: number, recent: ReadonlyMap<string, number>, weightOf: (clientId: string, tier: Tier) => number, limit: number,
 ): string[] {
-  return fairPicks(items, now, recent, weightOf, limit).picks.map((p) => p.item.id);
+  const next = fairIds(items, now, recent, weightOf);
+  const ids: string[] = [];
+  while (ids.length < limit) {
+    const id = next();
+    if (id === undefined) break;
+    ids.push(id);
+  }
+  return ids;
+}
+
+/**
+ * fairRank's order, lazily: each call gives the next id (undefined at the end). A dispatch pass takes
+ * only as many as it can launch: picking the head of a 10,000-request backlog up to the scan limit at
+ * every pass, for the hundred or so a paced pass launches, was a tenth of a drain's CPU.
+ */
+export function fairIds<T extends FairItem>(
+  items: T[], now: number, recent: ReadonlyMap<string, number>, weightOf: (clientId: string, tier: Tier) => number,
+): () => string | undefined {
+  const state = fairState(items, now, recent, weightOf);
+  return () => nextPick(state)?.head.item.id;
 }
 
 /** A request with the parts of its score that do not depend on its client's share (priorityOf's arithmetic). */
@@ -155,6 +174,14 @@ interface Scored<T> {
   own: number;
 }
 
+/** Each client's requests in their own order, with what the interleaving tracks: picks so far, shares. */
+interface FairState<T> {
+  clients: Array<{ clientId: string; ranked: Array<Scored<T>>; next: number; weight: number; count: number }>;
+  totalWeight: number;
+  /** Dispatches counted so far: the recent ones plus the picks made. */
+  total: number;
+}
+
 /**
  * fairRank's interleaving: each client's requests in their own order, the next pick the client whose
  * head scores highest with its share so far. Scores are priorityOf's, computed from numbers (no object
@@ -163,6 +190,21 @@ interface Scored<T> {
 function fairPicks<T extends FairItem>(
   items: T[], now: number, recent: ReadonlyMap<string, number>, weightOf: (clientId: string, tier: Tier) => number, limit: number,
 ) {
+  const state = fairState(items, now, recent, weightOf);
+  const picks: Array<{ item: T; priority: Priority }> = [];
+  const want = Math.min(limit, items.length);
+  while (picks.length < want) {
+    const pick = nextPick(state);
+    if (!pick) break;
+    const { head, score, fairness } = pick;
+    picks.push({ item: head.item, priority: { score, tier: head.tier, queue: head.queue, wait: round2(head.wait), fairness: round2(fairness), starved: head.starved } });
+  }
+  return { picks, clients: state.clients, total: state.total };
+}
+
+function fairState<T extends FairItem>(
+  items: T[], now: number, recent: ReadonlyMap<string, number>, weightOf: (clientId: string, tier: Tier) => number,
+): FairState<T> {
   const byClient = new Map<string, Array<Scored<T>>>();
   const fullFairness = fairnessPoints(0, undefined);
   for (const item of items) {
@@ -181,37 +223,34 @@ function fairPicks<T extends FairItem>(
     list.sort((a, b) => Number(b.starved) - Number(a.starved) || b.own - a.own || a.ready - b.ready || (a.item.id < b.item.id ? -1 : a.item.id > b.item.id ? 1 : 0));
     return { clientId, ranked: list, next: 0, weight: Math.max(1e-9, weightOf(clientId, list[0]!.item.tier)), count: recent.get(clientId) ?? 0 };
   });
-  const totalWeight = clients.reduce((sum, c) => sum + c.weight, 0);
-  let total = [...recent.values()].reduce((a, b) => a + b, 0);
-  const picks: Array<{ item: T; priority: Priority }> = [];
-  const want = Math.min(limit, items.length);
-  while (picks.length < want) {
-    let best: (typeof clients)[number] | null = null;
-    let bestHead: Scored<T> | null = null;
-    let bestScore = 0;
-    let bestFairness = 0;
-    for (const c of clients) {
-      if (c.next >= c.ranked.length) continue;
-      const head = c.ranked[c.next]!;
-      const fairness = fairnessPoints(total > 0 ? c.count / total : 0, c.weight / totalWeight);
-      const score = round2(head.base + fairness);
-      if (!bestHead || Number(head.starved) > Number(bestHead.starved) || (head.starved === bestHead.starved && (score > bestScore || (score === bestScore && precedes(head, bestHead))))) {
-        best = c;
-        bestHead = head;
-        bestScore = score;
-        bestFairness = fairness;
-      }
+  let total = 0;
+  for (const n of recent.values()) total += n;
+  return { clients, totalWeight: clients.reduce((sum, c) => sum + c.weight, 0), total };
+}
+
+/** The next pick of the interleaving (null when every client's list is taken), counted into its client's share. */
+function nextPick<T extends FairItem>(state: FairState<T>): { head: Scored<T>; score: number; fairness: number } | null {
+  let best: FairState<T>["clients"][number] | null = null;
+  let bestHead: Scored<T> | null = null;
+  let bestScore = 0;
+  let bestFairness = 0;
+  for (const c of state.clients) {
+    if (c.next >= c.ranked.length) continue;
+    const head = c.ranked[c.next]!;
+    const fairness = fairnessPoints(state.total > 0 ? c.count / state.total : 0, c.weight / state.totalWeight);
+    const score = round2(head.base + fairness);
+    if (!bestHead || Number(head.starved) > Number(bestHead.starved) || (head.starved === bestHead.starved && (score > bestScore || (score === bestScore && precedes(head, bestHead))))) {
+      best = c;
+      bestHead = head;
+      bestScore = score;
+      bestFairness = fairness;
     }
-    if (!best || !bestHead) break;
-    picks.push({
-      item: bestHead.item,
-      priority: { score: bestScore, tier: bestHead.tier, queue: bestHead.queue, wait: round2(bestHead.wait), fairness: round2(bestFairness), starved: bestHead.starved },
-    });
-    best.next += 1;
-    best.count += 1;
-    total += 1;
   }
-  return { picks, clients, total };
+  if (!best || !bestHead) return null;
+  best.next += 1;
+  best.count += 1;
+  state.total += 1;
+  return { head: bestHead, score: bestScore, fairness: bestFairness };
 }
 
 /** Equal scores: the one ready longest first, then by id (a total order). */

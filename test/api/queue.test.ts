@@ -5,7 +5,7 @@ import type { SchedulerObject } from "../../src/objects/scheduler";
 import { runCron } from "../../src/cron";
 import { runRetention } from "../../src/services/retention";
 import { listUsageEvents } from "../../src/storage/usage";
-import { templateConfig } from "../../src/storage/config";
+import { poolConfigs, templateConfigs } from "../../src/storage/config";
 import { ADMIN, call, enqueue, eventually, expectError, INTERNAL, KEYS, makePool, makeTemplate, requestOf, scheduler, settled, sleep } from "../support/helpers";
 
 const start = () => call("POST", "/admin/scheduler/start", { token: ADMIN });
@@ -283,20 +283,26 @@ describe("faults", () => {
     expect(await available(pool.id)).toBe(43);
   });
 
-  it("a pass that dies after claiming leaves a lease; the request is dispatched after it ends, exactly once", async () => {
+  it("a pass that dies after claiming and admitting: its claim was never written, so the request is queued at restart and dispatched exactly once", async () => {
     await stop();
     const pool = await makePool({ capacity: 50 });
     const template = await makeTemplate([{ pool: pool.id, amount: 1 }], { timeoutMs: 300 });
     const id = (await enqueue({ template, queue: "fast" })).body.request.id;
-    const cfg = await templateConfig(env, template);
-    await runInDurableObject(scheduler(), (instance: SchedulerObject) => {
-      (instance as unknown as { admission: { claim(items: Array<{ id: string; template: unknown }>, now: number): unknown } }).admission.claim([{ id, template: cfg }], Date.now());
+    const admitted = await runInDurableObject(scheduler(), async (instance: SchedulerObject) => {
+      const admission = (instance as unknown as {
+        admission: {
+          claim(items: Array<{ id: string; template: unknown }>, now: number): unknown[];
+          admit(rows: unknown[], templates: unknown, pools: unknown, blockedPools: Set<string>, fullClients: Set<string>): Promise<{ rows: unknown[] }>;
+        };
+      }).admission;
+      const [templates, pools] = await Promise.all([templateConfigs(env), poolConfigs(env)]);
+      const rows = admission.claim([{ id, template: templates.get(template) }], Date.now());
+      return (await admission.admit(rows, templates, pools, new Set(), new Set())).rows.length;
     });
+    expect(admitted).toBe(1); // a client slot and a pool reservation are held for it
     await abortAllDurableObjects(); // the object dies mid-pass: its in-memory state is gone
+    expect((await requestOf(id)).status).toBe("queued");
     await start();
-    await scheduler().pass("test");
-    expect((await requestOf(id)).status).toBe("dispatching"); // the lease (300 ms + 1 s margin) still holds
-    await sleep(1400);
     await scheduler().pass("test");
     const done = await settled(id, ["completed"], 5000);
     expect(done.attempts).toBe(1);

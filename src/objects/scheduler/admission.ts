@@ -28,8 +28,8 @@ export class Admission {
   constructor(private readonly env: Env, private readonly store: QueueStore, private readonly host: AdmissionHost, private readonly shard: string) {}
 
   /**
-   * Take requests out of their queues under a lease (template timeout + LEASE_MARGIN_MS), in one write
-   * (synchronous: no other pass can take them too).
+   * Take requests out of their queues under a lease (template timeout + LEASE_MARGIN_MS), in memory
+   * (synchronous: no other pass can take them too; QueueStore.claim).
    */
   claim(items: Array<{ id: string; template: Template | undefined }>, now: number): Row[] {
     const margin = this.leaseMarginMs();

@@ -77,7 +77,8 @@ export class Dispatcher {
       return 0;
     }
     const [templates, pools] = await Promise.all([templateConfigs(this.env), poolConfigs(this.env), onlyIds ? undefined : this.ranking.loadWeights()]);
-    const order = onlyIds ?? this.ranking.readyOrder(now);
+    // The fair order, read lazily: a pass ranks the ready backlog but picks only as far as it launches.
+    const nextInOrder = onlyIds ? listed(onlyIds) : this.ranking.readyOrder(now);
     const blockedPools = new Set<string>();
     const fullClients = new Set<string>();
     // Identical cacheable requests are coalesced: while one runs, the others wait and share its result.
@@ -90,11 +91,11 @@ export class Dispatcher {
     let launched = 0;
     let wakeAt: number | null = null;
     const limit = onlyIds ? MAX_IN_FLIGHT + IMMEDIATE_HEADROOM : MAX_IN_FLIGHT;
-    const end = Math.min(order.length, SCAN_LIMIT);
-    let cursor = 0;
+    let scanned = 0;
+    let exhausted = false;
     const youngLimit = onlyIds ? Infinity : Math.max(CHUNK / 4, Math.floor(YOUNG_TOTAL / shardCount(this.env)));
     let paced = false;
-    while (cursor < end && this.calls.inflight.size + this.store.admitting.size < limit) {
+    while (!exhausted && this.calls.inflight.size + this.store.admitting.size < limit) {
       const youngRoom = youngLimit - this.calls.young(Date.now(), YOUNG_MS) - this.store.admitting.size;
       if (youngRoom <= 0) {
         paced = true;
@@ -104,8 +105,13 @@ export class Dispatcher {
       // cannot run now (room freed while a chunk was admitted goes to the very next in line).
       const room = Math.min(CHUNK, youngRoom, limit - this.calls.inflight.size - this.store.admitting.size);
       const chunk: Array<{ id: string; template: Template | undefined }> = [];
-      while (chunk.length < room && cursor < end) {
-        const id = order[cursor++]!;
+      while (chunk.length < room) {
+        const id = scanned < SCAN_LIMIT ? nextInOrder() : undefined;
+        if (id === undefined) {
+          exhausted = true;
+          break;
+        }
+        scanned += 1;
         const q = this.store.queued.get(id);
         if (!q || q.notBefore > now || fullClients.has(q.clientId)) continue;
         const template = templates.get(this.store.rowOf(id)!.template);
@@ -181,4 +187,10 @@ export class Dispatcher {
       this.health.count(row.template, "dispatches");
     }
   }
+}
+
+/** A fixed list of ids read like the fair order (an execute's own request, a test's pick). */
+function listed(ids: string[]): () => string | undefined {
+  let i = 0;
+  return () => ids[i++];
 }

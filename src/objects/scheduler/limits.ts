@@ -10,7 +10,7 @@ export const MAX_IN_FLIGHT = 10_240;
 export const IMMEDIATE_HEADROOM = 32;
 /**
  * Requests claimed and admitted together: one client-object call per client and one pool-object call
- * per pool for the whole chunk, and one write each for its claim and start.
+ * per pool for the whole chunk, and one write for its start.
  */
 export const CHUNK = 512;
 /**

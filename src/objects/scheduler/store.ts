@@ -7,7 +7,7 @@ import type { QueueName } from "../../domain/priority";
 import type { Tier } from "../../domain/types";
 import { log } from "../../log";
 import { hasOptimizerRecords } from "./outbox";
-import { groupBy, poolNeedsOf, readyAtOf, specConflict, view, type Finished, type Queued, type Row } from "./rows";
+import { poolNeedsOf, readyAtOf, specConflict, view, type Finished, type Queued, type Row } from "./rows";
 import { newRequestId, type NewRequest, type RequestView, type StoredPlan } from "./types";
 
 /** What the store asks of ranking: the numbers a request is indexed and first scored with. */
@@ -120,17 +120,14 @@ export class QueueStore {
   }
 
   /**
-   * Take requests out of their queues under a lease, in one write (synchronous: no other pass can take
-   * them too). `leases`: request id and lease end.
+   * Take requests out of their queues under a lease (synchronous: no other pass can take them too).
+   * `leases`: request id and lease end. In memory only: until start() writes them running, their rows
+   * still say queued, so an object that dies while admitting them queues them again when it restarts
+   * (nothing ran yet; a slot or reservation they got meanwhile expires at the lease's end, and a client
+   * object holds a job id once). Writing the claim cost a SQLite commit per chunk: a write and an fsync
+   * on the runtime's thread, ~a tenth of a drain's CPU with the row rewrite (docs/benchmarks.md).
    */
   claim(leases: Array<readonly [string, number]>, now: number): Row[] {
-    // One statement per lease length (per template timeout, usually one): an id list is the cheapest update.
-    for (const [leaseUntil, group] of groupBy(leases, ([, until]) => String(until))) {
-      this.sql.exec(
-        "UPDATE requests SET status = 'dispatching', lease_until = ?, updated_at = ? WHERE id IN (SELECT value FROM json_each(?))",
-        Number(leaseUntil), now, JSON.stringify(group.map(([id]) => id)),
-      );
-    }
     this.epoch += 1;
     return leases.map(([id, leaseUntil]) => {
       this.queued.delete(id);
@@ -139,17 +136,17 @@ export class QueueStore {
     });
   }
 
-  /** Mark requests running under a new attempt (one dispatch, one sequence number each), in one write. */
+  /** Mark requests running under a new attempt (one dispatch, one sequence number each) with their lease, in one write. */
   start(rows: Row[], now: number): void {
     if (rows.length === 0) return;
     const items = rows.map((row) => {
       this.seq += 1;
       Object.assign(row, { status: "running", attempts: row.attempts + 1, started_at: now, first_started_at: row.first_started_at ?? now, updated_at: now, dispatch_seq: this.seq });
-      return [row.id, this.seq, row.reservations];
+      return [row.id, this.seq, row.reservations, row.lease_until];
     });
     this.sql.exec(
       `UPDATE requests SET status = 'running', attempts = attempts + 1, started_at = ?1, first_started_at = COALESCE(first_started_at, ?1),
-         updated_at = ?1, dispatch_seq = j.value ->> 1, reservations = j.value ->> 2
+         updated_at = ?1, dispatch_seq = j.value ->> 1, reservations = j.value ->> 2, lease_until = j.value ->> 3
        FROM json_each(?2) AS j WHERE requests.id = j.value ->> 0`,
       now, JSON.stringify(items),
     );
@@ -273,10 +270,16 @@ export class QueueStore {
 
   /** How many of a client's requests created at or after `since` are in each status. */
   countsFor(clientId: string, since: number): Record<string, number> {
+    // Unfinished ones from memory (a claim is not written: its row still says queued), the rest from SQLite.
     const rows = this.sql.exec<{ status: string; n: number }>(
-      "SELECT status, COUNT(*) AS n FROM requests WHERE client_id = ? AND created_at >= ? GROUP BY status", clientId, since,
+      "SELECT status, COUNT(*) AS n FROM requests WHERE client_id = ? AND created_at >= ? AND status NOT IN ('queued', 'dispatching', 'running') GROUP BY status",
+      clientId, since,
     ).toArray();
-    return Object.fromEntries(rows.map((r) => [r.status, r.n]));
+    const counts: Record<string, number> = Object.fromEntries(rows.map((r) => [r.status, r.n]));
+    for (const row of this.live.values()) {
+      if (row.client_id === clientId && row.created_at >= since) counts[row.status] = (counts[row.status] ?? 0) + 1;
+    }
+    return counts;
   }
 
   /** A client's unfinished requests: queued, and dispatching or running. */
