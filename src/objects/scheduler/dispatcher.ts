@@ -146,7 +146,11 @@ export class Dispatcher {
     if ([...fullClients].some((c) => !this.host.ownsClient(c))) wakeAt = Math.min(wakeAt ?? Infinity, Date.now() + FORMER_CLIENT_POLL_MS);
     if (wakeAt !== null) this.host.ensureAlarm(wakeAt);
     if (!onlyIds) await this.health.checkAlerts(Date.now());
-    if (!onlyIds) await this.outbox.flush();
+    if (!onlyIds) {
+      // A pass the alarm brought in a busy stretch delivers with the next one due (Outbox.flushPaced).
+      const due = trigger === "alarm" ? await this.outbox.flushPaced(Date.now()) : (await this.outbox.flush(), null);
+      if (due !== null) this.host.ensureAlarm(due);
+    }
     return launched;
   }
 

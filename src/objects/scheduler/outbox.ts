@@ -16,10 +16,19 @@ import type { StoredPlan } from "./types";
  */
 const FINISHED_BATCH = 1000;
 
+/**
+ * A pass the alarm brings delivers the outbox at most this often (ms). Each delivery is a D1 write and a
+ * SQLite commit here; during a drain passes come every few tens of ms, each with a chunk's worth of
+ * finished requests (docs/benchmarks.md). The cron and explicit passes deliver at once.
+ */
+export const BUSY_FLUSH_MS = 250;
+
 export class Outbox {
   private flushing = false;
   private failures = 0;
   private retryAt = 0;
+  /** When the last delivery began (0: not yet in this object's life). */
+  private flushedAt = 0;
 
   constructor(private readonly env: Env, private readonly sql: SqlStorage) {}
 
@@ -47,14 +56,26 @@ export class Outbox {
   }
 
   /**
+   * Deliver now unless the last delivery began less than BUSY_FLUSH_MS ago; then answer when to come
+   * back (the pass sets its alarm for it), delivering nothing.
+   */
+  async flushPaced(now: number): Promise<number | null> {
+    const due = this.flushedAt + BUSY_FLUSH_MS;
+    if (now < due) return due;
+    await this.flush();
+    return null;
+  }
+
+  /**
    * Deliver finished requests (queued by finish and cancel in the same SQLite write as their status) to
    * D1's request_log for reports: one upsert per batch, keyed by request id, then drop them from the
-   * outbox. Run at the end of a pass, so after each settlement batch. A failure leaves them for a later
-   * pass, after a backoff; it never fails the pass.
+   * outbox. Run at the end of a pass (paced for the alarm's passes: flushPaced). A failure leaves them
+   * for a later pass, after a backoff; it never fails the pass.
    */
   async flush(): Promise<void> {
     if (this.flushing || Date.now() < this.retryAt) return;
     this.flushing = true;
+    this.flushedAt = Date.now();
     try {
       for (;;) {
         const rows = this.sql.exec<{ outbox_id: string; optimizer: number } & { [K in keyof FinishedRequest]: SqlStorageValue }>(
