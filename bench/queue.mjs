@@ -34,6 +34,8 @@
 //   QUEUE_BENCH_BASELINE    set to 0 to skip the baseline (bench/queue-floor: a minimal queue object in its own
 //                           wrangler dev, same machine, same run, same sample worker), whose figures the service's are
 //                           printed over as ratios (default 1)
+//   QUEUE_BENCH_VARS        settings over wrangler.toml's for the service's run, e.g. "SCHEDULER_SHARDS=1" (NAME=value,
+//                           space or comma separated; written to its --env-file; the JSON's config records them)
 //   QUEUE_BENCH_KEEP_STATE  set to 1 to keep the temporary persist directory
 //   QUEUE_BENCH_INSPECTOR   set to 1 to keep wrangler's inspector proxy (see below; default off)
 //
@@ -756,6 +758,7 @@ async function main() {
   writeFileSync(envFile, `ADMIN_TOKEN=${ADMIN_TOKEN}\nINTERNAL_TOKEN=${INTERNAL_TOKEN}\n${EXTRA_VARS.map((v) => `${v}\n`).join("")}`);
 
   console.log(`queue bench: ${SINGLE} single + ${BATCHED} batched enqueues, ${SAMPLES} samples per latency; wrangler ${wranglerVersion}, node ${process.version}, ${cpus().length} cpus, load ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
+  if (EXTRA_VARS.length) console.log(`queue bench: the service runs with ${EXTRA_VARS.join(" ")} over wrangler.toml`);
   console.log(`queue bench: ${BASE}, state in ${stateDir}, wrangler log in bench/results/queue-wrangler.log`);
   console.log(`queue bench: wrangler inspector proxy ${INSPECTOR ? "ON (wrangler's default)" : "off (VSCODE_INSPECTOR_OPTIONS set; QUEUE_BENCH_INSPECTOR=1 keeps it)"}`);
 
@@ -971,7 +974,7 @@ function summarize(result, { port, wranglerVersion, started }) {
   const out = {
     ...result,
     machine: { cpus: cpus().length, cpu_model: cpus()[0]?.model, platform: platform(), release: release(), node: process.version, wrangler: wranglerVersion, loadavg_end: loadavg() },
-    config: { hold_s: HOLD_S, execute_concurrency: EXECUTE_CONCURRENCY, baseline: BASELINE, port, wrangler_inspector_proxy: INSPECTOR, execute_during_drain: DRAIN_EXECUTE, single: SINGLE, batched: BATCHED, batch_size: BATCH_SIZE, single_concurrency: SINGLE_CONCURRENCY, batch_concurrency: BATCH_CONCURRENCY, samples: SAMPLES, warmup_calls: WARMUP_CALLS, poll_ms: POLL_MS, drain_max_s: DRAIN_MAX_S, template: TEMPLATE, queues: BENCH_QUEUES, batchable: BATCHABLE },
+    config: { vars: EXTRA_VARS, hold_s: HOLD_S, execute_concurrency: EXECUTE_CONCURRENCY, baseline: BASELINE, port, wrangler_inspector_proxy: INSPECTOR, execute_during_drain: DRAIN_EXECUTE, single: SINGLE, batched: BATCHED, batch_size: BATCH_SIZE, single_concurrency: SINGLE_CONCURRENCY, batch_concurrency: BATCH_CONCURRENCY, samples: SAMPLES, warmup_calls: WARMUP_CALLS, poll_ms: POLL_MS, drain_max_s: DRAIN_MAX_S, template: TEMPLATE, queues: BENCH_QUEUES, batchable: BATCHABLE },
     targets,
     errors,
     elapsed_s: (Date.now() - started) / 1000,
