@@ -13,6 +13,7 @@ const SchedulerState = z
   .object({
     running: z.boolean(), queued: z.number().int(), in_flight: z.number().int(), max_in_flight: z.number().int(),
     last_pass_at: z.number().nullable(), dispatched_total: z.number().int(),
+    settlements_owed: z.number().int().openapi({ description: "Ended worker calls whose settlement failed (a pool or client object unreachable), made again until it goes through; their requests stay running meanwhile." }),
     shards: z.number().int().openapi({ description: "Scheduler shards consulted (SCHEDULER_SHARDS, plus any still draining after a change); the counts are their sums." }),
     trace_id: TraceId,
   })

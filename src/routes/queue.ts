@@ -97,7 +97,7 @@ const QueueStatus = z
       queue: z.enum(QUEUES), depth: z.number().int(), ready: z.number().int(), oldest_wait_ms: z.number(),
       wait_p50_ms: z.number(), wait_p95_ms: z.number(), dispatch_rate_per_s: z.number(),
     })),
-    scheduler: z.object({ running: z.boolean(), queued: z.number().int(), in_flight: z.number().int(), max_in_flight: z.number().int(), last_pass_at: z.number().nullable(), dispatched_total: z.number().int(), shards: z.number().int() }),
+    scheduler: z.object({ running: z.boolean(), queued: z.number().int(), in_flight: z.number().int(), max_in_flight: z.number().int(), last_pass_at: z.number().nullable(), dispatched_total: z.number().int(), settlements_owed: z.number().int(), shards: z.number().int() }),
     trace_id: TraceId,
   })
   .openapi("QueueStatus");

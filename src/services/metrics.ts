@@ -62,6 +62,7 @@ export async function collectMetrics(env: Env, now: number): Promise<Family[]> {
 
     { name: "rm_scheduler_running", type: "gauge", help: "1 when the dispatcher is started, 0 when an operator stopped it.", samples: [{ value: scheduler.running ? 1 : 0 }] },
     { name: "rm_scheduler_in_flight", type: "gauge", help: "Worker calls running now.", samples: [{ value: scheduler.in_flight }] },
+    { name: "rm_scheduler_settlements_owed", type: "gauge", help: "Ended worker calls whose settlement failed (a pool or client object unreachable), made again until it goes through.", samples: [{ value: scheduler.settlements_owed }] },
     ...(Object.keys(COUNTER_HELP) as Array<keyof DispatchCounters>).map((counter): Family => ({
       name: `rm_scheduler_${counter}_total`, type: "counter", help: COUNTER_HELP[counter],
       samples: templates.map(([template, c]) => ({ labels: { template }, value: c[counter] })),

@@ -189,6 +189,7 @@ export async function schedulerMetrics(env: Env): Promise<SchedulerMetrics> {
   return {
     running: all.every((m) => m.running),
     in_flight: all.reduce((n, m) => n + m.in_flight, 0),
+    settlements_owed: all.reduce((n, m) => n + m.settlements_owed, 0),
     queues: all[0]!.queues.map((q, i) => {
       const same = all.map((m) => m.queues[i]!);
       const h = same.map((x) => x.wait_seconds);
@@ -248,6 +249,7 @@ function mergeStates(all: SchedulerState[]): MergedState {
     max_in_flight: all.reduce((n, s) => n + s.max_in_flight, 0),
     last_pass_at: all.reduce<number | null>((t, s) => (s.last_pass_at !== null && (t === null || s.last_pass_at > t) ? s.last_pass_at : t), null),
     dispatched_total: all.reduce((n, s) => n + s.dispatched_total, 0),
+    settlements_owed: all.reduce((n, s) => n + s.settlements_owed, 0),
     shards: all.length,
   };
 }

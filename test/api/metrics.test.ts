@@ -31,6 +31,7 @@ const DOCUMENTED: Record<string, { type: string; labels: string[] }> = {
   rm_queue_wait_seconds: { type: "histogram", labels: ["queue"] },
   rm_scheduler_running: { type: "gauge", labels: [] },
   rm_scheduler_in_flight: { type: "gauge", labels: [] },
+  rm_scheduler_settlements_owed: { type: "gauge", labels: [] },
   rm_scheduler_dispatches_total: { type: "counter", labels: ["template"] },
   rm_scheduler_completions_total: { type: "counter", labels: ["template"] },
   rm_scheduler_failures_total: { type: "counter", labels: ["template"] },
@@ -176,6 +177,7 @@ describe("GET /metrics", () => {
     expect(families.get("rm_alerts_open")!.samples).toHaveLength(ALERT_KINDS.length);
     expect(families.get("rm_savings_nanodollars_total")!.samples.map((s) => s.labels.strategy)).toEqual(["downgrade", "batching", "caching", "compression", "off_peak"]);
     expect(value(families, "rm_scheduler_running")).toBe(1);
+    expect(value(families, "rm_scheduler_settlements_owed")).toBe(0);
   });
 
   it("a drained pool shows its level, capacity, reservations, utilization and every refused spend", async () => {

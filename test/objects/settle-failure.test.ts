@@ -1,7 +1,7 @@
-import { runInDurableObject } from "cloudflare:test";
+import { abortAllDurableObjects, runInDurableObject } from "cloudflare:test";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import type { SchedulerObject } from "../../src/objects/scheduler";
-import { ADMIN, call, enqueue, eventually, makeClient, makePool, makeTemplate, scheduler, settled } from "../support/helpers";
+import { ADMIN, call, enqueue, eventually, makeClient, makePool, makeTemplate, scheduler, settled, sleep } from "../support/helpers";
 
 /** What the settlement reaches for a client object (the fault is injected there: the client object unreachable). */
 type ClientStubOf = { clientStub: (clientId: string) => { settle: (...args: unknown[]) => Promise<void> } };
@@ -62,22 +62,36 @@ describe("a settlement that fails (a client object unreachable)", () => {
     expect(await spendOf(client.id)).toMatchObject({ spent_nano: 3000, in_flight_nano: 0 });
   }, 30_000);
 
-  it("when every retry fails too: logged as settle_failed, no unhandled rejection, and nothing lost: the request runs again when its lease ends and completes", async () => {
-    const pool = await makePool({ capacity: 100 });
+  it("that keeps failing is owed: kept in the shard's storage, its request stays running past its lease (never run again), and after a restart it is made again: the request completes once, its cost counted once", async () => {
+    const pool = await makePool({ capacity: 100, costPerUnitNano: 1000 });
     const template = await makeTemplate([{ pool: pool.id, amount: 1 }], { timeoutMs: 500 });
+    const client = await makeClient("settle-owed");
     const lines = captureLog();
-    await failClientSettlements(3);
-    const r = await enqueue({ template, queue: "fast" });
+    await failClientSettlements(1000); // every settlement fails until the objects restart
+    const r = await enqueue({ template, queue: "fast" }, client.key);
     expect(r.status, JSON.stringify(r.body)).toBe(202);
     const id: string = r.body.request.id;
-    const last = await eventually(async () => lines.find((l) => l.msg === "settle_failed" && l.retry_in_ms === null), 8000, "the last settle_failed line");
-    expect(lines.filter((l) => l.msg === "settle_failed").map((l) => l.retry_in_ms)).toEqual([200, 1000, null]);
-    expect(last).toMatchObject({ level: "error", count: 1, error: "Error: client object unreachable" });
-    expect(last.requests).toEqual([{ request_id: id, trace_id: r.body.trace_id }]);
-    // Not settled: still running, until its lease (timeout 500 ms + LEASE_MARGIN_MS 1,000) ends; the alarm is set for then.
-    expect(((await scheduler().get(id, null)) as { status: string } | null)?.status).toBe("running");
-    await eventually(async () => lines.some((l) => l.msg === "lease_expired" && l.request_id === id), 8000, "the lease to end");
-    const done = await settled(id, ["completed", "failed"], 10_000);
-    expect(done).toMatchObject({ status: "completed", attempts: 2 });
-  }, 30_000);
+    const third = await eventually(async () => lines.find((l) => l.msg === "settle_failed" && l.failures === 3), 8000, "the third settle_failed line");
+    expect(lines.filter((l) => l.msg === "settle_failed").map((l) => [l.failures, l.retry_in_ms])).toEqual([[1, 200], [2, 1000], [3, 5000]]);
+    expect(third).toMatchObject({ level: "error", count: 1, error: "Error: client object unreachable" });
+    expect(third.requests).toEqual([{ request_id: id, trace_id: r.body.trace_id }]);
+    // Past its lease (timeout 500 ms + LEASE_MARGIN_MS 1,000): it ran, so it is not sent back to its queue.
+    await sleep(1600);
+    await scheduler().pass("test");
+    expect(((await scheduler().get(id, null)) as { status: string; attempts: number } | null)).toMatchObject({ status: "running", attempts: 1 });
+    expect(lines.some((l) => l.msg === "lease_expired" && l.request_id === id)).toBe(false);
+    expect((await call("GET", "/admin/scheduler/status", { token: ADMIN })).body).toMatchObject({ settlements_owed: 1 });
+    expect((await call("GET", "/metrics", { token: ADMIN })).body as string).toMatch(/^rm_scheduler_settlements_owed 1$/m);
+    // The shard restarts (and the fault with it): it reads what it owes and its alarm makes the settlement when due.
+    await abortAllDurableObjects();
+    const done = await settled(id, ["completed", "failed"], 15_000, client.key);
+    expect(done).toMatchObject({ status: "completed", attempts: 1 });
+    expect((await call("GET", "/admin/scheduler/status", { token: ADMIN })).body).toMatchObject({ settlements_owed: 0 });
+    // 1 unit at 1,000 nano-dollars, once: the pool answers the repeated release with its first usage event.
+    await eventually(async () => {
+      const s = await spendOf(client.id);
+      return s.spent_nano === 1000 && s.in_flight_nano === 0 ? s : null;
+    }, 5000, "the client's spend of one run");
+    expect(lines.some((l) => l.msg === "release_refused")).toBe(false);
+  }, 40_000);
 });

@@ -62,7 +62,7 @@ export class Dispatcher {
   }
 
   /**
-   * One dispatch pass: return expired leases to the queue, then claim the best ready requests and
+   * One dispatch pass: make the settlements owed that are due, return expired leases to the queue, then claim the best ready requests and
    * admit and launch them, chunk by chunk, until the in-flight limit or the ready list is reached.
    * Requests blocked on a pool or a client's slots are skipped for the rest of the pass (no
    * lower-priority request overtakes them on that pool or client). Returns how many were launched.
@@ -70,6 +70,7 @@ export class Dispatcher {
   async pass(trigger: string, onlyIds?: string[]): Promise<number> {
     const now = Date.now();
     this.lastPassAt = now;
+    this.settlement.retryOwed(now);
     const lost = this.settlement.reclaimLeases(now);
     if (lost.length) await this.settlement.releaseHolds(lost.map((row) => ({ row: { ...row, reservations: null }, actual: {}, final: true })));
     if (!this.host.isRunning()) {

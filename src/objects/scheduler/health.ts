@@ -114,7 +114,7 @@ export class Health {
   }
 
   /** For /metrics: each queue's depth and the waits so far of its requests that may run now; worker-call counters. */
-  metrics(running: boolean, inFlight: number): SchedulerMetrics {
+  metrics(running: boolean, inFlight: number, owed: number): SchedulerMetrics {
     const now = Date.now();
     const queued = [...this.store.queued.values()];
     const queues = QUEUES.map((queue) => {
@@ -127,7 +127,7 @@ export class Health {
         wait_seconds: histogramOf(waits.map((ms) => ms / 1000), WAIT_BUCKETS_S),
       };
     });
-    return { running, in_flight: inFlight, queues, counters: Object.fromEntries(this.counters) };
+    return { running, in_flight: inFlight, settlements_owed: owed, queues, counters: Object.fromEntries(this.counters) };
   }
 
   /** Remember a worker call's outcome for the failure and timeout alerts. */

@@ -10,6 +10,7 @@ import { Dispatcher } from "./dispatcher";
 import { Health } from "./health";
 import { MAX_IN_FLIGHT } from "./limits";
 import { Outbox } from "./outbox";
+import { OwedSettlements } from "./owed";
 import { Ranking } from "./ranking";
 import { viewOf } from "./rows";
 import { createTables } from "./schema";
@@ -37,6 +38,7 @@ export class SchedulerObject extends DurableObject<Env> {
   private readonly admission: Admission;
   private readonly calls: WorkerCalls;
   private readonly settlement: Settlement;
+  private readonly owed: OwedSettlements;
   private readonly outbox: Outbox;
   private readonly health: Health;
   private readonly dispatcher: Dispatcher;
@@ -67,7 +69,8 @@ export class SchedulerObject extends DurableObject<Env> {
       settleNow: () => this.settlement.settleNow(),
       noteDuration: (ms) => this.ranking.noteDuration(ms),
     });
-    this.settlement = new Settlement(env, this.store, this.health, {
+    this.owed = new OwedSettlements(sql);
+    this.settlement = new Settlement(env, this.store, this.health, this.owed, {
       abortCall: (id, reason) => this.calls.abort(id, reason),
       dropCall: (id, reason) => this.calls.drop(id, reason),
       ensureAlarm: (at) => this.ensureAlarm(at),
@@ -81,6 +84,9 @@ export class SchedulerObject extends DurableObject<Env> {
     this.store.load();
     void ctx.blockConcurrencyWhile(async () => {
       this.alarmAt = await ctx.storage.getAlarm();
+      // Settlements owed from before a restart are made again when due (the alarm's pass: Dispatcher.pass).
+      const owedDue = this.owed.nextDue();
+      if (owedDue !== null) this.ensureAlarm(owedDue);
     });
   }
 
@@ -201,7 +207,7 @@ export class SchedulerObject extends DurableObject<Env> {
 
   /** For /metrics: each queue's depth and the waits of its requests so far; worker-call counters. */
   metrics(): SchedulerMetrics {
-    return this.health.metrics(this.running, this.calls.inflight.size);
+    return this.health.metrics(this.running, this.calls.inflight.size, this.owed.size);
   }
 
   // --- RPC: control ---------------------------------------------------------------------------
@@ -222,6 +228,7 @@ export class SchedulerObject extends DurableObject<Env> {
       max_in_flight: MAX_IN_FLIGHT,
       last_pass_at: this.dispatcher.lastPassAt,
       dispatched_total: this.store.seq,
+      settlements_owed: this.owed.size,
     };
   }
 
@@ -247,7 +254,7 @@ export class SchedulerObject extends DurableObject<Env> {
 
   /** Whether this shard holds nothing: no unfinished request, nothing in its outbox, no rows kept. */
   holdsNothing(): boolean {
-    return this.store.live.size === 0 && this.calls.inflight.size === 0 && this.store.sql.exec("SELECT 1 FROM requests LIMIT 1").toArray().length === 0
+    return this.store.live.size === 0 && this.calls.inflight.size === 0 && this.owed.size === 0 && this.store.sql.exec("SELECT 1 FROM requests LIMIT 1").toArray().length === 0
       && this.store.sql.exec("SELECT 1 FROM finished_outbox LIMIT 1").toArray().length === 0;
   }
 

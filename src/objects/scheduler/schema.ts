@@ -1,7 +1,8 @@
 /**
  * The scheduler object's own SQLite tables, created idempotently, with the columns added since the
  * first version: `requests` (every request it holds, written only by QueueStore), `state` (running
- * flag, dispatch counters) and `finished_outbox` (finished requests still to deliver to D1; Outbox).
+ * flag, dispatch counters), `finished_outbox` (finished requests still to deliver to D1; Outbox) and
+ * `settle_owed` (settlements that failed, until one goes through; OwedSettlements).
  */
 export function createTables(sql: SqlStorage): void {
   sql.exec(`
@@ -56,4 +57,6 @@ export function createTables(sql: SqlStorage): void {
   const outboxColumns = sql.exec<{ name: string }>("SELECT name FROM pragma_table_info('finished_outbox')").toArray().map((c) => c.name);
   if (!outboxColumns.includes("optimizer")) sql.exec("ALTER TABLE finished_outbox ADD COLUMN optimizer INTEGER NOT NULL DEFAULT 1");
   sql.exec("CREATE INDEX IF NOT EXISTS requests_finished ON requests (finished_at)");
+  // Settlements owed: ended worker calls whose settlement failed, until one goes through (./owed.ts).
+  sql.exec("CREATE TABLE IF NOT EXISTS settle_owed (id TEXT PRIMARY KEY, attempt INTEGER NOT NULL, outcome TEXT NOT NULL, failures INTEGER NOT NULL, next_at INTEGER NOT NULL)");
 }

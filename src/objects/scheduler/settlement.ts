@@ -13,6 +13,7 @@ import type { Settlement as ClientSettlement, SpendEvent } from "../client/types
 import type { ReleaseResult, Result } from "../pool/types";
 import type { Health } from "./health";
 import { callerOf, fail, groupBy, timedOut, view, type Finished, type Held, type Outcome, type Row } from "./rows";
+import { settleRetryMs, type Owed, type OwedSettlements } from "./owed";
 import type { QueueStore } from "./store";
 import type { PoolCost, RequestStatus, RequestView, StoredPlan } from "./types";
 
@@ -24,8 +25,6 @@ const SETTLE_DELAY_MS = 5;
  * backlog's whole wave waited for the pass to end before any of it was settled.
  */
 const SETTLE_BATCH = 512;
-/** A failed settlement is made again after these delays (ms), then left to the leases. */
-const SETTLE_RETRY_MS = [200, 1000];
 const MAX_RESULT_CHARS = 256 * 1024;
 /** Terminal states that cancellation cannot change. */
 const TERMINAL: RequestStatus[] = ["completed", "failed", "cancelled", "expired"];
@@ -46,10 +45,16 @@ export interface SettlementHost {
 }
 
 export class Settlement {
-  private settleBuffer: Array<{ id: string; attempt: number; outcome: Outcome }> = [];
+  private settleBuffer: Owed[] = [];
   private settleTimer: ReturnType<typeof setTimeout> | null = null;
 
-  constructor(private readonly env: Env, private readonly store: QueueStore, private readonly health: Health, private readonly host: SettlementHost) {}
+  constructor(
+    private readonly env: Env,
+    private readonly store: QueueStore,
+    private readonly health: Health,
+    private readonly owed: OwedSettlements,
+    private readonly host: SettlementHost,
+  ) {}
 
   /**
    * Cancel a request. Queued: removed from its queue. Dispatching or running (unless `onlyQueued`):
@@ -99,25 +104,36 @@ export class Settlement {
 
   /**
    * Settle a batch nobody awaits. A batch that fails (a pool or client object unreachable) is logged,
-   * never left as an unhandled rejection, and made again after SETTLE_RETRY_MS (each step is
-   * idempotent: the pools answer a repeated release as they did the first time, the client object
-   * counts each usage event once, and requests settled meanwhile are skipped). When every retry fails,
-   * its requests stay running until their leases end, then return to their queue (reclaimLeases, at a
-   * pass the alarm brings then) and run again; their reservations and slots expire on their own.
+   * never left as an unhandled rejection, and kept in the shard's storage as owed (./owed.ts): made
+   * again with backoff until it goes through, its requests running meanwhile (their leases do not send
+   * them back to their queue: they ran), also across a restart. `failures`: of this batch so far.
    */
-  private settleSafely(batch: Array<{ id: string; attempt: number; outcome: Outcome }>, retry = 0): void {
-    this.settle(batch).catch((err: unknown) => {
-      const rows = batch.map((b) => this.store.rowOf(b.id));
-      const requests = batch.map((b, i) => ({ request_id: b.id, trace_id: rows[i]?.trace_id ?? null }));
-      const retryInMs = SETTLE_RETRY_MS[retry] ?? null;
-      log.error("settle_failed", { count: batch.length, requests, error: String(err), retry_in_ms: retryInMs });
-      if (retryInMs !== null) {
-        setTimeout(() => this.settleSafely(batch, retry + 1), retryInMs);
-        return;
-      }
-      const leaseEnd = Math.min(...rows.map((r) => (r?.status === "running" && r.lease_until !== null ? r.lease_until : Infinity)));
-      if (leaseEnd !== Infinity) this.host.ensureAlarm(leaseEnd);
-    });
+  private settleSafely(batch: Owed[], failures = 0): void {
+    this.settle(batch).then(
+      () => {
+        if (failures > 0) this.owed.done(batch.map((b) => b.id));
+      },
+      (err: unknown) => {
+        const n = failures + 1;
+        const retryInMs = settleRetryMs(n);
+        const requests = batch.map((b) => ({ request_id: b.id, trace_id: this.store.rowOf(b.id)?.trace_id ?? null }));
+        log.error("settle_failed", { count: batch.length, requests, error: String(err), failures: n, retry_in_ms: retryInMs });
+        const at = Date.now() + retryInMs;
+        this.owed.keep(batch, n, at);
+        this.host.ensureAlarm(at);
+      },
+    );
+  }
+
+  /**
+   * Make the owed settlements that are due (a pass does first; they go on in the background), and keep
+   * the alarm for the next due after them (an alarm may fire a moment before the clock reads its time).
+   */
+  retryOwed(now: number): void {
+    const due = this.owed.takeDue(now);
+    if (due) this.settleSafely(due.batch, due.failures);
+    const next = this.owed.nextDue(now);
+    if (next !== null) this.host.ensureAlarm(next);
   }
 
   /**
@@ -125,7 +141,7 @@ export class Settlement {
    * a pool it does not report is taken as fully used), refund the rest, free client slots, record the
    * outcome, then wake the dispatcher for the capacity freed.
    */
-  private async settle(batch: Array<{ id: string; attempt: number; outcome: Outcome }>): Promise<void> {
+  private async settle(batch: Owed[]): Promise<void> {
     const live: Array<{ row: Row; outcome: Outcome; actual: Record<string, number> }> = [];
     for (const { id, attempt, outcome } of batch) {
       const row = this.store.rowOf(id);
@@ -277,7 +293,7 @@ export class Settlement {
     // Every pass looks: walk the live requests without copying them (10,000 queued is a 10,000-item copy).
     const stale: Row[] = [];
     for (const r of this.store.live.values()) {
-      if ((r.status === "dispatching" || r.status === "running") && r.lease_until !== null && r.lease_until <= now && !this.store.admitting.has(r.id)) stale.push(r);
+      if ((r.status === "dispatching" || r.status === "running") && r.lease_until !== null && r.lease_until <= now && !this.store.admitting.has(r.id) && !this.owed.has(r.id)) stale.push(r);
     }
     for (const row of stale) {
       const was = row.status;

@@ -137,6 +137,8 @@ export interface SchedulerState {
   max_in_flight: number;
   last_pass_at: number | null;
   dispatched_total: number;
+  /** Ended worker calls whose settlement failed and is made again until it goes through (./owed.ts). */
+  settlements_owed: number;
   /** Shards consulted, when merged over every shard (services/scheduler.ts); absent from one shard's answer. */
   shards?: number;
 }
@@ -161,6 +163,8 @@ export const WAIT_BUCKETS_S = [1, 5, 30, 60, 300, 600, 1800] as const;
 export interface SchedulerMetrics {
   running: boolean;
   in_flight: number;
+  /** Settlements owed (./owed.ts). */
+  settlements_owed: number;
   queues: Array<{ queue: QueueName; depth: number; oldest_wait_ms: number; wait_seconds: HistogramSnapshot }>;
   counters: Record<string, DispatchCounters>;
 }
