@@ -1,5 +1,8 @@
 // node --test test/scripts/: the CI watchdog (scripts/watchdog.mjs) against real child processes.
 import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
@@ -19,14 +22,25 @@ test("a run that passes or fails keeps its exit status, its output passed throug
 
 test("a run silent for --idle seconds is stopped with what it started, run again, and fails with 124 when it hangs again", () => {
   const started = Date.now();
-  const hung = run("--idle", "1", "--", "bash", "-c", "echo start; sleep 30 & wait");
+  // Each run's child writes its pid: those, not whatever else on the machine sleeps, must be gone.
+  const pids = join(mkdtempSync(join(tmpdir(), "watchdog-test-")), "pids");
+  const hung = run("--idle", "1", "--", "bash", "-c", `echo start; sleep 30 & echo $! >> ${pids}; wait`);
   assert.equal(hung.status, 124);
   assert.equal(hung.stdout, "start\nstart\n");
   assert.match(hung.stderr, /running it again \(attempt 2 of 2\)/);
   assert.match(hung.stderr, /every run hung \(2\); failing/);
   assert.ok(Date.now() - started < 10_000, "stopped after about 2 s, not after the child's 30 s");
-  const left = spawnSync("pgrep", ["-f", "sleep 30"], { encoding: "utf8" });
-  assert.equal(left.stdout.trim(), "", "the hung run's children are gone");
+  const children = readFileSync(pids, "utf8").trim().split("\n").map(Number);
+  assert.equal(children.length, 2, "one child per run");
+  // Killed is gone: a killed child may linger as a zombie until whoever inherited it reaps it.
+  const alive = children.filter((pid) => {
+    try {
+      return readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.[0] !== "Z";
+    } catch {
+      return false;
+    }
+  });
+  assert.deepEqual(alive, [], "the hung runs' children are gone");
 });
 
 test("output keeps a slow run alive; a bad command line is refused with 2", () => {
