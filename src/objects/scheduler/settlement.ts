@@ -111,18 +111,33 @@ export class Settlement {
   private settleSafely(batch: Owed[], failures = 0): void {
     this.settle(batch).then(
       () => {
-        if (failures > 0) this.owed.done(batch.map((b) => b.id));
+        if (failures > 0) this.unlessDead(() => this.owed.done(batch.map((b) => b.id)));
       },
       (err: unknown) => {
         const n = failures + 1;
         const retryInMs = settleRetryMs(n);
-        const requests = batch.map((b) => ({ request_id: b.id, trace_id: this.store.rowOf(b.id)?.trace_id ?? null }));
+        const requests = batch.map((b) => ({ request_id: b.id, trace_id: this.store.live.get(b.id)?.trace_id ?? null }));
         log.error("settle_failed", { count: batch.length, requests, error: String(err), failures: n, retry_in_ms: retryInMs });
         const at = Date.now() + retryInMs;
-        this.owed.keep(batch, n, at);
-        this.host.ensureAlarm(at);
+        this.unlessDead(() => {
+          this.owed.keep(batch, n, at);
+          this.host.ensureAlarm(at);
+        });
       },
     );
+  }
+
+  /**
+   * Bookkeeping after a settlement nobody awaits. An object whose storage is gone (it was reset while the
+   * settlement ran) cannot keep anything: that is logged, never an unhandled rejection; the requests'
+   * rows still say running, so their leases send them back to their queue when the object restarts.
+   */
+  private unlessDead(fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      log.error("settle_owed_unsaved", { error: String(err) });
+    }
   }
 
   /**
