@@ -134,20 +134,6 @@ export function fairRank<T extends FairItem>(
   return out;
 }
 
-/** The ids of fairRank's head (`headOnly`), without building its items. */
-export function fairHeadIds<T extends FairItem>(
-  items: T[], now: number, recent: ReadonlyMap<string, number>, weightOf: (clientId: string, tier: Tier) => number, limit: number,
-): string[] {
-  const next = fairIds(items, now, recent, weightOf);
-  const ids: string[] = [];
-  while (ids.length < limit) {
-    const id = next();
-    if (id === undefined) break;
-    ids.push(id);
-  }
-  return ids;
-}
-
 /**
  * fairRank's order, lazily: each call gives the next id (undefined at the end). A dispatch pass takes
  * only as many as it can launch: picking the head of a 10,000-request backlog up to the scan limit at

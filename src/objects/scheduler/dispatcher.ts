@@ -62,8 +62,9 @@ export class Dispatcher {
   }
 
   /**
-   * One dispatch pass: make the settlements owed that are due, return expired leases to the queue, then claim the best ready requests and
-   * admit and launch them, chunk by chunk, until the in-flight limit or the ready list is reached.
+   * One dispatch pass: make the settlements owed that are due, return expired leases to the queue, then
+   * claim the best ready requests and admit and launch them, chunk by chunk, until the in-flight limit
+   * or the ready list is reached.
    * Requests blocked on a pool or a client's slots are skipped for the rest of the pass (no
    * lower-priority request overtakes them on that pool or client). Returns how many were launched.
    */

@@ -48,10 +48,10 @@ export class OwedSettlements {
     return this.ids.size;
   }
 
-  /** When the earliest owed settlement is due, of those due after `after` if given (null: none). */
-  nextDue(after = -Infinity): number | null {
+  /** When the earliest owed settlement due after `after` (epoch ms) is due; null: none. */
+  nextDue(after = 0): number | null {
     if (this.ids.size === 0) return null;
-    return this.sql.exec<{ t: number | null }>("SELECT MIN(next_at) AS t FROM settle_owed WHERE next_at > ?", Number.isFinite(after) ? after : -1).one().t;
+    return this.sql.exec<{ t: number | null }>("SELECT MIN(next_at) AS t FROM settle_owed WHERE next_at > ?", after).one().t;
   }
 
   /** Keep (or keep again) a batch whose settlement failed for the `failures`-th time, due again at `nextAt`. */
