@@ -31,6 +31,9 @@
 //                           the content worker with ACCEPT_MANY=1: runMany answers at once and reports later), with the
 //                           tiers' max_concurrent at 10,000: the whole backlog runs at once. Reports the peak in flight,
 //                           the runtime's memory and CPU per job in flight, and that every job ran once (default 0)
+//   QUEUE_BENCH_LOADGEN     what sends the single enqueues, to the service and the baseline alike: wrk (default when
+//                           installed: apt-get install wrk; one native thread, bench/wrk.mjs) or node (Node's fetch, which
+//                           takes about a third of a core from the server on 2 cores); batches and latencies always use fetch
 //   QUEUE_BENCH_BASELINE    set to 0 to skip the baseline (bench/queue-floor: a minimal queue object in its own
 //                           wrangler dev, same machine, same run, same sample worker), whose figures the service's are
 //                           printed over as ratios (default 1)
@@ -59,6 +62,7 @@ import { performance } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { DEV_CONFIGS, freePortPair, freshD1Sql, HOST, ROOT, startWrangler, WRANGLER } from "../scripts/local-wrangler.mjs";
+import { haveWrk, wrkCalls } from "./wrk.mjs";
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 const RESULTS_DIR = join(BENCH_DIR, "results");
@@ -87,6 +91,10 @@ const EXTRA_VARS = (process.env.QUEUE_BENCH_VARS ?? "").split(/[\s,]+/).filter(B
 const EXECUTE_CONCURRENCY = intEnv("QUEUE_BENCH_EXECUTE_CONCURRENCY", 4, 1, 64);
 const HOLD_S = intEnv("QUEUE_BENCH_HOLD_S", 0, 0, 600);
 const BASELINE = process.env.QUEUE_BENCH_BASELINE !== "0";
+/** What sends the single enqueues (service and baseline alike): wrk when installed, else Node's fetch. */
+const LOADGEN_ASKED = process.env.QUEUE_BENCH_LOADGEN ?? "";
+if (!["", "wrk", "node"].includes(LOADGEN_ASKED)) throw new Error(`QUEUE_BENCH_LOADGEN must be wrk or node, got ${LOADGEN_ASKED}`);
+let LOADGEN = "node"; // settled in main()
 // The optimizer's batching: > 0 makes bench-noop batchable with this batch size and sends every request
 // to the batch queue, so the drain sends up to this many requests per worker invocation. 0: off.
 const BATCHABLE = intEnv("QUEUE_BENCH_BATCHABLE", 0, 0, 1000);
@@ -353,12 +361,37 @@ function spec(queue) {
 /** ids enqueued, with the key of the client that enqueued each. */
 const enqueued = []; // { id, client }
 
+/** The single enqueue of call i: its client and queue (wrk cycles through the same list). */
+function singleOf(i) {
+  return { client: CLIENTS[i % CLIENTS.length], queue: BENCH_QUEUES[Math.floor(i / CLIENTS.length) % BENCH_QUEUES.length] };
+}
+
+/** SINGLE enqueues sent by wrk: each answer checked (202, a queued request of its client and queue). */
+async function enqueueSingleWrk() {
+  const period = CLIENTS.length * BENCH_QUEUES.length;
+  const requests = Array.from({ length: period }, (_, i) => {
+    const { client, queue } = singleOf(i);
+    return {
+      method: "POST", path: "/api/queue/enqueue", headers: { authorization: `Bearer ${client.key}`, "content-type": "application/json" },
+      body: JSON.stringify(spec(queue)), check: { status: 202, fields: { client_id: client.id, queue, status: "queued" } }, client,
+    };
+  });
+  const r = await wrkCalls({ base: BASE, requests, count: SINGLE, connections: SINGLE_CONCURRENCY, idField: "id" });
+  for (const problem of r.problems) recordError("enqueue_single", { status: -1, ms: 0, text: problem }, "wrk: an answer not 202 with a queued request of its client and queue");
+  for (const { id, request } of r.ids) enqueued.push({ id, client: requests[request].client });
+  return { ok: r.ok, seconds: r.seconds, latency: r.latency };
+}
+
 async function enqueueSingle() {
   const latencies = [];
   let ok = 0;
   const ticks0 = workerdTicks();
   const byPid0 = workerdTicksByPid();
   const t0 = performance.now();
+  if (LOADGEN === "wrk") {
+    const r = await enqueueSingleWrk();
+    return singleResult(r.ok, r.seconds, r.latency, ticks0, byPid0);
+  }
   await pool(SINGLE, SINGLE_CONCURRENCY, async (i) => {
     const client = CLIENTS[i % CLIENTS.length];
     const queue = BENCH_QUEUES[Math.floor(i / CLIENTS.length) % BENCH_QUEUES.length];
@@ -372,7 +405,10 @@ async function enqueueSingle() {
     ok += 1;
     enqueued.push({ id, client });
   });
-  const seconds = (performance.now() - t0) / 1000;
+  return singleResult(ok, (performance.now() - t0) / 1000, latencyStats(latencies), ticks0, byPid0);
+}
+
+function singleResult(ok, seconds, callLatency, ticks0, byPid0) {
   const ticks1 = workerdTicks();
   // workerd CPU per enqueue: moves less with the machine's load than req/s does.
   const cpuUs = ticks0 == null || ticks1 == null || ok === 0 ? null : ((ticks1 - ticks0) / TICKS_PER_S / ok) * 1e6;
@@ -380,7 +416,7 @@ async function enqueueSingle() {
   const perProcess = byPid0 && byPid1 && ok > 0
     ? Object.fromEntries(Object.entries(byPid1).map(([pid, t]) => [pid, Math.round(((t - (byPid0[pid] ?? 0)) / TICKS_PER_S / ok) * 1e6)]))
     : null;
-  return { calls: SINGLE, concurrency: SINGLE_CONCURRENCY, requests_ok: ok, seconds, requests_per_s: ok / seconds, workerd_cpu_us_per_enqueue: cpuUs, workerd_cpu_us_per_enqueue_by_pid: perProcess, call_latency: latencyStats(latencies) };
+  return { calls: SINGLE, concurrency: SINGLE_CONCURRENCY, load_generator: LOADGEN, requests_ok: ok, seconds, requests_per_s: ok / seconds, workerd_cpu_us_per_enqueue: cpuUs, workerd_cpu_us_per_enqueue_by_pid: perProcess, call_latency: callLatency };
 }
 
 async function enqueueBatched() {
@@ -696,8 +732,17 @@ async function runBaseline(logFile) {
     }
     const out = {};
     let t = performance.now();
-    await pool(SINGLE, SINGLE_CONCURRENCY, async () => void (await post("/enqueue", { params: PARAMS })));
-    out.enqueue_single_per_s = SINGLE / ((performance.now() - t) / 1000);
+    if (LOADGEN === "wrk") {
+      const r = await wrkCalls({
+        base, count: SINGLE, connections: SINGLE_CONCURRENCY,
+        requests: [{ method: "POST", path: "/enqueue", headers: { "content-type": "application/json" }, body: JSON.stringify({ params: PARAMS }), check: { status: 202, fields: {} } }],
+      });
+      if (r.ok !== SINGLE) throw new Error(`baseline: ${r.ok} of ${SINGLE} single enqueues answered 202: ${r.problems.slice(0, 3).join("; ")}`);
+      out.enqueue_single_per_s = r.perS;
+    } else {
+      await pool(SINGLE, SINGLE_CONCURRENCY, async () => void (await post("/enqueue", { params: PARAMS })));
+      out.enqueue_single_per_s = SINGLE / ((performance.now() - t) / 1000);
+    }
     t = performance.now();
     await pool(BATCHED / BATCH_SIZE, BATCH_CONCURRENCY, async () => void (await post("/enqueue", { requests: Array.from({ length: BATCH_SIZE }, () => ({ params: PARAMS })) })));
     out.enqueue_batched_per_s = BATCHED / ((performance.now() - t) / 1000);
@@ -757,8 +802,11 @@ async function main() {
   const envFile = join(stateDir, "bench.env");
   writeFileSync(envFile, `ADMIN_TOKEN=${ADMIN_TOKEN}\nINTERNAL_TOKEN=${INTERNAL_TOKEN}\n${EXTRA_VARS.map((v) => `${v}\n`).join("")}`);
 
+  LOADGEN = LOADGEN_ASKED || ((await haveWrk()) ? "wrk" : "node");
+  if (LOADGEN === "wrk" && !(await haveWrk())) throw new Error("QUEUE_BENCH_LOADGEN=wrk but wrk is not installed (apt-get install wrk)");
   console.log(`queue bench: ${SINGLE} single + ${BATCHED} batched enqueues, ${SAMPLES} samples per latency; wrangler ${wranglerVersion}, node ${process.version}, ${cpus().length} cpus, load ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
   if (EXTRA_VARS.length) console.log(`queue bench: the service runs with ${EXTRA_VARS.join(" ")} over wrangler.toml`);
+  console.log(`queue bench: single enqueues sent by ${LOADGEN === "wrk" ? "wrk (one native thread; QUEUE_BENCH_LOADGEN=node: Node's fetch)" : "Node's fetch (QUEUE_BENCH_LOADGEN=wrk: wrk, apt-get install wrk)"}, service and baseline alike`);
   console.log(`queue bench: ${BASE}, state in ${stateDir}, wrangler log in bench/results/queue-wrangler.log`);
   console.log(`queue bench: wrangler inspector proxy ${INSPECTOR ? "ON (wrangler's default)" : "off (VSCODE_INSPECTOR_OPTIONS set; QUEUE_BENCH_INSPECTOR=1 keeps it)"}`);
 
@@ -889,7 +937,7 @@ function summarize(result, { port, wranglerVersion, started }) {
   const D = result.drain;
   const E = D.execute_during_drain;
   const rows = [
-    ["enqueue, single calls", `${fmt(result.enqueue_single.requests_per_s, 0)} req/s`, `${result.enqueue_single.requests_ok}/${SINGLE} ok, c=${SINGLE_CONCURRENCY}, call p50 ${fmt(result.enqueue_single.call_latency.p50_ms, 1)} p95 ${fmt(result.enqueue_single.call_latency.p95_ms, 1)} ms, ${fmt(result.enqueue_single.workerd_cpu_us_per_enqueue, 0)} us CPU each`],
+    ["enqueue, single calls", `${fmt(result.enqueue_single.requests_per_s, 0)} req/s`, `${result.enqueue_single.requests_ok}/${SINGLE} ok, ${LOADGEN} c=${SINGLE_CONCURRENCY}, call p50 ${fmt(result.enqueue_single.call_latency.p50_ms, 1)} p95 ${fmt(result.enqueue_single.call_latency.p95_ms, 1)} ms, ${fmt(result.enqueue_single.workerd_cpu_us_per_enqueue, 0)} us CPU each`],
     ["enqueue, batches of 100", `${fmt(result.enqueue_batched.requests_per_s, 0)} req/s`, `${result.enqueue_batched.requests_ok}/${BATCHED} ok, c=${BATCH_CONCURRENCY}, call p50 ${fmt(result.enqueue_batched.call_latency.p50_ms, 1)} p95 ${fmt(result.enqueue_batched.call_latency.p95_ms, 1)} ms`],
   ];
   const latRows = [
@@ -974,7 +1022,7 @@ function summarize(result, { port, wranglerVersion, started }) {
   const out = {
     ...result,
     machine: { cpus: cpus().length, cpu_model: cpus()[0]?.model, platform: platform(), release: release(), node: process.version, wrangler: wranglerVersion, loadavg_end: loadavg() },
-    config: { vars: EXTRA_VARS, hold_s: HOLD_S, execute_concurrency: EXECUTE_CONCURRENCY, baseline: BASELINE, port, wrangler_inspector_proxy: INSPECTOR, execute_during_drain: DRAIN_EXECUTE, single: SINGLE, batched: BATCHED, batch_size: BATCH_SIZE, single_concurrency: SINGLE_CONCURRENCY, batch_concurrency: BATCH_CONCURRENCY, samples: SAMPLES, warmup_calls: WARMUP_CALLS, poll_ms: POLL_MS, drain_max_s: DRAIN_MAX_S, template: TEMPLATE, queues: BENCH_QUEUES, batchable: BATCHABLE },
+    config: { vars: EXTRA_VARS, load_generator_single: LOADGEN, hold_s: HOLD_S, execute_concurrency: EXECUTE_CONCURRENCY, baseline: BASELINE, port, wrangler_inspector_proxy: INSPECTOR, execute_during_drain: DRAIN_EXECUTE, single: SINGLE, batched: BATCHED, batch_size: BATCH_SIZE, single_concurrency: SINGLE_CONCURRENCY, batch_concurrency: BATCH_CONCURRENCY, samples: SAMPLES, warmup_calls: WARMUP_CALLS, poll_ms: POLL_MS, drain_max_s: DRAIN_MAX_S, template: TEMPLATE, queues: BENCH_QUEUES, batchable: BATCHABLE },
     targets,
     errors,
     elapsed_s: (Date.now() - started) / 1000,
