@@ -337,9 +337,10 @@ describe("month boundary", () => {
     expect((await setBudget(id, { monthly_budget_nano: 1_000_000 })).status).toBe(200);
     const now = new Date();
     const lastMonth = monthKey(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - 1, 15));
-    await runInDurableObject(clientStub(id), async (_: ClientObject, state) => {
-      state.storage.sql.exec("INSERT INTO spend (month, spent_nano) VALUES (?, ?)", lastMonth, 9_000_000_000_000_000);
-    });
+    // Spend booked through the object itself, as a settlement books it (an event dated last month).
+    await clientStub(id).recordSpend(null, [{ eventId: "last-month", costNano: 9_000_000_000_000_000, at: Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - 1, 15) }]);
+    expect(await runInDurableObject(clientStub(id), async (_: ClientObject, state) =>
+      state.storage.sql.exec<{ n: number }>("SELECT spent_nano AS n FROM spend WHERE month = ?", lastMonth).one().n)).toBe(9_000_000_000_000_000);
 
     const view = (await current(id)).body;
     expect(view).toMatchObject({ month: monthKey(Date.now()), spent_nano: 0, remaining_nano: 1_000_000, resets_at: nextMonthStart(Date.now()) });
@@ -347,9 +348,7 @@ describe("month boundary", () => {
     expect(r.status).toBe(202);
 
     // The same amount booked on this month's key refuses at once.
-    await runInDurableObject(clientStub(id), async (_: ClientObject, state) => {
-      state.storage.sql.exec("INSERT INTO spend (month, spent_nano) VALUES (?, ?)", monthKey(Date.now()), 995_000);
-    });
+    await clientStub(id).recordSpend(null, [{ eventId: "this-month", costNano: 995_000, at: Date.now() }]);
     expectError(await enqueue({ template }, key), 402, "budget_exceeded");
     expect((await current(id)).body).toMatchObject({ spent_nano: 995_000, in_flight_nano: 10_000, remaining_nano: 0 });
     await cancelAll([r.body.request.id], key);

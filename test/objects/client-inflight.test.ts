@@ -4,6 +4,7 @@ import { describe, expect, it } from "vitest";
 import type { BudgetLimit } from "../../src/domain/budget";
 import type { ClientObject } from "../../src/objects/client";
 import type { BudgetDecision } from "../../src/objects/client/types";
+import { MONEY_LEASE } from "../../src/domain/leases";
 
 /**
  * The client object keeps the sum of money in flight in memory (src/objects/client/ledger.ts) instead of
@@ -110,5 +111,43 @@ describe("money in flight is kept in memory, exactly", () => {
     expect(await sums(after)).toEqual({ table: "0", rows: 0, kept: "0", holds: 0 });
     expect(await after.admit(L, [{ requestId: "r5", estimateNano: 10_000 }])).toEqual([{ ok: true }]);
     expect(await sums(after)).toEqual({ table: "10000", rows: 1, kept: "10000", holds: 0 });
+  });
+});
+
+describe("money held outside requests and this month's spend are kept too, never stale", () => {
+  const quota = { maxConcurrent: 100, cpuMillicores: null, memoryMb: null, poolDaily: {} };
+
+  it("a hold counts until its drop time with no write in between, and stops counting then; a settled hold stops at once", async () => {
+    const { stub } = freshClient();
+    const L = limit(10_000);
+    const now = Date.now();
+    // Dropped 600 ms from now (its expiry + the grace), another much later.
+    expect(await stub.holdReservation(L, quota, { id: "soon", nano: 3_000, expiresAt: now + 600 - MONEY_LEASE.GRACE_MS, pool: "p", units: 1 })).toEqual({ ok: true });
+    expect(await stub.holdReservation(L, quota, { id: "late", nano: 2_000, expiresAt: now + 60_000, pool: "p", units: 1 })).toEqual({ ok: true });
+    expect((await stub.budget(L)).in_flight_nano).toBe(5_000);
+    // 5,000 left: an admission of 5,001 is refused, of 5,000 admitted (the kept sum is read, not the table).
+    expect(await stub.admit(L, [{ requestId: "x", estimateNano: 5_001 }])).toEqual([{ ok: false, budget: expect.objectContaining({ in_flight_nano: 5_000 }) }]);
+    await new Promise((r) => setTimeout(r, 700));
+    // Nothing was written since: the drop time alone takes "soon" out.
+    expect((await stub.budget(L)).in_flight_nano).toBe(2_000);
+    expect(await stub.admit(L, [{ requestId: "y", estimateNano: 8_000 }])).toEqual([{ ok: true }]);
+    expect((await sums(stub)).holds).toBe(1);
+    // A settled hold leaves at once.
+    await stub.settleReservation("late", null);
+    expect((await stub.budget(L)).in_flight_nano).toBe(8_000);
+    expect(await stub.admit(L, [{ requestId: "z", estimateNano: 2_000 }])).toEqual([{ ok: true }]);
+  });
+
+  it("spend booked after an admission read the month's spend counts for the next admission", async () => {
+    const { stub } = freshClient();
+    const L = limit(10_000);
+    expect(await stub.admit(L, [{ requestId: "a", estimateNano: 1_000 }])).toEqual([{ ok: true }]);
+    await stub.settle(null, [{ requestId: "a", events: [{ eventId: "ev-a", costNano: 6_000, at: Date.now() }] }]);
+    // 6,000 spent, nothing in flight: 4,000 left exactly.
+    expect(await stub.admit(L, [{ requestId: "b", estimateNano: 4_001 }])).toEqual([{ ok: false, budget: expect.objectContaining({ spent_nano: 6_000, in_flight_nano: 0 }) }]);
+    expect(await stub.admit(L, [{ requestId: "c", estimateNano: 4_000 }])).toEqual([{ ok: true }]);
+    // A wipe forgets the kept spend with the table.
+    await stub.forget();
+    expect(await stub.admit(L, [{ requestId: "d", estimateNano: 10_000 }])).toEqual([{ ok: true }]);
   });
 });

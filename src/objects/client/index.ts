@@ -33,7 +33,7 @@ export class ClientObject extends DurableObject<Env> {
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     this.sql = ctx.storage.sql;
-    this.jobs = new Jobs(env, this.sql, { waitUntil: (promise) => ctx.waitUntil(promise) });
+    this.jobs = new Jobs(env, this.sql, { waitUntil: (promise) => ctx.waitUntil(promise), unitsOn: (day) => this.ledger.unitsOn(day) });
     this.burstSessions = new Bursts(env, ctx, { clientId: () => this.clientId(), wakeScheduler: () => this.wakeScheduler() });
     this.ledger = new Ledger(env, this.sql, { clientId: () => this.clientId(), money: () => this.money, use: (now) => this.jobs.use(now) });
     this.createTables();

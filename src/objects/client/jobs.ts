@@ -5,6 +5,8 @@ import { fitsQuota, type JobClaim, type QuotaDecision, type QuotaUse, type Resol
 export interface JobsHost {
   /** Keep the object alive until `promise` settles (wakes sent after answering). */
   waitUntil(promise: Promise<unknown>): void;
+  /** Units spent per pool on a UTC day (./ledger.ts keeps them; not to be changed by the caller). */
+  unitsOn(day: string): Readonly<Record<string, number>>;
 }
 
 /**
@@ -98,8 +100,7 @@ export class Jobs {
   /** Held jobs, CPU and memory, and per pool: units spent today plus units held by running jobs. */
   use(now: number): QuotaUse {
     const held = this.jobs();
-    const poolToday: Record<string, number> = {};
-    for (const r of this.sql.exec<{ pool: string; units: number }>("SELECT pool, units FROM pool_day WHERE day = ?", dayKey(now))) poolToday[r.pool] = r.units;
+    const poolToday: Record<string, number> = { ...this.host.unitsOn(dayKey(now)) };
     for (const [pool, units] of held.poolUnits) poolToday[pool] = (poolToday[pool] ?? 0) + units;
     return { jobs: held.byId.size, cpuMillicores: held.cpu, memoryMb: held.memory, poolToday };
   }

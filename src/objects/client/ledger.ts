@@ -38,6 +38,10 @@ export class Ledger {
    * bigint, so no order of adds and subtracts can round it.
    */
   private flying: bigint | null = null;
+  /** This month's spend as last read or written (every write to `spend` is in this class): one statement fewer per admission. */
+  private spent: { month: string; nano: number } | null = null;
+  /** A day's units per pool as last read (every write to `pool_day` is in this class): read per admission and per acquire. */
+  private units: { day: string; byPool: Record<string, number> } | null = null;
 
   constructor(
     private readonly env: Env,
@@ -49,6 +53,8 @@ export class Ledger {
   reset(): void {
     this.reportedLine = null;
     this.flying = null;
+    this.spent = null;
+    this.units = null;
   }
 
   /**
@@ -61,17 +67,22 @@ export class Ledger {
     const spent = this.spentIn(monthKey(now));
     let inFlight = this.inFlight();
     const use = quota ? this.host.use(now) : null;
+    // A request admitted before is admitted again without counting twice, whatever the limits say now.
+    const already = (item: BudgetItem) => this.sql.exec("SELECT 1 FROM in_flight WHERE request_id = ?", item.requestId).toArray().length > 0;
     return items.map((item): BudgetDecision => {
-      const already = this.sql.exec("SELECT 1 FROM in_flight WHERE request_id = ?", item.requestId).toArray().length > 0;
-      if (already) return { ok: true };
       if (quota && use && item.pools) {
         const daily = fitsDaily(quota, use, item.pools);
-        if (!daily.ok) return { ok: false, quota: daily.shortfall };
+        if (!daily.ok) return already(item) ? { ok: true } : { ok: false, quota: daily.shortfall };
       }
-      if (!fitsBudget(limit, spent, inFlight, item.estimateNano)) return { ok: false, budget: budgetView(limit, spent, inFlight, now) };
+      if (!fitsBudget(limit, spent, inFlight, item.estimateNano)) return already(item) ? { ok: true } : { ok: false, budget: budgetView(limit, spent, inFlight, now) };
       // Read (and if need be load) the sum before the insert, so a first load cannot count the row twice.
       const sum = this.flyingNano() + exactNano(item.estimateNano);
-      this.sql.exec("INSERT INTO in_flight (request_id, estimate_nano, admitted_at) VALUES (?, ?, ?)", item.requestId, item.estimateNano, now);
+      // It fits: one statement admits it, or finds it admitted before (then nothing is counted again).
+      const inserted = this.sql.exec(
+        "INSERT INTO in_flight (request_id, estimate_nano, admitted_at) VALUES (?, ?, ?) ON CONFLICT (request_id) DO NOTHING RETURNING 1",
+        item.requestId, item.estimateNano, now,
+      ).toArray().length > 0;
+      if (!inserted) return { ok: true };
       this.flying = sum;
       inFlight += item.estimateNano;
       if (use && item.pools) for (const [pool, units] of Object.entries(item.pools)) use.poolToday[pool] = (use.poolToday[pool] ?? 0) + units;
@@ -128,8 +139,20 @@ export class Ledger {
     return this.sql.exec<{ seq: number }>("SELECT seq FROM delivered WHERE source = ?", source).toArray()[0]?.seq ?? 0;
   }
 
+  /** Units spent per pool on a UTC day (`pool_day`), for the daily caps per pool. */
+  unitsOn(day: string): Readonly<Record<string, number>> {
+    if (this.units?.day === day) return this.units.byPool;
+    const byPool: Record<string, number> = {};
+    for (const r of this.sql.exec<{ pool: string; units: number }>("SELECT pool, units FROM pool_day WHERE day = ?", day)) byPool[r.pool] = r.units;
+    this.units = { day, byPool };
+    return byPool;
+  }
+
   spentIn(month: string): number {
-    return this.sql.exec<{ n: number }>("SELECT COALESCE(MAX(spent_nano), 0) AS n FROM spend WHERE month = ?", month).one().n;
+    if (this.spent?.month === month) return this.spent.nano;
+    const nano = this.sql.exec<{ n: number }>("SELECT COALESCE(MAX(spent_nano), 0) AS n FROM spend WHERE month = ?", month).one().n;
+    this.spent = { month, nano };
+    return nano;
   }
 
   /** Estimates of admitted requests in flight (without the money held outside requests). */
@@ -211,6 +234,7 @@ export class Ledger {
       }
     }
     if (units.size) {
+      this.units = null;
       this.sql.exec(
         `INSERT INTO pool_day (day, pool, units) SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) WHERE true
          ON CONFLICT (day, pool) DO UPDATE SET units = units + excluded.units`,
@@ -218,6 +242,7 @@ export class Ledger {
       );
     }
     if (cost.size) {
+      this.spent = null;
       this.sql.exec(
         `INSERT INTO spend (month, spent_nano) SELECT key, value FROM json_each(?) WHERE true
          ON CONFLICT (month) DO UPDATE SET spent_nano = spent_nano + excluded.spent_nano`,
@@ -237,6 +262,7 @@ export class Ledger {
     // A pool outbox silent for as long is gone (its object re-created under a new epoch, or deleted).
     this.sql.exec("DELETE FROM delivered WHERE updated_at < ?", now - COUNTED_TTL_MS);
     this.sql.exec("DELETE FROM pool_day WHERE day < ?", dayKey(now - 2 * DAY_MS));
+    this.units = null;
     this.cleanedAt = now;
   }
 }

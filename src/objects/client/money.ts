@@ -20,6 +20,12 @@ export interface MoneyHost {
  * covered until its hold's drop time.
  */
 export class MoneyBook {
+  /**
+   * The sum of the holds and the earliest drop time among them, kept so that an admission (every
+   * enqueue) runs no statement here while no hold has expired: null after any write, read again then.
+   */
+  private kept: { nano: number; nextDropAt: number } | null = null;
+
   constructor(private readonly sql: SqlStorage, private readonly host: MoneyHost) {
     sql.exec(`
       CREATE TABLE IF NOT EXISTS money_holds (
@@ -34,8 +40,11 @@ export class MoneyBook {
 
   /** Money held now (expired holds dropped first). */
   held(now: number): number {
+    if (this.kept && now < this.kept.nextDropAt) return this.kept.nano;
     this.sql.exec("DELETE FROM money_holds WHERE drop_at <= ?", now);
-    return this.sql.exec<{ n: number }>("SELECT COALESCE(SUM(nano), 0) AS n FROM money_holds").one().n;
+    const r = this.sql.exec<{ n: number; next: number | null }>("SELECT COALESCE(SUM(nano), 0) AS n, MIN(drop_at) AS next FROM money_holds").one();
+    this.kept = { nano: r.n, nextDropAt: r.next ?? Infinity };
+    return r.n;
   }
 
   /** Money in flight: admitted requests' estimates and every hold. */
@@ -70,6 +79,7 @@ export class MoneyBook {
     }
     if (nano <= 0) return { lease: null, refused };
     const id = newId("money_hold", now);
+    this.kept = null;
     this.sql.exec(
       "INSERT INTO money_holds (id, nano, drop_at) VALUES (?, ?, ?)",
       id, nano, now + MONEY_LEASE.TTL_MS + MONEY_LEASE.GRACE_MS,
@@ -79,6 +89,7 @@ export class MoneyBook {
 
   /** Hold a reservation's price until it is settled or its expiry (plus the grace) passes. */
   hold(id: string, nano: number, expiresAt: number): void {
+    this.kept = null;
     this.sql.exec(
       "INSERT INTO money_holds (id, nano, drop_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
       id, nano, expiresAt + MONEY_LEASE.GRACE_MS,
@@ -87,6 +98,7 @@ export class MoneyBook {
 
   /** A lease or reservation comes back: its hold ends; the spend made under it stays held until delivered. */
   giveBack(id: string, marks: SpendMark[], now: number): void {
+    this.kept = null;
     this.sql.exec("DELETE FROM money_holds WHERE id = ?", id);
     for (const [source, seq, nano] of marks) {
       if (nano <= 0 || seq <= this.host.delivered(source)) continue;
@@ -99,6 +111,7 @@ export class MoneyBook {
 
   /** A pool outbox delivered up to `seq`: spend handed back under it is in the month's spend now. */
   delivered(source: string, seq: number): void {
+    this.kept = null;
     this.sql.exec("DELETE FROM money_holds WHERE source = ? AND seq <= ?", source, seq);
   }
 
