@@ -388,7 +388,7 @@ async function enqueueSingle() {
   const ticks0 = workerdTicks();
   const byPid0 = workerdTicksByPid();
   const t0 = performance.now();
-  if (LOADGEN === "wrk") {
+  if (LOADGEN === "wrk" && SINGLE > 0) {
     const r = await enqueueSingleWrk();
     return singleResult(r.ok, r.seconds, r.latency, ticks0, byPid0);
   }
@@ -732,7 +732,7 @@ async function runBaseline(logFile) {
     }
     const out = {};
     let t = performance.now();
-    if (LOADGEN === "wrk") {
+    if (LOADGEN === "wrk" && SINGLE > 0) {
       const r = await wrkCalls({
         base, count: SINGLE, connections: SINGLE_CONCURRENCY,
         requests: [{ method: "POST", path: "/enqueue", headers: { "content-type": "application/json" }, body: JSON.stringify({ params: PARAMS }), check: { status: 202, fields: {} } }],
