@@ -1,4 +1,5 @@
 import { abortAllDurableObjects, runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:workers";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import type { SchedulerObject } from "../../src/objects/scheduler";
 import { ADMIN, call, enqueue, eventually, makeClient, makePool, makeTemplate, scheduler, settled, sleep } from "../support/helpers";
@@ -21,6 +22,17 @@ async function failClientSettlements(failures: number): Promise<void> {
         },
       };
     };
+  });
+}
+
+/** What the settlement reaches for a pool object (the fault injected there: the pool object unreachable). */
+type PoolStubOf = { poolStub: (pool: string) => { releaseMany: (...args: unknown[]) => Promise<unknown> } };
+
+/** Every pool release of the scheduler's settlements fails until the objects restart, as when the pool cannot be reached. */
+async function failPoolReleases(): Promise<void> {
+  await runInDurableObject(scheduler(), (instance: SchedulerObject) => {
+    const settlement = (instance as unknown as { settlement: PoolStubOf }).settlement;
+    settlement.poolStub = () => ({ releaseMany: async () => { throw new Error("pool object unreachable"); } });
   });
 }
 
@@ -93,5 +105,47 @@ describe("a settlement that fails (a client object unreachable)", () => {
       return s.spent_nano === 1000 && s.in_flight_nano === 0 ? s : null;
     }, 5000, "the client's spend of one run");
     expect(lines.some((l) => l.msg === "release_refused")).toBe(false);
+  }, 40_000);
+
+  it("with its pool unreachable past the reservation's expiry: the late release is counted (use and cost, once), and the units that went back at expiry are not taken again", async () => {
+    const pool = await makePool({ capacity: 100, refillPerSec: 0, costPerUnitNano: 1000 });
+    const template = await makeTemplate([{ pool: pool.id, amount: 4 }], { timeoutMs: 500 });
+    const client = await makeClient("settle-late");
+    const lines = captureLog();
+    await failPoolReleases();
+    const r = await enqueue({ template, queue: "fast" }, client.key);
+    expect(r.status, JSON.stringify(r.body)).toBe(202);
+    const id: string = r.body.request.id;
+    await eventually(async () => lines.find((l) => l.msg === "settle_failed" && l.failures === 2), 8000, "the second settle_failed line");
+    expect(lines.find((l) => l.msg === "settle_failed")).toMatchObject({ error: "Error: pool object unreachable" });
+    // Past the lease (timeout 500 ms + LEASE_MARGIN_MS 1,000): the pool expires the reservation and its 4 units go back.
+    await sleep(1600);
+    // A stub each time: stubs made before abortAllDurableObjects() cannot be used after it.
+    const poolObject = () => env.POOL.get(env.POOL.idFromName(pool.id));
+    expect(await poolObject().configure(pool)).toMatchObject({ level: 100, activeReservations: 0 });
+    const reservationOf = () => runInDurableObject(poolObject(), (_: unknown, state: DurableObjectState) =>
+      state.storage.sql.exec<{ status: string; consumed: number | null; cost_nano: number | null }>("SELECT status, consumed, cost_nano FROM reservations WHERE request_id = ?", id).one());
+    expect(await reservationOf()).toMatchObject({ status: "expired" });
+    // The pool is reachable again after the restart: the owed settlement releases late, and is counted.
+    await abortAllDurableObjects();
+    const done = await settled(id, ["completed", "failed"], 15_000, client.key);
+    expect(done).toMatchObject({ status: "completed", attempts: 1 });
+    // What the worker reported using of its 4 units (the sample worker reports its own figure), at 1,000 each.
+    const used: number = done.actual[0].units;
+    expect(used).toBeGreaterThan(0);
+    expect(done.actual).toEqual([{ pool: pool.id, units: used, cost_nano: used * 1000 }]);
+    expect(done.actual_nano).toBe(used * 1000);
+    expect(await reservationOf()).toEqual({ status: "released", consumed: used, cost_nano: used * 1000 });
+    await eventually(async () => {
+      const s = await spendOf(client.id);
+      return s.spent_nano === used * 1000 && s.in_flight_nano === 0 ? s : null;
+    }, 5000, "the client's spend of one run, counted late");
+    // The units went back at expiry and are not taken again; the overshoot is logged by the pool.
+    expect(await poolObject().configure(pool)).toMatchObject({ level: 100, activeReservations: 0 });
+    expect(lines.some((l) => l.msg === "release_refused")).toBe(false);
+    expect(lines.find((l) => l.msg === "release_after_expiry")).toMatchObject({ level: "warn", pool: pool.id, request_id: id, units: used });
+    // Settled again (a replay), it is answered as the first time: nothing more is counted.
+    await scheduler().pass("test");
+    expect(await spendOf(client.id)).toMatchObject({ spent_nano: used * 1000, in_flight_nano: 0 });
   }, 40_000);
 });

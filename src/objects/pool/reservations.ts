@@ -1,5 +1,6 @@
 import { giveBack, take } from "../../domain/bucket";
 import { newId } from "../../domain/ids";
+import { log } from "../../log";
 import type { Caller, PoolConfig } from "../../domain/types";
 import type { UsageEvent } from "../../storage/usage";
 import { fail } from "./results";
@@ -201,7 +202,11 @@ export class Reservations {
         },
       };
     }
-    if (row.status !== "held") {
+    // The scheduler's settlement of a request whose reservation expired first (a settlement owed while this
+    // pool could not be reached, past the request's lease): the work ran, so its use and cost are counted.
+    // The units went back when it expired and are not taken again: the limit was exceeded by them then.
+    const late = row.status === "expired" && item.replay === true && row.request_id !== null && row.request_id === item.requestId;
+    if (row.status !== "held" && !late) {
       return fail("reservation_closed", `reservation ${reservationId} is ${row.status}`, { status: row.status });
     }
     if (actualUsed > row.amount) {
@@ -210,7 +215,8 @@ export class Reservations {
       });
     }
     const store = this.store;
-    const refunded = row.amount - actualUsed;
+    const refunded = late ? 0 : row.amount - actualUsed;
+    if (late && actualUsed > 0) log.warn("release_after_expiry", { pool: cfg.id, reservation_id: row.id, request_id: row.request_id, units: actualUsed });
     store.bucket = giveBack(store.bucket, refunded, cfg);
     const event = actualUsed > 0
       ? store.usageEvent(cfg, { clientId: row.client_id, tier: caller.tier, via: row.via }, row.request_id, "reservation", actualUsed, now)

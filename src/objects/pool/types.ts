@@ -110,7 +110,9 @@ export interface BatchReleaseItem {
   /**
    * The scheduler's settlement of `requestId`: a repeat of a release already made for that request is
    * answered as the first one was (units, cost, usage event), not `reservation_closed`, so a settlement
-   * that failed part-way can be made again without losing or counting twice what was spent.
+   * that failed part-way can be made again without losing or counting twice what was spent. A release of
+   * that request's reservation after it expired (its settlement owed past the lease) is counted then:
+   * its use and cost recorded, the units not taken again (they went back at expiry).
    */
   replay?: boolean;
   requestId?: string;

@@ -7,9 +7,11 @@
  *
  * Made again after SETTLE_RETRY_MS, then every SETTLE_RETRY_EVERY_MS, for as long as it takes. Each
  * step is idempotent: the pools answer a repeated release with the first answer (kept a day), the
- * client object counts each usage event once, and requests settled meanwhile are skipped. One limit:
- * a pool that cannot be reached past a reservation's expiry (the request's lease) has given the units
- * back by then, and refuses the late release (`release_refused`): that pool's use is not counted.
+ * client object counts each usage event once, and requests settled meanwhile are skipped. A pool that
+ * cannot be reached past a reservation's expiry (the request's lease) has given the units back by then:
+ * it counts the late release's use and cost without taking them again (`release_after_expiry`, see
+ * ../pool/reservations.ts). One limit: a settled reservation is forgotten a day after its expiry, and
+ * a release later than that is refused (`release_refused`): that pool's use is not counted.
  */
 import type { Outcome } from "./rows";
 

@@ -280,7 +280,7 @@ export class Settlement {
       if (!cfg) return;
       // `replay`: a settlement made again after one failed part-way gets the first release's answers.
       const items = list.map(({ row, hold, used }) => ({ caller: callerOf(row), reservationId: hold.reservationId, actualUsed: used, replay: true, requestId: row.id }));
-      const results = (await poolStub(this.env, pool).releaseMany(cfg, items)) as Result<ReleaseResult>[];
+      const results = (await this.poolStub(pool).releaseMany(cfg, items)) as Result<ReleaseResult>[];
       results.forEach((r, i) => {
         const { row } = list[i]!;
         if (!r.ok) {
@@ -324,6 +324,10 @@ export class Settlement {
     }
     this.health.saveCounters();
     return failed;
+  }
+
+  private poolStub(pool: string) {
+    return poolStub(this.env, pool);
   }
 
   private clientStub(clientId: string) {
