@@ -31,7 +31,8 @@ const luaString = (s) => `"${String(s).replace(/\\/g, "\\\\").replace(/"/g, '\\"
  * @param {number} o.connections     in flight at once
  * @param {string} [o.idField]       a body field whose first value is collected from every good answer (e.g. "id"),
  *                                   with the index of the request whose check it matched
- * @param {number} [o.timeoutS]      wrk's per-call timeout and the run's upper bound (default 60)
+ * @param {number} [o.timeoutS]      wrk's per-call timeout (default 60); the run's upper bound is the larger of
+ *                                   it and one second per 50 calls
  * @returns {Promise<{ok: number, answered: number, sent: number, problems: string[], seconds: number, perS: number,
  *                    latency: {p50_ms: number, p95_ms: number, p99_ms: number, max_ms: number}, ids: Array<{id: string, request: number}>,
  *                    socketErrors: object}>}
@@ -134,7 +135,8 @@ end
   writeFileSync(scriptFile, script);
   try {
     await new Promise((resolve, reject) => {
-      const child = execFile("wrk", ["-t1", `-c${connections}`, `-d${timeoutS}s`, "--timeout", `${timeoutS}s`, "-s", scriptFile, base], { timeout: (timeoutS + 30) * 1000 }, (err, stdout, stderr) => {
+      const runS = Math.max(timeoutS, Math.ceil(count / 50));
+      const child = execFile("wrk", ["-t1", `-c${connections}`, `-d${runS}s`, "--timeout", `${timeoutS}s`, "-s", scriptFile, base], { timeout: (runS + 30) * 1000 }, (err, stdout, stderr) => {
         clearInterval(poll);
         if (err && !ended) reject(new Error(`wrk failed: ${err.message}\n${stdout}\n${stderr}`));
         else if (!existsSync(out)) reject(new Error(`wrk wrote no results\n${stdout}\n${stderr}`));
