@@ -3,6 +3,7 @@ import { AppError } from "../errors";
 import { log } from "../log";
 import { applyAlerts, type AppliedAlerts } from "../storage/alert-apply";
 import { ackAlert, getAlert, type Alert } from "../storage/alerts";
+import { clientIds } from "../storage/clients";
 import { budgetLimit, poolConfigs } from "../storage/config";
 import { poolStub } from "../objects/pool/stub";
 import { queueStatus } from "./scheduler";
@@ -43,9 +44,9 @@ export async function checkAlerts(env: Env, now: number, traceId?: string): Prom
 
 /** Every active client's spend this month against its budget, from the clients' own objects. */
 async function budgetSnapshots(env: Env, now: number): Promise<BudgetSnapshot[]> {
-  const { results } = await env.DB.prepare("SELECT id FROM clients WHERE status = 'active'").all<{ id: string }>();
+  const ids = await clientIds(env.DB, { active: true });
   const month = monthOf(now);
-  const snapshots = await Promise.all(results.map(async ({ id }) => {
+  const snapshots = await Promise.all(ids.map(async (id) => {
     const limit = await budgetLimit(env, id);
     if (!limit) return null;
     const view = await env.CLIENT.get(env.CLIENT.idFromName(id)).budget(limit);

@@ -1,5 +1,6 @@
 import type { BudgetView } from "../domain/budget";
 import { AppError } from "../errors";
+import { clientIds } from "../storage/clients";
 import { budgetLimit } from "../storage/config";
 import { unfinished } from "./scheduler";
 
@@ -21,9 +22,8 @@ const IN_FLIGHT_GRACE_MS = 60_000;
  * lost) would hold a client's budget forever: take it out of flight. Returns how many were dropped.
  */
 export async function reconcileInFlight(env: Env, now: number): Promise<number> {
-  const { results } = await env.DB.prepare("SELECT id FROM clients").all<{ id: string }>();
   let dropped = 0;
-  for (const { id } of results) {
+  for (const id of await clientIds(env.DB)) {
     const client = env.CLIENT.get(env.CLIENT.idFromName(id));
     const old = await client.inFlightSince(now - IN_FLIGHT_GRACE_MS);
     if (old.length === 0) continue;

@@ -48,6 +48,12 @@ export async function countRows(db: D1Database, now = Date.now()): Promise<Recor
 }
 
 /** What decides a client's budget (see resolveBudget); null for an unknown client. */
+/** The ids of every client (`active`: only active ones, whose budgets the alert check reads). */
+export async function clientIds(db: D1Database, opts: { active?: boolean } = {}): Promise<string[]> {
+  const { results } = await db.prepare(opts.active ? "SELECT id FROM clients WHERE status = 'active'" : "SELECT id FROM clients").all<{ id: string }>();
+  return results.map((r) => r.id);
+}
+
 export async function findBudgetSettings(db: D1Database, clientId: string): Promise<BudgetSettings | null> {
   const row = await db
     .prepare(
