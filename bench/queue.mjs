@@ -393,8 +393,7 @@ async function enqueueSingle() {
     return singleResult(r.ok, r.seconds, r.latency, ticks0, byPid0);
   }
   await pool(SINGLE, SINGLE_CONCURRENCY, async (i) => {
-    const client = CLIENTS[i % CLIENTS.length];
-    const queue = BENCH_QUEUES[Math.floor(i / CLIENTS.length) % BENCH_QUEUES.length];
+    const { client, queue } = singleOf(i);
     const res = await call("POST", "/api/queue/enqueue", { token: client.key, body: spec(queue) });
     latencies.push(res.ms);
     const id = res.json?.request?.id;
@@ -802,8 +801,9 @@ async function main() {
   const envFile = join(stateDir, "bench.env");
   writeFileSync(envFile, `ADMIN_TOKEN=${ADMIN_TOKEN}\nINTERNAL_TOKEN=${INTERNAL_TOKEN}\n${EXTRA_VARS.map((v) => `${v}\n`).join("")}`);
 
-  LOADGEN = LOADGEN_ASKED || ((await haveWrk()) ? "wrk" : "node");
-  if (LOADGEN === "wrk" && !(await haveWrk())) throw new Error("QUEUE_BENCH_LOADGEN=wrk but wrk is not installed (apt-get install wrk)");
+  const wrkInstalled = await haveWrk();
+  LOADGEN = LOADGEN_ASKED || (wrkInstalled ? "wrk" : "node");
+  if (LOADGEN === "wrk" && !wrkInstalled) throw new Error("QUEUE_BENCH_LOADGEN=wrk but wrk is not installed (apt-get install wrk)");
   console.log(`queue bench: ${SINGLE} single + ${BATCHED} batched enqueues, ${SAMPLES} samples per latency; wrangler ${wranglerVersion}, node ${process.version}, ${cpus().length} cpus, load ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
   if (EXTRA_VARS.length) console.log(`queue bench: the service runs with ${EXTRA_VARS.join(" ")} over wrangler.toml`);
   console.log(`queue bench: single enqueues sent by ${LOADGEN === "wrk" ? "wrk (one native thread; QUEUE_BENCH_LOADGEN=node: Node's fetch)" : "Node's fetch (QUEUE_BENCH_LOADGEN=wrk: wrk, apt-get install wrk)"}, service and baseline alike`);

@@ -191,8 +191,10 @@ export class Reservations {
       this.refundExpired(row, cfg);
       changes.expired.push(row.id);
     }
-    // The scheduler settling again after a settlement failed part-way: the first release's answer.
-    if (row.status === "released" && item.replay && row.request_id !== null && row.request_id === item.requestId) {
+    // The scheduler's own settlement of the request this reservation was made for.
+    const ours = item.replay === true && row.request_id !== null && row.request_id === item.requestId;
+    // Made again after a settlement failed part-way: the first release's answer.
+    if (row.status === "released" && ours) {
       const consumed = Number(row.consumed ?? 0);
       return {
         ok: true,
@@ -205,7 +207,7 @@ export class Reservations {
     // The scheduler's settlement of a request whose reservation expired first (a settlement owed while this
     // pool could not be reached, past the request's lease): the work ran, so its use and cost are counted.
     // The units went back when it expired and are not taken again: the limit was exceeded by them then.
-    const late = row.status === "expired" && item.replay === true && row.request_id !== null && row.request_id === item.requestId;
+    const late = row.status === "expired" && ours;
     if (row.status !== "held" && !late) {
       return fail("reservation_closed", `reservation ${reservationId} is ${row.status}`, { status: row.status });
     }
