@@ -44,3 +44,22 @@ export const RETENTION_RULES: Record<RetentionKind, RetentionRule> = {
 export function cutoffOf(now: number, days: number): number {
   return now - days * DAY_MS;
 }
+
+/**
+ * Fixed horizons inside the objects (not operator settings: each bounds another's correctness).
+ *
+ * A pool keeps a settled reservation this long after its expiry, to answer a release made again (the
+ * scheduler's settlement retried after it failed part-way) with the first release's answer and usage
+ * event. Past it the reservation is forgotten, stored or not: a release is refused.
+ */
+export const SETTLED_RESERVATION_KEEP_MS = DAY_MS;
+
+/**
+ * A client object keeps the id of each spend event it counted (so a settlement made again counts it
+ * once) this long, by the event's time. The only events counted by id are the scheduler's reservation
+ * releases, and a pool answers one again only while it keeps the reservation: until a day after its
+ * expiry, which is at most a lease (template timeout, at most 15 minutes, plus LEASE_MARGIN_MS, at most
+ * an hour) after the event. Two days covers that with most of a day to spare. It was 40 days: one row per
+ * settled request for 40 days (~40 million for a client settling a million a day).
+ */
+export const COUNTED_EVENT_KEEP_MS = 2 * DAY_MS;

@@ -191,6 +191,24 @@ describe("settle counts each event once", () => {
     expect(rows.delivered).toEqual([{ source: "pool-a:e1", seq: 5 }, { source: "pool-a:e2", seq: 1 }, { source: "pool-b:e1", seq: 1 }]);
   });
 
+  it("counted event ids are kept two days by event time: an older one is forgotten by the cleanup (a range of the at index), a newer one still counts once", async () => {
+    const { stub } = freshClient();
+    const now = Date.now();
+    // Rows as the 40-day horizon left them: one past two days, one inside.
+    await runInDurableObject(stub, (_: ClientObject, state) => {
+      state.storage.sql.exec("INSERT INTO counted (event_id, cost_nano, at) VALUES ('evt-3d', 1, ?), ('evt-1d', 1, ?)", now - 3 * DAY_MS, now - DAY_MS);
+    });
+    // The object's first spend runs the cleanup; the event a day old is still known, so not counted again.
+    await stub.recordSpend(UNLIMITED, [event("evt-new", 10), event("evt-1d", 1000, { at: now - DAY_MS })]);
+    expect((await stub.budget(UNLIMITED)).spent_nano).toBe(10);
+    const { ids, plan } = await runInDurableObject(stub, (_: ClientObject, state) => ({
+      ids: state.storage.sql.exec<{ event_id: string }>("SELECT event_id FROM counted ORDER BY event_id").toArray().map((r) => r.event_id),
+      plan: state.storage.sql.exec<{ detail: string }>("EXPLAIN QUERY PLAN SELECT event_id FROM counted WHERE at < ? ORDER BY at LIMIT ?", now, 10).toArray().map((r) => r.detail).join("; "),
+    }));
+    expect(ids).toEqual(["evt-1d", "evt-new"]);
+    expect(plan).toContain("USING INDEX counted_at");
+  });
+
   it("spend through recordSpend with a budget: totals exact and the budget alert raised once the line is crossed", async () => {
     const { id, stub } = freshClient();
     const limit: BudgetLimit = { limitNano: 1000, source: "client" };

@@ -158,6 +158,17 @@ describe("settled reservations", () => {
     });
     const late = (await stub.release(pool, acme, recent!.reservationId, 0)) as Result<ReleaseResult>;
     expect(late).toMatchObject({ ok: false, error: { code: "reservation_closed", details: { status: "released" } } });
+    // The scheduler's settlement made again gets the first answer within the keep, and is refused past
+    // it while the row is still stored (the alarm has not deleted it): a client object keeps counted
+    // event ids only two days (src/domain/retention.ts), so no answer may repeat an event after that.
+    const replays = (await stub.releaseMany(pool, [old!, recent!].map((r, i) => ({
+      caller: acme, reservationId: r.reservationId, actualUsed: 0, replay: true, requestId: i === 0 ? "old" : "recent",
+    })))) as Result<ReleaseResult>[];
+    expect(replays[0]).toMatchObject({ ok: false, error: { code: "reservation_not_found" } });
+    expect(replays[1]).toMatchObject({ ok: true, value: { reservationId: recent!.reservationId, consumed: 0, refunded: 1 } });
+    await runInDurableObject(stub, (_instance: PoolObject, state) => {
+      expect(state.storage.sql.exec("SELECT status FROM reservations WHERE id = ?", old!.reservationId).one().status).toBe("released");
+    });
 
     expect(await runDurableObjectAlarm(stub)).toBe(true);
     await runInDurableObject(stub, (_instance: PoolObject, state) => {

@@ -158,8 +158,8 @@ export class ClientObject extends DurableObject<Env> {
   }
 
   /**
-   * Spend that did not come through a request (a platform worker's direct consume), delivered by the
-   * pool objects' outboxes. Idempotent by event id.
+   * Spend events counted by id, as a settlement's (idempotent: an id is counted once while the object
+   * keeps it, COUNTED_EVENT_KEEP_MS by event time). Pool outboxes deliver by seq (recordPoolSpend).
    */
   async recordSpend(limit: BudgetLimit | null, events: SpendEvent[]): Promise<void> {
     await this.ledger.spend(limit, events);
@@ -170,7 +170,7 @@ export class ClientObject extends DurableObject<Env> {
    * `source` names that outbox (pool id and the outbox's epoch) and each event carries its `seq` there.
    * An outbox delivers in seq order and a retried delivery starts again at its first undelivered event,
    * so an event is new exactly when its seq is above the highest counted from its source: one row per
-   * source here, not one per event (`counted` would grow by every direct consume for 40 days).
+   * source here, not one per event (`counted` would grow by every direct consume for days).
    */
   async recordPoolSpend(limit: BudgetLimit | null, source: string, pool: string, events: PoolSpend[]): Promise<void> {
     await this.ledger.recordPoolSpend(limit, source, pool, events);

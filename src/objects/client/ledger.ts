@@ -1,14 +1,21 @@
 import { BUDGET_CRITICAL_PERCENT, BUDGET_WARN_PERCENT, budgetAlerts, reached } from "../../domain/alerts";
 import { budgetView, fitsBudget, type BudgetLimit } from "../../domain/budget";
 import { DAY_MS, dayKey, monthKey } from "../../domain/calendar";
+import { COUNTED_EVENT_KEEP_MS } from "../../domain/retention";
 import { fitsDaily, type QuotaUse, type ResolvedQuota } from "../../domain/quota";
 import { log } from "../../log";
 import { applyAlerts } from "../../storage/alert-apply";
 import type { MoneyBook } from "./money";
 import type { BudgetDecision, BudgetItem, PoolSpend, Settlement, SpendEvent } from "./types";
 
-/** How long counted event ids are kept to make spend idempotent (redelivery comes within minutes). */
-const COUNTED_TTL_MS = 40 * DAY_MS;
+/** A pool outbox silent this long is gone (its object re-created under a new epoch, or deleted): its watermark row goes. */
+const DELIVERED_TTL_MS = 40 * DAY_MS;
+/**
+ * Counted event ids deleted per cleanup at most (one a minute): a client settling a million requests a
+ * day adds ~700 a minute, so the table keeps up; a backlog (the rows of the old 40-day horizon, on the
+ * first cleanups after an upgrade) clears over hours, and no cleanup holds the object for long.
+ */
+const COUNTED_DELETE_LIMIT = 20_000;
 /** How often spend also runs the housekeeping deletes. */
 const CLEANUP_EVERY_MS = 60_000;
 
@@ -253,14 +260,17 @@ export class Ledger {
   }
 
   /**
-   * Forget counted ids past their TTL and pool days before yesterday. Housekeeping (the first scans the
-   * whole table), so at most once a minute: both horizons are days long, a minute late changes nothing.
+   * Forget counted ids past COUNTED_EVENT_KEEP_MS (oldest first, a bounded range of the `at` index),
+   * silent pool outboxes and pool days before yesterday. Housekeeping, so at most once a minute: every
+   * horizon is days long, a minute late changes nothing.
    */
   private cleanUp(now: number): void {
     if (now - this.cleanedAt < CLEANUP_EVERY_MS) return;
-    this.sql.exec("DELETE FROM counted WHERE at < ?", now - COUNTED_TTL_MS);
-    // A pool outbox silent for as long is gone (its object re-created under a new epoch, or deleted).
-    this.sql.exec("DELETE FROM delivered WHERE updated_at < ?", now - COUNTED_TTL_MS);
+    this.sql.exec(
+      "DELETE FROM counted WHERE event_id IN (SELECT event_id FROM counted WHERE at < ? ORDER BY at LIMIT ?)",
+      now - COUNTED_EVENT_KEEP_MS, COUNTED_DELETE_LIMIT,
+    );
+    this.sql.exec("DELETE FROM delivered WHERE updated_at < ?", now - DELIVERED_TTL_MS);
     this.sql.exec("DELETE FROM pool_day WHERE day < ?", dayKey(now - 2 * DAY_MS));
     this.units = null;
     this.cleanedAt = now;

@@ -1,5 +1,6 @@
 import { giveBack, take } from "../../domain/bucket";
 import { newId } from "../../domain/ids";
+import { SETTLED_RESERVATION_KEEP_MS } from "../../domain/retention";
 import { log } from "../../log";
 import type { Caller, PoolConfig } from "../../domain/types";
 import type { UsageEvent } from "../../storage/usage";
@@ -46,9 +47,6 @@ interface Settlements {
   released: Array<{ id: string; consumed: number; costNano: number; eventId: string | null }>;
   events: UsageEvent[];
 }
-
-/** How long a settled (released or expired) reservation is kept after its expiry time. */
-const SETTLED_RETENTION_MS = 24 * 60 * 60 * 1000;
 
 /**
  * A pool's reservations: units taken from the bucket for a holder until it settles them (consumed and
@@ -164,11 +162,11 @@ export class Reservations {
   }
 
   /**
-   * Settled reservations answer a late release with reservation_closed for a day, then are forgotten
+   * Settled reservations answer a late release with reservation_closed for a day (SETTLED_RESERVATION_KEEP_MS), then are forgotten
    * (one row per dispatched request would otherwise stay forever). Served by the (status, expires_at) index.
    */
   forgetSettled(now: number): void {
-    this.store.sql.exec("DELETE FROM reservations WHERE status IN ('released', 'expired') AND expires_at < ?", now - SETTLED_RETENTION_MS);
+    this.store.sql.exec("DELETE FROM reservations WHERE status IN ('released', 'expired') AND expires_at < ?", now - SETTLED_RESERVATION_KEEP_MS);
   }
 
   /** Units came back: wake every scheduler shard with a request waiting here, so the first in line takes them. */
@@ -184,7 +182,10 @@ export class Reservations {
    */
   private settle(cfg: PoolConfig, row: ReservationRow | undefined, item: BatchReleaseItem, now: number, changes: Settlements): Result<ReleaseResult> {
     const { caller, reservationId, actualUsed } = item;
-    if (!row || row.client_id !== caller.clientId) {
+    // A settled reservation past its keep is forgotten even while its row waits for the alarm to delete
+    // it: a client object keeps the event ids it counted only so long (src/domain/retention.ts).
+    const forgotten = row !== undefined && row.status !== "held" && row.expires_at < now - SETTLED_RESERVATION_KEEP_MS;
+    if (!row || forgotten || row.client_id !== caller.clientId) {
       return fail("reservation_not_found", `no reservation ${reservationId} in pool ${cfg.id}`);
     }
     if (row.status === "held" && row.expires_at <= now) {
