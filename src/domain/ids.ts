@@ -39,6 +39,11 @@ export function newId(kind: IdKind, now: number = Date.now()): string {
   return timeOrderedId(ID_PREFIXES[kind], now);
 }
 
+/** A key that sorts after every id of this kind made before `at` and before every one made at or after it. */
+export function idFloor(kind: IdKind, at: number): string {
+  return `${ID_PREFIXES[kind]}_${Math.max(0, Math.floor(at)).toString(16).padStart(12, "0").slice(-12)}`;
+}
+
 export function timeOrderedId(prefix: string, now: number = Date.now()): string {
   const ms = Math.max(0, Math.floor(now));
   const t = tail;

@@ -3,6 +3,7 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { BudgetLimit } from "../../src/domain/budget";
 import { DAY_MS, monthKey } from "../../src/domain/calendar";
+import { idFloor, newId } from "../../src/domain/ids";
 import type { ResolvedQuota } from "../../src/domain/quota";
 import type { ClientObject } from "../../src/objects/client";
 import type { SpendEvent } from "../../src/objects/client/types";
@@ -191,22 +192,44 @@ describe("settle counts each event once", () => {
     expect(rows.delivered).toEqual([{ source: "pool-a:e1", seq: 5 }, { source: "pool-a:e2", seq: 1 }, { source: "pool-b:e1", seq: 1 }]);
   });
 
-  it("counted event ids are kept two days by event time: an older one is forgotten by the cleanup (a range of the at index), a newer one still counts once", async () => {
+  it("counted event ids are kept two days by event time: older ids are forgotten by the cleanup (a range of the key), newer ones still count once", async () => {
     const { stub } = freshClient();
     const now = Date.now();
-    // Rows as the 40-day horizon left them: one past two days, one inside.
+    const [old, dayOld, fresh] = [newId("event", now - 3 * DAY_MS), newId("event", now - DAY_MS), newId("event", now)];
+    // Rows as the 40-day horizon left them: one past two days, one inside; and an id of another shape (not an event id) as old.
     await runInDurableObject(stub, (_: ClientObject, state) => {
-      state.storage.sql.exec("INSERT INTO counted (event_id, cost_nano, at) VALUES ('evt-3d', 1, ?), ('evt-1d', 1, ?)", now - 3 * DAY_MS, now - DAY_MS);
+      state.storage.sql.exec("INSERT INTO counted (event_id, cost_nano, at) VALUES (?, 1, ?), (?, 1, ?), ('e-other', 1, ?)", old, now - 3 * DAY_MS, dayOld, now - DAY_MS, now - 3 * DAY_MS);
     });
     // The object's first spend runs the cleanup; the event a day old is still known, so not counted again.
-    await stub.recordSpend(UNLIMITED, [event("evt-new", 10), event("evt-1d", 1000, { at: now - DAY_MS })]);
+    await stub.recordSpend(UNLIMITED, [event(fresh, 10), event(dayOld, 1000, { at: now - DAY_MS })]);
     expect((await stub.budget(UNLIMITED)).spent_nano).toBe(10);
     const { ids, plan } = await runInDurableObject(stub, (_: ClientObject, state) => ({
       ids: state.storage.sql.exec<{ event_id: string }>("SELECT event_id FROM counted ORDER BY event_id").toArray().map((r) => r.event_id),
-      plan: state.storage.sql.exec<{ detail: string }>("EXPLAIN QUERY PLAN SELECT event_id FROM counted WHERE at < ? ORDER BY at LIMIT ?", now, 10).toArray().map((r) => r.detail).join("; "),
+      plan: state.storage.sql.exec<{ detail: string }>(
+        "EXPLAIN QUERY PLAN SELECT event_id FROM counted WHERE event_id >= 'evt_' AND event_id < ? ORDER BY event_id LIMIT 10", idFloor("event", now),
+      ).toArray().map((r) => r.detail).join("; "),
     }));
-    expect(ids).toEqual(["evt-1d", "evt-new"]);
-    expect(plan).toContain("USING INDEX counted_at");
+    // Only ids of the event kind are swept by range: another shape is left to the one-time sweep of an upgrade (below).
+    expect(ids).toEqual(["e-other", dayOld, fresh]);
+    expect(plan).toMatch(/SEARCH counted USING (COVERING )?INDEX sqlite_autoindex_counted_1 \(event_id>\? AND event_id<\?\)/);
+  });
+
+  it("an object from before the id-range cleanup drops, once at its upgrade, every counted id past two days by time, UUID-shaped ones too", async () => {
+    const { id, stub } = freshClient();
+    const now = Date.now();
+    const uuid = `evt_${crypto.randomUUID().replaceAll("-", "")}`; // an event id as made before ids were time-ordered
+    const recent = newId("event", now - DAY_MS);
+    await runInDurableObject(stub, (_: ClientObject, state) => {
+      // As an object made by the earlier version: no upgrade done yet, its rows kept 40 days.
+      state.storage.sql.exec("DELETE FROM upgrades");
+      state.storage.sql.exec("INSERT INTO counted (event_id, cost_nano, at) VALUES (?, 1, ?), (?, 1, ?)", uuid, now - 20 * DAY_MS, recent, now - DAY_MS);
+    });
+    await abortAllDurableObjects(); // the next call constructs the object again: the upgrade runs then
+    const after = await runInDurableObject(env.CLIENT.get(env.CLIENT.idFromName(id)), (_: ClientObject, state) => ({
+      ids: state.storage.sql.exec<{ event_id: string }>("SELECT event_id FROM counted").toArray().map((r) => r.event_id),
+      upgrades: state.storage.sql.exec<{ name: string }>("SELECT name FROM upgrades").toArray().map((r) => r.name),
+    }));
+    expect(after).toEqual({ ids: [recent], upgrades: ["counted_by_id_range"] });
   });
 
   it("spend through recordSpend with a budget: totals exact and the budget alert raised once the line is crossed", async () => {

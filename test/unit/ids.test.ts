@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { ID_PREFIXES, newId, timeOrderedId, type IdKind } from "../../src/domain/ids";
+import { ID_PREFIXES, idFloor, newId, timeOrderedId, type IdKind } from "../../src/domain/ids";
 
 describe("time-ordered ids", () => {
   it("keep the shape clients know: prefix_ and 32 lowercase hex digits, the first 12 the millisecond", () => {
@@ -72,5 +72,13 @@ describe("newId: one function, one prefix table", () => {
     expect(id.startsWith("bst_")).toBe(true);
     expect(parseInt(id.slice(4, 16), 16)).toBeGreaterThanOrEqual(before);
     expect(parseInt(id.slice(4, 16), 16)).toBeLessThanOrEqual(Date.now());
+  });
+  it("idFloor sorts after every id made before its time and before every id made at it or later", () => {
+    const t = 1_795_000_000_123;
+    const before = [newId("event", t - 1), newId("event", t - 1), newId("event", 5)];
+    const after = [newId("event", t), newId("event", t), newId("event", t + 1)];
+    const floor = idFloor("event", t);
+    for (const id of before) expect(id < floor).toBe(true);
+    for (const id of after) expect(id >= floor).toBe(true);
   });
 });

@@ -46,7 +46,7 @@ export class ClientObject extends DurableObject<Env> {
       spent: (now) => this.ledger.spentIn(monthKey(now)),
       requestsInFlight: () => this.ledger.requestsInFlight(),
     });
-    migrate(this.sql);
+    migrate(this.sql, Date.now());
   }
 
   // --- quota: concurrent jobs, CPU, memory, daily units per pool ------------------------------

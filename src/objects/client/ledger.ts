@@ -1,6 +1,7 @@
 import { BUDGET_CRITICAL_PERCENT, BUDGET_WARN_PERCENT, budgetAlerts, reached } from "../../domain/alerts";
 import { budgetView, fitsBudget, type BudgetLimit } from "../../domain/budget";
 import { DAY_MS, dayKey, monthKey } from "../../domain/calendar";
+import { ID_PREFIXES, idFloor } from "../../domain/ids";
 import { COUNTED_EVENT_KEEP_MS } from "../../domain/retention";
 import { fitsDaily, type QuotaUse, type ResolvedQuota } from "../../domain/quota";
 import { log } from "../../log";
@@ -260,15 +261,17 @@ export class Ledger {
   }
 
   /**
-   * Forget counted ids past COUNTED_EVENT_KEEP_MS (oldest first, a bounded range of the `at` index),
+   * Forget counted ids past COUNTED_EVENT_KEEP_MS (oldest first, a bounded range of the primary key),
    * silent pool outboxes and pool days before yesterday. Housekeeping, so at most once a minute: every
    * horizon is days long, a minute late changes nothing.
    */
   private cleanUp(now: number): void {
     if (now - this.cleanedAt < CLEANUP_EVERY_MS) return;
+    // Event ids sort by the time they were made, which is the event's time: ids from `evt_` up to the
+    // first id of the cutoff's millisecond are older than the keep, a range of the primary key.
     this.sql.exec(
-      "DELETE FROM counted WHERE event_id IN (SELECT event_id FROM counted WHERE at < ? ORDER BY at LIMIT ?)",
-      now - COUNTED_EVENT_KEEP_MS, COUNTED_DELETE_LIMIT,
+      "DELETE FROM counted WHERE event_id IN (SELECT event_id FROM counted WHERE event_id >= ? AND event_id < ? ORDER BY event_id LIMIT ?)",
+      `${ID_PREFIXES.event}_`, idFloor("event", now - COUNTED_EVENT_KEEP_MS), COUNTED_DELETE_LIMIT,
     );
     this.sql.exec("DELETE FROM delivered WHERE updated_at < ?", now - DELIVERED_TTL_MS);
     this.sql.exec("DELETE FROM pool_day WHERE day < ?", dayKey(now - 2 * DAY_MS));
