@@ -211,25 +211,43 @@ describe("settle counts each event once", () => {
     }));
     // Only ids of the event kind are swept by range: another shape is left to the one-time sweep of an upgrade (below).
     expect(ids).toEqual(["e-other", dayOld, fresh]);
-    expect(plan).toMatch(/SEARCH counted USING (COVERING )?INDEX sqlite_autoindex_counted_1 \(event_id>\? AND event_id<\?\)/);
+    expect(plan).toMatch(/SEARCH counted USING PRIMARY KEY \(event_id>\? AND event_id<\?\)/);
   });
 
-  it("an object from before the id-range cleanup drops, once at its upgrade, every counted id past two days by time, UUID-shaped ones too", async () => {
+  it("an object made before keyed tables is rebuilt once: the same jobs, money in flight and spend; counted ids past two days dropped, UUID-shaped ones too", async () => {
     const { id, stub } = freshClient();
     const now = Date.now();
     const uuid = `evt_${crypto.randomUUID().replaceAll("-", "")}`; // an event id as made before ids were time-ordered
     const recent = newId("event", now - DAY_MS);
     await runInDurableObject(stub, (_: ClientObject, state) => {
-      // As an object made by the earlier version: no upgrade done yet, its rows kept 40 days.
-      state.storage.sql.exec("DELETE FROM upgrades");
-      state.storage.sql.exec("INSERT INTO counted (event_id, cost_nano, at) VALUES (?, 1, ?), (?, 1, ?)", uuid, now - 20 * DAY_MS, recent, now - DAY_MS);
+      // The tables as the earlier version made them: rowid tables, counted ids kept 40 days.
+      const sql = state.storage.sql;
+      sql.exec("DROP TABLE jobs; DROP TABLE in_flight; DROP TABLE counted; DROP TABLE spend");
+      sql.exec(`CREATE TABLE jobs (
+        job_id TEXT PRIMARY KEY, kind TEXT NOT NULL, acquired_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+        cpu_millicores INTEGER NOT NULL DEFAULT 0, memory_mb INTEGER NOT NULL DEFAULT 0, pools TEXT NOT NULL DEFAULT '{}')`);
+      sql.exec("CREATE TABLE in_flight (request_id TEXT PRIMARY KEY, estimate_nano INTEGER NOT NULL, admitted_at INTEGER NOT NULL)");
+      sql.exec("CREATE TABLE counted (event_id TEXT PRIMARY KEY, cost_nano INTEGER NOT NULL, at INTEGER NOT NULL)");
+      sql.exec("CREATE TABLE spend (month TEXT PRIMARY KEY, spent_nano INTEGER NOT NULL)");
+      sql.exec("INSERT INTO jobs (job_id, kind, acquired_at, expires_at) VALUES ('j1', 'request', ?, ?)", now, now + 600_000);
+      sql.exec("INSERT INTO in_flight (request_id, estimate_nano, admitted_at) VALUES ('r1', 700, ?)", now);
+      sql.exec("INSERT INTO spend (month, spent_nano) VALUES (?, 1234)", monthKey(now));
+      sql.exec("INSERT INTO counted (event_id, cost_nano, at) VALUES (?, 1, ?), (?, 1, ?)", uuid, now - 20 * DAY_MS, recent, now - DAY_MS);
     });
     await abortAllDurableObjects(); // the next call constructs the object again: the upgrade runs then
-    const after = await runInDurableObject(env.CLIENT.get(env.CLIENT.idFromName(id)), (_: ClientObject, state) => ({
+    const after = env.CLIENT.get(env.CLIENT.idFromName(id));
+    expect(await after.budget(UNLIMITED)).toMatchObject({ spent_nano: 1234, in_flight_nano: 700, concurrency_in_use: 1 });
+    // The event a day old is still known: delivered again, it counts nothing.
+    await after.recordSpend(UNLIMITED, [event(recent, 1000, { at: now - DAY_MS })]);
+    expect((await after.budget(UNLIMITED)).spent_nano).toBe(1234);
+    const tables = await runInDurableObject(after, (_: ClientObject, state) => ({
       ids: state.storage.sql.exec<{ event_id: string }>("SELECT event_id FROM counted").toArray().map((r) => r.event_id),
-      upgrades: state.storage.sql.exec<{ name: string }>("SELECT name FROM upgrades").toArray().map((r) => r.name),
+      rowidTables: state.storage.sql.exec<{ name: string }>(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('jobs', 'in_flight', 'counted', 'spend', 'pool_day', 'delivered') AND sql NOT LIKE '%WITHOUT ROWID%'",
+      ).toArray().map((r) => r.name),
+      leftovers: state.storage.sql.exec<{ name: string }>("SELECT name FROM sqlite_master WHERE name LIKE '%_rowid'").toArray().map((r) => r.name),
     }));
-    expect(after).toEqual({ ids: [recent], upgrades: ["counted_by_id_range"] });
+    expect(tables).toEqual({ ids: [recent], rowidTables: [], leftovers: [] });
   });
 
   it("spend through recordSpend with a budget: totals exact and the budget alert raised once the line is crossed", async () => {

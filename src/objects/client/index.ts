@@ -40,13 +40,13 @@ export class ClientObject extends DurableObject<Env> {
   }
 
   private createTables(): void {
-    createTables(this.sql);
+    createTables(this.sql, Date.now());
     this.money = new MoneyBook(this.sql, {
       delivered: (source) => this.ledger.delivered(source),
       spent: (now) => this.ledger.spentIn(monthKey(now)),
       requestsInFlight: () => this.ledger.requestsInFlight(),
     });
-    migrate(this.sql, Date.now());
+    migrate(this.sql);
   }
 
   // --- quota: concurrent jobs, CPU, memory, daily units per pool ------------------------------

@@ -1,3 +1,5 @@
+import { keyedTable } from "../sqlite";
+
 /** The pool object's tables (created idempotently) and the upgrades of objects made before them. */
 export function createTables(sql: SqlStorage): void {
   sql.exec(`
@@ -8,21 +10,6 @@ export function createTables(sql: SqlStorage): void {
       config TEXT NOT NULL,
       outbox_seq INTEGER NOT NULL DEFAULT 0
     );
-    CREATE TABLE IF NOT EXISTS reservations (
-      id TEXT PRIMARY KEY,
-      client_id TEXT NOT NULL,
-      request_id TEXT,
-      via TEXT NOT NULL,
-      amount INTEGER NOT NULL,
-      status TEXT NOT NULL,
-      created_at INTEGER NOT NULL,
-      expires_at INTEGER NOT NULL,
-      settled_at INTEGER,
-      consumed INTEGER,
-      cost_nano INTEGER,
-      event_id TEXT
-    );
-    CREATE INDEX IF NOT EXISTS reservations_held ON reservations (status, expires_at);
     -- Usage events waiting for D1, in the order they happened: appended at the end of the table
     -- (seq is the rowid) and delivered and deleted from its start, so no index is written.
     -- A consume writes only its event: the bucket as it left it rides on the event's row (level,
@@ -39,11 +26,31 @@ export function createTables(sql: SqlStorage): void {
       response TEXT NOT NULL,
       created_at INTEGER NOT NULL
     );
-    CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     -- This storage's outbox epoch: clients' objects count deliveries per (pool, epoch) by seq, so
     -- storage that started over (a new epoch) cannot have its seqs taken for ones already counted.
     CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
   `);
+  // Keyed tables (../sqlite.ts): a reservation per request is written and settled per chunk, the
+  // denials counter once per call.
+  keyedTable(sql, {
+    name: "reservations",
+    create: `CREATE TABLE IF NOT EXISTS reservations (
+      id TEXT PRIMARY KEY,
+      client_id TEXT NOT NULL,
+      request_id TEXT,
+      via TEXT NOT NULL,
+      amount INTEGER NOT NULL,
+      status TEXT NOT NULL,
+      created_at INTEGER NOT NULL,
+      expires_at INTEGER NOT NULL,
+      settled_at INTEGER,
+      consumed INTEGER,
+      cost_nano INTEGER,
+      event_id TEXT
+    ) WITHOUT ROWID`,
+    indexes: ["CREATE INDEX IF NOT EXISTS reservations_held ON reservations (status, expires_at)"],
+  });
+  keyedTable(sql, { name: "counters", create: "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID" });
 }
 
 /** Bring tables of objects made before the current layout up to it. */

@@ -81,7 +81,7 @@ export class Outbox {
         const rows = this.sql.exec<{ outbox_id: string; optimizer: number } & { [K in keyof FinishedRequest]: SqlStorageValue }>(
           `SELECT o.id AS outbox_id, o.optimizer, r.id, r.client_id, r.template, r.queue, r.status, r.estimate_nano, r.actual_nano, r.attempts,
                   r.created_at, r.finished_at, substr(r.error, 1, ?) AS error
-           FROM finished_outbox o LEFT JOIN requests r ON r.id = o.id ORDER BY o.rowid LIMIT ?`,
+           FROM finished_outbox o LEFT JOIN requests r ON r.id = o.id ORDER BY o.id LIMIT ?`,
           MAX_ERROR_CHARS, FINISHED_BATCH,
         ).toArray();
         if (rows.length === 0) break;

@@ -1,8 +1,12 @@
+import { keyedTable } from "../sqlite";
+
 /**
  * The scheduler object's own SQLite tables, created idempotently, with the columns added since the
  * first version: `requests` (every request it holds, written only by QueueStore), `state` (running
  * flag, dispatch counters), `finished_outbox` (finished requests still to deliver to D1; Outbox) and
- * `settle_owed` (settlements that failed, until one goes through; OwedSettlements).
+ * `settle_owed` (settlements that failed, until one goes through; OwedSettlements). `state` and
+ * `finished_outbox` are keyed tables (../sqlite.ts); `finished_outbox.optimizer`: whether a finished
+ * request has optimizer records to deliver (1 for entries written before the column).
  */
 export function createTables(sql: SqlStorage): void {
   sql.exec(`
@@ -37,9 +41,12 @@ export function createTables(sql: SqlStorage): void {
     CREATE UNIQUE INDEX IF NOT EXISTS requests_idempotency ON requests (client_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
     CREATE INDEX IF NOT EXISTS requests_client_created ON requests (client_id, created_at);
     DROP INDEX IF EXISTS requests_status;
-    CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v TEXT NOT NULL);
-    CREATE TABLE IF NOT EXISTS finished_outbox (id TEXT PRIMARY KEY);
   `);
+  keyedTable(sql, { name: "state", create: "CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID" });
+  keyedTable(sql, {
+    name: "finished_outbox",
+    create: "CREATE TABLE IF NOT EXISTS finished_outbox (id TEXT PRIMARY KEY, optimizer INTEGER NOT NULL DEFAULT 1) WITHOUT ROWID",
+  });
   const columns = new Set(sql.exec<{ name: string }>("SELECT name FROM pragma_table_info('requests')").toArray().map((c) => c.name));
   for (const column of ["estimate_detail", "actual_detail"]) {
     if (!columns.has(column)) sql.exec(`ALTER TABLE requests ADD COLUMN ${column} TEXT`);
@@ -53,9 +60,6 @@ export function createTables(sql: SqlStorage): void {
   if (!columns.has("spec_hash")) sql.exec("ALTER TABLE requests ADD COLUMN spec_hash TEXT");
   // The trace id of the enqueue or execute that made the request: on its scheduler log lines and its jobs.
   if (!columns.has("trace_id")) sql.exec("ALTER TABLE requests ADD COLUMN trace_id TEXT");
-  // Whether a finished request has optimizer records to deliver (1 for entries written before the column).
-  const outboxColumns = sql.exec<{ name: string }>("SELECT name FROM pragma_table_info('finished_outbox')").toArray().map((c) => c.name);
-  if (!outboxColumns.includes("optimizer")) sql.exec("ALTER TABLE finished_outbox ADD COLUMN optimizer INTEGER NOT NULL DEFAULT 1");
   sql.exec("CREATE INDEX IF NOT EXISTS requests_finished ON requests (finished_at)");
   // Settlements owed: ended worker calls whose settlement failed, until one goes through (./owed.ts).
   sql.exec("CREATE TABLE IF NOT EXISTS settle_owed (id TEXT PRIMARY KEY, attempt INTEGER NOT NULL, outcome TEXT NOT NULL, failures INTEGER NOT NULL, next_at INTEGER NOT NULL)");
