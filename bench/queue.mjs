@@ -40,6 +40,9 @@
 //   QUEUE_BENCH_VARS        settings over wrangler.toml's for the service's run, e.g. "SCHEDULER_SHARDS=1" (NAME=value,
 //                           space or comma separated; written to its --env-file; the JSON's config records them)
 //   QUEUE_BENCH_KEEP_STATE  set to 1 to keep the temporary persist directory
+//   TMPDIR                  where the persist directories are made (both runs); TMPDIR=/dev/shm puts them on tmpfs: a
+//                           diagnostic of the local disk's share (each object's commit is a WAL write and an fsync on the
+//                           runtime's thread under wrangler dev; docs/benchmarks.md), not the figure to report
 //   QUEUE_BENCH_INSPECTOR   set to 1 to keep wrangler's inspector proxy (see below; default off)
 //
 // wrangler's inspector proxy: by default `wrangler dev` runs an InspectorProxyWorker that enables the
@@ -106,6 +109,16 @@ const SINGLE_CONCURRENCY = 16;
 const BATCH_CONCURRENCY = 4;
 const WARMUP_CALLS = 5; // per latency measurement, before the timed calls, not counted
 const POLL_MS = 250;
+/**
+ * Near the end of a drain (the queues empty within about two polls at the rate of the last one) the
+ * status is polled this often instead, so the drain's time is known to ~50 ms rather than 250 (the
+ * baseline drains 10,000 in about half a second: a 250 ms poll was half its time). Both pollers.
+ */
+const FINE_POLL_MS = 50;
+/** The wait before the next status poll: FINE_POLL_MS once the drain's rate so far would empty the queues within a poll. */
+function nextPollMs(depth, perS) {
+  return depth > 0 && perS > 0 && depth / perS < POLL_MS / 1000 ? FINE_POLL_MS : POLL_MS;
+}
 const VERIFY_SAMPLES = 100;
 const READY_TIMEOUT_MS = 120_000;
 const CALL_TIMEOUT_MS = 30_000; // any single HTTP call
@@ -543,8 +556,10 @@ async function drain(executeIds) {
 
   const poller = (async () => {
     let nextAt = t0;
+    let step = POLL_MS;
+    let seen = { t: 0 };
     while (!shuttingDown) {
-      nextAt += POLL_MS;
+      nextAt += step;
       const wait = nextAt - performance.now();
       if (wait > 0) await sleep(wait);
       const res = await call("GET", "/api/queue/status", { token: ADMIN_TOKEN });
@@ -563,7 +578,9 @@ async function drain(executeIds) {
           peakInFlight = s.in_flight;
           if (HOLD_S > 0) peakAt = { t, in_flight: s.in_flight, rss_kb: workerdRssKb(), ticks: workerdTicks() };
         }
-        if (empty && !emptyAt) emptyAt = { t, dispatched: s.dispatched_total - dispatched0, ticks: workerdTicks() };
+        if (empty && !emptyAt) emptyAt = { t, dispatched: s.dispatched_total - dispatched0, ticks: workerdTicks(), resolution_ms: Math.round((t - seen.t) * 1000) };
+        step = nextPollMs(depth, (s.dispatched_total - dispatched0) / t);
+        seen = { t };
         if (polls.length % (emptyAt ? 20 : 4) === 0 || (empty && polls.at(-2)?.depth !== 0)) {
           console.log(`    t=${t.toFixed(2)}s depth ${depth} in_flight ${s.in_flight} dispatched ${s.dispatched_total - dispatched0} (poll ${fmt(p.ms, 0)} ms${p.fds ? `, fds ${JSON.stringify(p.fds)}` : ""})`);
         }
@@ -651,6 +668,9 @@ async function drain(executeIds) {
     stuck_in_flight: done ? 0 : (last?.in_flight ?? null),
     remaining_depth: last ? last.depth : null,
     poll_interval_ms: POLL_MS,
+    fine_poll_interval_ms: FINE_POLL_MS,
+    // The time between the last poll that saw work queued and the first that saw none: the drain ended in between.
+    end_resolution_ms: emptyAt?.resolution_ms ?? null,
     poll_latency: latencyStats(polls.map((p) => p.ms)),
     execute_during_drain: execDuring,
     peak_in_flight: peakInFlight,
@@ -752,10 +772,15 @@ async function runBaseline(logFile) {
     let emptyAt = null;
     const latencies = [];
     const poller = (async () => {
+      let step = POLL_MS;
+      let seen = { t: 0 };
       while (!emptyAt) {
-        await sleep(POLL_MS);
+        await sleep(step);
         const st = await status();
-        if (st.queued === 0) emptyAt = { t: (performance.now() - t0) / 1000, dispatched: st.dispatched - before.dispatched };
+        const t = (performance.now() - t0) / 1000;
+        if (st.queued === 0) emptyAt = { t, dispatched: st.dispatched - before.dispatched, resolution_ms: Math.round((t - seen.t) * 1000) };
+        step = nextPollMs(st.queued, (st.dispatched - before.dispatched) / t);
+        seen = { t };
       }
     })();
     await Promise.all(Array.from({ length: EXECUTE_CONCURRENCY }, async () => {
@@ -763,6 +788,7 @@ async function runBaseline(logFile) {
     }));
     await poller;
     out.dispatches_per_s = emptyAt.dispatched / emptyAt.t;
+    out.end_resolution_ms = emptyAt.resolution_ms;
     out.execute_during_drain = latencyStats(latencies);
     return out;
   } finally {
@@ -959,7 +985,7 @@ function summarize(result, { port, wranglerVersion, started }) {
   console.log(line);
   for (const [name, s] of latRows) console.log(`${pad(name, 30, true)}${pad(s.n, 5)}${pad(fmt(s.p50_ms, 2), 10)}${pad(fmt(s.p95_ms, 2), 10)}${pad(fmt(s.p99_ms, 2), 10)}${pad(fmt(s.max_ms, 2), 10)}   ${typeof s.statuses === "string" ? s.statuses : JSON.stringify(s.statuses)}`);
   console.log(line);
-  console.log(`${pad("dispatch (queues empty)", 30, true)}${D.dispatch_s == null ? `queues NOT empty within the wait: depth ${D.remaining_depth}` : `${D.dispatched_by_then} dispatched in ${fmt(D.dispatch_s, 2)} s (backlog ${D.backlog_at_start} + executes), ±${POLL_MS} ms poll resolution`}`);
+  console.log(`${pad("dispatch (queues empty)", 30, true)}${D.dispatch_s == null ? `queues NOT empty within the wait: depth ${D.remaining_depth}` : `${D.dispatched_by_then} dispatched in ${fmt(D.dispatch_s, 2)} s (backlog ${D.backlog_at_start} + executes), the end known to ${D.end_resolution_ms} ms (polls every ${POLL_MS} ms, every ${FINE_POLL_MS} ms near the end)`}`);
   console.log(`${pad("  dispatches/s", 30, true)}${fmt(D.dispatches_per_s, 0)} (backlog/time ${fmt(D.backlog_per_s, 0)}), peak between polls ${fmt(D.peak_dispatches_per_s, 0)}`);
   if (D.workerd_cpu_us_per_dispatch != null) console.log(`${pad("  workerd CPU", 30, true)}${fmt(D.workerd_cpu_us_per_dispatch, 0)} us per dispatch, ${fmt(D.workerd_cores_busy, 2)} cores busy`);
   const slow = D.execute_during_drain?.slowest?.[0];
@@ -1000,7 +1026,7 @@ function summarize(result, { port, wranglerVersion, started }) {
       execute_p99: E.p99_ms == null || !B.execute_during_drain.p99_ms ? null : E.p99_ms / B.execute_during_drain.p99_ms,
     };
     const r = result.ratios;
-    console.log(`${pad("baseline (minimal queue object)", 42, true)}enqueue ${fmt(B.enqueue_single_per_s, 0)} req/s single, ${fmt(B.enqueue_batched_per_s, 0)} batched; drain ${fmt(B.dispatches_per_s, 0)}/s; execute during its drain p95 ${fmt(B.execute_during_drain.p95_ms, 2)} p99 ${fmt(B.execute_during_drain.p99_ms, 2)} ms (n=${B.execute_during_drain.n})`);
+    console.log(`${pad("baseline (minimal queue object)", 42, true)}enqueue ${fmt(B.enqueue_single_per_s, 0)} req/s single, ${fmt(B.enqueue_batched_per_s, 0)} batched; drain ${fmt(B.dispatches_per_s, 0)}/s (end known to ${B.end_resolution_ms} ms); execute during its drain p95 ${fmt(B.execute_during_drain.p95_ms, 2)} p99 ${fmt(B.execute_during_drain.p99_ms, 2)} ms (n=${B.execute_during_drain.n})`);
     console.log(`${pad("service / baseline", 42, true)}enqueue single ${fmt(r.enqueue_single, 2)}, batched ${fmt(r.enqueue_batched, 2)}; dispatches/s ${fmt(r.dispatches, 2)}; execute p95 ${fmt(r.execute_p95, 2)}x, p99 ${fmt(r.execute_p99, 2)}x`);
     console.log(line);
   }

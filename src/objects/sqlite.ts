@@ -3,12 +3,13 @@
  *
  * A table keyed by text that rows come and go from on the hot path (a chunk's slots, reservations and
  * money in flight, a request's outbox entry, a counted event) is `WITHOUT ROWID`. A rowid table with a
- * TEXT PRIMARY KEY is two b-trees: the rows by rowid, and the key's automatic index. So each insert and
- * delete wrote two, on two pages. A `WITHOUT ROWID` table is one b-tree ordered by its key. The queue
- * benchmark's drain went from 3,646-3,690 to 4,123-4,139 dispatches/s, and from 238-240 to 208-211 us of
- * runtime CPU per dispatch (docs/benchmarks.md). The storage bills rows written, the key's index
- * included. Rows stay small in these tables, as `WITHOUT ROWID` wants; `requests` (large rows,
- * updated in place) stays a rowid table.
+ * TEXT PRIMARY KEY is two b-trees: the rows by rowid, and the key's automatic index. So each insert
+ * wrote two rows, by the runtime's own count (`rowsWritten`: 20 for 10 inserts, 10 for the same into a
+ * `WITHOUT ROWID` table, which is one b-tree ordered by its key), and rows written are what Durable
+ * Object storage bills: a dispatched request writes five rows fewer (its slot, money in flight,
+ * reservation, outbox entry and counted event). The queue benchmark's drain did not measurably change
+ * (interleaved runs, docs/benchmarks.md). Rows stay small in these tables, as `WITHOUT ROWID` wants;
+ * `requests` (large rows, updated in place) stays a rowid table.
  */
 
 /** The `CREATE TABLE IF NOT EXISTS` of a `WITHOUT ROWID` table, and the indexes to make on it. */
