@@ -13,6 +13,7 @@ import type { Settlement as ClientSettlement, SpendEvent } from "../client/types
 import type { ReleaseResult, Result } from "../pool/types";
 import type { Health } from "./health";
 import { callerOf, fail, groupBy, timedOut, view, type Finished, type Held, type Outcome, type Row } from "./rows";
+import { BUSY_FLUSH_MS } from "./outbox";
 import { settleRetryMs, type Owed, type OwedSettlements } from "./owed";
 import type { QueueStore } from "./store";
 import type { PoolCost, RequestStatus, RequestView, StoredPlan } from "./types";
@@ -224,7 +225,10 @@ export class Settlement {
       for (const leader of leaders) await this.completeFollowers(leader, waiting.get(leader.plan.cache_key!) ?? []);
     }
     this.health.saveCounters();
-    if (live.length) this.host.ensureAlarm(Date.now());
+    // Capacity came back: a pass now when this shard has work waiting. With none, a pass within
+    // BUSY_FLUSH_MS delivers the finished requests to the request log: executes that end close together
+    // share it, where each took an alarm (a write of its own) and a pass of its own.
+    if (live.length) this.host.ensureAlarm(this.store.queued.size > 0 ? Date.now() : Date.now() + BUSY_FLUSH_MS);
   }
 
   /**
