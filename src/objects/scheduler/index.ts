@@ -109,11 +109,17 @@ export class SchedulerObject extends DurableObject<Env> {
    */
   async execute(item: NewRequest, waitMs: number): Promise<EnqueueOutcome> {
     const now = Date.now();
-    const inserted = this.store.insert(item, now);
+    const runNow = !item.cached && item.queue === "immediate" && this.running;
+    // Run now: its row is written with its start (one commit; QueueStore.insert's `defer`).
+    const inserted = this.store.insert(item, now, runNow);
     const id = inserted.request.id;
-    if (!inserted.duplicate && !item.cached && item.queue === "immediate" && this.running) {
+    if (!inserted.duplicate && runNow) {
       const settled = this.store.waitFor(id, waitMs);
-      if (await this.dispatcher.runNow(id)) await settled;
+      try {
+        if (await this.dispatcher.runNow(id)) await settled;
+      } finally {
+        this.store.writeHeldBack(); // not started (it waits in its queue), or the admission failed
+      }
     }
     if (this.store.queued.has(id)) this.ensureAlarm(Date.now());
     const row = this.store.rowOf(id)!;

@@ -37,6 +37,12 @@ export class QueueStore {
   /** The request the last change of the queued index added, and the epoch it made (Ranking.splice). */
   lastIndexed: { id: string; epoch: number } | null = null;
   private waiters = new Map<string, Array<(v: RequestView) => void>>();
+  /**
+   * Inserts held back until their request's next write (insert's `defer`): an execute's row goes into
+   * SQLite with its start, in one commit where it took two, and the calls that admit it go out with no
+   * write in front of them. Every writer of `requests` writes these first.
+   */
+  private unwritten = new Map<string, () => void>();
 
   constructor(readonly sql: SqlStorage, private readonly host: StoreHost) {}
 
@@ -59,8 +65,13 @@ export class QueueStore {
     this.sql.exec("INSERT INTO state (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v", key, value);
   }
 
-  /** Add a request (completed at once when it is a cache hit); a repeated idempotency key returns the first. */
-  insert(item: NewRequest, now: number): { request: RequestView; duplicate: boolean; conflict?: boolean } {
+  /**
+   * Add a request (completed at once when it is a cache hit); a repeated idempotency key returns the first.
+   * `defer`: hold the row's write back until its next one (see `unwritten`; not for a cache hit, nor for a
+   * request with an idempotency key, which a concurrent call must find in the table). Until then it
+   * exists in memory only: an object that dies meanwhile loses it, and its caller's call fails with it.
+   */
+  insert(item: NewRequest, now: number, defer = false): { request: RequestView; duplicate: boolean; conflict?: boolean } {
     if (item.idempotencyKey) {
       const prior = this.sql.exec<Row>("SELECT * FROM requests WHERE client_id = ? AND idempotency_key = ?", item.clientId, item.idempotencyKey).toArray()[0];
       if (prior) return { request: view(prior), duplicate: true, ...(specConflict(prior, item.specHash ?? null) ? { conflict: true } : {}) };
@@ -77,7 +88,7 @@ export class QueueStore {
     }
     const planText = plan ? JSON.stringify(plan) : null;
     const cached = item.cached ?? null;
-    this.sql.exec(
+    const write = () => this.sql.exec(
       `INSERT INTO requests (id, client_id, tier, max_concurrent, template, params, queue, status, priority, attempts, max_attempts,
          idempotency_key, estimate_nano, created_at, updated_at, not_before, estimate_detail, ready_at, plan,
          result, actual_nano, actual_detail, first_started_at, started_at, finished_at, spec_hash, trace_id)
@@ -87,6 +98,8 @@ export class QueueStore {
       cached ? JSON.stringify(cached.result ?? null) : null, cached ? 0 : null, cached ? "[]" : null, cached ? now : null, cached ? now : null, cached ? now : null,
       item.specHash ?? null, item.traceId ?? null,
     );
+    if (defer && !cached && !item.idempotencyKey) this.unwritten.set(id, write);
+    else write();
     const row: Row = {
       id, client_id: item.clientId, tier: item.tier, max_concurrent: item.maxConcurrent, template: item.template,
       params, queue: item.queue, status: cached ? "completed" : "queued", priority, attempts: 0,
@@ -104,6 +117,13 @@ export class QueueStore {
     if (plan) this.plans.set(id, plan);
     this.index(row);
     return { request: view(row), duplicate: false };
+  }
+
+  /** Write the inserts held back (`defer`): before any other write of the table, and when an execute is done with its row. */
+  writeHeldBack(): void {
+    if (this.unwritten.size === 0) return;
+    for (const write of this.unwritten.values()) write();
+    this.unwritten.clear();
   }
 
   index(row: Row): void {
@@ -139,6 +159,7 @@ export class QueueStore {
   /** Mark requests running under a new attempt (one dispatch, one sequence number each) with their lease, in one write. */
   start(rows: Row[], now: number): void {
     if (rows.length === 0) return;
+    this.writeHeldBack();
     const items = rows.map((row) => {
       this.seq += 1;
       Object.assign(row, { status: "running", attempts: row.attempts + 1, started_at: now, first_started_at: row.first_started_at ?? now, updated_at: now, dispatch_seq: this.seq });
@@ -158,6 +179,7 @@ export class QueueStore {
    * wait, so it keeps the wait points it earned and its SLA wait runs on from when it could first run.
    */
   requeue(row: Row, now: number, notBefore: number, failedAttempt: boolean, error?: string): void {
+    this.writeHeldBack();
     this.sql.exec(
       "UPDATE requests SET status = 'queued', lease_until = NULL, reservations = NULL, not_before = ?, updated_at = ?, error = COALESCE(?, error) WHERE id = ?",
       notBefore, now, failedAttempt ? (error ?? null) : null, row.id,
@@ -183,6 +205,7 @@ export class QueueStore {
    */
   finishAll(items: Finished[], now: number): void {
     if (items.length === 0) return;
+    this.writeHeldBack();
     // The outbox gets its own short list: json_each over the item list would parse every result again.
     const outbox = JSON.stringify(items.map((f) => [f.id, f.status === "completed" && hasOptimizerRecords(f.plan ?? this.plans.get(f.id)) ? 1 : 0]));
     // Positional arrays, and only the columns a batch varies in: each `->> n` parses its element again
@@ -235,6 +258,7 @@ export class QueueStore {
   /** Record a caller's cancel of a live request (one that finishes without running), in its copy too. */
   cancel(row: Row, now: number): void {
     const id = row.id;
+    this.writeHeldBack();
     this.queued.delete(id);
     this.epoch += 1;
     this.sql.exec(
@@ -320,6 +344,7 @@ export class QueueStore {
 
   /** Requests decided or still open in a window (see Health.slaSummary), optionally for one client, tier or queue. */
   slaRows(from: number, to: number, filter: { clientId?: string; tier?: Tier; queue?: QueueName }): Row[] {
+    this.writeHeldBack();
     return this.sql.exec<Row>(
       `SELECT id, client_id, tier, queue, status, created_at, ready_at, first_started_at, finished_at FROM requests
        WHERE (finished_at IS NULL OR finished_at >= ?) AND created_at <= ?
