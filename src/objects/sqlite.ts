@@ -18,32 +18,39 @@ export interface KeyedTable {
   /** The whole CREATE TABLE IF NOT EXISTS statement, ending in WITHOUT ROWID. */
   create: string;
   indexes?: string[];
-  /** Which rows a rebuild keeps (a WHERE clause, with its arguments): by default all. */
-  keep?: { where: string; args: SqlStorageValue[] };
 }
 
 /** Create a keyed table (and its indexes) if missing; one made as a rowid table by an earlier version is rebuilt. */
 export function keyedTable(sql: SqlStorage, table: KeyedTable): void {
-  sql.exec(table.create);
   rebuildWithoutRowid(sql, table);
+  sql.exec(table.create);
   for (const index of table.indexes ?? []) sql.exec(index);
+}
+
+/** A table's CREATE statement as stored, if the table exists. */
+export function storedTable(sql: SqlStorage, name: string): string | undefined {
+  return sql.exec<{ sql: string }>("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", name).toArray()[0]?.sql;
 }
 
 /**
  * An object made by an earlier version has the table as a rowid table: rebuild it as `WITHOUT ROWID`
- * with the same rows (those `keep` names), once (the constructor's writes are one transaction). Columns
- * of the new layout the old table lacks take their defaults. Returns whether it rebuilt.
+ * with the same rows, once. The old table is renamed `<name>_rowid`, the new one made, the rows copied
+ * (columns of the new layout the old one lacks take their defaults), the old one dropped: a start that
+ * finds `<name>_rowid` (an earlier rebuild stopped part-way) finishes that copy, keeping rows already
+ * copied. Returns whether it rebuilt.
  */
 export function rebuildWithoutRowid(sql: SqlStorage, table: KeyedTable): boolean {
-  const stored = sql.exec<{ sql: string }>("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", table.name).toArray()[0];
-  if (!stored || /WITHOUT\s+ROWID/i.test(stored.sql)) return false;
   const old = `${table.name}_rowid`;
-  sql.exec(`ALTER TABLE ${table.name} RENAME TO ${old}`);
+  if (storedTable(sql, old) === undefined) {
+    const stored = storedTable(sql, table.name);
+    if (stored === undefined || /WITHOUT\s+ROWID/i.test(stored)) return false;
+    sql.exec(`ALTER TABLE ${table.name} RENAME TO ${old}`);
+  }
   sql.exec(table.create);
   const columns = (name: string) => sql.exec<{ name: string }>("SELECT name FROM pragma_table_info(?)", name).toArray().map((c) => c.name);
   const kept = new Set(columns(old));
   const shared = columns(table.name).filter((c) => kept.has(c)).join(", ");
-  sql.exec(`INSERT INTO ${table.name} (${shared}) SELECT ${shared} FROM ${old}${table.keep ? ` WHERE ${table.keep.where}` : ""}`, ...(table.keep?.args ?? []));
+  sql.exec(`INSERT OR IGNORE INTO ${table.name} (${shared}) SELECT ${shared} FROM ${old}`);
   // Its indexes go with it; the caller makes them again on the new table.
   sql.exec(`DROP TABLE ${old}`);
   return true;

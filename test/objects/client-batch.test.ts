@@ -214,7 +214,7 @@ describe("settle counts each event once", () => {
     expect(plan).toMatch(/SEARCH counted USING PRIMARY KEY \(event_id>\? AND event_id<\?\)/);
   });
 
-  it("an object made before keyed tables is rebuilt once: the same jobs, money in flight and spend; counted ids past two days dropped, UUID-shaped ones too", async () => {
+  it("an object made before keyed tables keeps its jobs, money in flight and spend; its counted ids are set aside, still deduplicate, and are emptied by event time, then dropped", async () => {
     const { id, stub } = freshClient();
     const now = Date.now();
     const uuid = `evt_${crypto.randomUUID().replaceAll("-", "")}`; // an event id as made before ids were time-ordered
@@ -237,17 +237,33 @@ describe("settle counts each event once", () => {
     await abortAllDurableObjects(); // the next call constructs the object again: the upgrade runs then
     const after = env.CLIENT.get(env.CLIENT.idFromName(id));
     expect(await after.budget(UNLIMITED)).toMatchObject({ spent_nano: 1234, in_flight_nano: 700, concurrency_in_use: 1 });
-    // The event a day old is still known: delivered again, it counts nothing.
+    // The event a day old is still known (in the table set aside): delivered again, it counts nothing.
+    // This first spend of the object's life also runs the cleanup: the 20-day-old id goes.
     await after.recordSpend(UNLIMITED, [event(recent, 1000, { at: now - DAY_MS })]);
     expect((await after.budget(UNLIMITED)).spent_nano).toBe(1234);
-    const tables = await runInDurableObject(after, (_: ClientObject, state) => ({
-      ids: state.storage.sql.exec<{ event_id: string }>("SELECT event_id FROM counted").toArray().map((r) => r.event_id),
-      rowidTables: state.storage.sql.exec<{ name: string }>(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('jobs', 'in_flight', 'counted', 'spend', 'pool_day', 'delivered') AND sql NOT LIKE '%WITHOUT ROWID%'",
-      ).toArray().map((r) => r.name),
-      leftovers: state.storage.sql.exec<{ name: string }>("SELECT name FROM sqlite_master WHERE name LIKE '%_rowid'").toArray().map((r) => r.name),
-    }));
-    expect(tables).toEqual({ ids: [recent], rowidTables: [], leftovers: [] });
+    const tables = (o: DurableObjectStub<ClientObject>) => runInDurableObject(o, (_: ClientObject, state) => {
+      const sql = state.storage.sql;
+      const before = sql.exec("SELECT 1 FROM sqlite_master WHERE name = 'counted_before'").toArray().length
+        ? sql.exec<{ event_id: string }>("SELECT event_id FROM counted_before").toArray().map((r) => r.event_id) : null;
+      return {
+        before,
+        counted: sql.exec<{ event_id: string }>("SELECT event_id FROM counted").toArray().map((r) => r.event_id),
+        rowidTables: sql.exec<{ name: string }>(
+          "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('jobs', 'in_flight', 'counted', 'spend', 'pool_day', 'delivered') AND sql NOT LIKE '%WITHOUT ROWID%'",
+        ).toArray().map((r) => r.name),
+      };
+    });
+    expect(await tables(after)).toEqual({ before: [recent], counted: [], rowidTables: [] });
+    // Once its last id is past the keep, a cleanup empties the table set aside and drops it.
+    await runInDurableObject(after, (_: ClientObject, state) => {
+      state.storage.sql.exec("UPDATE counted_before SET at = ?", now - 3 * DAY_MS);
+    });
+    await abortAllDurableObjects();
+    const later = env.CLIENT.get(env.CLIENT.idFromName(id));
+    const fresh = newId("event", now);
+    await later.recordSpend(UNLIMITED, [event(fresh, 5)]);
+    expect((await later.budget(UNLIMITED)).spent_nano).toBe(1239);
+    expect(await tables(later)).toEqual({ before: null, counted: [fresh], rowidTables: [] });
   });
 
   it("spend through recordSpend with a budget: totals exact and the budget alert raised once the line is crossed", async () => {

@@ -40,7 +40,7 @@ export class ClientObject extends DurableObject<Env> {
   }
 
   private createTables(): void {
-    createTables(this.sql, Date.now());
+    createTables(this.sql);
     this.money = new MoneyBook(this.sql, {
       delivered: (source) => this.ledger.delivered(source),
       spent: (now) => this.ledger.spentIn(monthKey(now)),
@@ -159,7 +159,9 @@ export class ClientObject extends DurableObject<Env> {
 
   /**
    * Spend events counted by id, as a settlement's (idempotent: an id is counted once while the object
-   * keeps it, COUNTED_EVENT_KEEP_MS by event time). Pool outboxes deliver by seq (recordPoolSpend).
+   * keeps it, COUNTED_EVENT_KEEP_MS by event time). Ids are event ids (`evt_` and time-ordered): the
+   * cleanup forgets ranges of those, and would keep any other id for good. Pool outboxes deliver by seq
+   * (recordPoolSpend).
    */
   async recordSpend(limit: BudgetLimit | null, events: SpendEvent[]): Promise<void> {
     await this.ledger.spend(limit, events);

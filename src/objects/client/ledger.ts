@@ -7,14 +7,16 @@ import { fitsDaily, type QuotaUse, type ResolvedQuota } from "../../domain/quota
 import { log } from "../../log";
 import { applyAlerts } from "../../storage/alert-apply";
 import type { MoneyBook } from "./money";
+import { COUNTED_BEFORE } from "./schema";
 import type { BudgetDecision, BudgetItem, PoolSpend, Settlement, SpendEvent } from "./types";
 
 /** A pool outbox silent this long is gone (its object re-created under a new epoch, or deleted): its watermark row goes. */
 const DELIVERED_TTL_MS = 40 * DAY_MS;
 /**
- * Counted event ids deleted per cleanup at most (one a minute): a client settling a million requests a
- * day adds ~700 a minute, so the table keeps up; a backlog (the rows of the old 40-day horizon, on the
- * first cleanups after an upgrade) clears over hours, and no cleanup holds the object for long.
+ * Counted event ids deleted per cleanup at most (one a minute), from `counted` and from the table an
+ * upgrade set aside: a client settling a million requests a day adds ~700 a minute, so `counted` keeps
+ * up; the old 40-day table (tens of millions of rows at that rate) empties over a day or two, and no
+ * cleanup holds the object for long.
  */
 const COUNTED_DELETE_LIMIT = 20_000;
 /** How often spend also runs the housekeeping deletes. */
@@ -50,6 +52,8 @@ export class Ledger {
   private spent: { month: string; nano: number } | null = null;
   /** A day's units per pool as last read (every write to `pool_day` is in this class): read per admission and per acquire. */
   private units: { day: string; byPool: Record<string, number> } | null = null;
+  /** Whether `counted_before` (./schema.ts) still holds ids; null until looked up in this object's life. */
+  private before: boolean | null = null;
 
   constructor(
     private readonly env: Env,
@@ -63,6 +67,7 @@ export class Ledger {
     this.flying = null;
     this.spent = null;
     this.units = null;
+    this.before = null;
   }
 
   /**
@@ -213,6 +218,14 @@ export class Ledger {
    */
   private fresh(events: SpendEvent[]): SpendEvent[] {
     if (events.length === 0) return [];
+    if (this.hasBefore()) {
+      // Ids counted before the upgrade, still kept aside: not counted again.
+      const seen = new Set(this.sql.exec<{ event_id: string }>(
+        `SELECT event_id FROM ${COUNTED_BEFORE} WHERE event_id IN (SELECT value FROM json_each(?))`, JSON.stringify(events.map((e) => e.eventId)),
+      ).toArray().map((r) => r.event_id));
+      if (seen.size) events = events.filter((e) => !seen.has(e.eventId));
+      if (events.length === 0) return [];
+    }
     const inserted = new Set(this.sql.exec<{ event_id: string }>(
       // "WHERE true" tells SQLite's parser that ON CONFLICT belongs to the upsert, not to a join.
       `INSERT INTO counted (event_id, cost_nano, at) SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) WHERE true
@@ -260,6 +273,11 @@ export class Ledger {
     return cost;
   }
 
+  private hasBefore(): boolean {
+    this.before ??= this.sql.exec("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", COUNTED_BEFORE).toArray().length > 0;
+    return this.before;
+  }
+
   /**
    * Forget counted ids past COUNTED_EVENT_KEEP_MS (oldest first, a bounded range of the primary key),
    * silent pool outboxes and pool days before yesterday. Housekeeping, so at most once a minute: every
@@ -273,6 +291,14 @@ export class Ledger {
       "DELETE FROM counted WHERE event_id IN (SELECT event_id FROM counted WHERE event_id >= ? AND event_id < ? ORDER BY event_id LIMIT ?)",
       `${ID_PREFIXES.event}_`, idFloor("event", now - COUNTED_EVENT_KEEP_MS), COUNTED_DELETE_LIMIT,
     );
+    if (this.hasBefore()) {
+      // The rows set aside at the upgrade, oldest first (their rowids follow the order they came in).
+      this.sql.exec(`DELETE FROM ${COUNTED_BEFORE} WHERE rowid IN (SELECT rowid FROM ${COUNTED_BEFORE} WHERE at < ? LIMIT ?)`, now - COUNTED_EVENT_KEEP_MS, COUNTED_DELETE_LIMIT);
+      if (this.sql.exec(`SELECT 1 FROM ${COUNTED_BEFORE} LIMIT 1`).toArray().length === 0) {
+        this.sql.exec(`DROP TABLE ${COUNTED_BEFORE}`);
+        this.before = false;
+      }
+    }
     this.sql.exec("DELETE FROM delivered WHERE updated_at < ?", now - DELIVERED_TTL_MS);
     this.sql.exec("DELETE FROM pool_day WHERE day < ?", dayKey(now - 2 * DAY_MS));
     this.units = null;

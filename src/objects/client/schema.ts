@@ -1,12 +1,14 @@
-import { COUNTED_EVENT_KEEP_MS } from "../../domain/retention";
-import { keyedTable } from "../sqlite";
+import { keyedTable, storedTable } from "../sqlite";
+
+/** Counted event ids as objects made before keyed tables kept them, until the cleanup has emptied them (./ledger.ts). */
+export const COUNTED_BEFORE = "counted_before";
 
 /**
  * The client object's tables (created idempotently), and the upgrades of objects made before. The tables
  * rows come and go from per request (`jobs`, `in_flight`, `counted`) and those upserted per settlement
  * are keyed tables (../sqlite.ts).
  */
-export function createTables(sql: SqlStorage, now: number): void {
+export function createTables(sql: SqlStorage): void {
   sql.exec("CREATE TABLE IF NOT EXISTS bursts (id TEXT PRIMARY KEY, requested_at INTEGER NOT NULL, session TEXT NOT NULL, synced INTEGER NOT NULL DEFAULT 0)");
   keyedTable(sql, {
     name: "jobs",
@@ -19,14 +21,15 @@ export function createTables(sql: SqlStorage, now: number): void {
   keyedTable(sql, { name: "spend", create: "CREATE TABLE IF NOT EXISTS spend (month TEXT PRIMARY KEY, spent_nano INTEGER NOT NULL) WITHOUT ROWID" });
   keyedTable(sql, { name: "in_flight", create: "CREATE TABLE IF NOT EXISTS in_flight (request_id TEXT PRIMARY KEY, estimate_nano INTEGER NOT NULL, admitted_at INTEGER NOT NULL) WITHOUT ROWID" });
   // Event ids sort by their time (src/domain/ids.ts): the cleanup deletes a range of the key
-  // (./ledger.ts). Ids were kept 40 days and swept by a scan of `at`; ranges of time-ordered ids would
-  // never reach ids made before they were time-ordered (random UUIDs), so the rebuild of an object
-  // made before keeps only ids younger than the keep (none of those is UUID-shaped).
-  keyedTable(sql, {
-    name: "counted",
-    create: "CREATE TABLE IF NOT EXISTS counted (event_id TEXT PRIMARY KEY, cost_nano INTEGER NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID",
-    keep: { where: "at >= ?", args: [now - COUNTED_EVENT_KEEP_MS] },
-  });
+  // (./ledger.ts). An object made before kept them 40 days in a rowid table, some made before ids were
+  // time-ordered (random UUIDs, which no range reaches): that table is set aside as `counted_before`,
+  // renamed rather than copied (it may hold tens of millions of rows); the ledger still finds repeats in
+  // it, and its cleanup empties it by event time a batch a minute, then drops it.
+  const counted = storedTable(sql, "counted");
+  if (counted !== undefined && !/WITHOUT\s+ROWID/i.test(counted) && storedTable(sql, COUNTED_BEFORE) === undefined) {
+    sql.exec(`ALTER TABLE counted RENAME TO ${COUNTED_BEFORE}`);
+  }
+  sql.exec("CREATE TABLE IF NOT EXISTS counted (event_id TEXT PRIMARY KEY, cost_nano INTEGER NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID");
   // Pool outboxes' deliveries: the highest outbox seq counted from each (one row per pool outbox).
   keyedTable(sql, { name: "delivered", create: "CREATE TABLE IF NOT EXISTS delivered (source TEXT PRIMARY KEY, seq INTEGER NOT NULL, updated_at INTEGER NOT NULL) WITHOUT ROWID" });
 }

@@ -118,7 +118,7 @@ export class SchedulerObject extends DurableObject<Env> {
       try {
         if (await this.dispatcher.runNow(id)) await settled;
       } finally {
-        this.store.writeHeldBack(); // not started (it waits in its queue), or the admission failed
+        this.store.writeHeldBack(id); // not started (it waits in its queue), or the admission failed
       }
     }
     if (this.store.queued.has(id)) this.ensureAlarm(Date.now());

@@ -119,11 +119,18 @@ export class QueueStore {
     return { request: view(row), duplicate: false };
   }
 
-  /** Write the inserts held back (`defer`): before any other write of the table, and when an execute is done with its row. */
-  writeHeldBack(): void {
+  /**
+   * Write the inserts held back (`defer`): all of them before any other write of the table, or one
+   * (`id`) when its execute is done with it. Each leaves the list before it is written, so one that
+   * fails fails its own caller once and never stands in front of the next write.
+   */
+  writeHeldBack(id?: string): void {
     if (this.unwritten.size === 0) return;
-    for (const write of this.unwritten.values()) write();
-    this.unwritten.clear();
+    for (const [key, write] of id === undefined ? [...this.unwritten] : [[id, this.unwritten.get(id)] as const]) {
+      if (!write) continue;
+      this.unwritten.delete(key);
+      write();
+    }
   }
 
   index(row: Row): void {
