@@ -32,6 +32,12 @@ export function storedTable(sql: SqlStorage, name: string): string | undefined {
   return sql.exec<{ sql: string }>("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", name).toArray()[0]?.sql;
 }
 
+/** Whether the table exists as a rowid table (made before keyed tables, or never one). */
+export function isRowidTable(sql: SqlStorage, name: string): boolean {
+  const stored = storedTable(sql, name);
+  return stored !== undefined && !/WITHOUT\s+ROWID/i.test(stored);
+}
+
 /**
  * An object made by an earlier version has the table as a rowid table: rebuild it as `WITHOUT ROWID`
  * with the same rows, once. The old table is renamed `<name>_rowid`, the new one made, the rows copied
@@ -42,8 +48,7 @@ export function storedTable(sql: SqlStorage, name: string): string | undefined {
 export function rebuildWithoutRowid(sql: SqlStorage, table: KeyedTable): boolean {
   const old = `${table.name}_rowid`;
   if (storedTable(sql, old) === undefined) {
-    const stored = storedTable(sql, table.name);
-    if (stored === undefined || /WITHOUT\s+ROWID/i.test(stored)) return false;
+    if (!isRowidTable(sql, table.name)) return false;
     sql.exec(`ALTER TABLE ${table.name} RENAME TO ${old}`);
   }
   sql.exec(table.create);

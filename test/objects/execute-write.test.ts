@@ -1,9 +1,7 @@
 import { abortAllDurableObjects, runInDurableObject } from "cloudflare:test";
-import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { SchedulerObject } from "../../src/objects/scheduler";
-import { ownerShard, shardStub } from "../../src/objects/scheduler/shards";
-import { ADMIN, call, consume, makeClient, makePool, makeTemplate } from "../support/helpers";
+import { call, consume, readyToExecute, shardOf } from "../support/helpers";
 
 /**
  * An execute's row is written with its start (QueueStore.insert's `defer`): one commit where it took
@@ -11,25 +9,19 @@ import { ADMIN, call, consume, makeClient, makePool, makeTemplate } from "../sup
  */
 
 const stored = (clientId: string, id: string) =>
-  runInDurableObject(shardStub(env, ownerShard(env, clientId)), (_i: SchedulerObject, state) =>
+  runInDurableObject(shardOf(clientId), (_i: SchedulerObject, state) =>
     state.storage.sql.exec<{ status: string; attempts: number }>("SELECT status, attempts FROM requests WHERE id = ?", id).toArray());
 
 describe("an execute's row", () => {
   it("that ran is stored with its start and its end (completed, one attempt)", async () => {
-    const pool = await makePool({ capacity: 100 });
-    const template = await makeTemplate([{ pool: pool.id, amount: 1 }]);
-    const client = await makeClient("exec-write");
-    expect((await call("POST", "/admin/scheduler/start", { token: ADMIN })).status).toBe(200);
+    const { template, client } = await readyToExecute("exec-write", { capacity: 100 });
     const res = await call("POST", "/api/execute", { token: client.key, json: { template, params: { tokens_used: 1 } } });
     expect(res.status).toBe(200);
     expect(await stored(client.id, res.body.request.id)).toEqual([{ status: "completed", attempts: 1 }]);
   });
 
   it("that cannot start now (its pool is empty) is stored as queued before the 202: it outlives a restart, and can be cancelled", async () => {
-    const pool = await makePool({ capacity: 1, refillPerSec: 0, leases: "off" });
-    const template = await makeTemplate([{ pool: pool.id, amount: 1 }]);
-    const client = await makeClient("exec-write");
-    expect((await call("POST", "/admin/scheduler/start", { token: ADMIN })).status).toBe(200);
+    const { pool, template, client } = await readyToExecute("exec-write", { capacity: 1, refillPerSec: 0, leases: "off" });
     expect((await consume(pool.id, 1)).status).toBe(200); // the pool's one unit, gone
     const res = await call("POST", "/api/execute", { token: client.key, json: { template, params: { tokens_used: 1 } } });
     expect(res.status).toBe(202);
@@ -44,10 +36,7 @@ describe("an execute's row", () => {
     expect(await stored(client.id, id)).toEqual([{ status: "cancelled", attempts: 0 }]);
   });
   it("that may not run yet (not_before an hour ahead) is stored as queued before the 202 and outlives a restart", async () => {
-    const pool = await makePool({ capacity: 100 });
-    const template = await makeTemplate([{ pool: pool.id, amount: 1 }]);
-    const client = await makeClient("exec-write");
-    expect((await call("POST", "/admin/scheduler/start", { token: ADMIN })).status).toBe(200);
+    const { template, client } = await readyToExecute("exec-write", { capacity: 100 });
     const notBefore = Date.now() + 3_600_000;
     const res = await call("POST", "/api/execute", { token: client.key, json: { template, params: { tokens_used: 1 }, not_before: notBefore } });
     expect(res.status).toBe(202);

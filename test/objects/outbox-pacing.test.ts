@@ -3,8 +3,7 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { SchedulerObject } from "../../src/objects/scheduler";
 import { BUSY_FLUSH_MS, Outbox } from "../../src/objects/scheduler/outbox";
-import { ownerShard, shardStub } from "../../src/objects/scheduler/shards";
-import { ADMIN, call, enqueue, eventually, makeClient, makePool, makeTemplate, scheduler, settled } from "../support/helpers";
+import { ADMIN, call, enqueue, eventually, makePool, makeTemplate, readyToExecute, scheduler, settled, shardOf } from "../support/helpers";
 
 const rid = (n: string) => `req_${n.padStart(32, "0")}`;
 
@@ -69,14 +68,11 @@ describe("request-log delivery from busy passes", () => {
     expect(all).toEqual([...ids].sort());
   });
   it(`an execute with nothing queued behind it leaves its request-log delivery to a pass within ${BUSY_FLUSH_MS} ms, not an alarm and a pass of its own at once`, async () => {
-    const pool = await makePool({ capacity: 1000 });
-    const template = await makeTemplate([{ pool: pool.id, amount: 1 }]);
-    const client = await makeClient("exec-pace");
-    expect((await call("POST", "/admin/scheduler/start", { token: ADMIN })).status).toBe(200);
+    const { template, client } = await readyToExecute("exec-pace", { capacity: 1000 });
     const res = await call("POST", "/api/execute", { token: client.key, json: { template, params: { tokens_used: 1 } } });
     expect(res.status).toBe(200);
     const answeredAt = Date.now();
-    const alarm = await runInDurableObject(shardStub(env, ownerShard(env, client.id)), (_i: SchedulerObject, state) => state.storage.getAlarm());
+    const alarm = await runInDurableObject(shardOf(client.id), (_i: SchedulerObject, state) => state.storage.getAlarm());
     // Its settlement asked for the outbox's pace (the shard had nothing queued), not for a pass now.
     expect(alarm).not.toBeNull();
     expect(alarm!).toBeGreaterThan(answeredAt + 50);

@@ -16,11 +16,15 @@ const rowidTables = (sql: SqlStorage, names: string[]) =>
     JSON.stringify(names),
   ).toArray().map((r) => r.name);
 
+/** Run `fn` on a fresh object's SQLite (a pool's): scratch tables of a test's own. */
+async function inScratchStorage(fn: (sql: SqlStorage) => void): Promise<void> {
+  const pool = await makePool({ capacity: 10, refillPerSec: 0 });
+  await runInDurableObject(env.POOL.get(env.POOL.idFromName(pool.id)), (_: PoolObject, state) => fn(state.storage.sql));
+}
+
 describe("keyed tables", () => {
   it("a rowid table is rebuilt WITHOUT ROWID once: its rows kept, new columns at their defaults, indexes made again, nothing left over", async () => {
-    const pool = await makePool({ capacity: 10, refillPerSec: 0 });
-    await runInDurableObject(env.POOL.get(env.POOL.idFromName(pool.id)), (_: PoolObject, state) => {
-      const sql = state.storage.sql;
+    await inScratchStorage((sql) => {
       sql.exec("CREATE TABLE scratch (id TEXT PRIMARY KEY, a INTEGER NOT NULL)");
       sql.exec("CREATE INDEX scratch_a ON scratch (a)");
       sql.exec("INSERT INTO scratch (id, a) VALUES ('x', 1), ('y', 2), ('z', 3)");
@@ -42,9 +46,7 @@ describe("keyed tables", () => {
   });
 
   it("a rebuild stopped part-way (the old table renamed, some rows copied) is finished at the next start, nothing lost or doubled", async () => {
-    const pool = await makePool({ capacity: 10, refillPerSec: 0 });
-    await runInDurableObject(env.POOL.get(env.POOL.idFromName(pool.id)), (_: PoolObject, state) => {
-      const sql = state.storage.sql;
+    await inScratchStorage((sql) => {
       sql.exec("CREATE TABLE part_rowid (id TEXT PRIMARY KEY, a INTEGER NOT NULL)");
       sql.exec("INSERT INTO part_rowid (id, a) VALUES ('x', 1), ('y', 2), ('z', 3)");
       sql.exec("CREATE TABLE part (id TEXT PRIMARY KEY, a INTEGER NOT NULL) WITHOUT ROWID");

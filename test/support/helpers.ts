@@ -5,6 +5,7 @@ import { clearConfigCache } from "../../src/storage/config";
 import { checkResponse } from "./contract";
 import { upsertPool } from "../../src/storage/pools";
 import type { PoolConfig } from "../../src/domain/types";
+import { ownerShard, shardStub } from "../../src/objects/scheduler/shards";
 
 export const ADMIN = "test-admin-token";
 export const INTERNAL = "test-internal-token";
@@ -114,6 +115,9 @@ export async function eventually<T>(fn: () => Promise<T | null | undefined | fal
 
 export const scheduler = () => env.SCHEDULER.get(env.SCHEDULER.idFromName("scheduler"));
 
+/** The scheduler shard that owns a client under the project's SCHEDULER_SHARDS. */
+export const shardOf = (clientId: string) => shardStub(env, ownerShard(env, clientId));
+
 export async function requestOf(id: string, token: string = KEYS.acme): Promise<any> {
   return (await call("GET", `/api/execution/${id}`, { token })).body.request;
 }
@@ -164,4 +168,16 @@ export async function makeClient(prefix: string): Promise<{ id: string; key: str
   ]);
   clearConfigCache();
   return { id, key };
+}
+
+/**
+ * What an execute test starts from: a fresh pool (`pool` overrides), a template needing one unit of
+ * it, a fresh client (`prefix`), and the scheduler running.
+ */
+export async function readyToExecute(prefix: string, pool: Partial<Omit<PoolConfig, "version">> = {}): Promise<{ pool: PoolConfig; template: string; client: { id: string; key: string } }> {
+  const made = await makePool(pool);
+  const template = await makeTemplate([{ pool: made.id, amount: 1 }]);
+  const client = await makeClient(prefix);
+  expect((await call("POST", "/admin/scheduler/start", { token: ADMIN })).status).toBe(200);
+  return { pool: made, template, client };
 }

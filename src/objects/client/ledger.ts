@@ -7,6 +7,7 @@ import { fitsDaily, type QuotaUse, type ResolvedQuota } from "../../domain/quota
 import { log } from "../../log";
 import { applyAlerts } from "../../storage/alert-apply";
 import type { MoneyBook } from "./money";
+import { storedTable } from "../sqlite";
 import { COUNTED_BEFORE } from "./schema";
 import type { BudgetDecision, BudgetItem, PoolSpend, Settlement, SpendEvent } from "./types";
 
@@ -274,7 +275,7 @@ export class Ledger {
   }
 
   private hasBefore(): boolean {
-    this.before ??= this.sql.exec("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", COUNTED_BEFORE).toArray().length > 0;
+    this.before ??= storedTable(this.sql, COUNTED_BEFORE) !== undefined;
     return this.before;
   }
 

@@ -1,4 +1,4 @@
-import { keyedTable, storedTable } from "../sqlite";
+import { isRowidTable, keyedTable, storedTable } from "../sqlite";
 
 /** Counted event ids as objects made before keyed tables kept them, until the cleanup has emptied them (./ledger.ts). */
 export const COUNTED_BEFORE = "counted_before";
@@ -25,8 +25,7 @@ export function createTables(sql: SqlStorage): void {
   // time-ordered (random UUIDs, which no range reaches): that table is set aside as `counted_before`,
   // renamed rather than copied (it may hold tens of millions of rows); the ledger still finds repeats in
   // it, and its cleanup empties it by event time a batch a minute, then drops it.
-  const counted = storedTable(sql, "counted");
-  if (counted !== undefined && !/WITHOUT\s+ROWID/i.test(counted) && storedTable(sql, COUNTED_BEFORE) === undefined) {
+  if (isRowidTable(sql, "counted") && storedTable(sql, COUNTED_BEFORE) === undefined) {
     sql.exec(`ALTER TABLE counted RENAME TO ${COUNTED_BEFORE}`);
   }
   sql.exec("CREATE TABLE IF NOT EXISTS counted (event_id TEXT PRIMARY KEY, cost_nano INTEGER NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID");

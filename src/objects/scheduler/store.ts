@@ -125,8 +125,8 @@ export class QueueStore {
    * fails fails its own caller once and never stands in front of the next write.
    */
   writeHeldBack(id?: string): void {
-    if (this.unwritten.size === 0) return;
-    for (const [key, write] of id === undefined ? [...this.unwritten] : [[id, this.unwritten.get(id)] as const]) {
+    for (const key of id === undefined ? [...this.unwritten.keys()] : [id]) {
+      const write = this.unwritten.get(key);
       if (!write) continue;
       this.unwritten.delete(key);
       write();
