@@ -1,3 +1,4 @@
+import { LazyOrder } from "./lazy-order";
 import type { Tier } from "./types";
 
 /** The five queues, most urgent first. */
@@ -124,7 +125,7 @@ export function fairRank<T extends FairItem>(
     return { ...(rest as unknown as T), priority };
   });
   if (out.length < items.length && !headOnly) {
-    const rest = clients.flatMap((c) => c.ranked.slice(c.next)).map((e) => {
+    const rest = clients.flatMap((c) => c.ranked.rest()).map((e) => {
       const { recentShare: _s, priority: _p, ...item } = e.item as T & { recentShare?: number; priority?: Priority };
       return item as unknown as T;
     });
@@ -160,9 +161,9 @@ interface Scored<T> {
   own: number;
 }
 
-/** Each client's requests in their own order, with what the interleaving tracks: picks so far, shares. */
+/** Each client's requests in their own order (taken lazily), with what the interleaving tracks: picks so far, shares. */
 interface FairState<T> {
-  clients: Array<{ clientId: string; ranked: Array<Scored<T>>; next: number; weight: number; count: number }>;
+  clients: Array<{ clientId: string; ranked: LazyOrder<Scored<T>>; weight: number; count: number }>;
   totalWeight: number;
   /** Dispatches counted so far: the recent ones plus the picks made. */
   total: number;
@@ -206,8 +207,8 @@ function fairState<T extends FairItem>(
     else byClient.set(item.clientId, [scored]);
   }
   const clients = [...byClient].map(([clientId, list]) => {
-    list.sort((a, b) => Number(b.starved) - Number(a.starved) || b.own - a.own || a.ready - b.ready || (a.item.id < b.item.id ? -1 : a.item.id > b.item.id ? 1 : 0));
-    return { clientId, ranked: list, next: 0, weight: Math.max(1e-9, weightOf(clientId, list[0]!.item.tier)), count: recent.get(clientId) ?? 0 };
+    const ranked = new LazyOrder(list, ownOrder);
+    return { clientId, ranked, weight: Math.max(1e-9, weightOf(clientId, ranked.peek()!.item.tier)), count: recent.get(clientId) ?? 0 };
   });
   let total = 0;
   for (const n of recent.values()) total += n;
@@ -221,8 +222,8 @@ function nextPick<T extends FairItem>(state: FairState<T>): { head: Scored<T>; s
   let bestScore = 0;
   let bestFairness = 0;
   for (const c of state.clients) {
-    if (c.next >= c.ranked.length) continue;
-    const head = c.ranked[c.next]!;
+    const head = c.ranked.peek();
+    if (!head) continue;
     const fairness = fairnessPoints(state.total > 0 ? c.count / state.total : 0, c.weight / state.totalWeight);
     const score = round2(head.base + fairness);
     if (!bestHead || Number(head.starved) > Number(bestHead.starved) || (head.starved === bestHead.starved && (score > bestScore || (score === bestScore && precedes(head, bestHead))))) {
@@ -233,10 +234,15 @@ function nextPick<T extends FairItem>(state: FairState<T>): { head: Scored<T>; s
     }
   }
   if (!best || !bestHead) return null;
-  best.next += 1;
+  best.ranked.shift();
   best.count += 1;
   state.total += 1;
   return { head: bestHead, score: bestScore, fairness: bestFairness };
+}
+
+/** A client's own order: starved first, then by score without the share, the one ready longest, the id (a total order). */
+function ownOrder(a: Scored<FairItem>, b: Scored<FairItem>): number {
+  return Number(b.starved) - Number(a.starved) || b.own - a.own || a.ready - b.ready || (a.item.id < b.item.id ? -1 : a.item.id > b.item.id ? 1 : 0);
 }
 
 /** Equal scores: the one ready longest first, then by id (a total order). */

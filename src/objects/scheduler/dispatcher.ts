@@ -85,9 +85,9 @@ export class Dispatcher {
     const fullClients = new Set<string>();
     // Identical cacheable requests are coalesced: while one runs, the others wait and share its result.
     const keysInFlight = new Set<string>();
-    for (const [id, plan] of this.store.plans) {
-      const status = this.store.live.get(id)?.status;
-      if (plan.cache_key && (status === "dispatching" || status === "running")) keysInFlight.add(plan.cache_key);
+    for (const id of this.store.active) {
+      const key = this.store.plans.get(id)?.cache_key;
+      if (key) keysInFlight.add(key);
     }
     let coalescedWaiting = 0;
     let launched = 0;
@@ -168,10 +168,7 @@ export class Dispatcher {
     if (!this.store.queued.has(id) || this.calls.inflight.size + this.store.admitting.size >= MAX_IN_FLIGHT + IMMEDIATE_HEADROOM) return false;
     const key = this.store.plans.get(id)?.cache_key;
     if (key) {
-      for (const [other, plan] of this.store.plans) {
-        const status = this.store.live.get(other)?.status;
-        if (other !== id && plan.cache_key === key && (status === "dispatching" || status === "running")) return false;
-      }
+      for (const other of this.store.active) if (other !== id && this.store.plans.get(other)?.cache_key === key) return false;
     }
     const [templates, pools] = await Promise.all([templateConfigs(this.env), poolConfigs(this.env)]);
     const q = this.store.queued.get(id);

@@ -309,10 +309,11 @@ export class Settlement {
    */
   reclaimLeases(now: number): Row[] {
     const failed: Row[] = [];
-    // Every pass looks: walk the live requests without copying them (10,000 queued is a 10,000-item copy).
+    // Every pass looks: walk the requests dispatching or running only, not the queued backlog.
     const stale: Row[] = [];
-    for (const r of this.store.live.values()) {
-      if ((r.status === "dispatching" || r.status === "running") && r.lease_until !== null && r.lease_until <= now && !this.store.admitting.has(r.id) && !this.owed.has(r.id)) stale.push(r);
+    for (const id of this.store.active) {
+      const r = this.store.live.get(id)!;
+      if (r.lease_until !== null && r.lease_until <= now && !this.store.admitting.has(r.id) && !this.owed.has(r.id)) stale.push(r);
     }
     for (const row of stale) {
       const was = row.status;

@@ -30,6 +30,11 @@ export class QueueStore {
   readonly plans = new Map<string, StoredPlan>();
   /** Requests claimed by a pass and still being admitted. */
   readonly admitting = new Set<string>();
+  /**
+   * The live requests dispatching or running (claimed, and not yet finished or back in their queue):
+   * what the lease sweep and the in-flight cache keys walk at every pass, not the whole backlog.
+   */
+  readonly active = new Set<string>();
   /** Bumped by every change of the queued index that a cached ranking must not outlive. */
   epoch = 0;
   /** The last dispatch sequence number given. */
@@ -53,6 +58,7 @@ export class QueueStore {
       this.live.set(row.id, row);
       if (row.plan) this.plans.set(row.id, JSON.parse(row.plan) as StoredPlan);
       if (row.status === "queued") this.index(row);
+      else this.active.add(row.id);
     }
   }
 
@@ -159,6 +165,7 @@ export class QueueStore {
     return leases.map(([id, leaseUntil]) => {
       this.queued.delete(id);
       this.admitting.add(id);
+      this.active.add(id);
       return Object.assign(this.live.get(id)!, { status: "dispatching", lease_until: leaseUntil, updated_at: now });
     });
   }
@@ -192,6 +199,7 @@ export class QueueStore {
       notBefore, now, failedAttempt ? (error ?? null) : null, row.id,
     );
     const live = this.live.get(row.id) ?? row;
+    this.active.delete(row.id);
     Object.assign(live, {
       status: "queued", lease_until: null, reservations: null, not_before: notBefore, updated_at: now,
       error: (failedAttempt ? (error ?? null) : null) ?? live.error,
@@ -256,6 +264,7 @@ export class QueueStore {
         if (f.startedAt !== undefined) Object.assign(live, { started_at: f.startedAt, first_started_at: f.startedAt });
       }
       this.queued.delete(f.id);
+      this.active.delete(f.id);
       this.resolveWaiters(f.id);
       this.live.delete(f.id);
       this.plans.delete(f.id);
@@ -274,6 +283,7 @@ export class QueueStore {
     );
     this.sql.exec("INSERT INTO finished_outbox (id, optimizer) VALUES (?, 0) ON CONFLICT (id) DO NOTHING", id);
     Object.assign(row, { status: "cancelled", error: "cancelled by caller", finished_at: now, updated_at: now, lease_until: null });
+    this.active.delete(id);
     this.live.delete(id);
     this.plans.delete(id);
   }

@@ -1,0 +1,94 @@
+import { runInDurableObject } from "cloudflare:test";
+import { describe, expect, it } from "vitest";
+import type { SchedulerObject } from "../../src/objects/scheduler";
+import { call, eventually, readyToExecute, requestOf, shardOf } from "../support/helpers";
+
+/**
+ * QueueStore.active: the live requests dispatching or running, which the lease sweep and the in-flight
+ * cache keys walk at every pass instead of the whole backlog. It must be exactly the live rows in those
+ * statuses, through every way a request moves: claimed and started, refused and requeued, finished,
+ * cancelled queued or running, and loaded again after a restart.
+ */
+
+type Store = { active: Set<string>; live: Map<string, { status: string }> };
+const storeOf = (i: SchedulerObject) => (i as unknown as { store: Store }).store;
+
+/** The shard's active set, and the live rows in dispatching or running, both sorted (they must agree). */
+const activeAndLive = (clientId: string) =>
+  runInDurableObject(shardOf(clientId), (i: SchedulerObject) => {
+    const store = storeOf(i);
+    const running = [...store.live.values()].filter((r) => r.status === "dispatching" || r.status === "running").map((r) => (r as unknown as { id: string }).id);
+    return { active: [...store.active].sort(), live: running.sort() };
+  });
+
+describe("the shard's set of dispatching and running requests", () => {
+  it("is exactly the live rows in those statuses: runs, refusals back to the queue, cancels queued and running", async () => {
+    // Two units and no refill: two requests run, the rest are claimed, refused and requeued at every pass.
+    const { pool, template, client } = await readyToExecute("active-set", { capacity: 2, refillPerSec: 0, leases: "off" });
+    const ids: string[] = [];
+    for (let i = 0; i < 2; i += 1) {
+      const res = await call("POST", "/api/queue/enqueue", { token: client.key, json: { template, queue: "fast", params: { tokens_used: 1, simulate: { latency_ms: 4000 } } } });
+      expect(res.status).toBe(202);
+      ids.push(res.body.request.id);
+    }
+    // Both running (held 4 s by the sample worker): both in the set.
+    const running = await eventually(async () => {
+      const s = await activeAndLive(client.id);
+      return s.active.length === 2 ? s : null;
+    }, 5000, "two running");
+    expect(running.active).toEqual([...ids].sort());
+    expect(running.live).toEqual(running.active);
+
+    // Three more: refused by the empty pool, back in their queue, never left in the set.
+    const waiting: string[] = [];
+    for (let i = 0; i < 3; i += 1) {
+      const res = await call("POST", "/api/queue/enqueue", { token: client.key, json: { template, queue: "fast", params: { tokens_used: 1 } } });
+      waiting.push(res.body.request.id);
+    }
+    // Claimed by a pass, refused by the pool, back in their queue: out of the set once admission is done.
+    const afterRefusal = await eventually(async () => {
+      const s = await activeAndLive(client.id);
+      return waiting.every((id) => !s.active.includes(id)) ? s : null;
+    }, 5000, "refused and requeued");
+    expect(afterRefusal.active).toEqual(afterRefusal.live);
+    expect(afterRefusal.active).toEqual([...ids].sort());
+    for (const id of waiting) expect((await requestOf(id, client.key)).status).toBe("queued");
+
+    // A running one cancelled: it leaves the set at once.
+    expect((await call("POST", `/api/execution/${ids[0]}/cancel`, { token: client.key })).status).toBe(200);
+    const afterCancel = await activeAndLive(client.id);
+    expect(afterCancel.active).toEqual([ids[1]!]);
+    expect(afterCancel.live).toEqual(afterCancel.active);
+
+    // The cancel gave its unit back: the oldest waiting request runs on it. The other finishes too,
+    // and the set empties.
+    await eventually(async () => (await activeAndLive(client.id)).active.length === 0 || null, 8000, "both settled");
+    expect((await requestOf(ids[1]!, client.key)).status).toBe("completed");
+    expect((await requestOf(waiting[0]!, client.key)).status).toBe("completed");
+    // A queued one cancelled: it was never in the set, which stays as the live rows say.
+    expect((await call("POST", `/api/execution/${waiting[2]}/cancel`, { token: client.key })).status).toBe(200);
+    expect(await activeAndLive(client.id)).toEqual({ active: [], live: [] });
+    expect((await requestOf(waiting[1]!, client.key)).status).toBe("queued");
+  });
+
+  it("is loaded again after a restart from the rows that say dispatching or running", async () => {
+    const { template, client } = await readyToExecute("active-set", { capacity: 10 });
+    const res = await call("POST", "/api/queue/enqueue", { token: client.key, json: { template, queue: "fast", params: { tokens_used: 1, simulate: { latency_ms: 3000 } } } });
+    const id: string = res.body.request.id;
+    await eventually(async () => ((await activeAndLive(client.id)).active.includes(id) ? true : null), 5000, "running");
+    // A fresh copy of the object reads the table (as after a restart): the running row is in its set.
+    const reloaded = await runInDurableObject(shardOf(client.id), (i: SchedulerObject) => {
+      const store = storeOf(i) as Store & { load(): void; live: Map<string, unknown>; queued: Map<string, unknown>; plans: Map<string, unknown> };
+      store.active.clear();
+      store.live.clear();
+      store.queued.clear();
+      store.plans.clear();
+      store.load();
+      const stored = i.ctx.storage.sql.exec<{ id: string }>("SELECT id FROM requests WHERE status IN ('dispatching', 'running')").toArray().map((r) => r.id);
+      return { active: [...store.active].sort(), stored: stored.sort() };
+    });
+    expect(reloaded.active).toContain(id);
+    expect(reloaded.active).toEqual(reloaded.stored);
+    await eventually(async () => ((await activeAndLive(client.id)).active.length === 0 ? true : null), 8000, "settled after the reload");
+  });
+});
