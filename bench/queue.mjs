@@ -39,6 +39,12 @@
 //                           printed over as ratios (default 1)
 //   QUEUE_BENCH_VARS        settings over wrangler.toml's for the service's run, e.g. "SCHEDULER_SHARDS=1" (NAME=value,
 //                           space or comma separated; written to its --env-file; the JSON's config records them)
+//   QUEUE_BENCH_SECOND      set to 0 to skip the second backlog (default 1): after the first drain, a backlog of the same
+//                           size (SINGLE + BATCHED, in batches) is enqueued again and drained by the same runtime, executes
+//                           timed as in the first; the baseline does the same. The first drain runs on a fresh runtime (V8
+//                           compiles the dispatch path as it goes: a first drain after a start took ~1.5x the CPU per dispatch
+//                           of later ones); the second shows the steady state a long-lived isolate reaches. Both are
+//                           printed, each over its own baseline (not in hold mode)
 //   QUEUE_BENCH_KEEP_STATE  set to 1 to keep the temporary persist directory
 //   TMPDIR                  where the persist directories are made (both runs); TMPDIR=/dev/shm puts them on tmpfs: a
 //                           diagnostic of the local disk's share (each object's commit is a WAL write and an fsync on the
@@ -86,6 +92,7 @@ const DRAIN_MAX_S = intEnv("QUEUE_BENCH_DRAIN_S", 180, 5, 1800);
 const KEEP_STATE = process.env.QUEUE_BENCH_KEEP_STATE === "1";
 const INSPECTOR = process.env.QUEUE_BENCH_INSPECTOR === "1";
 const DRAIN_EXECUTE = process.env.QUEUE_BENCH_DRAIN_EXECUTE !== "0";
+const SECOND = process.env.QUEUE_BENCH_SECOND !== "0";
 /** Settings over wrangler.toml's for the service's run, e.g. QUEUE_BENCH_VARS="SCHEDULER_SHARDS=1" (written to its --env-file). */
 const EXTRA_VARS = (process.env.QUEUE_BENCH_VARS ?? "").split(/[\s,]+/).filter(Boolean).map((v) => {
   if (!/^[A-Z_][A-Z0-9_]*=[^\s]*$/.test(v)) throw new Error(`QUEUE_BENCH_VARS: expected NAME=value items, got ${v}`);
@@ -374,6 +381,11 @@ function spec(queue) {
 /** ids enqueued, with the key of the client that enqueued each. */
 const enqueued = []; // { id, client }
 
+/** The second backlog: as many as the first (single and batched), in whole batches. */
+function secondSize() {
+  return Math.ceil((SINGLE + BATCHED) / BATCH_SIZE) * BATCH_SIZE;
+}
+
 /** The single enqueue of call i: its client and queue (wrk cycles through the same list). */
 function singleOf(i) {
   return { client: CLIENTS[i % CLIENTS.length], queue: BENCH_QUEUES[Math.floor(i / CLIENTS.length) % BENCH_QUEUES.length] };
@@ -431,8 +443,9 @@ function singleResult(ok, seconds, callLatency, ticks0, byPid0) {
   return { calls: SINGLE, concurrency: SINGLE_CONCURRENCY, load_generator: LOADGEN, requests_ok: ok, seconds, requests_per_s: ok / seconds, workerd_cpu_us_per_enqueue: cpuUs, workerd_cpu_us_per_enqueue_by_pid: perProcess, call_latency: callLatency };
 }
 
-async function enqueueBatched() {
-  const batches = BATCHED / BATCH_SIZE;
+/** `total` requests (a multiple of BATCH_SIZE) in batches, BATCH_CONCURRENCY in flight; the accepted ones go into `into`. */
+async function enqueueBatched(total = BATCHED, into = enqueued) {
+  const batches = total / BATCH_SIZE;
   const latencies = [];
   let ok = 0;
   const t0 = performance.now();
@@ -449,7 +462,7 @@ async function enqueueBatched() {
     for (const r of body.results) {
       if (r.ok && typeof r.request?.id === "string" && r.request.status === "queued" && r.request.client_id === client.id) {
         ok += 1;
-        enqueued.push({ id: r.request.id, client });
+        into.push({ id: r.request.id, client });
       } else {
         recordError("enqueue_batch", { status: res.status, ms: res.ms, text: JSON.stringify(r) }, "batch item not queued");
       }
@@ -766,30 +779,41 @@ async function runBaseline(logFile) {
     await pool(BATCHED / BATCH_SIZE, BATCH_CONCURRENCY, async () => void (await post("/enqueue", { requests: Array.from({ length: BATCH_SIZE }, () => ({ params: PARAMS })) })));
     out.enqueue_batched_per_s = BATCHED / ((performance.now() - t) / 1000);
     const status = async () => (await fetch(base + "/status", { signal: AbortSignal.timeout(CALL_TIMEOUT_MS) })).json();
-    const before = await status();
-    const t0 = performance.now();
-    await post("/start");
-    let emptyAt = null;
-    const latencies = [];
-    const poller = (async () => {
-      let step = POLL_MS;
-      let seen = { t: 0 };
-      while (!emptyAt) {
-        await sleep(step);
-        const st = await status();
-        const t = (performance.now() - t0) / 1000;
-        if (st.queued === 0) emptyAt = { t, dispatched: st.dispatched - before.dispatched, resolution_ms: Math.round((t - seen.t) * 1000) };
-        step = nextPollMs(st.queued, (st.dispatched - before.dispatched) / t);
-        seen = { t };
+    // Start the drain, time executes until the queue is empty (as the service's drain).
+    const drainOnce = async () => {
+      const before = await status();
+      const t0 = performance.now();
+      await post("/start");
+      let emptyAt = null;
+      const latencies = [];
+      const poller = (async () => {
+        let step = POLL_MS;
+        let seen = { t: 0 };
+        while (!emptyAt) {
+          await sleep(step);
+          const st = await status();
+          const t = (performance.now() - t0) / 1000;
+          if (st.queued === 0) emptyAt = { t, dispatched: st.dispatched - before.dispatched, resolution_ms: Math.round((t - seen.t) * 1000) };
+          step = nextPollMs(st.queued, (st.dispatched - before.dispatched) / t);
+          seen = { t };
+        }
+      })();
+      // Executes while it drains, as the service's (none with QUEUE_BENCH_DRAIN_EXECUTE=0).
+      if (DRAIN_EXECUTE) {
+        await Promise.all(Array.from({ length: EXECUTE_CONCURRENCY }, async () => {
+          while (!emptyAt) latencies.push((await post("/execute", { params: EXEC_PARAMS })).ms);
+        }));
       }
-    })();
-    await Promise.all(Array.from({ length: EXECUTE_CONCURRENCY }, async () => {
-      while (!emptyAt) latencies.push((await post("/execute", { params: EXEC_PARAMS })).ms);
-    }));
-    await poller;
-    out.dispatches_per_s = emptyAt.dispatched / emptyAt.t;
-    out.end_resolution_ms = emptyAt.resolution_ms;
-    out.execute_during_drain = latencyStats(latencies);
+      await poller;
+      return { dispatches_per_s: emptyAt.dispatched / emptyAt.t, end_resolution_ms: emptyAt.resolution_ms, execute_during_drain: latencyStats(latencies) };
+    };
+    Object.assign(out, await drainOnce());
+    if (SECOND) {
+      // The second backlog, as the service's: the same size in batches, drained by the same runtime.
+      const size = secondSize();
+      await pool(size / BATCH_SIZE, BATCH_CONCURRENCY, async () => void (await post("/enqueue", { requests: Array.from({ length: BATCH_SIZE }, () => ({ params: PARAMS })) })));
+      out.second = await drainOnce();
+    }
     return out;
   } finally {
     try { process.kill(-dev.pid, "SIGTERM"); } catch { /* gone */ }
@@ -940,6 +964,20 @@ async function main() {
     console.log(`  verify: ${result.verify.completed}/${result.verify.sampled} sampled enqueued requests completed ${JSON.stringify(result.verify.by_status)}`);
     result.verify_execute = await verify(executeIds);
     console.log(`  verify: ${result.verify_execute.completed}/${result.verify_execute.sampled} sampled execute requests completed ${JSON.stringify(result.verify_execute.by_status)}`);
+    // 6b. a second backlog of the same size, drained by the same (now warm) runtime.
+    if (SECOND && HOLD_S === 0) {
+      const size = secondSize();
+      console.log(`queue bench: second backlog: ${size} in batches, scheduler stopped, then drained by the same runtime...`);
+      await mustOk("second", "POST", "/admin/scheduler/stop", { token: ADMIN_TOKEN });
+      const again = [];
+      const enq = await enqueueBatched(size, again);
+      console.log(`  ${fmt(enq.requests_per_s)} req/s, ${enq.requests_ok} ok in ${fmt(enq.seconds, 2)} s`);
+      result.drain_second = await drain([]);
+      const d2 = result.drain_second;
+      console.log(`  backlog ${d2.backlog_at_start}: ${d2.dispatch_s == null ? "queues NOT emptied" : `${d2.dispatched_by_then} dispatched in ${fmt(d2.dispatch_s, 2)} s = ${fmt(d2.dispatches_per_s, 0)}/s`}; ${d2.completed ? `nothing in flight after ${fmt(d2.drain_s, 2)} s` : `${d2.stuck_in_flight} still in flight when the wait ended`}`);
+      result.verify_second = await verify(again);
+      console.log(`  verify: ${result.verify_second.completed}/${result.verify_second.sampled} sampled requests of the second backlog completed ${JSON.stringify(result.verify_second.by_status)}`);
+    }
     const finalState = await call("GET", "/api/queue/status", { token: ADMIN_TOKEN });
     result.final_status = finalState.json;
   } finally {
@@ -992,6 +1030,15 @@ function summarize(result, { port, wranglerVersion, started }) {
   if (slow) console.log(`${pad("  slowest execute", 30, true)}${slow.ms} ms: ${fmt(slow.to_scheduler, 0)} before the scheduler held it (HTTP, the worker's checks, and workerd's queue: one thread under wrangler dev), admit ${slow.admit}, run and settle ${slow.run_and_settle}, answer ${fmt(slow.answer, 0)}`);
   console.log(`${pad("drain (nothing in flight)", 30, true)}${D.completed ? `after ${fmt(D.drain_s, 2)} s` : `NOT reached: ${D.stuck_in_flight} requests still in flight when the wait ended${D.stalled ? ` (unchanged for ${STALL_S} s)` : ""}`}`);
   console.log(`${pad("  verify", 30, true)}${result.verify.completed}/${result.verify.sampled} enqueued completed; ${result.verify_execute.completed}/${result.verify_execute.sampled} executes completed`);
+  const D2 = result.drain_second;
+  const E2 = D2?.execute_during_drain;
+  if (D2) {
+    console.log(`${pad("second backlog (warm)", 30, true)}${D2.dispatch_s == null ? `queues NOT empty within the wait: depth ${D2.remaining_depth}` : `${D2.dispatched_by_then} dispatched in ${fmt(D2.dispatch_s, 2)} s (backlog ${D2.backlog_at_start} + executes), the end known to ${D2.end_resolution_ms} ms`}`);
+    console.log(`${pad("  dispatches/s", 30, true)}${fmt(D2.dispatches_per_s, 0)} (backlog/time ${fmt(D2.backlog_per_s, 0)}), peak between polls ${fmt(D2.peak_dispatches_per_s, 0)}`);
+    if (D2.workerd_cpu_us_per_dispatch != null) console.log(`${pad("  workerd CPU", 30, true)}${fmt(D2.workerd_cpu_us_per_dispatch, 0)} us per dispatch, ${fmt(D2.workerd_cores_busy, 2)} cores busy`);
+    if (DRAIN_EXECUTE) console.log(`${pad("  POST /api/execute", 30, true)}n ${E2.n}, p50 ${fmt(E2.p50_ms, 2)} p95 ${fmt(E2.p95_ms, 2)} p99 ${fmt(E2.p99_ms, 2)} max ${fmt(E2.max_ms, 2)} ms (sent before the queues were empty)`);
+    console.log(`${pad("  verify", 30, true)}${result.verify_second.completed}/${result.verify_second.sampled} of the second backlog completed; ${D2.completed ? `nothing in flight after ${fmt(D2.drain_s, 2)} s` : `NOT drained: ${D2.stuck_in_flight} in flight`}`);
+  }
   console.log(line);
 
   const p95Target = 200;
@@ -1012,6 +1059,14 @@ function summarize(result, { port, wranglerVersion, started }) {
       { name: "peak requests in flight (hold mode)", value: D.peak_in_flight, target: `>= ${enqueued.length}`, met: D.peak_in_flight >= enqueued.length },
       { name: "dispatched exactly once (hold mode)", value: D.dispatched_total, target: `= ${D.backlog_at_start + executesAnswered(E)}`, met: D.dispatched_total === D.backlog_at_start + executesAnswered(E) },
     ] : []),
+    ...(D2 ? [
+      { name: "dispatches/s, second backlog (warm)", value: D2.dispatches_per_s, target: ">= 8000", met: D2.dispatches_per_s != null && D2.dispatches_per_s >= 8000 },
+      ...(DRAIN_EXECUTE ? [
+        { name: "p95 POST /api/execute (second drain)", value: E2.p95_ms, target: `< ${p95Target} ms`, met: E2.p95_ms != null && E2.p95_ms < p95Target && E2.n >= 50 },
+        { name: "p99 POST /api/execute (second drain)", value: E2.p99_ms, target: "< 500 ms", met: E2.p99_ms != null && E2.p99_ms < 500 && E2.n >= 50 },
+      ] : []),
+      { name: "sampled requests completed (second)", value: result.verify_second.completed, target: `= ${result.verify_second.sampled}`, met: result.verify_second.completed === result.verify_second.sampled && D2.completed },
+    ] : []),
     { name: "requests left in flight after the drain", value: D.stuck_in_flight, target: "= 0", met: D.completed },
     { name: "sampled requests completed", value: result.verify.completed, target: `= ${result.verify.sampled}`, met: result.verify.completed === result.verify.sampled },
   ];
@@ -1024,10 +1079,12 @@ function summarize(result, { port, wranglerVersion, started }) {
       dispatches: D.dispatches_per_s == null ? null : D.dispatches_per_s / B.dispatches_per_s,
       execute_p95: E.p95_ms == null || !B.execute_during_drain.p95_ms ? null : E.p95_ms / B.execute_during_drain.p95_ms,
       execute_p99: E.p99_ms == null || !B.execute_during_drain.p99_ms ? null : E.p99_ms / B.execute_during_drain.p99_ms,
+      dispatches_second: D2?.dispatches_per_s == null || !B.second ? null : D2.dispatches_per_s / B.second.dispatches_per_s,
     };
     const r = result.ratios;
     console.log(`${pad("baseline (minimal queue object)", 42, true)}enqueue ${fmt(B.enqueue_single_per_s, 0)} req/s single, ${fmt(B.enqueue_batched_per_s, 0)} batched; drain ${fmt(B.dispatches_per_s, 0)}/s (end known to ${B.end_resolution_ms} ms); execute during its drain p95 ${fmt(B.execute_during_drain.p95_ms, 2)} p99 ${fmt(B.execute_during_drain.p99_ms, 2)} ms (n=${B.execute_during_drain.n})`);
-    console.log(`${pad("service / baseline", 42, true)}enqueue single ${fmt(r.enqueue_single, 2)}, batched ${fmt(r.enqueue_batched, 2)}; dispatches/s ${fmt(r.dispatches, 2)}; execute p95 ${fmt(r.execute_p95, 2)}x, p99 ${fmt(r.execute_p99, 2)}x`);
+    if (B.second) console.log(`${pad("baseline, second backlog", 42, true)}drain ${fmt(B.second.dispatches_per_s, 0)}/s (end known to ${B.second.end_resolution_ms} ms); execute during it p95 ${fmt(B.second.execute_during_drain.p95_ms, 2)} p99 ${fmt(B.second.execute_during_drain.p99_ms, 2)} ms (n=${B.second.execute_during_drain.n})`);
+    console.log(`${pad("service / baseline", 42, true)}enqueue single ${fmt(r.enqueue_single, 2)}, batched ${fmt(r.enqueue_batched, 2)}; dispatches/s ${fmt(r.dispatches, 2)}${r.dispatches_second == null ? "" : ` (second backlog ${fmt(r.dispatches_second, 2)})`}; execute p95 ${fmt(r.execute_p95, 2)}x, p99 ${fmt(r.execute_p99, 2)}x`);
     console.log(line);
   }
   if (D.hold) {
@@ -1048,7 +1105,7 @@ function summarize(result, { port, wranglerVersion, started }) {
   const out = {
     ...result,
     machine: { cpus: cpus().length, cpu_model: cpus()[0]?.model, platform: platform(), release: release(), node: process.version, wrangler: wranglerVersion, loadavg_end: loadavg() },
-    config: { vars: EXTRA_VARS, load_generator_single: LOADGEN, hold_s: HOLD_S, execute_concurrency: EXECUTE_CONCURRENCY, baseline: BASELINE, port, wrangler_inspector_proxy: INSPECTOR, execute_during_drain: DRAIN_EXECUTE, single: SINGLE, batched: BATCHED, batch_size: BATCH_SIZE, single_concurrency: SINGLE_CONCURRENCY, batch_concurrency: BATCH_CONCURRENCY, samples: SAMPLES, warmup_calls: WARMUP_CALLS, poll_ms: POLL_MS, drain_max_s: DRAIN_MAX_S, template: TEMPLATE, queues: BENCH_QUEUES, batchable: BATCHABLE },
+    config: { vars: EXTRA_VARS, load_generator_single: LOADGEN, hold_s: HOLD_S, second_backlog: SECOND && HOLD_S === 0, execute_concurrency: EXECUTE_CONCURRENCY, baseline: BASELINE, port, wrangler_inspector_proxy: INSPECTOR, execute_during_drain: DRAIN_EXECUTE, single: SINGLE, batched: BATCHED, batch_size: BATCH_SIZE, single_concurrency: SINGLE_CONCURRENCY, batch_concurrency: BATCH_CONCURRENCY, samples: SAMPLES, warmup_calls: WARMUP_CALLS, poll_ms: POLL_MS, drain_max_s: DRAIN_MAX_S, template: TEMPLATE, queues: BENCH_QUEUES, batchable: BATCHABLE },
     targets,
     errors,
     elapsed_s: (Date.now() - started) / 1000,
