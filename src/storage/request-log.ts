@@ -16,24 +16,35 @@ export interface FinishedRequest {
 /** Longest error text kept per request: enough to read the cause, bounded so a batch stays small. */
 export const MAX_ERROR_CHARS = 500;
 
+/** A request-log row as insertRequestLogJson takes it: a JSON array in REQUEST_LOG_COLUMNS' order. */
+export const REQUEST_LOG_COLUMNS = ["id", "client_id", "template", "queue", "status", "estimate_nano", "actual_nano", "attempts", "created_at", "finished_at", "error"] as const;
+
 /**
  * Write finished requests in one statement over a JSON array. Keyed by request id: a batch delivered
  * twice (the outbox is cleared only after D1 answered) leaves the same rows.
  */
 export async function insertRequestLog(db: D1Database, rows: FinishedRequest[]): Promise<void> {
   if (rows.length === 0) return;
+  await insertRequestLogJson(db, JSON.stringify(rows.map((r) => REQUEST_LOG_COLUMNS.map((c) => (c === "error" && r.error !== null ? r.error.slice(0, MAX_ERROR_CHARS) : r[c])))));
+}
+
+/**
+ * insertRequestLog over a JSON array of rows already built (each an array in REQUEST_LOG_COLUMNS' order,
+ * the error cut to MAX_ERROR_CHARS): the scheduler's outbox builds it in its own SQLite, so a delivery
+ * makes no object per request.
+ */
+export async function insertRequestLogJson(db: D1Database, json: string): Promise<void> {
   await db
     .prepare(
-      `INSERT INTO request_log (id, client_id, template, queue, status, estimate_nano, actual_nano, attempts, created_at, finished_at, error)
-       SELECT j.value ->> '$.id', j.value ->> '$.client_id', j.value ->> '$.template', j.value ->> '$.queue', j.value ->> '$.status',
-              j.value ->> '$.estimate_nano', j.value ->> '$.actual_nano', j.value ->> '$.attempts', j.value ->> '$.created_at',
-              j.value ->> '$.finished_at', j.value ->> '$.error'
+      `INSERT INTO request_log (${REQUEST_LOG_COLUMNS.join(", ")})
+       SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4, j.value ->> 5, j.value ->> 6, j.value ->> 7,
+              j.value ->> 8, j.value ->> 9, j.value ->> 10
        FROM json_each(?1) j WHERE true
        ON CONFLICT (id) DO UPDATE SET
          status = excluded.status, actual_nano = excluded.actual_nano, attempts = excluded.attempts,
          finished_at = excluded.finished_at, error = excluded.error`,
     )
-    .bind(JSON.stringify(rows.map((r) => ({ ...r, error: r.error === null ? null : r.error.slice(0, MAX_ERROR_CHARS) }))))
+    .bind(json)
     .run();
 }
 

@@ -77,14 +77,14 @@ describe("the shard's set of dispatching and running requests", () => {
     const id: string = res.body.request.id;
     await eventually(async () => ((await activeAndLive(client.id)).active.includes(id) ? true : null), 5000, "running");
     // A fresh copy of the object reads the table (as after a restart): the running row is in its set.
-    const reloaded = await runInDurableObject(shardOf(client.id), (i: SchedulerObject) => {
+    const reloaded = await runInDurableObject(shardOf(client.id), (i: SchedulerObject, state) => {
       const store = storeOf(i) as Store & { load(): void; live: Map<string, unknown>; queued: Map<string, unknown>; plans: Map<string, unknown> };
       store.active.clear();
       store.live.clear();
       store.queued.clear();
       store.plans.clear();
       store.load();
-      const stored = i.ctx.storage.sql.exec<{ id: string }>("SELECT id FROM requests WHERE status IN ('dispatching', 'running')").toArray().map((r) => r.id);
+      const stored = state.storage.sql.exec<{ id: string }>("SELECT id FROM requests WHERE status IN ('dispatching', 'running')").toArray().map((r) => r.id);
       return { active: [...store.active].sort(), stored: stored.sort() };
     });
     expect(reloaded.active).toContain(id);

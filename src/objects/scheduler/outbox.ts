@@ -7,7 +7,7 @@ import { log } from "../../log";
 import { decompressText } from "../../domain/compression";
 import { cachePut, recordSavings } from "../../storage/optimizer-cache";
 import type { SavingsRow } from "../../storage/optimizer";
-import { insertRequestLog, MAX_ERROR_CHARS, type FinishedRequest } from "../../storage/request-log";
+import { insertRequestLogJson, MAX_ERROR_CHARS } from "../../storage/request-log";
 import type { StoredPlan } from "./types";
 
 /**
@@ -78,18 +78,23 @@ export class Outbox {
     this.flushedAt = Date.now();
     try {
       for (;;) {
-        const rows = this.sql.exec<{ outbox_id: string; optimizer: number } & { [K in keyof FinishedRequest]: SqlStorageValue }>(
-          `SELECT o.id AS outbox_id, o.optimizer, r.id, r.client_id, r.template, r.queue, r.status, r.estimate_nano, r.actual_nano, r.attempts,
-                  r.created_at, r.finished_at, substr(r.error, 1, ?) AS error
-           FROM finished_outbox o LEFT JOIN requests r ON r.id = o.id ORDER BY o.id LIMIT ?`,
+        // One row back: the batch's request-log rows as the JSON D1 takes (built here, no object per
+        // request), its outbox ids, and those with optimizer records to deliver.
+        const batch = this.sql.exec<{ n: number; log: string; ids: string; optimizer: string }>(
+          `SELECT COUNT(*) AS n,
+                  json_group_array(json_array(r.id, r.client_id, r.template, r.queue, r.status, r.estimate_nano, r.actual_nano, r.attempts,
+                    r.created_at, r.finished_at, substr(r.error, 1, ?1))) FILTER (WHERE r.id IS NOT NULL) AS log,
+                  json_group_array(o.id) AS ids,
+                  json_group_array(o.id) FILTER (WHERE r.status = 'completed' AND o.optimizer = 1) AS optimizer
+           FROM (SELECT id, optimizer FROM finished_outbox ORDER BY id LIMIT ?2) o LEFT JOIN requests r ON r.id = o.id`,
           MAX_ERROR_CHARS, FINISHED_BATCH,
-        ).toArray();
-        if (rows.length === 0) break;
-        // A request no longer stored has nothing to report: just drop its entry.
-        await insertRequestLog(this.env.DB, rows.filter((r) => r.id !== null).map(({ outbox_id: _, optimizer: __, ...r }) => r as unknown as FinishedRequest));
-        await this.deliverOptimizerRecords(rows.filter((r) => r.id !== null && r.status === "completed" && r.optimizer === 1).map((r) => String(r.id)));
-        this.sql.exec("DELETE FROM finished_outbox WHERE id IN (SELECT value FROM json_each(?))", JSON.stringify(rows.map((r) => r.outbox_id)));
-        if (rows.length < FINISHED_BATCH) break;
+        ).one();
+        if (batch.n === 0) break;
+        // A request no longer stored has nothing to report: its entry is just dropped.
+        if (batch.log !== "[]") await insertRequestLogJson(this.env.DB, batch.log);
+        await this.deliverOptimizerRecords(JSON.parse(batch.optimizer) as string[]);
+        this.sql.exec("DELETE FROM finished_outbox WHERE id IN (SELECT value FROM json_each(?))", batch.ids);
+        if (batch.n < FINISHED_BATCH) break;
       }
       this.failures = 0;
     } catch (err) {
