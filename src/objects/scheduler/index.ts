@@ -99,7 +99,8 @@ export class SchedulerObject extends DurableObject<Env> {
     // A pass for new work; while dispatch is stopped only a cache hit's outbox entry needs one (setRunning wakes the rest).
     if (outcomes.some((o, i) => !o.duplicate && (this.running || items[i]!.cached))) this.ensureAlarm(now);
     // A single new request is placed into the cached order (Ranking.splice), not ranked with the whole backlog again.
-    return outcomes.map((o) => ({ ...o, ...this.ranking.positionOf(o.request.id, now, items.length === 1 && !o.duplicate) }));
+    const positions = this.ranking.positionsOf(outcomes.map((o) => o.request.id), now, items.length === 1 && !outcomes[0]!.duplicate);
+    return outcomes.map((o, i) => ({ ...o, ...positions[i]! }));
   }
 
   /**
