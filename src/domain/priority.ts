@@ -125,12 +125,22 @@ export function fairRank<T extends FairItem>(
     return { ...(rest as unknown as T), priority };
   });
   if (out.length < items.length && !headOnly) {
-    const rest = clients.flatMap((c) => c.ranked.rest()).map((e) => {
-      const { recentShare: _s, priority: _p, ...item } = e.item as T & { recentShare?: number; priority?: Priority };
-      return item as unknown as T;
+    // The rest in plain priority order (rank's), each client's fairness from its recent share, scored
+    // from the numbers already computed: no object per request but the one returned.
+    const tail = clients.flatMap((c) => {
+      const share = total > 0 ? (recent.get(c.clientId) ?? 0) / total : 0;
+      return c.ranked.rest().map((e) => {
+        const fairness = fairnessPoints(share, (e.item as FairItem & { entitled?: number }).entitled);
+        return { e, priority: { score: round2(e.base + fairness), tier: e.tier, queue: e.queue, wait: round2(e.wait), fairness: round2(fairness), starved: e.starved } };
+      });
     });
-    out.push(...rank(rest.map((i) => ({ ...i, recentShare: total > 0 ? (recent.get(i.clientId) ?? 0) / total : 0 })), now)
-      .map(({ recentShare: _s, ...i }) => i as unknown as T & { priority: Priority }));
+    tail.sort((a, b) =>
+      Number(b.priority.starved) - Number(a.priority.starved) || b.priority.score - a.priority.score || a.e.ready - b.e.ready ||
+      (a.e.item.id < b.e.item.id ? -1 : a.e.item.id > b.e.item.id ? 1 : 0));
+    for (const { e, priority } of tail) {
+      const { recentShare: _s, priority: _p, ...item } = e.item as T & { recentShare?: number; priority?: Priority };
+      out.push({ ...(item as unknown as T), priority });
+    }
   }
   return out;
 }
