@@ -1,7 +1,7 @@
 import { runInDurableObject } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import type { SchedulerObject } from "../../src/objects/scheduler";
-import { call, eventually, readyToExecute, requestOf, shardOf } from "../support/helpers";
+import { ADMIN, call, eventually, readyToExecute, requestOf, shardOf } from "../support/helpers";
 
 /**
  * QueueStore.active: the live requests dispatching or running, which the lease sweep and the in-flight
@@ -10,16 +10,29 @@ import { call, eventually, readyToExecute, requestOf, shardOf } from "../support
  * cancelled queued or running, and loaded again after a restart.
  */
 
-type Store = { active: Set<string>; live: Map<string, { status: string }> };
+type Store = { active: Set<string>; live: Map<string, { id: string; status: string }>; admitting: Set<string>; epoch: number };
 const storeOf = (i: SchedulerObject) => (i as unknown as { store: Store }).store;
 
-/** The shard's active set, and the live rows in dispatching or running, both sorted (they must agree). */
-const activeAndLive = (clientId: string) =>
+/**
+ * One look at the shard: its active set and the live rows in dispatching or running (both sorted: they
+ * must agree), every live row's status, the claims being admitted and the queued index's epoch.
+ */
+const snapshot = (clientId: string) =>
   runInDurableObject(shardOf(clientId), (i: SchedulerObject) => {
     const store = storeOf(i);
-    const running = [...store.live.values()].filter((r) => r.status === "dispatching" || r.status === "running").map((r) => (r as unknown as { id: string }).id);
-    return { active: [...store.active].sort(), live: running.sort() };
+    const rows = [...store.live.values()];
+    return {
+      active: [...store.active].sort(),
+      live: rows.filter((r) => r.status === "dispatching" || r.status === "running").map((r) => r.id).sort(),
+      status: Object.fromEntries(rows.map((r) => [r.id, r.status])) as Record<string, string>,
+      admitting: store.admitting.size,
+      epoch: store.epoch,
+    };
   });
+const activeAndLive = async (clientId: string) => {
+  const { active, live } = await snapshot(clientId);
+  return { active, live };
+};
 
 describe("the shard's set of dispatching and running requests", () => {
   it("is exactly the live rows in those statuses: runs, refusals back to the queue, cancels queued and running", async () => {
@@ -39,25 +52,31 @@ describe("the shard's set of dispatching and running requests", () => {
     expect(running.active).toEqual([...ids].sort());
     expect(running.live).toEqual(running.active);
 
-    // Three more: refused by the empty pool, back in their queue, never left in the set.
+    // Three more, queued while dispatch is stopped. Then a pass claims them (the queued index's epoch
+    // +1), the empty pool refuses them and they go back to their queue (+1 each): out of the set.
+    expect((await call("POST", "/admin/scheduler/stop", { token: ADMIN })).status).toBe(200);
     const waiting: string[] = [];
     for (let i = 0; i < 3; i += 1) {
       const res = await call("POST", "/api/queue/enqueue", { token: client.key, json: { template, queue: "fast", params: { tokens_used: 1 } } });
       waiting.push(res.body.request.id);
     }
-    // Claimed by a pass, refused by the pool, back in their queue: out of the set once admission is done.
+    const before = await snapshot(client.id);
+    expect(waiting.map((id) => before.status[id])).toEqual(["queued", "queued", "queued"]);
+    expect((await call("POST", "/admin/scheduler/start", { token: ADMIN })).status).toBe(200);
     const afterRefusal = await eventually(async () => {
-      const s = await activeAndLive(client.id);
-      return waiting.every((id) => !s.active.includes(id)) ? s : null;
-    }, 5000, "refused and requeued");
+      const s = await snapshot(client.id);
+      return s.epoch >= before.epoch + 4 && s.admitting === 0 ? s : null;
+    }, 5000, "claimed, refused and requeued");
     expect(afterRefusal.active).toEqual(afterRefusal.live);
     expect(afterRefusal.active).toEqual([...ids].sort());
-    for (const id of waiting) expect((await requestOf(id, client.key)).status).toBe("queued");
+    expect(waiting.map((id) => afterRefusal.status[id])).toEqual(["queued", "queued", "queued"]);
 
-    // A running one cancelled: it leaves the set at once.
+    // A running one cancelled: it leaves the set at once (the unit it gave back may already be taken
+    // by a waiting request, in the set as it should be).
     expect((await call("POST", `/api/execution/${ids[0]}/cancel`, { token: client.key })).status).toBe(200);
     const afterCancel = await activeAndLive(client.id);
-    expect(afterCancel.active).toEqual([ids[1]!]);
+    expect(afterCancel.active).not.toContain(ids[0]);
+    expect(afterCancel.active).toContain(ids[1]);
     expect(afterCancel.live).toEqual(afterCancel.active);
 
     // The cancel gave its unit back: the oldest waiting request runs on it. The other finishes too,
@@ -75,7 +94,8 @@ describe("the shard's set of dispatching and running requests", () => {
     const { template, client } = await readyToExecute("active-set", { capacity: 10 });
     const res = await call("POST", "/api/queue/enqueue", { token: client.key, json: { template, queue: "fast", params: { tokens_used: 1, simulate: { latency_ms: 3000 } } } });
     const id: string = res.body.request.id;
-    await eventually(async () => ((await activeAndLive(client.id)).active.includes(id) ? true : null), 5000, "running");
+    // Running (started and written so), not only claimed: a claim is in memory only until its start.
+    await eventually(async () => ((await snapshot(client.id)).status[id] === "running" ? true : null), 5000, "running");
     // A fresh copy of the object reads the table (as after a restart): the running row is in its set.
     const reloaded = await runInDurableObject(shardOf(client.id), (i: SchedulerObject, state) => {
       const store = storeOf(i) as Store & { load(): void; live: Map<string, unknown>; queued: Map<string, unknown>; plans: Map<string, unknown> };

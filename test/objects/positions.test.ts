@@ -20,48 +20,52 @@ type RankingLike = {
 describe("positions of a batch", () => {
   it("are exactly each request's own position and estimate, over clients, queues and one, two or shared pools", async () => {
     expect((await call("POST", "/admin/scheduler/stop", { token: ADMIN })).status).toBe(200);
-    // Pools that refill: their rate bounds each estimate by the units ahead (running sums per pool).
-    const [p1, p2] = [await makePool({ capacity: 1000, refillPerSec: 5 }), await makePool({ capacity: 1000, refillPerSec: 2 })];
-    const one = await makeTemplate([{ pool: p1.id, amount: 2 }]);
-    const other = await makeTemplate([{ pool: p2.id, amount: 1 }]);
-    const both = await makeTemplate([{ pool: p1.id, amount: 1 }, { pool: p2.id, amount: 3 }]);
-    const rnd = mulberry32(20);
-    const queues = ["fast", "normal", "batch"];
-    // Every shard's clients in turn (one shard in this project: all of them meet in one order).
-    const ids: string[] = [];
-    for (const key of [KEYS.acme, KEYS.globex, KEYS.initech, KEYS.hooli]) {
-      const requests = Array.from({ length: 60 }, () => ({
-        template: [one, other, both][Math.floor(rnd() * 3)], queue: queues[Math.floor(rnd() * 3)], params: { tokens_used: 1 },
-      }));
-      const res = await call("POST", "/api/queue/enqueue", { token: key, json: { requests } });
-      expect(res.status).toBe(200);
-      expect(res.body.accepted).toBe(60);
-      for (const r of res.body.results) ids.push(r.request.id);
-    }
-    const compared = await runInDurableObject(shardOf("acme"), async (i: SchedulerObject) => {
-      const ranking = (i as unknown as { ranking: RankingLike }).ranking;
-      await ranking.refreshTiers(); // the pools' refill rates
-      const queued = [...ids.filter((_, k) => k % 3 !== 1), "req_not_queued"]; // a batch of some of them, in enqueue order
-      const both = (now: number) => ({ batch: ranking.positionsOf(queued, now), alone: queued.map((id) => ranking.positionOf(id, now)) });
-      // Estimates bound by the units ahead in each pool only; then with measured queue rates too (the
-      // work ahead in the same queue that needs the same pool).
-      const poolsOnly = both(Date.now());
-      const now = Date.now();
-      // Six dispatches per queue over 2.5 s of requests that had waited long (a backlog's: the rates count those).
-      for (const queue of queues) {
-        for (let k = 0; k < 6; k++) {
-          ranking.noteDispatch({ client_id: "acme", queue, template: one, estimate_detail: JSON.stringify([{ pool: p1.id, units: 2, cost_nano: 0 }]), created_at: now - 3_600_000, ready_at: now - 3_600_000 }, now - 2500 + k * 500);
-        }
+    try {
+      // Pools that refill: their rate bounds each estimate by the units ahead (running sums per pool).
+      const [p1, p2] = [await makePool({ capacity: 1000, refillPerSec: 5 }), await makePool({ capacity: 1000, refillPerSec: 2 })];
+      const one = await makeTemplate([{ pool: p1.id, amount: 2 }]);
+      const other = await makeTemplate([{ pool: p2.id, amount: 1 }]);
+      const both = await makeTemplate([{ pool: p1.id, amount: 1 }, { pool: p2.id, amount: 3 }]);
+      const twice = await makeTemplate([{ pool: p2.id, amount: 1 }, { pool: p2.id, amount: 2 }]); // one pool named twice
+      const rnd = mulberry32(20);
+      const queues = ["fast", "normal", "batch"];
+      // Every shard's clients in turn (one shard in this project: all of them meet in one order).
+      const ids: string[] = [];
+      for (const key of [KEYS.acme, KEYS.globex, KEYS.initech, KEYS.hooli]) {
+        const requests = Array.from({ length: 60 }, () => ({
+          template: [one, other, both, twice][Math.floor(rnd() * 4)], queue: queues[Math.floor(rnd() * 3)], params: { tokens_used: 1 },
+        }));
+        const res = await call("POST", "/api/queue/enqueue", { token: key, json: { requests } });
+        expect(res.status).toBe(200);
+        expect(res.body.accepted).toBe(60);
+        for (const r of res.body.results) ids.push(r.request.id);
       }
-      return { poolsOnly, ...both(now + 1) };
-    });
-    expect(compared.poolsOnly.batch).toEqual(compared.poolsOnly.alone);
-    expect(new Set(compared.poolsOnly.batch.map((p) => p.estimated_wait_ms)).size).toBeGreaterThan(20);
-    expect(compared.batch).toHaveLength(161);
-    expect(compared.batch).toEqual(compared.alone);
-    // Positions differ (the walk did not hand one answer to all), and the id never queued has none.
-    expect(new Set(compared.batch.slice(0, 160).map((p) => p.position)).size).toBe(160);
-    expect(compared.batch.at(-1)).toEqual({ position: null, estimated_wait_ms: null });
-    expect((await call("POST", "/admin/scheduler/start", { token: ADMIN })).status).toBe(200);
+      const compared = await runInDurableObject(shardOf("acme"), async (i: SchedulerObject) => {
+        const ranking = (i as unknown as { ranking: RankingLike }).ranking;
+        await ranking.refreshTiers(); // the pools' refill rates
+        const queued = [...ids.filter((_, k) => k % 3 !== 1), "req_not_queued"]; // a batch of some of them, in enqueue order
+        const both = (now: number) => ({ batch: ranking.positionsOf(queued, now), alone: queued.map((id) => ranking.positionOf(id, now)) });
+        // Estimates bound by the units ahead in each pool only; then with measured queue rates too (the
+        // work ahead in the same queue that needs the same pool).
+        const poolsOnly = both(Date.now());
+        const now = Date.now();
+        // Six dispatches per queue over 2.5 s of requests that had waited long (a backlog's: the rates count those).
+        for (const queue of queues) {
+          for (let k = 0; k < 6; k++) {
+            ranking.noteDispatch({ client_id: "acme", queue, template: one, estimate_detail: JSON.stringify([{ pool: p1.id, units: 2, cost_nano: 0 }]), created_at: now - 3_600_000, ready_at: now - 3_600_000 }, now - 2500 + k * 500);
+          }
+        }
+        return { poolsOnly, ...both(now + 1) };
+      });
+      expect(compared.poolsOnly.batch).toEqual(compared.poolsOnly.alone);
+      expect(new Set(compared.poolsOnly.batch.map((p) => p.estimated_wait_ms)).size).toBeGreaterThan(20);
+      expect(compared.batch).toHaveLength(161);
+      expect(compared.batch).toEqual(compared.alone);
+      // Positions differ (the walk did not hand one answer to all), and the id never queued has none.
+      expect(new Set(compared.batch.slice(0, 160).map((p) => p.position)).size).toBe(160);
+      expect(compared.batch.at(-1)).toEqual({ position: null, estimated_wait_ms: null });
+    } finally {
+      expect((await call("POST", "/admin/scheduler/start", { token: ADMIN })).status).toBe(200);
+    }
   });
 });
