@@ -1,7 +1,8 @@
 import { runInDurableObject } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import type { SchedulerObject } from "../../src/objects/scheduler";
-import { ADMIN, call, eventually, readyToExecute, requestOf, shardOf } from "../support/helpers";
+import type { PoolConfig } from "../../src/domain/types";
+import { ADMIN, call, eventually, makeClient, makePool, makeTemplate, requestOf, shardOf } from "../support/helpers";
 
 /**
  * QueueStore.active: the live requests dispatching or running, which the lease sweep and the in-flight
@@ -34,17 +35,26 @@ const activeAndLive = async (clientId: string) => {
   return { active, live };
 };
 
+/** A fresh pool, a template on it with a 30 s timeout (the sample worker holds jobs up to 8 s here), a fresh client, dispatch on. */
+async function ready(pool: Partial<Omit<PoolConfig, "version">>) {
+  const made = await makePool(pool);
+  const template = await makeTemplate([{ pool: made.id, amount: 1 }], { timeoutMs: 30_000 });
+  const client = await makeClient("active-set");
+  expect((await call("POST", "/admin/scheduler/start", { token: ADMIN })).status).toBe(200);
+  return { pool: made, template, client };
+}
+
 describe("the shard's set of dispatching and running requests", () => {
   it("is exactly the live rows in those statuses: runs, refusals back to the queue, cancels queued and running", async () => {
     // Two units and no refill: two requests run, the rest are claimed, refused and requeued at every pass.
-    const { pool, template, client } = await readyToExecute("active-set", { capacity: 2, refillPerSec: 0, leases: "off" });
+    const { template, client } = await ready({ capacity: 2, refillPerSec: 0, leases: "off" });
     const ids: string[] = [];
     for (let i = 0; i < 2; i += 1) {
-      const res = await call("POST", "/api/queue/enqueue", { token: client.key, json: { template, queue: "fast", params: { tokens_used: 1, simulate: { latency_ms: 4000 } } } });
+      const res = await call("POST", "/api/queue/enqueue", { token: client.key, json: { template, queue: "fast", params: { tokens_used: 1, simulate: { latency_ms: 8000 } } } });
       expect(res.status).toBe(202);
       ids.push(res.body.request.id);
     }
-    // Both running (held 4 s by the sample worker): both in the set.
+    // Both running (held 8 s by the sample worker, time enough for what follows on a busy machine): both in the set.
     const running = await eventually(async () => {
       const s = await activeAndLive(client.id);
       return s.active.length === 2 ? s : null;
@@ -81,7 +91,7 @@ describe("the shard's set of dispatching and running requests", () => {
 
     // The cancel gave its unit back: the oldest waiting request runs on it. The other finishes too,
     // and the set empties.
-    await eventually(async () => (await activeAndLive(client.id)).active.length === 0 || null, 8000, "both settled");
+    await eventually(async () => (await activeAndLive(client.id)).active.length === 0 || null, 20_000, "both settled");
     expect((await requestOf(ids[1]!, client.key)).status).toBe("completed");
     expect((await requestOf(waiting[0]!, client.key)).status).toBe("completed");
     // A queued one cancelled: it was never in the set, which stays as the live rows say.
@@ -91,8 +101,8 @@ describe("the shard's set of dispatching and running requests", () => {
   });
 
   it("is loaded again after a restart from the rows that say dispatching or running", async () => {
-    const { template, client } = await readyToExecute("active-set", { capacity: 10 });
-    const res = await call("POST", "/api/queue/enqueue", { token: client.key, json: { template, queue: "fast", params: { tokens_used: 1, simulate: { latency_ms: 3000 } } } });
+    const { template, client } = await ready({ capacity: 10 });
+    const res = await call("POST", "/api/queue/enqueue", { token: client.key, json: { template, queue: "fast", params: { tokens_used: 1, simulate: { latency_ms: 6000 } } } });
     const id: string = res.body.request.id;
     // Running (started and written so), not only claimed: a claim is in memory only until its start.
     await eventually(async () => ((await snapshot(client.id)).status[id] === "running" ? true : null), 5000, "running");
@@ -109,6 +119,6 @@ describe("the shard's set of dispatching and running requests", () => {
     });
     expect(reloaded.active).toContain(id);
     expect(reloaded.active).toEqual(reloaded.stored);
-    await eventually(async () => ((await activeAndLive(client.id)).active.length === 0 ? true : null), 8000, "settled after the reload");
+    await eventually(async () => ((await activeAndLive(client.id)).active.length === 0 ? true : null), 20_000, "settled after the reload");
   });
 });
