@@ -16,6 +16,8 @@
 //      empty; the drain ends when nothing is in flight either (or when the same requests stay in
 //      flight for 30 s with the queues empty, or after QUEUE_BENCH_DRAIN_S). Then GET
 //      /api/execution/{id} for 100 random enqueued ids (and 100 of the executes) must say completed
+//   6b. (QUEUE_BENCH_SECOND, default on) stop, enqueue a second backlog of the same size in batches, drain it as in 6
+//      on the same runtime, verify 100 of it; the baseline drains a second backlog too
 //   7. a summary table on stdout, JSON in bench/results/queue-latest.json
 //
 // Usage: node bench/queue.mjs. Knobs (environment):
