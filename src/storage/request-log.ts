@@ -37,8 +37,7 @@ export async function insertRequestLogJson(db: D1Database, json: string): Promis
   await db
     .prepare(
       `INSERT INTO request_log (${REQUEST_LOG_COLUMNS.join(", ")})
-       SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4, j.value ->> 5, j.value ->> 6, j.value ->> 7,
-              j.value ->> 8, j.value ->> 9, j.value ->> 10
+       SELECT ${REQUEST_LOG_COLUMNS.map((_, i) => `j.value ->> ${i}`).join(", ")}
        FROM json_each(?1) j WHERE true
        ON CONFLICT (id) DO UPDATE SET
          status = excluded.status, actual_nano = excluded.actual_nano, attempts = excluded.attempts,

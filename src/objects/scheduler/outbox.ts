@@ -7,7 +7,7 @@ import { log } from "../../log";
 import { decompressText } from "../../domain/compression";
 import { cachePut, recordSavings } from "../../storage/optimizer-cache";
 import type { SavingsRow } from "../../storage/optimizer";
-import { insertRequestLogJson, MAX_ERROR_CHARS } from "../../storage/request-log";
+import { insertRequestLogJson, MAX_ERROR_CHARS, REQUEST_LOG_COLUMNS } from "../../storage/request-log";
 import type { StoredPlan } from "./types";
 
 /**
@@ -22,6 +22,9 @@ const FINISHED_BATCH = 1000;
  * finished requests (docs/benchmarks.md). The cron and explicit passes deliver at once.
  */
 export const BUSY_FLUSH_MS = 250;
+
+/** A request-log row from a `requests` row `r`, in REQUEST_LOG_COLUMNS' order, the error cut to MAX_ERROR_CHARS (bound as ?1). */
+const LOG_ROW = REQUEST_LOG_COLUMNS.map((c) => (c === "error" ? "substr(r.error, 1, ?1)" : `r.${c}`)).join(", ");
 
 export class Outbox {
   private flushing = false;
@@ -82,8 +85,7 @@ export class Outbox {
         // request), its outbox ids, and those with optimizer records to deliver.
         const batch = this.sql.exec<{ n: number; log: string; ids: string; optimizer: string }>(
           `SELECT COUNT(*) AS n,
-                  json_group_array(json_array(r.id, r.client_id, r.template, r.queue, r.status, r.estimate_nano, r.actual_nano, r.attempts,
-                    r.created_at, r.finished_at, substr(r.error, 1, ?1))) FILTER (WHERE r.id IS NOT NULL) AS log,
+                  json_group_array(json_array(${LOG_ROW})) FILTER (WHERE r.id IS NOT NULL) AS log,
                   json_group_array(o.id) AS ids,
                   json_group_array(o.id) FILTER (WHERE r.status = 'completed' AND o.optimizer = 1) AS optimizer
            FROM (SELECT id, optimizer FROM finished_outbox ORDER BY id LIMIT ?2) o LEFT JOIN requests r ON r.id = o.id`,

@@ -22,6 +22,9 @@ export interface PositionEstimate {
   estimated_wait_ms: number | null;
 }
 
+/** What a request ahead in the order counts for, in another's position and estimate: its queue and what it needs. */
+type Ahead = Pick<Queued, "queue" | "pools">;
+
 export class Ranking {
   /** Dispatches of the fairness window, oldest first. */
   private dispatchLog: Array<{ at: number; clientId: string; queue: QueueName }> = [];
@@ -133,7 +136,7 @@ export class Ranking {
     let aheadInQueue = 0;
     let position = 1;
     const onlyPool = q.pools.length === 1 ? q.pools[0]!.pool : null;
-    const ahead = (o: { queue: QueueName; pools: ReadonlyArray<{ pool: string; units: number }> }) => {
+    const ahead = (o: Ahead) => {
       // Work ahead competes with it when it needs one of its pools (any work, when it needs none).
       if (onlyPool !== null && o.pools.length === 1) {
         // The usual case, one pool each: no search (this walk runs for every request ahead).
@@ -179,7 +182,7 @@ export class Ranking {
     }
     const unitsByPool = new Map<string, number>();
     const byQueuePool = new Map<string, number>();
-    const add = (o: { queue: QueueName; pools: ReadonlyArray<{ pool: string; units: number }> }) => {
+    const add = (o: Ahead) => {
       const seen: string[] = [];
       for (const need of o.pools) {
         unitsByPool.set(need.pool, (unitsByPool.get(need.pool) ?? 0) + need.units);
@@ -206,8 +209,8 @@ export class Ranking {
   }
 
   /** What the requests a pass has claimed and is admitting need: out of the order, but still ahead of any queued one for an estimate (a pool that refuses them sends them back). */
-  private admittingNeeds(): Array<{ queue: QueueName; pools: ReadonlyArray<{ pool: string; units: number }> }> {
-    const out: Array<{ queue: QueueName; pools: ReadonlyArray<{ pool: string; units: number }> }> = [];
+  private admittingNeeds(): Ahead[] {
+    const out: Ahead[] = [];
     for (const other of this.store.admitting) {
       const row = this.store.live.get(other);
       if (row) out.push({ queue: row.queue, pools: poolNeedsOf(row) });
