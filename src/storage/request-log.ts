@@ -13,7 +13,11 @@ export interface FinishedRequest {
   error: string | null;
 }
 
-/** Longest error text kept per request: enough to read the cause, bounded so a batch stays small. */
+/**
+ * Longest error text kept per request, in characters (Unicode code points, as SQLite's `substr` counts
+ * them: the outbox cuts in SQL, insertRequestLog in JS alike, never inside a surrogate pair): enough to
+ * read the cause, bounded so a batch stays small.
+ */
 export const MAX_ERROR_CHARS = 500;
 
 /** A request-log row as insertRequestLogJson takes it: a JSON array in REQUEST_LOG_COLUMNS' order. */
@@ -25,7 +29,7 @@ export const REQUEST_LOG_COLUMNS = ["id", "client_id", "template", "queue", "sta
  */
 export async function insertRequestLog(db: D1Database, rows: FinishedRequest[]): Promise<void> {
   if (rows.length === 0) return;
-  await insertRequestLogJson(db, JSON.stringify(rows.map((r) => REQUEST_LOG_COLUMNS.map((c) => (c === "error" && r.error !== null ? r.error.slice(0, MAX_ERROR_CHARS) : r[c])))));
+  await insertRequestLogJson(db, JSON.stringify(rows.map((r) => REQUEST_LOG_COLUMNS.map((c) => (c === "error" && r.error !== null ? Array.from(r.error).slice(0, MAX_ERROR_CHARS).join("") : r[c])))));
 }
 
 /**

@@ -1,7 +1,7 @@
 import { env, runInDurableObject } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import { Outbox } from "../../src/objects/scheduler/outbox";
-import { MAX_ERROR_CHARS } from "../../src/storage/request-log";
+import { insertRequestLog, MAX_ERROR_CHARS } from "../../src/storage/request-log";
 import { scheduler } from "../support/helpers";
 
 /**
@@ -55,5 +55,32 @@ describe("the request-log outbox", () => {
     }
     const ghostRows = await env.DB.prepare("SELECT COUNT(*) AS n FROM request_log WHERE id IN (SELECT value FROM json_each(?1))").bind(JSON.stringify(ghosts)).first<{ n: number }>();
     expect(ghostRows!.n).toBe(0);
+  });
+
+  it("cuts errors at MAX_ERROR_CHARS characters (code points) on both paths into request_log, never inside a surrogate pair", async () => {
+    const prefix = `req_obu${crypto.randomUUID().replace(/-/g, "").slice(0, 12)}_`;
+    // 'a' then astral characters (two UTF-16 units each): a cut by UTF-16 units would split the last pair.
+    const error = `a${"\u{1F600}".repeat(MAX_ERROR_CHARS + 20)}`;
+    const kept = `a${"\u{1F600}".repeat(MAX_ERROR_CHARS - 1)}`;
+    await runInDurableObject(scheduler(), async (_i, state) => {
+      const sql = state.storage.sql;
+      sql.exec(
+        `INSERT INTO requests (id, client_id, tier, max_concurrent, template, params, queue, status, max_attempts, estimate_nano, attempts, created_at, updated_at, not_before, finished_at, error)
+         VALUES (?1, 'acme', 'enterprise', 10, 'tmpl-outbox', 'null', 'batch', 'failed', 3, 5, 1, 1, 2, 1, 3, ?2)`,
+        `${prefix}outbox`, error,
+      );
+      sql.exec("INSERT INTO finished_outbox (id, optimizer) VALUES (?, 0)", `${prefix}outbox`);
+      await new Outbox(env, sql).flush();
+    });
+    await insertRequestLog(env.DB, [{
+      id: `${prefix}direct`, client_id: "acme", template: "tmpl-outbox", queue: "batch", status: "failed",
+      estimate_nano: 5, actual_nano: null, attempts: 1, created_at: 1, finished_at: 3, error,
+    }]);
+    const { results } = await env.DB.prepare("SELECT id, error FROM request_log WHERE id LIKE ?1 || '%' ORDER BY id").bind(prefix).all<{ id: string; error: string }>();
+    expect(results.map((r) => r.id)).toEqual([`${prefix}direct`, `${prefix}outbox`]);
+    for (const row of results) {
+      expect(Array.from(row.error)).toHaveLength(MAX_ERROR_CHARS);
+      expect(row.error).toBe(kept);
+    }
   });
 });

@@ -5,6 +5,7 @@
  * released; what can never run fails.
  */
 import { dayStart } from "../../domain/calendar";
+import { log } from "../../log";
 import { DEFAULT_TIER_WEIGHTS, priorityOf } from "../../domain/priority";
 import type { PoolConfig } from "../../domain/types";
 import type { ErrorBody } from "../../errors";
@@ -17,6 +18,24 @@ import { callerOf, groupBy, type Held, type Row } from "./rows";
 import type { Release } from "./settlement";
 import type { QueueStore } from "./store";
 import { settings } from "../../settings";
+
+/**
+ * A chunk whose admission threw (a client or pool object, or D1, could not be reached) goes back to its
+ * queue to run from this much later; it is not counted as an attempt (nothing ran).
+ */
+export const ADMISSION_RETRY_MS = 1000;
+
+/** What an admission answers: the requests admitted, when to try again, and whether it threw (../dispatcher.ts stops its pass). */
+export interface Admitted {
+  rows: Row[];
+  retryAt: number | null;
+  failed?: true;
+}
+
+/** What an admission got so far, for giving it back when a later step throws. */
+interface Got {
+  held: Map<string, Held[]>;
+}
 
 /** What admission asks of settlement: to give back what requests it does not admit got. */
 export interface AdmissionHost {
@@ -41,7 +60,46 @@ export class Admission {
    * (batched per pool), all-or-nothing per request. Requests not admitted go back to their queue with
    * anything they got released; requests that can never run fail now.
    */
-  async admit(rows: Row[], templates: Map<string, Template>, pools: Map<string, PoolConfig>, blockedPools: Set<string>, fullClients: Set<string>): Promise<{ rows: Row[]; retryAt: number | null }> {
+  async admit(rows: Row[], templates: Map<string, Template>, pools: Map<string, PoolConfig>, blockedPools: Set<string>, fullClients: Set<string>): Promise<Admitted> {
+    const got: Got = { held: new Map() };
+    try {
+      return await this.decide(rows, templates, pools, blockedPools, fullClients, got);
+    } catch (err) {
+      return { rows: [], retryAt: await this.abandon(rows, got, err), failed: true };
+    } finally {
+      for (const row of rows) this.store.admitting.delete(row.id);
+    }
+  }
+
+  /**
+   * An admission threw part-way: every request of it still claimed goes back to its queue, to run from
+   * ADMISSION_RETRY_MS on (so a pass does not hammer an object that is down), and gives back its slots
+   * (released by job id, also those whose answer was lost) and the reservations it is known to hold. A
+   * reservation granted by a pool whose answer was lost stays held until its lease-long TTL: held twice
+   * for that while, as when a shard dies while admitting, never granted twice. Before, the requests
+   * stayed claimed, out of the lease sweep's reach (it skips requests being admitted), until the object
+   * restarted. Returns when to try again.
+   */
+  private async abandon(rows: Row[], got: Got, err: unknown): Promise<number> {
+    const now = Date.now();
+    const retryAt = now + ADMISSION_RETRY_MS;
+    const back = rows.filter((row) => this.store.live.get(row.id)?.status === "dispatching");
+    log.error("admission_failed", {
+      count: back.length, error: String(err), retry_in_ms: ADMISSION_RETRY_MS,
+      requests: back.map((row) => ({ request_id: row.id, trace_id: row.trace_id })),
+    });
+    for (const row of back) this.store.requeue(row, now, retryAt, false);
+    try {
+      await this.host.releaseHolds(back.map((row) => ({ row: { ...row, reservations: JSON.stringify(got.held.get(row.id) ?? []) }, actual: {}, final: false })));
+    } catch (releaseErr) {
+      // Slots expire at the lease's end and reservations at their TTL; the requests are queued already.
+      log.error("admission_release_failed", { count: back.length, error: String(releaseErr) });
+    }
+    return retryAt;
+  }
+
+  /** admit's decisions; what it holds in pools is recorded in `got` as the answers come. */
+  private async decide(rows: Row[], templates: Map<string, Template>, pools: Map<string, PoolConfig>, blockedPools: Set<string>, fullClients: Set<string>, got: Got): Promise<Admitted> {
     let retryAt: number | null = null;
     const requeue: Row[] = [];
     const failNow: Array<{ row: Row; reason: string }> = [];
@@ -61,7 +119,7 @@ export class Admission {
     const waitUntil = new Map<string, number>();
     const weights = new Map<string, number>();
     const tiers = await tierLimits(this.env);
-    await Promise.all([...byClient].map(async ([clientId, list]) => {
+    await settleAll([...byClient].map(async ([clientId, list]) => {
       const [quota, client] = await Promise.all([clientQuota(this.env, clientId), clientTier(this.env, clientId)]);
       if (!quota || !client) {
         for (const row of list) failNow.push({ row, reason: `client ${clientId} no longer exists` });
@@ -76,7 +134,7 @@ export class Admission {
         jobId: r.id, kind: "request" as const, expiresAt: r.lease_until!,
         pools: Object.fromEntries(templates.get(r.template)!.requirements.map((q) => [q.pool, q.amount])),
       }));
-      const decisions = await this.env.CLIENT.get(this.env.CLIENT.idFromName(clientId)).acquireJobs(quota, claims, this.shard);
+      const decisions = await this.clientStub(clientId).acquireJobs(quota, claims, this.shard);
       decisions.forEach((d, i) => {
         if (d.ok) slotted.add(list[i]!.id);
         // Over a daily cap per pool: the request waits for the next UTC day.
@@ -98,7 +156,7 @@ export class Admission {
         else needs.set(req.pool, [{ row, amount: req.amount }]);
       }
     }
-    const held = new Map<string, Held[]>();
+    const held = got.held;
     const refused = new Map<string, ErrorBody>();
     const rankedAt = Date.now();
     // What a pool short of units arbitrates between shards with: class, weight, shard (../pool/waiters.ts).
@@ -106,8 +164,8 @@ export class Admission {
       const p = priorityOf({ tier: row.tier, tierPoints: tiers.get(row.tier)?.priority_points, queue: row.queue, createdAt: row.created_at, readyAt: row.ready_at ?? undefined, recentShare: 0 }, rankedAt);
       return { clientId: row.client_id, shard: this.shard, priority: Math.floor(p.tier + p.queue + p.wait) + (p.starved ? 100 : 0), weight: weights.get(row.client_id) ?? 1 };
     };
-    await Promise.all([...needs].map(async ([pool, list]) => {
-      const results = (await poolStub(this.env, pool).reserveMany(pools.get(pool)!, list.map(({ row, amount }) => ({
+    await settleAll([...needs].map(async ([pool, list]) => {
+      const results = (await this.poolStub(pool).reserveMany(pools.get(pool)!, list.map(({ row, amount }) => ({
         caller: callerOf(row), amount, ttlMs: Math.max(1000, row.lease_until! - Date.now()), requestId: row.id, wait: claimOf(row),
       })))) as Result<ReserveResult>[];
       results.forEach((res, i) => {
@@ -157,7 +215,24 @@ export class Admission {
     return { rows: stillClaimed, retryAt };
   }
 
+  private poolStub(pool: string) {
+    return poolStub(this.env, pool);
+  }
+
+  private clientStub(clientId: string) {
+    return this.env.CLIENT.get(this.env.CLIENT.idFromName(clientId));
+  }
+
   private leaseMarginMs(): number {
     return settings(this.env).LEASE_MARGIN_MS;
   }
+}
+
+/**
+ * Wait for every call, then throw the first failure: a call still running when another has failed could
+ * otherwise take slots or units after the failed admission gave back what it held.
+ */
+async function settleAll(calls: Array<Promise<unknown>>): Promise<void> {
+  const failed = (await Promise.allSettled(calls)).find((r): r is PromiseRejectedResult => r.status === "rejected");
+  if (failed) throw failed.reason;
 }

@@ -97,6 +97,7 @@ export class Dispatcher {
     let exhausted = false;
     const youngLimit = onlyIds ? Infinity : Math.max(CHUNK / 4, Math.floor(YOUNG_TOTAL / shardCount(this.env)));
     let paced = false;
+    let failed = false;
     while (!exhausted && this.calls.inflight.size + this.store.admitting.size < limit) {
       const youngRoom = youngLimit - this.calls.young(Date.now(), YOUNG_MS) - this.store.admitting.size;
       if (youngRoom <= 0) {
@@ -136,12 +137,17 @@ export class Dispatcher {
       this.health.saveCounters();
       launched += admitted.rows.length;
       if (admitted.retryAt !== null) wakeAt = Math.min(wakeAt ?? Infinity, admitted.retryAt);
+      if (admitted.failed) {
+        // An object or D1 could not be reached: this chunk waits ADMISSION_RETRY_MS (./admission.ts), and so does the next pass.
+        failed = true;
+        break;
+      }
     }
     if (launched > 0) log.info("dispatch_pass", { trigger, launched, queued: this.store.queued.size, in_flight: this.calls.inflight.size });
     const nextReady = this.store.nextNotBefore(Date.now());
     if (nextReady !== null) wakeAt = Math.min(wakeAt ?? Infinity, nextReady);
     // More ready work than this pass could take: continue right after it, without waiting for the cron.
-    if (!onlyIds && this.store.readyCount(Date.now()) > coalescedWaiting && blockedPools.size === 0 && fullClients.size === 0 && this.calls.inflight.size < MAX_IN_FLIGHT) {
+    if (!onlyIds && !failed && this.store.readyCount(Date.now()) > coalescedWaiting && blockedPools.size === 0 && fullClients.size === 0 && this.calls.inflight.size < MAX_IN_FLIGHT) {
       // Paced: come back when some of the calls just started have ended or aged (a settlement wakes it sooner).
       wakeAt = paced ? Date.now() + YOUNG_MS / 5 : Date.now();
     }

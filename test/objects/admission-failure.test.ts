@@ -1,0 +1,168 @@
+import { runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:workers";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { ADMISSION_RETRY_MS } from "../../src/objects/scheduler/admission";
+import type { SchedulerObject } from "../../src/objects/scheduler";
+import { ADMIN, call, enqueue, eventually, makeClient, makePool, makeTemplate, requestOf, scheduler, settled, sleep } from "../support/helpers";
+
+/** The admission's reach for the client and pool objects (faults are injected there: an object unreachable). */
+type Reach = {
+  clientStub: (clientId: string) => { acquireJobs: (...args: unknown[]) => Promise<unknown> };
+  poolStub: (pool: string) => { reserveMany: (...args: unknown[]) => Promise<unknown> };
+};
+
+/** A switch for a fault: on while `left` > 0 (each failure counts one down), or for good with Infinity. */
+interface Fault {
+  left: number;
+  calls: number;
+}
+
+/** The scheduler's admission: `acquireJobs` of the client objects fails while `fault.left` > 0. */
+async function failClients(fault: Fault): Promise<void> {
+  await runInDurableObject(scheduler(), (instance: SchedulerObject) => {
+    const admission = (instance as unknown as { admission: Reach }).admission;
+    const real = Object.getPrototypeOf(admission).clientStub.bind(admission) as Reach["clientStub"];
+    admission.clientStub = (clientId: string) => {
+      const stub = real(clientId);
+      return {
+        acquireJobs: async (...args: unknown[]) => {
+          fault.calls += 1;
+          if (fault.left-- > 0) throw new Error("client object unreachable");
+          return stub.acquireJobs(...args);
+        },
+      };
+    };
+  });
+}
+
+/** The scheduler's admission: `reserveMany` of the pool `poolId` fails while `fault.left` > 0 (other pools answer). */
+async function failPool(poolId: string, fault: Fault): Promise<void> {
+  await runInDurableObject(scheduler(), (instance: SchedulerObject) => {
+    const admission = (instance as unknown as { admission: Reach }).admission;
+    const real = Object.getPrototypeOf(admission).poolStub.bind(admission) as Reach["poolStub"];
+    admission.poolStub = (pool: string) => {
+      const stub = real(pool);
+      if (pool !== poolId) return stub;
+      return {
+        reserveMany: async (...args: unknown[]) => {
+          fault.calls += 1;
+          if (fault.left-- > 0) throw new Error("pool object unreachable");
+          return stub.reserveMany(...args);
+        },
+      };
+    };
+  });
+}
+
+/** The service's log lines while a test runs (every line goes through console.log, src/log.ts). */
+function captureLog(): Array<Record<string, unknown>> {
+  const lines: Array<Record<string, unknown>> = [];
+  vi.spyOn(console, "log").mockImplementation((line: unknown) => {
+    if (line && typeof line === "object") lines.push({ ...(line as Record<string, unknown>) });
+  });
+  return lines;
+}
+
+/** Jobs the client object holds now (slots). */
+const slotsOf = (clientId: string) => env.CLIENT.get(env.CLIENT.idFromName(clientId)).inUse();
+/** A pool's active reservations, as its object reports them. */
+const reservationsOf = async (poolId: string) => (await call("GET", `/admin/pools/${poolId}`, { token: ADMIN })).body.live.active_reservations as number;
+const spendOf = async (clientId: string) => (await call("GET", `/api/usage/${clientId}/current`, { token: ADMIN })).body;
+
+describe("an admission that throws (a client or pool object unreachable)", () => {
+  afterEach(async () => {
+    vi.restoreAllMocks();
+    // The faults are own properties of the shard's admission: deleting them gives back the prototype's methods.
+    await runInDurableObject(scheduler(), (instance: SchedulerObject) => {
+      const admission = (instance as unknown as { admission: Partial<Reach> }).admission;
+      delete admission.clientStub;
+      delete admission.poolStub;
+    });
+  });
+
+  it("sends its requests back to their queue at once, to run ADMISSION_RETRY_MS later (not counted as an attempt): each completes once, its cost counted once", async () => {
+    const pool = await makePool({ capacity: 100, costPerUnitNano: 1000 });
+    const template = await makeTemplate([{ pool: pool.id, amount: 2 }], { timeoutMs: 5000 });
+    const client = await makeClient("admit-client-down");
+    const lines = captureLog();
+    const fault: Fault = { left: 1, calls: 0 };
+    await failClients(fault);
+    const r = await enqueue({ template, queue: "fast" }, client.key);
+    expect(r.status, JSON.stringify(r.body)).toBe(202);
+    const id: string = r.body.request.id;
+    const failed = await eventually(async () => lines.find((l) => l.msg === "admission_failed") ?? null, 5000, "the admission to fail");
+    expect(failed).toMatchObject({ level: "error", count: 1, error: "Error: client object unreachable", retry_in_ms: ADMISSION_RETRY_MS });
+    expect(failed.requests).toEqual([{ request_id: id, trace_id: r.body.trace_id }]);
+    const failedAt = Date.now();
+    // Back in its queue (it was left claimed, `dispatching`, out of the lease sweep's reach until the object restarted).
+    expect(await requestOf(id, client.key)).toMatchObject({ status: "queued", attempts: 0 });
+    const done = await settled(id, ["completed", "failed"], 10_000, client.key);
+    expect(done).toMatchObject({ status: "completed", attempts: 1 });
+    expect(done.started_at).toBeGreaterThanOrEqual(failedAt + ADMISSION_RETRY_MS - 250);
+    expect(fault.calls).toBe(2);
+    expect(lines.filter((l) => l.msg === "admission_failed")).toHaveLength(1);
+    expect(await slotsOf(client.id)).toBe(0);
+    await eventually(async () => {
+      const s = await spendOf(client.id);
+      return s.spent_nano === 2000 && s.in_flight_nano === 0 ? s : null;
+    }, 5000, "the client's spend of one run");
+    expect(await reservationsOf(pool.id)).toBe(0);
+  }, 30_000);
+
+  it("gives back at once the slots the client object gave and the units another pool gave, and retries while the pool stays down", async () => {
+    const up = await makePool({ capacity: 100, costPerUnitNano: 1000 });
+    const down = await makePool({ capacity: 100, costPerUnitNano: 1000 });
+    // Leases of 20 s + the margin: what was taken would otherwise stay held that long.
+    const template = await makeTemplate([{ pool: up.id, amount: 3 }, { pool: down.id, amount: 1 }], { timeoutMs: 20_000 });
+    const client = await makeClient("admit-pool-down");
+    const lines = captureLog();
+    const fault: Fault = { left: Infinity, calls: 0 };
+    await failPool(down.id, fault);
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const r = await enqueue({ template, queue: "normal" }, client.key);
+      expect(r.status, JSON.stringify(r.body)).toBe(202);
+      ids.push(r.body.request.id);
+    }
+    await eventually(async () => (fault.calls >= 2 ? true : null), 8000, "a retry of the failed admission");
+    // Between tries: every request queued, no slot held, no units held in the pool that answered.
+    for (const id of ids) expect(await requestOf(id, client.key)).toMatchObject({ status: "queued", attempts: 0 });
+    expect(await slotsOf(client.id)).toBe(0);
+    expect(await reservationsOf(up.id)).toBe(0);
+    expect(await reservationsOf(down.id)).toBe(0);
+    // Tries come ADMISSION_RETRY_MS apart, not in a loop.
+    const before = fault.calls;
+    await sleep(ADMISSION_RETRY_MS * 2.5);
+    expect(fault.calls - before).toBeGreaterThanOrEqual(1);
+    expect(fault.calls - before).toBeLessThanOrEqual(4);
+    const failures = lines.filter((l) => l.msg === "admission_failed");
+    expect(failures.length).toBe(fault.calls);
+    expect(lines.some((l) => l.msg === "admission_release_failed")).toBe(false);
+    fault.left = 0;
+    for (const id of ids) expect(await settled(id, ["completed", "failed"], 10_000, client.key)).toMatchObject({ status: "completed", attempts: 1 });
+    expect(await slotsOf(client.id)).toBe(0);
+    expect(await reservationsOf(up.id)).toBe(0);
+    expect(await reservationsOf(down.id)).toBe(0);
+    // Each ran once: 3 + 1 units at 1,000 nano-dollars, three times.
+    await eventually(async () => {
+      const s = await spendOf(client.id);
+      return s.spent_nano === 12_000 && s.in_flight_nano === 0 ? s : null;
+    }, 5000, "the client's spend of three runs");
+  }, 40_000);
+
+  it("in the immediate lane: the execute is answered 202 with its request queued (not an error), and the request runs on the retry", async () => {
+    const pool = await makePool({ capacity: 100 });
+    const template = await makeTemplate([{ pool: pool.id, amount: 1 }], { timeoutMs: 5000 });
+    const client = await makeClient("admit-execute");
+    const lines = captureLog();
+    const fault: Fault = { left: 1, calls: 0 };
+    await failClients(fault);
+    const r = await call("POST", "/api/execute", { token: client.key, json: { template, params: { simulate: { latency_ms: 0 } } } });
+    expect(r.status, JSON.stringify(r.body)).toBe(202);
+    expect(r.body.request).toMatchObject({ status: "queued", queue: "immediate", attempts: 0 });
+    expect(lines.filter((l) => l.msg === "admission_failed")).toHaveLength(1);
+    const done = await settled(r.body.request.id, ["completed", "failed"], 10_000, client.key);
+    expect(done).toMatchObject({ status: "completed", attempts: 1 });
+    expect(await slotsOf(client.id)).toBe(0);
+  }, 30_000);
+});
