@@ -25,16 +25,16 @@ import { settings } from "../../settings";
  */
 export const ADMISSION_RETRY_MS = 1000;
 
-/** What an admission answers: the requests admitted, when to try again, and whether it threw (../dispatcher.ts stops its pass). */
+/** What an admission answers: the requests admitted, and when to try again those that were not. */
 export interface Admitted {
   rows: Row[];
   retryAt: number | null;
-  failed?: true;
 }
 
-/** What an admission got so far, for giving it back when a later step throws. */
+/** What an admission got so far, for giving it back when a later step throws; `abandoned` once it has. */
 interface Got {
   held: Map<string, Held[]>;
+  abandoned: boolean;
 }
 
 /** What admission asks of settlement: to give back what requests it does not admit got. */
@@ -61,11 +61,12 @@ export class Admission {
    * anything they got released; requests that can never run fail now.
    */
   async admit(rows: Row[], templates: Map<string, Template>, pools: Map<string, PoolConfig>, blockedPools: Set<string>, fullClients: Set<string>): Promise<Admitted> {
-    const got: Got = { held: new Map() };
+    const got: Got = { held: new Map(), abandoned: false };
     try {
       return await this.decide(rows, templates, pools, blockedPools, fullClients, got);
     } catch (err) {
-      return { rows: [], retryAt: await this.abandon(rows, got, err), failed: true };
+      this.abandon(rows, got, err);
+      throw err;
     } finally {
       for (const row of rows) this.store.admitting.delete(row.id);
     }
@@ -73,29 +74,35 @@ export class Admission {
 
   /**
    * An admission threw part-way: every request of it still claimed goes back to its queue, to run from
-   * ADMISSION_RETRY_MS on (so a pass does not hammer an object that is down), and gives back its slots
-   * (released by job id, also those whose answer was lost) and the reservations it is known to hold. A
-   * reservation granted by a pool whose answer was lost stays held until its lease-long TTL: held twice
-   * for that while, as when a shard dies while admitting, never granted twice. Before, the requests
-   * stayed claimed, out of the lease sweep's reach (it skips requests being admitted), until the object
-   * restarted. Returns when to try again.
+   * ADMISSION_RETRY_MS on (the passes that follow do not hammer an object that is down), and gives back, in the
+   * background, its slots (released by job id, also those whose answer was lost) and the reservations
+   * it is known to hold; a pool's grant that answers after this is released when it comes (by its
+   * reservation id, in decide). A reservation whose answer never comes stays held until its
+   * lease-long TTL (held twice for that while, as when a shard dies while admitting, never granted twice),
+   * and a slot acquired by a late answer until the lease ends or the request is admitted again (a client
+   * object holds a job id once). Before, the requests stayed claimed, out of the lease sweep's reach (it
+   * skips requests being admitted), until the object restarted. The caller gets the error: a pass
+   * fails (the runtime retries its alarm with backoff, the cron's pass is the backstop), an execute
+   * answers its request queued (Dispatcher.runNow).
    */
-  private async abandon(rows: Row[], got: Got, err: unknown): Promise<number> {
+  private abandon(rows: Row[], got: Got, err: unknown): void {
+    got.abandoned = true;
     const now = Date.now();
     const retryAt = now + ADMISSION_RETRY_MS;
     const back = rows.filter((row) => this.store.live.get(row.id)?.status === "dispatching");
+    // Queued again first: in an object whose storage is gone (reset meanwhile) this throws, and nothing is logged or sent from it.
+    for (const row of back) this.store.requeue(row, now, retryAt, false);
     log.error("admission_failed", {
       count: back.length, error: String(err), retry_in_ms: ADMISSION_RETRY_MS,
       requests: back.map((row) => ({ request_id: row.id, trace_id: row.trace_id })),
     });
-    for (const row of back) this.store.requeue(row, now, retryAt, false);
-    try {
-      await this.host.releaseHolds(back.map((row) => ({ row: { ...row, reservations: JSON.stringify(got.held.get(row.id) ?? []) }, actual: {}, final: false })));
-    } catch (releaseErr) {
-      // Slots expire at the lease's end and reservations at their TTL; the requests are queued already.
-      log.error("admission_release_failed", { count: back.length, error: String(releaseErr) });
-    }
-    return retryAt;
+    this.giveBack(back.map((row) => ({ row: { ...row, reservations: JSON.stringify(got.held.get(row.id) ?? []) }, actual: {}, final: false })));
+  }
+
+  /** Release, in the background, what an abandoned admission got (slots expire at the lease's end and reservations at their TTL if this fails too). */
+  private giveBack(items: Release[]): void {
+    if (items.length === 0) return;
+    this.host.releaseHolds(items).catch((err: unknown) => log.error("admission_release_failed", { count: items.length, error: String(err) }));
   }
 
   /** admit's decisions; what it holds in pools is recorded in `got` as the answers come. */
@@ -119,7 +126,7 @@ export class Admission {
     const waitUntil = new Map<string, number>();
     const weights = new Map<string, number>();
     const tiers = await tierLimits(this.env);
-    await settleAll([...byClient].map(async ([clientId, list]) => {
+    await Promise.all([...byClient].map(async ([clientId, list]) => {
       const [quota, client] = await Promise.all([clientQuota(this.env, clientId), clientTier(this.env, clientId)]);
       if (!quota || !client) {
         for (const row of list) failNow.push({ row, reason: `client ${clientId} no longer exists` });
@@ -164,10 +171,15 @@ export class Admission {
       const p = priorityOf({ tier: row.tier, tierPoints: tiers.get(row.tier)?.priority_points, queue: row.queue, createdAt: row.created_at, readyAt: row.ready_at ?? undefined, recentShare: 0 }, rankedAt);
       return { clientId: row.client_id, shard: this.shard, priority: Math.floor(p.tier + p.queue + p.wait) + (p.starved ? 100 : 0), weight: weights.get(row.client_id) ?? 1 };
     };
-    await settleAll([...needs].map(async ([pool, list]) => {
+    await Promise.all([...needs].map(async ([pool, list]) => {
       const results = (await this.poolStub(pool).reserveMany(pools.get(pool)!, list.map(({ row, amount }) => ({
         caller: callerOf(row), amount, ttlMs: Math.max(1000, row.lease_until! - Date.now()), requestId: row.id, wait: claimOf(row),
       })))) as Result<ReserveResult>[];
+      if (got.abandoned) {
+        // Answered after the admission was given up: release what this pool granted, and only that.
+        const late = results.flatMap((res, i) => (res.ok ? [{ row: { ...list[i]!.row, reservations: JSON.stringify([{ pool, reservationId: res.value.reservationId, amount: list[i]!.amount }]) }, actual: {}, final: false, poolsOnly: true as const }] : []));
+        return this.giveBack(late);
+      }
       results.forEach((res, i) => {
         const { row, amount } = list[i]!;
         if (res.ok) held.set(row.id, [...(held.get(row.id) ?? []), { pool, reservationId: res.value.reservationId, amount }]);
@@ -228,11 +240,3 @@ export class Admission {
   }
 }
 
-/**
- * Wait for every call, then throw the first failure: a call still running when another has failed could
- * otherwise take slots or units after the failed admission gave back what it held.
- */
-async function settleAll(calls: Array<Promise<unknown>>): Promise<void> {
-  const failed = (await Promise.allSettled(calls)).find((r): r is PromiseRejectedResult => r.status === "rejected");
-  if (failed) throw failed.reason;
-}

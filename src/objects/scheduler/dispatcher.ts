@@ -7,7 +7,7 @@
 import { log } from "../../log";
 import { poolConfigs, templateConfigs } from "../../storage/config";
 import type { Template } from "../../storage/templates";
-import type { Admission } from "./admission";
+import { ADMISSION_RETRY_MS, type Admission, type Admitted } from "./admission";
 import type { WorkerCalls } from "./calls";
 import type { Health } from "./health";
 import { CHUNK, IMMEDIATE_HEADROOM, MAX_IN_FLIGHT, SCAN_LIMIT, YOUNG_MS, YOUNG_TOTAL } from "./limits";
@@ -97,7 +97,6 @@ export class Dispatcher {
     let exhausted = false;
     const youngLimit = onlyIds ? Infinity : Math.max(CHUNK / 4, Math.floor(YOUNG_TOTAL / shardCount(this.env)));
     let paced = false;
-    let failed = false;
     while (!exhausted && this.calls.inflight.size + this.store.admitting.size < limit) {
       const youngRoom = youngLimit - this.calls.young(Date.now(), YOUNG_MS) - this.store.admitting.size;
       if (youngRoom <= 0) {
@@ -137,17 +136,12 @@ export class Dispatcher {
       this.health.saveCounters();
       launched += admitted.rows.length;
       if (admitted.retryAt !== null) wakeAt = Math.min(wakeAt ?? Infinity, admitted.retryAt);
-      if (admitted.failed) {
-        // An object or D1 could not be reached: this chunk waits ADMISSION_RETRY_MS (./admission.ts), and so does the next pass.
-        failed = true;
-        break;
-      }
     }
     if (launched > 0) log.info("dispatch_pass", { trigger, launched, queued: this.store.queued.size, in_flight: this.calls.inflight.size });
     const nextReady = this.store.nextNotBefore(Date.now());
     if (nextReady !== null) wakeAt = Math.min(wakeAt ?? Infinity, nextReady);
     // More ready work than this pass could take: continue right after it, without waiting for the cron.
-    if (!onlyIds && !failed && this.store.readyCount(Date.now()) > coalescedWaiting && blockedPools.size === 0 && fullClients.size === 0 && this.calls.inflight.size < MAX_IN_FLIGHT) {
+    if (!onlyIds && this.store.readyCount(Date.now()) > coalescedWaiting && blockedPools.size === 0 && fullClients.size === 0 && this.calls.inflight.size < MAX_IN_FLIGHT) {
       // Paced: come back when some of the calls just started have ended or aged (a settlement wakes it sooner).
       wakeAt = paced ? Date.now() + YOUNG_MS / 5 : Date.now();
     }
@@ -180,7 +174,14 @@ export class Dispatcher {
     const q = this.store.queued.get(id);
     if (!q || q.notBefore > Date.now()) return false; // a pass took it meanwhile, or it waits for its time
     const rows = this.admission.claim([{ id, template: templates.get(this.store.rowOf(id)!.template) }], Date.now());
-    const admitted = await this.admission.admit(rows, templates, pools, new Set(), new Set());
+    let admitted: Admitted;
+    try {
+      admitted = await this.admission.admit(rows, templates, pools, new Set(), new Set());
+    } catch {
+      // An object or D1 could not be reached: the request is queued again (Admission.abandon) and its caller answered so.
+      this.host.ensureAlarm(Date.now() + ADMISSION_RETRY_MS);
+      return false;
+    }
     this.start(admitted.rows, Date.now());
     this.calls.launchAll(admitted.rows, templates);
     this.health.saveCounters();

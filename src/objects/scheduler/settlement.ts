@@ -36,6 +36,8 @@ export interface Release {
   actual: Record<string, number>;
   /** The request is done: its estimate leaves the client's money in flight. */
   final: boolean;
+  /** Its pool holds only: the client object's slot is left alone (a late answer to an admission given up: ./admission.ts). */
+  poolsOnly?: true;
 }
 
 /** What settlement asks of its host: stop worker calls, and wake the dispatcher for capacity freed. */
@@ -295,7 +297,7 @@ export class Settlement {
         if (r.value.eventId) events.set(row.id, [...(events.get(row.id) ?? []), { eventId: r.value.eventId, costNano: r.value.costNano, at: r.value.at, pool, units: r.value.consumed }]);
       });
     }));
-    await Promise.all([...groupBy(items, (i) => i.row.client_id)].map(async ([clientId, list]) => {
+    await Promise.all([...groupBy(items.filter((i) => !i.poolsOnly), (i) => i.row.client_id)].map(async ([clientId, list]) => {
       const settlements: ClientSettlement[] = list.map(({ row, final }) => ({ requestId: row.id, events: events.get(row.id) ?? [], keepInFlight: !final }));
       await this.clientStub(clientId).settle(await budgetLimit(this.env, clientId), settlements);
     }));
