@@ -239,4 +239,3 @@ export class Admission {
     return settings(this.env).LEASE_MARGIN_MS;
   }
 }
-
