@@ -77,10 +77,12 @@ export class Admission {
    * ADMISSION_RETRY_MS on (the passes that follow do not hammer an object that is down), and gives back, in the
    * background, its slots (released by job id, also those whose answer was lost) and the reservations
    * it is known to hold; a pool's grant that answers after this is released when it comes (by its
-   * reservation id, in decide). A reservation whose answer never comes stays held until its
-   * lease-long TTL (held twice for that while, as when a shard dies while admitting, never granted twice),
-   * and a slot acquired by a late answer until the lease ends or the request is admitted again (a client
-   * object holds a job id once). Before, the requests stayed claimed, out of the lease sweep's reach (it
+   * reservation id, in decide). The slots' release goes out after the pools' (Settlement.releaseHolds),
+   * by when an acquire still answering has normally been sent, and a client object takes calls from one
+   * caller in order, so a late slot is freed too; one still held for any reason ends with the lease or
+   * joins the request's next admission (a client object holds a job id once). A reservation whose answer never
+   * comes stays held until its lease-long TTL (held twice for that while, as when a shard dies while
+   * admitting, never granted twice). Before, the requests stayed claimed, out of the lease sweep's reach (it
    * skips requests being admitted), until the object restarted. The caller gets the error: a pass
    * fails (the runtime retries its alarm with backoff, the cron's pass is the backstop), an execute
    * answers its request queued (Dispatcher.runNow).
@@ -176,7 +178,7 @@ export class Admission {
         caller: callerOf(row), amount, ttlMs: Math.max(1000, row.lease_until! - Date.now()), requestId: row.id, wait: claimOf(row),
       })))) as Result<ReserveResult>[];
       if (got.abandoned) {
-        // Answered after the admission was given up: release what this pool granted, and only that.
+        // Answered after the admission was given up: release what this pool granted, and only that (abandon released the slots).
         const late = results.flatMap((res, i) => (res.ok ? [{ row: { ...list[i]!.row, reservations: JSON.stringify([{ pool, reservationId: res.value.reservationId, amount: list[i]!.amount }]) }, actual: {}, final: false, poolsOnly: true as const }] : []));
         return this.giveBack(late);
       }
