@@ -134,9 +134,7 @@ export function fairRank<T extends FairItem>(
         return { e, priority: { score: round2(e.base + fairness), tier: e.tier, queue: e.queue, wait: round2(e.wait), fairness: round2(fairness), starved: e.starved } };
       });
     });
-    tail.sort((a, b) =>
-      Number(b.priority.starved) - Number(a.priority.starved) || b.priority.score - a.priority.score || a.e.ready - b.e.ready ||
-      (a.e.item.id < b.e.item.id ? -1 : a.e.item.id > b.e.item.id ? 1 : 0));
+    tail.sort((a, b) => Number(b.priority.starved) - Number(a.priority.starved) || b.priority.score - a.priority.score || readyThenId(a.e, b.e));
     for (const { e, priority } of tail) {
       const { recentShare: _s, priority: _p, ...item } = e.item as T & { recentShare?: number; priority?: Priority };
       out.push({ ...(item as unknown as T), priority });
@@ -236,7 +234,7 @@ function nextPick<T extends FairItem>(state: FairState<T>): { head: Scored<T>; s
     if (!head) continue;
     const fairness = fairnessPoints(state.total > 0 ? c.count / state.total : 0, c.weight / state.totalWeight);
     const score = round2(head.base + fairness);
-    if (!bestHead || Number(head.starved) > Number(bestHead.starved) || (head.starved === bestHead.starved && (score > bestScore || (score === bestScore && precedes(head, bestHead))))) {
+    if (!bestHead || Number(head.starved) > Number(bestHead.starved) || (head.starved === bestHead.starved && (score > bestScore || (score === bestScore && readyThenId(head, bestHead) < 0)))) {
       best = c;
       bestHead = head;
       bestScore = score;
@@ -252,12 +250,12 @@ function nextPick<T extends FairItem>(state: FairState<T>): { head: Scored<T>; s
 
 /** A client's own order: starved first, then by score without the share, the one ready longest, the id (a total order). */
 function ownOrder(a: Scored<FairItem>, b: Scored<FairItem>): number {
-  return Number(b.starved) - Number(a.starved) || b.own - a.own || a.ready - b.ready || (a.item.id < b.item.id ? -1 : a.item.id > b.item.id ? 1 : 0);
+  return Number(b.starved) - Number(a.starved) || b.own - a.own || readyThenId(a, b);
 }
 
 /** Equal scores: the one ready longest first, then by id (a total order). */
-function precedes(a: Scored<FairItem>, b: Scored<FairItem>): boolean {
-  return a.ready < b.ready || (a.ready === b.ready && a.item.id < b.item.id);
+function readyThenId(a: Scored<FairItem>, b: Scored<FairItem>): number {
+  return a.ready - b.ready || (a.item.id < b.item.id ? -1 : a.item.id > b.item.id ? 1 : 0);
 }
 
 /** When a request could first run (its ready time), for waits: `createdAt` when no ready time is known. */

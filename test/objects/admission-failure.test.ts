@@ -3,7 +3,7 @@ import { env } from "cloudflare:workers";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { ADMISSION_RETRY_MS } from "../../src/objects/scheduler/admission";
 import type { SchedulerObject } from "../../src/objects/scheduler";
-import { ADMIN, call, enqueue, eventually, makeClient, makePool, makeTemplate, requestOf, scheduler, settled, sleep } from "../support/helpers";
+import { ADMIN, call, captureLog, enqueue, eventually, makeClient, makePool, makeTemplate, requestOf, scheduler, settled, sleep, spendOf } from "../support/helpers";
 
 /** The admission's reach for the client and pool objects (faults are injected there: an object unreachable). */
 type Reach = {
@@ -54,20 +54,10 @@ async function failPool(poolId: string, fault: Fault): Promise<void> {
   });
 }
 
-/** The service's log lines while a test runs (every line goes through console.log, src/log.ts). */
-function captureLog(): Array<Record<string, unknown>> {
-  const lines: Array<Record<string, unknown>> = [];
-  vi.spyOn(console, "log").mockImplementation((line: unknown) => {
-    if (line && typeof line === "object") lines.push({ ...(line as Record<string, unknown>) });
-  });
-  return lines;
-}
-
 /** Jobs the client object holds now (slots). */
 const slotsOf = (clientId: string) => env.CLIENT.get(env.CLIENT.idFromName(clientId)).inUse();
 /** A pool's active reservations, as its object reports them. */
 const reservationsOf = async (poolId: string) => (await call("GET", `/admin/pools/${poolId}`, { token: ADMIN })).body.live.active_reservations as number;
-const spendOf = async (clientId: string) => (await call("GET", `/api/usage/${clientId}/current`, { token: ADMIN })).body;
 
 describe("an admission that throws (a client or pool object unreachable)", () => {
   afterEach(async () => {

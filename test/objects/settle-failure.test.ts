@@ -2,7 +2,7 @@ import { abortAllDurableObjects, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import type { SchedulerObject } from "../../src/objects/scheduler";
-import { ADMIN, call, enqueue, eventually, makeClient, makePool, makeTemplate, scheduler, settled, sleep } from "../support/helpers";
+import { ADMIN, call, captureLog, enqueue, eventually, makeClient, makePool, makeTemplate, scheduler, settled, sleep, spendOf } from "../support/helpers";
 
 /** What the settlement reaches for a client object (the fault is injected there: the client object unreachable). */
 type ClientStubOf = { clientStub: (clientId: string) => { settle: (...args: unknown[]) => Promise<void> } };
@@ -36,16 +36,6 @@ async function failPoolReleases(): Promise<void> {
   });
 }
 
-/** The service's log lines while a test runs (every line goes through console.log, src/log.ts). */
-function captureLog(): Array<Record<string, unknown>> {
-  const lines: Array<Record<string, unknown>> = [];
-  vi.spyOn(console, "log").mockImplementation((line: unknown) => {
-    if (line && typeof line === "object") lines.push({ ...(line as Record<string, unknown>) });
-  });
-  return lines;
-}
-
-const spendOf = async (clientId: string) => (await call("GET", `/api/usage/${clientId}/current`, { token: ADMIN })).body;
 
 describe("a settlement that fails (a client object unreachable)", () => {
   afterEach(() => vi.restoreAllMocks());

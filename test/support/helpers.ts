@@ -1,5 +1,5 @@
 import { env, exports } from "cloudflare:workers";
-import { expect } from "vitest";
+import { expect, vi } from "vitest";
 import { sha256Hex } from "../../src/domain/digest";
 import { clearConfigCache } from "../../src/storage/config";
 import { checkResponse } from "./contract";
@@ -181,3 +181,15 @@ export async function readyToExecute(prefix: string, pool: Partial<Omit<PoolConf
   expect((await call("POST", "/admin/scheduler/start", { token: ADMIN })).status).toBe(200);
   return { pool: made, template, client };
 }
+
+/** The service's log lines while a test runs (every line goes through console.log, src/log.ts); vi.restoreAllMocks() ends it. */
+export function captureLog(): Array<Record<string, unknown>> {
+  const lines: Array<Record<string, unknown>> = [];
+  vi.spyOn(console, "log").mockImplementation((line: unknown) => {
+    if (line && typeof line === "object") lines.push({ ...(line as Record<string, unknown>) });
+  });
+  return lines;
+}
+
+/** A client's spend this month, as GET /api/usage/{clientId}/current answers it (the admin's view). */
+export const spendOf = async (clientId: string) => (await call("GET", `/api/usage/${clientId}/current`, { token: ADMIN })).body;

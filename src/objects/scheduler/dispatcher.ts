@@ -7,7 +7,7 @@
 import { log } from "../../log";
 import { poolConfigs, templateConfigs } from "../../storage/config";
 import type { Template } from "../../storage/templates";
-import { ADMISSION_RETRY_MS, type Admission, type Admitted } from "./admission";
+import type { Admission, Admitted } from "./admission";
 import type { WorkerCalls } from "./calls";
 import type { Health } from "./health";
 import { CHUNK, IMMEDIATE_HEADROOM, MAX_IN_FLIGHT, SCAN_LIMIT, YOUNG_MS, YOUNG_TOTAL } from "./limits";
@@ -178,8 +178,8 @@ export class Dispatcher {
     try {
       admitted = await this.admission.admit(rows, templates, pools, new Set(), new Set());
     } catch {
-      // An object or D1 could not be reached: the request is queued again (Admission.abandon) and its caller answered so.
-      this.host.ensureAlarm(Date.now() + ADMISSION_RETRY_MS);
+      // An object or D1 could not be reached: the request is queued again for ADMISSION_RETRY_MS later
+      // (Admission.abandon), its caller answered so, and execute's pass sets the alarm for that time.
       return false;
     }
     this.start(admitted.rows, Date.now());
