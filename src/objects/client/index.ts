@@ -9,7 +9,7 @@ import { Jobs } from "./jobs";
 import { Ledger } from "./ledger";
 import { MoneyBook } from "./money";
 import { createTables, migrate } from "./schema";
-import type { BudgetDecision, BudgetItem, BurstResult, MoneyAnswer, MoneyRequest, PoolSpend, QuotaState, Settlement, SpendEvent, SpendMark } from "./types";
+import type { AdmitDecision, BudgetDecision, BudgetItem, BurstResult, MoneyAnswer, MoneyRequest, PoolSpend, QuotaState, RunSlots, Settlement, SpendEvent, SpendMark } from "./types";
 
 /**
  * One client's limit owner: its quota (jobs held at once — running requests and active allocations —,
@@ -58,6 +58,10 @@ export class ClientObject extends DurableObject<Env> {
    * new is admitted until the use is back under the quota.
    */
   acquireJobs(quota: ResolvedQuota, items: JobClaim[], shard?: string): QuotaDecision[] {
+    return this.holdJobs(quota, items, shard);
+  }
+
+  private holdJobs(quota: ResolvedQuota, items: JobClaim[], shard?: string): QuotaDecision[] {
     const now = Date.now();
     this.jobs.purgeExpired(now);
     const effective = withBurst(quota, activePercent(this.burstSessions.sessions(), now));
@@ -134,8 +138,16 @@ export class ClientObject extends DurableObject<Env> {
    * + money in flight + its estimate fits. An admitted request's estimate is in flight until it is
    * settled or dropped. A request already admitted is admitted again without counting twice.
    */
-  admit(limit: BudgetLimit, items: BudgetItem[], quota: ResolvedQuota | null = null): BudgetDecision[] {
-    return this.ledger.admit(limit, items, quota);
+  admit(limit: BudgetLimit, items: BudgetItem[], quota: ResolvedQuota | null = null, slots?: RunSlots): AdmitDecision[] {
+    const decisions: AdmitDecision[] = this.ledger.admit(limit, items, quota);
+    if (!slots || !quota) return decisions;
+    // An execute that will run at once takes its job slot in this call too (as acquireJobs, by `shard`):
+    // the immediate lane's admission then makes no call here of its own (one call and one commit fewer).
+    const admitted = new Set(items.filter((_, i) => decisions[i]!.ok).map((item) => item.requestId));
+    const claims = slots.claims.filter((c) => admitted.has(c.jobId));
+    const got = this.holdJobs(quota, claims, slots.shard);
+    const slotted = new Set(claims.filter((_, i) => got[i]!.ok).map((c) => c.jobId));
+    return decisions.map((d, i) => (d.ok ? { ok: true, slot: slotted.has(items[i]!.requestId) } : d));
   }
 
   /** Requests whose estimates have been in flight since before `before` (for reconciliation with the scheduler). */

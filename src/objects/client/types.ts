@@ -5,7 +5,7 @@
  */
 import type { BudgetView } from "../../domain/budget";
 import type { BurstSession } from "../../domain/burst";
-import type { QuotaShortfall, QuotaUse, ResolvedQuota } from "../../domain/quota";
+import type { JobClaim, QuotaShortfall, QuotaUse, ResolvedQuota } from "../../domain/quota";
 import type { ErrorBody } from "../../errors";
 
 /** One line of spend: a usage event's cost, at the time it happened. */
@@ -39,6 +39,15 @@ export interface BudgetItem {
 }
 
 export type BudgetDecision = { ok: true } | { ok: false; budget: BudgetView } | { ok: false; quota: QuotaShortfall };
+
+/** Job slots taken with an admission (ClientObject.admit): an execute's, by the scheduler shard that will run it. */
+export interface RunSlots {
+  claims: JobClaim[];
+  shard: string;
+}
+
+/** An admission's answer; `slot`: whether the job slot asked for with it (RunSlots) is held now. */
+export type AdmitDecision = ({ ok: true; slot?: boolean }) | Exclude<BudgetDecision, { ok: true }>;
 
 export interface Settlement {
   requestId: string;

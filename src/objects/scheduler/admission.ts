@@ -25,6 +25,8 @@ import { settings } from "../../settings";
  */
 export const ADMISSION_RETRY_MS = 1000;
 
+const NONE: ReadonlySet<string> = new Set();
+
 /** What an admission answers: the requests admitted, and when to try again those that were not. */
 export interface Admitted {
   rows: Row[];
@@ -60,10 +62,10 @@ export class Admission {
    * (batched per pool), all-or-nothing per request. Requests not admitted go back to their queue with
    * anything they got released; requests that can never run fail now.
    */
-  async admit(rows: Row[], templates: Map<string, Template>, pools: Map<string, PoolConfig>, blockedPools: Set<string>, fullClients: Set<string>): Promise<Admitted> {
+  async admit(rows: Row[], templates: Map<string, Template>, pools: Map<string, PoolConfig>, blockedPools: Set<string>, fullClients: Set<string>, slotsHeld?: Set<string>): Promise<Admitted> {
     const got: Got = { held: new Map(), abandoned: false };
     try {
-      return await this.decide(rows, templates, pools, blockedPools, fullClients, got);
+      return await this.decide(rows, templates, pools, blockedPools, fullClients, got, slotsHeld ?? NONE);
     } catch (err) {
       this.abandon(rows, got, err);
       throw err;
@@ -107,8 +109,20 @@ export class Admission {
     this.host.releaseHolds(items).catch((err: unknown) => log.error("admission_release_failed", { count: items.length, error: String(err) }));
   }
 
-  /** admit's decisions; what it holds in pools is recorded in `got` as the answers come. */
-  private async decide(rows: Row[], templates: Map<string, Template>, pools: Map<string, PoolConfig>, blockedPools: Set<string>, fullClients: Set<string>, got: Got): Promise<Admitted> {
+  /**
+   * Give back job slots taken for requests that stay queued (an execute's, taken with its money), in
+   * the background: a client object takes one caller's calls in order, so a later admission of the same
+   * request (the same job id) is not undone by it. One that fails ends with its expiry.
+   */
+  releaseSlots(clientId: string, ids: string[]): void {
+    this.clientStub(clientId).releaseJobs(ids).catch((err: unknown) => log.error("slot_release_failed", { client_id: clientId, count: ids.length, error: String(err) }));
+  }
+
+  /**
+   * admit's decisions; what it holds in pools is recorded in `got` as the answers come. `slotsHeld`:
+   * requests whose job slot is held already (an execute's, taken with its money): no client call for them.
+   */
+  private async decide(rows: Row[], templates: Map<string, Template>, pools: Map<string, PoolConfig>, blockedPools: Set<string>, fullClients: Set<string>, got: Got, slotsHeld: ReadonlySet<string>): Promise<Admitted> {
     let retryAt: number | null = null;
     const requeue: Row[] = [];
     const failNow: Array<{ row: Row; reason: string }> = [];
@@ -139,15 +153,18 @@ export class Admission {
         fullClients.add(clientId);
         return;
       }
-      const claims = list.map((r) => ({
+      for (const r of list) if (slotsHeld.has(r.id)) slotted.add(r.id);
+      const ask = slotsHeld.size === 0 ? list : list.filter((r) => !slotsHeld.has(r.id));
+      if (ask.length === 0) return;
+      const claims = ask.map((r) => ({
         jobId: r.id, kind: "request" as const, expiresAt: r.lease_until!,
         pools: Object.fromEntries(templates.get(r.template)!.requirements.map((q) => [q.pool, q.amount])),
       }));
       const decisions = await this.clientStub(clientId).acquireJobs(quota, claims, this.shard);
       decisions.forEach((d, i) => {
-        if (d.ok) slotted.add(list[i]!.id);
+        if (d.ok) slotted.add(ask[i]!.id);
         // Over a daily cap per pool: the request waits for the next UTC day.
-        else if (d.shortfall.limit === "pool_daily") waitUntil.set(list[i]!.id, dayStart(Date.now()) + 24 * 60 * 60 * 1000);
+        else if (d.shortfall.limit === "pool_daily") waitUntil.set(ask[i]!.id, dayStart(Date.now()) + 24 * 60 * 60 * 1000);
       });
       if (decisions.some((d) => !d.ok)) fullClients.add(clientId);
     }));
@@ -156,6 +173,9 @@ export class Admission {
     const withSlot = runnable.filter((r) => slotted.has(r.id));
     const failing = new Set(failNow.map((f) => f.row.id));
     for (const r of runnable) if (!slotted.has(r.id) && !failing.has(r.id)) requeue.push(r);
+    // A held slot whose client cannot run now (suspended, or gone: then it fails) is given back.
+    const unslotted = slotsHeld.size === 0 ? [] : rows.filter((r) => slotsHeld.has(r.id) && !slotted.has(r.id));
+    for (const [clientId, list] of groupBy(unslotted, (r) => r.client_id)) this.releaseSlots(clientId, list.map((r) => r.id));
     const needs = new Map<string, Array<{ row: Row; amount: number }>>();
     for (const row of withSlot) {
       for (const req of templates.get(row.template)!.requirements) {

@@ -165,19 +165,26 @@ export class Dispatcher {
    * retries it first: it ranks highest), or an identical cacheable request is running (it will share
    * that result).
    */
-  async runNow(id: string): Promise<boolean> {
-    if (!this.store.queued.has(id) || this.calls.inflight.size + this.store.admitting.size >= MAX_IN_FLIGHT + IMMEDIATE_HEADROOM) return false;
+  async runNow(id: string, slotHeld = false): Promise<boolean> {
+    // `slotHeld`: its job slot came with its money; while it stays queued here, the slot is given back.
+    const stays = (): false => {
+      if (slotHeld) this.admission.releaseSlots(this.store.rowOf(id)!.client_id, [id]);
+      return false;
+    };
+    if (!this.store.queued.has(id) || this.calls.inflight.size + this.store.admitting.size >= MAX_IN_FLIGHT + IMMEDIATE_HEADROOM) return stays();
     const key = this.store.plans.get(id)?.cache_key;
     if (key) {
-      for (const other of this.store.active) if (other !== id && this.store.plans.get(other)?.cache_key === key) return false;
+      for (const other of this.store.active) if (other !== id && this.store.plans.get(other)?.cache_key === key) return stays();
     }
     const [templates, pools] = await Promise.all([templateConfigs(this.env), poolConfigs(this.env)]);
     const q = this.store.queued.get(id);
-    if (!q || q.notBefore > Date.now()) return false; // a pass took it meanwhile, or it waits for its time
+    // A pass took it meanwhile (its admission holds the slot now: the same job id), or it waits for its time.
+    if (!q) return false;
+    if (q.notBefore > Date.now()) return stays();
     const rows = this.admission.claim([{ id, template: templates.get(this.store.rowOf(id)!.template) }], Date.now());
     let admitted: Admitted;
     try {
-      admitted = await this.admission.admit(rows, templates, pools, new Set(), new Set());
+      admitted = await this.admission.admit(rows, templates, pools, new Set(), new Set(), slotHeld ? new Set([id]) : undefined);
     } catch {
       // An object or D1 could not be reached: the request is queued again for ADMISSION_RETRY_MS later
       // (Admission.abandon), its caller answered so, and execute's pass sets the alarm for that time.

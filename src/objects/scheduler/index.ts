@@ -116,10 +116,12 @@ export class SchedulerObject extends DurableObject<Env> {
     // Run now: its row is written with its start (one commit; QueueStore.insert's `defer`).
     const inserted = this.store.insert(item, now, runNow);
     const id = inserted.request.id;
+    // Its job slot came with its money (services/requests.ts): given back here unless its admission takes it over.
+    if (item.slotHeld && (inserted.duplicate || !runNow)) this.admission.releaseSlots(item.clientId, [item.id!]);
     if (!inserted.duplicate && runNow) {
       const settled = this.store.waitFor(id, waitMs);
       try {
-        if (await this.dispatcher.runNow(id)) await settled;
+        if (await this.dispatcher.runNow(id, item.slotHeld === true)) await settled;
       } finally {
         this.store.writeHeldBack(id); // not started (it waits in its queue), or the admission failed
       }

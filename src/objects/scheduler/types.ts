@@ -36,6 +36,8 @@ export interface NewRequest {
   cached?: { result: unknown; costNano: number } | null;
   /** The trace id of the enqueue or execute (HTTP, RPC or MCP): on the request's log lines and in its jobs. */
   traceId?: string | null;
+  /** An execute's job slot, taken with its money (services/requests.ts): its admission asks its client object for none. */
+  slotHeld?: boolean;
 }
 
 /** The optimizer's decisions a request carries through the scheduler (stored as JSON with it). */
