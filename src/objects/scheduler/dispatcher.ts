@@ -143,15 +143,14 @@ export class Dispatcher {
     // More ready work than this pass could take: continue right after it, without waiting for the cron.
     if (!onlyIds && this.store.readyCount(Date.now()) > coalescedWaiting && blockedPools.size === 0 && fullClients.size === 0 && this.calls.inflight.size < MAX_IN_FLIGHT) {
       // Paced: come back when some of the calls just started have ended or aged (a settlement wakes it sooner).
-      // A pass that launched nothing comes back after the same while, not at once: its next would find the same.
-      wakeAt = paced || launched === 0 ? Date.now() + YOUNG_MS / 5 : Date.now();
+      wakeAt = paced ? Date.now() + YOUNG_MS / 5 : Date.now();
     }
     if ([...fullClients].some((c) => !this.host.ownsClient(c))) wakeAt = Math.min(wakeAt ?? Infinity, Date.now() + FORMER_CLIENT_POLL_MS);
     if (wakeAt !== null) this.host.ensureAlarm(wakeAt);
     if (!onlyIds) await this.health.checkAlerts(Date.now());
     if (!onlyIds) {
-      // A pass the shard asked for itself (its timer or alarm) in a busy stretch delivers with the next one due (Outbox.flushPaced).
-      const due = trigger === "alarm" || trigger === "wake" ? await this.outbox.flushPaced(Date.now()) : (await this.outbox.flush(), null);
+      // A pass the alarm brought in a busy stretch delivers with the next one due (Outbox.flushPaced).
+      const due = trigger === "alarm" ? await this.outbox.flushPaced(Date.now()) : (await this.outbox.flush(), null);
       if (due !== null) this.host.ensureAlarm(due);
     }
     return launched;

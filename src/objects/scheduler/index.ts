@@ -17,7 +17,6 @@ import { createTables } from "./schema";
 import { Settlement } from "./settlement";
 import { ownerShard, shardName } from "./shards";
 import { QueueStore } from "./store";
-import { Waker } from "./waker";
 import type { EnqueueOutcome, NewRequest, PositionView, QueueStats, RequestView, SchedulerMetrics, SchedulerState, SlaGroup } from "./types";
 
 /**
@@ -43,8 +42,8 @@ export class SchedulerObject extends DurableObject<Env> {
   private readonly outbox: Outbox;
   private readonly health: Health;
   private readonly dispatcher: Dispatcher;
-  private readonly waker: Waker;
   private running: boolean;
+  private alarmAt: number | null = null;
   /** This shard's name ("scheduler", "scheduler-<k>") and index. */
   private readonly shard: string;
   private readonly shardIndex: number;
@@ -82,10 +81,9 @@ export class SchedulerObject extends DurableObject<Env> {
       { store: this.store, ranking: this.ranking, admission: this.admission, calls: this.calls, settlement: this.settlement, health: this.health, outbox: this.outbox },
       { isRunning: () => this.running, ensureAlarm: (at) => this.ensureAlarm(at), ownsClient: (id) => ownerShard(env, id) === this.shardIndex },
     );
-    this.waker = new Waker(ctx.storage, { pass: (trigger) => this.dispatcher.pass(trigger), alive: () => this.alive() });
     this.store.load();
     void ctx.blockConcurrencyWhile(async () => {
-      this.waker.alarmAt = await ctx.storage.getAlarm();
+      this.alarmAt = await ctx.storage.getAlarm();
       // Settlements owed from before a restart are made again when due (the alarm's pass: Dispatcher.pass).
       const owedDue = this.owed.nextDue();
       if (owedDue !== null) this.ensureAlarm(owedDue);
@@ -275,12 +273,8 @@ export class SchedulerObject extends DurableObject<Env> {
   }
 
   override async alarm(): Promise<void> {
-    await this.waker.alarm();
-  }
-
-  /** When this shard's next pass runs (its timer; null: none asked for). */
-  nextPassAt(): number | null {
-    return this.waker.nextAt;
+    this.alarmAt = null;
+    await this.dispatcher.pass("alarm");
   }
 
   /** One dispatch pass (see Dispatcher.pass); the cron calls it every minute as a backstop. */
@@ -296,18 +290,11 @@ export class SchedulerObject extends DurableObject<Env> {
     return this.store.purgeFinished(cutoff, limit);
   }
 
-  /** A pass at `at` at the latest (./waker.ts: a timer, the alarm its backstop). */
   private ensureAlarm(at: number): void {
-    this.waker.wakeAt(at);
-  }
-
-  /** Whether this object's storage still answers (an object reset in tests throws here). */
-  private alive(): boolean {
-    try {
-      this.store.sql.exec("SELECT 1");
-      return true;
-    } catch {
-      return false;
-    }
+    // An alarm already due no later than `at` will do, unless it is overdue (a failed alarm waits in
+    // the runtime's retry backoff): then set it again.
+    if (this.alarmAt !== null && this.alarmAt <= at && this.alarmAt >= Date.now() - 1000) return;
+    this.alarmAt = at;
+    void this.ctx.storage.setAlarm(at);
   }
 }
