@@ -7,7 +7,7 @@ import { ADMIN, call, captureLog, enqueue, eventually, makeClient, makePool, mak
 
 /** The admission's reach for the client and pool objects (faults are injected there: an object unreachable). */
 type Reach = {
-  clientStub: (clientId: string) => { acquireJobs: (...args: unknown[]) => Promise<unknown> };
+  clientStub: (clientId: string) => { acquireJobs: (...args: unknown[]) => Promise<unknown>; releaseJobs: (ids: string[]) => Promise<unknown> };
   poolStub: (pool: string) => { reserveMany: (...args: unknown[]) => Promise<unknown> };
 };
 
@@ -30,6 +30,7 @@ async function failClients(fault: Fault): Promise<void> {
           if (fault.left-- > 0) throw new Error("client object unreachable");
           return stub.acquireJobs(...args);
         },
+        releaseJobs: (ids: string[]) => stub.releaseJobs(ids),
       };
     };
   });
@@ -144,17 +145,19 @@ describe("an admission that throws (a client or pool object unreachable)", () =>
     }, 5000, "the client's spend of four runs");
   }, 40_000);
 
-  it("in the immediate lane: the execute is answered 202 with its request queued (not an error), and the request runs on the retry", async () => {
+  it("in the immediate lane (its pool object unreachable once): the execute is answered 202 with its request queued (not an error), gives back the slot it took with its money, and runs on the retry", async () => {
     const pool = await makePool({ capacity: 100 });
     const template = await makeTemplate([{ pool: pool.id, amount: 1 }], { timeoutMs: 5000 });
     const client = await makeClient("admit-execute");
     const lines = captureLog();
+    // The execute's slot came with its money: the lane's admission calls the pool only.
     const fault: Fault = { left: 1, calls: 0 };
-    await failClients(fault);
+    await failPool(pool.id, fault);
     const r = await call("POST", "/api/execute", { token: client.key, json: { template, params: { simulate: { latency_ms: 0 } } } });
     expect(r.status, JSON.stringify(r.body)).toBe(202);
     expect(r.body.request).toMatchObject({ status: "queued", queue: "immediate", attempts: 0 });
     expect(lines.filter((l) => l.msg === "admission_failed")).toHaveLength(1);
+    await eventually(async () => (await slotsOf(client.id)) === 0 || null, 3000, "the execute's slot given back");
     const done = await settled(r.body.request.id, ["completed", "failed"], 10_000, client.key);
     expect(done).toMatchObject({ status: "completed", attempts: 1 });
     expect(await slotsOf(client.id)).toBe(0);
