@@ -4,7 +4,7 @@ import type { Caller } from "../domain/types";
 import { AppError, type ErrorBody } from "../errors";
 import type { BudgetView } from "../domain/budget";
 import { newRequestId, type EnqueueOutcome, type NewRequest, type PositionView, type RequestView } from "../objects/scheduler/types";
-import type { JobClaim, QuotaShortfall } from "../domain/quota";
+import type { QuotaShortfall } from "../domain/quota";
 import { budgetLimit, clientQuota, templateConfig, tierLimits } from "../storage/config";
 import type { Quality } from "../domain/optimizer";
 import { compressText } from "../domain/compression";
@@ -13,9 +13,9 @@ import { checkDowngradeChoice, planRequest } from "./optimizer";
 import { cacheGet } from "../storage/optimizer-cache";
 import { unwrap } from "./pools";
 import { cancelHeld, findByKey, getRequestView, positionView } from "./scheduler";
-import { ownerShard, shardName, shardStub } from "../objects/scheduler/shards";
-import type { RunSlots } from "../objects/client/types";
-import { settings } from "../settings";
+import { ownerShard, shardStub } from "../objects/scheduler/shards";
+import type { Held } from "../objects/scheduler/types";
+import { holdUnits, readyToRun, releaseUnits, runSlots } from "./run-now";
 import { spendQuotaRefusal } from "./refusals";
 
 /** One request as a caller submits it (validated shape; see routes/queue.ts for the schema). */
@@ -137,40 +137,30 @@ async function admitAll(env: Env, caller: Caller, specs: RequestSpec[], traceId:
   if (!limit) throw new AppError("client_not_found", `no client ${caller.clientId}`, { client_id: caller.clientId });
   // One call into the client's object: daily caps per pool (with the quota), then money held in flight.
   const quota = await clientQuota(env, caller.clientId);
-  const slots = runNow ? await runSlots(env, fresh.map((p) => p.value), owner) : undefined;
-  const decisions = await clientStub(env, caller.clientId).admit(
-    limit, fresh.map((p) => ({ requestId: p.value.id!, estimateNano: p.value.estimateNano, pools: unitsByPool(p.value) })), quota, slots,
-  );
+  // An execute that can run at once also takes its job slot in that call, and its units beside it (./run-now.ts).
+  const ready = runNow ? readyToRun(fresh.map((p) => p.value)) : [];
+  const [decisions, units] = await Promise.all([
+    (async () => clientStub(env, caller.clientId).admit(
+      limit, fresh.map((p) => ({ requestId: p.value.id!, estimateNano: p.value.estimateNano, pools: unitsByPool(p.value) })), quota,
+      ready.length ? await runSlots(env, ready, owner) : undefined,
+    ))(),
+    ready.length ? holdUnits(env, ready, owner, quota) : new Map<string, Held[]>(),
+  ]);
   const refused = new Map<number, ErrorBody>();
+  const unused: Array<{ request: NewRequest; held: Held[] }> = [];
   fresh.forEach((p, i) => {
     const d = decisions[i]!;
+    const held = units.get(p.value.id!);
     if (d.ok) {
       if (d.slot) p.value.slotHeld = true;
+      if (held) p.value.poolsHeld = held;
       return;
     }
+    if (held) unused.push({ request: p.value, held });
     refused.set(p.index, "quota" in d ? quotaRefusal(caller, d.quota) : budgetRefusal(caller, p.value, p.alternative, d.budget));
   });
+  await releaseUnits(env, unused);
   return prepared.map((p) => (refused.has(p.index) ? { ok: false, error: refused.get(p.index)!, index: p.index } : p));
-}
-
-/**
- * The job slots to take with an execute's money, for requests that can run at once (the immediate
- * queue, not deferred): as the shard's admission would claim them, by the owner shard, held a second
- * past the lease its claim will give (template timeout + LEASE_MARGIN_MS, counted from a moment later).
- */
-async function runSlots(env: Env, requests: NewRequest[], owner: number): Promise<RunSlots | undefined> {
-  const now = Date.now();
-  const ready = requests.filter((r) => r.queue === "immediate" && (r.notBefore ?? 0) <= now);
-  if (ready.length === 0) return undefined;
-  const margin = settings(env).LEASE_MARGIN_MS;
-  const claims = await Promise.all(ready.map(async (r): Promise<JobClaim> => {
-    const template = await templateConfig(env, r.template);
-    return {
-      jobId: r.id!, kind: "request", expiresAt: now + template.timeoutMs + margin + 1000,
-      pools: Object.fromEntries(template.requirements.map((q) => [q.pool, q.amount])),
-    };
-  }));
-  return { claims, shard: shardName(owner) };
 }
 
 function unitsByPool(request: NewRequest): Record<string, number> {

@@ -3,6 +3,7 @@ import { env } from "cloudflare:workers";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { ADMISSION_RETRY_MS } from "../../src/objects/scheduler/admission";
 import type { SchedulerObject } from "../../src/objects/scheduler";
+import { PoolObject } from "../../src/objects/pool";
 import { ADMIN, call, captureLog, enqueue, eventually, makeClient, makePool, makeTemplate, requestOf, scheduler, settled, sleep, spendOf } from "../support/helpers";
 
 /** The admission's reach for the client and pool objects (faults are injected there: an object unreachable). */
@@ -145,14 +146,22 @@ describe("an admission that throws (a client or pool object unreachable)", () =>
     }, 5000, "the client's spend of four runs");
   }, 40_000);
 
-  it("in the immediate lane (its pool object unreachable once): the execute is answered 202 with its request queued (not an error), gives back the slot it took with its money, and runs on the retry", async () => {
+  it("in the immediate lane (its pool object unreachable for a while): the execute is answered 202 with its request queued (not an error), gives back the slot it took with its money, and runs on the retry", async () => {
     const pool = await makePool({ capacity: 100 });
     const template = await makeTemplate([{ pool: pool.id, amount: 1 }], { timeoutMs: 5000 });
     const client = await makeClient("admit-execute");
     const lines = captureLog();
-    // The execute's slot came with its money: the lane's admission calls the pool only.
-    const fault: Fault = { left: 1, calls: 0 };
-    await failPool(pool.id, fault);
+    // The pool object fails twice: the execute's own reserve, beside its money (src/services/run-now.ts),
+    // then its shard's admission, which asks again for what the execute could not take.
+    const fault: Fault = { left: 2, calls: 0 };
+    const reserveMany = PoolObject.prototype.reserveMany;
+    vi.spyOn(PoolObject.prototype, "reserveMany").mockImplementation(function (this: PoolObject, cfg, items) {
+      if (cfg.id === pool.id) {
+        fault.calls += 1;
+        if (fault.left-- > 0) throw new Error("pool object unreachable");
+      }
+      return reserveMany.call(this, cfg, items);
+    });
     const r = await call("POST", "/api/execute", { token: client.key, json: { template, params: { simulate: { latency_ms: 0 } } } });
     expect(r.status, JSON.stringify(r.body)).toBe(202);
     expect(r.body.request).toMatchObject({ status: "queued", queue: "immediate", attempts: 0 });
@@ -160,6 +169,8 @@ describe("an admission that throws (a client or pool object unreachable)", () =>
     await eventually(async () => (await slotsOf(client.id)) === 0 || null, 3000, "the execute's slot given back");
     const done = await settled(r.body.request.id, ["completed", "failed"], 10_000, client.key);
     expect(done).toMatchObject({ status: "completed", attempts: 1 });
+    expect(fault.calls).toBe(3);
     expect(await slotsOf(client.id)).toBe(0);
+    expect(await reservationsOf(pool.id)).toBe(0);
   }, 30_000);
 });

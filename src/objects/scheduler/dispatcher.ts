@@ -14,7 +14,7 @@ import { CHUNK, IMMEDIATE_HEADROOM, MAX_IN_FLIGHT, SCAN_LIMIT, YOUNG_MS, YOUNG_T
 import { shardCount } from "./shards";
 import type { Outbox } from "./outbox";
 import type { Ranking } from "./ranking";
-import type { Row } from "./rows";
+import type { Held, Row } from "./rows";
 import type { Settlement } from "./settlement";
 import type { QueueStore } from "./store";
 
@@ -164,10 +164,12 @@ export class Dispatcher {
    * retries it first: it ranks highest), or an identical cacheable request is running (it will share
    * that result).
    */
-  async runNow(id: string, slotHeld = false): Promise<boolean> {
-    // `slotHeld`: its job slot came with its money; while it stays queued here, the slot is given back.
+  async runNow(id: string, slotHeld = false, poolsHeld: Held[] = []): Promise<boolean> {
+    // `slotHeld`, `poolsHeld`: its job slot came with its money and its units were taken beside it
+    // (services/requests.ts); while it stays queued here, they are given back.
     const stays = (): false => {
-      if (slotHeld) this.admission.releaseSlots(this.store.rowOf(id)!.client_id, [id]);
+      const row = this.store.rowOf(id)!;
+      this.admission.giveBackHeld({ id, clientId: row.client_id, tier: row.tier, traceId: row.trace_id ?? null }, slotHeld, poolsHeld);
       return false;
     };
     if (!this.store.queued.has(id) || this.calls.inflight.size + this.store.admitting.size >= MAX_IN_FLIGHT + IMMEDIATE_HEADROOM) return stays();
@@ -183,7 +185,7 @@ export class Dispatcher {
     const rows = this.admission.claim([{ id, template: templates.get(this.store.rowOf(id)!.template) }], Date.now());
     let admitted: Admitted;
     try {
-      admitted = await this.admission.admit(rows, templates, pools, new Set(), new Set(), slotHeld ? new Set([id]) : undefined);
+      admitted = await this.admission.admit(rows, templates, pools, new Set(), new Set(), slotHeld ? new Set([id]) : undefined, poolsHeld.length ? new Map([[id, poolsHeld]]) : undefined);
     } catch {
       // An object or D1 could not be reached: the request is queued again for ADMISSION_RETRY_MS later
       // (Admission.abandon), its caller answered so, and execute's pass sets the alarm for that time.

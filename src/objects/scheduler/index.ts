@@ -114,12 +114,15 @@ export class SchedulerObject extends DurableObject<Env> {
     // Run now: its row is written with its start (one commit; QueueStore.insert's `defer`).
     const inserted = this.store.insert(item, now, runNow);
     const id = inserted.request.id;
-    // Its job slot came with its money (services/requests.ts): given back here unless its admission takes it over.
-    if (item.slotHeld && (inserted.duplicate || !runNow)) this.admission.releaseSlots(item.clientId, [item.id!]);
+    // Its job slot came with its money and its units beside it (services/requests.ts): given back here unless its admission takes them over.
+    const held = { slot: item.slotHeld === true, pools: item.poolsHeld ?? [] };
+    if ((held.slot || held.pools.length) && (inserted.duplicate || !runNow)) {
+      this.admission.giveBackHeld({ id: item.id!, clientId: item.clientId, tier: item.tier, traceId: item.traceId ?? null }, held.slot, held.pools);
+    }
     if (!inserted.duplicate && runNow) {
       const settled = this.store.waitFor(id, waitMs);
       try {
-        if (await this.dispatcher.runNow(id, item.slotHeld === true)) await settled;
+        if (await this.dispatcher.runNow(id, held.slot, held.pools)) await settled;
       } finally {
         this.store.writeHeldBack(id); // not started (it waits in its queue), or the admission failed
       }

@@ -6,7 +6,7 @@ import type { QueueName } from "../../domain/priority";
 import type { Caller, Tier } from "../../domain/types";
 import type { ErrorBody } from "../../errors";
 import { decompressText } from "../../domain/compression";
-import type { PoolCost, RequestStatus, RequestView, StoredPlan } from "./types";
+import type { Held, PoolCost, RequestStatus, RequestView, StoredPlan } from "./types";
 
 /** A row of the `requests` table (see schema.ts); the live copies in memory have the same shape. */
 export interface Row {
@@ -99,11 +99,7 @@ export interface Finished {
 }
 
 /** A pool reservation a dispatched request holds. */
-export interface Held {
-  pool: string;
-  reservationId: string;
-  amount: number;
-}
+export type { Held } from "./types";
 
 /** How a worker call ended, for settlement. */
 export interface Outcome {

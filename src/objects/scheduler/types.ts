@@ -11,6 +11,13 @@ import type { Attainment, SlaTarget } from "../../domain/sla";
 import type { Tier } from "../../domain/types";
 
 /** What the service layer hands the scheduler for one new request (already validated and priced). */
+/** A reservation a request holds in a pool (its row's `reservations`, as JSON). */
+export interface Held {
+  pool: string;
+  reservationId: string;
+  amount: number;
+}
+
 export interface NewRequest {
   /** Given by the caller when it admitted the request's money under this id first. */
   id?: string;
@@ -38,6 +45,8 @@ export interface NewRequest {
   traceId?: string | null;
   /** An execute's job slot, taken with its money (services/requests.ts): its admission asks its client object for none. */
   slotHeld?: boolean;
+  /** An execute's reservations, taken beside its money (services/requests.ts): its admission asks those pools for nothing more. */
+  poolsHeld?: Held[];
 }
 
 /** The optimizer's decisions a request carries through the scheduler (stored as JSON with it). */
