@@ -15,6 +15,7 @@ import { unwrap } from "./pools";
 import { cancelHeld, findByKey, getRequestView, positionView } from "./scheduler";
 import { ownerShard, shardStub } from "../objects/scheduler/shards";
 import type { Held } from "../objects/scheduler/types";
+import type { AdmitDecision } from "../objects/client/types";
 import { holdUnits, readyToRun, releaseUnits, runSlots } from "./run-now";
 import { spendQuotaRefusal } from "./refusals";
 
@@ -139,13 +140,19 @@ async function admitAll(env: Env, caller: Caller, specs: RequestSpec[], traceId:
   const quota = await clientQuota(env, caller.clientId);
   // An execute that can run at once also takes its job slot in that call, and its units beside it (./run-now.ts).
   const ready = runNow ? readyToRun(fresh.map((p) => p.value)) : [];
-  const [decisions, units] = await Promise.all([
-    (async () => clientStub(env, caller.clientId).admit(
+  const held = ready.length ? holdUnits(env, ready, owner, quota) : Promise.resolve(new Map<string, Held[]>());
+  let decisions: AdmitDecision[];
+  try {
+    decisions = await clientStub(env, caller.clientId).admit(
       limit, fresh.map((p) => ({ requestId: p.value.id!, estimateNano: p.value.estimateNano, pools: unitsByPool(p.value) })), quota,
       ready.length ? await runSlots(env, ready, owner) : undefined,
-    ))(),
-    ready.length ? holdUnits(env, ready, owner, quota) : new Map<string, Held[]>(),
-  ]);
+    );
+  } catch (err) {
+    // The client object could not be reached: the units taken beside it go back before the error does.
+    await releaseUnits(env, [...(await held)].map(([id, list]) => ({ request: ready.find((r) => r.id === id)!, held: list })));
+    throw err;
+  }
+  const units = await held;
   const refused = new Map<number, ErrorBody>();
   const unused: Array<{ request: NewRequest; held: Held[] }> = [];
   fresh.forEach((p, i) => {

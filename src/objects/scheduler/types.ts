@@ -10,7 +10,6 @@ import type { Priority, QueueName } from "../../domain/priority";
 import type { Attainment, SlaTarget } from "../../domain/sla";
 import type { Tier } from "../../domain/types";
 
-/** What the service layer hands the scheduler for one new request (already validated and priced). */
 /** A reservation a request holds in a pool (its row's `reservations`, as JSON). */
 export interface Held {
   pool: string;
@@ -18,6 +17,7 @@ export interface Held {
   amount: number;
 }
 
+/** What the service layer hands the scheduler for one new request (already validated and priced). */
 export interface NewRequest {
   /** Given by the caller when it admitted the request's money under this id first. */
   id?: string;
