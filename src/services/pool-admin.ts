@@ -12,6 +12,7 @@ import { applyAlerts } from "../storage/alert-apply";
 import { clearConfigCache } from "../storage/config";
 import { poolStub } from "../objects/pool/stub";
 import { unwrap } from "./pools";
+import { wakeAll } from "./scheduler";
 
 /**
  * Operators' changes to pools. Every change is written to D1 with a version bump, the isolate's
@@ -107,7 +108,11 @@ export async function changePool(env: Env, id: string, change: (current: PoolRec
     if (await writePool(env.DB, next, current.version, opts.now, extra)) {
       clearConfigCache();
       const record: PoolRecord = { ...next, version: current.version + 1, updatedAt: opts.now };
-      return { record, state: await poolStub(env, id).configure(configOf(record)) };
+      const state = await poolStub(env, id).configure(configOf(record));
+      // Queued work refused by this pool waits for its retry hint (a minute when the pool did not refill)
+      // or a release: a change may have made room (capacity, refill, status), so every shard passes now.
+      await wakeAll(env).catch((err: unknown) => log.warn("scheduler_wake_failed", { pool: id, error: String(err) }));
+      return { record, state };
     }
     if (opts.expectedVersion !== undefined) return null;
     await new Promise((resolve) => setTimeout(resolve, Math.random() * RETRY_JITTER_MS * (attempt + 1)));

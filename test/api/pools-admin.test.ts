@@ -4,7 +4,7 @@ import { describe, expect, it } from "vitest";
 import type { PoolConfig } from "../../src/domain/types";
 import type { SpendItem } from "../../src/objects/pool/types";
 import { checkAlerts } from "../../src/services/alerts";
-import { ADMIN, call, consume, expectError, INTERNAL, KEYS, makePool } from "../support/helpers";
+import { ADMIN, call, consume, expectError, INTERNAL, KEYS, makeClient, makePool, makeTemplate, requestOf, settled, sleep } from "../support/helpers";
 
 let seq = 0;
 function newId(): string {
@@ -211,6 +211,22 @@ describe("changes reach the pool's object at once", () => {
     expect((await patch(normal, { low_water_percent: 50 })).status).toBe(200);
     await checkAlerts(env, Date.now());
     expect(await open(normal)).toHaveLength(1);
+  });
+
+  it("queued work the pool refused runs as soon as a change makes room, not at its retry hint (a minute for a pool with no refill)", async () => {
+    const pool = await makePool({ capacity: 1, refillPerSec: 0, leases: "off" });
+    const template = await makeTemplate([{ pool: pool.id, amount: 1 }]);
+    const client = await makeClient("pool-raise");
+    expect((await call("POST", "/admin/scheduler/start", { token: ADMIN })).status).toBe(200);
+    expect((await consume(pool.id, 1)).status).toBe(200); // the one unit, gone for good
+    const res = await call("POST", "/api/execute", { token: client.key, json: { template, params: { tokens_used: 1 } } });
+    expect(res.status).toBe(202);
+    // Refused again by the passes that follow (its retry hint: a minute), then the operator raises the pool.
+    await sleep(300);
+    expect((await requestOf(res.body.request.id, client.key)).status).toBe("queued");
+    expect((await patch(pool.id, { capacity: 5, refill_per_sec: 0 })).status).toBe(200);
+    const done = await settled(res.body.request.id, ["completed"], 3000, client.key);
+    expect(done.attempts).toBe(1);
   });
 });
 
