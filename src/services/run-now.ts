@@ -7,14 +7,15 @@
  * taken for a request that is refused or stays queued is given back (here for a refusal; by the shard
  * otherwise: Admission.giveBackHeld).
  */
-import { DEFAULT_TIER_WEIGHTS } from "../domain/priority";
 import type { JobClaim, ResolvedQuota } from "../domain/quota";
 import type { RunSlots } from "../objects/client/types";
-import { waitClaimOf } from "../objects/scheduler/admission";
+import { clientWeight, waitClaimOf } from "../objects/scheduler/admission";
+import { callerOf } from "../objects/scheduler/rows";
 import { shardName } from "../objects/scheduler/shards";
 import type { Held, NewRequest } from "../objects/scheduler/types";
 import { poolStub } from "../objects/pool/stub";
-import type { ReleaseResult, ReserveResult, Result } from "../objects/pool/types";
+import type { ReserveResult, Result } from "../objects/pool/types";
+import type { Template } from "../storage/templates";
 import { settings } from "../settings";
 import { poolConfigs, templateConfig, tierLimits } from "../storage/config";
 import { log } from "../log";
@@ -29,9 +30,12 @@ export function readyToRun(requests: NewRequest[]): NewRequest[] {
  * How long what is taken before the shard is held: the lease the shard's claim will give (template
  * timeout + LEASE_MARGIN_MS, counted from a moment later), and a second more.
  */
-async function holdMs(env: Env, template: string): Promise<number> {
-  return (await templateConfig(env, template)).timeoutMs + settings(env).LEASE_MARGIN_MS + 1000;
+function holdMs(env: Env, template: Template): number {
+  return template.timeoutMs + settings(env).LEASE_MARGIN_MS + 1000;
 }
+
+/** The pool caller an execute's holds are taken and given back as: its client, as the scheduler. */
+const callerFor = (r: NewRequest) => callerOf({ client_id: r.clientId, tier: r.tier });
 
 /** The job slots to take with the money, claimed for the owner shard. */
 export async function runSlots(env: Env, requests: NewRequest[], owner: number): Promise<RunSlots> {
@@ -39,7 +43,7 @@ export async function runSlots(env: Env, requests: NewRequest[], owner: number):
   const claims = await Promise.all(requests.map(async (r): Promise<JobClaim> => {
     const template = await templateConfig(env, r.template);
     return {
-      jobId: r.id!, kind: "request", expiresAt: now + (await holdMs(env, r.template)),
+      jobId: r.id!, kind: "request", expiresAt: now + holdMs(env, template),
       pools: Object.fromEntries(template.requirements.map((q) => [q.pool, q.amount])),
     };
   }));
@@ -58,10 +62,9 @@ export async function holdUnits(env: Env, requests: NewRequest[], owner: number,
   const got = new Map<string, Held[]>();
   await Promise.all(requests.map(async (r) => {
     const template = await templateConfig(env, r.template);
-    const ttlMs = await holdMs(env, r.template);
-    const weight = quota?.weight ?? tiers.get(r.tier)?.weight ?? DEFAULT_TIER_WEIGHTS[r.tier];
-    const wait = waitClaimOf({ client_id: r.clientId, tier: r.tier, queue: r.queue, created_at: now, ready_at: now }, tiers, weight, shardName(owner), now);
-    const caller = { clientId: r.clientId, tier: r.tier, via: "scheduler" };
+    const ttlMs = holdMs(env, template);
+    const wait = waitClaimOf({ client_id: r.clientId, tier: r.tier, queue: r.queue, created_at: now, ready_at: now }, tiers, clientWeight(quota, tiers, r.tier), shardName(owner), now);
+    const caller = callerFor(r);
     const answers = await Promise.all(template.requirements.map(async (q) => {
       const cfg = pools.get(q.pool);
       if (!cfg) return null;
@@ -88,8 +91,7 @@ export async function releaseUnits(env: Env, items: Array<{ request: NewRequest;
     const cfg = pools.get(h.pool);
     if (!cfg) return;
     try {
-      const caller = { clientId: request.clientId, tier: request.tier, via: "scheduler" };
-      (await poolStub(env, h.pool).releaseMany(cfg, [{ caller, reservationId: h.reservationId, actualUsed: 0 }])) as Result<ReleaseResult>[];
+      await poolStub(env, h.pool).releaseMany(cfg, [{ caller: callerFor(request), reservationId: h.reservationId, actualUsed: 0 }]);
     } catch (err) {
       log.error("units_release_failed", { request_id: request.id, pool: h.pool, reservation_id: h.reservationId, error: String(err), trace_id: request.traceId ?? null });
     }

@@ -48,6 +48,11 @@ export function waitClaimOf(
   return { clientId: request.client_id, shard, priority: Math.floor(p.tier + p.queue + p.wait) + (p.starved ? 100 : 0), weight };
 }
 
+/** A client's fair-share weight: its operator-set weight, else its tier's, else the tier's default. */
+export function clientWeight(quota: { weight?: number | null } | null, tiers: Map<Tier, TierRow>, tier: Tier): number {
+  return quota?.weight ?? tiers.get(tier)?.weight ?? DEFAULT_TIER_WEIGHTS[tier];
+}
+
 /** What admission asks of settlement: to give back what requests it does not admit got. */
 export interface AdmissionHost {
   releaseHolds(items: Release[]): Promise<unknown>;
@@ -127,7 +132,7 @@ export class Admission {
    * the background: a client object takes one caller's calls in order, so a later admission of the same
    * request (the same job id) is not undone by it. One that fails ends with its expiry.
    */
-  releaseSlots(clientId: string, ids: string[]): void {
+  private releaseSlots(clientId: string, ids: string[]): void {
     this.clientStub(clientId).releaseJobs(ids).catch((err: unknown) => this.unlessReset(() => log.error("slot_release_failed", { client_id: clientId, count: ids.length, error: String(err) })));
   }
 
@@ -186,7 +191,7 @@ export class Admission {
         for (const row of list) failNow.push({ row, reason: `client ${clientId} no longer exists` });
         return;
       }
-      weights.set(clientId, quota.weight ?? tiers.get(client.tier)?.weight ?? DEFAULT_TIER_WEIGHTS[client.tier]);
+      weights.set(clientId, clientWeight(quota, tiers, client.tier));
       if (client.status === "suspended") {
         fullClients.add(clientId);
         return;
@@ -211,14 +216,14 @@ export class Admission {
     const withSlot = runnable.filter((r) => slotted.has(r.id));
     const failing = new Set(failNow.map((f) => f.row.id));
     for (const r of runnable) if (!slotted.has(r.id) && !failing.has(r.id)) requeue.push(r);
-    // A held slot whose client cannot run now (suspended, or gone: then it fails) is given back.
-    const unslotted = slotsHeld.size === 0 ? [] : rows.filter((r) => slotsHeld.has(r.id) && !slotted.has(r.id));
-    for (const [clientId, list] of groupBy(unslotted, (r) => r.client_id)) this.releaseSlots(clientId, list.map((r) => r.id));
+    // What an execute held already, for a request that cannot run now (no slot: its client is full,
+    // suspended or gone), is given back.
+    for (const row of rows) {
+      if (slotted.has(row.id) || !(slotsHeld.has(row.id) || got.held.has(row.id))) continue;
+      this.giveBackHeld({ id: row.id, clientId: row.client_id, tier: row.tier, traceId: row.trace_id ?? null }, slotsHeld.has(row.id), got.held.get(row.id) ?? []);
+      got.held.delete(row.id);
+    }
     const needs = new Map<string, Array<{ row: Row; amount: number }>>();
-    // Units held already (an execute's) for a request that cannot run now are given back.
-    const stranded = rows.filter((r) => got.held.has(r.id) && !slotted.has(r.id));
-    if (stranded.length) this.giveBack(stranded.map((row) => ({ row: { ...row, reservations: JSON.stringify(got.held.get(row.id)) }, actual: {}, final: false, poolsOnly: true as const })));
-    for (const row of stranded) got.held.delete(row.id);
     for (const row of withSlot) {
       const already = got.held.get(row.id);
       for (const req of templates.get(row.template)!.requirements) {

@@ -125,7 +125,7 @@ export function timedOut(outcome: Outcome): boolean {
 }
 
 /** The scheduler as the pools see it: acting for the request's client. */
-export function callerOf(row: Row): Caller {
+export function callerOf(row: Pick<Row, "client_id" | "tier">): Caller {
   return { clientId: row.client_id, tier: row.tier, via: "scheduler" };
 }
 
