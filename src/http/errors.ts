@@ -21,6 +21,11 @@ const RETRY_AFTER = {
   "Retry-After": { description: "Seconds until a retry can succeed (enough units, or a limit's window ended)", required: true, schema: { type: "integer" as const, minimum: 1 } },
 };
 
+/** The header a 503 may carry: a dependency that failed mid-call is worth another try soon (AppError.retryAfterSec). */
+const RETRY_AFTER_503 = {
+  "Retry-After": { description: "Seconds to wait before trying again, when a retry is likely to succeed", required: false, schema: { type: "integer" as const, minimum: 1 } },
+};
+
 /** Where the document keeps each error code's example (one per code, registered by errorExamples). */
 const exampleRef = (code: ErrorCode) => ({ $ref: `#/components/examples/${code}` });
 
@@ -41,7 +46,7 @@ export function errorResponses(...codes: ErrorCode[]) {
       status,
       {
         description: errorDescription(group),
-        ...(status === 429 ? { headers: RETRY_AFTER } : {}),
+        ...(status === 429 ? { headers: RETRY_AFTER } : status === 503 ? { headers: RETRY_AFTER_503 } : {}),
         content: {
           "application/json": {
             schema: ErrorEnvelope,

@@ -142,7 +142,7 @@ export const queueRoutes = new OpenAPIHono<AppEnv>()
       responses: {
         200: ok("Batch: each request accepted or rejected on its own.", BatchResult),
         202: okDowngradable("Queued (or the first request with this idempotency key).", Enqueued),
-        ...errorResponses("bad_request", "validation_failed", "unauthorized", "budget_exceeded", "quota_exceeded", "forbidden", "client_suspended", "template_not_found", "pool_not_found", "client_not_found", "idempotency_conflict"),
+        ...errorResponses("bad_request", "validation_failed", "unauthorized", "budget_exceeded", "quota_exceeded", "forbidden", "client_suspended", "template_not_found", "pool_not_found", "client_not_found", "idempotency_conflict", "unavailable"),
       },
     }),
     async (c) => {
@@ -214,7 +214,7 @@ export const queueRoutes = new OpenAPIHono<AppEnv>()
       responses: {
         200: okDowngradable("Ran: the request with its result.", Enqueued),
         202: okDowngradable("Queued: id, position and estimated wait.", Enqueued),
-        ...errorResponses("bad_request", "validation_failed", "unauthorized", "budget_exceeded", "quota_exceeded", "forbidden", "client_suspended", "template_not_found", "pool_not_found", "client_not_found", "idempotency_conflict", "worker_failed"),
+        ...errorResponses("bad_request", "validation_failed", "unauthorized", "budget_exceeded", "quota_exceeded", "forbidden", "client_suspended", "template_not_found", "pool_not_found", "client_not_found", "idempotency_conflict", "worker_failed", "unavailable"),
       },
     }),
     async (c) => {

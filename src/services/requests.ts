@@ -18,6 +18,7 @@ import type { Held } from "../objects/scheduler/types";
 import type { AdmitDecision } from "../objects/client/types";
 import { holdUnits, readyToRun, releaseUnits, runSlots } from "./run-now";
 import { spendQuotaRefusal } from "./refusals";
+import { log } from "../log";
 
 /** One request as a caller submits it (validated shape; see routes/queue.ts for the schema). */
 export interface RequestSpec {
@@ -149,8 +150,9 @@ async function admitAll(env: Env, caller: Caller, specs: RequestSpec[], traceId:
     );
   } catch (err) {
     // The client object could not be reached: the units taken beside it go back before the error does.
+    // Money it may have booked before its answer was lost is dropped by the cron (reconcileInFlight).
     await releaseUnits(env, [...(await held)].map(([id, list]) => ({ request: ready.find((r) => r.id === id)!, held: list })));
-    throw err;
+    throw unreachable(err, "client", "the client's budget and quota could not be checked; nothing was queued, try again", { client_id: caller.clientId }, traceId);
   }
   const units = await held;
   const refused = new Map<number, ErrorBody>();
@@ -208,7 +210,12 @@ export async function enqueueMany(env: Env, caller: Caller, specs: RequestSpec[]
   const byShard = new Map<number, number[]>();
   toEnqueue.forEach((p, i) => byShard.set(p.shard, [...(byShard.get(p.shard) ?? []), i]));
   await Promise.all([...byShard].map(async ([shard, list]) => {
-    const answers = await shardStub(env, shard).enqueue(list.map((i) => toEnqueue[i]!.value));
+    let answers: EnqueueOutcome[];
+    try {
+      answers = await shardStub(env, shard).enqueue(list.map((i) => toEnqueue[i]!.value));
+    } catch (err) {
+      throw unreachable(err, "scheduler", SCHEDULER_DOWN, { shard }, traceId);
+    }
     list.forEach((i, j) => (outcomes[i] = answers[j]!));
   }));
   // A concurrent first use of the same key won the insert: this admission was never needed.
@@ -227,7 +234,15 @@ export async function execute(env: Env, caller: Caller, spec: RequestSpec, trace
   const [prepared] = await admitAll(env, caller, [{ ...spec, queue: spec.queue ?? "immediate" }], traceId, true);
   if (!prepared!.ok) throw AppError.from(prepared!.error);
   const template = await templateConfig(env, prepared!.value.template);
-  const { conflict, ...outcome }: EnqueueOutcome = await shardStub(env, prepared!.shard).execute(prepared!.value, template.timeoutMs + 1000);
+  let answer: EnqueueOutcome;
+  try {
+    answer = await shardStub(env, prepared!.shard).execute(prepared!.value, template.timeoutMs + 1000);
+  } catch (err) {
+    // Whether the shard took the request is unknown: its slot and units are kept (it may run on them)
+    // and end with their hold; the money booked for it is dropped by the cron if the shard has no such request.
+    throw unreachable(err, "scheduler", SCHEDULER_DOWN, { shard: prepared!.shard }, traceId);
+  }
+  const { conflict, ...outcome } = answer;
   if (!prepared!.existing && outcome.request.id !== prepared!.value.id) await clientStub(env, caller.clientId).drop([prepared!.value.id!]);
   if (conflict) throw AppError.from(idempotencyConflict(prepared!.value.idempotencyKey!, outcome.request.id));
   return outcome;
@@ -252,6 +267,20 @@ function idempotencyConflict(key: string, firstId: string): ErrorBody {
     message: `idempotency key ${key} was already used for request ${firstId} with a different request; use a new key for a new request`,
     details: { idempotency_key: key, request_id: firstId },
   };
+}
+
+/** What a caller is told when its shard did not answer: the request may have been queued, so a retry should name it. */
+const SCHEDULER_DOWN = "the scheduler did not answer; the request may or may not be queued: retry with the same idempotency key";
+
+/**
+ * A client or scheduler object that failed mid-call (unreachable, reset, overloaded, or an error of its
+ * own): 503 `unavailable` with Retry-After, the cause logged with the trace id and kept out of the answer.
+ * An AppError (the object's own refusal) passes as it is.
+ */
+function unreachable(err: unknown, object: "client" | "scheduler", message: string, details: Record<string, unknown>, traceId: string | null): AppError {
+  if (err instanceof AppError) return err;
+  log.error("object_unreachable", { object, ...details, error: err instanceof Error ? err.message : String(err), trace_id: traceId });
+  return new AppError("unavailable", message, details, 1);
 }
 
 function clientStub(env: Env, clientId: string) {
