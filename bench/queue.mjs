@@ -321,8 +321,12 @@ async function call(method, path, { token, body, timeoutMs = CALL_TIMEOUT_MS } =
 
 /** Errors of the whole run: counted per phase, the first few kept with their bodies. */
 const errors = { total: 0, byPhase: {}, samples: [] };
+/** The answer wrangler's dev proxy (ProxyWorker) gives a POST whose connection to the runtime was lost (its text says "restarted"). */
+const DEV_PROXY_LOST = "Your worker restarted mid-request";
+
 function recordError(phase, res, what) {
   errors.total += 1;
+  if (res.status === 503 && String(res.text).startsWith(DEV_PROXY_LOST)) errors.dev_proxy_lost = (errors.dev_proxy_lost ?? 0) + 1;
   errors.byPhase[phase] = (errors.byPhase[phase] ?? 0) + 1;
   if (errors.samples.length < 30) {
     errors.samples.push({ phase, status: res.status, problem: what, ms: Math.round(res.ms), body: String(res.text).slice(0, 600) });
@@ -1106,6 +1110,10 @@ function summarize(result, { port, wranglerVersion, started }) {
   else {
     console.log(`errors: ${errors.total} ${JSON.stringify(errors.byPhase)}`);
     for (const e of errors.samples.slice(0, 10)) console.log(`  [${e.phase}] ${e.status} ${e.problem} (${e.ms} ms): ${e.body.slice(0, 300)}`);
+    if (errors.dev_proxy_lost) {
+      console.log(`  ${errors.dev_proxy_lost} of them answered by wrangler's dev proxy, not the service: its fetch to the runtime failed with "Network connection lost"`);
+      console.log("  (it says \"restarted\" for any such POST; the runtime did not restart: docs/benchmarks.md, the dev proxy's 503)");
+    }
   }
   const wl = result.wrangler_log;
   console.log(`wrangler log: ${wl.lines} lines, ${wl.notable} notable${wl.notable ? ` ${JSON.stringify(wl.by_kind)}` : ""}`);

@@ -28,6 +28,15 @@ export interface DispatcherHost {
 
 /** A shard draining a client it no longer owns looks for freed slots this often (the client object wakes only its owner). */
 const FORMER_CLIENT_POLL_MS = 1000;
+/**
+ * Slow start: a shard that launched nothing for QUIET_MS and finds more ready work than its pacing
+ * limit takes at most RAMP_FIRST requests in its next pass, and each pass after that twice as many as
+ * the last, up to the limit. A drain's first passes run on a cold isolate (V8 compiles the path as it
+ * goes), all shards at once: executes sent then waited behind them the longest of any in the drain. A
+ * backlog within the limit goes at once (it makes no such wave).
+ */
+const QUIET_MS = 1000;
+const RAMP_FIRST = 16;
 
 /** The collaborators a pass drives. */
 export interface PassParts {
@@ -43,6 +52,9 @@ export interface PassParts {
 export class Dispatcher {
   /** When the last pass began. */
   lastPassAt: number | null = null;
+  /** When a pass last launched a call, and how many the next pass may take at most (slow start). */
+  private lastLaunchAt = 0;
+  private ramp = RAMP_FIRST;
   private readonly store: QueueStore;
   private readonly ranking: Ranking;
   private readonly admission: Admission;
@@ -95,7 +107,9 @@ export class Dispatcher {
     const limit = onlyIds ? MAX_IN_FLIGHT + IMMEDIATE_HEADROOM : MAX_IN_FLIGHT;
     let scanned = 0;
     let exhausted = false;
-    const youngLimit = onlyIds ? Infinity : Math.max(CHUNK / 4, Math.floor(YOUNG_TOTAL / shardCount(this.env)));
+    const paceLimit = Math.max(CHUNK / 4, Math.floor(YOUNG_TOTAL / shardCount(this.env)));
+    if (now - this.lastLaunchAt > QUIET_MS) this.ramp = this.store.readyCount(now) > paceLimit ? RAMP_FIRST : paceLimit;
+    const youngLimit = onlyIds ? Infinity : Math.min(paceLimit, this.ramp);
     let paced = false;
     while (!exhausted && this.calls.inflight.size + this.store.admitting.size < limit) {
       const youngRoom = youngLimit - this.calls.young(Date.now(), YOUNG_MS) - this.store.admitting.size;
@@ -137,7 +151,11 @@ export class Dispatcher {
       launched += admitted.rows.length;
       if (admitted.retryAt !== null) wakeAt = Math.min(wakeAt ?? Infinity, admitted.retryAt);
     }
-    if (launched > 0) log.info("dispatch_pass", { trigger, launched, queued: this.store.queued.size, in_flight: this.calls.inflight.size });
+    if (launched > 0) {
+      log.info("dispatch_pass", { trigger, launched, queued: this.store.queued.size, in_flight: this.calls.inflight.size });
+      if (!onlyIds) this.ramp = Math.min(paceLimit, this.ramp * 2);
+      this.lastLaunchAt = Date.now();
+    }
     const nextReady = this.store.nextNotBefore(Date.now());
     if (nextReady !== null) wakeAt = Math.min(wakeAt ?? Infinity, nextReady);
     // More ready work than this pass could take: continue right after it, without waiting for the cron.
