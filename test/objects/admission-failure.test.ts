@@ -1,16 +1,9 @@
-import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { afterEach, describe, expect, it, vi } from "vitest";
+import { ClientObject } from "../../src/objects/client";
 import { ADMISSION_RETRY_MS } from "../../src/objects/scheduler/admission";
-import type { SchedulerObject } from "../../src/objects/scheduler";
 import { PoolObject } from "../../src/objects/pool";
-import { ADMIN, call, captureLog, enqueue, eventually, makeClient, makePool, makeTemplate, requestOf, scheduler, settled, sleep, spendOf } from "../support/helpers";
-
-/** The admission's reach for the client and pool objects (faults are injected there: an object unreachable). */
-type Reach = {
-  clientStub: (clientId: string) => { acquireJobs: (...args: unknown[]) => Promise<unknown>; releaseJobs: (ids: string[]) => Promise<unknown> };
-  poolStub: (pool: string) => { reserveMany: (...args: unknown[]) => Promise<unknown> };
-};
+import { ADMIN, call, captureLog, enqueue, eventually, makeClient, makePool, makeTemplate, requestOf, settled, sleep, spendOf } from "../support/helpers";
 
 /** A switch for a fault: on while `left` > 0 (each failure counts one down), or for good with Infinity. */
 interface Fault {
@@ -18,41 +11,28 @@ interface Fault {
   calls: number;
 }
 
-/** The scheduler's admission: `acquireJobs` of the client objects fails while `fault.left` > 0. */
-async function failClients(fault: Fault): Promise<void> {
-  await runInDurableObject(scheduler(), (instance: SchedulerObject) => {
-    const admission = (instance as unknown as { admission: Reach }).admission;
-    const real = Object.getPrototypeOf(admission).clientStub.bind(admission) as Reach["clientStub"];
-    admission.clientStub = (clientId: string) => {
-      const stub = real(clientId);
-      return {
-        acquireJobs: async (...args: unknown[]) => {
-          fault.calls += 1;
-          if (fault.left-- > 0) throw new Error("client object unreachable");
-          return stub.acquireJobs(...args);
-        },
-        releaseJobs: (ids: string[]) => stub.releaseJobs(ids),
-      };
-    };
+/**
+ * The client objects' `acquireJobs` fails while `fault.left` > 0. Only a shard's admission calls it (an
+ * enqueue's money goes through `admit`, an execute's slot too), so this is the admission's view of a client object down.
+ */
+function failClients(fault: Fault): void {
+  const acquireJobs = ClientObject.prototype.acquireJobs;
+  vi.spyOn(ClientObject.prototype, "acquireJobs").mockImplementation(function (this: ClientObject, ...args) {
+    fault.calls += 1;
+    if (fault.left-- > 0) throw new Error("client object unreachable");
+    return acquireJobs.apply(this, args);
   });
 }
 
-/** The scheduler's admission: `reserveMany` of the pool `poolId` fails while `fault.left` > 0 (other pools answer). */
-async function failPool(poolId: string, fault: Fault): Promise<void> {
-  await runInDurableObject(scheduler(), (instance: SchedulerObject) => {
-    const admission = (instance as unknown as { admission: Reach }).admission;
-    const real = Object.getPrototypeOf(admission).poolStub.bind(admission) as Reach["poolStub"];
-    admission.poolStub = (pool: string) => {
-      const stub = real(pool);
-      if (pool !== poolId) return stub;
-      return {
-        reserveMany: async (...args: unknown[]) => {
-          fault.calls += 1;
-          if (fault.left-- > 0) throw new Error("pool object unreachable");
-          return stub.reserveMany(...args);
-        },
-      };
-    };
+/** The pool `poolId`'s `reserveMany` fails while `fault.left` > 0 (other pools answer). */
+function failPool(poolId: string, fault: Fault): void {
+  const reserveMany = PoolObject.prototype.reserveMany;
+  vi.spyOn(PoolObject.prototype, "reserveMany").mockImplementation(function (this: PoolObject, cfg, items) {
+    if (cfg.id === poolId) {
+      fault.calls += 1;
+      if (fault.left-- > 0) throw new Error("pool object unreachable");
+    }
+    return reserveMany.call(this, cfg, items);
   });
 }
 
@@ -62,14 +42,8 @@ const slotsOf = (clientId: string) => env.CLIENT.get(env.CLIENT.idFromName(clien
 const reservationsOf = async (poolId: string) => (await call("GET", `/admin/pools/${poolId}`, { token: ADMIN })).body.live.active_reservations as number;
 
 describe("an admission that throws (a client or pool object unreachable)", () => {
-  afterEach(async () => {
+  afterEach(() => {
     vi.restoreAllMocks();
-    // The faults are own properties of the shard's admission: deleting them gives back the prototype's methods.
-    await runInDurableObject(scheduler(), (instance: SchedulerObject) => {
-      const admission = (instance as unknown as { admission: Partial<Reach> }).admission;
-      delete admission.clientStub;
-      delete admission.poolStub;
-    });
   });
 
   it("sends its requests back to their queue at once, to run ADMISSION_RETRY_MS later (not counted as an attempt): each completes once, its cost counted once", async () => {
@@ -78,7 +52,7 @@ describe("an admission that throws (a client or pool object unreachable)", () =>
     const client = await makeClient("admit-client-down");
     const lines = captureLog();
     const fault: Fault = { left: 1, calls: 0 };
-    await failClients(fault);
+    failClients(fault);
     const r = await enqueue({ template, queue: "fast" }, client.key);
     expect(r.status, JSON.stringify(r.body)).toBe(202);
     const id: string = r.body.request.id;
@@ -109,7 +83,7 @@ describe("an admission that throws (a client or pool object unreachable)", () =>
     const client = await makeClient("admit-pool-down");
     const lines = captureLog();
     const fault: Fault = { left: Infinity, calls: 0 };
-    await failPool(down.id, fault);
+    failPool(down.id, fault);
     // One batch: one chunk, so one pool call a try.
     const r = await enqueue({ requests: Array.from({ length: 3 }, () => ({ template, queue: "normal" })) }, client.key);
     expect(r.status).toBe(200);
@@ -154,14 +128,7 @@ describe("an admission that throws (a client or pool object unreachable)", () =>
     // The pool object fails twice: the execute's own reserve, beside its money (src/services/run-now.ts),
     // then its shard's admission, which asks again for what the execute could not take.
     const fault: Fault = { left: 2, calls: 0 };
-    const reserveMany = PoolObject.prototype.reserveMany;
-    vi.spyOn(PoolObject.prototype, "reserveMany").mockImplementation(function (this: PoolObject, cfg, items) {
-      if (cfg.id === pool.id) {
-        fault.calls += 1;
-        if (fault.left-- > 0) throw new Error("pool object unreachable");
-      }
-      return reserveMany.call(this, cfg, items);
-    });
+    failPool(pool.id, fault);
     const r = await call("POST", "/api/execute", { token: client.key, json: { template, params: { simulate: { latency_ms: 0 } } } });
     expect(r.status, JSON.stringify(r.body)).toBe(202);
     expect(r.body.request).toMatchObject({ status: "queued", queue: "immediate", attempts: 0 });
