@@ -1111,8 +1111,8 @@ function summarize(result, { port, wranglerVersion, started }) {
     console.log(`errors: ${errors.total} ${JSON.stringify(errors.byPhase)}`);
     for (const e of errors.samples.slice(0, 10)) console.log(`  [${e.phase}] ${e.status} ${e.problem} (${e.ms} ms): ${e.body.slice(0, 300)}`);
     if (errors.dev_proxy_lost) {
-      console.log(`  ${errors.dev_proxy_lost} of them answered by wrangler's dev proxy, not the service: its fetch to the runtime failed with "Network connection lost"`);
-      console.log("  (it says \"restarted\" for any such POST; the runtime did not restart: docs/benchmarks.md, the dev proxy's 503)");
+      console.log(`  ${errors.dev_proxy_lost} of them answered by wrangler's dev proxy, not the service: its call to the runtime failed (it says "restarted"`);
+      console.log("  for any POST whose call fails; in the runs looked into, the runtime had not restarted: docs/benchmarks.md, the dev proxy's 503)");
     }
   }
   const wl = result.wrangler_log;

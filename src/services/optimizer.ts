@@ -156,7 +156,14 @@ async function capacityFor(env: Env, requirements: Array<{ pool: string; amount:
   const waits = await Promise.all(requirements.map(async (r) => {
     const cfg = pools.get(r.pool);
     if (!cfg) return { exhausted: true, waitMs: Infinity };
-    const a = await poolStub(env, cfg.id).availability(cfg, caller);
+    let a: { available: number };
+    try {
+      a = await poolStub(env, cfg.id).availability(cfg, caller);
+    } catch (err) {
+      // A level that cannot be read is not pressing: no downgrade on its account (the admission asks the pool again).
+      log.warn("plan_input_unavailable", { input: "pool_level", pool: cfg.id, client_id: caller.clientId, error: String(err) });
+      return { exhausted: false, waitMs: 0 };
+    }
     if (a.available >= r.amount) return { exhausted: false, waitMs: 0 };
     return { exhausted: true, waitMs: cfg.status === "active" ? refillWaitMs(r.amount, a.available, cfg.refillPerSec) : Infinity };
   }));
@@ -199,9 +206,16 @@ export async function planRequest(env: Env, input: PlanInput, logger: Logger = l
   };
   let decision = downgradeDecision(base);
   if (!decision.downgrade && mayDowngrade(base)) {
-    const b = await clientBudget(env, caller.clientId);
-    base.budgetUsedPercent = budgetUsedPercent(b.budget_nano, b.spent_nano, b.in_flight_nano);
-    decision = downgradeDecision(base);
+    const b = await clientBudget(env, caller.clientId).catch((err: unknown) => {
+      if (err instanceof AppError) throw err;
+      // A budget that cannot be read is not pressing: no downgrade on its account (the admission asks the client object again).
+      logger.warn("plan_input_unavailable", { input: "budget", client_id: caller.clientId, error: String(err) });
+      return null;
+    });
+    if (b) {
+      base.budgetUsedPercent = budgetUsedPercent(b.budget_nano, b.spent_nano, b.in_flight_nano);
+      decision = downgradeDecision(base);
+    }
   }
   if (!decision.downgrade && mayDowngrade(base) && QUEUE_TARGET_WAIT_MS[queue] !== null) {
     const capacity = await capacityFor(env, requested.requirements, caller);

@@ -116,7 +116,12 @@ async function admitAll(env: Env, caller: Caller, specs: RequestSpec[], traceId:
       const key = spec.idempotency_key ?? null;
       const specHash = key ? await specFingerprint(spec) : null;
       // The key's request may sit in a shard that owned this client before SCHEDULER_SHARDS changed: it is answered there.
-      const keyed = key ? await findByKey(env, caller.clientId, key, specHash) : null;
+      let keyed: Awaited<ReturnType<typeof findByKey>> = null;
+      try {
+        keyed = key ? await findByKey(env, caller.clientId, key, specHash) : null;
+      } catch (err) {
+        throw unreachable(err, "scheduler", "the scheduler did not answer whether this idempotency key was used; nothing was queued, try again", { idempotency_key: key }, traceId);
+      }
       if (keyed?.conflict) return { ok: false, error: idempotencyConflict(key!, keyed.id), index };
       const { request: value, alternative } = await prepare(env, caller, spec);
       value.specHash = specHash;
@@ -141,12 +146,18 @@ async function admitAll(env: Env, caller: Caller, specs: RequestSpec[], traceId:
   const quota = await clientQuota(env, caller.clientId);
   // An execute that can run at once also takes its job slot in that call, and its units beside it (./run-now.ts).
   const ready = runNow ? readyToRun(fresh.map((p) => p.value)) : [];
-  const held = ready.length ? holdUnits(env, ready, owner, quota) : Promise.resolve(new Map<string, Held[]>());
+  const slots = ready.length ? await runSlots(env, ready, owner) : undefined;
+  // Units it could not take (the pools' configuration unreadable) are asked for by the shard's admission, as when a pool refuses.
+  const held = ready.length
+    ? holdUnits(env, ready, owner, quota).catch((err: unknown) => {
+      log.warn("units_hold_failed", { client_id: caller.clientId, error: String(err), trace_id: traceId });
+      return new Map<string, Held[]>();
+    })
+    : Promise.resolve(new Map<string, Held[]>());
   let decisions: AdmitDecision[];
   try {
     decisions = await clientStub(env, caller.clientId).admit(
-      limit, fresh.map((p) => ({ requestId: p.value.id!, estimateNano: p.value.estimateNano, pools: unitsByPool(p.value) })), quota,
-      ready.length ? await runSlots(env, ready, owner) : undefined,
+      limit, fresh.map((p) => ({ requestId: p.value.id!, estimateNano: p.value.estimateNano, pools: unitsByPool(p.value) })), quota, slots,
     );
   } catch (err) {
     // The client object could not be reached: the units taken beside it go back before the error does.
@@ -214,13 +225,13 @@ export async function enqueueMany(env: Env, caller: Caller, specs: RequestSpec[]
     try {
       answers = await shardStub(env, shard).enqueue(list.map((i) => toEnqueue[i]!.value));
     } catch (err) {
-      throw unreachable(err, "scheduler", SCHEDULER_DOWN, { shard }, traceId);
+      throw unreachable(err, "scheduler", SCHEDULER_DOWN, { shard, request_ids: list.map((i) => toEnqueue[i]!.existing?.id ?? toEnqueue[i]!.value.id) }, traceId);
     }
     list.forEach((i, j) => (outcomes[i] = answers[j]!));
   }));
   // A concurrent first use of the same key won the insert: this admission was never needed.
   const unused = toEnqueue.filter((p, i) => !p.existing && outcomes[i]!.request.id !== p.value.id).map((p) => p.value.id!);
-  if (unused.length) await clientStub(env, caller.clientId).drop(unused);
+  if (unused.length) await dropUnused(env, caller.clientId, unused, traceId);
   const byIndex = new Map(toEnqueue.map((p, i) => [p.index, outcomes[i]!]));
   return prepared.map((p): EnqueueResult => {
     if (!p.ok) return { ok: false, error: p.error, index: p.index };
@@ -240,10 +251,10 @@ export async function execute(env: Env, caller: Caller, spec: RequestSpec, trace
   } catch (err) {
     // Whether the shard took the request is unknown: its slot and units are kept (it may run on them)
     // and end with their hold; the money booked for it is dropped by the cron if the shard has no such request.
-    throw unreachable(err, "scheduler", SCHEDULER_DOWN, { shard: prepared!.shard }, traceId);
+    throw unreachable(err, "scheduler", SCHEDULER_DOWN, { shard: prepared!.shard, request_id: prepared!.existing?.id ?? prepared!.value.id }, traceId);
   }
   const { conflict, ...outcome } = answer;
-  if (!prepared!.existing && outcome.request.id !== prepared!.value.id) await clientStub(env, caller.clientId).drop([prepared!.value.id!]);
+  if (!prepared!.existing && outcome.request.id !== prepared!.value.id) await dropUnused(env, caller.clientId, [prepared!.value.id!], traceId);
   if (conflict) throw AppError.from(idempotencyConflict(prepared!.value.idempotencyKey!, outcome.request.id));
   return outcome;
 }
@@ -269,8 +280,20 @@ function idempotencyConflict(key: string, firstId: string): ErrorBody {
   };
 }
 
-/** What a caller is told when its shard did not answer: the request may have been queued, so a retry should name it. */
-const SCHEDULER_DOWN = "the scheduler did not answer; the request may or may not be queued: retry with the same idempotency key";
+/** What a caller is told when its shard did not answer: the request may have been queued, so a retry should not make it twice. */
+const SCHEDULER_DOWN = "the scheduler did not answer; the request may or may not be queued: look it up by its request_id, or retry with the same idempotency key";
+
+/**
+ * Take the money booked for requests that a concurrent call with the same idempotency key made first
+ * out of flight. The request is answered either way: what is left is dropped by the cron (reconcileInFlight).
+ */
+async function dropUnused(env: Env, clientId: string, ids: string[], traceId: string | null): Promise<void> {
+  try {
+    await clientStub(env, clientId).drop(ids);
+  } catch (err) {
+    log.warn("in_flight_drop_failed", { client_id: clientId, request_ids: ids, error: String(err), trace_id: traceId });
+  }
+}
 
 /**
  * A client or scheduler object that failed mid-call (unreachable, reset, overloaded, or an error of its

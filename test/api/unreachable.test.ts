@@ -85,10 +85,14 @@ describe("an object that cannot be reached during an enqueue or execute", () => 
     expect(res.body.error.code).toBe("unavailable");
     expect(res.body.error.message).toContain("idempotency key");
     expect(typeof res.body.error.details.shard).toBe("number");
+    const firstId: string = res.body.error.details.request_id;
+    expect(firstId).toMatch(/^req_/);
     expect(res.headers.get("retry-after")).toBe("1");
     expect(lines.filter((l) => l.msg === "object_unreachable")).toMatchObject([{ object: "scheduler", shard: res.body.error.details.shard, trace_id: res.body.trace_id }]);
     const retry = await call("POST", "/api/execute", { token: client.key, json: spec });
     expect([200, 202]).toContain(retry.status);
+    // The retry found the request the lost answer was about (the id the 503 named), rather than making another.
+    expect(retry.body.request.id).toBe(firstId);
     await settled(retry.body.request.id, ["completed"], 8000, client.key);
     expect(execute).toHaveBeenCalledTimes(2);
     // One request for the key: the retry found the first.
@@ -107,5 +111,37 @@ describe("an object that cannot be reached during an enqueue or execute", () => 
     expect(res.status).toBe(503);
     expect(res.body.error.code).toBe("unavailable");
     expect(res.body.error.details).toHaveProperty("shard");
+    expect(res.body.error.details.request_ids).toHaveLength(1);
+  });
+
+  it("the scheduler shard, asked whether an idempotency key was used: 503 before anything is booked", async () => {
+    const { template, client } = await readyToExecute("down-shard-key", { capacity: 10 });
+    vi.spyOn(SchedulerObject.prototype, "findByKey").mockImplementation(() => {
+      throw new Error("Network connection lost.");
+    });
+    const res = await call("POST", "/api/queue/enqueue", { token: client.key, json: { template, params: {}, idempotency_key: "k-1" } });
+    expect(res.status, JSON.stringify(res.body)).toBe(503);
+    expect(res.body.error).toMatchObject({ code: "unavailable", details: { idempotency_key: "k-1" } });
+    vi.restoreAllMocks();
+    expect(await spendOf(client.id)).toMatchObject({ in_flight_nano: 0 });
+    expect(await backlogOf(client.key)).toBe(0);
+  });
+
+  it("the client object, read while a request is planned (may it be downgraded?): the request goes on as asked, not downgraded, and the read is logged", async () => {
+    // The demo template content-generate has a cheaper alternative; with no quality given, the optimizer reads the budget.
+    const client = await readyToExecute("down-plan", { capacity: 10 }).then((r) => r.client);
+    expect((await call("POST", "/admin/scheduler/stop", { token: ADMIN })).status).toBe(200);
+    expect((await call("PUT", `/admin/clients/${client.id}/budget`, { token: ADMIN, json: { monthly_budget_nano: 1_000_000_000 } })).status).toBe(200);
+    const lines = captureLog();
+    const budget = vi.spyOn(ClientObject.prototype, "budget").mockImplementation(() => {
+      throw new Error("Durable Object is overloaded.");
+    });
+    const res = await call("POST", "/api/queue/enqueue", { token: client.key, json: { template: "content-generate", params: {} } });
+    expect(res.status, JSON.stringify(res.body)).toBe(202);
+    expect(res.body.request).toMatchObject({ template: "content-generate", downgraded_from: null });
+    expect(budget).toHaveBeenCalled();
+    expect(lines.filter((l) => l.msg === "plan_input_unavailable")).toMatchObject([{ level: "warn", input: "budget", client_id: client.id }]);
+    vi.restoreAllMocks();
+    expect((await call("DELETE", `/api/queue/${res.body.request.id}`, { token: client.key })).status).toBe(200);
   });
 });

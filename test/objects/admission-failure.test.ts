@@ -12,8 +12,9 @@ interface Fault {
 }
 
 /**
- * The client objects' `acquireJobs` fails while `fault.left` > 0. Only a shard's admission calls it (an
- * enqueue's money goes through `admit`, an execute's slot too), so this is the admission's view of a client object down.
+ * The client objects' `acquireJobs` fails while `fault.left` > 0 (every caller's, in this file only a
+ * shard's admission: an enqueue's money and an execute's slot go through `admit`, and no test here
+ * holds a reservation or an allocation), so this is the admission's view of a client object down.
  */
 function failClients(fault: Fault): void {
   const acquireJobs = ClientObject.prototype.acquireJobs;

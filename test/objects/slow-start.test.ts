@@ -1,3 +1,4 @@
+import { env } from "cloudflare:workers";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { ADMIN, call, captureLog, eventually, readyToExecute, settled, sleep } from "../support/helpers";
 
@@ -69,6 +70,27 @@ describe("a shard's slow start after a quiet spell", () => {
     // Dispatched once each: one attempt per request.
     const attempts = await Promise.all(ids.slice(0, 20).map(async (id) => (await call("GET", `/api/execution/${id}`, { token: client.key })).body.request.attempts));
     expect(attempts).toEqual(Array(20).fill(1));
+  });
+
+  it("keeps ramping while another client is at its concurrency limit (the pass comes back when its calls have aged, not at the next settlement)", async () => {
+    const { client, enqueueAll } = await backlog(3000);
+    // Another client, at its limit: its one slot held for the whole test.
+    const { template: otherTemplate, client: other } = await readyToExecute("slow-start-full", { capacity: 100_000 });
+    expect((await call("PUT", `/admin/clients/${other.id}/quota`, { token: ADMIN, json: { max_concurrent: 1, cpu_millicores: null, memory_mb: null } })).status).toBe(200);
+    const holder = await env.CLIENT.get(env.CLIENT.idFromName(other.id)).acquireJobs({ maxConcurrent: 1, cpuMillicores: null, memoryMb: null, poolDaily: {}, weight: null }, [{ jobId: "holder", kind: "request", expiresAt: Date.now() + 60_000 }]);
+    expect(holder[0]!.ok).toBe(true);
+    await sleep(1200);
+    const ids = await enqueueAll(600);
+    const blocked = await call("POST", "/api/queue/enqueue", { token: other.key, json: { requests: Array.from({ length: 5 }, () => ({ template: otherTemplate, params: {} })) } });
+    expect(blocked.status).toBe(200);
+    expect((await call("POST", "/admin/scheduler/start", { token: ADMIN })).status).toBe(200);
+    // The calls last 3 s: no settlement wakes the shard before then. The ramp (16, 32, 64, ...) goes on meanwhile.
+    await sleep(1500);
+    const { scheduler } = (await call("GET", "/api/queue/status", { token: client.key })).body as { scheduler: { in_flight: number } };
+    expect(scheduler.in_flight).toBeGreaterThanOrEqual(200);
+    await env.CLIENT.get(env.CLIENT.idFromName(other.id)).releaseJobs(["holder"]);
+    await allCompleted(ids, client.key);
+    for (const r of blocked.body.results as Array<{ request: { id: string } }>) await settled(r.request.id, ["completed"], 8000, other.key);
   });
 
   it("ramps again from 16 after a second with nothing launched; a backlog within the limit goes in one pass", async () => {

@@ -108,7 +108,8 @@ export class Dispatcher {
     let scanned = 0;
     let exhausted = false;
     const paceLimit = Math.max(CHUNK / 4, Math.floor(YOUNG_TOTAL / shardCount(this.env)));
-    if (now - this.lastLaunchAt > QUIET_MS) this.ramp = this.store.readyCount(now) > paceLimit ? RAMP_FIRST : paceLimit;
+    // Quiet: nothing in flight and nothing launched for QUIET_MS (a shard held at its limits, or polling a former client, is not).
+    if (!onlyIds && this.calls.inflight.size === 0 && now - this.lastLaunchAt > QUIET_MS) this.ramp = this.store.readyCount(now) > paceLimit ? RAMP_FIRST : paceLimit;
     const youngLimit = onlyIds ? Infinity : Math.min(paceLimit, this.ramp);
     let paced = false;
     while (!exhausted && this.calls.inflight.size + this.store.admitting.size < limit) {
@@ -153,8 +154,10 @@ export class Dispatcher {
     }
     if (launched > 0) {
       log.info("dispatch_pass", { trigger, launched, queued: this.store.queued.size, in_flight: this.calls.inflight.size });
-      if (!onlyIds) this.ramp = Math.min(paceLimit, this.ramp * 2);
-      this.lastLaunchAt = Date.now();
+      if (!onlyIds) {
+        this.ramp = Math.min(paceLimit, this.ramp * 2);
+        this.lastLaunchAt = Date.now();
+      }
     }
     const nextReady = this.store.nextNotBefore(Date.now());
     if (nextReady !== null) wakeAt = Math.min(wakeAt ?? Infinity, nextReady);
@@ -162,6 +165,9 @@ export class Dispatcher {
     if (!onlyIds && this.store.readyCount(Date.now()) > coalescedWaiting && blockedPools.size === 0 && fullClients.size === 0 && this.calls.inflight.size < MAX_IN_FLIGHT) {
       // Paced: come back when some of the calls just started have ended or aged (a settlement wakes it sooner).
       wakeAt = paced ? Date.now() + YOUNG_MS / 5 : Date.now();
+    } else if (paced && (blockedPools.size > 0 || fullClients.size > 0)) {
+      // Paced with a pool or client blocked too: the others' work may still go, once the calls just started have aged.
+      wakeAt = Math.min(wakeAt ?? Infinity, Date.now() + YOUNG_MS / 5);
     }
     if ([...fullClients].some((c) => !this.host.ownsClient(c))) wakeAt = Math.min(wakeAt ?? Infinity, Date.now() + FORMER_CLIENT_POLL_MS);
     if (wakeAt !== null) this.host.ensureAlarm(wakeAt);
