@@ -17,6 +17,72 @@ type RankingLike = {
   noteDispatch(row: Record<string, unknown>, now: number): void;
 };
 
+/** The ranking's cached order and its private estimate, for the single-enqueue check below. */
+type Cached = { rankCache: { items: Array<{ id: string; queue: string; pools: Array<{ pool: string; units: number }> }>; placed?: { id: string; place: number } } | null };
+type Estimating = { estimate(q: unknown, position: number, aheadInQueue: number, aheadUnits: number[], now: number): number | null; store: { queued: Map<string, { queue: string; pools: Array<{ pool: string; units: number }> }> } };
+
+describe("the position of a single enqueue", () => {
+  it("is what a walk of the order from its start gives the request at its place (running sums, Ranking.splice's index)", async () => {
+    expect((await call("POST", "/admin/scheduler/stop", { token: ADMIN })).status).toBe(200);
+    try {
+      const [p1, p2] = [await makePool({ capacity: 1000, refillPerSec: 5 }), await makePool({ capacity: 1000, refillPerSec: 2 })];
+      const templates = [await makeTemplate([{ pool: p1.id, amount: 2 }]), await makeTemplate([{ pool: p2.id, amount: 1 }]), await makeTemplate([{ pool: p1.id, amount: 1 }, { pool: p2.id, amount: 3 }])];
+      const single = [templates[0]!, templates[1]!];
+      const rnd = mulberry32(31);
+      const queues = ["fast", "normal", "batch"];
+      const keys = [KEYS.acme, KEYS.globex, KEYS.initech, KEYS.hooli];
+      // A backlog of every client first: a client needs two requests in the order to be placed by its spacing.
+      for (const key of keys) {
+        const requests = Array.from({ length: 30 }, () => ({ template: templates[Math.floor(rnd() * 3)], queue: queues[Math.floor(rnd() * 3)], params: {} }));
+        expect((await call("POST", "/api/queue/enqueue", { token: key, json: { requests } })).status).toBe(200);
+      }
+      // The pools' refill rates and measured queue rates, so that the units and the requests ahead both count in an estimate.
+      await runInDurableObject(shardOf("acme"), async (i: SchedulerObject) => {
+        const ranking = (i as unknown as { ranking: RankingLike }).ranking;
+        await ranking.refreshTiers();
+        const now = Date.now();
+        for (const queue of queues) {
+          for (let k = 0; k < 6; k++) {
+            ranking.noteDispatch({ client_id: "acme", queue, template: single[0], estimate_detail: JSON.stringify([{ pool: p1.id, units: 2, cost_nano: 0 }]), created_at: now - 3_600_000, ready_at: now - 3_600_000 }, now - 2500 + k * 500);
+          }
+        }
+      });
+      let fast = 0;
+      for (let n = 0; n < 40; n++) {
+        const res = await call("POST", "/api/queue/enqueue", { token: keys[n % 4], json: { template: single[Math.floor(rnd() * 2)], queue: queues[Math.floor(rnd() * 3)], params: {} } });
+        expect(res.status).toBe(202);
+        const id: string = res.body.request.id;
+        const checked = await runInDurableObject(shardOf("acme"), (i: SchedulerObject) => {
+          const ranking = (i as unknown as { ranking: RankingLike & Cached & Estimating }).ranking;
+          const cache = ranking.rankCache;
+          // Only while the order it was placed into is still the cached one (no pass, no re-rank since).
+          if (!cache?.placed || cache.placed.id !== id) return null;
+          const now = Date.now();
+          const q = ranking.store.queued.get(id)!;
+          const pool = q.pools[0]!.pool;
+          let units = 0;
+          let inQueue = 0;
+          const place = cache.items.findIndex((o) => o.id === id);
+          for (const o of cache.items.slice(0, place)) {
+            const needs = o.pools.filter((p) => p.pool === pool);
+            units += needs.reduce((sum, p) => sum + p.units, 0);
+            if (needs.length && o.queue === q.queue) inQueue += 1;
+          }
+          return { answered: ranking.positionOf(id, now, true), walked: { position: place + 1, estimated_wait_ms: ranking.estimate(q, place + 1, inQueue, [units], now) }, place };
+        });
+        if (!checked) continue;
+        fast += 1;
+        expect(checked.place).toBeGreaterThan(0);
+        expect(checked.answered).toEqual(checked.walked);
+      }
+      // Most were answered from the index (a re-rank every 250 ms starts a fresh order, answered by a walk).
+      expect(fast).toBeGreaterThan(20);
+    } finally {
+      expect((await call("POST", "/admin/scheduler/start", { token: ADMIN })).status).toBe(200);
+    }
+  });
+});
+
 describe("positions of a batch", () => {
   it("are exactly each request's own position and estimate, over clients, queues and one, two or shared pools", async () => {
     expect((await call("POST", "/admin/scheduler/stop", { token: ADMIN })).status).toBe(200);

@@ -5,6 +5,7 @@
  */
 import { DEFAULT_TIER_POINTS, DEFAULT_TIER_WEIGHTS, fairIds, fairRank, priorityOf, readyOf, type Priority, type QueueName } from "../../domain/priority";
 import type { Tier } from "../../domain/types";
+import { OrderIndex } from "../../domain/order-index";
 import { DispatchRates, estimateWaitMs } from "../../domain/wait-estimate";
 import { clientQuota, poolConfigs, tierLimits } from "../../storage/config";
 import { MAX_IN_FLIGHT, SCAN_LIMIT } from "./limits";
@@ -37,9 +38,13 @@ export class Ranking {
   /**
    * The full order for positions, reused while young and while the queued index has not changed.
    * `items` holds what each id was ranked with; `spliced`: single enqueues were placed into it since
-   * (see splice), so it serves only enqueue answers.
+   * (see splice), so it serves only enqueue answers; `index`: each client's places and running sums of
+   * what is ahead, made at the first splice; `placed`: the place of the last request spliced in.
    */
-  private rankCache: { at: number; epoch: number; order: string[]; items: Array<Queued | Omit<Queued, "recentShare">>; readyCount: number; spliced: boolean } | null = null;
+  private rankCache: {
+    at: number; epoch: number; order: string[]; items: Array<Queued | Omit<Queued, "recentShare">>; readyCount: number; spliced: boolean;
+    index?: OrderIndex; placed?: { id: string; place: number };
+  } | null = null;
   /** Dispatches per client in the fairness window (kept with dispatchLog: a share is not a scan of the log). */
   private logCounts = new Map<string, number>();
   /** Measured dispatch rates (overall, per queue) and pool grant rates, for wait estimates. */
@@ -85,25 +90,37 @@ export class Ranking {
     if (!last || last.epoch !== this.store.epoch) return false;
     const x = this.store.queued.get(last.id);
     if (!x || x.notBefore > now) return false;
-    const mine: number[] = [];
-    for (let i = 0; i < cache.readyCount; i++) if (cache.items[i]!.clientId === x.clientId) mine.push(i);
+    const index = (cache.index ??= new OrderIndex(cache.items, cache.readyCount));
+    const span = index.span(x.clientId);
+    if (!span || span.count < 2) return false;
     // Within a client every request has the same fairness term: the order is fairRank's per-client rank.
     const key = (q: Omit<Queued, "recentShare">) => ({ q, p: priorityOf({ ...q, recentShare: 0 }, cache.at) });
     const kx = key(x);
     const before = (a: ReturnType<typeof key>, b: ReturnType<typeof key>) =>
       Number(b.p.starved) - Number(a.p.starved) || b.p.score - a.p.score || readyOf(a.q) - readyOf(b.q) || (a.q.id < b.q.id ? -1 : 1);
-    let lo = 0;
-    let hi = mine.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (before(key(cache.items[mine[mid]!]!), kx) < 0) lo = mid + 1;
-      else hi = mid;
+    const spacing = (span.last - span.first) / (span.count - 1);
+    let at: number;
+    if (before(key(cache.items[span.last]!), kx) < 0) {
+      // The usual case, after all its client's queued work: by the client's spacing after its last.
+      at = Math.min(cache.readyCount, Math.round(span.last + spacing));
+    } else {
+      // Among its client's work: found in its client's places.
+      const mine: number[] = [];
+      for (let i = span.first; i <= span.last; i++) if (cache.items[i]!.clientId === x.clientId) mine.push(i);
+      let lo = 0;
+      let hi = mine.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (before(key(cache.items[mine[mid]!]!), kx) < 0) lo = mid + 1;
+        else hi = mid;
+      }
+      if (lo === 0) return false;
+      at = Math.min(mine[lo]!, Math.round(mine[lo - 1]! + spacing));
     }
-    if (lo === 0 || mine.length < 2) return false;
-    const spacing = (mine[mine.length - 1]! - mine[0]!) / (mine.length - 1);
-    const at = Math.min(lo < mine.length ? mine[lo]! : cache.readyCount, Math.round(mine[lo - 1]! + spacing));
     cache.items.splice(at, 0, x);
     cache.order.splice(at, 0, x.id);
+    index.inserted(at);
+    cache.placed = { id: x.id, place: at };
     cache.readyCount += 1;
     cache.epoch = this.store.epoch;
     cache.spliced = true;
@@ -131,7 +148,21 @@ export class Ranking {
   positionOf(id: string, now: number, justEnqueued = false): PositionEstimate {
     const q = this.store.queued.get(id);
     if (!q) return { position: null, estimated_wait_ms: null };
-    const { items } = this.ranked(now, justEnqueued);
+    const cache = this.ranked(now, justEnqueued);
+    const { items } = cache;
+    // Just placed into the order (the usual single enqueue), needing one pool: what is ahead, from the running sums.
+    const placed = cache.placed;
+    if (justEnqueued && placed?.id === id && cache.index && q.pools.length === 1 && items[placed.place]?.id === id) {
+      const pool = q.pools[0]!.pool;
+      const ahead = cache.index.ahead(placed.place, q.queue, pool);
+      const admitting = this.admittingNeeds();
+      for (const o of admitting) {
+        const units = o.pools.filter((p) => p.pool === pool).reduce((sum, p) => sum + p.units, 0);
+        ahead.units += units;
+        if (o.queue === q.queue && o.pools.some((p) => p.pool === pool)) ahead.inQueue += 1;
+      }
+      return { position: placed.place + 1, estimated_wait_ms: this.estimate(q, placed.place + 1 + admitting.length, ahead.inQueue, [ahead.units], now) };
+    }
     const aheadUnits = q.pools.map(() => 0);
     let aheadInQueue = 0;
     let position = 1;

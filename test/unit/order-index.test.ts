@@ -1,0 +1,77 @@
+import { describe, expect, it } from "vitest";
+import { OrderIndex, type OrderItem } from "../../src/domain/order-index";
+import { mulberry32 } from "../support/helpers";
+
+/** What a walk from the start of the order finds ahead of `place` (as Ranking.positionOf walks it). */
+function walk(items: OrderItem[], place: number, queue: string, pool: string): { units: number; inQueue: number } {
+  let units = 0;
+  let inQueue = 0;
+  for (const o of items.slice(0, place)) {
+    const needs = o.pools.filter((p) => p.pool === pool);
+    units += needs.reduce((sum, p) => sum + p.units, 0);
+    if (needs.length && o.queue === queue) inQueue += 1;
+  }
+  return { units, inQueue };
+}
+
+/** Each client's ready places, counted from the start. */
+function spans(items: OrderItem[], readyCount: number): Map<string, { first: number; last: number; count: number }> {
+  const out = new Map<string, { first: number; last: number; count: number }>();
+  items.slice(0, readyCount).forEach((o, i) => {
+    const s = out.get(o.clientId);
+    if (s) Object.assign(s, { last: i, count: s.count + 1 });
+    else out.set(o.clientId, { first: i, last: i, count: 1 });
+  });
+  return out;
+}
+
+const POOLS = ["p1", "p2", "p3"];
+const QUEUES = ["fast", "normal", "batch"];
+const CLIENTS = ["a", "b", "c", "d", "e"];
+
+function item(rnd: () => number): OrderItem {
+  const n = Math.floor(rnd() * 3); // none, one or two pools (a pool may be named twice)
+  const pools = Array.from({ length: n }, () => ({ pool: POOLS[Math.floor(rnd() * POOLS.length)]!, units: 1 + Math.floor(rnd() * 5) }));
+  return { clientId: CLIENTS[Math.floor(rnd() * CLIENTS.length)]!, queue: QUEUES[Math.floor(rnd() * QUEUES.length)]!, pools };
+}
+
+describe("OrderIndex: a cached order's places and running sums", () => {
+  it("answers what a walk from the start finds, and each client's places, through 2,000 insertions and queries at random places", () => {
+    for (const seed of [1, 2, 3]) {
+      const rnd = mulberry32(seed);
+      const items: OrderItem[] = Array.from({ length: 300 }, () => item(rnd));
+      let readyCount = 250; // the rest: not ready yet (deferred), after the ready ones
+      const index = new OrderIndex(items, readyCount);
+      for (let step = 0; step < 2000; step++) {
+        if (rnd() < 0.5) {
+          // A ready request placed among the ready ones (as Ranking.splice does).
+          const place = Math.floor(rnd() * (readyCount + 1));
+          items.splice(place, 0, item(rnd));
+          readyCount += 1;
+          index.inserted(place);
+        }
+        const place = Math.floor(rnd() * (items.length + 1));
+        const queue = QUEUES[Math.floor(rnd() * QUEUES.length)]!;
+        const pool = POOLS[Math.floor(rnd() * POOLS.length)]!;
+        expect(index.ahead(place, queue, pool)).toEqual(walk(items, place, queue, pool));
+        if (step % 97 === 0) {
+          for (const [client, span] of spans(items, readyCount)) expect(index.span(client)).toEqual(span);
+        }
+      }
+      expect(index.span("nobody")).toBeUndefined();
+    }
+  });
+
+  it("counts a request that names a pool twice once, with both amounts", () => {
+    const items: OrderItem[] = [
+      { clientId: "a", queue: "normal", pools: [{ pool: "p", units: 2 }, { pool: "p", units: 3 }] },
+      { clientId: "b", queue: "normal", pools: [{ pool: "q", units: 7 }] },
+      { clientId: "a", queue: "fast", pools: [] },
+    ];
+    const index = new OrderIndex(items, 3);
+    expect(index.ahead(3, "normal", "p")).toEqual({ units: 5, inQueue: 1 });
+    expect(index.ahead(3, "normal", "q")).toEqual({ units: 7, inQueue: 1 });
+    expect(index.ahead(1, "normal", "q")).toEqual({ units: 0, inQueue: 0 });
+    expect(index.span("a")).toEqual({ first: 0, last: 2, count: 2 });
+  });
+});
