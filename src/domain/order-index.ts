@@ -68,16 +68,24 @@ export class OrderIndex {
   }
 
   /**
-   * Ahead of `place`: the units of `pool` the requests there need, and how many of them are in `queue`
-   * and need `pool` (a request naming a pool twice counts its units twice and itself once).
+   * Ahead of `place`, and of the order for `extra` (requests out of it that still go first): the units
+   * of `pool` those requests need, and how many of them are in `queue` and need `pool` (a request naming
+   * a pool twice counts its units twice and itself once).
    */
-  ahead(place: number, queue: string, pool: string): { units: number; inQueue: number } {
+  ahead(place: number, queue: string, pool: string, extra: ReadonlyArray<Pick<OrderItem, "queue" | "pools">> = []): { units: number; inQueue: number } {
     while (this.at < place) this.add(this.items[this.at++]!, 1);
     while (this.at > place) this.add(this.items[--this.at]!, -1);
-    return { units: this.units.get(pool) ?? 0, inQueue: this.counts.get(countKey(queue, pool)) ?? 0 };
+    let units = this.units.get(pool) ?? 0;
+    let inQueue = this.counts.get(countKey(queue, pool)) ?? 0;
+    for (const o of extra) {
+      const needs = o.pools.filter((p) => p.pool === pool);
+      for (const need of needs) units += need.units;
+      if (needs.length > 0 && o.queue === queue) inQueue += 1;
+    }
+    return { units, inQueue };
   }
 
-  private add(o: OrderItem, sign: 1 | -1): void {
+  private add(o: Pick<OrderItem, "queue" | "pools">, sign: 1 | -1): void {
     for (let i = 0; i < o.pools.length; i++) {
       const { pool, units } = o.pools[i]!;
       this.units.set(pool, (this.units.get(pool) ?? 0) + sign * units);

@@ -116,12 +116,11 @@ async function admitAll(env: Env, caller: Caller, specs: RequestSpec[], traceId:
       const key = spec.idempotency_key ?? null;
       const specHash = key ? await specFingerprint(spec) : null;
       // The key's request may sit in a shard that owned this client before SCHEDULER_SHARDS changed: it is answered there.
-      let keyed: Awaited<ReturnType<typeof findByKey>> = null;
-      try {
-        keyed = key ? await findByKey(env, caller.clientId, key, specHash) : null;
-      } catch (err) {
-        throw unreachable(err, "scheduler", "the scheduler did not answer whether this idempotency key was used; nothing was queued, try again", { idempotency_key: key }, traceId);
-      }
+      const keyed = key
+        ? await findByKey(env, caller.clientId, key, specHash).catch((err: unknown) => {
+          throw unreachable(err, "scheduler", "the scheduler did not answer whether this idempotency key was used; nothing was queued, try again", { idempotency_key: key }, traceId);
+        })
+        : null;
       if (keyed?.conflict) return { ok: false, error: idempotencyConflict(key!, keyed.id), index };
       const { request: value, alternative } = await prepare(env, caller, spec);
       value.specHash = specHash;

@@ -73,5 +73,8 @@ describe("OrderIndex: a cached order's places and running sums", () => {
     expect(index.ahead(3, "normal", "q")).toEqual({ units: 7, inQueue: 1 });
     expect(index.ahead(1, "normal", "q")).toEqual({ units: 0, inQueue: 0 });
     expect(index.span("a")).toEqual({ first: 0, last: 2, count: 2 });
+    // Requests out of the order that still go first (being admitted) count ahead too, the same way.
+    const admitting = [{ queue: "normal", pools: [{ pool: "p", units: 4 }, { pool: "p", units: 1 }] }, { queue: "fast", pools: [{ pool: "p", units: 6 }] }];
+    expect(index.ahead(1, "normal", "p", admitting)).toEqual({ units: 5 + 5 + 6, inQueue: 2 });
   });
 });

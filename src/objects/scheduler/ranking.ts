@@ -153,14 +153,8 @@ export class Ranking {
     // Just placed into the order (the usual single enqueue), needing one pool: what is ahead, from the running sums.
     const placed = cache.placed;
     if (justEnqueued && placed?.id === id && cache.index && q.pools.length === 1 && items[placed.place]?.id === id) {
-      const pool = q.pools[0]!.pool;
-      const ahead = cache.index.ahead(placed.place, q.queue, pool);
       const admitting = this.admittingNeeds();
-      for (const o of admitting) {
-        const units = o.pools.filter((p) => p.pool === pool).reduce((sum, p) => sum + p.units, 0);
-        ahead.units += units;
-        if (o.queue === q.queue && o.pools.some((p) => p.pool === pool)) ahead.inQueue += 1;
-      }
+      const ahead = cache.index.ahead(placed.place, q.queue, q.pools[0]!.pool, admitting);
       return { position: placed.place + 1, estimated_wait_ms: this.estimate(q, placed.place + 1 + admitting.length, ahead.inQueue, [ahead.units], now) };
     }
     const aheadUnits = q.pools.map(() => 0);
