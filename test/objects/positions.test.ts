@@ -58,6 +58,9 @@ describe("the position of a single enqueue", () => {
           // Only while the order it was placed into is still the cached one (no pass, no re-rank since).
           if (!cache?.placed || cache.placed.id !== id) return null;
           const now = Date.now();
+          const answered = ranking.positionOf(id, now, true);
+          // The order aged out (250 ms) while this was asked: positionOf ranked afresh, not the order to compare with.
+          if (ranking.rankCache !== cache) return null;
           const q = ranking.store.queued.get(id)!;
           const pool = q.pools[0]!.pool;
           let units = 0;
@@ -68,7 +71,7 @@ describe("the position of a single enqueue", () => {
             units += needs.reduce((sum, p) => sum + p.units, 0);
             if (needs.length && o.queue === q.queue) inQueue += 1;
           }
-          return { answered: ranking.positionOf(id, now, true), walked: { position: place + 1, estimated_wait_ms: ranking.estimate(q, place + 1, inQueue, [units], now) }, place };
+          return { answered, walked: { position: place + 1, estimated_wait_ms: ranking.estimate(q, place + 1, inQueue, [units], now) }, place };
         });
         if (!checked) continue;
         fast += 1;
