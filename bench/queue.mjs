@@ -29,6 +29,10 @@
 //   QUEUE_BENCH_DRAIN_EXECUTE set to 0 not to time POST /api/execute during the drain (default 1)
 //   QUEUE_BENCH_EXECUTE_CONCURRENCY  POST /api/execute calls in flight at once during the drain (default 4), so
 //                           that at least 50 are timed while the backlog drains
+//   QUEUE_BENCH_IDLE_EXECUTES POST /api/execute calls timed with nothing queued and the scheduler running, before the
+//                           enqueue: that many one at a time, then as many again EXECUTE_CONCURRENCY at a time, each with the
+//                           runtime's CPU per execute (the immediate lane's own cost, which executes during a drain take from
+//                           it); 0 skips (default 200)
 //   QUEUE_BENCH_HOLD_S      > 0: every backlog job is held this many seconds by the sample worker (params.simulate.hold_s,
 //                           the content worker with ACCEPT_MANY=1: runMany answers at once and reports later), with the
 //                           tiers' max_concurrent at 10,000: the whole backlog runs at once. Reports the peak in flight,
@@ -101,6 +105,7 @@ const EXTRA_VARS = (process.env.QUEUE_BENCH_VARS ?? "").split(/[\s,]+/).filter(B
   return v;
 });
 const EXECUTE_CONCURRENCY = intEnv("QUEUE_BENCH_EXECUTE_CONCURRENCY", 4, 1, 64);
+const IDLE_EXECUTES = intEnv("QUEUE_BENCH_IDLE_EXECUTES", 200, 0, 10_000);
 const HOLD_S = intEnv("QUEUE_BENCH_HOLD_S", 0, 0, 600);
 const BASELINE = process.env.QUEUE_BENCH_BASELINE !== "0";
 /** What sends the single enqueues (service and baseline alike): wrk when installed, else Node's fetch. */
@@ -551,6 +556,45 @@ function holdFigures(peak, rss0, ticks0, t0) {
   };
 }
 
+/**
+ * 3b. POST /api/execute with nothing queued and the scheduler running: IDLE_EXECUTES one at a time (after a
+ * few untimed), then as many again EXECUTE_CONCURRENCY at a time; each must answer 200 completed. The
+ * runtime's CPU per execute (every workerd process of the dev group, its proxy included) is what an
+ * execute costs the one thread the drain runs on too.
+ */
+async function executeIdle() {
+  await mustOk("execute_idle", "POST", "/admin/scheduler/start", { token: ADMIN_TOKEN });
+  const once = () => call("POST", "/api/execute", { token: ACME.key, body: { template: TEMPLATE, params: EXEC_PARAMS }, timeoutMs: EXECUTE_TIMEOUT_MS });
+  const check = (res) => (res.status !== 200 ? "expected 200" : res.json?.request?.status !== "completed" ? `200 with status ${res.json?.request?.status}` : null);
+  const measure = async (concurrency) => {
+    const ticks0 = workerdTicks();
+    const t0 = performance.now();
+    let ok = 0;
+    const latencies = [];
+    await pool(IDLE_EXECUTES, concurrency, async () => {
+      const res = await once();
+      latencies.push(res.ms);
+      const problem = check(res);
+      if (problem) recordError("execute_idle", res, problem);
+      else ok += 1;
+    });
+    const seconds = (performance.now() - t0) / 1000;
+    const ticks1 = workerdTicks();
+    return {
+      concurrency, calls: IDLE_EXECUTES, ok, seconds, executes_per_s: ok / seconds, ...latencyStats(latencies),
+      workerd_cpu_us_per_execute: ticks0 == null || ticks1 == null || ok === 0 ? null : ((ticks1 - ticks0) / TICKS_PER_S / ok) * 1e6,
+    };
+  };
+  for (let i = 0; i < WARMUP_CALLS; i++) await once();
+  const single = await measure(1);
+  const concurrent = await measure(EXECUTE_CONCURRENCY);
+  const stopped = await mustOk("execute_idle", "POST", "/admin/scheduler/stop", { token: ADMIN_TOKEN });
+  if (stopped.running !== false) throw new Error(`scheduler stop answered running=${stopped.running}`);
+  const after = await mustOk("execute_idle", "GET", "/api/queue/status", { token: ADMIN_TOKEN });
+  if (depthOf(after) !== 0) recordError("execute_idle", { status: 200, ms: 0, text: JSON.stringify(after.queues) }, `queues not empty after the idle executes: ${depthOf(after)}`);
+  return { single, concurrent };
+}
+
 function depthOf(status) {
   return (status?.queues ?? []).reduce((sum, q) => sum + (Number(q.depth) || 0), 0);
 }
@@ -918,6 +962,15 @@ async function main() {
     // Touch every key once (isolate caches of keys and config), not an enqueue.
     for (const c of CLIENTS) await mustOk("setup", "GET", "/api/queue/status", { token: c.key });
 
+    // 3b. executes with nothing queued (the immediate lane's own cost).
+    if (IDLE_EXECUTES > 0) {
+      console.log(`queue bench: ${IDLE_EXECUTES} executes with nothing queued, one at a time, then ${EXECUTE_CONCURRENCY} at a time...`);
+      result.execute_idle = await executeIdle();
+      for (const m of [result.execute_idle.single, result.execute_idle.concurrent]) {
+        console.log(`  c=${m.concurrency}: ${fmt(m.executes_per_s, 0)}/s, p50 ${fmt(m.p50_ms, 2)} p95 ${fmt(m.p95_ms, 2)} p99 ${fmt(m.p99_ms, 2)} ms, workerd CPU ${fmt(m.workerd_cpu_us_per_execute, 0)} us per execute`);
+      }
+    }
+
     // 4. enqueue.
     console.log(`queue bench: enqueueing ${SINGLE} single (${SINGLE_CONCURRENCY} in flight)...`);
     result.enqueue_single = await enqueueSingle();
@@ -1020,6 +1073,10 @@ function summarize(result, { port, wranglerVersion, started }) {
     ["GET /api/queue/status", L.status, "stopped"],
     ["GET /api/queue/position/{id}", L.position, "stopped"],
     ["POST /api/execute (202)", L.execute_stopped, "stopped"],
+    ...(result.execute_idle ? [
+      ["POST /api/execute (idle, c=1)", { ...result.execute_idle.single, statuses: `nothing queued: ${fmt(result.execute_idle.single.executes_per_s, 0)}/s, ${fmt(result.execute_idle.single.workerd_cpu_us_per_execute, 0)} us CPU each` }, "idle"],
+      [`POST /api/execute (idle, c=${EXECUTE_CONCURRENCY})`, { ...result.execute_idle.concurrent, statuses: `nothing queued: ${fmt(result.execute_idle.concurrent.executes_per_s, 0)}/s, ${fmt(result.execute_idle.concurrent.workerd_cpu_us_per_execute, 0)} us CPU each` }, "idle"],
+    ] : []),
     ...(DRAIN_EXECUTE ? [
       ["POST /api/execute (draining)", { ...E, statuses: "those sent before the queues were empty" }, "draining"],
       ["POST /api/execute (after start)", E.all_calls, "after start"],
@@ -1121,7 +1178,7 @@ function summarize(result, { port, wranglerVersion, started }) {
   const out = {
     ...result,
     machine: { cpus: cpus().length, cpu_model: cpus()[0]?.model, platform: platform(), release: release(), node: process.version, wrangler: wranglerVersion, loadavg_end: loadavg() },
-    config: { vars: EXTRA_VARS, load_generator_single: LOADGEN, hold_s: HOLD_S, second_backlog: SECOND && HOLD_S === 0, execute_concurrency: EXECUTE_CONCURRENCY, baseline: BASELINE, port, wrangler_inspector_proxy: INSPECTOR, execute_during_drain: DRAIN_EXECUTE, single: SINGLE, batched: BATCHED, batch_size: BATCH_SIZE, single_concurrency: SINGLE_CONCURRENCY, batch_concurrency: BATCH_CONCURRENCY, samples: SAMPLES, warmup_calls: WARMUP_CALLS, poll_ms: POLL_MS, drain_max_s: DRAIN_MAX_S, template: TEMPLATE, queues: BENCH_QUEUES, batchable: BATCHABLE },
+    config: { vars: EXTRA_VARS, load_generator_single: LOADGEN, hold_s: HOLD_S, idle_executes: IDLE_EXECUTES, second_backlog: SECOND && HOLD_S === 0, execute_concurrency: EXECUTE_CONCURRENCY, baseline: BASELINE, port, wrangler_inspector_proxy: INSPECTOR, execute_during_drain: DRAIN_EXECUTE, single: SINGLE, batched: BATCHED, batch_size: BATCH_SIZE, single_concurrency: SINGLE_CONCURRENCY, batch_concurrency: BATCH_CONCURRENCY, samples: SAMPLES, warmup_calls: WARMUP_CALLS, poll_ms: POLL_MS, drain_max_s: DRAIN_MAX_S, template: TEMPLATE, queues: BENCH_QUEUES, batchable: BATCHABLE },
     targets,
     errors,
     elapsed_s: (Date.now() - started) / 1000,
