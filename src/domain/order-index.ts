@@ -2,9 +2,11 @@
  * What a cached order answers about a request just placed into it, without walking it from the start
  * (a single enqueue's position and wait estimate): each client's first and last place among the ready
  * requests and how many it has there (where the next of its own goes), and what is ahead of a place
- * (units per pool, requests per queue and pool), kept as running sums at a checkpoint that moves to
- * each place asked for. The order's array is shared with its owner, which inserts into it and reports
- * each insertion (`inserted`).
+ * (units per pool, requests per queue and pool), kept as running sums at checkpoints, the nearest of
+ * which moves to each place asked for. Several: a client's requests of different queues are placed
+ * far apart (fast ones early in the order, batch ones late), so one checkpoint walked a third of the
+ * order and more between two enqueues; each stays near the places of one kind. The order's array is
+ * shared with its owner, which inserts into it and reports each insertion (`inserted`).
  */
 
 /** A request in the order: its client, its queue and what it needs of each pool. */
@@ -21,12 +23,20 @@ export interface ClientSpan {
   count: number;
 }
 
+/** Running sums over items[0..at): units per pool, requests per queue and pool. */
+interface Checkpoint {
+  at: number;
+  units: Map<string, number>;
+  counts: Map<string, number>;
+}
+
+/** Checkpoints at most, and how far the nearest may be before another is made there (a copy of it, moved). */
+const MAX_CHECKPOINTS = 8;
+const NEAR = 32;
+
 export class OrderIndex {
   private readonly spans = new Map<string, ClientSpan>();
-  /** The running sums cover items[0..at). */
-  private at = 0;
-  private readonly units = new Map<string, number>();
-  private readonly counts = new Map<string, number>();
+  private readonly checkpoints: Checkpoint[] = [{ at: 0, units: new Map(), counts: new Map() }];
 
   /** `readyCount`: the ready requests are items[0..readyCount), in the order. */
   constructor(private readonly items: readonly OrderItem[], readyCount: number) {
@@ -61,9 +71,11 @@ export class OrderIndex {
     } else {
       this.spans.set(x.clientId, { first: place, last: place, count: 1 });
     }
-    if (place < this.at) {
-      this.add(x, 1);
-      this.at += 1;
+    for (const c of this.checkpoints) {
+      if (place < c.at) {
+        add(c, x, 1);
+        c.at += 1;
+      }
     }
   }
 
@@ -73,10 +85,11 @@ export class OrderIndex {
    * a pool twice counts its units twice and itself once).
    */
   ahead(place: number, queue: string, pool: string, extra: ReadonlyArray<Pick<OrderItem, "queue" | "pools">> = []): { units: number; inQueue: number } {
-    while (this.at < place) this.add(this.items[this.at++]!, 1);
-    while (this.at > place) this.add(this.items[--this.at]!, -1);
-    let units = this.units.get(pool) ?? 0;
-    let inQueue = this.counts.get(countKey(queue, pool)) ?? 0;
+    const c = this.nearest(place);
+    while (c.at < place) add(c, this.items[c.at++]!, 1);
+    while (c.at > place) add(c, this.items[--c.at]!, -1);
+    let units = c.units.get(pool) ?? 0;
+    let inQueue = c.counts.get(countKey(queue, pool)) ?? 0;
     for (const o of extra) {
       const needs = o.pools.filter((p) => p.pool === pool);
       for (const need of needs) units += need.units;
@@ -85,17 +98,27 @@ export class OrderIndex {
     return { units, inQueue };
   }
 
-  private add(o: Pick<OrderItem, "queue" | "pools">, sign: 1 | -1): void {
-    for (let i = 0; i < o.pools.length; i++) {
-      const { pool, units } = o.pools[i]!;
-      this.units.set(pool, (this.units.get(pool) ?? 0) + sign * units);
-      // Counted once per request and pool.
-      let named = false;
-      for (let j = 0; j < i; j++) if (o.pools[j]!.pool === pool) named = true;
-      if (!named) {
-        const key = countKey(o.queue, pool);
-        this.counts.set(key, (this.counts.get(key) ?? 0) + sign);
-      }
+  /** The checkpoint to move to `place`: the nearest, or a copy of it when that is far and there is room for another. */
+  private nearest(place: number): Checkpoint {
+    let best = this.checkpoints[0]!;
+    for (const c of this.checkpoints) if (Math.abs(c.at - place) < Math.abs(best.at - place)) best = c;
+    if (Math.abs(best.at - place) <= NEAR || this.checkpoints.length >= MAX_CHECKPOINTS) return best;
+    const copy = { at: best.at, units: new Map(best.units), counts: new Map(best.counts) };
+    this.checkpoints.push(copy);
+    return copy;
+  }
+}
+
+function add(c: Checkpoint, o: Pick<OrderItem, "queue" | "pools">, sign: 1 | -1): void {
+  for (let i = 0; i < o.pools.length; i++) {
+    const { pool, units } = o.pools[i]!;
+    c.units.set(pool, (c.units.get(pool) ?? 0) + sign * units);
+    // Counted once per request and pool.
+    let named = false;
+    for (let j = 0; j < i; j++) if (o.pools[j]!.pool === pool) named = true;
+    if (!named) {
+      const key = countKey(o.queue, pool);
+      c.counts.set(key, (c.counts.get(key) ?? 0) + sign);
     }
   }
 }

@@ -62,6 +62,31 @@ describe("OrderIndex: a cached order's places and running sums", () => {
     }
   });
 
+  it("keeps a checkpoint near each region asked about: queries that alternate between far places walk a few items each, exactly", () => {
+    // A shard's single enqueues as the queue benchmark makes them: each client's requests rotate through
+    // fast, normal and batch, placed early, midway and late in the order, and each asks what is ahead of it.
+    const rnd = mulberry32(7);
+    const base: OrderItem[] = Array.from({ length: 3000 }, () => item(rnd));
+    let reads = 0;
+    const items = new Proxy(base, {
+      get(target, key, receiver) {
+        if (typeof key === "string" && /^\d+$/.test(key)) reads += 1;
+        return Reflect.get(target, key, receiver);
+      },
+    });
+    const index = new OrderIndex(items, items.length);
+    const afterBuild = reads;
+    const regions = [500, 1500, 2500];
+    for (let step = 0; step < 300; step++) {
+      const place = regions[step % 3]! + step;
+      base.splice(place, 0, item(rnd));
+      index.inserted(place);
+      expect(index.ahead(place, "normal", "p1")).toEqual(walk(base, place, "normal", "p1"));
+    }
+    // One checkpoint moving between the regions read about 1,000-2,000 items a query (over 400,000 in all).
+    expect(reads - afterBuild).toBeLessThan(300 * 40);
+  });
+
   it("counts a request that names a pool twice once, with both amounts", () => {
     const items: OrderItem[] = [
       { clientId: "a", queue: "normal", pools: [{ pool: "p", units: 2 }, { pool: "p", units: 3 }] },
