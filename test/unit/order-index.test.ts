@@ -87,6 +87,28 @@ describe("OrderIndex: a cached order's places and running sums", () => {
     expect(reads - afterBuild).toBeLessThan(300 * 40);
   });
 
+  it("bounds a place among a client's own places as a walk of them does, for any cut of its own order", () => {
+    for (const seed of [11, 12, 13, 14]) {
+      const rnd = mulberry32(seed);
+      // Clients interleaved unevenly (one sparse), some places not ready at the end.
+      const items: OrderItem[] = Array.from({ length: 400 }, () => ({ ...item(rnd), clientId: rnd() < 0.03 ? "sparse" : CLIENTS[Math.floor(rnd() * CLIENTS.length)]! }));
+      const readyCount = 380;
+      const index = new OrderIndex(items, readyCount);
+      for (const client of [...CLIENTS, "sparse"]) {
+        const mine = items.slice(0, readyCount).flatMap((o, i) => (o.clientId === client ? [i] : []));
+        for (let cut = 0; cut <= mine.length; cut++) {
+          // The first `cut` of its own places go before the request being placed.
+          const goesBefore = (place: number) => {
+            expect(items[place]!.clientId).toBe(client);
+            return mine.indexOf(place) < cut;
+          };
+          expect(index.boundAmong(client, goesBefore)).toEqual({ prev: cut > 0 ? mine[cut - 1]! : -1, next: cut < mine.length ? mine[cut]! : -1 });
+        }
+      }
+      expect(index.boundAmong("nobody", () => true)).toEqual({ prev: -1, next: -1 });
+    }
+  });
+
   it("counts a request that names a pool twice once, with both amounts", () => {
     const items: OrderItem[] = [
       { clientId: "a", queue: "normal", pools: [{ pool: "p", units: 2 }, { pool: "p", units: 3 }] },

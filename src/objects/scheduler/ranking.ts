@@ -104,18 +104,10 @@ export class Ranking {
       // The usual case, after all its client's queued work: by the client's spacing after its last.
       at = Math.min(cache.readyCount, Math.round(span.last + spacing));
     } else {
-      // Among its client's work: found in its client's places.
-      const mine: number[] = [];
-      for (let i = span.first; i <= span.last; i++) if (cache.items[i]!.clientId === x.clientId) mine.push(i);
-      let lo = 0;
-      let hi = mine.length;
-      while (lo < hi) {
-        const mid = (lo + hi) >> 1;
-        if (before(key(cache.items[mine[mid]!]!), kx) < 0) lo = mid + 1;
-        else hi = mid;
-      }
-      if (lo === 0) return false;
-      at = Math.min(mine[lo]!, Math.round(mine[lo - 1]! + spacing));
+      // Among its client's work: between the last of its client's places that goes before it and the next.
+      const { prev, next } = index.boundAmong(x.clientId, (i) => before(key(cache.items[i]!), kx) < 0);
+      if (prev < 0 || next < 0) return false;
+      at = Math.min(next, Math.round(prev + spacing));
     }
     cache.items.splice(at, 0, x);
     cache.order.splice(at, 0, x.id);
