@@ -87,6 +87,54 @@ describe("the position of a single enqueue", () => {
   });
 });
 
+describe("the order single enqueues are placed into", () => {
+  it("answers them for up to a second once only they changed it; other answers, and older orders, are ranked afresh", async () => {
+    expect((await call("POST", "/admin/scheduler/stop", { token: ADMIN })).status).toBe(200);
+    try {
+      const pool = await makePool({ capacity: 1000 });
+      const template = await makeTemplate([{ pool: pool.id, amount: 1 }]);
+      const requests = Array.from({ length: 6 }, () => ({ template, queue: "normal", params: {} }));
+      expect((await call("POST", "/api/queue/enqueue", { token: KEYS.acme, json: { requests } })).status).toBe(200);
+      type Ranked = { rankCache: { at: number; order: string[]; spliced: boolean } | null; rankedOrder(now: number, allowSplice?: boolean): string[] };
+      const rankingOf = (i: SchedulerObject) => (i as unknown as { ranking: Ranked }).ranking;
+      // Single enqueues in a row until one is placed into the order the one before it was answered from
+      // (each call here takes a few ms; the order they meet is at most 250 ms old when the first is placed).
+      let spliced: { at: number; order: string[] } | null = null;
+      for (let n = 0; n < 20 && !spliced; n++) {
+        expect((await call("POST", "/api/queue/enqueue", { token: KEYS.acme, json: { template, queue: "normal", params: {} } })).status).toBe(202);
+        spliced = await runInDurableObject(shardOf("acme"), (i: SchedulerObject) => {
+          const cache = rankingOf(i).rankCache;
+          return cache?.spliced ? { at: cache.at, order: cache.order } : null;
+        });
+      }
+      expect(spliced).not.toBeNull();
+      const at = spliced!.at;
+      const seen = await runInDurableObject(shardOf("acme"), (i: SchedulerObject) => {
+        const ranking = rankingOf(i);
+        const same = (order: string[]) => order === ranking.rankCache!.order && ranking.rankCache!.at === at;
+        return {
+          // A single enqueue's answer 900 ms on: the same order, placed into.
+          single900: same(ranking.rankedOrder(at + 900, true)),
+          // Any other answer does not use an order placed into, however young: ranked afresh.
+          other100: same(ranking.rankedOrder(at + 100, false)),
+        };
+      });
+      expect(seen).toEqual({ single900: true, other100: false });
+      const aged = await runInDurableObject(shardOf("acme"), (i: SchedulerObject) => {
+        const ranking = rankingOf(i);
+        // The fresh order ranked just now (not placed into) serves a single enqueue only for 250 ms; one a second old is ranked again.
+        const fresh = ranking.rankCache!.at;
+        const young = ranking.rankedOrder(fresh + 200, true) === ranking.rankCache!.order && ranking.rankCache!.at === fresh;
+        ranking.rankedOrder(fresh + 300, true);
+        return { young, rankedAgainAt: ranking.rankCache!.at - fresh };
+      });
+      expect(aged).toEqual({ young: true, rankedAgainAt: 300 });
+    } finally {
+      expect((await call("POST", "/admin/scheduler/start", { token: ADMIN })).status).toBe(200);
+    }
+  });
+});
+
 describe("positions of a batch", () => {
   it("are exactly each request's own position and estimate, over clients, queues and one, two or shared pools", async () => {
     expect((await call("POST", "/admin/scheduler/stop", { token: ADMIN })).status).toBe(200);

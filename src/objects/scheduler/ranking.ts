@@ -16,6 +16,14 @@ const FAIRNESS_WINDOW_MS = 5 * 60 * 1000;
 /** Dispatch rates (estimates, queue status) are measured over this window. */
 export const RATE_WINDOW_MS = 60 * 1000;
 const RANK_CACHE_MS = 250;
+/**
+ * An order that only single enqueues changed since it was ranked (each placed into it: splice) answers
+ * the next single enqueue for this long. While a shard dispatches, every claim changes its queued set
+ * and the order is ranked again at once; while it does not, nothing but time moves the order, by the
+ * wait points earned meanwhile. Ranking it afresh every 250 ms was the most of a single enqueue's
+ * placing with thousands queued (docs/benchmarks.md).
+ */
+const SPLICE_CACHE_MS = 1000;
 
 /** A queued request's place in the order (1 = next) and its estimated wait; nulls once it left the queue. */
 export interface PositionEstimate {
@@ -62,9 +70,11 @@ export class Ranking {
   /** The order for positions (ids, and what each was ranked with), from the cache when it may serve. */
   private ranked(now: number, allowSplice: boolean): NonNullable<Ranking["rankCache"]> {
     const cache = this.rankCache;
-    if (cache && now - cache.at < RANK_CACHE_MS && (allowSplice || !cache.spliced)) {
+    const age = cache ? now - cache.at : Infinity;
+    if (cache && age < RANK_CACHE_MS && !allowSplice && !cache.spliced && cache.epoch === this.store.epoch) return cache;
+    if (cache && allowSplice && age < (cache.spliced ? SPLICE_CACHE_MS : RANK_CACHE_MS)) {
       if (cache.epoch === this.store.epoch) return cache;
-      if (allowSplice && cache.epoch === this.store.epoch - 1 && this.splice(cache, now)) return cache;
+      if (cache.epoch === this.store.epoch - 1 && this.splice(cache, now)) return cache;
     }
     const all = [...this.store.queued.values()];
     const ready = fairRank(all.filter((q) => q.notBefore <= now), now, this.recentCounts(now), this.weightOf, SCAN_LIMIT);
