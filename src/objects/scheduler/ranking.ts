@@ -19,9 +19,10 @@ const RANK_CACHE_MS = 250;
 /**
  * An order that only single enqueues changed since it was ranked (each placed into it: splice) answers
  * the next single enqueue for this long. While a shard dispatches, every claim changes its queued set
- * and the order is ranked again at once; while it does not, nothing but time moves the order, by the
- * wait points earned meanwhile. Ranking it afresh every 250 ms was the most of a single enqueue's
- * placing with thousands queued (docs/benchmarks.md).
+ * and the order is ranked again at once; while it does not, nothing but time moves the order: the
+ * wait points earned meanwhile, and held-back requests whose time comes (an order is not used past
+ * the first `not_before` of its tail: Ranking.ranked). Ranking it afresh every 250 ms was the most of a
+ * single enqueue's placing with thousands queued (docs/benchmarks.md).
  */
 const SPLICE_CACHE_MS = 1000;
 
@@ -69,7 +70,9 @@ export class Ranking {
 
   /** The order for positions (ids, and what each was ranked with), from the cache when it may serve. */
   private ranked(now: number, allowSplice: boolean): NonNullable<Ranking["rankCache"]> {
-    const cache = this.rankCache;
+    // Not past the time the first request of its tail (held back, in `not_before` order) may run: from
+    // then on that one belongs among the ready ones.
+    const cache = this.rankCache && now < (this.rankCache.items[this.rankCache.readyCount]?.notBefore ?? Infinity) ? this.rankCache : null;
     const age = cache ? now - cache.at : Infinity;
     if (cache && age < RANK_CACHE_MS && !allowSplice && !cache.spliced && cache.epoch === this.store.epoch) return cache;
     if (cache && allowSplice && age < (cache.spliced ? SPLICE_CACHE_MS : RANK_CACHE_MS)) {
@@ -183,8 +186,8 @@ export class Ranking {
     };
     const admitting = this.admittingNeeds();
     for (const o of admitting) ahead(o);
-    // The order's own copies: no lookup per request ahead (one that left the queue since the order was
-    // ranked still counts ahead, as in its position: for at most RANK_CACHE_MS).
+    // The order's own copies: no lookup per request ahead (a request that leaves the queue changes the
+    // queued set, and the order is ranked again before it is used).
     for (const o of items) {
       if (o.id === id) break;
       position += 1;
