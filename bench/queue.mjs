@@ -556,6 +556,9 @@ function holdFigures(peak, rss0, ticks0, t0) {
   };
 }
 
+/** One POST /api/execute of the bench template as acme (every phase's execute). */
+const executeCall = () => call("POST", "/api/execute", { token: ACME.key, body: { template: TEMPLATE, params: EXEC_PARAMS }, timeoutMs: EXECUTE_TIMEOUT_MS });
+
 /**
  * 3b. POST /api/execute with nothing queued and the scheduler running: IDLE_EXECUTES one at a time (after a
  * few untimed), then as many again EXECUTE_CONCURRENCY at a time; each must answer 200 completed. The
@@ -564,7 +567,6 @@ function holdFigures(peak, rss0, ticks0, t0) {
  */
 async function executeIdle() {
   await mustOk("execute_idle", "POST", "/admin/scheduler/start", { token: ADMIN_TOKEN });
-  const once = () => call("POST", "/api/execute", { token: ACME.key, body: { template: TEMPLATE, params: EXEC_PARAMS }, timeoutMs: EXECUTE_TIMEOUT_MS });
   const check = (res) => (res.status !== 200 ? "expected 200" : res.json?.request?.status !== "completed" ? `200 with status ${res.json?.request?.status}` : null);
   const measure = async (concurrency) => {
     const ticks0 = workerdTicks();
@@ -572,7 +574,7 @@ async function executeIdle() {
     let ok = 0;
     const latencies = [];
     await pool(IDLE_EXECUTES, concurrency, async () => {
-      const res = await once();
+      const res = await executeCall();
       latencies.push(res.ms);
       const problem = check(res);
       if (problem) recordError("execute_idle", res, problem);
@@ -585,7 +587,7 @@ async function executeIdle() {
       workerd_cpu_us_per_execute: ticks0 == null || ticks1 == null || ok === 0 ? null : ((ticks1 - ticks0) / TICKS_PER_S / ok) * 1e6,
     };
   };
-  for (let i = 0; i < WARMUP_CALLS; i++) await once();
+  for (let i = 0; i < WARMUP_CALLS; i++) await executeCall();
   const single = await measure(1);
   const concurrent = await measure(EXECUTE_CONCURRENCY);
   const stopped = await mustOk("execute_idle", "POST", "/admin/scheduler/stop", { token: ADMIN_TOKEN });
@@ -676,7 +678,7 @@ async function drain(executeIds) {
   let peakAt = null; // { t, rssKb, ticks } at the poll that saw the most in flight (hold mode)
   const execAll = !DRAIN_EXECUTE ? { latencies: [], skipped: true } : await concurrently(EXECUTE_CONCURRENCY, (mySent) => sequential(
     "execute_draining",
-    () => call("POST", "/api/execute", { token: ACME.key, body: { template: TEMPLATE, params: EXEC_PARAMS }, timeoutMs: EXECUTE_TIMEOUT_MS }),
+    executeCall,
     (res) => {
       if (res.status !== 200 && res.status !== 202) return "expected 200 or 202";
       const st = res.json?.request?.status;
@@ -1006,7 +1008,7 @@ async function main() {
     const executeIds = [];
     latency.execute_stopped = await sequential(
       "execute_stopped",
-      () => call("POST", "/api/execute", { token: ACME.key, body: { template: TEMPLATE, params: EXEC_PARAMS }, timeoutMs: EXECUTE_TIMEOUT_MS }),
+      executeCall,
       (res) => {
         if (res.status !== 202) return "expected 202";
         if (res.json?.request?.status !== "queued" || res.json.request.queue !== "immediate") return "202 without a queued immediate request";

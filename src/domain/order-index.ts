@@ -81,7 +81,7 @@ export class OrderIndex {
       else hi = at;
     }
     const next = own(lo, 1, span.last + 1);
-    const prev = lo === span.first ? -1 : own(lo - 1, -1, span.first - 1);
+    const prev = own(lo - 1, -1, span.first - 1);
     return { prev: prev < span.first ? -1 : prev, next: next > span.last ? -1 : next };
   }
 

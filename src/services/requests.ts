@@ -145,7 +145,6 @@ async function admitAll(env: Env, caller: Caller, specs: RequestSpec[], traceId:
   const quota = await clientQuota(env, caller.clientId);
   // An execute that can run at once also takes its job slot in that call, and its units beside it (./run-now.ts).
   const ready = runNow ? readyToRun(fresh.map((p) => p.value)) : [];
-  const slots = ready.length ? await runSlots(env, ready, owner) : undefined;
   // Units it could not take (the pools' configuration unreadable) are asked for by the shard's admission, as when a pool refuses.
   const held = ready.length
     ? holdUnits(env, ready, owner, quota).catch((err: unknown) => {
@@ -153,6 +152,7 @@ async function admitAll(env: Env, caller: Caller, specs: RequestSpec[], traceId:
       return new Map<string, Held[]>();
     })
     : Promise.resolve(new Map<string, Held[]>());
+  const slots = ready.length ? await runSlots(env, ready, owner) : undefined;
   let decisions: AdmitDecision[];
   try {
     decisions = await clientStub(env, caller.clientId).admit(

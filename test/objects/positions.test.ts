@@ -87,28 +87,46 @@ describe("the position of a single enqueue", () => {
   });
 });
 
+/** The ranking's cached order, as the tests below read it. */
+type Ranked = { rankCache: { at: number; order: string[]; spliced: boolean } | null; rankedOrder(now: number, allowSplice?: boolean): string[] };
+const rankingOf = (i: SchedulerObject) => (i as unknown as { ranking: Ranked }).ranking;
+
+/** With the scheduler stopped: a pool, a template needing one unit of it, and six of acme's requests queued. */
+async function stoppedWithBacklog(run: (template: string) => Promise<void>): Promise<void> {
+  expect((await call("POST", "/admin/scheduler/stop", { token: ADMIN })).status).toBe(200);
+  try {
+    const pool = await makePool({ capacity: 1000 });
+    const template = await makeTemplate([{ pool: pool.id, amount: 1 }]);
+    const requests = Array.from({ length: 6 }, () => ({ template, queue: "normal", params: {} }));
+    expect((await call("POST", "/api/queue/enqueue", { token: KEYS.acme, json: { requests } })).status).toBe(200);
+    await run(template);
+  } finally {
+    expect((await call("POST", "/admin/scheduler/start", { token: ADMIN })).status).toBe(200);
+  }
+}
+
+/**
+ * Single enqueues of acme in a row until one is placed into the order the one before it was answered
+ * from (each call takes a few ms; the order they meet is at most 250 ms old when the first is placed):
+ * that order's rank time and ids.
+ */
+async function untilPlaced(template: string): Promise<{ at: number; order: string[] }> {
+  let placed: { at: number; order: string[] } | null = null;
+  for (let n = 0; n < 20 && !placed; n++) {
+    expect((await call("POST", "/api/queue/enqueue", { token: KEYS.acme, json: { template, queue: "normal", params: {} } })).status).toBe(202);
+    placed = await runInDurableObject(shardOf("acme"), (i: SchedulerObject) => {
+      const cache = rankingOf(i).rankCache;
+      return cache?.spliced ? { at: cache.at, order: cache.order } : null;
+    });
+  }
+  expect(placed).not.toBeNull();
+  return placed!;
+}
+
 describe("the order single enqueues are placed into", () => {
   it("answers them for up to a second once only they changed it; other answers, and older orders, are ranked afresh", async () => {
-    expect((await call("POST", "/admin/scheduler/stop", { token: ADMIN })).status).toBe(200);
-    try {
-      const pool = await makePool({ capacity: 1000 });
-      const template = await makeTemplate([{ pool: pool.id, amount: 1 }]);
-      const requests = Array.from({ length: 6 }, () => ({ template, queue: "normal", params: {} }));
-      expect((await call("POST", "/api/queue/enqueue", { token: KEYS.acme, json: { requests } })).status).toBe(200);
-      type Ranked = { rankCache: { at: number; order: string[]; spliced: boolean } | null; rankedOrder(now: number, allowSplice?: boolean): string[] };
-      const rankingOf = (i: SchedulerObject) => (i as unknown as { ranking: Ranked }).ranking;
-      // Single enqueues in a row until one is placed into the order the one before it was answered from
-      // (each call here takes a few ms; the order they meet is at most 250 ms old when the first is placed).
-      let spliced: { at: number; order: string[] } | null = null;
-      for (let n = 0; n < 20 && !spliced; n++) {
-        expect((await call("POST", "/api/queue/enqueue", { token: KEYS.acme, json: { template, queue: "normal", params: {} } })).status).toBe(202);
-        spliced = await runInDurableObject(shardOf("acme"), (i: SchedulerObject) => {
-          const cache = rankingOf(i).rankCache;
-          return cache?.spliced ? { at: cache.at, order: cache.order } : null;
-        });
-      }
-      expect(spliced).not.toBeNull();
-      const at = spliced!.at;
+    await stoppedWithBacklog(async (template) => {
+      const { at } = await untilPlaced(template);
       const seen = await runInDurableObject(shardOf("acme"), (i: SchedulerObject) => {
         const ranking = rankingOf(i);
         const same = (order: string[]) => order === ranking.rankCache!.order && ranking.rankCache!.at === at;
@@ -120,19 +138,11 @@ describe("the order single enqueues are placed into", () => {
       });
       expect(seen).toEqual({ single999: true, single1000: false });
       // Any other answer does not use an order placed into, however young: ranked afresh.
-      spliced = null;
-      for (let n = 0; n < 20 && !spliced; n++) {
-        expect((await call("POST", "/api/queue/enqueue", { token: KEYS.acme, json: { template, queue: "normal", params: {} } })).status).toBe(202);
-        spliced = await runInDurableObject(shardOf("acme"), (i: SchedulerObject) => {
-          const cache = rankingOf(i).rankCache;
-          return cache?.spliced ? { at: cache.at, order: cache.order } : null;
-        });
-      }
-      expect(spliced).not.toBeNull();
+      const spliced = await untilPlaced(template);
       const other = await runInDurableObject(shardOf("acme"), (i: SchedulerObject) => {
         const ranking = rankingOf(i);
-        const order = ranking.rankedOrder(spliced!.at + 100, false);
-        return order === spliced!.order || ranking.rankCache!.at === spliced!.at;
+        const order = ranking.rankedOrder(spliced.at + 100, false);
+        return order === spliced.order || ranking.rankCache!.at === spliced.at;
       });
       expect(other).toBe(false);
       const aged = await runInDurableObject(shardOf("acme"), (i: SchedulerObject) => {
@@ -144,33 +154,17 @@ describe("the order single enqueues are placed into", () => {
         return { young, rankedAgainAt: ranking.rankCache!.at - fresh };
       });
       expect(aged).toEqual({ young: true, rankedAgainAt: 300 });
-    } finally {
-      expect((await call("POST", "/admin/scheduler/start", { token: ADMIN })).status).toBe(200);
-    }
+    });
   });
 });
 
 describe("a single enqueue placed into a cached order", () => {
   it("counts a held-back request whose time came after the order was ranked: the order is not used past it", async () => {
-    expect((await call("POST", "/admin/scheduler/stop", { token: ADMIN })).status).toBe(200);
-    try {
-      const pool = await makePool({ capacity: 1000 });
-      const template = await makeTemplate([{ pool: pool.id, amount: 1 }]);
-      const requests = Array.from({ length: 6 }, () => ({ template, queue: "normal", params: {} }));
-      expect((await call("POST", "/api/queue/enqueue", { token: KEYS.acme, json: { requests } })).status).toBe(200);
+    await stoppedWithBacklog(async (template) => {
       const notBefore = Date.now() + 300;
       const held = await call("POST", "/api/queue/enqueue", { token: KEYS.acme, json: { template, queue: "normal", params: {}, not_before: notBefore } });
       expect(held.status).toBe(202);
-      const rankedAt = () => runInDurableObject(shardOf("acme"), (i: SchedulerObject) => {
-        const cache = (i as unknown as { ranking: { rankCache: { at: number; spliced: boolean } | null } }).ranking.rankCache;
-        return cache?.spliced ? cache.at : null;
-      });
-      let at: number | null = null;
-      for (let n = 0; n < 20 && at === null; n++) {
-        expect((await call("POST", "/api/queue/enqueue", { token: KEYS.acme, json: { template, queue: "normal", params: {} } })).status).toBe(202);
-        at = await rankedAt();
-      }
-      expect(at).not.toBeNull();
+      await untilPlaced(template);
       // The held-back request may run now; the order placed into was ranked before that (it is still
       // young enough to answer a single enqueue, unless this machine took a second to get here).
       await sleep(Math.max(0, notBefore + 150 - Date.now()));
@@ -178,9 +172,7 @@ describe("a single enqueue placed into a cached order", () => {
       expect(x.status).toBe(202);
       const exact = await call("GET", `/api/queue/position/${x.body.request.id}`, { token: KEYS.acme });
       expect(x.body.position).toBe(exact.body.position);
-    } finally {
-      expect((await call("POST", "/admin/scheduler/start", { token: ADMIN })).status).toBe(200);
-    }
+    });
   });
 
   it("keeps its client's own order: none of its later requests before it, none of its earlier ones after it", async () => {

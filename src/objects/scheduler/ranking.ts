@@ -73,11 +73,11 @@ export class Ranking {
     // Not past the time the first request of its tail (held back, in `not_before` order) may run: from
     // then on that one belongs among the ready ones.
     const cache = this.rankCache && now < (this.rankCache.items[this.rankCache.readyCount]?.notBefore ?? Infinity) ? this.rankCache : null;
-    const age = cache ? now - cache.at : Infinity;
-    if (cache && age < RANK_CACHE_MS && !allowSplice && !cache.spliced && cache.epoch === this.store.epoch) return cache;
-    if (cache && allowSplice && age < (cache.spliced ? SPLICE_CACHE_MS : RANK_CACHE_MS)) {
+    // An order placed into answers only single enqueues, for longer; any other, for RANK_CACHE_MS.
+    const life = !cache ? 0 : cache.spliced ? (allowSplice ? SPLICE_CACHE_MS : 0) : RANK_CACHE_MS;
+    if (cache && now - cache.at < life) {
       if (cache.epoch === this.store.epoch) return cache;
-      if (cache.epoch === this.store.epoch - 1 && this.splice(cache, now)) return cache;
+      if (allowSplice && cache.epoch === this.store.epoch - 1 && this.splice(cache, now)) return cache;
     }
     const all = [...this.store.queued.values()];
     const ready = fairRank(all.filter((q) => q.notBefore <= now), now, this.recentCounts(now), this.weightOf, SCAN_LIMIT);
