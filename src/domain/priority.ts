@@ -155,8 +155,33 @@ export function fairIds<T extends FairItem>(
   return () => nextPick(state)?.head.item.id;
 }
 
+/**
+ * fairIds' order from each client's own order given (a client with none left is skipped): what a
+ * dispatch pass reads from the scheduler's ready index (./ready-index.ts), which keeps every client's
+ * requests in their own order as they are queued, so a pass no longer scores the whole backlog.
+ */
+export function fairIdsOf<T extends FairItem>(
+  owners: Array<{ clientId: string; order: OwnOrder<T> }>, recent: ReadonlyMap<string, number>, weightOf: (clientId: string, tier: Tier) => number,
+): () => string | undefined {
+  const clients: FairState<T>["clients"] = [];
+  for (const { clientId, order } of owners) {
+    const head = order.peek();
+    if (head) clients.push({ clientId, ranked: order, weight: Math.max(1e-9, weightOf(clientId, head.item.tier)), count: recent.get(clientId) ?? 0 });
+  }
+  let total = 0;
+  for (const n of recent.values()) total += n;
+  const state: FairState<T> = { clients, totalWeight: clients.reduce((sum, c) => sum + c.weight, 0), total };
+  return () => nextPick(state)?.head.item.id;
+}
+
+/** A client's requests in their own order (ownOrder), taken one by one: what the interleaving picks from. */
+export interface OwnOrder<T> {
+  peek(): Scored<T> | undefined;
+  shift(): Scored<T> | undefined;
+}
+
 /** A request with the parts of its score that do not depend on its client's share (priorityOf's arithmetic). */
-interface Scored<T> {
+export interface Scored<T> {
   item: T;
   /** Tier points + queue points + wait points, summed in priorityOf's order. */
   base: number;
@@ -170,8 +195,8 @@ interface Scored<T> {
 }
 
 /** Each client's requests in their own order (taken lazily), with what the interleaving tracks: picks so far, shares. */
-interface FairState<T> {
-  clients: Array<{ clientId: string; ranked: LazyOrder<Scored<T>>; weight: number; count: number }>;
+interface FairState<T, R extends OwnOrder<T> = OwnOrder<T>> {
+  clients: Array<{ clientId: string; ranked: R; weight: number; count: number }>;
   totalWeight: number;
   /** Dispatches counted so far: the recent ones plus the picks made. */
   total: number;
@@ -199,17 +224,10 @@ function fairPicks<T extends FairItem>(
 
 function fairState<T extends FairItem>(
   items: T[], now: number, recent: ReadonlyMap<string, number>, weightOf: (clientId: string, tier: Tier) => number,
-): FairState<T> {
+): FairState<T, LazyOrder<Scored<T>>> {
   const byClient = new Map<string, Array<Scored<T>>>();
-  const fullFairness = fairnessPoints(0, undefined);
   for (const item of items) {
-    const ready = readyOf(item);
-    const waited = Math.max(0, now - ready);
-    const wait = waitPoints(waited);
-    const tier = (item as FairItem & { tierPoints?: number }).tierPoints ?? DEFAULT_TIER_POINTS[item.tier];
-    const queue = QUEUE_POINTS[item.queue];
-    const base = tier + queue + wait;
-    const scored: Scored<T> = { item, base, tier, queue, wait, ready, starved: waited >= STARVATION_MS, own: round2(base + fullFairness) };
+    const scored = scoredAt(item, now);
     const list = byClient.get(item.clientId);
     if (list) list.push(scored);
     else byClient.set(item.clientId, [scored]);
@@ -221,6 +239,20 @@ function fairState<T extends FairItem>(
   let total = 0;
   for (const n of recent.values()) total += n;
   return { clients, totalWeight: clients.reduce((sum, c) => sum + c.weight, 0), total };
+}
+
+/** The full fairness term: a client's own order is ranked with it (the share is the same for all its requests). */
+const FULL_FAIRNESS = fairnessPoints(0, undefined);
+
+/** A request's score parts at `now`, without its client's share (priorityOf's arithmetic, in its order). */
+export function scoredAt<T extends FairItem>(item: T, now: number): Scored<T> {
+  const ready = readyOf(item);
+  const waited = Math.max(0, now - ready);
+  const wait = waitPoints(waited);
+  const tier = (item as FairItem & { tierPoints?: number }).tierPoints ?? DEFAULT_TIER_POINTS[item.tier];
+  const queue = QUEUE_POINTS[item.queue];
+  const base = tier + queue + wait;
+  return { item, base, tier, queue, wait, ready, starved: waited >= STARVATION_MS, own: round2(base + FULL_FAIRNESS) };
 }
 
 /** The next pick of the interleaving (null when every client's list is taken), counted into its client's share. */
@@ -249,7 +281,7 @@ function nextPick<T extends FairItem>(state: FairState<T>): { head: Scored<T>; s
 }
 
 /** A client's own order: starved first, then by score without the share, the one ready longest, the id (a total order). */
-function ownOrder(a: Scored<FairItem>, b: Scored<FairItem>): number {
+export function ownOrder(a: Scored<FairItem>, b: Scored<FairItem>): number {
   return Number(b.starved) - Number(a.starved) || b.own - a.own || readyThenId(a, b);
 }
 

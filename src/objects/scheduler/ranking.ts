@@ -3,7 +3,7 @@
  * recent dispatches against its weight), a request's position and its estimated wait. It keeps the
  * dispatch log the shares and rates come from, and the tier and client weights from configuration.
  */
-import { DEFAULT_TIER_POINTS, DEFAULT_TIER_WEIGHTS, fairIds, fairRank, priorityOf, readyOf, type Priority, type QueueName } from "../../domain/priority";
+import { DEFAULT_TIER_POINTS, DEFAULT_TIER_WEIGHTS, fairIdsOf, fairRank, priorityOf, readyOf, type Priority, type QueueName } from "../../domain/priority";
 import type { Tier } from "../../domain/types";
 import { OrderIndex } from "../../domain/order-index";
 import { DispatchRates, estimateWaitMs } from "../../domain/wait-estimate";
@@ -137,12 +137,9 @@ export class Ranking {
    * order picked lazily, as far as the pass reads it (at most SCAN_LIMIT).
    */
   readyOrder(now: number): () => string | undefined {
-    // Ranked at every pass. Reusing the previous pass's head while nothing was added (tried in the
-    // tenth session) saved a few percent of a drain's CPU, within the noise, and one full run under load
-    // then failed the weighted-fairness test: not worth an order that can drift from a fresh ranking.
-    const ready: Queued[] = [];
-    for (const q of this.store.queued.values()) if (q.notBefore <= now) ready.push(q);
-    return fairIds(ready, now, this.recentCounts(now), this.weightOf);
+    // Ranked afresh at every pass (each client's own order is kept by the store's ready index, which
+    // only merges the heads of its groups here), with the shares as they are now.
+    return fairIdsOf(this.store.ready.orders(now), this.recentCounts(now), this.weightOf);
   }
 
   /**
@@ -312,8 +309,7 @@ export class Ranking {
 
   /** Fair-share weights of the clients with queued work (operators' settings; the tier's otherwise). */
   async loadWeights(): Promise<void> {
-    const clients = new Set<string>();
-    for (const q of this.store.queued.values()) clients.add(q.clientId);
+    const clients = [...this.store.ready.clientIds()];
     const [loaded] = await Promise.all([
       Promise.all([...clients].map(async (id) => [id, (await clientQuota(this.env, id))?.weight ?? null] as const)),
       this.refreshTiers(),

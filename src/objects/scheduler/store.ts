@@ -4,6 +4,7 @@
  * Every change of a request's status goes through here, with its outbox entry in the same write.
  */
 import type { QueueName } from "../../domain/priority";
+import { ReadyIndex } from "../../domain/ready-index";
 import type { Tier } from "../../domain/types";
 import { log } from "../../log";
 import { hasOptimizerRecords } from "./outbox";
@@ -21,6 +22,8 @@ export interface StoreHost {
 export class QueueStore {
   /** The queued requests: the index a pass ranks and claims from. */
   readonly queued = new Map<string, Queued>();
+  /** The same requests, each client's in its own order, held-back ones apart (domain/ready-index.ts): what a pass reads. */
+  readonly ready = new ReadyIndex<Queued>();
   /**
    * Every request not yet finished (queued, dispatching, running), as stored. This store is the only
    * writer of its table, so the copy stays exact.
@@ -140,10 +143,12 @@ export class QueueStore {
   }
 
   index(row: Row): void {
-    this.queued.set(row.id, {
+    const q: Queued = {
       id: row.id, clientId: row.client_id, tier: row.tier, tierPoints: this.host.tierPointsOf(row.tier), queue: row.queue, createdAt: row.created_at,
       readyAt: readyAtOf(row), notBefore: row.not_before, recentShare: 0, pools: poolNeedsOf(row),
-    });
+    };
+    this.queued.set(row.id, q);
+    this.ready.add(q, Date.now());
     this.epoch += 1;
     this.lastIndexed = { id: row.id, epoch: this.epoch };
   }
@@ -163,7 +168,7 @@ export class QueueStore {
   claim(leases: Array<readonly [string, number]>, now: number): Row[] {
     this.epoch += 1;
     return leases.map(([id, leaseUntil]) => {
-      this.queued.delete(id);
+      this.unqueue(id);
       this.admitting.add(id);
       this.active.add(id);
       return Object.assign(this.live.get(id)!, { status: "dispatching", lease_until: leaseUntil, updated_at: now });
@@ -263,7 +268,7 @@ export class QueueStore {
         if (f.plan) live.plan = JSON.stringify(f.plan);
         if (f.startedAt !== undefined) Object.assign(live, { started_at: f.startedAt, first_started_at: f.startedAt });
       }
-      this.queued.delete(f.id);
+      this.unqueue(f.id);
       this.active.delete(f.id);
       this.resolveWaiters(f.id);
       this.live.delete(f.id);
@@ -275,7 +280,7 @@ export class QueueStore {
   cancel(row: Row, now: number): void {
     const id = row.id;
     this.writeHeldBack();
-    this.queued.delete(id);
+    this.unqueue(id);
     this.epoch += 1;
     this.sql.exec(
       "UPDATE requests SET status = 'cancelled', error = 'cancelled by caller', finished_at = ?, updated_at = ?, lease_until = NULL WHERE id = ?",
@@ -337,16 +342,18 @@ export class QueueStore {
 
   /** Queued requests that may run now. */
   readyCount(now: number): number {
-    let n = 0;
-    for (const q of this.queued.values()) if (q.notBefore <= now) n += 1;
-    return n;
+    return this.ready.readyCount(now);
   }
 
   /** The earliest not-before time still in the future (deferred or backing-off work), if any. */
   nextNotBefore(now: number): number | null {
-    let next: number | null = null;
-    for (const q of this.queued.values()) if (q.notBefore > now && (next === null || q.notBefore < next)) next = q.notBefore;
-    return next;
+    return this.ready.nextNotBefore(now);
+  }
+
+  /** A request leaves the queued index (claimed, finished, cancelled). */
+  private unqueue(id: string): void {
+    this.queued.delete(id);
+    this.ready.remove(id);
   }
 
   /** Queued requests with one of these cache keys, by key: one scan of the plans for a settlement's leaders. */
