@@ -5,6 +5,7 @@
  */
 import { DEFAULT_TIER_POINTS, DEFAULT_TIER_WEIGHTS, fairIdsOf, fairRank, priorityOf, readyOf, type Priority, type QueueName } from "../../domain/priority";
 import type { Tier } from "../../domain/types";
+import { DispatchWindow } from "../../domain/dispatch-window";
 import { OrderIndex } from "../../domain/order-index";
 import { DispatchRates, estimateWaitMs } from "../../domain/wait-estimate";
 import { clientQuota, poolConfigs, tierLimits } from "../../storage/config";
@@ -36,8 +37,8 @@ export interface PositionEstimate {
 type Ahead = Pick<Queued, "queue" | "pools">;
 
 export class Ranking {
-  /** Dispatches of the fairness window, oldest first. */
-  private dispatchLog: Array<{ at: number; clientId: string; queue: QueueName }> = [];
+  /** Dispatches of the fairness window, per second by client and queue. */
+  private readonly dispatched = new DispatchWindow(FAIRNESS_WINDOW_MS);
   /** How long the last worker calls took (ms), for estimates while nothing has been dispatched lately. */
   private durations: number[] = [];
   /** Operators' fair-share weights of clients with queued work (refreshed by each pass). */
@@ -54,8 +55,6 @@ export class Ranking {
     at: number; epoch: number; order: string[]; items: Array<Queued | Omit<Queued, "recentShare">>; readyCount: number; spliced: boolean;
     index?: OrderIndex; placed?: { id: string; place: number };
   } | null = null;
-  /** Dispatches per client in the fairness window (kept with dispatchLog: a share is not a scan of the log). */
-  private logCounts = new Map<string, number>();
   /** Measured dispatch rates (overall, per queue) and pool grant rates, for wait estimates. */
   private readonly rates = new DispatchRates();
   /** Each pool's refill per second (the pool rows as last loaded): its grant rate until one is measured. */
@@ -261,9 +260,7 @@ export class Ranking {
 
   /** Dispatches per second over the rate window, of one queue or of all. */
   dispatchRatePerS(now: number, queue?: QueueName): number {
-    let n = 0;
-    for (const d of this.dispatchLog) if (d.at > now - RATE_WINDOW_MS && (queue === undefined || d.queue === queue)) n += 1;
-    return n / (RATE_WINDOW_MS / 1000);
+    return this.dispatched.countSince(now, RATE_WINDOW_MS, queue) / (RATE_WINDOW_MS / 1000);
   }
 
   /** A queued request's priority now, its fairness term from its client's current share. */
@@ -277,8 +274,7 @@ export class Ranking {
   }
 
   noteDispatch(row: Row, now: number): void {
-    this.dispatchLog.push({ at: now, clientId: row.client_id, queue: row.queue });
-    this.logCounts.set(row.client_id, (this.logCounts.get(row.client_id) ?? 0) + 1);
+    this.dispatched.note(now, row.client_id, row.queue);
     this.rates.note(now, row.queue, poolNeedsOf(row), now - readyAtOf(row));
   }
 
@@ -296,8 +292,7 @@ export class Ranking {
 
   /** Dispatches per client within the fairness window. */
   private recentCounts(now: number): Map<string, number> {
-    this.pruneLog(now);
-    const counts = new Map(this.logCounts);
+    const counts = new Map(this.dispatched.counts(now));
     // Claims still being admitted count too: a pass that ranks while another pass admits its chunk
     // must not hand the same clients' share out twice.
     for (const id of this.store.admitting) {
@@ -344,21 +339,8 @@ export class Ranking {
 
   /** Each client's share of the dispatches in the fairness window. */
   private shares(now: number): Map<string, number> {
-    this.pruneLog(now);
-    const total = this.dispatchLog.length;
-    return new Map([...this.logCounts].map(([client, n]) => [client, total ? n / total : 0]));
-  }
-
-  private pruneLog(now: number): void {
-    const cutoff = now - FAIRNESS_WINDOW_MS;
-    let drop = 0;
-    while (drop < this.dispatchLog.length && this.dispatchLog[drop]!.at <= cutoff) {
-      const client = this.dispatchLog[drop]!.clientId;
-      const n = (this.logCounts.get(client) ?? 0) - 1;
-      if (n > 0) this.logCounts.set(client, n);
-      else this.logCounts.delete(client);
-      drop += 1;
-    }
-    if (drop) this.dispatchLog.splice(0, drop);
+    const counts = this.dispatched.counts(now);
+    const total = this.dispatched.total(now);
+    return new Map([...counts].map(([client, n]) => [client, total ? n / total : 0]));
   }
 }
