@@ -26,10 +26,16 @@ interface Entry<T> {
   /** In its group (ready), else in the held-back heap. */
   ready: boolean;
   group: Group<T> | null;
+  /** When it was indexed (a counter): an order being read takes none indexed after it began. */
+  seq: number;
 }
 
 class Group<T> {
-  /** Entries in (ready time, id) order from `start` on (before it: only dead ones, kept until compaction). */
+  /**
+   * Entries in (ready time, id) order from `start` on (before it: only dead ones, kept until compaction).
+   * Only ever appended to: an entry placed before the end, or a compaction, makes a new array, so an
+   * order being read (which keeps the array it began with) never sees its entries move.
+   */
   entries: Entry<T>[] = [];
   start = 0;
   /** Live entries in it. */
@@ -51,6 +57,7 @@ export class ReadyIndex<T extends ReadyItem> {
   /** Held-back entries: a binary min-heap by (notBefore, id); dead ones leave it as they reach the top. */
   private held: Entry<T>[] = [];
   private readyLive = 0;
+  private seq = 0;
 
   /** Requests indexed (ready and held back). */
   get size(): number {
@@ -60,7 +67,7 @@ export class ReadyIndex<T extends ReadyItem> {
   /** Index a queued request (in place of an earlier entry with its id). */
   add(item: T, now: number): void {
     this.remove(item.id);
-    const entry: Entry<T> = { item, ready: false, group: null };
+    const entry: Entry<T> = { item, ready: false, group: null, seq: ++this.seq };
     this.live.set(item.id, entry);
     let owner = this.owners.get(item.clientId);
     if (!owner) this.owners.set(item.clientId, (owner = { groups: new Map(), count: 0 }));
@@ -81,7 +88,7 @@ export class ReadyIndex<T extends ReadyItem> {
       this.readyLive -= 1;
       const group = entry.group!;
       group.size -= 1;
-      if (group.entries.length - group.start - group.size > group.size + SLACK) this.compact(group);
+      if (group.entries.length - group.size > group.size + SLACK) this.compact(group);
     } else if (this.held.length > 2 * (this.live.size - this.readyLive) + SLACK) {
       this.held = this.held.filter((e) => this.isLive(e));
       for (let i = (this.held.length >> 1) - 1; i >= 0; i -= 1) this.down(i);
@@ -107,15 +114,17 @@ export class ReadyIndex<T extends ReadyItem> {
   }
 
   /**
-   * Each client's ready requests in its own order at `now`, read lazily (for fairIdsOf). Requests
-   * indexed while the orders are read may show up in them; one removed meanwhile is skipped.
+   * Each client's ready requests in its own order at `now`, read lazily (for fairIdsOf): the requests
+   * indexed and ready when it is called, less those removed while it is read (a request queued again
+   * meanwhile, e.g. sent back by its admission, waits for the next order: none comes twice).
    */
   orders(now: number): Array<{ clientId: string; order: OwnOrder<T> }> {
     this.promote(now);
     const out: Array<{ clientId: string; order: OwnOrder<T> }> = [];
+    const upTo = this.seq;
     for (const [clientId, owner] of this.owners) {
       const groups = [...owner.groups.values()].filter((g) => g.size > 0);
-      if (groups.length) out.push({ clientId, order: new Merged(groups, now, (e) => this.isLive(e)) });
+      if (groups.length) out.push({ clientId, order: new Merged(groups, now, upTo, (e) => this.isLive(e)) });
     }
     return out;
   }
@@ -142,6 +151,7 @@ export class ReadyIndex<T extends ReadyItem> {
     const last = list[list.length - 1];
     if (!last || before(last.item, item)) list.push(entry);
     else {
+      // Before the end (a retry ready since long ago): a new array, the dead head left out.
       let lo = group.start;
       let hi = list.length;
       while (lo < hi) {
@@ -149,7 +159,8 @@ export class ReadyIndex<T extends ReadyItem> {
         if (before(list[mid]!.item, item)) lo = mid + 1;
         else hi = mid;
       }
-      list.splice(lo, 0, entry);
+      group.entries = [...list.slice(group.start, lo), entry, ...list.slice(lo)];
+      group.start = 0;
     }
     entry.ready = true;
     entry.group = group;
@@ -210,21 +221,29 @@ function earlier(a: ReadyItem, b: ReadyItem): boolean {
   return a.notBefore < b.notBefore || (a.notBefore === b.notBefore && a.id < b.id);
 }
 
+/** A cursor over one group's array: at `pos`, its entry scored once (`head`) while it is the next. */
+interface Cursor<T> {
+  group: Group<T>;
+  list: Entry<T>[];
+  pos: number;
+  head: Scored<T> | null;
+}
+
 /** One client's groups merged by ownOrder: each group's head scored once, at `now`, as it comes up. */
 class Merged<T extends ReadyItem> implements OwnOrder<T> {
-  private readonly cursors: Array<{ group: Group<T>; list: Entry<T>[]; pos: number; head: Scored<T> | null }>;
+  private readonly cursors: Cursor<T>[];
   private best = -1;
 
-  constructor(groups: Group<T>[], private readonly now: number, private readonly isLive: (e: Entry<T>) => boolean) {
+  constructor(groups: Group<T>[], private readonly now: number, private readonly upTo: number, private readonly isLive: (e: Entry<T>) => boolean) {
     this.cursors = groups.map((group) => ({ group, list: group.entries, pos: group.start, head: null }));
   }
 
+  /** The best of the groups' heads, found again at each call: a head removed since the last is passed over. */
   peek(): Scored<T> | undefined {
-    if (this.best < 0) {
-      for (let i = 0; i < this.cursors.length; i++) {
-        const head = this.headOf(this.cursors[i]!);
-        if (head && (this.best < 0 || ownOrder(head, this.cursors[this.best]!.head!) < 0)) this.best = i;
-      }
+    this.best = -1;
+    for (let i = 0; i < this.cursors.length; i++) {
+      const head = this.headOf(this.cursors[i]!);
+      if (head && (this.best < 0 || ownOrder(head, this.cursors[this.best]!.head!) < 0)) this.best = i;
     }
     return this.best < 0 ? undefined : this.cursors[this.best]!.head!;
   }
@@ -235,19 +254,25 @@ class Merged<T extends ReadyItem> implements OwnOrder<T> {
       const cursor = this.cursors[this.best]!;
       cursor.pos += 1;
       cursor.head = null;
-      this.best = -1;
     }
     return head;
   }
 
-  /** The cursor's next live entry that may run at `now`, scored; dead ones at the group's own head leave it. */
-  private headOf(cursor: Merged<T>["cursors"][number]): Scored<T> | null {
-    if (cursor.head) return cursor.head;
+  /**
+   * The cursor's next entry that is live, indexed before this order began and may run at `now`, scored;
+   * dead ones at the group's own head leave it.
+   */
+  private headOf(cursor: Cursor<T>): Scored<T> | null {
     const { group, list } = cursor;
+    if (cursor.head) {
+      if (this.isLive(list[cursor.pos]!)) return cursor.head;
+      cursor.head = null;
+    }
     while (cursor.pos < list.length) {
       const entry = list[cursor.pos]!;
-      if (this.isLive(entry) && entry.item.notBefore <= this.now) return (cursor.head = scoredAt(entry.item, this.now));
-      if (!this.isLive(entry) && group.entries === list && group.start === cursor.pos) group.start += 1;
+      const live = this.isLive(entry);
+      if (live && entry.seq <= this.upTo && entry.item.notBefore <= this.now) return (cursor.head = scoredAt(entry.item, this.now));
+      if (!live && group.entries === list && group.start === cursor.pos) group.start += 1;
       cursor.pos += 1;
     }
     return null;

@@ -115,7 +115,7 @@ describe("ReadyIndex: a pass's fair order without scoring the backlog", () => {
     }
   });
 
-  it("an order being read skips a request removed meanwhile, never gives an id twice, and takes one added at its group's end", () => {
+  it("an order being read skips a request removed meanwhile and leaves one indexed after it began to the next order", () => {
     const index = new ReadyIndex<Item>();
     const item = (id: string, createdAt: number): Item => ({ id, clientId: "a", tier: "basic", tierPoints: 10, queue: "normal", createdAt, readyAt: createdAt, notBefore: createdAt });
     for (let i = 0; i < 10; i++) index.add(item(`r${i}`, NOW + i), NOW + 100);
@@ -128,7 +128,7 @@ describe("ReadyIndex: a pass's fair order without scoring the backlog", () => {
     // it is still not in the order read as of NOW + 100.
     index.add({ ...item("r11", NOW + 5), notBefore: NOW + 200 }, NOW + 100);
     expect(index.readyCount(NOW + 300)).toBe(10);
-    expect(take(next, 20)).toEqual(["r3", "r4", "r6", "r7", "r8", "r9", "r10"]);
+    expect(take(next, 20)).toEqual(["r3", "r4", "r6", "r7", "r8", "r9"]);
     // A fresh pass sees what is queued now, in order.
     expect(take(fairIdsOf(index.orders(NOW + 300), new Map(), () => 1), 20)).toEqual(["r0", "r1", "r3", "r4", "r11", "r6", "r7", "r8", "r9", "r10"]);
   });
@@ -158,5 +158,66 @@ describe("ReadyIndex: a pass's fair order without scoring the backlog", () => {
     expect([...index.clientIds()]).toEqual([]);
     expect(index.readyCount(NOW + 10 * 60_000)).toBe(0);
     expect(index.nextNotBefore(NOW)).toBeNull();
+  });
+});
+
+/** What a dispatch pass does between its chunks (found by review): each of these failed before the fix. */
+const one = (id: string, clientId: string, readyAt: number, notBefore = readyAt): Item =>
+  ({ id, clientId, tier: "standard", tierPoints: 20, queue: "normal", createdAt: readyAt, readyAt, notBefore });
+
+describe("ReadyIndex while an order is read", () => {
+  it("a request requeued at its old place while an order is read (admission: rate_limited / pool_inactive) makes no id come twice", () => {
+    const index = new ReadyIndex<Item>();
+    for (let i = 0; i < 5; i++) {
+      index.add(one(`a${i}`, "a", NOW + i), NOW + 100);
+      index.add(one(`b${i}`, "b", NOW + i), NOW + 100);
+    }
+    const next = fairIdsOf(index.orders(NOW + 100), new Map(), () => 1);
+    // Dispatcher.pass: chunk 1 read and claimed.
+    const chunk1 = take(next, 3);
+    expect(chunk1).toEqual(["a0", "b0", "a1"]);
+    for (const id of chunk1) index.remove(id);
+    // Admission refuses b0 and QueueStore.requeue puts it back at its not_before (ready time kept): same place in its group.
+    index.add(one("b0", "b", NOW), NOW + 100);
+    // Chunk 2 of the same pass: b1 (b's cached head, shifted by the splice) comes twice, so claim() would get it twice.
+    const chunk2 = take(next, 4);
+    expect(chunk2).toEqual(["b1", "a2", "b2", "a3"]); // before the fix: ["b1", "b1", "a2", "b2"]
+  });
+
+  it("readyCount at a later time, mid-read, moving a retry (older ready time) into a group repeats no id", () => {
+    const index = new ReadyIndex<Item>();
+    for (let i = 0; i < 4; i++) index.add(one(`a${i}`, "a", NOW + i), NOW + 100);
+    // A retry: ready since NOW - 1000, held back for its backoff until NOW + 200.
+    index.add(one("retry", "a", NOW - 1000, NOW + 200), NOW + 100);
+    const next = fairIdsOf(index.orders(NOW + 100), new Map(), () => 1);
+    expect(next()).toBe("a0");
+    expect(index.readyCount(NOW + 300)).toBe(5); // another pass / the end of this one (Dispatcher.pass: readyCount(Date.now()))
+    const rest = take(next, 10);
+    expect(rest).toEqual(["a1", "a2", "a3"]); // before the fix: a0 again first
+  });
+
+  it("an order being read skips a request removed meanwhile, also when it is its client's (cached) head", () => {
+    const index = new ReadyIndex<Item>();
+    index.add(one("a0", "a", NOW), NOW);
+    index.add(one("a1", "a", NOW + 1), NOW + 1);
+    const next = fairIdsOf(index.orders(NOW + 1), new Map(), () => 1);
+    index.remove("a0"); // cancelled (or claimed by runNow) while the pass awaits
+    expect(take(next, 10)).toEqual(["a1"]); // before the fix: ["a0", "a1"]
+  });
+
+  it("a group's array does not grow with the requests dispatched through it (steady backlog: each pass reads past the dead head)", () => {
+    const index = new ReadyIndex<Item>();
+    let t = NOW;
+    let k = 0;
+    for (; k < 10; k++) index.add(one(`x${k}`, "a", t), t++);
+    for (let pass = 0; pass < 10_000; pass++) {
+      const id = fairIdsOf(index.orders(t), new Map(), () => 1)()!;
+      index.remove(id);
+      index.add(one(`x${k++}`, "a", t), t++);
+    }
+    expect(index.size).toBe(10);
+    const groups = [...(index as unknown as { owners: Map<string, { groups: Map<string, { entries: unknown[] }> }> }).owners.get("a")!.groups.values()];
+    // Before the fix dead entries before `start` were never counted for compaction: 10,010 entries (each holding its Queued) for 10 live.
+    expect(groups[0]!.entries.length).toBeLessThan(100);
   });
 });
