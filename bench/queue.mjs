@@ -51,6 +51,9 @@
 //                           compiles the dispatch path as it goes: a first drain after a start took ~1.5x the CPU per dispatch
 //                           of later ones); the second shows the steady state a long-lived isolate reaches. Both are
 //                           printed, each over its own baseline (not in hold mode)
+//   QUEUE_BENCH_PARAMS_BYTES a prompt of this many characters in each backlog request's params (service and baseline
+//                           alike; 0-3,000, under the optimizer's 4,096-byte compression threshold; default 0): what a
+//                           caller's real params weigh in the queue's writes
 //   QUEUE_BENCH_KEEP_STATE  set to 1 to keep the temporary persist directory
 //   TMPDIR                  where the persist directories are made (both runs); TMPDIR=/dev/shm puts them on tmpfs: a
 //                           diagnostic of the local disk's share (each object's commit is a WAL write and an fsync on the
@@ -115,6 +118,7 @@ let LOADGEN = "node"; // settled in main()
 // The optimizer's batching: > 0 makes bench-noop batchable with this batch size and sends every request
 // to the batch queue, so the drain sends up to this many requests per worker invocation. 0: off.
 const BATCHABLE = intEnv("QUEUE_BENCH_BATCHABLE", 0, 0, 1000);
+const PARAMS_BYTES = intEnv("QUEUE_BENCH_PARAMS_BYTES", 0, 0, 3000);
 if (BATCHED % 100 !== 0) throw new Error("QUEUE_BENCH_BATCHED must be a multiple of 100");
 if (SINGLE + BATCHED === 0) throw new Error("nothing to enqueue");
 
@@ -151,7 +155,9 @@ const CLIENTS = [
 ];
 const BENCH_QUEUES = BATCHABLE > 0 ? ["batch"] : ["fast", "normal", "batch"]; // not deferred: it may wait for off-peak
 const TEMPLATE = "bench-noop";
-const PARAMS = HOLD_S > 0 ? { simulate: { hold_s: HOLD_S } } : { simulate: { latency_ms: 0 } };
+/** A prompt of PARAMS_BYTES characters that does not compress (a fixed pseudo-random text: the same in every run). */
+const PROMPT = Array.from({ length: PARAMS_BYTES }, (_, i) => "abcdefghijklmnopqrstuvwxyz0123456789 "[(i * 7919 + ((i * i) % 101)) % 37]).join("");
+const PARAMS = { ...(HOLD_S > 0 ? { simulate: { hold_s: HOLD_S } } : { simulate: { latency_ms: 0 } }), ...(PARAMS_BYTES > 0 ? { prompt: PROMPT } : {}) };
 /** Executes never hold: they time the immediate lane. */
 const EXEC_PARAMS = { simulate: { latency_ms: 0 } };
 const TEMPLATE_TIMEOUT_MS = HOLD_S > 0 ? (HOLD_S + 60) * 1000 : 10000;
@@ -1180,7 +1186,7 @@ function summarize(result, { port, wranglerVersion, started }) {
   const out = {
     ...result,
     machine: { cpus: cpus().length, cpu_model: cpus()[0]?.model, platform: platform(), release: release(), node: process.version, wrangler: wranglerVersion, loadavg_end: loadavg() },
-    config: { vars: EXTRA_VARS, load_generator_single: LOADGEN, hold_s: HOLD_S, idle_executes: IDLE_EXECUTES, second_backlog: SECOND && HOLD_S === 0, execute_concurrency: EXECUTE_CONCURRENCY, baseline: BASELINE, port, wrangler_inspector_proxy: INSPECTOR, execute_during_drain: DRAIN_EXECUTE, single: SINGLE, batched: BATCHED, batch_size: BATCH_SIZE, single_concurrency: SINGLE_CONCURRENCY, batch_concurrency: BATCH_CONCURRENCY, samples: SAMPLES, warmup_calls: WARMUP_CALLS, poll_ms: POLL_MS, drain_max_s: DRAIN_MAX_S, template: TEMPLATE, queues: BENCH_QUEUES, batchable: BATCHABLE },
+    config: { vars: EXTRA_VARS, load_generator_single: LOADGEN, hold_s: HOLD_S, idle_executes: IDLE_EXECUTES, second_backlog: SECOND && HOLD_S === 0, execute_concurrency: EXECUTE_CONCURRENCY, baseline: BASELINE, port, wrangler_inspector_proxy: INSPECTOR, execute_during_drain: DRAIN_EXECUTE, params_bytes: PARAMS_BYTES, single: SINGLE, batched: BATCHED, batch_size: BATCH_SIZE, single_concurrency: SINGLE_CONCURRENCY, batch_concurrency: BATCH_CONCURRENCY, samples: SAMPLES, warmup_calls: WARMUP_CALLS, poll_ms: POLL_MS, drain_max_s: DRAIN_MAX_S, template: TEMPLATE, queues: BENCH_QUEUES, batchable: BATCHABLE },
     targets,
     errors,
     elapsed_s: (Date.now() - started) / 1000,

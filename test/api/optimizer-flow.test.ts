@@ -32,7 +32,7 @@ async function savingsOf(requestId: string): Promise<Array<{ strategy: string; s
 }
 
 async function storedParams(id: string): Promise<string> {
-  return runInDurableObject(scheduler(), (_i: SchedulerObject, state) => state.storage.sql.exec<{ params: string }>("SELECT params FROM requests WHERE id = ?", id).one().params);
+  return runInDurableObject(scheduler(), (_i: SchedulerObject, state) => state.storage.sql.exec<{ params: string }>("SELECT params FROM request_bodies WHERE id = ?", id).one().params);
 }
 
 beforeEach(async () => {

@@ -8,9 +8,9 @@ async function seed(rows: Array<{ id: string; client: string; tier: string; queu
   await runInDurableObject(scheduler(), (_i: SchedulerObject, state) => {
     for (const r of rows) {
       state.storage.sql.exec(
-        `INSERT INTO requests (id, client_id, tier, max_concurrent, template, params, queue, status, priority, attempts, max_attempts,
+        `INSERT INTO requests (id, client_id, tier, max_concurrent, template, queue, status, priority, attempts, max_attempts,
            estimate_nano, created_at, updated_at, not_before, ready_at, first_started_at, started_at, finished_at)
-         VALUES (?, ?, ?, 10, 'notify-email', 'null', ?, ?, 50, 1, 1, 0, ?, ?, ?, ?, ?, ?, ?)`,
+         VALUES (?, ?, ?, 10, 'notify-email', ?, ?, 50, 1, 1, 0, ?, ?, ?, ?, ?, ?, ?)`,
         r.id, r.client, r.tier, r.queue, r.status, r.ready, r.ready, r.ready, r.ready, r.start, r.start, r.end,
       );
     }

@@ -22,9 +22,9 @@ describe("the request-log outbox", () => {
       // Odd rows completed with a cost, even rows failed with an error longer than the log keeps.
       sql.exec(
         `WITH RECURSIVE n(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM n WHERE v < ?2)
-         INSERT INTO requests (id, client_id, tier, max_concurrent, template, params, queue, status, max_attempts, estimate_nano, actual_nano,
+         INSERT INTO requests (id, client_id, tier, max_concurrent, template, queue, status, max_attempts, estimate_nano, actual_nano,
                                attempts, created_at, updated_at, not_before, finished_at, error)
-         SELECT ?1 || substr('0000' || v, -5), 'acme', 'enterprise', 10, 'tmpl-outbox', 'null', 'batch',
+         SELECT ?1 || substr('0000' || v, -5), 'acme', 'enterprise', 10, 'tmpl-outbox', 'batch',
                 CASE WHEN v % 2 = 1 THEN 'completed' ELSE 'failed' END, 3, 1000000 + v, CASE WHEN v % 2 = 1 THEN 900000 + v END,
                 1 + v % 3, 1700000000000 + v, 1700000001000 + v, 1700000000000 + v, 1700000002000 + v, CASE WHEN v % 2 = 0 THEN ?3 END
          FROM n`,
@@ -65,8 +65,8 @@ describe("the request-log outbox", () => {
     await runInDurableObject(scheduler(), async (_i, state) => {
       const sql = state.storage.sql;
       sql.exec(
-        `INSERT INTO requests (id, client_id, tier, max_concurrent, template, params, queue, status, max_attempts, estimate_nano, attempts, created_at, updated_at, not_before, finished_at, error)
-         VALUES (?1, 'acme', 'enterprise', 10, 'tmpl-outbox', 'null', 'batch', 'failed', 3, 5, 1, 1, 2, 1, 3, ?2)`,
+        `INSERT INTO requests (id, client_id, tier, max_concurrent, template, queue, status, max_attempts, estimate_nano, attempts, created_at, updated_at, not_before, finished_at, error)
+         VALUES (?1, 'acme', 'enterprise', 10, 'tmpl-outbox', 'batch', 'failed', 3, 5, 1, 1, 2, 1, 3, ?2)`,
         `${prefix}outbox`, error,
       );
       sql.exec("INSERT INTO finished_outbox (id, optimizer) VALUES (?, 0)", `${prefix}outbox`);

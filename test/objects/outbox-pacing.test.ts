@@ -10,9 +10,9 @@ const rid = (n: string) => `req_${n.padStart(32, "0")}`;
 /** A finished request straight into a scheduler's storage, with its outbox entry (as QueueStore.finishAll writes them). */
 function finished(sql: SqlStorage, id: string, now: number): void {
   sql.exec(
-    `INSERT INTO requests (id, client_id, tier, max_concurrent, template, params, queue, status, priority, attempts, max_attempts,
+    `INSERT INTO requests (id, client_id, tier, max_concurrent, template, queue, status, priority, attempts, max_attempts,
        estimate_nano, actual_nano, created_at, updated_at, not_before, ready_at, started_at, finished_at)
-     VALUES (?, 'outbox-pacing', 'standard', 10, 'notify-email', 'null', 'normal', 'completed', 50, 1, 1, 5, 5, ?, ?, ?, ?, ?, ?)`,
+     VALUES (?, 'outbox-pacing', 'standard', 10, 'notify-email', 'normal', 'completed', 50, 1, 1, 5, 5, ?, ?, ?, ?, ?, ?)`,
     id, now, now, now, now, now, now,
   );
   sql.exec("INSERT INTO finished_outbox (id, optimizer) VALUES (?, 0)", id);

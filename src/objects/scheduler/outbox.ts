@@ -43,7 +43,8 @@ export class Outbox {
   private async deliverOptimizerRecords(ids: string[]): Promise<void> {
     if (ids.length === 0) return;
     const rows = this.sql.exec<{ id: string; client_id: string; template: string; plan: string | null; result: string | null; actual_nano: number | null; finished_at: number }>(
-      "SELECT id, client_id, template, plan, result, actual_nano, finished_at FROM requests WHERE id IN (SELECT value FROM json_each(?)) AND plan IS NOT NULL",
+      `SELECT r.id, r.client_id, r.template, b.plan, r.result, r.actual_nano, r.finished_at FROM requests r JOIN request_bodies b ON b.id = r.id
+       WHERE r.id IN (SELECT value FROM json_each(?)) AND b.plan IS NOT NULL`,
       JSON.stringify(ids),
     ).toArray();
     const savings: SavingsRow[] = [];

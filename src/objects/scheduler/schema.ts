@@ -2,7 +2,8 @@ import { keyedTable } from "../sqlite";
 
 /**
  * The scheduler object's own SQLite tables, created idempotently, with the columns added since the
- * first version: `requests` (every request it holds, written only by QueueStore), `state` (running
+ * first version: `requests` (every request it holds, written only by QueueStore; what each request is,
+ * its params, plan and estimate, in `request_bodies`), `state` (running
  * flag, dispatch counters), `finished_outbox` (finished requests still to deliver to D1; Outbox) and
  * `settle_owed` (settlements that failed, until one goes through; OwedSettlements). `state` and
  * `finished_outbox` are keyed tables (../sqlite.ts); `finished_outbox.optimizer`: whether a finished
@@ -16,7 +17,6 @@ export function createTables(sql: SqlStorage): void {
       tier TEXT NOT NULL,
       max_concurrent INTEGER NOT NULL,
       template TEXT NOT NULL,
-      params TEXT NOT NULL,
       queue TEXT NOT NULL,
       status TEXT NOT NULL,
       priority REAL NOT NULL DEFAULT 0,
@@ -35,7 +35,6 @@ export function createTables(sql: SqlStorage): void {
       finished_at INTEGER,
       dispatch_seq INTEGER,
       reservations TEXT,
-      estimate_detail TEXT,
       actual_detail TEXT
     );
     CREATE UNIQUE INDEX IF NOT EXISTS requests_idempotency ON requests (client_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
@@ -48,14 +47,24 @@ export function createTables(sql: SqlStorage): void {
     create: "CREATE TABLE IF NOT EXISTS finished_outbox (id TEXT PRIMARY KEY, optimizer INTEGER NOT NULL DEFAULT 1) WITHOUT ROWID",
   });
   const columns = new Set(sql.exec<{ name: string }>("SELECT name FROM pragma_table_info('requests')").toArray().map((c) => c.name));
-  for (const column of ["estimate_detail", "actual_detail"]) {
-    if (!columns.has(column)) sql.exec(`ALTER TABLE requests ADD COLUMN ${column} TEXT`);
+  // What a request is (its params, plan and estimate), written once at its insert (a plan again when its
+  // run changed it), apart from the row whose status changes: SQLite rewrites a whole row at each
+  // update, so a status change rewrote the caller's params (kilobytes for a prompt) twice per dispatch.
+  sql.exec("CREATE TABLE IF NOT EXISTS request_bodies (id TEXT PRIMARY KEY, params TEXT NOT NULL, plan TEXT, estimate_detail TEXT)");
+  if (columns.has("params")) {
+    // An object from before the split: its requests' bodies move over, and their columns go.
+    const from = (column: string) => (columns.has(column) ? column : "NULL");
+    sql.exec(`INSERT OR IGNORE INTO request_bodies (id, params, plan, estimate_detail) SELECT id, params, ${from("plan")}, ${from("estimate_detail")} FROM requests`);
+    for (const column of ["params", "plan", "estimate_detail"]) {
+      if (columns.has(column)) sql.exec(`ALTER TABLE requests DROP COLUMN ${column}`);
+      columns.delete(column);
+    }
   }
+  if (!columns.has("actual_detail")) sql.exec("ALTER TABLE requests ADD COLUMN actual_detail TEXT");
   // For service levels: when the request could first run, and when it was first dispatched.
   for (const column of ["ready_at", "first_started_at"]) {
     if (!columns.has(column)) sql.exec(`ALTER TABLE requests ADD COLUMN ${column} INTEGER`);
   }
-  if (!columns.has("plan")) sql.exec("ALTER TABLE requests ADD COLUMN plan TEXT");
   // The hash of the spec an idempotency key was first used with; NULL for requests made before it.
   if (!columns.has("spec_hash")) sql.exec("ALTER TABLE requests ADD COLUMN spec_hash TEXT");
   // The trace id of the enqueue or execute that made the request: on its scheduler log lines and its jobs.

@@ -19,6 +19,9 @@ export interface StoreHost {
   enqueueScore(clientId: string, tier: Tier, queue: QueueName, now: number): number;
 }
 
+/** A request's row with its body (params, plan, estimate: request_bodies), as Row has them. */
+const FULL_ROW = "SELECT r.*, b.params, b.plan, b.estimate_detail FROM requests r LEFT JOIN request_bodies b ON b.id = r.id";
+
 export class QueueStore {
   /** The queued requests: the index a pass ranks and claims from. */
   readonly queued = new Map<string, Queued>();
@@ -57,7 +60,7 @@ export class QueueStore {
   /** Read the unfinished requests into memory: once, when the object starts. */
   load(): void {
     this.seq = this.sql.exec<{ n: number | null }>("SELECT MAX(dispatch_seq) AS n FROM requests").one().n ?? 0;
-    for (const row of this.sql.exec<Row>("SELECT * FROM requests WHERE status IN ('queued', 'dispatching', 'running')")) {
+    for (const row of this.sql.exec<Row>(`${FULL_ROW} WHERE r.status IN ('queued', 'dispatching', 'running')`)) {
       this.live.set(row.id, row);
       if (row.plan) this.plans.set(row.id, JSON.parse(row.plan) as StoredPlan);
       if (row.status === "queued") this.index(row);
@@ -82,7 +85,7 @@ export class QueueStore {
    */
   insert(item: NewRequest, now: number, defer = false): { request: RequestView; duplicate: boolean; conflict?: boolean } {
     if (item.idempotencyKey) {
-      const prior = this.sql.exec<Row>("SELECT * FROM requests WHERE client_id = ? AND idempotency_key = ?", item.clientId, item.idempotencyKey).toArray()[0];
+      const prior = this.sql.exec<Row>(`${FULL_ROW} WHERE r.client_id = ? AND r.idempotency_key = ?`, item.clientId, item.idempotencyKey).toArray()[0];
       if (prior) return { request: view(prior), duplicate: true, ...(specConflict(prior, item.specHash ?? null) ? { conflict: true } : {}) };
     }
     const id = item.id ?? newRequestId();
@@ -97,16 +100,20 @@ export class QueueStore {
     }
     const planText = plan ? JSON.stringify(plan) : null;
     const cached = item.cached ?? null;
-    const write = () => this.sql.exec(
-      `INSERT INTO requests (id, client_id, tier, max_concurrent, template, params, queue, status, priority, attempts, max_attempts,
-         idempotency_key, estimate_nano, created_at, updated_at, not_before, estimate_detail, ready_at, plan,
-         result, actual_nano, actual_detail, first_started_at, started_at, finished_at, spec_hash, trace_id)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      id, item.clientId, item.tier, item.maxConcurrent, item.template, params, item.queue, cached ? "completed" : "queued", priority,
-      item.maxAttempts, item.idempotencyKey, item.estimateNano, now, now, notBefore, JSON.stringify(item.estimate), notBefore, planText,
-      cached ? JSON.stringify(cached.result ?? null) : null, cached ? 0 : null, cached ? "[]" : null, cached ? now : null, cached ? now : null, cached ? now : null,
-      item.specHash ?? null, item.traceId ?? null,
-    );
+    const estimateText = JSON.stringify(item.estimate);
+    const write = () => {
+      this.sql.exec(
+        `INSERT INTO requests (id, client_id, tier, max_concurrent, template, queue, status, priority, attempts, max_attempts,
+           idempotency_key, estimate_nano, created_at, updated_at, not_before, ready_at,
+           result, actual_nano, actual_detail, first_started_at, started_at, finished_at, spec_hash, trace_id)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        id, item.clientId, item.tier, item.maxConcurrent, item.template, item.queue, cached ? "completed" : "queued", priority,
+        item.maxAttempts, item.idempotencyKey, item.estimateNano, now, now, notBefore, notBefore,
+        cached ? JSON.stringify(cached.result ?? null) : null, cached ? 0 : null, cached ? "[]" : null, cached ? now : null, cached ? now : null, cached ? now : null,
+        item.specHash ?? null, item.traceId ?? null,
+      );
+      this.sql.exec("INSERT INTO request_bodies (id, params, plan, estimate_detail) VALUES (?, ?, ?, ?)", id, params, planText, estimateText);
+    };
     if (defer && !cached && !item.idempotencyKey) this.unwritten.set(id, write);
     else write();
     const row: Row = {
@@ -116,7 +123,7 @@ export class QueueStore {
       actual_nano: cached ? 0 : null, result: cached ? JSON.stringify(cached.result ?? null) : null, error: null, created_at: now, updated_at: now, not_before: notBefore,
       lease_until: null, started_at: cached ? now : null, finished_at: cached ? now : null, dispatch_seq: null, reservations: null,
       ready_at: notBefore, first_started_at: cached ? now : null, plan: planText,
-      estimate_detail: JSON.stringify(item.estimate), actual_detail: cached ? "[]" : null, trace_id: item.traceId ?? null,
+      estimate_detail: estimateText, actual_detail: cached ? "[]" : null, trace_id: item.traceId ?? null,
     };
     if (cached) {
       this.sql.exec("INSERT INTO finished_outbox (id, optimizer) VALUES (?, ?) ON CONFLICT (id) DO NOTHING", id, plan && hasOptimizerRecords(plan) ? 1 : 0);
@@ -154,7 +161,7 @@ export class QueueStore {
   }
 
   rowOf(id: string): Row | undefined {
-    return this.live.get(id) ?? this.sql.exec<Row>("SELECT * FROM requests WHERE id = ?", id).toArray()[0];
+    return this.live.get(id) ?? this.sql.exec<Row>(`${FULL_ROW} WHERE r.id = ?`, id).toArray()[0];
   }
 
   /**
@@ -248,7 +255,7 @@ export class QueueStore {
       this.sql.exec(
         full
           ? `UPDATE requests SET status = j.value ->> 1, result = j.value ->> 2, actual_nano = j.value ->> 3, actual_detail = j.value ->> 4,
-               error = j.value ->> 5, plan = COALESCE(j.value ->> 6, plan), started_at = COALESCE(j.value ->> 7, started_at),
+               error = j.value ->> 5, started_at = COALESCE(j.value ->> 7, started_at),
                first_started_at = COALESCE(j.value ->> 7, first_started_at), finished_at = ?1, updated_at = ?1, lease_until = NULL
              FROM json_each(?2) AS j WHERE requests.id = j.value ->> 0`
           : `UPDATE requests SET status = j.value ->> 1, result = j.value ->> 2, actual_nano = j.value ->> 3, actual_detail = j.value ->> 4,
@@ -256,6 +263,8 @@ export class QueueStore {
              FROM json_each(?2) AS j WHERE requests.id = j.value ->> 0`,
         now, json,
       );
+      const plans = items.filter((f) => f.plan !== undefined).map((f) => [f.id, JSON.stringify(f.plan)]);
+      if (plans.length) this.sql.exec("UPDATE request_bodies SET plan = j.value ->> 1 FROM json_each(?) AS j WHERE request_bodies.id = j.value ->> 0", JSON.stringify(plans));
     }
     this.sql.exec("INSERT INTO finished_outbox (id, optimizer) SELECT value ->> 0, value ->> 1 FROM json_each(?) WHERE true ON CONFLICT (id) DO NOTHING", outbox);
     for (const f of items) {
@@ -299,11 +308,13 @@ export class QueueStore {
    */
   purgeFinished(cutoff: number, limit: number): number {
     // Counted by RETURNING: rowsWritten would include index writes.
-    const purged = this.sql.exec(
+    const ids = this.sql.exec<{ id: string }>(
       `DELETE FROM requests WHERE id IN (
-         SELECT id FROM requests WHERE finished_at < ? AND id NOT IN (SELECT id FROM finished_outbox) ORDER BY finished_at LIMIT ?) RETURNING 1`,
+         SELECT id FROM requests WHERE finished_at < ? AND id NOT IN (SELECT id FROM finished_outbox) ORDER BY finished_at LIMIT ?) RETURNING id`,
       cutoff, limit,
-    ).toArray().length;
+    ).toArray().map((r) => r.id);
+    if (ids.length) this.sql.exec("DELETE FROM request_bodies WHERE id IN (SELECT value FROM json_each(?))", JSON.stringify(ids));
+    const purged = ids.length;
     if (purged) log.info("requests_purged", { count: purged });
     return purged;
   }
