@@ -61,6 +61,7 @@ export class WorkerCalls {
    * size), the rest of one template in one runMany call, or alone.
    */
   launchAll(rows: Row[], templates: Map<string, Template>): void {
+    this.store.loadParams(rows);
     // One line per launch (a chunk of up to CHUNK requests), naming each request with its trace id.
     if (rows.length) log.info("requests_dispatched", { count: rows.length, requests: rows.map((r) => ({ request_id: r.id, trace_id: r.trace_id, attempt: r.attempts })) });
     const batchable = rows.map((row) => ({ row, template: row.template, batchable: (this.store.plans.get(row.id)?.batchable ?? false) && row.queue === "batch" }));
@@ -87,13 +88,14 @@ export class WorkerCalls {
         chars = 0;
       };
       for (const row of list) {
-        if (row.params.startsWith("gz:")) {
+        const params = row.params ?? "null";
+        if (params.startsWith("gz:")) {
           this.launch(row, template);
           continue;
         }
-        if (group.length > 0 && chars + row.params.length > MANY_PARAMS_CHARS) flush();
+        if (group.length > 0 && chars + params.length > MANY_PARAMS_CHARS) flush();
         group.push(row);
-        chars += row.params.length;
+        chars += params.length;
       }
       flush();
     }

@@ -15,7 +15,8 @@ export interface Row {
   tier: Tier;
   max_concurrent: number;
   template: string;
-  params: string;
+  /** Long ones are not kept in memory while a request waits (QueueStore.loadParams reads them when it is launched): null there. */
+  params: string | null;
   queue: QueueName;
   status: RequestStatus;
   priority: number;

@@ -15,7 +15,8 @@ export interface WorkerBinding {
 
 /** A request's params as JSON text (stored compressed above the plan's threshold). */
 async function paramsOf(row: Row): Promise<string> {
-  return row.params.startsWith("gz:") ? decompressText(row.params) : row.params;
+  const text = row.params ?? "null"; // read from SQLite at launch (QueueStore.loadParams)
+  return text.startsWith("gz:") ? decompressText(text) : text;
 }
 
 /** What the worker gets for one request (the worker protocol, docs/kam.md); `trace_id` is its enqueue's or execute's. */
