@@ -134,6 +134,17 @@ export function enqueue(json: unknown, token: string = KEYS.acme): Promise<Call>
   return call("POST", "/api/queue/enqueue", { token, json });
 }
 
+/** The first `limit` ids of a lazy order (fairIds, fairIdsOf), as a dispatch pass reads them. */
+export function headIds(next: () => string | undefined, limit: number): string[] {
+  const ids: string[] = [];
+  while (ids.length < limit) {
+    const id = next();
+    if (id === undefined) break;
+    ids.push(id);
+  }
+  return ids;
+}
+
 /** A small seeded generator, so that a failing run can be replayed. */
 export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { fairIds, fairRank, priorityOf, rank, STARVATION_MS, type FairItem, type Priority, type QueueName } from "../../src/domain/priority";
 import type { Tier } from "../../src/domain/types";
-import { mulberry32 as random } from "../support/helpers";
+import { headIds, mulberry32 as random } from "../support/helpers";
 
 /**
  * The weighted fair order written plainly, as the formula reads (the way fairRank was written before it
@@ -70,15 +70,6 @@ function backlogOf(seed: number, n: number, clients: number) {
 }
 
 /** The first `limit` ids of a lazy fair order, as a pass reads them. */
-function headIds(next: () => string | undefined, limit: number): string[] {
-  const ids: string[] = [];
-  while (ids.length < limit) {
-    const id = next();
-    if (id === undefined) break;
-    ids.push(id);
-  }
-  return ids;
-}
 
 describe("fairRank computes the plain formula's order, from numbers", () => {
   it("the same ids and priorities for 200 random backlogs: clients 1-12, weights, recent dispatches, limits, headOnly", () => {

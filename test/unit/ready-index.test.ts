@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { fairIds, fairIdsOf, STARVATION_MS, type QueueName } from "../../src/domain/priority";
 import { ReadyIndex, type ReadyItem } from "../../src/domain/ready-index";
 import type { Tier } from "../../src/domain/types";
-import { mulberry32 as random } from "../support/helpers";
+import { headIds, mulberry32 as random } from "../support/helpers";
 
 /**
  * The ready index keeps each client's requests in groups and merges their heads at each pass; the
@@ -40,15 +40,6 @@ function itemMaker(seed: number, clients: number) {
 const POINTS: Record<Tier, number> = { enterprise: 40, premium: 30, standard: 20, basic: 10 };
 const tierPointsOf = (tier: Tier) => POINTS[tier];
 
-function take(next: () => string | undefined, limit: number): string[] {
-  const ids: string[] = [];
-  while (ids.length < limit) {
-    const id = next();
-    if (id === undefined) break;
-    ids.push(id);
-  }
-  return ids;
-}
 
 describe("ReadyIndex: a pass's fair order without scoring the backlog", () => {
   it("gives fairIds' order at every pass of 120 random histories (enqueues, claims, cancels, retries, held-back work, tier changes)", () => {
@@ -76,8 +67,8 @@ describe("ReadyIndex: a pass's fair order without scoring the backlog", () => {
         const later = [...queued.values()].filter((q) => q.notBefore > now).map((q) => q.notBefore);
         expect(index.nextNotBefore(now), `seed ${seed} pass ${pass}`).toBe(later.length ? Math.min(...later) : null);
         const limit = 1 + Math.floor(r() * 200);
-        const expected = take(fairIds(ready, now, recent, weightOf), limit);
-        const actual = take(fairIdsOf(index.orders(now), recent, weightOf), limit);
+        const expected = headIds(fairIds(ready, now, recent, weightOf), limit);
+        const actual = headIds(fairIdsOf(index.orders(now), recent, weightOf), limit);
         expect(actual, `seed ${seed} pass ${pass}`).toEqual(expected);
         // The pass claims most of what it read; some stay (their client was full, their pool short).
         for (const id of actual) {
@@ -128,9 +119,9 @@ describe("ReadyIndex: a pass's fair order without scoring the backlog", () => {
     // it is still not in the order read as of NOW + 100.
     index.add({ ...item("r11", NOW + 5), notBefore: NOW + 200 }, NOW + 100);
     expect(index.readyCount(NOW + 300)).toBe(10);
-    expect(take(next, 20)).toEqual(["r3", "r4", "r6", "r7", "r8", "r9"]);
+    expect(headIds(next, 20)).toEqual(["r3", "r4", "r6", "r7", "r8", "r9"]);
     // A fresh pass sees what is queued now, in order.
-    expect(take(fairIdsOf(index.orders(NOW + 300), new Map(), () => 1), 20)).toEqual(["r0", "r1", "r3", "r4", "r11", "r6", "r7", "r8", "r9", "r10"]);
+    expect(headIds(fairIdsOf(index.orders(NOW + 300), new Map(), () => 1), 20)).toEqual(["r0", "r1", "r3", "r4", "r11", "r6", "r7", "r8", "r9", "r10"]);
   });
 
   it("counts exactly through mass removals (compaction) and held-back work coming due, and forgets clients with nothing queued", () => {
@@ -151,7 +142,7 @@ describe("ReadyIndex: a pass's fair order without scoring the backlog", () => {
     expect(index.size).toBe(left.length);
     for (const at of [NOW, NOW + 60_000, NOW + 3 * 60_000, NOW + 10 * 60_000]) {
       expect(index.readyCount(at)).toBe(left.filter((q) => q.notBefore <= at).length);
-      expect(take(fairIdsOf(index.orders(at), new Map(), () => 1), 10_000)).toEqual(take(fairIds(left.filter((q) => q.notBefore <= at), at, new Map(), () => 1), 10_000));
+      expect(headIds(fairIdsOf(index.orders(at), new Map(), () => 1), 10_000)).toEqual(headIds(fairIds(left.filter((q) => q.notBefore <= at), at, new Map(), () => 1), 10_000));
     }
     expect(new Set(index.clientIds())).toEqual(new Set(left.map((q) => q.clientId)));
     for (const q of left) index.remove(q.id);
@@ -174,13 +165,13 @@ describe("ReadyIndex while an order is read", () => {
     }
     const next = fairIdsOf(index.orders(NOW + 100), new Map(), () => 1);
     // Dispatcher.pass: chunk 1 read and claimed.
-    const chunk1 = take(next, 3);
+    const chunk1 = headIds(next, 3);
     expect(chunk1).toEqual(["a0", "b0", "a1"]);
     for (const id of chunk1) index.remove(id);
     // Admission refuses b0 and QueueStore.requeue puts it back at its not_before (ready time kept): same place in its group.
     index.add(one("b0", "b", NOW), NOW + 100);
     // Chunk 2 of the same pass: b1 (b's cached head, shifted by the splice) comes twice, so claim() would get it twice.
-    const chunk2 = take(next, 4);
+    const chunk2 = headIds(next, 4);
     expect(chunk2).toEqual(["b1", "a2", "b2", "a3"]); // before the fix: ["b1", "b1", "a2", "b2"]
   });
 
@@ -192,7 +183,7 @@ describe("ReadyIndex while an order is read", () => {
     const next = fairIdsOf(index.orders(NOW + 100), new Map(), () => 1);
     expect(next()).toBe("a0");
     expect(index.readyCount(NOW + 300)).toBe(5); // another pass / the end of this one (Dispatcher.pass: readyCount(Date.now()))
-    const rest = take(next, 10);
+    const rest = headIds(next, 10);
     expect(rest).toEqual(["a1", "a2", "a3"]); // before the fix: a0 again first
   });
 
@@ -202,7 +193,7 @@ describe("ReadyIndex while an order is read", () => {
     index.add(one("a1", "a", NOW + 1), NOW + 1);
     const next = fairIdsOf(index.orders(NOW + 1), new Map(), () => 1);
     index.remove("a0"); // cancelled (or claimed by runNow) while the pass awaits
-    expect(take(next, 10)).toEqual(["a1"]); // before the fix: ["a0", "a1"]
+    expect(headIds(next, 10)).toEqual(["a1"]); // before the fix: ["a0", "a1"]
   });
 
   it("a group's array does not grow with the requests dispatched through it (steady backlog: each pass reads past the dead head)", () => {
