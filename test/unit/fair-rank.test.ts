@@ -69,8 +69,6 @@ function backlogOf(seed: number, n: number, clients: number) {
   });
 }
 
-/** The first `limit` ids of a lazy fair order, as a pass reads them. */
-
 describe("fairRank computes the plain formula's order, from numbers", () => {
   it("the same ids and priorities for 200 random backlogs: clients 1-12, weights, recent dispatches, limits, headOnly", () => {
     for (let seed = 1; seed <= 200; seed++) {
