@@ -47,6 +47,7 @@ export const ERRORS = {
   worker_failed: { status: 502, description: "The template's worker failed on every attempt; details carry the request." },
   internal: { status: 500, description: "Unexpected failure; the trace id finds it in the logs." },
   unavailable: { status: 503, description: "A dependency is down." },
+  queue_full: { status: 503, description: "The scheduler shard that keeps this client's work has as many requests queued as it may hold (SCHEDULER_MAX_QUEUED); nothing was queued. Details name the shard, its queued count and the limit; Retry-After says when to try again." },
 } as const satisfies Record<string, { status: number; description: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -28,6 +28,11 @@ const Settings = z.object({
   MAX_BODY_BYTES: int(1, Number.MAX_SAFE_INTEGER, 1_048_576),
   /** Scheduler shards (1-64). */
   SCHEDULER_SHARDS: int(1, 64, 4),
+  /**
+   * Requests one scheduler shard keeps queued, at most: each keeps ~1 kB of the shard's heap, and an
+   * isolate has 128 MB (docs/operations.md). New work for a full shard is refused with `queue_full`.
+   */
+  SCHEDULER_MAX_QUEUED: int(1, 10_000_000, 50_000),
 });
 
 export type Settings = z.infer<typeof Settings>;

@@ -72,7 +72,7 @@ export const TOOLS: Tool[] = [
     title: "Execute a request",
     description:
       "Run a template's work now when its queue is immediate and every limit admits it, else enqueue it; answers the request (with its result once completed), its queue position and estimated wait. " +
-      "Scope: execute. Refusals: budget_exceeded (402), quota_exceeded (429), template_not_found, worker_failed, unavailable (503: retry; look the request up by the request_id it names first).",
+      "Scope: execute. Refusals: budget_exceeded (402), quota_exceeded (429), template_not_found, worker_failed, queue_full (503: the scheduler shard is full; retry after retry_after_ms), unavailable (503: retry; look the request up by the request_id it names first).",
     input: RequestSpec,
     route: (args) => ({ method: "POST", path: "/api/execute", body: args }),
   },

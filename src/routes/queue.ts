@@ -8,7 +8,7 @@ import type { Context } from "hono";
 import type { AppEnv, Principal } from "../http/context";
 import { errorResponses, validationError } from "../http/errors";
 import { callerFor } from "../services/pools";
-import { cancelRequest, enqueueMany, execute, getRequest, positionOf } from "../services/requests";
+import { cancelRequest, enqueueMany, execute, getRequest, positionOf, QUEUE_FULL_RETRY_SEC } from "../services/requests";
 import { queueStatus } from "../services/scheduler";
 import { idempotencyKey } from "./internal";
 import { ClientId, IdempotencyKey, Nano, TraceId } from "./schemas";
@@ -142,7 +142,7 @@ export const queueRoutes = new OpenAPIHono<AppEnv>()
       responses: {
         200: ok("Batch: each request accepted or rejected on its own.", BatchResult),
         202: okDowngradable("Queued (or the first request with this idempotency key).", Enqueued),
-        ...errorResponses("bad_request", "validation_failed", "unauthorized", "budget_exceeded", "quota_exceeded", "forbidden", "client_suspended", "template_not_found", "pool_not_found", "client_not_found", "idempotency_conflict", "unavailable"),
+        ...errorResponses("bad_request", "validation_failed", "unauthorized", "budget_exceeded", "quota_exceeded", "forbidden", "client_suspended", "template_not_found", "pool_not_found", "client_not_found", "idempotency_conflict", "queue_full", "unavailable"),
       },
     }),
     async (c) => {
@@ -153,7 +153,7 @@ export const queueRoutes = new OpenAPIHono<AppEnv>()
         const key = idempotencyKey(parsed.data.idempotency_key, c.req.header("idempotency-key"));
         const caller = await callerFor(c.env, c.var.principal, parsed.data.client_id, "api");
         const [result] = await enqueueMany(c.env, caller, [{ ...parsed.data, idempotency_key: key }], c.var.traceId);
-        if (!result!.ok) throw new AppError(result!.error.code, result!.error.message, result!.error.details);
+        if (!result!.ok) throw AppError.from(result!.error, result!.error.code === "queue_full" ? QUEUE_FULL_RETRY_SEC : undefined);
         markDowngrade(c, result!.value.request);
         return c.json({ ...result!.value, trace_id: c.var.traceId }, 202);
       }
@@ -214,7 +214,7 @@ export const queueRoutes = new OpenAPIHono<AppEnv>()
       responses: {
         200: okDowngradable("Ran: the request with its result.", Enqueued),
         202: okDowngradable("Queued: id, position and estimated wait.", Enqueued),
-        ...errorResponses("bad_request", "validation_failed", "unauthorized", "budget_exceeded", "quota_exceeded", "forbidden", "client_suspended", "template_not_found", "pool_not_found", "client_not_found", "idempotency_conflict", "worker_failed", "unavailable"),
+        ...errorResponses("bad_request", "validation_failed", "unauthorized", "budget_exceeded", "quota_exceeded", "forbidden", "client_suspended", "template_not_found", "pool_not_found", "client_not_found", "idempotency_conflict", "worker_failed", "queue_full", "unavailable"),
       },
     }),
     async (c) => {

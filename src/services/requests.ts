@@ -3,7 +3,7 @@ import { QUEUES, type QueueName } from "../domain/priority";
 import type { Caller } from "../domain/types";
 import { AppError, type ErrorBody } from "../errors";
 import type { BudgetView } from "../domain/budget";
-import { newRequestId, type EnqueueOutcome, type NewRequest, type PositionView, type RequestView } from "../objects/scheduler/types";
+import { newRequestId, type EnqueueOutcome, type NewRequest, type PositionView, isQueueFull, type QueueFull, type RequestView } from "../objects/scheduler/types";
 import type { QuotaShortfall } from "../domain/quota";
 import { budgetLimit, clientQuota, templateConfig, tierLimits } from "../storage/config";
 import type { Quality } from "../domain/optimizer";
@@ -19,6 +19,7 @@ import type { AdmitDecision } from "../objects/client/types";
 import { holdUnits, readyToRun, releaseUnits, runSlots } from "./run-now";
 import { spendQuotaRefusal } from "./refusals";
 import { log } from "../log";
+import { settings } from "../settings";
 
 /** One request as a caller submits it (validated shape; see routes/queue.ts for the schema). */
 export interface RequestSpec {
@@ -216,25 +217,28 @@ export async function enqueueMany(env: Env, caller: Caller, specs: RequestSpec[]
   const prepared = await admitAll(env, caller, specs, traceId);
   const toEnqueue = prepared.filter((p): p is Extract<Prepared, { ok: true }> => p.ok);
   // One call per shard: the owner's, and a shard holding a repeated key's first request.
-  const outcomes: EnqueueOutcome[] = new Array(toEnqueue.length);
+  const outcomes: Array<EnqueueOutcome | QueueFull> = new Array(toEnqueue.length);
   const byShard = new Map<number, number[]>();
   toEnqueue.forEach((p, i) => byShard.set(p.shard, [...(byShard.get(p.shard) ?? []), i]));
+  const maxQueued = settings(env).SCHEDULER_MAX_QUEUED;
   await Promise.all([...byShard].map(async ([shard, list]) => {
-    let answers: EnqueueOutcome[];
+    let answers: Array<EnqueueOutcome | QueueFull>;
     try {
-      answers = await shardStub(env, shard).enqueue(list.map((i) => toEnqueue[i]!.value));
+      answers = (await shardStub(env, shard).enqueue(list.map((i) => toEnqueue[i]!.value), maxQueued)) as Array<EnqueueOutcome | QueueFull>;
     } catch (err) {
       throw unreachable(err, "scheduler", SCHEDULER_DOWN, { shard, request_ids: list.map((i) => toEnqueue[i]!.existing?.id ?? toEnqueue[i]!.value.id) }, traceId);
     }
     list.forEach((i, j) => (outcomes[i] = answers[j]!));
   }));
-  // A concurrent first use of the same key won the insert: this admission was never needed.
-  const unused = toEnqueue.filter((p, i) => !p.existing && outcomes[i]!.request.id !== p.value.id).map((p) => p.value.id!);
+  // Not queued: a concurrent first use of the same key won the insert, or the shard was full. This admission's money was never needed.
+  const unused = toEnqueue.filter((p, i) => { const o = outcomes[i]!; return !p.existing && (isQueueFull(o) || o.request.id !== p.value.id); }).map((p) => p.value.id!);
   if (unused.length) await dropUnused(env, caller.clientId, unused, traceId);
-  const byIndex = new Map(toEnqueue.map((p, i) => [p.index, outcomes[i]!]));
+  const byIndex = new Map(toEnqueue.map((p, i) => [p.index, { outcome: outcomes[i]!, shard: p.shard }]));
   return prepared.map((p): EnqueueResult => {
     if (!p.ok) return { ok: false, error: p.error, index: p.index };
-    const { conflict, ...value } = byIndex.get(p.index)!;
+    const { outcome, shard } = byIndex.get(p.index)!;
+    if (isQueueFull(outcome)) return { ok: false, error: queueFull(shard, outcome), index: p.index };
+    const { conflict, ...value } = outcome;
     return conflict ? { ok: false, error: idempotencyConflict(p.value.idempotencyKey!, value.request.id), index: p.index } : { ok: true, value };
   });
 }
@@ -244,13 +248,17 @@ export async function execute(env: Env, caller: Caller, spec: RequestSpec, trace
   const [prepared] = await admitAll(env, caller, [{ ...spec, queue: spec.queue ?? "immediate" }], traceId, true);
   if (!prepared!.ok) throw AppError.from(prepared!.error);
   const template = await templateConfig(env, prepared!.value.template);
-  let answer: EnqueueOutcome;
+  let answer: EnqueueOutcome | QueueFull;
   try {
-    answer = await shardStub(env, prepared!.shard).execute(prepared!.value, template.timeoutMs + 1000);
+    answer = (await shardStub(env, prepared!.shard).execute(prepared!.value, template.timeoutMs + 1000, settings(env).SCHEDULER_MAX_QUEUED)) as EnqueueOutcome | QueueFull;
   } catch (err) {
     // Whether the shard took the request is unknown: its slot and units are kept (it may run on them)
     // and end with their hold; the money booked for it is dropped by the cron if the shard has no such request.
     throw unreachable(err, "scheduler", SCHEDULER_DOWN, { shard: prepared!.shard, request_id: prepared!.existing?.id ?? prepared!.value.id }, traceId);
+  }
+  if (isQueueFull(answer)) {
+    if (!prepared!.existing) await dropUnused(env, caller.clientId, [prepared!.value.id!], traceId);
+    throw AppError.from(queueFull(prepared!.shard, answer), QUEUE_FULL_RETRY_SEC);
   }
   const { conflict, ...outcome } = answer;
   if (!prepared!.existing && outcome.request.id !== prepared!.value.id) await dropUnused(env, caller.clientId, [prepared!.value.id!], traceId);
@@ -269,6 +277,18 @@ async function specFingerprint(spec: RequestSpec): Promise<string> {
   const text = canonicalJson(JSON.parse(JSON.stringify({ ...rest, queue: spec.queue ?? DEFAULT_QUEUE })));
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)));
   return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** How long a caller refused by a full shard is told to wait: a shard dispatches thousands a second while it has room in flight. */
+export const QUEUE_FULL_RETRY_SEC = 5;
+
+/** The 503 body for a shard that holds SCHEDULER_MAX_QUEUED queued requests already (docs/operations.md). */
+function queueFull(shard: number, full: QueueFull): ErrorBody {
+  return {
+    code: "queue_full",
+    message: `the scheduler shard that keeps this client's work has ${full.queued} requests queued, its limit (SCHEDULER_MAX_QUEUED ${full.max}); nothing was queued, try again in ${QUEUE_FULL_RETRY_SEC} s`,
+    details: { shard, queued: full.queued, max_queued: full.max, retry_after_ms: QUEUE_FULL_RETRY_SEC * 1000 },
+  };
 }
 
 function idempotencyConflict(key: string, firstId: string): ErrorBody {

@@ -17,7 +17,7 @@ import { createTables } from "./schema";
 import { Settlement } from "./settlement";
 import { ownerShard, shardName } from "./shards";
 import { QueueStore } from "./store";
-import type { EnqueueOutcome, NewRequest, PositionView, QueueStats, RequestView, SchedulerMetrics, SchedulerState, SlaGroup } from "./types";
+import { isQueueFull, type EnqueueOutcome, type NewRequest, type PositionView, type QueueFull, type QueueStats, type RequestView, type SchedulerMetrics, type SchedulerState, type SlaGroup } from "./types";
 
 /**
  * The scheduler: the single owner of the five queues. It ranks queued requests, claims the best
@@ -92,33 +92,46 @@ export class SchedulerObject extends DurableObject<Env> {
 
   // --- RPC: requests --------------------------------------------------------------------------
 
-  /** Add requests to their queues; a repeated idempotency key returns the first request (`conflict` when its spec differs). */
-  enqueue(items: NewRequest[]): EnqueueOutcome[] {
+  /**
+   * Add requests to their queues; a repeated idempotency key returns the first request (`conflict` when
+   * its spec differs). `maxQueued` (SCHEDULER_MAX_QUEUED): a new request that would wait while this shard
+   * holds that many queued is refused and nothing of it written (QueueFull).
+   */
+  enqueue(items: NewRequest[], maxQueued?: number): Array<EnqueueOutcome | QueueFull> {
     const now = Date.now();
-    const outcomes = items.map((item) => this.store.insert(item, now));
+    const outcomes = items.map((item) => this.fullFor(item, maxQueued) ?? this.store.insert(item, now));
+    const taken = outcomes.flatMap((o, i) => (isQueueFull(o) ? [] : [{ ...o, cached: Boolean(items[i]!.cached) }]));
+    if (taken.length < items.length) this.logFull(items.length - taken.length, maxQueued!, items);
     // A pass for new work; while dispatch is stopped only a cache hit's outbox entry needs one (setRunning wakes the rest).
-    if (outcomes.some((o, i) => !o.duplicate && (this.running || items[i]!.cached))) this.ensureAlarm(now);
+    if (taken.some((o) => !o.duplicate && (this.running || o.cached))) this.ensureAlarm(now);
     // A single new request is placed into the cached order (Ranking.splice), not ranked with the whole backlog again.
-    const positions = this.ranking.positionsOf(outcomes.map((o) => o.request.id), now, items.length === 1 && !outcomes[0]!.duplicate);
-    return outcomes.map((o, i) => ({ ...o, ...positions[i]! }));
+    const positions = this.ranking.positionsOf(taken.map((o) => o.request.id), now, items.length === 1 && taken.length === 1 && !taken[0]!.duplicate);
+    let next = 0;
+    return outcomes.map((o) => (isQueueFull(o) ? o : { ...o, ...positions[next++]! }));
   }
 
   /**
    * Enqueue one request and, for the `immediate` queue, dispatch it at once in the immediate lane (no
    * pass over the backlog: Dispatcher.runNow) and wait for its first attempt to settle. Other queues are
-   * only enqueued. Returns the request as it stands.
+   * only enqueued, within `maxQueued` as enqueue's. Returns the request as it stands.
    */
-  async execute(item: NewRequest, waitMs: number): Promise<EnqueueOutcome> {
+  async execute(item: NewRequest, waitMs: number, maxQueued?: number): Promise<EnqueueOutcome | QueueFull> {
     const now = Date.now();
     const runNow = !item.cached && item.queue === "immediate" && this.running;
+    // Its job slot came with its money and its units beside it (services/requests.ts): given back here unless its admission takes them over.
+    const held = { slot: item.slotHeld === true, pools: item.poolsHeld ?? [] };
+    const giveBack = () => this.admission.giveBackHeld({ id: item.id!, clientId: item.clientId, tier: item.tier, traceId: item.traceId ?? null }, held.slot, held.pools);
+    // The immediate lane is not held back by a full backlog: its request runs now (or waits, as any execute refused a slot).
+    const full = runNow ? null : this.fullFor(item, maxQueued);
+    if (full) {
+      if (held.slot || held.pools.length) giveBack();
+      this.logFull(1, full.max, [item]);
+      return full;
+    }
     // Run now: its row is written with its start (one commit; QueueStore.insert's `defer`).
     const inserted = this.store.insert(item, now, runNow);
     const id = inserted.request.id;
-    // Its job slot came with its money and its units beside it (services/requests.ts): given back here unless its admission takes them over.
-    const held = { slot: item.slotHeld === true, pools: item.poolsHeld ?? [] };
-    if ((held.slot || held.pools.length) && (inserted.duplicate || !runNow)) {
-      this.admission.giveBackHeld({ id: item.id!, clientId: item.clientId, tier: item.tier, traceId: item.traceId ?? null }, held.slot, held.pools);
-    }
+    if ((held.slot || held.pools.length) && (inserted.duplicate || !runNow)) giveBack();
     if (!inserted.duplicate && runNow) {
       const settled = this.store.waitFor(id, waitMs);
       try {
@@ -130,6 +143,22 @@ export class SchedulerObject extends DurableObject<Env> {
     if (this.store.queued.has(id)) this.ensureAlarm(Date.now());
     const row = this.store.rowOf(id)!;
     return { request: await viewOf(row), duplicate: inserted.duplicate, ...(inserted.conflict ? { conflict: true } : {}), ...this.ranking.positionOf(id, Date.now()) };
+  }
+
+  /** One line per refusing call: `wrangler tail --search queue_full` shows a shard at its limit. */
+  private logFull(refused: number, max: number, items: NewRequest[]): void {
+    log.warn("queue_full", { shard: this.shardIndex, queued: this.store.queued.size, max_queued: max, refused, client_id: items[0]!.clientId, trace_id: items[0]!.traceId ?? null });
+  }
+
+  /**
+   * Whether a new request must be refused: this shard holds `maxQueued` queued already. A cache hit (it
+   * never waits) and a repeated idempotency key (answered with its first request) are not.
+   */
+  private fullFor(item: NewRequest, maxQueued: number | undefined): QueueFull | null {
+    const queued = this.store.queued.size;
+    if (maxQueued === undefined || queued < maxQueued || item.cached) return null;
+    if (item.idempotencyKey && this.store.findByKey(item.clientId, item.idempotencyKey, null)) return null;
+    return { full: true, queued, max: maxQueued };
   }
 
   /** Of these request ids, those the scheduler holds and has not finished. */

@@ -121,6 +121,21 @@ export interface EnqueueOutcome {
   estimated_wait_ms: number | null;
 }
 
+/**
+ * A new request refused because its shard holds `max` queued already (SCHEDULER_MAX_QUEUED, passed by
+ * the caller): nothing was written; the service layer answers 503 `queue_full`.
+ */
+export interface QueueFull {
+  full: true;
+  queued: number;
+  max: number;
+}
+
+/** Whether a shard's answer to an enqueue or execute is a refusal for a full backlog. */
+export function isQueueFull<T extends object>(answer: T | QueueFull): answer is QueueFull {
+  return "full" in answer;
+}
+
 export interface PositionView {
   id: string;
   status: RequestStatus;
