@@ -71,17 +71,28 @@ export function depthError(bytes: Uint8Array, contentType: string | null | undef
 
 /**
  * Every body the app receives passes here first, before any route reads it: over MAX_BODY_BYTES is
- * 413, JSON nested deeper than MAX_JSON_DEPTH is 400. What passes is handed on as a buffered body.
+ * 413, JSON nested deeper than MAX_JSON_DEPTH is 400. What passes is handed on buffered: a JSON body
+ * as the request's text (hono's body cache, which `c.req.json()` and the validators read), any other as
+ * a new Request over the bytes read. A new Request per JSON call, and reading its body again, were ~5%
+ * of the worker's CPU per single enqueue (docs/benchmarks.md).
  */
 export const limitInput: MiddlewareHandler<AppEnv> = async (c, next) => {
   const raw = c.req.raw;
   if (!raw.body) return next();
   const bytes = await readBody(raw, maxBodyBytes(c.env));
-  const deep = bytes && depthError(bytes, raw.headers.get("content-type"));
+  const type = raw.headers.get("content-type");
+  const deep = bytes && depthError(bytes, type);
   if (deep) throw deep;
+  if (bytes && bytes.byteLength > 0 && type && JSON_MEDIA.test(type.split(";")[0]!.trim())) {
+    // The cache holds promises (hono's HonoRequest#cachedBody), though its type says values.
+    (c.req.bodyCache as Record<string, unknown>).text = Promise.resolve(UTF8.decode(bytes));
+    return next();
+  }
   c.req.raw = new Request(raw, { body: bytes && bytes.byteLength > 0 ? bytes : null });
   return next();
 };
+
+const UTF8 = new TextDecoder();
 
 const BODY_METHODS = new Set(["post", "put", "patch", "delete"]);
 const LIMIT_ERRORS: ErrorCode[] = ["payload_too_large", "validation_failed"];
