@@ -26,7 +26,7 @@ const READY_TIMEOUT_MS = 60_000;
 const WATCHDOG_MS = 120_000;
 const FAMILIES = [
   "rm_pool_level", "rm_pool_capacity", "rm_pool_utilization_ratio", "rm_pool_denials_total", "rm_pool_leased", "rm_pool_consumes_total", "rm_queue_depth",
-  "rm_queue_wait_seconds", "rm_scheduler_settlements_owed", "rm_scheduler_dispatches_total", "rm_scheduler_completions_total", "rm_http_request_duration_seconds",
+  "rm_queue_wait_seconds", "rm_scheduler_settlements_owed", "rm_scheduler_shard_queued", "rm_scheduler_shard_max_queued", "rm_scheduler_dispatches_total", "rm_scheduler_completions_total", "rm_http_request_duration_seconds",
   "rm_spend_nanodollars_total", "rm_client_budget_nanodollars", "rm_alerts_open",
   "rm_rpc_duration_seconds", "rm_rpc_calls_total",
 ];

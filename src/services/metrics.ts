@@ -12,6 +12,7 @@ import { poolConfigs } from "../storage/config";
 import { consumeCounts } from "./pool-counters";
 import { poolStub } from "../objects/pool/stub";
 import { schedulerMetrics } from "./scheduler";
+import { settings } from "../settings";
 
 const COUNTER_HELP: Record<keyof DispatchCounters, string> = {
   dispatches: "Worker calls started, per template.",
@@ -62,6 +63,9 @@ export async function collectMetrics(env: Env, now: number): Promise<Family[]> {
 
     { name: "rm_scheduler_running", type: "gauge", help: "1 when the dispatcher is started, 0 when an operator stopped it.", samples: [{ value: scheduler.running ? 1 : 0 }] },
     { name: "rm_scheduler_in_flight", type: "gauge", help: "Worker calls running now.", samples: [{ value: scheduler.in_flight }] },
+    { name: "rm_scheduler_shard_queued", type: "gauge", help: "Requests queued now in each scheduler shard (held-back ones included): new work for a shard at rm_scheduler_shard_max_queued is refused (503 queue_full).",
+      samples: scheduler.shards.map((s) => ({ labels: { shard: String(s.shard) }, value: s.queued })) },
+    { name: "rm_scheduler_shard_max_queued", type: "gauge", help: "Requests one scheduler shard keeps queued at most (SCHEDULER_MAX_QUEUED).", samples: [{ value: settings(env).SCHEDULER_MAX_QUEUED }] },
     { name: "rm_scheduler_settlements_owed", type: "gauge", help: "Ended worker calls whose settlement failed (a pool or client object unreachable), made again until it goes through.", samples: [{ value: scheduler.settlements_owed }] },
     ...(Object.keys(COUNTER_HELP) as Array<keyof DispatchCounters>).map((counter): Family => ({
       name: `rm_scheduler_${counter}_total`, type: "counter", help: COUNTER_HELP[counter],

@@ -177,8 +177,10 @@ export async function queueStatus(env: Env): Promise<{ queues: QueueStats[]; sch
   return { queues, scheduler: mergeStates(all.map((a) => a.scheduler)) };
 }
 
-export async function schedulerMetrics(env: Env): Promise<SchedulerMetrics> {
-  const all = await everyShard(env, (s) => s.metrics());
+/** Every shard's metrics merged, and each shard's queued count (for its SCHEDULER_MAX_QUEUED). */
+export async function schedulerMetrics(env: Env): Promise<SchedulerMetrics & { shards: Array<{ shard: number; queued: number }> }> {
+  const answers = await everyShard(env, async (s, shard) => ({ shard, m: (await s.metrics()) as SchedulerMetrics }));
+  const all = answers.map((a) => a.m);
   const counters: SchedulerMetrics["counters"] = {};
   for (const m of all) {
     for (const [template, c] of Object.entries(m.counters)) {
@@ -201,6 +203,7 @@ export async function schedulerMetrics(env: Env): Promise<SchedulerMetrics> {
       };
     }),
     counters,
+    shards: answers.map(({ shard, m }) => ({ shard, queued: m.queues.reduce((n, q) => n + q.depth, 0) })),
   };
 }
 

@@ -32,6 +32,8 @@ const DOCUMENTED: Record<string, { type: string; labels: string[] }> = {
   rm_scheduler_running: { type: "gauge", labels: [] },
   rm_scheduler_in_flight: { type: "gauge", labels: [] },
   rm_scheduler_settlements_owed: { type: "gauge", labels: [] },
+  rm_scheduler_shard_queued: { type: "gauge", labels: ["shard"] },
+  rm_scheduler_shard_max_queued: { type: "gauge", labels: [] },
   rm_scheduler_dispatches_total: { type: "counter", labels: ["template"] },
   rm_scheduler_completions_total: { type: "counter", labels: ["template"] },
   rm_scheduler_failures_total: { type: "counter", labels: ["template"] },
@@ -237,12 +239,19 @@ describe("GET /metrics", () => {
     expect(b.find((x) => x.le === 60)!.n).toBe(3);
     for (const other of QUEUES.filter((n) => n !== "batch")) expect(value(queued, "rm_queue_wait_seconds_count", { queue: other })).toBe(value(queued, "rm_queue_depth", { queue: other }));
     expect(value(queued, "rm_scheduler_dispatches_total", { template })).toBeUndefined();
+    // One shard in this suite: its queued count is every queue's depth, against the shipped limit.
+    const depth = (f: typeof queued) => QUEUES.reduce((n, queue) => n + value(f, "rm_queue_depth", { queue })!, 0);
+    expect(value(queued, "rm_scheduler_shard_queued", { shard: "0" })).toBe(depth(queued));
+    expect(value(queued, "rm_scheduler_shard_queued", { shard: "0" })).toBeGreaterThanOrEqual(3);
+    expect(queued.get("rm_scheduler_shard_queued")!.samples).toHaveLength(1);
+    expect(value(queued, "rm_scheduler_shard_max_queued")).toBe(50_000);
 
     expect((await start()).status).toBe(200);
     for (const id of ids) expect((await settled(id)).status).toBe("completed");
     const done = await scrape();
     const t = { template };
     expect(value(done, "rm_queue_depth", q)).toBe(0);
+    expect(value(done, "rm_scheduler_shard_queued", { shard: "0" })).toBe(depth(done));
     expect(value(done, "rm_queue_wait_seconds_count", q)).toBe(0);
     expect(value(done, "rm_queue_oldest_wait_seconds", q)).toBe(0);
     expect(value(done, "rm_scheduler_dispatches_total", t)).toBe(3);
