@@ -61,6 +61,8 @@ export default defineConfig({
   test: {
     // Request lines are noise in test output; warnings and errors still show.
     onConsoleLog: (line: string) => !line.includes('"level":"info"'),
+    // A line as each file starts (scripts/vitest-progress.mjs): a hung run's log names the files it was in.
+    reporters: ["default", "./scripts/vitest-progress.mjs"],
     projects: [
       { plugins: [workers(PROJECT, "1")], test: { name: PROJECT, include: ["test/{unit,api,objects}/**/*.test.ts"], exclude: ["test/objects/shards.test.ts"], ...common } },
       { plugins: [workers(`${PROJECT}-shards`, "4")], test: { name: `${PROJECT}-shards`, include: SHARDED, ...common } },

@@ -6,6 +6,11 @@
 // the worker's.
 // Per request, `params.simulate` may ask for { latency_ms, hold_s, fail: "throw" | "error" | "hang", fail_attempts }:
 // hold_s holds the job that many seconds (long jobs; with ACCEPT_MANY = "1" no call stays open meanwhile).
+// "hang" answers nothing for HANG_MS (longer than any deadline a test or a demo template sets), then
+// throws: a call that never ends would stay open in the runtime for good (under vitest, past its file).
+
+/** How long a simulated hang lasts. */
+const HANG_MS = 60_000;
 
 /** A sleep: one timer each. */
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -57,7 +62,10 @@ export async function simulate(job, env, wait = sleep) {
   const failAttempts = sim.fail_attempts === undefined ? Infinity : Number(sim.fail_attempts);
   const failing = sim.fail && job.attempt <= failAttempts;
   const rate = Number(env.FAILURE_RATE ?? 0);
-  if (failing && sim.fail === "hang") await new Promise(() => {});
+  if (failing && sim.fail === "hang") {
+    await wait(HANG_MS);
+    throw new Error(`simulated hang in ${job.template} (attempt ${job.attempt}): no answer for ${HANG_MS} ms`);
+  }
   if ((failing && sim.fail === "throw") || (!sim.fail && rate > 0 && Math.random() < rate)) {
     throw new Error(`simulated failure in ${job.template} (attempt ${job.attempt})`);
   }
