@@ -8,7 +8,8 @@
 //   2. wrangler dev with the sample workers of examples/ (secrets from a temporary --env-file; the
 //      inspector proxy off, see bench/queue.mjs), ready when GET / answers 200; then some spend through
 //      /internal/consume, waited for until the cost report shows it (pool outbox -> D1 rollups), and a
-//      pool drained below 10%, waited for until its pool_low alert is open
+//      pool drained below 10%, waited for until its pool_low alert is open; one GET /metrics, which starts
+//      every pool's object as the minute sampler behind the seeded samples would have
 //   3. Debian's chromium (/usr/bin/chromium) through playwright-core, a fresh profile, at 1366x768: log
 //      in through the form and time the first render (under FIRST_RENDER_BUDGET_MS at this scale), check
 //      the cookie (HttpOnly, Secure, SameSite=Strict, no token in it); the header counts the open alerts
@@ -205,6 +206,12 @@ async function run() {
     await sleep(250);
   }
   const openWarnings = (await api("GET", "/admin/alerts?state=open&severity=warning&limit=100", ADMIN_TOKEN)).json.alerts.length;
+  // The seeded hour of pool samples stands for a running platform, whose minute cron reads every pool's
+  // object; seeded straight into D1, they left the 100 objects never started. One read-only scrape
+  // starts them, as the sampler or a Prometheus scrape would have: otherwise the first render would
+  // time 100 objects created one after another (under wrangler dev every object shares one thread).
+  const scrape = await api("GET", "/metrics", ADMIN_TOKEN);
+  if (scrape.status !== 200 || !scrape.text.includes("rm_pool_level")) fail(`GET /metrics answered ${scrape.status}: ${scrape.text.slice(0, 300)}`);
 
   const profile = join(stateDir, "chromium-profile");
   context = await chromium.launchPersistentContext(profile, {
