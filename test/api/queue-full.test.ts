@@ -5,10 +5,8 @@ import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test"
 import { env } from "cloudflare:workers";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { createApp } from "../../src/app";
-import { sha256Hex } from "../../src/http/auth";
-import { clearConfigCache } from "../../src/storage/config";
 import { checkResponse } from "../support/contract";
-import { ADMIN, call, makePool, makeTemplate, type Call } from "../support/helpers";
+import { ADMIN, call, makeClient, makePool, makeTemplate, type Call } from "../support/helpers";
 
 const app = createApp();
 const HOUR = 60 * 60 * 1000;
@@ -23,21 +21,6 @@ async function limited(max: number, method: string, path: string, token: string,
   await waitOnExecutionContext(ctx);
   checkResponse(method, path, res.status, res.headers, text);
   return { status: res.status, body: JSON.parse(text), headers: res.headers };
-}
-
-let seq = 0;
-/** A client of its own (standard tier, no budget of its own), so its money in flight is only this test's. */
-async function makeClient(): Promise<{ id: string; key: string }> {
-  seq += 1;
-  const id = `qf-${crypto.randomUUID().slice(0, 8)}-${seq}`;
-  const key = `rmk_test_${crypto.randomUUID().replace(/-/g, "")}`;
-  await env.DB.batch([
-    env.DB.prepare("INSERT INTO clients (id, name, email, tier, monthly_budget_nano, status, created_at, updated_at) VALUES (?1, ?1, 'ops@example.com', 'standard', NULL, 'active', 0, 0)").bind(id),
-    env.DB.prepare("INSERT INTO api_keys (id, client_id, key_hash, prefix, scopes, created_at) VALUES (?1, ?2, ?3, 'rmk_test', ?4, 0)")
-      .bind(`key_${id}`, id, await sha256Hex(key), JSON.stringify(["resources:read", "execute", "usage:read"])),
-  ]);
-  clearConfigCache();
-  return { id, key };
 }
 
 const queuedNow = async (): Promise<number> => (await call("GET", "/api/queue/status", { token: ADMIN })).body.scheduler.queued;
@@ -58,7 +41,7 @@ describe("a scheduler shard full of queued work (SCHEDULER_MAX_QUEUED)", () => {
     const pool = await makePool({ costPerUnitNano: 7, capacity: 1_000_000 });
     const template = await makeTemplate([{ pool: pool.id, amount: 10 }]);
     const estimate = 70;
-    const { id, key } = await makeClient();
+    const { id, key } = await makeClient("qf");
     const later = Date.now() + HOUR; // held back: queued, and not dispatched while the test runs
     const max = (await queuedNow()) + 3;
 
@@ -103,7 +86,7 @@ describe("a scheduler shard full of queued work (SCHEDULER_MAX_QUEUED)", () => {
   it("the immediate lane is not held back by a full backlog, unless dispatch is stopped and the execute would wait", async () => {
     const pool = await makePool({ costPerUnitNano: 1, capacity: 1_000_000 });
     const template = await makeTemplate([{ pool: pool.id, amount: 1 }]);
-    const { key } = await makeClient();
+    const { key } = await makeClient("qf");
     const max = (await queuedNow()) + 1;
     expect((await limited(max, "POST", "/api/queue/enqueue", key, { template, not_before: Date.now() + HOUR })).status).toBe(202);
 

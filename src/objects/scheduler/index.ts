@@ -100,10 +100,10 @@ export class SchedulerObject extends DurableObject<Env> {
   enqueue(items: NewRequest[], maxQueued?: number): Array<EnqueueOutcome | QueueFull> {
     const now = Date.now();
     const outcomes = items.map((item) => this.fullFor(item, maxQueued) ?? this.store.insert(item, now));
-    const taken = outcomes.flatMap((o, i) => (isQueueFull(o) ? [] : [{ ...o, cached: Boolean(items[i]!.cached) }]));
+    const taken = outcomes.filter((o): o is Exclude<typeof o, QueueFull> => !isQueueFull(o));
     if (taken.length < items.length) this.logFull(items.length - taken.length, maxQueued!, items);
     // A pass for new work; while dispatch is stopped only a cache hit's outbox entry needs one (setRunning wakes the rest).
-    if (taken.some((o) => !o.duplicate && (this.running || o.cached))) this.ensureAlarm(now);
+    if (outcomes.some((o, i) => !isQueueFull(o) && !o.duplicate && (this.running || items[i]!.cached))) this.ensureAlarm(now);
     // A single new request is placed into the cached order (Ranking.splice), not ranked with the whole backlog again.
     const positions = this.ranking.positionsOf(taken.map((o) => o.request.id), now, items.length === 1 && taken.length === 1 && !taken[0]!.duplicate);
     let next = 0;

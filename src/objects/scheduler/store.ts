@@ -19,8 +19,9 @@ export interface StoreHost {
   enqueueScore(clientId: string, tier: Tier, queue: QueueName, now: number): number;
 }
 
-/** A request's row with its body (params, plan, estimate: request_bodies), as Row has them. */
-const FULL_ROW = "SELECT r.*, b.params, b.plan, b.estimate_detail FROM requests r LEFT JOIN request_bodies b ON b.id = r.id";
+/** A request's row with its body (plan, estimate and `params`, an expression over request_bodies b), as Row has them. */
+const rowWith = (params: string) => `SELECT r.*, ${params} AS params, b.plan, b.estimate_detail FROM requests r LEFT JOIN request_bodies b ON b.id = r.id`;
+const FULL_ROW = rowWith("b.params");
 /**
  * Params longer than this are not kept in the copies in memory: a prompt's kilobytes per queued request
  * would bound a shard's backlog by its isolate's memory; they are read at launch (loadParams). Shorter
@@ -29,8 +30,7 @@ const FULL_ROW = "SELECT r.*, b.params, b.plan, b.estimate_detail FROM requests 
  */
 const KEEP_PARAMS_CHARS = 256;
 /** FULL_ROW as the copies in memory keep it (long params left out). */
-const LIVE_ROW = `SELECT r.*, CASE WHEN length(b.params) <= ${KEEP_PARAMS_CHARS} THEN b.params END AS params, b.plan, b.estimate_detail
-  FROM requests r LEFT JOIN request_bodies b ON b.id = r.id`;
+const LIVE_ROW = rowWith(`CASE WHEN length(b.params) <= ${KEEP_PARAMS_CHARS} THEN b.params END`);
 
 export class QueueStore {
   /** The queued requests: the index a pass ranks and claims from. */
