@@ -124,7 +124,7 @@ export class Admission {
   /** Release, in the background, what an abandoned admission got (slots expire at the lease's end and reservations at their TTL if this fails too). */
   private giveBack(items: Release[]): void {
     if (items.length === 0) return;
-    this.host.releaseHolds(items).catch((err: unknown) => this.unlessReset(() => log.error("admission_release_failed", { count: items.length, error: String(err) })));
+    this.host.releaseHolds(items).catch((err: unknown) => log.error("admission_release_failed", { count: items.length, error: String(err) }));
   }
 
   /**
@@ -133,21 +133,9 @@ export class Admission {
    * request (the same job id) is not undone by it. One that fails ends with its expiry.
    */
   private releaseSlots(clientId: string, ids: string[]): void {
-    this.clientStub(clientId).releaseJobs(ids).catch((err: unknown) => this.unlessReset(() => log.error("slot_release_failed", { client_id: clientId, count: ids.length, error: String(err) })));
+    this.clientStub(clientId).releaseJobs(ids).catch((err: unknown) => log.error("slot_release_failed", { client_id: clientId, count: ids.length, error: String(err) }));
   }
 
-  /**
-   * Log a background give-back's failure, unless this object was reset meanwhile (its storage gone, as
-   * abortAllDurableObjects leaves it in tests): a line logged from such an object hangs the test runner.
-   */
-  private unlessReset(logIt: () => void): void {
-    try {
-      this.store.sql.exec("SELECT 1");
-    } catch {
-      return;
-    }
-    logIt();
-  }
 
   /**
    * Give back, in the background, what an execute took before it reached this shard (its job slot with
