@@ -1,6 +1,6 @@
 // node --test test/scripts/: the CI watchdog (scripts/watchdog.mjs) against real child processes.
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -28,7 +28,7 @@ test("a run silent for --idle seconds is stopped with what it started, run again
   assert.equal(hung.status, 124);
   assert.equal(hung.stdout, "start\nstart\n");
   assert.match(hung.stderr, /running it again \(attempt 2 of 2\)/);
-  assert.match(hung.stderr, /every run hung \(2\); failing/);
+  assert.match(hung.stderr, /the last of 2 runs hung; failing/);
   assert.ok(Date.now() - started < 10_000, "stopped after about 2 s, not after the child's 30 s");
   const children = readFileSync(pids, "utf8").trim().split("\n").map(Number);
   assert.equal(children.length, 2, "one child per run");
@@ -49,4 +49,29 @@ test("output keeps a slow run alive; a bad command line is refused with 2", () =
   assert.equal(slow.stdout, "tick\n".repeat(4));
   assert.equal(run().status, 2);
   assert.equal(run("--idle", "0", "--", "true").status, 2);
+});
+
+test("a run that failed only because vitest's pool could not start a file is run again; one with a failed test is not", () => {
+  const dir = mkdtempSync(join(tmpdir(), "watchdog-test-"));
+  // The first run prints vitest's start failure with every test passed and exits 1; the next passes.
+  const marker = join(dir, "ran-once");
+  const poolFailed = `echo "Error: [vitest-pool]: Failed to start cloudflare-pool worker for test files x.test.ts." >&2; echo " Tests  914 passed | 1 skipped (915)"`;
+  const flaky = run("--idle", "5", "--", "bash", "-c", `if [ -e ${marker} ]; then echo passed; else touch ${marker}; ${poolFailed}; exit 1; fi`);
+  assert.equal(flaky.status, 0);
+  assert.equal(flaky.stdout, " Tests  914 passed | 1 skipped (915)\npassed\n");
+  assert.match(flaky.stderr, /could not start a test file \(no test failed\); running it again \(attempt 2 of 2\)/);
+  // The same failure twice: the second run's status.
+  const twice = run("--idle", "5", "--", "bash", "-c", `${poolFailed}; exit 1`);
+  assert.equal(twice.status, 1);
+  assert.equal(twice.stdout.match(/Tests/g).length, 2);
+  // A test failed too (vitest's summary counts it, colours and all): failing, never rerun.
+  const failedToo = run("--idle", "5", "--", "bash", "-c", `${poolFailed}; printf ' Tests  \\033[31m1 failed\\033[39m | 913 passed\\n'; exit 1`);
+  assert.equal(failedToo.status, 1);
+  assert.doesNotMatch(failedToo.stderr, /running it again/);
+  assert.equal(failedToo.stdout.match(/Tests/g).length, 2, "one run: its own two summary lines");
+  // A failure of another kind is never rerun either.
+  const other = run("--idle", "5", "--", "bash", "-c", "echo ' Tests  3 passed (3)'; exit 1");
+  assert.equal(other.status, 1);
+  assert.doesNotMatch(other.stderr, /running it again/);
+  assert.ok(existsSync(marker));
 });
