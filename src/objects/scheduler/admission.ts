@@ -136,7 +136,6 @@ export class Admission {
     this.clientStub(clientId).releaseJobs(ids).catch((err: unknown) => log.error("slot_release_failed", { client_id: clientId, count: ids.length, error: String(err) }));
   }
 
-
   /**
    * Give back, in the background, what an execute took before it reached this shard (its job slot with
    * its money, its units), when its request is not admitted here: a repeated key, dispatch stopped, not
