@@ -87,12 +87,12 @@ describe("what an execute takes before its shard", () => {
     const res = await call("POST", "/api/execute", { token: client.key, json: { template, params: { tokens_used: 1 } } });
     expect(res.status).toBe(202);
     expect(res.body.request.status).toBe("queued");
-    // The alarm's pass retries it once meanwhile: its admission takes the slot, the pool refuses, the slot
-    // goes back. So wait for a moment when none holds it and none takes it within the next 200 ms.
+    // A pass may retry it meanwhile (any wake of the shard): its admission takes the slot, the pool
+    // refuses, the slot goes back. So the check is a moment when none holds it and none takes it within
+    // the next 200 ms; a read after that moment may fall inside such a retry (one CI run read 1 there).
     const heldNone = async () => (await inUse(client.id)) === 0 && (await sleep(200), (await inUse(client.id)) === 0);
     await eventually(async () => (await heldNone()) || null, 5000, "the slot given back, and not taken again");
-    expect(await inUse(client.id)).toBe(0);
-    expect(await reservationsOf(pool.id)).toBe(1); // the other client's only
+    expect(await reservationsOf(pool.id)).toBe(1); // the other client's only: the refused request never holds a unit
     // The unit comes back: the pool wakes the shard whose request waits for it.
     const released = await call("POST", "/internal/release", { token: INTERNAL, json: { client_id: "acme", pool: pool.id, reservation_id: other.body.reservation_id, actual_used: 0 } });
     expect(released.status).toBe(200);
