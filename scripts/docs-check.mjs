@@ -33,7 +33,7 @@ import { tmpdir } from "node:os";
 import { join, relative, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { setTimeout as sleep } from "node:timers/promises";
-import { DEV_CONFIGS, freePortPair, freshD1Sql, HOST, killGroup, ROOT, startWrangler } from "./local-wrangler.mjs";
+import { DEV_CONFIGS, executeD1File, freePortPair, freshD1Sql, HOST, killGroup, ROOT, startWrangler } from "./local-wrangler.mjs";
 
 const FILES = (process.argv.length > 2 ? process.argv.slice(2) : ["README.md", "docs/api-guide.md"]).map((f) => resolve(ROOT, f));
 const FIRST_PORT = Number(process.env.DOCS_CHECK_PORT ?? 8931);
@@ -313,11 +313,7 @@ async function startService() {
   copyFileSync(join(ROOT, ".dev.vars.example"), envFile);
   const sqlFile = join(stateDir, "d1.sql");
   writeFileSync(sqlFile, freshD1Sql());
-  const d1 = startWrangler(["d1", "execute", "DB", "--local", "--persist-to", persist, "--yes", "--file", sqlFile], { logFile });
-  const timer = setTimeout(() => killGroup(d1, "SIGKILL"), 90_000);
-  const applied = await d1.exited;
-  clearTimeout(timer);
-  if (applied.code !== 0) throw new Error(`wrangler d1 execute failed (${applied.signal ?? applied.code}):\n${d1.tail()}`);
+  await executeD1File({ persist, sqlFile, logFile });
 
   const port = await freePortPair(FIRST_PORT, 50);
   const base = `http://${HOST}:${port}`;

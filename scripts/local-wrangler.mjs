@@ -1,5 +1,5 @@
-// What the scripts that run the service under a local `wrangler dev` share (ops/check-metrics.mjs,
-// test/browser/dashboard.browser.mjs, npm start): the environment, the configs of one session, a free
+// What the scripts that run the service under a local `wrangler dev` share (ops/check-metrics.mjs, scripts/docs-check.mjs,
+// test/browser/dashboard-service.mjs, npm start): the environment, the configs of one session, a free
 // port, and wrangler children in their own process groups.
 import { spawn } from "node:child_process";
 import { createWriteStream, readdirSync, readFileSync } from "node:fs";
@@ -80,6 +80,15 @@ export function startWrangler(args, { logFile, env, capBytes = Infinity, tailLin
   }));
   child.tail = () => tail.join("").split("\n").slice(-30).join("\n");
   return child;
+}
+
+/** Run `sqlFile` into the local D1 under `persist` with one `wrangler d1 execute`, stopped after 90 s; throws with its output's end when it fails. */
+export async function executeD1File({ persist, sqlFile, logFile }) {
+  const d1 = startWrangler(["d1", "execute", "DB", "--local", "--persist-to", persist, "--yes", "--file", sqlFile], { logFile });
+  const timer = setTimeout(() => killGroup(d1, "SIGKILL"), 90_000);
+  const applied = await d1.exited;
+  clearTimeout(timer);
+  if (applied.code !== 0) throw new Error(`wrangler d1 execute failed (${applied.signal ?? applied.code}):\n${d1.tail()}`);
 }
 
 /** The first port from `first` on such that it and port + 1000 (wrangler's inspector) are both free. */

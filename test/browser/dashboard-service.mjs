@@ -9,7 +9,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { DEV_CONFIGS, freePortPair, freshD1Sql, HOST, killGroup, startWrangler } from "../../scripts/local-wrangler.mjs";
+import { DEV_CONFIGS, executeD1File, freePortPair, freshD1Sql, HOST, killGroup, startWrangler } from "../../scripts/local-wrangler.mjs";
 
 export const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 /** Debian's Chromium, headless, with nothing of its own on the network. */
@@ -105,11 +105,7 @@ export class DashboardService {
     const sqlFile = join(this.stateDir, "data.sql");
     writeFileSync(sqlFile, [freshD1Sql(), SEED_SQL, SCALE_SQL].join("\n"));
 
-    const d1 = startWrangler(["d1", "execute", "DB", "--local", "--persist-to", persist, "--yes", "--file", sqlFile], { logFile });
-    const timer = setTimeout(() => killGroup(d1, "SIGKILL"), 90_000);
-    const applied = await d1.exited;
-    clearTimeout(timer);
-    if (applied.code !== 0) throw new Error(`wrangler d1 execute failed (${applied.signal ?? applied.code}):\n${d1.tail()}`);
+    await executeD1File({ persist, sqlFile, logFile });
 
     const port = await freePortPair(firstPort, 50);
     this.base = `http://${HOST}:${port}`;
