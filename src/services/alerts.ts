@@ -7,6 +7,7 @@ import { clientIds } from "../storage/clients";
 import { budgetLimit, poolConfigs } from "../storage/config";
 import { poolStub } from "../objects/pool/stub";
 import { queueStatus } from "./scheduler";
+import { clientStub } from "../objects/client/stub";
 
 /**
  * The cron's re-check: read pool levels and queue depths from their owners and apply what they imply,
@@ -49,7 +50,7 @@ async function budgetSnapshots(env: Env, now: number): Promise<BudgetSnapshot[]>
   const snapshots = await Promise.all(ids.map(async (id) => {
     const limit = await budgetLimit(env, id);
     if (!limit) return null;
-    const view = await env.CLIENT.get(env.CLIENT.idFromName(id)).budget(limit);
+    const view = await clientStub(env, id).budget(limit);
     return { clientId: id, spentNano: view.spent_nano, budgetNano: limit.limitNano, month };
   }));
   return snapshots.filter((s): s is BudgetSnapshot => s !== null);

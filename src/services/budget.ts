@@ -3,6 +3,7 @@ import { AppError } from "../errors";
 import { clientIds } from "../storage/clients";
 import { budgetLimit } from "../storage/config";
 import { unfinished } from "./scheduler";
+import { clientStub } from "../objects/client/stub";
 
 /**
  * A client's budget as its object keeps it: the limit that applies, this month's spend, money in
@@ -11,7 +12,7 @@ import { unfinished } from "./scheduler";
 export async function clientBudget(env: Env, clientId: string): Promise<BudgetView & { concurrency_in_use: number }> {
   const limit = await budgetLimit(env, clientId);
   if (!limit) throw new AppError("client_not_found", `no client ${clientId}`, { client_id: clientId });
-  return env.CLIENT.get(env.CLIENT.idFromName(clientId)).budget(limit);
+  return clientStub(env, clientId).budget(limit);
 }
 
 /** An estimate older than this with no unfinished request behind it is taken out of flight by the cron. */
@@ -24,7 +25,7 @@ const IN_FLIGHT_GRACE_MS = 60_000;
 export async function reconcileInFlight(env: Env, now: number): Promise<number> {
   let dropped = 0;
   for (const id of await clientIds(env.DB)) {
-    const client = env.CLIENT.get(env.CLIENT.idFromName(id));
+    const client = clientStub(env, id);
     const old = await client.inFlightSince(now - IN_FLIGHT_GRACE_MS);
     if (old.length === 0) continue;
     const alive = new Set(await unfinished(env, old));

@@ -9,6 +9,7 @@ import {
 } from "../storage/clients";
 import { clearConfigCache } from "../storage/config";
 import { activeFor, cancelClient } from "./scheduler";
+import { clientStub } from "../objects/client/stub";
 
 /** What an operator gives to create a client. */
 export type NewClient = Pick<ClientRow, "id" | "name" | "email" | "tier"> & Partial<Pick<ClientRow, "monthly_budget_nano" | "status">>;
@@ -31,9 +32,6 @@ function notFound(clientId: string): AppError {
   return new AppError("client_not_found", `no client ${clientId}`, { client_id: clientId });
 }
 
-function clientStub(env: Env, clientId: string) {
-  return env.CLIENT.get(env.CLIENT.idFromName(clientId));
-}
 
 export async function createClient(env: Env, input: NewClient, now: number): Promise<ClientRow> {
   const created = await insertClient(env.DB, {

@@ -12,6 +12,7 @@ import { poolConfigs } from "../storage/config";
 import { poolStub } from "../objects/pool/stub";
 import { queueStatus, schedulerState } from "./scheduler";
 import { recentScalingEvents, type ScalingEvent } from "./scaling";
+import { clientStub } from "../objects/client/stub";
 
 /** One panel's data, or why it could not be read: a panel that fails does not take the page down. */
 export type Panel<T> = { ok: true; value: T } | { ok: false; error: string };
@@ -119,7 +120,7 @@ export async function budgetsByRisk(env: Env, now: number): Promise<BudgetsPanel
   const ranking = rankByRisk(clients.map((c) => ({ client_id: c.client_id, budget_nano: limits.get(c.client_id)!.limitNano, spent_nano: c.spent_nano })), now, BUDGET_ROWS);
   const rows = await Promise.all(ranking.top.map(async (risk): Promise<BudgetRow> => {
     const limit = limits.get(risk.client_id)!;
-    const held = await env.CLIENT.get(env.CLIENT.idFromName(risk.client_id)).budget(limit);
+    const held = await clientStub(env, risk.client_id).budget(limit);
     const view = budgetView(limit, risk.spent_nano, held.in_flight_nano, now);
     return { ...risk, in_flight_nano: view.in_flight_nano, remaining_nano: view.remaining_nano ?? 0 };
   }));

@@ -4,6 +4,7 @@ import { AppError } from "../errors";
 import type { SpendMark } from "../objects/client/types";
 import { budgetLimit } from "../storage/config";
 import { spendBudgetRefusal } from "./refusals";
+import { clientStub } from "../objects/client/stub";
 
 /**
  * Budgets on every direct spend, decided in this isolate. A client's object lends this isolate a slice
@@ -132,7 +133,7 @@ async function renew(env: Env, clientId: string, w: Wallet, limit: BudgetLimit, 
   const marks: SpendMark[] = old ? [...old.marks].map(([source, [seq, nano]]) => [source, seq, nano]) : [];
   const want = sliceWant(rateOf(w.meter, Date.now()), MONEY_LEASE.WINDOW_MS, need, Number.MAX_SAFE_INTEGER);
   try {
-    const answer = await env.CLIENT.get(env.CLIENT.idFromName(clientId)).leaseMoney(limit, {
+    const answer = await clientStub(env, clientId).leaseMoney(limit, {
       returning: old ? { id: old.id, marks } : null, carry, need, want,
     });
     const fresh: Slice | null = answer.lease

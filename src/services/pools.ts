@@ -10,6 +10,7 @@ import { debitMoney, settleDebit } from "./money";
 import { countConsume } from "./pool-counters";
 import { POOL_IDS_MAX, poolStub } from "../objects/pool/stub";
 import { spendBudgetRefusal, spendQuotaRefusal } from "./refusals";
+import { clientStub } from "../objects/client/stub";
 
 /** The configuration version this isolate last handed to each pool's object, which keeps what it adopts. */
 const handed = new Map<string, number>();
@@ -235,9 +236,6 @@ export async function releaseAt(env: Env, cfg: PoolConfig, caller: Caller, reser
   return r;
 }
 
-function clientStub(env: Env, clientId: string) {
-  return env.CLIENT.get(env.CLIENT.idFromName(clientId));
-}
 
 /** A pool object's answer, or the AppError it stands for (429s carry Retry-After in seconds). */
 export function unwrap<T>(result: Result<T>): T;

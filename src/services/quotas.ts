@@ -6,12 +6,10 @@ import { AppError } from "../errors";
 import type { BurstResult, QuotaState } from "../objects/client/types";
 import { burstClient, putBurstPolicy, putQuotaOverrides, type QuotaOverrides } from "../storage/quotas";
 import { burstPolicyByTier, clearConfigCache, clientQuota, clientTier, poolConfigs, templateConfig, tierLimits } from "../storage/config";
+import { clientStub } from "../objects/client/stub";
 
 export { clientQuota };
 
-function clientStub(env: Env, clientId: string) {
-  return env.CLIENT.get(env.CLIENT.idFromName(clientId));
-}
 
 /** The quota that applies to a known client; 404 otherwise. */
 export async function requireQuota(env: Env, clientId: string): Promise<ResolvedQuota> {

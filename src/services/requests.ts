@@ -20,6 +20,7 @@ import { holdUnits, readyToRun, releaseUnits, runSlots } from "./run-now";
 import { spendQuotaRefusal } from "./refusals";
 import { log } from "../log";
 import { settings } from "../settings";
+import { clientStub } from "../objects/client/stub";
 
 /** One request as a caller submits it (validated shape; see routes/queue.ts for the schema). */
 export interface RequestSpec {
@@ -325,9 +326,6 @@ function unreachable(err: unknown, object: "client" | "scheduler", message: stri
   return new AppError("unavailable", message, details, 1);
 }
 
-function clientStub(env: Env, clientId: string) {
-  return env.CLIENT.get(env.CLIENT.idFromName(clientId));
-}
 
 export async function getRequest(env: Env, id: string, clientId: string | null): Promise<RequestView> {
   const found = await getRequestView(env, id, clientId);

@@ -9,6 +9,7 @@ import { log } from "../../log";
 import { Releases, RELEASE_RETRY_MS } from "./releases";
 import { AllocationRows, createTables, live, notFound, view, type Row } from "./rows";
 import type { AllocateInput, Allocation, AllocationFilter, AllocResult, UsageView } from "./types";
+import { clientStub } from "../client/stub";
 
 /** Ended allocations are kept this long for reading, then forgotten. */
 const RETENTION_MS = 7 * 24 * 60 * 60 * 1000;
@@ -244,7 +245,7 @@ export class AllocationObject extends DurableObject<Env> {
   }
 
   private clientStub(clientId: string) {
-    return this.env.CLIENT.get(this.env.CLIENT.idFromName(clientId));
+    return clientStub(this.env, clientId);
   }
 
   /** Make sure an alarm fires no later than `at`. */

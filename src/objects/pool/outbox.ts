@@ -5,6 +5,7 @@ import { budgetLimit } from "../../storage/config";
 import { insertUsageEvents, type UsageEvent } from "../../storage/usage";
 import type { PoolSpend } from "../client/types";
 import type { PoolStore } from "./store";
+import { clientStub } from "../client/stub";
 
 /**
  * Outbox events per delivery (one client report per client and one D1 batch each). A hot pool fills
@@ -102,7 +103,7 @@ export class Outbox {
     const pool = rows[0]!.event.poolId;
     const source = this.store.source(pool);
     await Promise.all([...byClient].map(async ([clientId, list]) => {
-      const stub = this.env.CLIENT.get(this.env.CLIENT.idFromName(clientId));
+      const stub = clientStub(this.env, clientId);
       await stub.recordPoolSpend(await budgetLimit(this.env, clientId), source, pool, list);
     }));
   }

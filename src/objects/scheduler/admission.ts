@@ -19,6 +19,7 @@ import { callerOf, groupBy, type Held, type Row } from "./rows";
 import type { Release } from "./settlement";
 import type { QueueStore } from "./store";
 import { settings } from "../../settings";
+import { clientStub } from "../client/stub";
 
 /**
  * A chunk whose admission threw (a client or pool object, or D1, could not be reached) goes back to its
@@ -286,7 +287,7 @@ export class Admission {
   }
 
   private clientStub(clientId: string) {
-    return this.env.CLIENT.get(this.env.CLIENT.idFromName(clientId));
+    return clientStub(this.env, clientId);
   }
 
   private leaseMarginMs(): number {

@@ -17,6 +17,7 @@ import { BUSY_FLUSH_MS } from "./outbox";
 import { settleRetryMs, type Owed, type OwedSettlements } from "./owed";
 import type { QueueStore } from "./store";
 import type { PoolCost, RequestStatus, RequestView, StoredPlan } from "./types";
+import { clientStub } from "../client/stub";
 
 /** Completions are settled together: one release call per pool and client for all that end within this window. */
 const SETTLE_DELAY_MS = 5;
@@ -338,6 +339,6 @@ export class Settlement {
   }
 
   private clientStub(clientId: string) {
-    return this.env.CLIENT.get(this.env.CLIENT.idFromName(clientId));
+    return clientStub(this.env, clientId);
   }
 }

@@ -26,8 +26,13 @@ export function shardName(index: number): string {
   return index === 0 ? "scheduler" : `scheduler-${index}`;
 }
 
+/** Shards' object ids by index (at most MAX_SHARDS): idFromName hashes the name on every call, and every enqueue needs one. */
+const shardIds = new Map<number, DurableObjectId>();
+
 export function shardStub(env: Env, index: number) {
-  return env.SCHEDULER.get(env.SCHEDULER.idFromName(shardName(index)));
+  let id = shardIds.get(index);
+  if (!id) shardIds.set(index, (id = env.SCHEDULER.idFromName(shardName(index))));
+  return env.SCHEDULER.get(id);
 }
 
 /** The shard that owns this client now (new work goes there; see docs/architecture.md: queues, shards). */
