@@ -255,8 +255,8 @@ function pickPort() {
  * the /proc/<pid>/stat fields after the command name. null where /proc is not readable.
  */
 let devPgid = null;
-function devGroup() {
-  if (devPgid === null || !existsSync("/proc/self/stat")) return null;
+function devGroup(pgid = devPgid) {
+  if (pgid === null || !existsSync("/proc/self/stat")) return null;
   const out = [];
   try {
     for (const pid of readdirSync("/proc")) {
@@ -265,7 +265,7 @@ function devGroup() {
       try { stat = readFileSync(`/proc/${pid}/stat`, "utf8"); } catch { continue; }
       const close = stat.lastIndexOf(")");
       const fields = stat.slice(close + 2).split(" ");
-      if (Number(fields[2]) === devPgid) out.push({ pid, name: stat.slice(stat.indexOf("(") + 1, close), fields });
+      if (Number(fields[2]) === pgid) out.push({ pid, name: stat.slice(stat.indexOf("(") + 1, close), fields });
     }
   } catch {
     return null;
@@ -301,8 +301,8 @@ function workerdTicks() {
 const TICKS_PER_S = 100; // Linux USER_HZ
 
 /** The same, per workerd process (wrangler dev runs two: its proxy in front, and the workers): { pid: ticks }. */
-function workerdTicksByPid() {
-  const procs = devGroup();
+function workerdTicksByPid(pgid = devPgid) {
+  const procs = devGroup(pgid);
   if (!procs) return null;
   return Object.fromEntries(procs.filter((p) => p.name === "workerd").map(({ pid, fields }) => [pid, Number(fields[11]) + Number(fields[12])]));
 }
@@ -821,6 +821,9 @@ async function runBaseline(logFile) {
       await sleep(250);
     }
     const out = {};
+    // Its workerd CPU per single enqueue, per process (wrangler's proxy in front, the workers): beside the
+    // service's, what the same proxy costs for the floor's smaller answers.
+    const byPid0 = workerdTicksByPid(dev.pid);
     let t = performance.now();
     if (LOADGEN === "wrk" && SINGLE > 0) {
       const r = await wrkCalls({
@@ -832,6 +835,11 @@ async function runBaseline(logFile) {
     } else {
       await pool(SINGLE, SINGLE_CONCURRENCY, async () => void (await post("/enqueue", { params: PARAMS })));
       out.enqueue_single_per_s = SINGLE / ((performance.now() - t) / 1000);
+    }
+    const byPid1 = workerdTicksByPid(dev.pid);
+    if (byPid0 && byPid1 && SINGLE > 0) {
+      out.workerd_cpu_us_per_enqueue_by_pid = Object.fromEntries(Object.entries(byPid1).map(([pid, ticks]) => [pid, Math.round(((ticks - (byPid0[pid] ?? 0)) / TICKS_PER_S / SINGLE) * 1e6)]));
+      out.workerd_cpu_us_per_enqueue = Object.values(out.workerd_cpu_us_per_enqueue_by_pid).reduce((a, b) => a + b, 0);
     }
     t = performance.now();
     await pool(BATCHED / BATCH_SIZE, BATCH_CONCURRENCY, async () => void (await post("/enqueue", { requests: Array.from({ length: BATCH_SIZE }, () => ({ params: PARAMS })) })));
@@ -931,7 +939,7 @@ async function main() {
       console.log("queue bench: baseline (bench/queue-floor, a minimal queue object)...");
       result.baseline = await runBaseline(logFile);
       const b = result.baseline;
-      console.log(`  enqueue ${fmt(b.enqueue_single_per_s, 0)} req/s single, ${fmt(b.enqueue_batched_per_s, 0)} batched; drain ${fmt(b.dispatches_per_s, 0)}/s; execute p95 ${fmt(b.execute_during_drain.p95_ms, 2)} ms (n=${b.execute_during_drain.n})`);
+      console.log(`  enqueue ${fmt(b.enqueue_single_per_s, 0)} req/s single (workerd CPU ${fmt(b.workerd_cpu_us_per_enqueue, 0)} us each ${JSON.stringify(b.workerd_cpu_us_per_enqueue_by_pid ?? null)}), ${fmt(b.enqueue_batched_per_s, 0)} batched; drain ${fmt(b.dispatches_per_s, 0)}/s; execute p95 ${fmt(b.execute_during_drain.p95_ms, 2)} ms (n=${b.execute_during_drain.n})`);
     }
     // 1-2. local D1 and limits, then wrangler dev.
     const d1 = ["d1", "execute", "DB", "--local", "--persist-to", persist, "--yes"];
