@@ -1,5 +1,6 @@
 import { settings } from "../../settings";
 import { fnv1a } from "../../domain/hash";
+import { ObjectIds } from "../object-ids";
 
 /**
  * Scheduler shards: which scheduler object owns a client, by name. A client's requests go to shard
@@ -26,13 +27,11 @@ export function shardName(index: number): string {
   return index === 0 ? "scheduler" : `scheduler-${index}`;
 }
 
-/** Shards' object ids by index (at most MAX_SHARDS): idFromName hashes the name on every call, and every enqueue needs one. */
-const shardIds = new Map<number, DurableObjectId>();
+/** Shards' object ids (at most MAX_SHARDS): every enqueue needs one. */
+const shardIds = new ObjectIds(MAX_SHARDS);
 
 export function shardStub(env: Env, index: number) {
-  let id = shardIds.get(index);
-  if (!id) shardIds.set(index, (id = env.SCHEDULER.idFromName(shardName(index))));
-  return env.SCHEDULER.get(id);
+  return env.SCHEDULER.get(shardIds.of(env.SCHEDULER, shardName(index)));
 }
 
 /** The shard that owns this client now (new work goes there; see docs/architecture.md: queues, shards). */
