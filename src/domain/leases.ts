@@ -23,6 +23,29 @@ export const TOKEN_LEASE = {
   DRY_BACKOFF_MS: 1_000,
 } as const;
 
+/**
+ * Unit leases to scheduler shards (pool objects to shards; decision 007): a shard's requests take their
+ * units from its slice instead of one reservation each. Lent only from plenty: the pool keeps at least
+ * PLENTY times what is asked, and MIN_LEFT units, after lending (a pool short of units arbitrates between
+ * shards request by request, decision 004). A slice lives TTL_MS from its last exchange, longer than
+ * the lease of any request that takes from it, so a shard that dies holds its units that long and no
+ * longer; a live shard exchanges at least every RENEW_MS while it holds any.
+ */
+export const SHARD_LEASE = {
+  TTL_MS: 120_000,
+  /** A request takes from a slice only if its own lease ends this long before the slice's. */
+  MARGIN_MS: 5_000,
+  RENEW_MS: 1_000,
+  PLENTY: 4,
+  MIN_LEFT: 256,
+  /** A slice aims at this much of the shard's use of the pool. */
+  WINDOW_MS: 1_000,
+  /** A shard takes a slice of a pool once it admits this many requests a second there (below, one reservation each). */
+  MIN_RATE: 200,
+  /** After a pool stopped lending (another shard waits there), the shard asks again no sooner than this. */
+  PAUSE_MS: 1_000,
+} as const;
+
 /** Money leases (client objects to isolates). */
 export const MONEY_LEASE = {
   TTL_MS: 5_000,

@@ -60,6 +60,7 @@ export class PoolObject extends DurableObject<Env> {
       lastSeq: () => store.lastSeq,
       source: (cfg) => store.source(cfg.id),
       wakeAt: (at) => this.ensureAlarm(at),
+      othersWaiting: (shard, now) => this.reservations.othersWaiting(shard, now),
     });
     store.load();
     this.spending = new Spending(env, ctx, store);
@@ -129,8 +130,10 @@ export class PoolObject extends DurableObject<Env> {
   lease(config: PoolConfig | number, x: LeaseExchange): LeaseAnswer | null {
     const cfg = this.store.current(config);
     if (!cfg) return null;
-    const answer = this.leases.exchange(cfg, x, Date.now());
+    const now = Date.now();
+    const answer = this.leases.exchange(cfg, x, now);
     this.store.saveBucket();
+    if (x.returned > 0 || x.close) this.reservations.unitsBack(now);
     return answer;
   }
 

@@ -1,4 +1,4 @@
-import { grantFor, TOKEN_LEASE } from "../../domain/leases";
+import { grantFor, SHARD_LEASE, TOKEN_LEASE } from "../../domain/leases";
 import type { PoolConfig } from "../../domain/types";
 import type { UsageEvent } from "../../storage/usage";
 import type { LeaseAnswer, LeaseExchange, LeaseGrant } from "./types";
@@ -16,6 +16,8 @@ export interface LeaseHost {
   source(cfg: PoolConfig): string;
   /** Be woken no later than `at` (lease expiry). */
   wakeAt(at: number): void;
+  /** Whether a scheduler shard other than `shard` has a request waiting for units here (./waiters.ts). */
+  othersWaiting(shard: string, now: number): boolean;
 }
 
 interface LeaseRow {
@@ -95,10 +97,17 @@ export class LeaseBook {
       this.host.shift(used, cfg);
     }
     const lends = cfg.status === "active" && cfg.sharing.mode === "shared" && cfg.leases !== "off";
+    // A shard's lease stops while another shard waits here: the units go to requests one by one again.
+    const shardHeld = x.shard !== undefined && lends && this.host.othersWaiting(x.shard, now);
     let added = 0;
     if (x.close) {
       this.host.shift(-outstanding, cfg);
       outstanding = 0;
+    } else if (x.shard !== undefined) {
+      const level = this.host.level(now, cfg);
+      added = lends && !shardHeld && x.want > 0 && level - x.want >= Math.max(SHARD_LEASE.MIN_LEFT, (SHARD_LEASE.PLENTY - 1) * x.want) ? x.want : 0;
+      this.host.shift(added, cfg);
+      outstanding += added;
     } else if (lends) {
       const others = this.sql.exec<{ n: number }>(
         "SELECT COUNT(*) AS n FROM pool_leases WHERE open = 1 AND expires_at > ? AND holder != ?", now, x.holder,
@@ -111,10 +120,11 @@ export class LeaseBook {
     // A pool that stopped lending keeps what the holder still holds until it closes (it may be granting
     // from it during this call): the answer's `stop` asks it to.
     const open = outstanding > 0 || (!x.close && lends) ? 1 : 0;
+    const ttlMs = x.shard !== undefined ? Math.max(TOKEN_LEASE.TTL_MS, Math.min(SHARD_LEASE.TTL_MS, x.ttlMs ?? 0)) : TOKEN_LEASE.TTL_MS;
     const answer: LeaseAnswer = {
-      added, ttlMs: TOKEN_LEASE.TTL_MS, level: this.host.level(now, cfg), source: this.host.source(cfg), seq: this.host.lastSeq(), stop: !lends,
+      added, ttlMs, level: this.host.level(now, cfg), source: this.host.source(cfg), seq: this.host.lastSeq(), stop: !lends || shardHeld,
     };
-    const expiresAt = now + TOKEN_LEASE.TTL_MS;
+    const expiresAt = now + ttlMs;
     this.sql.exec(
       `INSERT INTO pool_leases (holder, outstanding, expires_at, report, answer, open) VALUES (?, ?, ?, ?, ?, ?)
        ON CONFLICT (holder) DO UPDATE SET outstanding = excluded.outstanding, expires_at = excluded.expires_at,
@@ -163,7 +173,8 @@ export class LeaseBook {
     let used = 0;
     const events = grants.map(([eventId, clientId, , via, amount, requestId, costNano, at]): UsageEvent => {
       used += amount;
-      return { eventId, poolId: cfg.id, clientId, requestId, via, kind: "consume", units: amount, costNano, at };
+      // A scheduler shard's grants are its requests' use of units, as a reservation's release records it.
+      return { eventId, poolId: cfg.id, clientId, requestId, via, kind: via === "scheduler" ? "reservation" : "consume", units: amount, costNano, at };
     });
     this.host.record(events);
     return used;

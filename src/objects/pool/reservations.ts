@@ -169,6 +169,16 @@ export class Reservations {
     this.store.sql.exec("DELETE FROM reservations WHERE status IN ('released', 'expired') AND expires_at < ?", now - SETTLED_RESERVATION_KEEP_MS);
   }
 
+  /** Whether a shard other than `shard` has a request waiting here now. */
+  othersWaiting(shard: string, now: number): boolean {
+    return this.waits.size > 0 && this.waits.waitingShards(now).some((s) => s !== shard);
+  }
+
+  /** Units came back another way (a lease's): wake the shards waiting here, if any. */
+  unitsBack(now: number): void {
+    if (this.waits.size > 0) this.wakeWaiters(now);
+  }
+
   /** Units came back: wake every scheduler shard with a request waiting here, so the first in line takes them. */
   private wakeWaiters(now: number): void {
     for (const shard of this.waits.waitingShards(now)) {

@@ -161,6 +161,12 @@ export interface LeaseExchange {
   need: number;
   /** The holder is done: what it still holds comes back. */
   close: boolean;
+  /**
+   * Set by a scheduler shard (its name): lent only from plenty and while no other shard waits here
+   * (SHARD_LEASE), for `ttlMs`; its grants' usage events are of kind "reservation".
+   */
+  shard?: string;
+  ttlMs?: number;
 }
 
 export interface LeaseAnswer {

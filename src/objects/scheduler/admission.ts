@@ -20,6 +20,7 @@ import type { Release } from "./settlement";
 import type { QueueStore } from "./store";
 import { settings } from "../../settings";
 import { clientStub } from "../client/stub";
+import type { UnitLeases } from "./unit-leases";
 
 /**
  * A chunk whose admission threw (a client or pool object, or D1, could not be reached) goes back to its
@@ -61,7 +62,10 @@ export interface AdmissionHost {
 
 export class Admission {
   /** `shard`: this scheduler object's name, which pools record their waiting requests under (../pool/waiters.ts). */
-  constructor(private readonly env: Env, private readonly store: QueueStore, private readonly host: AdmissionHost, private readonly shard: string) {}
+  constructor(
+    private readonly env: Env, private readonly store: QueueStore, private readonly host: AdmissionHost, private readonly shard: string,
+    private readonly units: UnitLeases,
+  ) {}
 
   /**
    * Take requests out of their queues under a lease (template timeout + LEASE_MARGIN_MS), in memory
@@ -227,6 +231,14 @@ export class Admission {
     const rankedAt = Date.now();
     const claimOf = (row: Row): WaitClaim => waitClaimOf(row, tiers, weights.get(row.client_id) ?? 1, this.shard, rankedAt);
     await Promise.all([...needs].map(async ([pool, list]) => {
+      // From this shard's lease of the pool when it has enough (one event id each, no call); else one reservation each.
+      let leaseUntil = 0;
+      for (const { row } of list) leaseUntil = Math.max(leaseUntil, row.lease_until!);
+      const leased = this.units.take(pools.get(pool)!, list.map((l) => l.amount), leaseUntil, Date.now());
+      if (leased) {
+        list.forEach(({ row, amount }, i) => held.set(row.id, [...(held.get(row.id) ?? []), { pool, reservationId: "", amount, lease: leased[i]! }]));
+        return;
+      }
       const results = (await this.poolStub(pool).reserveMany(pools.get(pool)!, list.map(({ row, amount }) => ({
         caller: callerOf(row), amount, ttlMs: Math.max(1000, row.lease_until! - Date.now()), requestId: row.id, wait: claimOf(row),
       })))) as Result<ReserveResult>[];

@@ -17,6 +17,7 @@ import type { Ranking } from "./ranking";
 import type { Held, Row } from "./rows";
 import type { Settlement } from "./settlement";
 import type { QueueStore } from "./store";
+import type { UnitLeases } from "./unit-leases";
 
 /** What the pass asks of the object that hosts it: whether dispatch is on, an alarm, and whether it owns a client. */
 export interface DispatcherHost {
@@ -47,6 +48,7 @@ export interface PassParts {
   settlement: Settlement;
   health: Health;
   outbox: Outbox;
+  units: UnitLeases;
 }
 
 export class Dispatcher {
@@ -62,6 +64,7 @@ export class Dispatcher {
   private readonly settlement: Settlement;
   private readonly health: Health;
   private readonly outbox: Outbox;
+  private readonly units: UnitLeases;
 
   constructor(private readonly env: Env, parts: PassParts, private readonly host: DispatcherHost) {
     this.store = parts.store;
@@ -71,6 +74,7 @@ export class Dispatcher {
     this.settlement = parts.settlement;
     this.health = parts.health;
     this.outbox = parts.outbox;
+    this.units = parts.units;
   }
 
   /**
@@ -172,6 +176,8 @@ export class Dispatcher {
     if ([...fullClients].some((c) => !this.host.ownsClient(c))) wakeAt = Math.min(wakeAt ?? Infinity, Date.now() + FORMER_CLIENT_POLL_MS);
     if (wakeAt !== null) this.host.ensureAlarm(wakeAt);
     if (!onlyIds) await this.health.checkAlerts(Date.now());
+    // Nothing left queued here: the units lent to this shard and not in use go back to their pools.
+    if (!onlyIds && this.store.queued.size === 0) await this.units.handBackFree();
     if (!onlyIds) {
       // A pass the alarm brought in a busy stretch delivers with the next one due (Outbox.flushPaced).
       const due = trigger === "alarm" ? await this.outbox.flushPaced(Date.now()) : (await this.outbox.flush(), null);

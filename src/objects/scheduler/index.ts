@@ -17,6 +17,7 @@ import { createTables } from "./schema";
 import { Settlement } from "./settlement";
 import { ownerShard, shardName } from "./shards";
 import { QueueStore } from "./store";
+import { UnitLeases } from "./unit-leases";
 import { isQueueFull, type EnqueueOutcome, type NewRequest, type PositionView, type QueueFull, type QueueStats, type RequestView, type SchedulerMetrics, type SchedulerState, type SlaGroup } from "./types";
 
 /**
@@ -70,15 +71,16 @@ export class SchedulerObject extends DurableObject<Env> {
       noteDuration: (ms) => this.ranking.noteDuration(ms),
     });
     this.owed = new OwedSettlements(sql);
-    this.settlement = new Settlement(env, this.store, this.health, this.owed, {
+    const units = new UnitLeases(env, this.shard);
+    this.settlement = new Settlement(env, this.store, this.health, this.owed, units, {
       abortCall: (id, reason) => this.calls.abort(id, reason),
       dropCall: (id, reason) => this.calls.drop(id, reason),
       ensureAlarm: (at) => this.ensureAlarm(at),
     });
-    this.admission = new Admission(env, this.store, this.settlement, this.shard);
+    this.admission = new Admission(env, this.store, this.settlement, this.shard, units);
     this.dispatcher = new Dispatcher(
       env,
-      { store: this.store, ranking: this.ranking, admission: this.admission, calls: this.calls, settlement: this.settlement, health: this.health, outbox: this.outbox },
+      { store: this.store, ranking: this.ranking, admission: this.admission, calls: this.calls, settlement: this.settlement, health: this.health, outbox: this.outbox, units },
       { isRunning: () => this.running, ensureAlarm: (at) => this.ensureAlarm(at), ownsClient: (id) => ownerShard(env, id) === this.shardIndex },
     );
     this.store.load();

@@ -18,6 +18,8 @@ import { settleRetryMs, type Owed, type OwedSettlements } from "./owed";
 import type { QueueStore } from "./store";
 import type { PoolCost, RequestStatus, RequestView, StoredPlan } from "./types";
 import { clientStub } from "../client/stub";
+import { costOf } from "../../domain/money";
+import type { UnitLeases } from "./unit-leases";
 
 /** Completions are settled together: one release call per pool and client for all that end within this window. */
 const SETTLE_DELAY_MS = 5;
@@ -57,6 +59,7 @@ export class Settlement {
     private readonly store: QueueStore,
     private readonly health: Health,
     private readonly owed: OwedSettlements,
+    private readonly units: UnitLeases,
     private readonly host: SettlementHost,
   ) {}
 
@@ -272,17 +275,32 @@ export class Settlement {
   async releaseHolds(items: Release[]): Promise<Map<string, PoolCost[]>> {
     const pools = await poolConfigs(this.env);
     const byPool = new Map<string, Array<{ row: Row; hold: Held; used: number }>>();
+    const used = new Map<string, PoolCost[]>();
+    const events = new Map<string, SpendEvent[]>();
+    const leasedPools = new Set<string>();
+    const now = Date.now();
     for (const { row, actual } of items) {
       for (const hold of JSON.parse(row.reservations ?? "[]") as Held[]) {
+        if (hold.lease) {
+          // Units from this shard's lease of the pool: their use is recorded here and reported in one exchange below.
+          const cfg = pools.get(hold.pool);
+          if (!cfg) continue;
+          const units = actual[hold.pool] ?? 0;
+          const costNano = costOf(units, cfg.costPerUnitNano);
+          this.units.settle({ cfg, eventId: hold.lease, clientId: row.client_id, tier: row.tier, requestId: row.id, amount: hold.amount, used: units, costNano, at: now });
+          leasedPools.add(hold.pool);
+          used.set(row.id, [...(used.get(row.id) ?? []), { pool: hold.pool, units, cost_nano: costNano }]);
+          if (units > 0) events.set(row.id, [...(events.get(row.id) ?? []), { eventId: hold.lease, costNano, at: now, pool: hold.pool, units }]);
+          continue;
+        }
         // Appended in place: copying the list per request was quadratic in a batch of 512.
         const list = byPool.get(hold.pool);
         if (list) list.push({ row, hold, used: actual[hold.pool] ?? 0 });
         else byPool.set(hold.pool, [{ row, hold, used: actual[hold.pool] ?? 0 }]);
       }
     }
-    const used = new Map<string, PoolCost[]>();
-    const events = new Map<string, SpendEvent[]>();
-    await Promise.all([...byPool].map(async ([pool, list]) => {
+    const reported = this.units.report(leasedPools);
+    await Promise.all([reported, ...[...byPool].map(async ([pool, list]) => {
       const cfg = pools.get(pool);
       if (!cfg) return;
       // `replay`: a settlement made again after one failed part-way gets the first release's answers.
@@ -297,7 +315,7 @@ export class Settlement {
         used.set(row.id, [...(used.get(row.id) ?? []), { pool, units: r.value.consumed, cost_nano: r.value.costNano }]);
         if (r.value.eventId) events.set(row.id, [...(events.get(row.id) ?? []), { eventId: r.value.eventId, costNano: r.value.costNano, at: r.value.at, pool, units: r.value.consumed }]);
       });
-    }));
+    })]);
     await Promise.all([...groupBy(items.filter((i) => !i.poolsOnly), (i) => i.row.client_id)].map(async ([clientId, list]) => {
       const settlements: ClientSettlement[] = list.map(({ row, final }) => ({ requestId: row.id, events: events.get(row.id) ?? [], keepInFlight: !final }));
       await this.clientStub(clientId).settle(await budgetLimit(this.env, clientId), settlements);
@@ -321,6 +339,8 @@ export class Settlement {
     for (const row of stale) {
       const was = row.status;
       this.host.dropCall(row.id, new Error("lease expired"));
+      // Units it took from this shard's leases come back when those leases do.
+      for (const h of JSON.parse(row.reservations ?? "[]") as Held[]) if (h.lease) this.units.forget(h.pool, h.lease, h.amount);
       if (row.status === "running" && row.attempts >= row.max_attempts) {
         this.store.finish(row.id, "failed", now, { error: "lease expired: the dispatcher stopped while the request ran" });
         failed.push(row);

@@ -13,8 +13,11 @@ import type { Tier } from "../../domain/types";
 /** A reservation a request holds in a pool (its row's `reservations`, as JSON). */
 export interface Held {
   pool: string;
+  /** The pool's reservation ("" for units taken from the shard's lease of the pool). */
   reservationId: string;
   amount: number;
+  /** Units taken from the shard's lease of the pool (./unit-leases.ts): the usage event id their use is recorded under. */
+  lease?: string;
 }
 
 /** What the service layer hands the scheduler for one new request (already validated and priced). */
