@@ -118,7 +118,7 @@ const PoolLive = z
     utilization: z.number(),
     reserved_units: z.number().int(),
     active_reservations: z.number().int(),
-    drained: z.boolean().openapi({ description: "Not active and no reservation held: safe to disable" }),
+    drained: z.boolean().openapi({ description: "Not active, no reservation held and no units lent to a scheduler shard: safe to disable" }),
     outbox: z.number().int().openapi({ description: "Usage events not yet delivered to D1" }),
     denials: z.number().int().openapi({ description: "Spending refused for lack of units since the object started" }),
     leased_units: z.number().int().openapi({ description: "Units lent to isolates on token leases: taken from the bucket, granted there" }),
@@ -163,7 +163,7 @@ function liveView(s: PoolState) {
   return {
     version: s.version, status: s.status, level: s.level, capacity: s.capacity, utilization: s.utilization,
     reserved_units: s.reservedUnits, active_reservations: s.activeReservations,
-    drained: s.status !== "active" && s.activeReservations === 0, outbox: s.outbox, denials: s.denials,
+    drained: s.status !== "active" && s.activeReservations === 0 && s.shardLeasedUnits === 0, outbox: s.outbox, denials: s.denials,
     leased_units: s.leasedUnits, lease_holders: s.leaseHolders,
   };
 }

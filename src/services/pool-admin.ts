@@ -98,9 +98,9 @@ export async function changePool(env: Env, id: string, change: (current: PoolRec
     await validate(env, next, JSON.stringify(next.sharing) !== JSON.stringify(current.sharing));
     if (needsDrained(current.status, next.status)) {
       const live = await poolStub(env, id).configure(configOf(current));
-      if (live.activeReservations > 0) {
-        throw new AppError("pool_busy", `pool ${id} has ${live.activeReservations} active reservation(s): drain it before disabling`, {
-          pool: id, active_reservations: live.activeReservations, reserved_units: live.reservedUnits,
+      if (live.activeReservations > 0 || live.shardLeasedUnits > 0) {
+        throw new AppError("pool_busy", `pool ${id} has ${live.activeReservations} active reservation(s) and ${live.shardLeasedUnits} unit(s) lent to scheduler shards: drain it before disabling`, {
+          pool: id, active_reservations: live.activeReservations, reserved_units: live.reservedUnits, shard_leased_units: live.shardLeasedUnits,
         });
       }
     }

@@ -96,6 +96,28 @@ describe("units lent to a scheduler shard", () => {
     expect(units.held().free).toBe(0);
   });
 
+  it("a pool with units lent to a shard is busy: deleting or disabling it is refused (409 pool_busy) until they are back", async () => {
+    const pool = await makePool({ capacity: 100_000, refillPerSec: 0 });
+    const units = await leasedSlice("scheduler-busy", pool);
+    const [id] = units.take(pool, [3], Date.now() + 60_000, Date.now())!;
+    const lent = units.held().free + 3;
+    expect((await call("PATCH", `/admin/pools/${pool.id}`, { token: ADMIN, json: { status: "draining" } })).status).toBe(200);
+    const view = await call("GET", `/admin/pools/${pool.id}`, { token: ADMIN });
+    expect(view.body.live).toMatchObject({ status: "draining", active_reservations: 0, leased_units: lent, drained: false });
+    const disable = await call("PATCH", `/admin/pools/${pool.id}`, { token: ADMIN, json: { status: "disabled" } });
+    expect(disable.status).toBe(409);
+    expect(disable.body.error).toMatchObject({ code: "pool_busy", details: { active_reservations: 0, shard_leased_units: lent } });
+    const del = await call("DELETE", `/admin/pools/${pool.id}`, { token: ADMIN });
+    expect(del.status).toBe(409);
+    expect(del.body.error.code).toBe("pool_busy");
+    // Its request settles, the shard hands its slice back (the pool, draining, lends no more): free to go.
+    units.settle(use(pool, id!, 3, 3, "req_busy"));
+    await units.report([pool.id]);
+    await units.close();
+    expect((await call("GET", `/admin/pools/${pool.id}`, { token: ADMIN })).body.live).toMatchObject({ leased_units: 0, drained: true });
+    expect((await call("DELETE", `/admin/pools/${pool.id}`, { token: ADMIN })).status).toBe(200);
+  });
+
   it("a use settled by a later life of the shard (after a restart) is recorded and taken from the bucket; the old slice lapses on its own", async () => {
     const pool = await makePool({ capacity: 100_000, refillPerSec: 0 });
     const first = await leasedSlice("scheduler-r", pool);

@@ -198,7 +198,8 @@ export class PoolObject extends DurableObject<Env> {
   }
 
   /**
-   * Retire this pool (it is being deleted): refused with pool_busy while reservations are active.
+   * Retire this pool (it is being deleted): refused with pool_busy while reservations are active or
+   * units are lent to scheduler shards (their requests run on them).
    * Otherwise it takes no more spending (its configuration becomes disabled, at its version, so stale
    * callers are refused too) and its outbox is delivered. The check and the switch are one step.
    */
@@ -208,9 +209,9 @@ export class PoolObject extends DurableObject<Env> {
     const now = Date.now();
     this.reservations.expireDue(now, cfg);
     const state = this.state(cfg);
-    if (state.activeReservations > 0) {
-      return fail("pool_busy", `pool ${cfg.id} has ${state.activeReservations} active reservation(s)`, {
-        pool: cfg.id, active_reservations: state.activeReservations, reserved_units: state.reservedUnits,
+    if (state.activeReservations > 0 || state.shardLeasedUnits > 0) {
+      return fail("pool_busy", `pool ${cfg.id} has ${state.activeReservations} active reservation(s) and ${state.shardLeasedUnits} unit(s) lent to scheduler shards`, {
+        pool: cfg.id, active_reservations: state.activeReservations, reserved_units: state.reservedUnits, shard_leased_units: state.shardLeasedUnits,
       });
     }
     const retired: PoolConfig = { ...cfg, status: "disabled" };
@@ -264,6 +265,7 @@ export class PoolObject extends DurableObject<Env> {
       denials: store.denials,
       leasedUnits: this.leases.leased(),
       leaseHolders: this.leases.holders(Date.now()),
+      shardLeasedUnits: this.leases.shardUnits(),
     };
   }
 

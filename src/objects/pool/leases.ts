@@ -57,6 +57,14 @@ export class LeaseBook {
         open INTEGER NOT NULL
       );
     `);
+    // Whether the holder is a scheduler shard (its units are its requests' while they run: ShardLeased).
+    const columns = sql.exec<{ name: string }>("SELECT name FROM pragma_table_info('pool_leases')").toArray();
+    if (!columns.some((c) => c.name === "shard")) sql.exec("ALTER TABLE pool_leases ADD COLUMN shard INTEGER NOT NULL DEFAULT 0");
+  }
+
+  /** Units lent to scheduler shards on open leases: their requests' while they run (a pool is busy while any are out). */
+  shardUnits(): number {
+    return this.sql.exec<{ n: number }>("SELECT COALESCE(SUM(outstanding), 0) AS n FROM pool_leases WHERE open = 1 AND shard = 1").one().n;
   }
 
   /** Units out on open leases. */
@@ -126,10 +134,10 @@ export class LeaseBook {
     };
     const expiresAt = now + ttlMs;
     this.sql.exec(
-      `INSERT INTO pool_leases (holder, outstanding, expires_at, report, answer, open) VALUES (?, ?, ?, ?, ?, ?)
+      `INSERT INTO pool_leases (holder, outstanding, expires_at, report, answer, open, shard) VALUES (?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT (holder) DO UPDATE SET outstanding = excluded.outstanding, expires_at = excluded.expires_at,
-         report = excluded.report, answer = excluded.answer, open = excluded.open`,
-      x.holder, outstanding, expiresAt, x.report, JSON.stringify(answer), open,
+         report = excluded.report, answer = excluded.answer, open = excluded.open, shard = excluded.shard`,
+      x.holder, outstanding, expiresAt, x.report, JSON.stringify(answer), open, x.shard !== undefined ? 1 : 0,
     );
     if (open) {
       this.out += outstanding;

@@ -90,6 +90,8 @@ export interface PoolState {
   /** Units lent to isolates on token leases, and the open leases. */
   leasedUnits: number;
   leaseHolders: number;
+  /** Of those, units lent to scheduler shards (their requests run on them: the pool is busy while any are out). */
+  shardLeasedUnits: number;
 }
 
 export interface BatchReserveItem {
