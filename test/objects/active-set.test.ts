@@ -100,11 +100,11 @@ describe("the shard's set of dispatching and running requests", () => {
     expect((await requestOf(waiting[1]!, client.key)).status).toBe("queued");
   });
 
-  it("is loaded again after a restart from the rows that say dispatching or running", async () => {
+  it("is loaded again after a restart from the launch records (a running request's row is written when its attempt ends)", async () => {
     const { template, client } = await ready({ capacity: 10 });
     const res = await call("POST", "/api/queue/enqueue", { token: client.key, json: { template, queue: "fast", params: { tokens_used: 1, simulate: { latency_ms: 6000 } } } });
     const id: string = res.body.request.id;
-    // Running (started and written so), not only claimed: a claim is in memory only until its start.
+    // Running (started, its chunk's launch record written), not only claimed: a claim is in memory only until its start.
     await eventually(async () => ((await snapshot(client.id)).status[id] === "running" ? true : null), 5000, "running");
     // A fresh copy of the object reads the table (as after a restart): the running row is in its set.
     const reloaded = await runInDurableObject(shardOf(client.id), (i: SchedulerObject, state) => {
@@ -114,11 +114,16 @@ describe("the shard's set of dispatching and running requests", () => {
       store.queued.clear();
       store.plans.clear();
       store.load();
-      const stored = state.storage.sql.exec<{ id: string }>("SELECT id FROM requests WHERE status IN ('dispatching', 'running')").toArray().map((r) => r.id);
-      return { active: [...store.active].sort(), stored: stored.sort() };
+      // The attempts launched and not ended: in the launch records, not in the rows (which still say queued).
+      const stored = state.storage.sql.exec<{ id: string }>("SELECT j.value ->> 0 AS id FROM launches, json_each(launches.rows) AS j").toArray().map((r) => r.id);
+      const row = state.storage.sql.exec<{ status: string; attempts: number }>("SELECT status, attempts FROM requests WHERE id = ?", id).one();
+      const view = (store.live.get(id) ?? {}) as { status?: string; attempts?: number };
+      return { active: [...store.active].sort(), stored: stored.sort(), row, view: { status: view.status, attempts: view.attempts } };
     });
     expect(reloaded.active).toContain(id);
     expect(reloaded.active).toEqual(reloaded.stored);
+    expect(reloaded.row).toEqual({ status: "queued", attempts: 0 });
+    expect(reloaded.view).toEqual({ status: "running", attempts: 1 });
     await eventually(async () => ((await activeAndLive(client.id)).active.length === 0 ? true : null), 20_000, "settled after the reload");
   });
 });

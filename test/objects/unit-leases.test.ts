@@ -54,10 +54,16 @@ describe("units lent to a scheduler shard", () => {
     // A request whose lease would outlive the slice's takes nothing from it.
     expect(units.take(pool, [1], Date.now() + SHARD_LEASE.TTL_MS + 60_000, Date.now())).toBeNull();
 
-    units.settle(use(pool, ids[0]!, 5, 3, "req_a"));
-    // Settled again (a settlement made again after a failure): nothing changes.
-    units.settle(use(pool, ids[0]!, 5, 3, "req_a"));
+    expect(units.settle(use(pool, ids[0]!, 5, 3, "req_a"))).toEqual({ used: 3, costNano: 21 });
+    // Settled again (a settlement made again after a failure, or a cancel after it, which reports no use):
+    // nothing changes, and the first settlement's use is the answer.
+    expect(units.settle(use(pool, ids[0]!, 5, 0, "req_a"))).toEqual({ used: 3, costNano: 21 });
     units.settle(use(pool, ids[1]!, 5, 5, "req_b"));
+    expect(units.held()).toEqual({ free: lent - 8, inUse: 0 });
+    // A request whose call was dropped (its lease ended) frees its units in the slice, as its reservation would have expired.
+    const [dropped] = units.take(pool, [4], Date.now() + 60_000, Date.now())!;
+    expect(units.held()).toEqual({ free: lent - 12, inUse: 4 });
+    units.forget(dropped!, 4);
     expect(units.held()).toEqual({ free: lent - 8, inUse: 0 });
     await units.report([pool.id]);
     // Reported: the 8 used are out of the lease, the rest still lent.

@@ -124,6 +124,9 @@ export class Admission {
       requests: back.map((row) => ({ request_id: row.id, trace_id: row.trace_id })),
     });
     this.giveBack(back.map((row) => ({ row: { ...row, reservations: JSON.stringify(got.held.get(row.id) ?? []) }, actual: {}, final: false })));
+    // A request cancelled while it was admitted settled its money and slot then, but not what it got meanwhile: its pool holds go back too.
+    const gone = rows.filter((row) => got.held.has(row.id) && !back.includes(row));
+    this.giveBack(gone.map((row) => ({ row: { ...row, reservations: JSON.stringify(got.held.get(row.id)) }, actual: {}, final: false, poolsOnly: true as const })));
   }
 
   /** Release, in the background, what an abandoned admission got (slots expire at the lease's end and reservations at their TTL if this fails too). */

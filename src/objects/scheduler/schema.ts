@@ -72,4 +72,7 @@ export function createTables(sql: SqlStorage): void {
   sql.exec("CREATE INDEX IF NOT EXISTS requests_finished ON requests (finished_at)");
   // Settlements owed: ended worker calls whose settlement failed, until one goes through (./owed.ts).
   sql.exec("CREATE TABLE IF NOT EXISTS settle_owed (id TEXT PRIMARY KEY, attempt INTEGER NOT NULL, outcome TEXT NOT NULL, failures INTEGER NOT NULL, next_at INTEGER NOT NULL)");
+  // Launch records: one row per launched chunk, its requests' attempts (QueueStore.start); a request's
+  // own row is written when its attempt ends. `seq`: the chunk's first dispatch sequence number.
+  sql.exec("CREATE TABLE IF NOT EXISTS launches (seq INTEGER PRIMARY KEY, rows TEXT NOT NULL)");
 }

@@ -283,11 +283,13 @@ export class Settlement {
       for (const hold of JSON.parse(row.reservations ?? "[]") as Held[]) {
         if (hold.lease) {
           // Units from this shard's lease of the pool: their use is recorded here and reported in one exchange below.
-          const cfg = pools.get(hold.pool);
+          const cfg = pools.get(hold.pool) ?? this.units.cfgOf(hold.pool);
           if (!cfg) continue;
-          const units = actual[hold.pool] ?? 0;
-          const costNano = costOf(units, cfg.costPerUnitNano);
-          this.units.settle({ cfg, eventId: hold.lease, clientId: row.client_id, tier: row.tier, requestId: row.id, amount: hold.amount, used: units, costNano, at: now });
+          const asked = actual[hold.pool] ?? 0;
+          // What the first settlement of this hold recorded, if there was one (made again, or a cancel after it failed).
+          const { used: units, costNano } = this.units.settle({
+            cfg, eventId: hold.lease, clientId: row.client_id, tier: row.tier, requestId: row.id, amount: hold.amount, used: asked, costNano: costOf(asked, cfg.costPerUnitNano), at: now,
+          });
           leasedPools.add(hold.pool);
           used.set(row.id, [...(used.get(row.id) ?? []), { pool: hold.pool, units, cost_nano: costNano }]);
           if (units > 0) events.set(row.id, [...(events.get(row.id) ?? []), { eventId: hold.lease, costNano, at: now, pool: hold.pool, units }]);
@@ -340,7 +342,7 @@ export class Settlement {
       const was = row.status;
       this.host.dropCall(row.id, new Error("lease expired"));
       // Units it took from this shard's leases come back when those leases do.
-      for (const h of JSON.parse(row.reservations ?? "[]") as Held[]) if (h.lease) this.units.forget(h.pool, h.lease, h.amount);
+      for (const h of JSON.parse(row.reservations ?? "[]") as Held[]) if (h.lease) this.units.forget(h.lease, h.amount);
       if (row.status === "running" && row.attempts >= row.max_attempts) {
         this.store.finish(row.id, "failed", now, { error: "lease expired: the dispatcher stopped while the request ran" });
         failed.push(row);

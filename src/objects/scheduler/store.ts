@@ -7,6 +7,7 @@ import type { QueueName } from "../../domain/priority";
 import { ReadyIndex } from "../../domain/ready-index";
 import type { Tier } from "../../domain/types";
 import { log } from "../../log";
+import { Launches, type LaunchEntry } from "./launches";
 import { hasOptimizerRecords } from "./outbox";
 import { poolNeedsOf, readyAtOf, specConflict, view, type Finished, type Queued, type Row } from "./rows";
 import { newRequestId, type NewRequest, type RequestView, type StoredPlan } from "./types";
@@ -64,18 +65,33 @@ export class QueueStore {
    * write in front of them. Every writer of `requests` writes these first.
    */
   private unwritten = new Map<string, () => void>();
+  /** The launch records (./launches.ts): a launched chunk's one write. */
+  private readonly launches: Launches;
 
-  constructor(readonly sql: SqlStorage, private readonly host: StoreHost) {}
+  constructor(readonly sql: SqlStorage, private readonly host: StoreHost) {
+    this.launches = new Launches(sql);
+  }
 
   /** Read the unfinished requests into memory: once, when the object starts. */
   load(): void {
     this.seq = this.sql.exec<{ n: number | null }>("SELECT MAX(dispatch_seq) AS n FROM requests").one().n ?? 0;
+    // The attempts launched and not ended when the object stopped: their rows still say how they stood before.
+    const { entries: launched, seq } = this.launches.read();
+    this.seq = Math.max(this.seq, seq);
     for (const row of this.sql.exec<Row>(`${LIVE_ROW} WHERE r.status IN ('queued', 'dispatching', 'running')`)) {
+      const l = launched.get(row.id);
+      // An attempt its row does not count yet is the one that was running (a row that counts it ended it).
+      if (l && l.entry[2] > row.attempts) {
+        const [, seq, attempts, startedAt, firstStartedAt, reservations, leaseUntil] = l.entry;
+        Object.assign(row, { status: "running", dispatch_seq: seq, attempts, started_at: startedAt, first_started_at: firstStartedAt, reservations, lease_until: leaseUntil });
+        this.launches.adopt(row.id, l.launch);
+      }
       this.live.set(row.id, row);
       if (row.plan) this.plans.set(row.id, JSON.parse(row.plan) as StoredPlan);
       if (row.status === "queued") this.index(row);
       else this.active.add(row.id);
     }
+    this.launches.prune();
   }
 
   /** The `state` table: small settings and counters the object keeps across restarts. */
@@ -205,21 +221,19 @@ export class QueueStore {
     });
   }
 
-  /** Mark requests running under a new attempt (one dispatch, one sequence number each) with their lease, in one write. */
+  /**
+   * Mark requests running under a new attempt (one dispatch, one sequence number each) with their lease,
+   * in one write: the chunk's launch record (./launches.ts; their rows are written when each attempt ends).
+   */
   start(rows: Row[], now: number): void {
     if (rows.length === 0) return;
     this.writeHeldBack();
-    const items = rows.map((row) => {
+    const launch = this.seq + 1;
+    this.launches.record(launch, rows.map((row): LaunchEntry => {
       this.seq += 1;
       Object.assign(row, { status: "running", attempts: row.attempts + 1, started_at: now, first_started_at: row.first_started_at ?? now, updated_at: now, dispatch_seq: this.seq });
-      return [row.id, this.seq, row.reservations, row.lease_until];
-    });
-    this.sql.exec(
-      `UPDATE requests SET status = 'running', attempts = attempts + 1, started_at = ?1, first_started_at = COALESCE(first_started_at, ?1),
-         updated_at = ?1, dispatch_seq = j.value ->> 1, reservations = j.value ->> 2, lease_until = j.value ->> 3
-       FROM json_each(?2) AS j WHERE requests.id = j.value ->> 0`,
-      now, JSON.stringify(items),
-    );
+      return [row.id, this.seq, row.attempts, now, row.first_started_at, row.reservations, row.lease_until];
+    }));
   }
 
   /**
@@ -229,11 +243,14 @@ export class QueueStore {
    */
   requeue(row: Row, now: number, notBefore: number, failedAttempt: boolean, error?: string): void {
     this.writeHeldBack();
-    this.sql.exec(
-      "UPDATE requests SET status = 'queued', lease_until = NULL, reservations = NULL, not_before = ?, updated_at = ?, error = COALESCE(?, error) WHERE id = ?",
-      notBefore, now, failedAttempt ? (error ?? null) : null, row.id,
-    );
     const live = this.live.get(row.id) ?? row;
+    // Its attempt, if one was launched, is written with it (a claim that was not admitted launched none).
+    this.sql.exec(
+      `UPDATE requests SET status = 'queued', lease_until = NULL, reservations = NULL, not_before = ?, updated_at = ?, error = COALESCE(?, error),
+         attempts = ?, started_at = ?, first_started_at = ?, dispatch_seq = ? WHERE id = ?`,
+      notBefore, now, failedAttempt ? (error ?? null) : null, live.attempts, live.started_at, live.first_started_at, live.dispatch_seq, row.id,
+    );
+    this.launches.ended([row.id]);
     this.active.delete(row.id);
     Object.assign(live, {
       status: "queued", lease_until: null, reservations: null, not_before: notBefore, updated_at: now,
@@ -261,35 +278,38 @@ export class QueueStore {
     // Positional arrays, and only the columns a batch varies in: each `->> n` parses its element again
     // (~1.5 us a column here). The usual batch (a drain's settlement: all completed, no plan to replace,
     // nothing started late) sends four; a batch with a failure, a plan or a late start the rest too.
-    const full = items.some((f) => f.plan !== undefined || f.startedAt !== undefined);
-    const completedOnly = !full && items.every((f) => f.status === "completed" && f.error === undefined);
+    // Each row's attempt (launched: see ./launches.ts) from its copy in memory, which is exact; `startedAt`
+    // marks a request that never ran (coalesced) as started now.
+    const attempt = (f: Finished) => {
+      const live = this.live.get(f.id);
+      const started = f.startedAt ?? live?.started_at ?? null;
+      return [live?.attempts ?? null, started, f.startedAt ?? live?.first_started_at ?? null, live?.dispatch_seq ?? null] as const;
+    };
+    const completedOnly = items.every((f) => f.status === "completed" && f.error === undefined && f.plan === undefined && f.startedAt === undefined);
     if (completedOnly) {
       this.sql.exec(
         `UPDATE requests SET status = 'completed', result = j.value ->> 1, actual_nano = j.value ->> 2, actual_detail = j.value ->> 3,
+           attempts = COALESCE(j.value ->> 4, attempts), started_at = j.value ->> 5, first_started_at = j.value ->> 6, dispatch_seq = j.value ->> 7,
            error = NULL, finished_at = ?1, updated_at = ?1, lease_until = NULL
          FROM json_each(?2) AS j WHERE requests.id = j.value ->> 0`,
-        now, JSON.stringify(items.map((f) => [f.id, f.result ?? null, f.actual ?? null, f.actualDetail ?? null])),
+        now, JSON.stringify(items.map((f) => [f.id, f.result ?? null, f.actual ?? null, f.actualDetail ?? null, ...attempt(f)])),
       );
     } else {
       const json = JSON.stringify(items.map((f) => [
-        f.id, f.status, f.result ?? null, f.actual ?? null, f.actualDetail ?? null, f.error ?? null,
-        f.plan ? JSON.stringify(f.plan) : null, f.startedAt ?? null,
+        f.id, f.status, f.result ?? null, f.actual ?? null, f.actualDetail ?? null, f.error ?? null, ...attempt(f),
       ]));
       this.sql.exec(
-        full
-          ? `UPDATE requests SET status = j.value ->> 1, result = j.value ->> 2, actual_nano = j.value ->> 3, actual_detail = j.value ->> 4,
-               error = j.value ->> 5, started_at = COALESCE(j.value ->> 7, started_at),
-               first_started_at = COALESCE(j.value ->> 7, first_started_at), finished_at = ?1, updated_at = ?1, lease_until = NULL
-             FROM json_each(?2) AS j WHERE requests.id = j.value ->> 0`
-          : `UPDATE requests SET status = j.value ->> 1, result = j.value ->> 2, actual_nano = j.value ->> 3, actual_detail = j.value ->> 4,
-               error = j.value ->> 5, finished_at = ?1, updated_at = ?1, lease_until = NULL
-             FROM json_each(?2) AS j WHERE requests.id = j.value ->> 0`,
+        `UPDATE requests SET status = j.value ->> 1, result = j.value ->> 2, actual_nano = j.value ->> 3, actual_detail = j.value ->> 4,
+           error = j.value ->> 5, attempts = COALESCE(j.value ->> 6, attempts), started_at = j.value ->> 7, first_started_at = j.value ->> 8,
+           dispatch_seq = j.value ->> 9, finished_at = ?1, updated_at = ?1, lease_until = NULL
+         FROM json_each(?2) AS j WHERE requests.id = j.value ->> 0`,
         now, json,
       );
       const plans = items.filter((f) => f.plan !== undefined).map((f) => [f.id, JSON.stringify(f.plan)]);
       if (plans.length) this.sql.exec("UPDATE request_bodies SET plan = j.value ->> 1 FROM json_each(?) AS j WHERE request_bodies.id = j.value ->> 0", JSON.stringify(plans));
     }
     this.sql.exec("INSERT INTO finished_outbox (id, optimizer) SELECT value ->> 0, value ->> 1 FROM json_each(?) WHERE true ON CONFLICT (id) DO NOTHING", outbox);
+    this.launches.ended(items.map((f) => f.id));
     for (const f of items) {
       const live = this.live.get(f.id);
       if (live) {
@@ -315,10 +335,12 @@ export class QueueStore {
     this.unqueue(id);
     this.epoch += 1;
     this.sql.exec(
-      "UPDATE requests SET status = 'cancelled', error = 'cancelled by caller', finished_at = ?, updated_at = ?, lease_until = NULL WHERE id = ?",
-      now, now, id,
+      `UPDATE requests SET status = 'cancelled', error = 'cancelled by caller', finished_at = ?, updated_at = ?, lease_until = NULL,
+         attempts = ?, started_at = ?, first_started_at = ?, dispatch_seq = ? WHERE id = ?`,
+      now, now, row.attempts, row.started_at, row.first_started_at, row.dispatch_seq, id,
     );
     this.sql.exec("INSERT INTO finished_outbox (id, optimizer) VALUES (?, 0) ON CONFLICT (id) DO NOTHING", id);
+    this.launches.ended([id]);
     Object.assign(row, { status: "cancelled", error: "cancelled by caller", finished_at: now, updated_at: now, lease_until: null });
     this.active.delete(id);
     this.live.delete(id);
@@ -408,7 +430,11 @@ export class QueueStore {
        WHERE (finished_at IS NULL OR finished_at >= ?) AND created_at <= ?
          AND (? IS NULL OR client_id = ?) AND (? IS NULL OR tier = ?) AND (? IS NULL OR queue = ?)`,
       from, to, filter.clientId ?? null, filter.clientId ?? null, filter.tier ?? null, filter.tier ?? null, filter.queue ?? null, filter.queue ?? null,
-    ).toArray();
+    ).toArray().map((r) => {
+      // A running request's row does not say it started (its launch record does): its copy in memory does.
+      const live = this.live.get(r.id);
+      return live ? { ...r, status: live.status, first_started_at: live.first_started_at } : r;
+    });
   }
 
   /** Resolve with nothing after `ms`, or as soon as the request finishes or a failed attempt returns it to its queue. */

@@ -10,6 +10,12 @@
  * granted twice. A slice lives SHARD_LEASE.TTL_MS from its last exchange at the pool, and only requests
  * whose own lease ends before that take from it; the shard exchanges at least every RENEW_MS while it
  * holds anything, and hands idle units back.
+ *
+ * An exchange whose answer is lost is sent again as it was (the same report number: the pool answers it
+ * again and applies it once) before any other. A slice not answered for its whole life may have lapsed at
+ * the pool (its units back in the bucket): it starts over under a new holder, and the use of units taken
+ * before is reported apart (`late`), as is use of units taken in an earlier life of the object. The pool
+ * takes such use from its bucket again; the lapsed lease gave it back.
  */
 import { newId } from "../../domain/ids";
 import { newMeter, observe, rateOf, SHARD_LEASE, sliceWant, type RateMeter } from "../../domain/leases";
@@ -20,17 +26,25 @@ import type { LeaseAnswer, LeaseExchange, LeaseGrant } from "../pool/types";
 
 interface Slice {
   cfg: PoolConfig;
-  /** Units the next requests may take. */
+  /** The holder the pool knows it by: this object's life and the slice's epoch (or `late`). */
+  holder: string;
+  /** A slice of use only (its units came from a lease that lapsed or belonged to an earlier life). */
+  late: boolean;
+  epoch: number;
+  /** Units the next requests may take, and units taken by requests not settled yet. */
   free: number;
-  /** Units taken by requests not settled yet. */
   inUse: number;
   /** Requests whose lease ends before this (local time) may take from it. */
   until: number;
   report: number;
   /** Use not reported to the pool yet. */
   grants: LeaseGrant[];
+  /** An exchange sent whose answer did not come: sent again, unchanged, before any other. */
+  unanswered: LeaseExchange | null;
   /** The exchange in flight, if any (one at a time). */
   exchanging: Promise<void> | null;
+  /** When the pool last answered (local time; 0: never in this epoch). */
+  answeredAt: number;
   pausedUntil: number;
   /** The next exchange hands the free units back (handBackFree). */
   handBack: boolean;
@@ -53,27 +67,25 @@ export interface LeasedUse {
   at: number;
 }
 
-/** Event ids settled in this object's life are remembered this long (a settlement made again skips them). */
+/** Event ids settled in this object's life, remembered (the oldest forgotten first) so a settlement made again finds its first answer. */
 const SETTLED_MAX = 100_000;
 
 export class UnitLeases {
   private readonly slices = new Map<string, Slice>();
-  /** Event ids handed out by this object's slices and not settled yet. */
-  private readonly issued = new Set<string>();
-  /** Event ids settled (a settlement made again finds them here). */
-  private readonly settled = new Set<string>();
-  /** Use of units taken in an earlier life of this object, reported under a holder of its own. */
-  private readonly late: Slice[] = [];
-  private readonly holder: string;
-  private lateReport = 0;
+  private readonly late = new Map<string, Slice>();
+  /** Event ids handed out and not settled yet: their pool and the slice's epoch then. */
+  private readonly issued = new Map<string, { pool: string; epoch: number }>();
+  /** What each settled event id used and cost (a settlement made again, a cancel after a failed one, gets it). */
+  private readonly settled = new Map<string, { used: number; costNano: number }>();
+  /** One holder per object life: what an earlier life held lapses at the pool on its own. */
+  private readonly life: string;
   private timer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(private readonly env: Env, private readonly shard: string) {
-    // One holder per object life: what an earlier life held lapses at the pool on its own.
-    this.holder = `${shard}:${newId("isolate")}`;
+    this.life = `${shard}:${newId("isolate")}`;
   }
 
-  /** Units held now over all slices (free and in use), for the state view and tests. */
+  /** Units held now over all slices (free and in use), for tests. */
   held(): { free: number; inUse: number } {
     let free = 0;
     let inUse = 0;
@@ -82,6 +94,11 @@ export class UnitLeases {
       inUse += s.inUse;
     }
     return { free, inUse };
+  }
+
+  /** The configuration a slice of this pool was last used with (a settlement whose pool's configuration is gone). */
+  cfgOf(pool: string): PoolConfig | undefined {
+    return this.slices.get(pool)?.cfg ?? this.late.get(pool)?.cfg;
   }
 
   /**
@@ -102,9 +119,10 @@ export class UnitLeases {
       s.free -= total;
       s.inUse += total;
       if (s.free < total) this.exchangeLater(s, 0);
+      const issued = { pool: cfg.id, epoch: s.epoch };
       return amounts.map(() => {
         const id = newId("event", now);
-        this.issued.add(id);
+        this.issued.set(id, issued);
         return id;
       });
     }
@@ -115,29 +133,39 @@ export class UnitLeases {
 
   /**
    * A request's units from a slice are done with: `used` of them become a grant (its usage event, to be
-   * reported), the rest is free again. Once per event id: a settlement made again changes nothing, and
-   * use of units taken in an earlier life of this object is reported on its own.
+   * reported), the rest is free again. Once per event id: settled again (after a failed settlement, or a
+   * cancel after one), it changes nothing and answers what the first settlement recorded. Use of units
+   * taken before a lapse or in an earlier life of this object is reported apart. Returns what is recorded.
    */
-  settle(use: LeasedUse): void {
-    if (this.settled.has(use.eventId)) return;
-    this.remember(use.eventId);
+  settle(use: LeasedUse): { used: number; costNano: number } {
+    const first = this.settled.get(use.eventId);
+    if (first) return first;
+    const recorded = { used: use.used, costNano: use.costNano };
+    this.remember(use.eventId, recorded);
     const grant: LeaseGrant = [use.eventId, use.clientId, use.tier, "scheduler", use.used, use.requestId, use.costNano, use.at];
+    const issued = this.issued.get(use.eventId);
+    this.issued.delete(use.eventId);
     const s = this.slices.get(use.cfg.id);
-    if (!this.issued.delete(use.eventId) || !s) {
+    if (!issued || !s || issued.epoch !== s.epoch) {
       if (use.used > 0) this.lateSlice(use.cfg).grants.push(grant);
-      return;
+      return recorded;
     }
     s.inUse -= use.amount;
     s.free += use.amount - use.used;
     if (use.used > 0) s.grants.push(grant);
+    return recorded;
   }
 
-  /** A request's units from a slice are lost with it (its lease ended): they come back when the lease does. */
-  forget(pool: string, eventId: string, amount: number): void {
-    if (!this.issued.delete(eventId)) return;
-    this.remember(eventId);
-    const s = this.slices.get(pool);
-    if (s) s.inUse -= amount;
+  /** A request's units from a slice whose call was dropped (its lease ended): free again, as its reservation would have expired. */
+  forget(eventId: string, amount: number): void {
+    const issued = this.issued.get(eventId);
+    if (!issued) return;
+    this.issued.delete(eventId);
+    this.remember(eventId, { used: 0, costNano: 0 });
+    const s = this.slices.get(issued.pool);
+    if (!s || issued.epoch !== s.epoch) return;
+    s.inUse -= amount;
+    s.free += amount;
   }
 
   /**
@@ -152,14 +180,14 @@ export class UnitLeases {
     }));
   }
 
-  /** Report the use not yet reported of these pools now; throws when a pool could not be told (the settlement is made again). */
+  /**
+   * Report the use not yet reported of these pools (also use riding on an exchange already in flight,
+   * or on one whose answer was lost); throws when a pool could not be told (the settlement is made again).
+   */
   async report(pools: Iterable<string>): Promise<void> {
     const tasks: Array<Promise<void>> = [];
     for (const pool of new Set(pools)) {
-      const s = this.slices.get(pool);
-      if (s && s.grants.length > 0) tasks.push(this.flush(s));
-      const late = this.late.find((l) => l.cfg.id === pool);
-      if (late && late.grants.length > 0) tasks.push(this.flushLate(late));
+      for (const s of [this.slices.get(pool), this.late.get(pool)]) if (s) tasks.push(this.reported(s));
     }
     await Promise.all(tasks);
   }
@@ -167,8 +195,12 @@ export class UnitLeases {
   /** Hand back every free unit and report all use now (tests; an idle shard does it within RENEW_MS). */
   async close(): Promise<void> {
     for (const s of this.slices.values()) s.pausedUntil = Number.MAX_SAFE_INTEGER;
-    await Promise.all([...this.slices.values()].map((s) => this.flush(s)));
-    await Promise.all(this.late.map((l) => this.flushLate(l)));
+    await Promise.all([...this.slices.values(), ...this.late.values()].map((s) => this.flush(s)));
+  }
+
+  private async reported(s: Slice): Promise<void> {
+    while (s.exchanging) await s.exchanging.catch(() => undefined);
+    if (s.grants.length > 0 || s.unanswered) await this.flush(s);
   }
 
   /** Exchanges made one at a time per slice: one in flight is waited for, then this one runs. */
@@ -180,7 +212,7 @@ export class UnitLeases {
       await run;
     } finally {
       if (s.exchanging === run) s.exchanging = null;
-      // Also after a failed exchange: the slice's lease must not lapse while its units are in use.
+      // Also after a failed exchange: a slice's lease must not lapse while its units are in use.
       this.keepAlive();
     }
   }
@@ -192,6 +224,21 @@ export class UnitLeases {
   }
 
   private async exchange(s: Slice, need: number): Promise<void> {
+    const holding = s.free > 0 || s.inUse > 0 || s.unanswered !== null;
+    if (!s.late && holding && s.answeredAt > 0 && Date.now() - s.answeredAt >= SHARD_LEASE.TTL_MS - SHARD_LEASE.MARGIN_MS) this.lapse(s);
+    if (s.unanswered) {
+      const x = s.unanswered;
+      this.answered(s, x, await lease(this.env, s.cfg, x));
+    }
+    const x = s.late ? this.lateExchange(s) : this.nextExchange(s, need);
+    if (!x) return;
+    // Unknown until answered whether the pool applied it: sent again unchanged if the answer is lost.
+    s.unanswered = x;
+    this.answered(s, x, await lease(this.env, s.cfg, x));
+    if (s.pausedUntil > Date.now() && s.free > 0 && !x.close) await this.exchange(s, 0);
+  }
+
+  private nextExchange(s: Slice, need: number): LeaseExchange {
     const now = Date.now();
     const rate = rateOf(s.meter, now);
     // Quiet, or paused (another shard waits there, or the pool stopped lending): the free units go back.
@@ -199,79 +246,79 @@ export class UnitLeases {
     s.handBack = false;
     const returned = idle ? s.free : 0;
     s.free -= returned;
-    const grants = s.grants.splice(0);
     const want = idle ? 0 : Math.max(0, sliceWant(rate, SHARD_LEASE.WINDOW_MS, 2 * need, s.cfg.capacity) - s.free);
     const close = idle && s.free === 0 && s.inUse === 0;
-    const x: LeaseExchange = { holder: this.holder, report: ++s.report, grants, returned, want, need: 0, close, shard: this.shard, ttlMs: SHARD_LEASE.TTL_MS };
-    let answer: LeaseAnswer;
-    try {
-      answer = await lease(this.env, s.cfg, x);
-    } catch (err) {
-      // Unknown whether the pool applied it: the grants go again with the next exchange (their event ids
-      // are kept once by the ledger and the client; the pool counts them twice, conservatively), and what
-      // was given back stays given back.
-      s.grants.unshift(...grants);
-      throw err;
-    }
-    const received = Date.now();
-    s.free += answer.added;
-    s.until = close ? 0 : received + answer.ttlMs - SHARD_LEASE.MARGIN_MS;
-    if (answer.stop && !close && s.pausedUntil < received) {
-      s.pausedUntil = received + SHARD_LEASE.PAUSE_MS;
-      if (s.free > 0) await this.exchange(s, 0);
-    }
+    return { holder: s.holder, report: ++s.report, grants: s.grants.splice(0), returned, want, need: 0, close, shard: this.shard, ttlMs: SHARD_LEASE.TTL_MS };
   }
 
-  private async flushLate(l: Slice): Promise<void> {
-    const grants = l.grants.splice(0);
-    if (grants.length === 0) return;
-    // A holder that never held anything: the pool takes the units used from its bucket (the lease they
-    // came from gives them back when it lapses).
-    const x: LeaseExchange = { holder: `${this.holder}:late`, report: ++this.lateReport, grants, returned: 0, want: 0, need: 0, close: true, shard: this.shard };
-    try {
-      await lease(this.env, l.cfg, x);
-    } catch (err) {
-      l.grants.unshift(...grants);
-      throw err;
-    }
+  /** Use of units from a lease that is gone: reported under a holder that never held anything (the pool takes it from the bucket). */
+  private lateExchange(s: Slice): LeaseExchange | null {
+    if (s.grants.length === 0) return null;
+    return { holder: s.holder, report: ++s.report, grants: s.grants.splice(0), returned: 0, want: 0, need: 0, close: true, shard: this.shard };
+  }
+
+  private answered(s: Slice, x: LeaseExchange, answer: LeaseAnswer): void {
+    const received = Date.now();
+    s.unanswered = null;
+    s.answeredAt = received;
+    if (s.late) return;
+    s.free += answer.added;
+    s.until = x.close ? 0 : received + answer.ttlMs - SHARD_LEASE.MARGIN_MS;
+    if (answer.stop && !x.close && s.pausedUntil < received) s.pausedUntil = received + SHARD_LEASE.PAUSE_MS;
+  }
+
+  /**
+   * Not answered for the lease's whole life: the pool may have taken it back (its units, those in use
+   * included, are in its bucket again). Start over under a new holder; use of units taken before is late.
+   */
+  private lapse(s: Slice): void {
+    const lost = s.unanswered;
+    if (lost && lost.grants.length > 0) this.lateSlice(s.cfg).grants.push(...lost.grants);
+    if (s.grants.length > 0) this.lateSlice(s.cfg).grants.push(...s.grants.splice(0));
+    log.warn("unit_lease_lapsed", { pool: s.cfg.id, shard: this.shard, free: s.free, in_use: s.inUse });
+    Object.assign(s, { epoch: s.epoch + 1, free: 0, inUse: 0, until: 0, report: 0, unanswered: null, answeredAt: 0 });
+    s.holder = `${this.life}:${s.epoch}`;
   }
 
   /** While anything is held, exchange every RENEW_MS: the slice's lease stays alive, idle units go back. */
   private keepAlive(): void {
     if (this.timer) return;
-    const holding = [...this.slices.values()].some((s) => s.free > 0 || s.inUse > 0 || s.grants.length > 0);
+    const holding = [...this.slices.values()].some((s) => s.free > 0 || s.inUse > 0 || s.grants.length > 0 || s.unanswered);
     if (!holding) return;
     this.timer = setTimeout(() => {
       this.timer = null;
       for (const s of this.slices.values()) {
-        if (s.free > 0 || s.inUse > 0 || s.grants.length > 0) this.exchangeLater(s, 0);
+        if (s.free > 0 || s.inUse > 0 || s.grants.length > 0 || s.unanswered) this.exchangeLater(s, 0);
       }
     }, SHARD_LEASE.RENEW_MS);
   }
 
   private slice(cfg: PoolConfig): Slice {
     let s = this.slices.get(cfg.id);
-    if (!s) this.slices.set(cfg.id, (s = emptySlice(cfg)));
+    if (!s) this.slices.set(cfg.id, (s = emptySlice(cfg, `${this.life}:0`, false)));
     s.cfg = cfg;
     return s;
   }
 
   private lateSlice(cfg: PoolConfig): Slice {
-    let l = this.late.find((x) => x.cfg.id === cfg.id);
-    if (!l) this.late.push((l = emptySlice(cfg)));
+    let l = this.late.get(cfg.id);
+    if (!l) this.late.set(cfg.id, (l = emptySlice(cfg, `${this.life}:late`, true)));
     l.cfg = cfg;
     return l;
   }
 
-  private remember(eventId: string): void {
-    if (this.settled.size >= SETTLED_MAX) this.settled.clear();
-    this.settled.add(eventId);
+  private remember(eventId: string, recorded: { used: number; costNano: number }): void {
+    if (this.settled.size >= SETTLED_MAX) this.settled.delete(this.settled.keys().next().value!);
+    this.settled.set(eventId, recorded);
   }
 }
 
-function emptySlice(cfg: PoolConfig): Slice {
+function emptySlice(cfg: PoolConfig, holder: string, late: boolean): Slice {
   const now = Date.now();
-  return { cfg, free: 0, inUse: 0, until: 0, report: 0, grants: [], exchanging: null, pausedUntil: 0, handBack: false, meter: newMeter(now), requests: newMeter(now) };
+  return {
+    cfg, holder, late, epoch: 0, free: 0, inUse: 0, until: 0, report: 0, grants: [], unanswered: null, exchanging: null,
+    answeredAt: 0, pausedUntil: 0, handBack: false, meter: newMeter(now), requests: newMeter(now),
+  };
 }
 
 /** Whether a pool may lend to shards at all (its object decides how much: ../pool/leases.ts). */
