@@ -23,7 +23,7 @@ const busy = (n: number) => Array.from({ length: n }, () => 1);
 /** A shard's leases with a slice of `pool` taken: a first chunk at the lending rate asks for it, the next gets it. */
 async function leasedSlice(shard: string, pool: PoolConfig): Promise<UnitLeases> {
   const units = new UnitLeases(env, shard);
-  expect(units.take(pool, busy(SHARD_LEASE.MIN_RATE), Date.now() + 60_000, Date.now())).toBeNull();
+  expect(units.take(pool, busy(SHARD_LEASE.MIN_RATE), Date.now() + 60_000, Date.now(), true)).toBeNull();
   await eventually(async () => units.held().free > 0 || null, 5000, "the pool lent the shard a slice");
   return units;
 }
@@ -37,9 +37,14 @@ describe("units lent to a scheduler shard", () => {
     const pool = await makePool({ capacity: 100_000, refillPerSec: 0, costPerUnitNano: 7 });
     // Below the lending rate a shard reserves per request: no slice is asked for.
     const quiet = new UnitLeases(env, "scheduler-quiet");
-    expect(quiet.take(pool, [5, 5], Date.now() + 60_000, Date.now())).toBeNull();
+    expect(quiet.take(pool, [5, 5], Date.now() + 60_000, Date.now(), true)).toBeNull();
+    // Nor at the lending rate with nothing left queued (a shard keeping up with its arrivals).
+    const keepingUp = new UnitLeases(env, "scheduler-keeping-up");
+    expect(keepingUp.take(pool, busy(SHARD_LEASE.MIN_RATE), Date.now() + 60_000, Date.now(), false)).toBeNull();
     await sleep(100);
     expect(quiet.held()).toEqual({ free: 0, inUse: 0 });
+    expect(keepingUp.held()).toEqual({ free: 0, inUse: 0 });
+    expect(await levelOf(pool)).toMatchObject({ level: 100_000, leased: 0 });
 
     const units = await leasedSlice("scheduler-a", pool);
     const lent = units.held().free;
@@ -47,12 +52,12 @@ describe("units lent to a scheduler shard", () => {
     expect(lent).toBeGreaterThanOrEqual(2 * SHARD_LEASE.MIN_RATE);
     expect(await levelOf(pool)).toMatchObject({ level: 100_000 - lent, leased: lent, reserved: 0 });
 
-    const ids = units.take(pool, [5, 5], Date.now() + 60_000, Date.now())!;
+    const ids = units.take(pool, [5, 5], Date.now() + 60_000, Date.now(), true)!;
     expect(ids).toHaveLength(2);
     expect(new Set(ids).size).toBe(2);
     expect(units.held()).toEqual({ free: lent - 10, inUse: 10 });
     // A request whose lease would outlive the slice's takes nothing from it.
-    expect(units.take(pool, [1], Date.now() + SHARD_LEASE.TTL_MS + 60_000, Date.now())).toBeNull();
+    expect(units.take(pool, [1], Date.now() + SHARD_LEASE.TTL_MS + 60_000, Date.now(), true)).toBeNull();
 
     expect(units.settle(use(pool, ids[0]!, 5, 3, "req_a"))).toEqual({ used: 3, costNano: 21 });
     // Settled again (a settlement made again after a failure, or a cancel after it, which reports no use):
@@ -61,7 +66,7 @@ describe("units lent to a scheduler shard", () => {
     units.settle(use(pool, ids[1]!, 5, 5, "req_b"));
     expect(units.held()).toEqual({ free: lent - 8, inUse: 0 });
     // A request whose call was dropped (its lease ended) frees its units in the slice, as its reservation would have expired.
-    const [dropped] = units.take(pool, [4], Date.now() + 60_000, Date.now())!;
+    const [dropped] = units.take(pool, [4], Date.now() + 60_000, Date.now(), true)!;
     expect(units.held()).toEqual({ free: lent - 12, inUse: 4 });
     units.forget(dropped!, 4);
     expect(units.held()).toEqual({ free: lent - 8, inUse: 0 });
@@ -82,7 +87,7 @@ describe("units lent to a scheduler shard", () => {
     const pool = await makePool({ capacity: 4000, refillPerSec: 0 });
     const units = await leasedSlice("scheduler-a", pool);
     const lent = units.held().free;
-    const [id] = units.take(pool, [2], Date.now() + 60_000, Date.now())!;
+    const [id] = units.take(pool, [2], Date.now() + 60_000, Date.now(), true)!;
     // Another shard's request asks for more than is left in the bucket: refused, it waits.
     const wait = { clientId: "other", shard: "scheduler-b", priority: 10, weight: 1 };
     const ask: BatchReserveItem = { caller: { clientId: "other", tier: "enterprise", via: "scheduler" }, amount: 4000 - lent + 1, ttlMs: 60_000, requestId: "req_w", wait };
@@ -97,7 +102,7 @@ describe("units lent to a scheduler shard", () => {
     const granted = (await stubOf(pool.id).reserveMany(pool, [ask])) as Result<ReserveResult>[];
     expect(granted[0]!.ok).toBe(true);
     // Paused: the shard asks for no slice while the pause lasts.
-    expect(units.take(pool, busy(SHARD_LEASE.MIN_RATE), Date.now() + 60_000, Date.now())).toBeNull();
+    expect(units.take(pool, busy(SHARD_LEASE.MIN_RATE), Date.now() + 60_000, Date.now(), true)).toBeNull();
     await sleep(50);
     expect(units.held().free).toBe(0);
   });
@@ -105,7 +110,7 @@ describe("units lent to a scheduler shard", () => {
   it("a pool with units lent to a shard is busy: deleting or disabling it is refused (409 pool_busy) until they are back", async () => {
     const pool = await makePool({ capacity: 100_000, refillPerSec: 0 });
     const units = await leasedSlice("scheduler-busy", pool);
-    const [id] = units.take(pool, [3], Date.now() + 60_000, Date.now())!;
+    const [id] = units.take(pool, [3], Date.now() + 60_000, Date.now(), true)!;
     const lent = units.held().free + 3;
     expect((await call("PATCH", `/admin/pools/${pool.id}`, { token: ADMIN, json: { status: "draining" } })).status).toBe(200);
     const view = await call("GET", `/admin/pools/${pool.id}`, { token: ADMIN });
@@ -128,7 +133,7 @@ describe("units lent to a scheduler shard", () => {
     const pool = await makePool({ capacity: 100_000, refillPerSec: 0 });
     const first = await leasedSlice("scheduler-r", pool);
     const lent = first.held().free;
-    const [id] = first.take(pool, [4], Date.now() + 60_000, Date.now())!;
+    const [id] = first.take(pool, [4], Date.now() + 60_000, Date.now(), true)!;
     // The object restarts: its memory is gone; the request's row still names the event id.
     const second = new UnitLeases(env, "scheduler-r");
     second.settle(use(pool, id!, 4, 4, "req_r"));

@@ -237,7 +237,8 @@ export class Admission {
       // From this shard's lease of the pool when it has enough (one event id each, no call); else one reservation each.
       let leaseUntil = 0;
       for (const { row } of list) leaseUntil = Math.max(leaseUntil, row.lease_until!);
-      const leased = this.units.take(pools.get(pool)!, list.map((l) => l.amount), leaseUntil, Date.now());
+      // A slice serves a backlog: a shard that keeps up with its arrivals (nothing left queued) reserves per request.
+      const leased = this.units.take(pools.get(pool)!, list.map((l) => l.amount), leaseUntil, Date.now(), this.store.queued.size > 0);
       if (leased) {
         list.forEach(({ row, amount }, i) => held.set(row.id, [...(held.get(row.id) ?? []), { pool, reservationId: "", amount, lease: leased[i]! }]));
         return;

@@ -103,10 +103,12 @@ export class UnitLeases {
 
   /**
    * Take `amounts` of a pool for a chunk's requests whose leases end by `leaseUntil`: all from the slice,
-   * answered with an event id each, or none (null; the requests reserve one by one). A slice running low
-   * is topped up in the background.
+   * answered with an event id each, or none (null; the requests reserve one by one). While `backlog`
+   * (work is left queued after this chunk), a slice running low is topped up, or asked for, in the
+   * background; a shard that keeps up with its arrivals asks for none, so a steady trickle that empties
+   * the queue at every pass does not take a slice only to hand it back (Dispatcher.pass) at the pass's end.
    */
-  take(cfg: PoolConfig, amounts: number[], leaseUntil: number, now: number): string[] | null {
+  take(cfg: PoolConfig, amounts: number[], leaseUntil: number, now: number, backlog: boolean): string[] | null {
     // A request whose lease would outlive any slice reserves on its own (and asks for no slice).
     if (!lendable(cfg) || leaseUntil > now + SHARD_LEASE.TTL_MS - SHARD_LEASE.MARGIN_MS) return null;
     const s = this.slice(cfg);
@@ -118,7 +120,7 @@ export class UnitLeases {
     if (s.free >= total && now < s.until && leaseUntil <= s.until) {
       s.free -= total;
       s.inUse += total;
-      if (s.free < total) this.exchangeLater(s, 0);
+      if (s.free < total && backlog) this.exchangeLater(s, 0);
       const issued = { pool: cfg.id, epoch: s.epoch };
       return amounts.map(() => {
         const id = newId("event", now);
@@ -127,7 +129,7 @@ export class UnitLeases {
       });
     }
     // Only a pool this shard admits to often enough is worth a slice (below, a reservation each is cheaper).
-    if (rateOf(s.requests, now) >= SHARD_LEASE.MIN_RATE) this.exchangeLater(s, total);
+    if (backlog && rateOf(s.requests, now) >= SHARD_LEASE.MIN_RATE) this.exchangeLater(s, total);
     return null;
   }
 
