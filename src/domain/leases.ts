@@ -1,3 +1,5 @@
+import type { PoolConfig } from "./types";
+
 /**
  * Leases: slices of a limit lent by its owner (a pool's object lends tokens, a client's object lends
  * budget headroom) to an isolate, which then decides spends locally. Pure arithmetic: the clock is a
@@ -5,6 +7,11 @@
  * can only make a refusal elsewhere conservative, by at most what is out on leases, for at most a
  * lease's life.
  */
+
+/** Whether a pool lends slices of its bucket at all (to isolates and to scheduler shards): active, shared, leases not off. */
+export function poolLends(cfg: Pick<PoolConfig, "status" | "sharing" | "leases">): boolean {
+  return cfg.leases !== "off" && cfg.status === "active" && cfg.sharing.mode === "shared";
+}
 
 /** Token leases (pool objects to isolates). */
 export const TOKEN_LEASE = {

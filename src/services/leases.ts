@@ -1,5 +1,5 @@
 import { newId } from "../domain/ids";
-import { newMeter, observe, rateOf, sliceWant, TOKEN_LEASE, type RateMeter } from "../domain/leases";
+import { newMeter, observe, poolLends, rateOf, sliceWant, TOKEN_LEASE, type RateMeter } from "../domain/leases";
 import type { Caller, PoolConfig } from "../domain/types";
 import { AppError } from "../errors";
 import { log } from "../log";
@@ -56,7 +56,7 @@ export const leaseSettings = { waitMs: 10_000, pollMs: 1 };
 
 /** Whether this consume may be decided from a lease at all. */
 function leasable(cfg: PoolConfig, amount: number, idempotencyKey: string | undefined): boolean {
-  return cfg.leases !== "off" && cfg.status === "active" && cfg.sharing.mode === "shared" && idempotencyKey === undefined && amount <= cfg.capacity;
+  return poolLends(cfg) && idempotencyKey === undefined && amount <= cfg.capacity;
 }
 
 /**

@@ -1,4 +1,4 @@
-import { grantFor, SHARD_LEASE, TOKEN_LEASE } from "../../domain/leases";
+import { grantFor, poolLends, SHARD_LEASE, TOKEN_LEASE } from "../../domain/leases";
 import type { PoolConfig } from "../../domain/types";
 import type { UsageEvent } from "../../storage/usage";
 import type { LeaseAnswer, LeaseExchange, LeaseGrant } from "./types";
@@ -104,7 +104,7 @@ export class LeaseBook {
       this.lateUnits += used;
       this.host.shift(used, cfg);
     }
-    const lends = cfg.status === "active" && cfg.sharing.mode === "shared" && cfg.leases !== "off";
+    const lends = poolLends(cfg);
     // A shard's lease stops while another shard waits here: the units go to requests one by one again.
     const shardHeld = x.shard !== undefined && lends && this.host.othersWaiting(x.shard, now);
     let added = 0;

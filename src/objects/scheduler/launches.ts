@@ -9,6 +9,8 @@
 /** A launched request's attempt: id, dispatch seq, attempts (this one included), started, first started, reservations, lease end. */
 export type LaunchEntry = [id: string, seq: number, attempts: number, startedAt: number, firstStartedAt: number | null, reservations: string | null, leaseUntil: number | null];
 
+import type { Row } from "./rows";
+
 export class Launches {
   /** The record (by its first seq) of each running request, and how many of each record's attempts have not ended. */
   private readonly of = new Map<string, number>();
@@ -16,29 +18,40 @@ export class Launches {
 
   constructor(private readonly sql: SqlStorage) {}
 
-  /** Every attempt the records name, by request id, and the highest dispatch seq among them (0: none). */
-  read(): { entries: Map<string, { launch: number; entry: LaunchEntry }>; seq: number } {
+  /** The attempts the records name, read once at a restart (begin), until prune. */
+  private found = new Map<string, { launch: number; entry: LaunchEntry }>();
+
+  /** At a restart: read the records; returns the highest dispatch seq they name (0: none). */
+  begin(): number {
     this.of.clear();
     this.left.clear();
-    const entries = new Map<string, { launch: number; entry: LaunchEntry }>();
+    this.found = new Map();
     let seq = 0;
     for (const r of this.sql.exec<{ seq: number; rows: string }>("SELECT seq, rows FROM launches")) {
       for (const entry of JSON.parse(r.rows) as LaunchEntry[]) {
-        entries.set(entry[0], { launch: r.seq, entry });
+        this.found.set(entry[0], { launch: r.seq, entry });
         seq = Math.max(seq, entry[1]);
       }
     }
-    return { entries, seq };
+    return seq;
   }
 
-  /** After a restart: this request's attempt of record `launch` is running. */
-  adopt(id: string, launch: number): void {
-    this.of.set(id, launch);
-    this.left.set(launch, (this.left.get(launch) ?? 0) + 1);
+  /**
+   * At a restart, for each unfinished row read: an attempt a record names that its row does not count yet
+   * is the one that was running (a row that counts it ended it), and the row in memory says so.
+   */
+  resume(row: Row): void {
+    const l = this.found.get(row.id);
+    if (!l || l.entry[2] <= row.attempts) return;
+    const [, seq, attempts, startedAt, firstStartedAt, reservations, leaseUntil] = l.entry;
+    Object.assign(row, { status: "running", dispatch_seq: seq, attempts, started_at: startedAt, first_started_at: firstStartedAt, reservations, lease_until: leaseUntil });
+    this.of.set(row.id, l.launch);
+    this.left.set(l.launch, (this.left.get(l.launch) ?? 0) + 1);
   }
 
-  /** After a restart's adopt calls: records none of whose attempts runs go. */
+  /** After a restart's resume calls: records none of whose attempts runs go. */
   prune(): void {
+    this.found = new Map();
     this.sql.exec("DELETE FROM launches WHERE seq NOT IN (SELECT value FROM json_each(?))", JSON.stringify([...this.left.keys()]));
   }
 

@@ -76,16 +76,9 @@ export class QueueStore {
   load(): void {
     this.seq = this.sql.exec<{ n: number | null }>("SELECT MAX(dispatch_seq) AS n FROM requests").one().n ?? 0;
     // The attempts launched and not ended when the object stopped: their rows still say how they stood before.
-    const { entries: launched, seq } = this.launches.read();
-    this.seq = Math.max(this.seq, seq);
+    this.seq = Math.max(this.seq, this.launches.begin());
     for (const row of this.sql.exec<Row>(`${LIVE_ROW} WHERE r.status IN ('queued', 'dispatching', 'running')`)) {
-      const l = launched.get(row.id);
-      // An attempt its row does not count yet is the one that was running (a row that counts it ended it).
-      if (l && l.entry[2] > row.attempts) {
-        const [, seq, attempts, startedAt, firstStartedAt, reservations, leaseUntil] = l.entry;
-        Object.assign(row, { status: "running", dispatch_seq: seq, attempts, started_at: startedAt, first_started_at: firstStartedAt, reservations, lease_until: leaseUntil });
-        this.launches.adopt(row.id, l.launch);
-      }
+      this.launches.resume(row);
       this.live.set(row.id, row);
       if (row.plan) this.plans.set(row.id, JSON.parse(row.plan) as StoredPlan);
       if (row.status === "queued") this.index(row);

@@ -18,7 +18,7 @@
  * takes such use from its bucket again; the lapsed lease gave it back.
  */
 import { newId } from "../../domain/ids";
-import { newMeter, observe, rateOf, SHARD_LEASE, sliceWant, type RateMeter } from "../../domain/leases";
+import { newMeter, observe, poolLends, rateOf, SHARD_LEASE, sliceWant, type RateMeter } from "../../domain/leases";
 import type { PoolConfig } from "../../domain/types";
 import { log } from "../../log";
 import { poolStub } from "../pool/stub";
@@ -110,7 +110,7 @@ export class UnitLeases {
    */
   take(cfg: PoolConfig, amounts: number[], leaseUntil: number, now: number, backlog: boolean): string[] | null {
     // A request whose lease would outlive any slice reserves on its own (and asks for no slice).
-    if (!lendable(cfg) || leaseUntil > now + SHARD_LEASE.TTL_MS - SHARD_LEASE.MARGIN_MS) return null;
+    if (!poolLends(cfg) || leaseUntil > now + SHARD_LEASE.TTL_MS - SHARD_LEASE.MARGIN_MS) return null;
     const s = this.slice(cfg);
     let total = 0;
     for (const a of amounts) total += a;
@@ -321,11 +321,6 @@ function emptySlice(cfg: PoolConfig, holder: string, late: boolean): Slice {
     cfg, holder, late, epoch: 0, free: 0, inUse: 0, until: 0, report: 0, grants: [], unanswered: null, exchanging: null,
     answeredAt: 0, pausedUntil: 0, handBack: false, meter: newMeter(now), requests: newMeter(now),
   };
-}
-
-/** Whether a pool may lend to shards at all (its object decides how much: ../pool/leases.ts). */
-function lendable(cfg: PoolConfig): boolean {
-  return cfg.leases !== "off" && cfg.status === "active" && cfg.sharing.mode === "shared";
 }
 
 /** One exchange with the pool's object (by configuration version first, as the isolates' leases do). */
