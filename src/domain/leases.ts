@@ -53,6 +53,37 @@ export const SHARD_LEASE = {
   PAUSE_MS: 1_000,
 } as const;
 
+/**
+ * Job slots lent to scheduler shards by client objects (decision 007, "Slots";
+ * src/objects/scheduler/slot-leases.ts): one block of a client's concurrency limit, held as one job row
+ * at the client's object, that the shard admits its requests against in memory. Lent only from plenty
+ * (the client keeps PLENTY times the block, and MIN_LEFT slots, free for its other work: executes, other
+ * shards, allocations) and only to clients with no daily cap per pool (a block holds no units). A block
+ * lives TTL_MS from its last exchange and only requests whose lease ends MARGIN_MS before that take from
+ * it, so a shard that dies holds its slots that long, and no longer.
+ */
+export const SLOT_LEASE = {
+  TTL_MS: 60_000,
+  /** A request takes a slot from a block only if its own lease ends this long before the block's. */
+  MARGIN_MS: 5_000,
+  RENEW_MS: 1_000,
+  PLENTY: 4,
+  MIN_LEFT: 256,
+  /** A shard asks a client for a block once it admits this many of its requests a second (below, a job row each). */
+  MIN_RATE: 200,
+} as const;
+
+/**
+ * The size of the block a client's object lends a shard: what the shard wants, within what plenty
+ * allows (`free`: the limit less every other job held), but never less than the shard's slots in use
+ * (running requests keep theirs, as a burst's end lets work held run on). `lends`: the client may lend
+ * at all (no daily caps per pool).
+ */
+export function blockSize(free: number, want: number, inUse: number, lends: boolean): number {
+  const lendable = lends ? Math.max(0, Math.min(free - SLOT_LEASE.MIN_LEFT, Math.floor(free / SLOT_LEASE.PLENTY))) : 0;
+  return Math.max(inUse, Math.min(want, lendable));
+}
+
 /** Money leases (client objects to isolates). */
 export const MONEY_LEASE = {
   TTL_MS: 5_000,

@@ -20,7 +20,7 @@ export interface ResolvedQuota {
 /** One job asking to run: a request's dispatch (kind "request") or an allocation (kind "allocation"). */
 export interface JobClaim {
   jobId: string;
-  kind: "request" | "allocation";
+  kind: "request" | "allocation" | "lease";
   /** The hold frees itself at this time if its holder never comes back (a dispatch lease, an allocation's TTL). */
   expiresAt: number;
   /** Counted against the concurrent-jobs limit (a request: 1; an allocation: 1 per job). */
@@ -28,6 +28,8 @@ export interface JobClaim {
   memoryMb?: number;
   /** Units the job will spend per pool (its reservations), counted against today's caps. */
   pools?: Record<string, number>;
+  /** Job slots it holds (default 1; a block lent to a scheduler shard holds many: ../domain/leases.ts, SLOT_LEASE). */
+  slots?: number;
 }
 
 /** What a client holds now and spent today (per pool). */

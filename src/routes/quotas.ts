@@ -49,6 +49,9 @@ const QuotaView = z
       active_jobs: z.number().int(),
       running_requests: z.number().int(),
       active_allocations: z.number().int(),
+      leased_slots: z.number().int().openapi({
+        description: "Slots lent to scheduler shards in blocks (counted in active_jobs): a shard draining a backlog admits this client's requests against its block, so requests running on them are not in running_requests. Lent only from plenty (a block leaves the client four times its size free, and at least 256 slots) and only to clients with no daily cap per pool; given back when the shard's queue empties",
+      }),
       cpu_millicores: z.number().int(),
       memory_mb: z.number().int(),
       pools_today: z.array(z.object({

@@ -35,6 +35,7 @@ export function quotaView(clientId: string, tierWeight: number, state: QuotaStat
       active_jobs: state.use.jobs,
       running_requests: state.use.requests,
       active_allocations: state.use.allocations,
+      leased_slots: state.use.leased,
       cpu_millicores: state.use.cpuMillicores,
       memory_mb: state.use.memoryMb,
       pools_today: [...pools].sort().map((pool) => {

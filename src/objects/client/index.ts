@@ -9,7 +9,7 @@ import { Jobs } from "./jobs";
 import { Ledger } from "./ledger";
 import { MoneyBook } from "./money";
 import { createTables, migrate } from "./schema";
-import type { AdmitDecision, BudgetDecision, BudgetItem, BurstResult, MoneyAnswer, MoneyRequest, PoolSpend, QuotaState, RunSlots, Settlement, SpendEvent, SpendMark } from "./types";
+import type { AdmitDecision, BudgetDecision, BudgetItem, BurstResult, MoneyAnswer, MoneyRequest, PoolSpend, QuotaState, RunSlots, Settlement, SlotAsk, SpendEvent, SpendMark } from "./types";
 
 /**
  * One client's limit owner: its quota (jobs held at once — running requests and active allocations —,
@@ -68,6 +68,18 @@ export class ClientObject extends DurableObject<Env> {
     return this.jobs.acquire(effective, items, now, shard);
   }
 
+  /**
+   * Lend a scheduler shard a block of job slots, or resize or renew the one it holds (decision 007;
+   * ../scheduler/slot-leases.ts): one job row for the block, which the shard admits requests against in
+   * memory, with no row per request. Sized within plenty and never below the slots the shard has in use
+   * (./jobs.ts, lend); 0 hands the block back. Returns the block's size now.
+   */
+  leaseSlots(quota: ResolvedQuota, ask: SlotAsk): number {
+    const now = Date.now();
+    this.jobs.purgeExpired(now);
+    return this.jobs.lend(withBurst(quota, activePercent(this.burstSessions.sessions(), now)), ask, now);
+  }
+
   /** Free these jobs' holds; unknown ids are ignored. Returns how many were freed. */
   releaseJobs(jobIds: string[]): number {
     return this.jobs.release(jobIds);
@@ -90,7 +102,7 @@ export class ClientObject extends DurableObject<Env> {
       quota,
       effective: withBurst(quota, burst?.percent ?? null),
       burst,
-      use: { ...this.jobs.use(now), requests: byKind.get("request") ?? 0, allocations: byKind.get("allocation") ?? 0 },
+      use: { ...this.jobs.use(now), requests: byKind.get("request") ?? 0, allocations: byKind.get("allocation") ?? 0, leased: byKind.get("lease") ?? 0 },
     };
   }
 

@@ -1,5 +1,10 @@
 import { dayKey } from "../../domain/calendar";
+import { blockSize } from "../../domain/leases";
 import { fitsQuota, type JobClaim, type QuotaDecision, type QuotaUse, type ResolvedQuota } from "../../domain/quota";
+import type { SlotAsk } from "./types";
+
+/** A block of slots lent to a scheduler shard is the job row of this id (the holder after it). */
+const BLOCK_PREFIX = "slots:";
 
 /** What the jobs need of the object that hosts them. */
 export interface JobsHost {
@@ -67,14 +72,43 @@ export class Jobs {
     return decisions;
   }
 
-  /** Jobs held, by kind ("request", "allocation"). */
+  /** Job slots held, by kind ("request", "allocation", "lease": blocks lent to scheduler shards). */
   countByKind(): Map<string, number> {
-    return new Map(this.sql.exec<{ kind: string; n: number }>("SELECT kind, COUNT(*) AS n FROM jobs GROUP BY kind").toArray().map((r) => [r.kind, r.n]));
+    const out = new Map<string, number>();
+    for (const job of this.jobs().byId.values()) out.set(job.kind, (out.get(job.kind) ?? 0) + (job.slots ?? 1));
+    return out;
   }
 
-  /** Jobs held (expired ones purged by the caller). */
+  /** Job slots held (expired ones purged by the caller). */
   count(): number {
-    return this.sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM jobs").one().n;
+    return this.jobs().slots;
+  }
+
+  /**
+   * Lend a scheduler shard a block of slots, or resize the one it holds (decision 007; the shard's side
+   * is ../scheduler/slot-leases.ts): one job row of kind "lease" for the whole block, which the shard
+   * admits its requests against in memory. The size is set, not added to (an exchange made again
+   * changes nothing more): what `ask.want` asks within plenty (blockSize), never below the slots the
+   * shard has in use. Not to a client with daily caps per pool: a block holds no units. Returns the size.
+   */
+  lend(effective: ResolvedQuota, ask: SlotAsk, now: number): number {
+    const held = this.jobs();
+    const jobId = `${BLOCK_PREFIX}${ask.holder}`;
+    const old = held.byId.get(jobId)?.slots ?? 0;
+    const free = effective.maxConcurrent - (held.slots - old);
+    const size = blockSize(free, ask.want, ask.inUse, Object.keys(effective.poolDaily).length === 0);
+    if (size === 0) {
+      if (old > 0) this.release([jobId]);
+      return 0;
+    }
+    this.sql.exec(
+      `INSERT INTO jobs (job_id, kind, acquired_at, expires_at, slots) VALUES (?, 'lease', ?, ?, ?)
+       ON CONFLICT (job_id) DO UPDATE SET expires_at = excluded.expires_at, slots = excluded.slots`,
+      jobId, now, ask.until, size,
+    );
+    held.add({ jobId, kind: "lease", expiresAt: ask.until, slots: size });
+    if (size < old) this.wakeRefused();
+    return size;
   }
 
   /** Free these jobs' holds; returns how many were held. */
@@ -102,7 +136,7 @@ export class Jobs {
     const held = this.jobs();
     const poolToday: Record<string, number> = { ...this.host.unitsOn(dayKey(now)) };
     for (const [pool, units] of held.poolUnits) poolToday[pool] = (poolToday[pool] ?? 0) + units;
-    return { jobs: held.byId.size, cpuMillicores: held.cpu, memoryMb: held.memory, poolToday };
+    return { jobs: held.slots, cpuMillicores: held.cpu, memoryMb: held.memory, poolToday };
   }
 
   /** Which of these jobs are held now: one query for a batch. */
@@ -119,10 +153,11 @@ export class Jobs {
   private jobs(): HeldJobs {
     if (this.held) return this.held;
     const held = new HeldJobs();
-    for (const r of this.sql.exec<{ job_id: string; kind: string; expires_at: number; cpu_millicores: number; memory_mb: number; pools: string }>(
-      "SELECT job_id, kind, expires_at, cpu_millicores, memory_mb, pools FROM jobs",
+    for (const r of this.sql.exec<{ job_id: string; kind: string; expires_at: number; cpu_millicores: number; memory_mb: number; pools: string; slots: number }>(
+      "SELECT job_id, kind, expires_at, cpu_millicores, memory_mb, pools, slots FROM jobs",
     )) {
-      held.add({ jobId: r.job_id, kind: r.kind === "allocation" ? "allocation" : "request", expiresAt: r.expires_at, cpuMillicores: r.cpu_millicores, memoryMb: r.memory_mb, pools: JSON.parse(r.pools) as Record<string, number> });
+      const kind = r.kind === "allocation" || r.kind === "lease" ? r.kind : "request";
+      held.add({ jobId: r.job_id, kind, expiresAt: r.expires_at, cpuMillicores: r.cpu_millicores, memoryMb: r.memory_mb, pools: JSON.parse(r.pools) as Record<string, number>, slots: r.slots });
     }
     this.held = held;
     return held;
@@ -158,9 +193,10 @@ export class Jobs {
   }
 }
 
-/** The jobs a client holds, by id, with running sums of CPU, memory and units per pool. */
+/** The jobs a client holds, by id, with running sums of slots, CPU, memory and units per pool. */
 class HeldJobs {
   readonly byId = new Map<string, JobClaim>();
+  slots = 0;
   cpu = 0;
   memory = 0;
   readonly poolUnits = new Map<string, number>();
@@ -170,6 +206,7 @@ class HeldJobs {
   add(job: JobClaim): void {
     this.remove(job.jobId);
     this.byId.set(job.jobId, job);
+    this.slots += job.slots ?? 1;
     this.cpu += job.cpuMillicores ?? 0;
     this.memory += job.memoryMb ?? 0;
     for (const [pool, units] of Object.entries(job.pools ?? {})) this.poolUnits.set(pool, (this.poolUnits.get(pool) ?? 0) + units);
@@ -187,6 +224,7 @@ class HeldJobs {
     const job = this.byId.get(jobId);
     if (!job) return;
     this.byId.delete(jobId);
+    this.slots -= job.slots ?? 1;
     this.cpu -= job.cpuMillicores ?? 0;
     this.memory -= job.memoryMb ?? 0;
     for (const [pool, units] of Object.entries(job.pools ?? {})) {

@@ -14,9 +14,14 @@ export function createTables(sql: SqlStorage): void {
     name: "jobs",
     create: `CREATE TABLE IF NOT EXISTS jobs (
       job_id TEXT PRIMARY KEY, kind TEXT NOT NULL, acquired_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
-      cpu_millicores INTEGER NOT NULL DEFAULT 0, memory_mb INTEGER NOT NULL DEFAULT 0, pools TEXT NOT NULL DEFAULT '{}'
+      cpu_millicores INTEGER NOT NULL DEFAULT 0, memory_mb INTEGER NOT NULL DEFAULT 0, pools TEXT NOT NULL DEFAULT '{}',
+      slots INTEGER NOT NULL DEFAULT 1
     ) WITHOUT ROWID`,
   });
+  // A job's slots: 1, or a block lent to a scheduler shard (./jobs.ts, lend). Objects made before had 1 per job.
+  if (!sql.exec<{ name: string }>("SELECT name FROM pragma_table_info('jobs')").toArray().some((c) => c.name === "slots")) {
+    sql.exec("ALTER TABLE jobs ADD COLUMN slots INTEGER NOT NULL DEFAULT 1");
+  }
   keyedTable(sql, { name: "pool_day", create: "CREATE TABLE IF NOT EXISTS pool_day (day TEXT NOT NULL, pool TEXT NOT NULL, units INTEGER NOT NULL, PRIMARY KEY (day, pool)) WITHOUT ROWID" });
   keyedTable(sql, { name: "spend", create: "CREATE TABLE IF NOT EXISTS spend (month TEXT PRIMARY KEY, spent_nano INTEGER NOT NULL) WITHOUT ROWID" });
   keyedTable(sql, { name: "in_flight", create: "CREATE TABLE IF NOT EXISTS in_flight (request_id TEXT PRIMARY KEY, estimate_nano INTEGER NOT NULL, admitted_at INTEGER NOT NULL) WITHOUT ROWID" });

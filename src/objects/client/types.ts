@@ -26,7 +26,21 @@ export interface QuotaState {
   quota: ResolvedQuota;
   effective: ResolvedQuota;
   burst: BurstSession | null;
-  use: QuotaUse & { requests: number; allocations: number };
+  /** `requests`: slots of running requests held one each; `leased`: slots in blocks lent to scheduler shards. */
+  use: QuotaUse & { requests: number; allocations: number; leased: number };
+}
+
+/**
+ * A scheduler shard's ask for its block of a client's job slots (ClientObject.leaseSlots): the size it
+ * wants, the slots of it running requests use (the least it may be), and when the block ends unless
+ * renewed (past the lease of any request on it).
+ */
+export interface SlotAsk {
+  /** The shard's life that holds the block (one block per holder). */
+  holder: string;
+  want: number;
+  inUse: number;
+  until: number;
 }
 
 export type BurstResult = { ok: true; value: BurstSession } | { ok: false; error: ErrorBody };

@@ -20,6 +20,7 @@ import type { Release } from "./settlement";
 import type { QueueStore } from "./store";
 import { settings } from "../../settings";
 import { clientStub } from "../client/stub";
+import type { SlotLeases } from "./slot-leases";
 import type { UnitLeases } from "./unit-leases";
 
 /**
@@ -65,6 +66,7 @@ export class Admission {
   constructor(
     private readonly env: Env, private readonly store: QueueStore, private readonly host: AdmissionHost, private readonly shard: string,
     private readonly units: UnitLeases,
+    private readonly slots: SlotLeases,
   ) {}
 
   /**
@@ -192,7 +194,12 @@ export class Admission {
         return;
       }
       for (const r of list) if (slotsHeld.has(r.id)) slotted.add(r.id);
-      const ask = slotsHeld.size === 0 ? list : list.filter((r) => !slotsHeld.has(r.id));
+      const mine = slotsHeld.size === 0 ? list : list.filter((r) => !slotsHeld.has(r.id));
+      // From this shard's block of the client's slots while it has room (no call); the rest a job row each.
+      await this.slots.ready(clientId);
+      const fromBlock = this.slots.take(clientId, quota, mine.map((r) => ({ id: r.id, leaseUntil: r.lease_until! })), Date.now(), this.store.queued.size > 0);
+      for (const id of fromBlock) slotted.add(id);
+      const ask = fromBlock.size === 0 ? mine : mine.filter((r) => !fromBlock.has(r.id));
       if (ask.length === 0) return;
       const claims = ask.map((r) => ({
         jobId: r.id, kind: "request" as const, expiresAt: r.lease_until!,

@@ -17,6 +17,7 @@ import type { Ranking } from "./ranking";
 import type { Held, Row } from "./rows";
 import type { Settlement } from "./settlement";
 import type { QueueStore } from "./store";
+import type { SlotLeases } from "./slot-leases";
 import type { UnitLeases } from "./unit-leases";
 
 /** What the pass asks of the object that hosts it: whether dispatch is on, an alarm, and whether it owns a client. */
@@ -49,6 +50,7 @@ export interface PassParts {
   health: Health;
   outbox: Outbox;
   units: UnitLeases;
+  slots: SlotLeases;
 }
 
 export class Dispatcher {
@@ -65,6 +67,7 @@ export class Dispatcher {
   private readonly health: Health;
   private readonly outbox: Outbox;
   private readonly units: UnitLeases;
+  private readonly slots: SlotLeases;
 
   constructor(private readonly env: Env, parts: PassParts, private readonly host: DispatcherHost) {
     this.store = parts.store;
@@ -75,6 +78,7 @@ export class Dispatcher {
     this.health = parts.health;
     this.outbox = parts.outbox;
     this.units = parts.units;
+    this.slots = parts.slots;
   }
 
   /**
@@ -177,7 +181,7 @@ export class Dispatcher {
     if (wakeAt !== null) this.host.ensureAlarm(wakeAt);
     if (!onlyIds) await this.health.checkAlerts(Date.now());
     // Nothing left queued here: the units lent to this shard and not in use go back to their pools.
-    if (!onlyIds && this.store.queued.size === 0) await this.units.handBackFree();
+    if (!onlyIds && this.store.queued.size === 0) await Promise.all([this.units.handBackFree(), this.slots.handBackFree()]);
     if (!onlyIds) {
       // A pass the alarm brought in a busy stretch delivers with the next one due (Outbox.flushPaced).
       const due = trigger === "alarm" ? await this.outbox.flushPaced(Date.now()) : (await this.outbox.flush(), null);

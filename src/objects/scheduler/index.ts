@@ -17,6 +17,7 @@ import { createTables } from "./schema";
 import { Settlement } from "./settlement";
 import { ownerShard, shardName } from "./shards";
 import { QueueStore } from "./store";
+import { SlotLeases } from "./slot-leases";
 import { UnitLeases } from "./unit-leases";
 import { isQueueFull, type EnqueueOutcome, type NewRequest, type PositionView, type QueueFull, type QueueStats, type RequestView, type SchedulerMetrics, type SchedulerState, type SlaGroup } from "./types";
 
@@ -72,15 +73,19 @@ export class SchedulerObject extends DurableObject<Env> {
     });
     this.owed = new OwedSettlements(sql);
     const units = new UnitLeases(env, this.shard);
-    this.settlement = new Settlement(env, this.store, this.health, this.owed, units, {
+    // A block with room again: a pass, for work a pass could not admit while its block was being exchanged.
+    const slots = new SlotLeases(env, this.shard, () => {
+      if (this.store.queued.size > 0) this.ensureAlarm(Date.now());
+    });
+    this.settlement = new Settlement(env, this.store, this.health, this.owed, units, slots, {
       abortCall: (id, reason) => this.calls.abort(id, reason),
       dropCall: (id, reason) => this.calls.drop(id, reason),
       ensureAlarm: (at) => this.ensureAlarm(at),
     });
-    this.admission = new Admission(env, this.store, this.settlement, this.shard, units);
+    this.admission = new Admission(env, this.store, this.settlement, this.shard, units, slots);
     this.dispatcher = new Dispatcher(
       env,
-      { store: this.store, ranking: this.ranking, admission: this.admission, calls: this.calls, settlement: this.settlement, health: this.health, outbox: this.outbox, units },
+      { store: this.store, ranking: this.ranking, admission: this.admission, calls: this.calls, settlement: this.settlement, health: this.health, outbox: this.outbox, units, slots },
       { isRunning: () => this.running, ensureAlarm: (at) => this.ensureAlarm(at), ownsClient: (id) => ownerShard(env, id) === this.shardIndex },
     );
     this.store.load();

@@ -19,6 +19,7 @@ import type { QueueStore } from "./store";
 import type { PoolCost, RequestStatus, RequestView, StoredPlan } from "./types";
 import { clientStub } from "../client/stub";
 import { costOf } from "../../domain/money";
+import type { SlotLeases } from "./slot-leases";
 import type { UnitLeases } from "./unit-leases";
 
 /** Completions are settled together: one release call per pool and client for all that end within this window. */
@@ -60,6 +61,7 @@ export class Settlement {
     private readonly health: Health,
     private readonly owed: OwedSettlements,
     private readonly units: UnitLeases,
+    private readonly slots: SlotLeases,
     private readonly host: SettlementHost,
   ) {}
 
@@ -279,6 +281,8 @@ export class Settlement {
     const events = new Map<string, SpendEvent[]>();
     const leasedPools = new Set<string>();
     const now = Date.now();
+    // A slot from this shard's block of the client's slots goes back to the block (the client's settle below frees a job row's).
+    for (const { row, poolsOnly } of items) if (!poolsOnly) this.slots.release(row.id);
     for (const { row, actual } of items) {
       for (const hold of JSON.parse(row.reservations ?? "[]") as Held[]) {
         if (hold.lease) {
@@ -341,8 +345,9 @@ export class Settlement {
     for (const row of stale) {
       const was = row.status;
       this.host.dropCall(row.id, new Error("lease expired"));
-      // Units it took from this shard's leases come back when those leases do.
+      // Units it took from this shard's leases come back when those leases do; a slot from its client's block, now.
       for (const h of JSON.parse(row.reservations ?? "[]") as Held[]) if (h.lease) this.units.forget(h.lease, h.amount);
+      this.slots.release(row.id);
       if (row.status === "running" && row.attempts >= row.max_attempts) {
         this.store.finish(row.id, "failed", now, { error: "lease expired: the dispatcher stopped while the request ran" });
         failed.push(row);
