@@ -67,7 +67,7 @@ describe("acquireJobs decides a batch in order", () => {
     expect(decisions.slice(0, 5)).toEqual(Array.from({ length: 5 }, () => ({ ok: true })));
     expect(decisions[5]).toEqual({ ok: false, shortfall: { limit: "concurrent", limit_value: 3, in_use: 3, requested: 1, shortfall: 1 } });
     const state = await stub.quotaState(q);
-    expect(state.use).toEqual({ jobs: 3, cpuMillicores: 900, memoryMb: 192, poolToday: { p: 6 }, requests: 0, allocations: 3 });
+    expect(state.use).toEqual({ jobs: 3, cpuMillicores: 900, memoryMb: 192, poolToday: { p: 6 }, requests: 0, allocations: 3, leased: 0 });
     const rows = await jobRows(stub);
     expect(Object.keys(rows).sort()).toEqual(["dup", "held", "last"]);
     expect([rows.held!.expires_at, rows.dup!.expires_at, rows.last!.expires_at]).toEqual([expires + 4, expires + 3, expires]);
