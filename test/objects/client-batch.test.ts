@@ -133,7 +133,7 @@ describe("held jobs kept in memory stay in step with the table", () => {
 });
 
 describe("settle counts each event once", () => {
-  it("an event repeated in the batch and one counted earlier add nothing more; slots and estimates are freed as asked", async () => {
+  it("a finished request's events count with its estimate leaving flight, once however often it is settled; a retry's by event id; slots and estimates are freed as asked", async () => {
     const { stub } = freshClient();
     const q = quota();
     const limit: BudgetLimit = { limitNano: 1_000_000, source: "client" };
@@ -141,29 +141,37 @@ describe("settle counts each event once", () => {
     expect(await stub.acquireJobs(q, [job("r1"), job("r2")])).toEqual([{ ok: true }, { ok: true }]);
     expect(await stub.admit(limit, [{ requestId: "r1", estimateNano: 1000 }, { requestId: "r2", estimateNano: 2000 }])).toEqual([{ ok: true }, { ok: true }]);
     const lastMonth = Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth(), 1) - 5 * DAY_MS;
-    await stub.settle(null, [
-      {
-        requestId: "r1",
-        events: [
-          event("e0", 100, { pool: "p", units: 1 }),
-          event("e1", 200, { pool: "p", units: 2 }),
-          event("e1", 999, { pool: "p", units: 50 }),
-          event("e-free", 0, { pool: "q", units: 7 }),
-          event("e-old", 5000, { at: lastMonth }),
-        ],
-      },
-      { requestId: "r2", events: [event("e2", 300, { pool: "q", units: 4 }), event("e1", 200, { pool: "p", units: 2 })], keepInFlight: true },
-    ]);
+    const r1 = {
+      requestId: "r1",
+      events: [
+        event("e1", 200, { pool: "p", units: 2 }),
+        // The same event twice in a settlement counts once.
+        event("e1", 999, { pool: "p", units: 50 }),
+        event("e-free", 0, { pool: "q", units: 7 }),
+        event("e-old", 5000, { at: lastMonth }),
+      ],
+    };
+    const r2 = { requestId: "r2", events: [event("e2", 300, { pool: "q", units: 4 })], keepInFlight: true };
+    await stub.settle(null, [r1, r2]);
     const view = await stub.budget(limit);
     expect(view).toMatchObject({ month: monthKey(Date.now()), spent_nano: 600, in_flight_nano: 2000, concurrency_in_use: 0 });
     expect((await stub.quotaState(q)).use.poolToday).toEqual({ p: 3, q: 11 });
     const old = await runInDurableObject(stub, (_: ClientObject, state) =>
       state.storage.sql.exec<{ n: number }>("SELECT spent_nano AS n FROM spend WHERE month = ?", monthKey(lastMonth)).one().n);
     expect(old).toBe(5000);
-    // the whole batch delivered again changes nothing
-    await stub.settle(null, [{ requestId: "r1", events: [event("e0", 100), event("e1", 200, { pool: "p", units: 2 }), event("e2", 300, { pool: "q", units: 4 }), event("e-old", 5000, { at: lastMonth })] }]);
+    // The finished request's events kept no row each: its estimate leaving flight was the mark.
+    const ids = await runInDurableObject(stub, (_: ClientObject, state) => state.storage.sql.exec<{ event_id: string }>("SELECT event_id FROM counted ORDER BY event_id").toArray().map((r) => r.event_id));
+    expect(ids).toEqual(["e0", "e2"]);
+    // The whole batch settled again (a settlement made again after its answer was lost) changes nothing.
+    await stub.settle(null, [r1, r2]);
     expect(await stub.budget(limit)).toMatchObject({ spent_nano: 600, in_flight_nano: 2000 });
     expect((await stub.quotaState(q)).use.poolToday).toEqual({ p: 3, q: 11 });
+    // The retried request finishes: its last attempt's events count once, and its estimate leaves flight.
+    const last = { requestId: "r2", events: [event("e3", 50, { pool: "q", units: 1 })] };
+    await stub.settle(null, [last]);
+    await stub.settle(null, [last]);
+    expect(await stub.budget(limit)).toMatchObject({ spent_nano: 650, in_flight_nano: 0 });
+    expect((await stub.quotaState(q)).use.poolToday).toEqual({ p: 3, q: 12 });
   });
 
   it("a pool outbox's deliveries count each seq once: repeats, overlapping retries and other sources, with no row per event", async () => {

@@ -182,7 +182,7 @@ export class ClientObject extends DurableObject<Env> {
   }
 
   /**
-   * Spend events counted by id, as a settlement's (idempotent: an id is counted once while the object
+   * Spend events counted by id, as a retried attempt's settlement (idempotent: an id is counted once while the object
    * keeps it, COUNTED_EVENT_KEEP_MS by event time). Ids are event ids (`evt_` and time-ordered): the
    * cleanup forgets ranges of those, and would keep any other id for good. Pool outboxes deliver by seq
    * (recordPoolSpend).

@@ -114,11 +114,31 @@ export class Ledger {
     this.land(requestIds);
   }
 
-  /** The money side of settled requests: estimates of those that finished out of flight, their events counted. */
+  /**
+   * The money side of settled requests: estimates of those that finished out of flight, their events
+   * counted. A finished request's events are new exactly when its estimate leaves flight in this call
+   * (the row goes in the same write): a settlement made again finds none in flight and counts nothing
+   * twice, with no row kept per event (a counted id each was a write per request and a delete two days
+   * later; decision 007, "Spend"). Events of a request that goes on (a retry keeps its estimate in
+   * flight) are counted by id, as recordSpend's.
+   */
   async settle(limit: BudgetLimit | null, items: Settlement[]): Promise<void> {
     const done = items.filter((i) => !i.keepInFlight).map((i) => i.requestId);
-    if (done.length) this.land(done);
-    await this.spend(limit, items.flatMap((i) => i.events));
+    const landed = done.length ? this.land(done) : new Set<string>();
+    const once: SpendEvent[] = [];
+    const seen = new Set<string>();
+    const byId: SpendEvent[] = [];
+    for (const item of items) {
+      if (item.keepInFlight) byId.push(...item.events);
+      else if (landed.has(item.requestId)) {
+        for (const e of item.events) {
+          if (seen.has(e.eventId)) continue;
+          seen.add(e.eventId);
+          once.push(e);
+        }
+      }
+    }
+    await this.counted(limit, this.tally([...once, ...this.fresh(byId)]), Date.now());
   }
 
   /** Count new events (synchronously), then raise budget alerts if this month's spend crossed a line. */
@@ -181,13 +201,18 @@ export class Ledger {
   }
 
   /** Take requests out of flight; the kept sum loses exactly the estimates of the rows deleted. */
-  private land(requestIds: string[]): void {
+  private land(requestIds: string[]): Set<string> {
     let sum = this.flyingNano();
-    const gone = this.sql.exec<{ estimate_nano: number }>(
-      "DELETE FROM in_flight WHERE request_id IN (SELECT value FROM json_each(?)) RETURNING estimate_nano", JSON.stringify(requestIds),
+    const gone = this.sql.exec<{ request_id: string; estimate_nano: number }>(
+      "DELETE FROM in_flight WHERE request_id IN (SELECT value FROM json_each(?)) RETURNING request_id, estimate_nano", JSON.stringify(requestIds),
     ).toArray();
-    for (const r of gone) sum -= BigInt(r.estimate_nano);
+    const landed = new Set<string>();
+    for (const r of gone) {
+      sum -= BigInt(r.estimate_nano);
+      landed.add(r.request_id);
+    }
     this.flying = sum;
+    return landed;
   }
 
   /** Admitted requests' estimates and the money held outside requests. */
