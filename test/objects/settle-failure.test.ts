@@ -25,6 +25,24 @@ async function failClientSettlements(failures: number): Promise<void> {
   });
 }
 
+/** The next `failures` client-object settlements of the scheduler are applied but their answer is lost (the call throws after the object wrote it). */
+async function loseClientSettlementAnswers(failures: number): Promise<void> {
+  await runInDurableObject(scheduler(), (instance: SchedulerObject) => {
+    const settlement = (instance as unknown as { settlement: ClientStubOf }).settlement;
+    const real = Object.getPrototypeOf(settlement).clientStub.bind(settlement) as ClientStubOf["clientStub"];
+    let left = failures;
+    settlement.clientStub = (clientId: string) => {
+      const stub = real(clientId);
+      return {
+        settle: async (...args: unknown[]) => {
+          await stub.settle(...args);
+          if (left-- > 0) throw new Error("the client object's answer was lost");
+        },
+      };
+    };
+  });
+}
+
 /** What the settlement reaches for a pool object (the fault injected there: the pool object unreachable). */
 type PoolStubOf = { poolStub: (pool: string) => { releaseMany: (...args: unknown[]) => Promise<unknown> } };
 
@@ -62,6 +80,24 @@ describe("a settlement that fails (a client object unreachable)", () => {
       return s.spent_nano === 3000 && s.in_flight_nano === 0 ? s : null;
     }, 5000, "the client's spend of one run");
     expect(await spendOf(client.id)).toMatchObject({ spent_nano: 3000, in_flight_nano: 0 });
+  }, 30_000);
+
+  it("applied by the client object but its answer lost is made again: the estimate left flight with the first, so the cost is counted once, with no counted id kept", async () => {
+    const pool = await makePool({ capacity: 100, costPerUnitNano: 1000 });
+    const template = await makeTemplate([{ pool: pool.id, amount: 3 }], { timeoutMs: 2000 });
+    const client = await makeClient("settle-lost");
+    const lines = captureLog();
+    await loseClientSettlementAnswers(1);
+    const r = await enqueue({ template, queue: "fast" }, client.key);
+    expect(r.status, JSON.stringify(r.body)).toBe(202);
+    const id: string = r.body.request.id;
+    expect(await settled(id, ["completed", "failed"], 10_000, client.key)).toMatchObject({ status: "completed", attempts: 1 });
+    // It was settled twice at the client: the first (applied, its answer lost) and the one made again.
+    expect(lines.filter((l) => l.msg === "settle_failed")).toHaveLength(1);
+    await sleep(300);
+    expect(await spendOf(client.id)).toMatchObject({ spent_nano: 3000, in_flight_nano: 0 });
+    const counted = await runInDurableObject(env.CLIENT.get(env.CLIENT.idFromName(client.id)), (_, state) => state.storage.sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM counted").one().n);
+    expect(counted).toBe(0);
   }, 30_000);
 
   it("that keeps failing is owed: kept in the shard's storage, its request stays running past its lease (never run again), and after a restart it is made again: the request completes once, its cost counted once", async () => {
