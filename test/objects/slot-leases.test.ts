@@ -118,6 +118,18 @@ describe("a shard's block of a client's slots", () => {
     expect(await usage(id)).toMatchObject({ active_jobs: 0, leased_slots: 0 });
   });
 
+  it("a slot whose request's lease ended long ago (missed by every release) is back in the block within a renewal", async () => {
+    const { id } = await makeClient("shard-slots-stale");
+    const slots = await withBlock("scheduler-stale", id);
+    const got = slots.take(id, quota(), [{ id: "gone", leaseUntil: Date.now() - 10_000 }, { id: "live", leaseUntil: Date.now() + 20_000 }], Date.now(), true);
+    expect(got.size).toBe(2);
+    expect(slots.held().inUse).toBe(2);
+    await eventually(async () => slots.held().inUse === 1 || null, 3000, "the stale slot came back");
+    slots.release("live");
+    await slots.handBackFree();
+    expect(await usage(id)).toMatchObject({ active_jobs: 0 });
+  });
+
   it("a full block serves no more requests: the rest take job rows, and the block grows while the rate lasts", async () => {
     const { id } = await makeClient("shard-slots-full");
     const big = quota({ maxConcurrent: 4000 });

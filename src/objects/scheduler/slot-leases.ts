@@ -48,8 +48,8 @@ export interface SlotClaim {
 
 export class SlotLeases {
   private readonly blocks = new Map<string, Block>();
-  /** Requests running on a block slot: their client and the block's epoch then. */
-  private readonly taken = new Map<string, { clientId: string; epoch: number }>();
+  /** Requests running on a block slot: their client, the block's epoch then, and the end of their lease. */
+  private readonly taken = new Map<string, { clientId: string; epoch: number; leaseUntil: number }>();
   /** One holder per object life: an earlier life's blocks end on their own at the clients. */
   private readonly holder: string;
   private timer: ReturnType<typeof setTimeout> | null = null;
@@ -96,7 +96,7 @@ export class SlotLeases {
         // A request whose lease would outlive the block takes a job row of its own.
         if (c.leaseUntil > b.until - SLOT_LEASE.MARGIN_MS) continue;
         b.inUse += 1;
-        this.taken.set(c.id, { clientId, epoch: b.epoch });
+        this.taken.set(c.id, { clientId, epoch: b.epoch, leaseUntil: c.leaseUntil });
         out.add(c.id);
       }
       if (out.size > 0) b.used = true;
@@ -184,6 +184,10 @@ export class SlotLeases {
     if (this.timer || ![...this.blocks.values()].some((b) => b.size > 0)) return;
     this.timer = setTimeout(() => {
       this.timer = null;
+      // A slot whose request's lease ended long ago is back in the block (the lease sweep releases it; this is
+      // the backstop, so a slot missed by every path cannot keep a block, and this object, alive for good).
+      const stale = Date.now() - SLOT_LEASE.MARGIN_MS;
+      for (const [id, t] of this.taken) if (t.leaseUntil < stale) this.release(id);
       for (const b of this.blocks.values()) {
         if (b.size === 0 || b.exchanging) continue;
         const want = b.used ? b.size : b.inUse;
