@@ -7,8 +7,11 @@ import { ADMIN, call, captureLog, enqueue, eventually, makeClient, makePool, mak
 /** What the settlement reaches for a client object (the fault is injected there: the client object unreachable). */
 type ClientStubOf = { clientStub: (clientId: string) => { settle: (...args: unknown[]) => Promise<void> } };
 
-/** The next `failures` client-object settlements of the scheduler fail, as when the object cannot be reached; later ones go through. */
-async function failClientSettlements(failures: number): Promise<void> {
+/**
+ * The next `failures` client-object settlements of the scheduler fail; later ones go through. "unreachable": the
+ * call fails before the object sees it; "answer lost": the object applies it and the call throws after.
+ */
+async function faultClientSettlements(failures: number, fault: "unreachable" | "answer lost" = "unreachable"): Promise<void> {
   await runInDurableObject(scheduler(), (instance: SchedulerObject) => {
     const settlement = (instance as unknown as { settlement: ClientStubOf }).settlement;
     const real = Object.getPrototypeOf(settlement).clientStub.bind(settlement) as ClientStubOf["clientStub"];
@@ -17,26 +20,9 @@ async function failClientSettlements(failures: number): Promise<void> {
       const stub = real(clientId);
       return {
         settle: async (...args: unknown[]) => {
-          if (left-- > 0) throw new Error("client object unreachable");
-          return stub.settle(...args);
-        },
-      };
-    };
-  });
-}
-
-/** The next `failures` client-object settlements of the scheduler are applied but their answer is lost (the call throws after the object wrote it). */
-async function loseClientSettlementAnswers(failures: number): Promise<void> {
-  await runInDurableObject(scheduler(), (instance: SchedulerObject) => {
-    const settlement = (instance as unknown as { settlement: ClientStubOf }).settlement;
-    const real = Object.getPrototypeOf(settlement).clientStub.bind(settlement) as ClientStubOf["clientStub"];
-    let left = failures;
-    settlement.clientStub = (clientId: string) => {
-      const stub = real(clientId);
-      return {
-        settle: async (...args: unknown[]) => {
-          await stub.settle(...args);
-          if (left-- > 0) throw new Error("the client object's answer was lost");
+          if (fault === "answer lost") await stub.settle(...args);
+          if (left-- > 0) throw new Error(fault === "unreachable" ? "client object unreachable" : "the client object's answer was lost");
+          if (fault === "unreachable") return stub.settle(...args);
         },
       };
     };
@@ -63,7 +49,7 @@ describe("a settlement that fails (a client object unreachable)", () => {
     const template = await makeTemplate([{ pool: pool.id, amount: 3 }], { timeoutMs: 2000 });
     const client = await makeClient("settle-retry");
     const lines = captureLog();
-    await failClientSettlements(1);
+    await faultClientSettlements(1);
     const r = await enqueue({ template, queue: "fast" }, client.key);
     expect(r.status, JSON.stringify(r.body)).toBe(202);
     const id: string = r.body.request.id;
@@ -87,7 +73,7 @@ describe("a settlement that fails (a client object unreachable)", () => {
     const template = await makeTemplate([{ pool: pool.id, amount: 3 }], { timeoutMs: 2000 });
     const client = await makeClient("settle-lost");
     const lines = captureLog();
-    await loseClientSettlementAnswers(1);
+    await faultClientSettlements(1, "answer lost");
     const r = await enqueue({ template, queue: "fast" }, client.key);
     expect(r.status, JSON.stringify(r.body)).toBe(202);
     const id: string = r.body.request.id;
@@ -105,7 +91,7 @@ describe("a settlement that fails (a client object unreachable)", () => {
     const template = await makeTemplate([{ pool: pool.id, amount: 1 }], { timeoutMs: 500 });
     const client = await makeClient("settle-owed");
     const lines = captureLog();
-    await failClientSettlements(1000); // every settlement fails until the objects restart
+    await faultClientSettlements(1000); // every settlement fails until the objects restart
     const r = await enqueue({ template, queue: "fast" }, client.key);
     expect(r.status, JSON.stringify(r.body)).toBe(202);
     const id: string = r.body.request.id;
