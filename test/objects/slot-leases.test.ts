@@ -130,6 +130,24 @@ describe("a shard's block of a client's slots", () => {
     expect(await usage(id)).toMatchObject({ active_jobs: 0 });
   });
 
+  it("a client that lends nothing (no plenty) is asked again no sooner than a second later, however many chunks come", async () => {
+    const { id } = await makeClient("shard-slots-none");
+    let asked = 0;
+    const counting = { ...env, CLIENT: { idFromName: (n: string) => env.CLIENT.idFromName(n), get: () => ({ leaseSlots: async () => { asked += 1; return 0; } }) } } as unknown as Env;
+    const slots = new SlotLeases(counting, "scheduler-none");
+    const small = quota({ maxConcurrent: 300 });
+    expect(slots.take(id, small, claims(SLOT_LEASE.MIN_RATE, "a"), Date.now(), true).size).toBe(0);
+    await eventually(async () => asked === 1 || null, 2000, "the first ask");
+    await sleep(20);
+    for (let i = 0; i < 5; i++) expect(slots.take(id, small, claims(50, `b${i}`), Date.now(), true).size).toBe(0);
+    await sleep(50);
+    expect(asked).toBe(1);
+    await sleep(SLOT_LEASE.RENEW_MS);
+    slots.take(id, small, claims(SLOT_LEASE.MIN_RATE, "c"), Date.now(), true);
+    await eventually(async () => asked === 2 || null, 2000, "asked again after the pause");
+    expect(slots.held()).toEqual({ size: 0, inUse: 0 });
+  });
+
   it("a full block serves no more requests: the rest take job rows, and the block grows while the rate lasts", async () => {
     const { id } = await makeClient("shard-slots-full");
     const big = quota({ maxConcurrent: 4000 });

@@ -36,6 +36,8 @@ interface Block {
   exchanging: Promise<void> | null;
   /** Slots were taken since the last renewal (else the renewal shrinks the block to its use). */
   used: boolean;
+  /** The client lent nothing more when last asked to grow: no chunk asks again before this. */
+  pausedUntil: number;
   /** Requests admitted per second. */
   requests: RateMeter;
 }
@@ -102,7 +104,7 @@ export class SlotLeases {
       if (out.size > 0) b.used = true;
     }
     // Room for this chunk and the next: a block grows to what runs at once here.
-    if (out.size < claims.length && backlog && rateOf(b.requests, now) >= SLOT_LEASE.MIN_RATE) {
+    if (out.size < claims.length && backlog && now >= b.pausedUntil && rateOf(b.requests, now) >= SLOT_LEASE.MIN_RATE) {
       this.exchangeLater(b, Math.max(b.size, b.inUse + 2 * claims.length));
     }
     return out;
@@ -129,7 +131,7 @@ export class SlotLeases {
   private block(clientId: string, quota: ResolvedQuota, now: number): Block {
     let b = this.blocks.get(clientId);
     if (!b) {
-      b = { clientId, quota, size: 0, inUse: 0, until: 0, epoch: 0, exchanging: null, used: false, requests: newMeter(now) };
+      b = { clientId, quota, size: 0, inUse: 0, until: 0, epoch: 0, exchanging: null, used: false, pausedUntil: 0, requests: newMeter(now) };
       this.blocks.set(clientId, b);
     }
     b.quota = quota;
@@ -168,6 +170,8 @@ export class SlotLeases {
     try {
       const size = await clientStub(this.env, b.clientId).leaseSlots(b.quota, { holder: this.holder, want: Math.max(want, inUse), inUse, until });
       if (b.epoch !== epoch) return;
+      // Asked to grow and lent nothing more (no plenty, or a daily cap): the chunks take job rows a while without asking.
+      if (want > inUse && size <= inUse) b.pausedUntil = Date.now() + SLOT_LEASE.RENEW_MS;
       b.size = size;
       b.until = size > 0 ? until : 0;
       if (size > b.inUse) this.roomMade();
