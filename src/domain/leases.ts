@@ -74,14 +74,21 @@ export const SLOT_LEASE = {
 } as const;
 
 /**
+ * The most an owner lends a shard out of `available` from plenty: it keeps `rule.PLENTY - 1` times what it
+ * lends, and `rule.MIN_LEFT`, after lending (a pool's units, SHARD_LEASE; a client's slots, SLOT_LEASE).
+ */
+export function lendable(available: number, rule: { PLENTY: number; MIN_LEFT: number }): number {
+  return Math.max(0, Math.min(available - rule.MIN_LEFT, Math.floor(available / rule.PLENTY)));
+}
+
+/**
  * The size of the block a client's object lends a shard: what the shard wants, within what plenty
  * allows (`free`: the limit less every other job held), but never less than the shard's slots in use
  * (running requests keep theirs, as a burst's end lets work held run on). `lends`: the client may lend
  * at all (no daily caps per pool).
  */
 export function blockSize(free: number, want: number, inUse: number, lends: boolean): number {
-  const lendable = lends ? Math.max(0, Math.min(free - SLOT_LEASE.MIN_LEFT, Math.floor(free / SLOT_LEASE.PLENTY))) : 0;
-  return Math.max(inUse, Math.min(want, lendable));
+  return Math.max(inUse, Math.min(want, lends ? lendable(free, SLOT_LEASE) : 0));
 }
 
 /** Money leases (client objects to isolates). */

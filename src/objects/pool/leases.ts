@@ -1,4 +1,4 @@
-import { grantFor, poolLends, SHARD_LEASE, TOKEN_LEASE } from "../../domain/leases";
+import { grantFor, lendable, poolLends, SHARD_LEASE, TOKEN_LEASE } from "../../domain/leases";
 import type { PoolConfig } from "../../domain/types";
 import type { UsageEvent } from "../../storage/usage";
 import type { LeaseAnswer, LeaseExchange, LeaseGrant } from "./types";
@@ -113,7 +113,7 @@ export class LeaseBook {
       outstanding = 0;
     } else if (x.shard !== undefined) {
       const level = this.host.level(now, cfg);
-      added = lends && !shardHeld && x.want > 0 && level - x.want >= Math.max(SHARD_LEASE.MIN_LEFT, (SHARD_LEASE.PLENTY - 1) * x.want) ? x.want : 0;
+      added = lends && !shardHeld && x.want > 0 && x.want <= lendable(level, SHARD_LEASE) ? x.want : 0;
       this.host.shift(added, cfg);
       outstanding += added;
     } else if (lends) {

@@ -140,7 +140,7 @@ export class SchedulerObject extends DurableObject<Env> {
     const id = inserted.request.id;
     if ((held.slot || held.pools.length) && (inserted.duplicate || !runNow)) giveBack();
     if (!inserted.duplicate && runNow) {
-      const settled = this.store.waitFor(id, waitMs);
+      const settled = this.store.waiters.waitFor(id, waitMs);
       try {
         if (await this.dispatcher.runNow(id, held.slot, held.pools)) await settled;
       } finally {

@@ -83,7 +83,7 @@ export class Settlement {
     if (wasActive) this.host.abortCall(id, new Error("cancelled"));
     await this.releaseHolds([{ row, actual: {}, final: true }]);
     if (wasActive) this.host.ensureAlarm(Date.now());
-    this.store.resolveWaiters(id);
+    this.store.waiters.wake(id);
     return { ok: true, value: view(this.store.rowOf(id)!) };
   }
 
@@ -95,7 +95,7 @@ export class Settlement {
    * settlement each for 200 of them, all at once, held a drain's first wave up by half a second.
    */
   queue(id: string, attempt: number, outcome: Outcome): void {
-    if (this.store.hasWaiters(id)) return this.settleSafely([{ id, attempt, outcome }]);
+    if (this.store.waiters.has(id)) return this.settleSafely([{ id, attempt, outcome }]);
     this.settleBuffer.push({ id, attempt, outcome });
     if (this.settleBuffer.length >= SETTLE_BATCH) return this.settleNow();
     this.settleTimer ??= setTimeout(() => {

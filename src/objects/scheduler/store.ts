@@ -7,6 +7,7 @@ import type { QueueName } from "../../domain/priority";
 import { ReadyIndex } from "../../domain/ready-index";
 import type { Tier } from "../../domain/types";
 import { log } from "../../log";
+import { EndWaiters } from "./end-waiters";
 import { Launches, type LaunchEntry } from "./launches";
 import { hasOptimizerRecords } from "./outbox";
 import { poolNeedsOf, readyAtOf, specConflict, view, type Finished, type Queued, type Row } from "./rows";
@@ -58,7 +59,8 @@ export class QueueStore {
   seq = 0;
   /** The request the last change of the queued index added, and the epoch it made (Ranking.splice). */
   lastIndexed: { id: string; epoch: number } | null = null;
-  private waiters = new Map<string, Array<(v: RequestView) => void>>();
+  /** Callers waiting for a request's attempt to end (an execute). */
+  readonly waiters = new EndWaiters();
   /**
    * Inserts held back until their request's next write (insert's `defer`): an execute's row goes into
    * SQLite with its start, in one commit where it took two, and the calls that admit it go out with no
@@ -251,7 +253,7 @@ export class QueueStore {
     });
     this.live.set(live.id, live);
     this.index(live);
-    if (failedAttempt) this.resolveWaiters(row.id);
+    if (failedAttempt) this.waiters.wake(row.id);
   }
 
   finish(id: string, status: Finished["status"], now: number, fields: Omit<Finished, "id" | "status">): void {
@@ -315,7 +317,7 @@ export class QueueStore {
       }
       this.unqueue(f.id);
       this.active.delete(f.id);
-      this.resolveWaiters(f.id);
+      this.waiters.wake(f.id);
       this.live.delete(f.id);
       this.plans.delete(f.id);
     }
@@ -428,29 +430,5 @@ export class QueueStore {
       const live = this.live.get(r.id);
       return live ? { ...r, status: live.status, first_started_at: live.first_started_at } : r;
     });
-  }
-
-  /** Resolve with nothing after `ms`, or as soon as the request finishes or a failed attempt returns it to its queue. */
-  waitFor(id: string, ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const timer = setTimeout(resolve, ms);
-      this.waiters.set(id, [...(this.waiters.get(id) ?? []), () => {
-        clearTimeout(timer);
-        resolve();
-      }]);
-    });
-  }
-
-  /** Whether a caller waits for this request (an execute: Scheduler.execute). */
-  hasWaiters(id: string): boolean {
-    return this.waiters.has(id);
-  }
-
-  resolveWaiters(id: string): void {
-    const list = this.waiters.get(id);
-    if (!list) return;
-    this.waiters.delete(id);
-    const row = this.rowOf(id);
-    if (row) for (const fn of list) fn(view(row));
   }
 }
