@@ -2,7 +2,7 @@ import { runInDurableObject } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import type { SchedulerObject } from "../../src/objects/scheduler";
 import type { PoolConfig } from "../../src/domain/types";
-import { ADMIN, call, eventually, makeClient, makePool, makeTemplate, requestOf, shardOf } from "../support/helpers";
+import { ADMIN, call, eventually, makeClient, makePool, makeTemplate, requestOf, shardOf, STORED_REQUESTS } from "../support/helpers";
 
 /**
  * QueueStore.active: the live requests dispatching or running, which the lease sweep and the in-flight
@@ -116,7 +116,7 @@ describe("the shard's set of dispatching and running requests", () => {
       store.load();
       // The attempts launched and not ended: in the launch records, not in the rows (which still say queued).
       const stored = state.storage.sql.exec<{ id: string }>("SELECT j.value ->> 0 AS id FROM launches, json_each(launches.rows) AS j").toArray().map((r) => r.id);
-      const row = state.storage.sql.exec<{ status: string; attempts: number }>("SELECT status, attempts FROM requests WHERE id = ?", id).one();
+      const row = state.storage.sql.exec<{ status: string; attempts: number }>(`SELECT status, attempts FROM ${STORED_REQUESTS} WHERE id = ?`, id).one();
       const view = (store.live.get(id) ?? {}) as { status?: string; attempts?: number };
       return { active: [...store.active].sort(), stored: stored.sort(), row, view: { status: view.status, attempts: view.attempts } };
     });

@@ -6,7 +6,7 @@ import type { Tier } from "../../src/domain/types";
 import type { SchedulerObject } from "../../src/objects/scheduler";
 import { clearConfigCache } from "../../src/storage/config";
 import { shardStub } from "../../src/objects/scheduler/shards";
-import { ADMIN, call, enqueue, eventually, KEYS, makePool, makeTemplate, scheduler } from "../support/helpers";
+import { ADMIN, call, enqueue, eventually, KEYS, makePool, makeTemplate, scheduler, STORED_REQUESTS } from "../support/helpers";
 
 /** This file runs with one scheduler shard and again with four (vitest.config.ts). */
 const SHARDS = Number(env.SCHEDULER_SHARDS);
@@ -19,7 +19,7 @@ interface Row { id: string; client_id: string; tier: Tier; queue: keyof typeof Q
 /** Every shard's rows of a template (each shard numbers its own dispatches). */
 async function rowsOf(template: string): Promise<Row[]> {
   const all = await Promise.all(Array.from({ length: SHARDS }, (_, shard) => runInDurableObject(shardStub(env, shard), (_i: SchedulerObject, state) =>
-    state.storage.sql.exec("SELECT id, client_id, tier, queue, created_at, dispatch_seq, status FROM requests WHERE template = ?", template).toArray()
+    state.storage.sql.exec(`SELECT id, client_id, tier, queue, created_at, dispatch_seq, status FROM ${STORED_REQUESTS} WHERE template = ?`, template).toArray()
       .map((r) => ({ ...r, shard })) as unknown as Row[])));
   return all.flat();
 }

@@ -1,7 +1,7 @@
 import { abortAllDurableObjects, runInDurableObject } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import type { SchedulerObject } from "../../src/objects/scheduler";
-import { call, consume, readyToExecute, shardOf } from "../support/helpers";
+import { call, consume, readyToExecute, shardOf, STORED_REQUESTS } from "../support/helpers";
 
 /**
  * An execute's row is written with its start (QueueStore.insert's `defer`): one commit where it took
@@ -10,7 +10,7 @@ import { call, consume, readyToExecute, shardOf } from "../support/helpers";
 
 const stored = (clientId: string, id: string) =>
   runInDurableObject(shardOf(clientId), (_i: SchedulerObject, state) =>
-    state.storage.sql.exec<{ status: string; attempts: number }>("SELECT status, attempts FROM requests WHERE id = ?", id).toArray());
+    state.storage.sql.exec<{ status: string; attempts: number }>(`SELECT status, attempts FROM ${STORED_REQUESTS} WHERE id = ?`, id).toArray());
 
 describe("an execute's row", () => {
   it("that ran is stored with its start and its end (completed, one attempt)", async () => {

@@ -2,7 +2,7 @@ import { abortAllDurableObjects, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { passAll } from "../../src/services/scheduler";
-import { ADMIN, call, enqueue, eventually, makeClient, makePool, makeTemplate, settled, shardOf } from "../support/helpers";
+import { ADMIN, call, enqueue, eventually, makeClient, makePool, makeTemplate, settled, shardOf, STORED_REQUESTS } from "../support/helpers";
 
 /**
  * Launch records (src/objects/scheduler/store.ts, QueueStore.start): a launched chunk is one row of the
@@ -13,10 +13,14 @@ import { ADMIN, call, enqueue, eventually, makeClient, makePool, makeTemplate, s
 
 type Stored = { status: string; attempts: number; started_at: number | null; first_started_at: number | null; dispatch_seq: number | null };
 
-/** A request's row as stored, and the launch records the shard keeps. */
+/**
+ * A request as stored (its row, with its end record's end applied: src/objects/scheduler/ends.ts), its
+ * row alone, and the launch records the shard keeps.
+ */
 const stored = (clientId: string, id: string) =>
   runInDurableObject(shardOf(clientId), (_, state) => ({
-    row: state.storage.sql.exec<Stored>("SELECT status, attempts, started_at, first_started_at, dispatch_seq FROM requests WHERE id = ?", id).one(),
+    row: state.storage.sql.exec<Stored>(`SELECT status, attempts, started_at, first_started_at, dispatch_seq FROM ${STORED_REQUESTS} WHERE id = ?`, id).one(),
+    raw: state.storage.sql.exec<Stored>("SELECT status, attempts, started_at, first_started_at, dispatch_seq FROM requests WHERE id = ?", id).one(),
     launches: state.storage.sql.exec<{ id: string }>("SELECT j.value ->> 0 AS id FROM launches, json_each(launches.rows) AS j").toArray().map((r) => r.id),
   }));
 
@@ -29,7 +33,7 @@ async function setup(prefix: string, timeoutMs: number) {
 }
 
 describe("launch records", () => {
-  it("a running request's row still says queued, its chunk's record names it; its end writes the attempt into the row and the record goes", async () => {
+  it("a running request's row still says queued, its chunk's record names it; its end record holds the attempt and the launch record goes", async () => {
     const { template, client } = await setup("launch-rec", 10_000);
     const r = await enqueue({ template, queue: "fast", params: { tokens_used: 1, simulate: { latency_ms: 1500 } } }, client.key);
     expect(r.status).toBe(202);
@@ -42,6 +46,8 @@ describe("launch records", () => {
     const after = await stored(client.id, id);
     expect(after.row).toMatchObject({ status: "completed", attempts: 1, started_at: done.started_at, first_started_at: done.started_at });
     expect(after.row.dispatch_seq).toBeGreaterThan(0);
+    // Completed the usual way: its row is left as it was, its end is in an end record.
+    expect(after.raw).toMatchObject({ status: "queued", attempts: 0, started_at: null });
     expect(after.launches).toEqual([]);
   });
 

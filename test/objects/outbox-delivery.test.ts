@@ -1,5 +1,6 @@
 import { env, runInDurableObject } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
+import { Ends } from "../../src/objects/scheduler/ends";
 import { Outbox } from "../../src/objects/scheduler/outbox";
 import { insertRequestLog, MAX_ERROR_CHARS } from "../../src/storage/request-log";
 import { scheduler } from "../support/helpers";
@@ -34,7 +35,7 @@ describe("the request-log outbox", () => {
       sql.exec("UPDATE requests SET estimate_nano = 9007199254740993, actual_nano = 9007199254740995 WHERE id = ?1 || '00001'", prefix);
       sql.exec("INSERT INTO finished_outbox (id, optimizer) SELECT id, 0 FROM requests WHERE id LIKE ?1 || '%'", prefix);
       for (const id of ghosts) sql.exec("INSERT INTO finished_outbox (id, optimizer) VALUES (?, 0)", id);
-      await new Outbox(env, sql).flush();
+      await new Outbox(env, sql, new Ends(sql)).flush();
       return sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM finished_outbox WHERE id LIKE ?1 || '%'", prefix).one().n;
     });
     expect(delivered).toBe(0); // every entry left the outbox, the ghosts too
@@ -70,7 +71,7 @@ describe("the request-log outbox", () => {
         `${prefix}outbox`, error,
       );
       sql.exec("INSERT INTO finished_outbox (id, optimizer) VALUES (?, 0)", `${prefix}outbox`);
-      await new Outbox(env, sql).flush();
+      await new Outbox(env, sql, new Ends(sql)).flush();
     });
     await insertRequestLog(env.DB, [{
       id: `${prefix}direct`, client_id: "acme", template: "tmpl-outbox", queue: "batch", status: "failed",

@@ -2,6 +2,7 @@ import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { SchedulerObject } from "../../src/objects/scheduler";
+import { Ends } from "../../src/objects/scheduler/ends";
 import { BUSY_FLUSH_MS, Outbox } from "../../src/objects/scheduler/outbox";
 import { ADMIN, call, enqueue, eventually, makePool, makeTemplate, readyToExecute, scheduler, settled, shardOf } from "../support/helpers";
 
@@ -27,7 +28,7 @@ describe("request-log delivery from busy passes", () => {
   it(`delivers at most every ${BUSY_FLUSH_MS} ms: a delivery due later is answered with its time and writes nothing until then`, async () => {
     const [a, b, c] = [rid("pace-a"), rid("pace-b"), rid("pace-c")];
     const due = await runInDurableObject(scheduler(), async (_i: SchedulerObject, state) => {
-      const outbox = new Outbox(env, state.storage.sql);
+      const outbox = new Outbox(env, state.storage.sql, new Ends(state.storage.sql));
       const before = Date.now();
       finished(state.storage.sql, a, before);
       expect(await outbox.flushPaced(before)).toBeNull(); // nothing delivered yet in this object's life: at once
@@ -42,7 +43,7 @@ describe("request-log delivery from busy passes", () => {
     });
     expect(await logged([a, b, c])).toEqual([a]);
     await runInDurableObject(scheduler(), async (_i: SchedulerObject, state) => {
-      const outbox = new Outbox(env, state.storage.sql);
+      const outbox = new Outbox(env, state.storage.sql, new Ends(state.storage.sql));
       expect(await outbox.flushPaced(due)).toBeNull();
       expect(state.storage.sql.exec("SELECT COUNT(*) AS n FROM finished_outbox WHERE id IN (?, ?, ?)", a, b, c).one().n).toBe(0);
     });

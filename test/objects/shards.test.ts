@@ -9,7 +9,7 @@ import { clearConfigCache, poolConfigs, templateConfigs } from "../../src/storag
 import { enqueueMany } from "../../src/services/requests";
 import { clearShardSpan, getRequestView, passAll, purgeFinished, retireEmptyShards, setRunning, shardSpan } from "../../src/services/scheduler";
 import { listUsageEvents } from "../../src/storage/usage";
-import { ADMIN, call, enqueue, eventually, KEYS, makePool, makeTemplate, sleep } from "../support/helpers";
+import { ADMIN, call, enqueue, eventually, KEYS, makePool, makeTemplate, sleep, STORED_REQUESTS } from "../support/helpers";
 
 const CLIENTS = [["acme", KEYS.acme], ["globex", KEYS.globex], ["initech", KEYS.initech], ["hooli", KEYS.hooli]] as const;
 const start = () => call("POST", "/admin/scheduler/start", { token: ADMIN });
@@ -18,7 +18,7 @@ const stop = () => call("POST", "/admin/scheduler/stop", { token: ADMIN });
 /** Every request row of a template in one shard, with the shard's index. */
 async function rowsIn(shard: number, template: string): Promise<Array<{ id: string; client_id: string; status: string; attempts: number; dispatch_seq: number | null; shard: number }>> {
   return runInDurableObject(shardStub(env, shard), (_i: SchedulerObject, state) =>
-    state.storage.sql.exec("SELECT id, client_id, status, attempts, dispatch_seq FROM requests WHERE template = ?", template).toArray().map((r) => ({ ...(r as object), shard })) as never);
+    state.storage.sql.exec(`SELECT id, client_id, status, attempts, dispatch_seq FROM ${STORED_REQUESTS} WHERE template = ?`, template).toArray().map((r) => ({ ...(r as object), shard })) as never);
 }
 
 async function allRows(template: string, shards = 4) {

@@ -204,3 +204,18 @@ export function captureLog(): Array<Record<string, unknown>> {
 
 /** A client's spend this month, as GET /api/usage/{clientId}/current answers it (the admin's view). */
 export const spendOf = async (clientId: string) => (await call("GET", `/api/usage/${clientId}/current`, { token: ADMIN })).body;
+
+/**
+ * A shard's requests as they stand, for reading its SQLite in a test: a request completed the usual way
+ * keeps its row as it was and has its end in an end record (src/objects/scheduler/ends.ts), applied here.
+ * Use as a table: `SELECT ... FROM ${STORED_REQUESTS} WHERE ...`.
+ */
+export const STORED_REQUESTS = `(SELECT r.id, r.client_id, r.tier, r.queue, r.template, r.created_at, r.spec_hash,
+    CASE WHEN e.seq IS NULL THEN r.status ELSE 'completed' END AS status,
+    CASE WHEN e.seq IS NULL THEN r.attempts ELSE COALESCE(x.value ->> 4, r.attempts) END AS attempts,
+    CASE WHEN e.seq IS NULL THEN r.started_at ELSE x.value ->> 5 END AS started_at,
+    CASE WHEN e.seq IS NULL THEN r.first_started_at ELSE x.value ->> 6 END AS first_started_at,
+    CASE WHEN e.seq IS NULL THEN r.dispatch_seq ELSE x.value ->> 7 END AS dispatch_seq,
+    CASE WHEN e.seq IS NULL THEN r.finished_at ELSE en.finished_at END AS finished_at
+  FROM requests r LEFT JOIN end_ids e ON e.id = r.id LEFT JOIN ends en ON en.seq = e.seq
+    LEFT JOIN json_each(en.rows) x ON x.value ->> 0 = r.id)`;

@@ -65,7 +65,7 @@ export class SchedulerObject extends DurableObject<Env> {
     const saved = this.store.readState();
     this.running = saved.get("running") !== "false";
     this.health = new Health(env, this.store, this.ranking, saved.get("counters"));
-    this.outbox = new Outbox(env, sql);
+    this.outbox = new Outbox(env, sql, this.store.ends);
     this.calls = new WorkerCalls(env, this.store, {
       settle: (id, attempt, outcome) => this.settlement.queue(id, attempt, outcome),
       settleNow: () => this.settlement.settleNow(),

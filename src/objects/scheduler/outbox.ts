@@ -1,6 +1,6 @@
 /**
- * The outbox: finished requests (entered by QueueStore in the same write as their end) delivered to
- * D1's request_log for reports, with the optimizer's records of completed ones (savings rows, results
+ * The outbox: finished requests (entered by QueueStore in the same write as their end, or by an end
+ * record with its request-log entries: ./ends.ts) delivered to D1's request_log for reports, with the optimizer's records of completed ones (savings rows, results
  * into the result cache). Idempotent, in batches, one delivery at a time, with a backoff after a failure.
  */
 import { log } from "../../log";
@@ -8,6 +8,7 @@ import { decompressText } from "../../domain/compression";
 import { cachePut, recordSavings } from "../../storage/optimizer-cache";
 import type { SavingsRow } from "../../storage/optimizer";
 import { insertRequestLogJson, MAX_ERROR_CHARS, REQUEST_LOG_COLUMNS } from "../../storage/request-log";
+import type { Ends } from "./ends";
 import type { StoredPlan } from "./types";
 
 /**
@@ -33,7 +34,7 @@ export class Outbox {
   /** When the last delivery began (0: not yet in this object's life). */
   private flushedAt = 0;
 
-  constructor(private readonly env: Env, private readonly sql: SqlStorage) {}
+  constructor(private readonly env: Env, private readonly sql: SqlStorage, private readonly ends: Ends) {}
 
   /**
    * For completed requests the optimizer touched: their savings (one row per strategy, idempotent by
@@ -98,6 +99,11 @@ export class Outbox {
         await this.deliverOptimizerRecords(JSON.parse(batch.optimizer) as string[]);
         this.sql.exec("DELETE FROM finished_outbox WHERE id IN (SELECT value FROM json_each(?))", batch.ids);
         if (batch.n < FINISHED_BATCH) break;
+      }
+      // The end records' entries (./ends.ts), built when their requests ended: their rows may not say so yet.
+      for (let logs = this.ends.undelivered(FINISHED_BATCH); logs; logs = this.ends.undelivered(FINISHED_BATCH)) {
+        await insertRequestLogJson(this.env.DB, logs.log);
+        this.ends.delivered(logs.seqs);
       }
       this.failures = 0;
     } catch (err) {

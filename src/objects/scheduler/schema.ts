@@ -75,4 +75,10 @@ export function createTables(sql: SqlStorage): void {
   // Launch records: one row per launched chunk, its requests' attempts (QueueStore.start); a request's
   // own row is written when its attempt ends. `seq`: the chunk's first dispatch sequence number.
   sql.exec("CREATE TABLE IF NOT EXISTS launches (seq INTEGER PRIMARY KEY, rows TEXT NOT NULL)");
+  // End records: one row per settlement batch of requests completed the usual way, their ends (the
+  // small columns first: a scan of them reads no overflow page), which record holds each request, and
+  // the batch's request-log entries until delivered (./ends.ts). Their `requests` rows are not rewritten.
+  sql.exec("CREATE TABLE IF NOT EXISTS ends (seq INTEGER PRIMARY KEY, finished_at INTEGER NOT NULL, last_dispatch INTEGER NOT NULL, size INTEGER NOT NULL, rows TEXT NOT NULL)");
+  sql.exec("CREATE TABLE IF NOT EXISTS end_ids (id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID");
+  sql.exec("CREATE TABLE IF NOT EXISTS end_logs (seq INTEGER PRIMARY KEY, log TEXT NOT NULL)");
 }

@@ -8,6 +8,7 @@ import { ReadyIndex } from "../../domain/ready-index";
 import type { Tier } from "../../domain/types";
 import { log } from "../../log";
 import { EndWaiters } from "./end-waiters";
+import { END_JOIN, Ends, withoutEnd, type EndEntry, type RowWithEnd } from "./ends";
 import { Launches, type LaunchEntry } from "./launches";
 import { hasOptimizerRecords } from "./outbox";
 import { poolNeedsOf, readyAtOf, specConflict, view, type Finished, type Queued, type Row } from "./rows";
@@ -21,8 +22,12 @@ export interface StoreHost {
   enqueueScore(clientId: string, tier: Tier, queue: QueueName, now: number): number;
 }
 
-/** A request's row with its body (plan, estimate and `params`, an expression over request_bodies b), as Row has them. */
-const rowWith = (params: string) => `SELECT r.*, ${params} AS params, b.plan, b.estimate_detail FROM requests r LEFT JOIN request_bodies b ON b.id = r.id`;
+/**
+ * A request's row with its body (plan, estimate and `params`, an expression over request_bodies b), as
+ * Row has them, and the end record that holds its end if one does (`end_seq`: Ends.overlay reads it).
+ */
+const rowWith = (params: string) =>
+  `SELECT r.*, ${params} AS params, b.plan, b.estimate_detail, e.seq AS end_seq FROM requests r LEFT JOIN request_bodies b ON b.id = r.id ${END_JOIN}`;
 const FULL_ROW = rowWith("b.params");
 /**
  * Params longer than this are not kept in the copies in memory: a prompt's kilobytes per queued request
@@ -69,17 +74,22 @@ export class QueueStore {
   private unwritten = new Map<string, () => void>();
   /** The launch records (./launches.ts): a launched chunk's one write. */
   private readonly launches: Launches;
+  /** The end records (./ends.ts): the ends of requests completed the usual way, a settlement batch's in one record. */
+  readonly ends: Ends;
 
   constructor(readonly sql: SqlStorage, private readonly host: StoreHost) {
     this.launches = new Launches(sql);
+    this.ends = new Ends(sql);
   }
 
   /** Read the unfinished requests into memory: once, when the object starts. */
   load(): void {
-    this.seq = this.sql.exec<{ n: number | null }>("SELECT MAX(dispatch_seq) AS n FROM requests").one().n ?? 0;
+    this.seq = Math.max(this.sql.exec<{ n: number | null }>("SELECT MAX(dispatch_seq) AS n FROM requests").one().n ?? 0, this.ends.load());
     // The attempts launched and not ended when the object stopped: their rows still say how they stood before.
     this.seq = Math.max(this.seq, this.launches.begin());
-    for (const row of this.sql.exec<Row>(`${LIVE_ROW} WHERE r.status IN ('queued', 'dispatching', 'running')`)) {
+    // A row an end record names has ended, whatever it says (its row is not rewritten: ./ends.ts).
+    for (const read of this.sql.exec<RowWithEnd>(`${LIVE_ROW} WHERE r.status IN ('queued', 'dispatching', 'running') AND e.seq IS NULL`)) {
+      const row = withoutEnd(read);
       this.launches.resume(row);
       this.live.set(row.id, row);
       if (row.plan) this.plans.set(row.id, JSON.parse(row.plan) as StoredPlan);
@@ -106,7 +116,7 @@ export class QueueStore {
    */
   insert(item: NewRequest, now: number, defer = false): { request: RequestView; duplicate: boolean; conflict?: boolean } {
     if (item.idempotencyKey) {
-      const prior = this.sql.exec<Row>(`${FULL_ROW} WHERE r.client_id = ? AND r.idempotency_key = ?`, item.clientId, item.idempotencyKey).toArray()[0];
+      const prior = this.read("r.client_id = ? AND r.idempotency_key = ?", item.clientId, item.idempotencyKey)[0];
       if (prior) return { request: view(prior), duplicate: true, ...(specConflict(prior, item.specHash ?? null) ? { conflict: true } : {}) };
     }
     const id = item.id ?? newRequestId();
@@ -195,7 +205,12 @@ export class QueueStore {
   }
 
   rowOf(id: string): Row | undefined {
-    return this.live.get(id) ?? this.sql.exec<Row>(`${FULL_ROW} WHERE r.id = ?`, id).toArray()[0];
+    return this.live.get(id) ?? this.read("r.id = ?", id)[0];
+  }
+
+  /** Stored rows (FULL_ROW where `where`), each with its end when an end record holds it (./ends.ts). */
+  private read(where: string, ...args: SqlStorageValue[]): Row[] {
+    return this.ends.overlay(this.sql.exec<RowWithEnd>(`${FULL_ROW} WHERE ${where}`, ...args).toArray()).map(withoutEnd);
   }
 
   /**
@@ -261,49 +276,26 @@ export class QueueStore {
   }
 
   /**
-   * Record requests' end (and queue them for the request log) in two writes, then update the copies
-   * in memory and answer whoever waits on them. A plan given replaces the stored one; `startedAt`
-   * marks requests that never ran (coalesced) as started now.
+   * Record requests' end (and queue them for the request log), then update the copies in memory and
+   * answer whoever waits on them. The usual ones (completed after running, no plan to replace, no
+   * optimizer records) go into one end record (./ends.ts), their rows left as they are; the rest are
+   * written into their rows (writeEnds). A plan given replaces the stored one; `startedAt` marks
+   * requests that never ran (coalesced) as started now.
    */
   finishAll(items: Finished[], now: number): void {
     if (items.length === 0) return;
     this.writeHeldBack();
-    // The outbox gets its own short list: json_each over the item list would parse every result again.
-    const outbox = JSON.stringify(items.map((f) => [f.id, f.status === "completed" && hasOptimizerRecords(f.plan ?? this.plans.get(f.id)) ? 1 : 0]));
-    // Positional arrays, and only the columns a batch varies in: each `->> n` parses its element again
-    // (~1.5 us a column here). The usual batch (a drain's settlement: all completed, no plan to replace,
-    // nothing started late) sends four; a batch with a failure, a plan or a late start the rest too.
-    // Each row's attempt (launched: see ./launches.ts) from its copy in memory, which is exact; `startedAt`
-    // marks a request that never ran (coalesced) as started now.
-    const attempt = (f: Finished) => {
+    const direct: Finished[] = [];
+    const entries: EndEntry[] = [];
+    const recorded: Row[] = [];
+    for (const f of items) {
       const live = this.live.get(f.id);
-      const started = f.startedAt ?? live?.started_at ?? null;
-      return [live?.attempts ?? null, started, f.startedAt ?? live?.first_started_at ?? null, live?.dispatch_seq ?? null] as const;
-    };
-    const completedOnly = items.every((f) => f.status === "completed" && f.error === undefined && f.plan === undefined && f.startedAt === undefined);
-    if (completedOnly) {
-      this.sql.exec(
-        `UPDATE requests SET status = 'completed', result = j.value ->> 1, actual_nano = j.value ->> 2, actual_detail = j.value ->> 3,
-           attempts = COALESCE(j.value ->> 4, attempts), started_at = j.value ->> 5, first_started_at = j.value ->> 6, dispatch_seq = j.value ->> 7,
-           error = NULL, finished_at = ?1, updated_at = ?1, lease_until = NULL
-         FROM json_each(?2) AS j WHERE requests.id = j.value ->> 0`,
-        now, JSON.stringify(items.map((f) => [f.id, f.result ?? null, f.actual ?? null, f.actualDetail ?? null, ...attempt(f)])),
-      );
-    } else {
-      const json = JSON.stringify(items.map((f) => [
-        f.id, f.status, f.result ?? null, f.actual ?? null, f.actualDetail ?? null, f.error ?? null, ...attempt(f),
-      ]));
-      this.sql.exec(
-        `UPDATE requests SET status = j.value ->> 1, result = j.value ->> 2, actual_nano = j.value ->> 3, actual_detail = j.value ->> 4,
-           error = j.value ->> 5, attempts = COALESCE(j.value ->> 6, attempts), started_at = j.value ->> 7, first_started_at = j.value ->> 8,
-           dispatch_seq = j.value ->> 9, finished_at = ?1, updated_at = ?1, lease_until = NULL
-         FROM json_each(?2) AS j WHERE requests.id = j.value ->> 0`,
-        now, json,
-      );
-      const plans = items.filter((f) => f.plan !== undefined).map((f) => [f.id, JSON.stringify(f.plan)]);
-      if (plans.length) this.sql.exec("UPDATE request_bodies SET plan = j.value ->> 1 FROM json_each(?) AS j WHERE request_bodies.id = j.value ->> 0", JSON.stringify(plans));
+      if (live && f.status === "completed" && f.error === undefined && f.plan === undefined && f.startedAt === undefined && !hasOptimizerRecords(this.plans.get(f.id))) {
+        entries.push([f.id, f.result ?? null, f.actual ?? null, f.actualDetail ?? null, live.attempts, live.started_at, live.first_started_at, live.dispatch_seq]);
+        recorded.push(live);
+      } else direct.push(f);
     }
-    this.sql.exec("INSERT INTO finished_outbox (id, optimizer) SELECT value ->> 0, value ->> 1 FROM json_each(?) WHERE true ON CONFLICT (id) DO NOTHING", outbox);
+    if (direct.length) this.writeEnds(direct, now);
     this.launches.ended(items.map((f) => f.id));
     for (const f of items) {
       const live = this.live.get(f.id);
@@ -315,12 +307,41 @@ export class QueueStore {
         if (f.plan) live.plan = JSON.stringify(f.plan);
         if (f.startedAt !== undefined) Object.assign(live, { started_at: f.startedAt, first_started_at: f.startedAt });
       }
+    }
+    this.ends.record(entries, recorded, now);
+    for (const f of items) {
       this.unqueue(f.id);
       this.active.delete(f.id);
       this.waiters.wake(f.id);
       this.live.delete(f.id);
       this.plans.delete(f.id);
     }
+  }
+
+  /** Write requests' ends into their rows now, with their outbox entries: one UPDATE over a JSON list. */
+  private writeEnds(items: Finished[], now: number): void {
+    // Positional arrays: each `->> n` parses its element again. Each row's attempt (launched: see
+    // ./launches.ts) from its copy in memory, which is exact; `startedAt` marks a request that never
+    // ran (coalesced) as started now.
+    const json = JSON.stringify(items.map((f) => {
+      const live = this.live.get(f.id);
+      return [
+        f.id, f.status, f.result ?? null, f.actual ?? null, f.actualDetail ?? null, f.error ?? null, live?.attempts ?? null,
+        f.startedAt ?? live?.started_at ?? null, f.startedAt ?? live?.first_started_at ?? null, live?.dispatch_seq ?? null,
+      ];
+    }));
+    this.sql.exec(
+      `UPDATE requests SET status = j.value ->> 1, result = j.value ->> 2, actual_nano = j.value ->> 3, actual_detail = j.value ->> 4,
+         error = j.value ->> 5, attempts = COALESCE(j.value ->> 6, attempts), started_at = j.value ->> 7, first_started_at = j.value ->> 8,
+         dispatch_seq = j.value ->> 9, finished_at = ?1, updated_at = ?1, lease_until = NULL
+       FROM json_each(?2) AS j WHERE requests.id = j.value ->> 0`,
+      now, json,
+    );
+    const plans = items.filter((f) => f.plan !== undefined).map((f) => [f.id, JSON.stringify(f.plan)]);
+    if (plans.length) this.sql.exec("UPDATE request_bodies SET plan = j.value ->> 1 FROM json_each(?) AS j WHERE request_bodies.id = j.value ->> 0", JSON.stringify(plans));
+    // The outbox gets its own short list: json_each over the item list would parse every result again.
+    const outbox = JSON.stringify(items.map((f) => [f.id, f.status === "completed" && hasOptimizerRecords(f.plan ?? this.plans.get(f.id)) ? 1 : 0]));
+    this.sql.exec("INSERT INTO finished_outbox (id, optimizer) SELECT value ->> 0, value ->> 1 FROM json_each(?) WHERE true ON CONFLICT (id) DO NOTHING", outbox);
   }
 
   /** Record a caller's cancel of a live request (one that finishes without running), in its copy too. */
@@ -343,7 +364,7 @@ export class QueueStore {
   }
 
   /**
-   * Forget up to `limit` requests finished before `cutoff` whose request-log entry has reached D1
+   * Forget about `limit` requests finished before `cutoff` whose request-log entry has reached D1
    * (reports read D1). The retention run calls it each cron minute with the "requests" setting.
    */
   purgeFinished(cutoff: number, limit: number): number {
@@ -354,7 +375,8 @@ export class QueueStore {
       cutoff, limit,
     ).toArray().map((r) => r.id);
     if (ids.length) this.sql.exec("DELETE FROM request_bodies WHERE id IN (SELECT value FROM json_each(?))", JSON.stringify(ids));
-    const purged = ids.length;
+    // And those an end record holds, with their records (./ends.ts).
+    const purged = ids.length + (ids.length < limit ? this.ends.purge(cutoff, limit - ids.length) : 0);
     if (purged) log.info("requests_purged", { count: purged });
     return purged;
   }
@@ -367,7 +389,8 @@ export class QueueStore {
 
   /** How many of a client's requests created at or after `since` are in each status. */
   countsFor(clientId: string, since: number): Record<string, number> {
-    // Unfinished ones from memory (a claim is not written: its row still says queued), the rest from SQLite.
+    // Unfinished ones from memory (a claim is not written: its row still says queued), those an end record
+    // holds from it (their rows still say queued too), the rest from SQLite.
     const rows = this.sql.exec<{ status: string; n: number }>(
       "SELECT status, COUNT(*) AS n FROM requests WHERE client_id = ? AND created_at >= ? AND status NOT IN ('queued', 'dispatching', 'running') GROUP BY status",
       clientId, since,
@@ -376,6 +399,8 @@ export class QueueStore {
     for (const row of this.live.values()) {
       if (row.client_id === clientId && row.created_at >= since) counts[row.status] = (counts[row.status] ?? 0) + 1;
     }
+    const ended = this.ends.completedFor(clientId, since);
+    if (ended) counts.completed = (counts.completed ?? 0) + ended;
     return counts;
   }
 
@@ -420,12 +445,7 @@ export class QueueStore {
   /** Requests decided or still open in a window (see Health.slaSummary), optionally for one client, tier or queue. */
   slaRows(from: number, to: number, filter: { clientId?: string; tier?: Tier; queue?: QueueName }): Row[] {
     this.writeHeldBack();
-    return this.sql.exec<Row>(
-      `SELECT id, client_id, tier, queue, status, created_at, ready_at, first_started_at, finished_at FROM requests
-       WHERE (finished_at IS NULL OR finished_at >= ?) AND created_at <= ?
-         AND (? IS NULL OR client_id = ?) AND (? IS NULL OR tier = ?) AND (? IS NULL OR queue = ?)`,
-      from, to, filter.clientId ?? null, filter.clientId ?? null, filter.tier ?? null, filter.tier ?? null, filter.queue ?? null, filter.queue ?? null,
-    ).toArray().map((r) => {
+    return this.ends.slaRows(from, to, filter).map((r) => {
       // A running request's row does not say it started (its launch record does): its copy in memory does.
       const live = this.live.get(r.id);
       return live ? { ...r, status: live.status, first_started_at: live.first_started_at } : r;
