@@ -84,6 +84,10 @@ describe("end records", () => {
     const from = Math.min(...done.map((d) => d.created_at)) - 1000;
     const sla = (await call("GET", `/api/sla?client_id=${client.id}&from=${from}&to=${Date.now() + 1000}`, { token: ADMIN })).body;
     expect(sla.overall.total, JSON.stringify(sla)).toBe(6);
+    // A window that opens after they finished: none of them (their rows alone say nothing of when they ended).
+    const later = Math.max(...done.map((d) => d.finished_at)) + 1;
+    const none = (await call("GET", `/api/sla?client_id=${client.id}&from=${later}&to=${later + 1000}`, { token: ADMIN })).body;
+    expect(none.overall.total, JSON.stringify(none)).toBe(0);
     // The request log: delivered from the records' log rows, which then go.
     await passAll(env, "test");
     const logged = await env.DB.prepare("SELECT id, status, attempts, actual_nano, finished_at FROM request_log WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id")

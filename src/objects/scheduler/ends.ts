@@ -78,17 +78,18 @@ export class Ends {
   }
 
   /**
-   * Requests decided or still open in a window as stored (QueueStore.slaRows), their ends read from the
-   * records of the window in SQLite (`ended`), not parsed into objects.
+   * Requests decided or still open in a window as stored (QueueStore.slaRows): those no record holds from
+   * their rows, those ended in the window from their records (each record's entries looked up by id: a
+   * join of the rows against the records' entries scanned the entries once per row).
    */
   slaRows(from: number, to: number, filter: { clientId?: string; tier?: string; queue?: string }): Row[] {
+    const match = "r.created_at <= ?2 AND (?3 IS NULL OR r.client_id = ?3) AND (?4 IS NULL OR r.tier = ?4) AND (?5 IS NULL OR r.queue = ?5)";
     return this.sql.exec<Row>(
-      `WITH ended AS (SELECT x.value ->> 0 AS id, x.value ->> 6 AS first_started_at, en.finished_at FROM ends en, json_each(en.rows) AS x WHERE en.finished_at >= ?1)
-       SELECT r.id, r.client_id, r.tier, r.queue, CASE WHEN d.id IS NULL THEN r.status ELSE 'completed' END AS status, r.created_at, r.ready_at,
-              CASE WHEN d.id IS NULL THEN r.first_started_at ELSE d.first_started_at END AS first_started_at, COALESCE(d.finished_at, r.finished_at) AS finished_at
-       FROM requests r LEFT JOIN ended d ON d.id = r.id ${END_JOIN}
-       WHERE (d.id IS NOT NULL OR e.seq IS NULL AND (r.finished_at IS NULL OR r.finished_at >= ?1)) AND r.created_at <= ?2
-         AND (?3 IS NULL OR r.client_id = ?3) AND (?4 IS NULL OR r.tier = ?4) AND (?5 IS NULL OR r.queue = ?5)`,
+      `SELECT r.id, r.client_id, r.tier, r.queue, r.status, r.created_at, r.ready_at, r.first_started_at, r.finished_at
+       FROM requests r ${END_JOIN} WHERE e.seq IS NULL AND (r.finished_at IS NULL OR r.finished_at >= ?1) AND ${match}
+       UNION ALL
+       SELECT r.id, r.client_id, r.tier, r.queue, 'completed', r.created_at, r.ready_at, x.value ->> 6, en.finished_at
+       FROM ends en, json_each(en.rows) AS x JOIN requests r ON r.id = x.value ->> 0 WHERE en.finished_at >= ?1 AND ${match}`,
       from, to, filter.clientId ?? null, filter.tier ?? null, filter.queue ?? null,
     ).toArray();
   }
@@ -130,12 +131,13 @@ export class Ends {
       count += r.n;
     }
     if (seqs.length === 0) return 0;
+    // The records' ids from the records themselves (end_ids is keyed by id alone).
     const list = JSON.stringify(seqs);
-    const ids = "SELECT id FROM end_ids WHERE seq IN (SELECT value FROM json_each(?1))";
-    this.sql.exec(`DELETE FROM request_bodies WHERE id IN (${ids})`, list);
-    this.sql.exec(`DELETE FROM requests WHERE id IN (${ids})`, list);
-    this.sql.exec("DELETE FROM end_ids WHERE seq IN (SELECT value FROM json_each(?1))", list);
-    this.sql.exec("DELETE FROM ends WHERE seq IN (SELECT value FROM json_each(?1))", list);
+    const ids = JSON.stringify(this.sql.exec<{ id: string }>(
+      "SELECT x.value ->> 0 AS id FROM ends, json_each(ends.rows) AS x WHERE ends.seq IN (SELECT value FROM json_each(?))", list,
+    ).toArray().map((r) => r.id));
+    for (const table of ["request_bodies", "requests", "end_ids"]) this.sql.exec(`DELETE FROM ${table} WHERE id IN (SELECT value FROM json_each(?))`, ids);
+    this.sql.exec("DELETE FROM ends WHERE seq IN (SELECT value FROM json_each(?))", list);
     return count;
   }
 }
