@@ -78,15 +78,16 @@ export class Ends {
   }
 
   /**
-   * Requests decided or still open in a window as stored (QueueStore.slaRows): those no record holds from
-   * their rows, those ended in the window from their records (each record's entries looked up by id: a
-   * join of the rows against the records' entries scanned the entries once per row).
+   * Requests finished in a window (QueueStore.slaRows adds the unfinished ones, from memory): those written
+   * into their rows by `finished_at`, those an end record holds from the window's records (each entry
+   * looked up by id: a join of the rows against the entries scanned the entries once per row). A row an
+   * end record holds has no `finished_at`: a read of every such row would grow with retention.
    */
   slaRows(from: number, to: number, filter: { clientId?: string; tier?: string; queue?: string }): Row[] {
     const match = "r.created_at <= ?2 AND (?3 IS NULL OR r.client_id = ?3) AND (?4 IS NULL OR r.tier = ?4) AND (?5 IS NULL OR r.queue = ?5)";
     return this.sql.exec<Row>(
       `SELECT r.id, r.client_id, r.tier, r.queue, r.status, r.created_at, r.ready_at, r.first_started_at, r.finished_at
-       FROM requests r ${END_JOIN} WHERE e.seq IS NULL AND (r.finished_at IS NULL OR r.finished_at >= ?1) AND ${match}
+       FROM requests r WHERE r.finished_at >= ?1 AND ${match}
        UNION ALL
        SELECT r.id, r.client_id, r.tier, r.queue, 'completed', r.created_at, r.ready_at, x.value ->> 6, en.finished_at
        FROM ends en, json_each(en.rows) AS x JOIN requests r ON r.id = x.value ->> 0 WHERE en.finished_at >= ?1 AND ${match}`,

@@ -444,11 +444,10 @@ export class QueueStore {
 
   /** Requests decided or still open in a window (see Health.slaSummary), optionally for one client, tier or queue. */
   slaRows(from: number, to: number, filter: { clientId?: string; tier?: Tier; queue?: QueueName }): Row[] {
-    this.writeHeldBack();
-    return this.ends.slaRows(from, to, filter).map((r) => {
-      // A running request's row does not say it started (its launch record does): its copy in memory does.
-      const live = this.live.get(r.id);
-      return live ? { ...r, status: live.status, first_started_at: live.first_started_at } : r;
-    });
+    // The unfinished ones are exactly the copies in memory (a running one's row does not say it started:
+    // its launch record does); the finished ones from SQLite (./ends.ts: rows and end records).
+    const open = [...this.live.values()].filter((r) => r.created_at <= to && (filter.clientId === undefined || r.client_id === filter.clientId)
+      && (filter.tier === undefined || r.tier === filter.tier) && (filter.queue === undefined || r.queue === filter.queue));
+    return [...this.ends.slaRows(from, to, filter), ...open.map((r) => ({ ...r }))];
   }
 }
