@@ -25,9 +25,10 @@ export interface StoreHost {
 /**
  * A request's row with its body (plan, estimate and `params`, an expression over request_bodies b), as
  * Row has them, and the end record that holds its end if one does (`end_seq`: Ends.overlay reads it).
+ * The end record's join first: a restart's read skips a row an end record holds before reading its body.
  */
 const rowWith = (params: string) =>
-  `SELECT r.*, ${params} AS params, b.plan, b.estimate_detail, e.seq AS end_seq FROM requests r LEFT JOIN request_bodies b ON b.id = r.id ${END_JOIN}`;
+  `SELECT r.*, ${params} AS params, b.plan, b.estimate_detail, e.seq AS end_seq FROM requests r ${END_JOIN} LEFT JOIN request_bodies b ON b.id = r.id`;
 const FULL_ROW = rowWith("b.params");
 /**
  * Params longer than this are not kept in the copies in memory: a prompt's kilobytes per queued request
