@@ -2,6 +2,9 @@ import { abortAllDurableObjects, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { SchedulerObject } from "../../src/objects/scheduler";
+import { Ends, type EndEntry } from "../../src/objects/scheduler/ends";
+import { Outbox } from "../../src/objects/scheduler/outbox";
+import type { Row } from "../../src/objects/scheduler/rows";
 import type { QueueStore } from "../../src/objects/scheduler/store";
 import { passAll } from "../../src/services/scheduler";
 import { ADMIN, call, enqueue, eventually, makeClient, makePool, makeTemplate, settled, shardOf, STORED_REQUESTS } from "../support/helpers";
@@ -155,5 +158,34 @@ describe("end records", () => {
     const shard = await inShard(client.id, [failed.id]);
     expect(shard.raw).toEqual([{ id: failed.id, status: "failed", attempts: 1, finished_at: failed.finished_at }]);
     expect(shard.named).toBe(0);
+  });
+
+  it("a record's log entries stay until D1 takes them: a failed delivery keeps them for the next, more than a batch goes in one delivery", async () => {
+    const prefix = `req_endlog${crypto.randomUUID().replace(/-/g, "").slice(0, 12)}_`;
+    // A scheduler object of this test's own (no shard's records share its tables), 12 records of 100.
+    const stub = env.SCHEDULER.get(env.SCHEDULER.idFromName(`end-log-test-${prefix}`));
+    const ids = Array.from({ length: 1200 }, (_, i) => `${prefix}${String(i).padStart(5, "0")}`);
+    const left = await runInDurableObject(stub, async (_i: SchedulerObject, state) => {
+      const sql = state.storage.sql;
+      const ends = new Ends(sql);
+      ends.load();
+      for (let k = 0; k < ids.length; k += 100) {
+        const batch = ids.slice(k, k + 100);
+        const rows = batch.map((id, j) => ({
+          id, client_id: "acme", template: "tmpl-endlog", queue: "batch", status: "completed", estimate_nano: 1000 + j, actual_nano: 900 + j,
+          attempts: 1, created_at: 1_700_000_000_000 + k + j, finished_at: 1_700_000_009_000 + k, error: null,
+        })) as unknown as Row[];
+        ends.record(batch.map((id, j): EndEntry => [id, "{}", 900 + j, "[]", 1, 1, 1, k + j + 1]), rows, 1_700_000_009_000 + k);
+      }
+      const failing = { ...env, DB: { prepare: () => { throw new Error("D1 down"); } } } as unknown as Env;
+      await new Outbox(failing, sql, ends).flush();
+      const kept = sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM end_logs").one().n;
+      // The failed delivery's backoff is the outbox's own: a fresh one delivers now.
+      await new Outbox(env, sql, ends).flush();
+      return { kept, after: sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM end_logs").one().n };
+    });
+    expect(left).toEqual({ kept: 12, after: 0 });
+    const logged = await env.DB.prepare("SELECT COUNT(*) AS n, SUM(actual_nano) AS spent FROM request_log WHERE id LIKE ?1 || '%'").bind(prefix).first<{ n: number; spent: number }>();
+    expect(logged).toEqual({ n: 1200, spent: 12 * (100 * 900 + 4950) });
   });
 });
