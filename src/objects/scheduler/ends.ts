@@ -50,24 +50,24 @@ export class Ends {
     this.sql.exec("INSERT INTO end_logs (seq, log) VALUES (?, ?)", this.seq, JSON.stringify(rows.map((r) => REQUEST_LOG_COLUMNS.map((c) => r[c]))));
   }
 
-  /** Rows read with END_JOIN, with their ends: each record they need parsed once. */
-  overlay<T extends RowWithEnd>(rows: T[]): T[] {
+  /** Rows read with END_JOIN, with their ends (and without END_JOIN's column): each record they need parsed once. */
+  overlay(rows: RowWithEnd[]): Row[] {
     const seqs = [...new Set(rows.filter((r) => r.end_seq != null).map((r) => r.end_seq!))];
-    if (seqs.length === 0) return rows;
+    if (seqs.length === 0) return rows.map(withoutEnd);
     const found = new Map<string, { entry: EndEntry; finishedAt: number }>();
     for (const rec of this.sql.exec<{ finished_at: number; rows: string }>("SELECT finished_at, rows FROM ends WHERE seq IN (SELECT value FROM json_each(?))", JSON.stringify(seqs))) {
       for (const entry of JSON.parse(rec.rows) as EndEntry[]) found.set(entry[0], { entry, finishedAt: rec.finished_at });
     }
-    for (const row of rows) {
+    return rows.map((row) => {
       const end = row.end_seq != null ? found.get(row.id) : undefined;
-      if (!end) continue;
+      if (!end) return withoutEnd(row);
       const [, result, actual, actualDetail, attempts, startedAt, firstStartedAt, dispatchSeq] = end.entry;
       Object.assign(row, {
         status: "completed", result, actual_nano: actual, actual_detail: actualDetail, attempts: attempts ?? row.attempts, started_at: startedAt,
         first_started_at: firstStartedAt, dispatch_seq: dispatchSeq, error: null, finished_at: end.finishedAt, updated_at: end.finishedAt, lease_until: null,
       });
-    }
-    return rows;
+      return withoutEnd(row);
+    });
   }
 
   /** How many of a client's requests created at or after `since` have their end in a record (all completed). */
@@ -144,7 +144,7 @@ export class Ends {
 }
 
 /** A row as stored, without END_JOIN's column. */
-export function withoutEnd<T extends RowWithEnd>(row: T): Row {
+export function withoutEnd(row: RowWithEnd): Row {
   delete row.end_seq;
   return row;
 }

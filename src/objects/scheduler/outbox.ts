@@ -1,7 +1,8 @@
 /**
  * The outbox: finished requests (entered by QueueStore in the same write as their end, or by an end
- * record with its request-log entries: ./ends.ts) delivered to D1's request_log for reports, with the optimizer's records of completed ones (savings rows, results
- * into the result cache). Idempotent, in batches, one delivery at a time, with a backoff after a failure.
+ * record with its request-log entries: ./ends.ts) delivered to D1's request_log for reports, with the
+ * optimizer's records of completed ones (savings rows, results into the result cache). Idempotent, in
+ * batches, one delivery at a time, with a backoff after a failure.
  */
 import { log } from "../../log";
 import { decompressText } from "../../domain/compression";

@@ -211,7 +211,7 @@ export class QueueStore {
 
   /** Stored rows (FULL_ROW where `where`), each with its end when an end record holds it (./ends.ts). */
   private read(where: string, ...args: SqlStorageValue[]): Row[] {
-    return this.ends.overlay(this.sql.exec<RowWithEnd>(`${FULL_ROW} WHERE ${where}`, ...args).toArray()).map(withoutEnd);
+    return this.ends.overlay(this.sql.exec<RowWithEnd>(`${FULL_ROW} WHERE ${where}`, ...args).toArray());
   }
 
   /**
@@ -308,15 +308,14 @@ export class QueueStore {
         if (f.plan) live.plan = JSON.stringify(f.plan);
         if (f.startedAt !== undefined) Object.assign(live, { started_at: f.startedAt, first_started_at: f.startedAt });
       }
-    }
-    this.ends.record(entries, recorded, now);
-    for (const f of items) {
       this.unqueue(f.id);
       this.active.delete(f.id);
       this.waiters.wake(f.id);
       this.live.delete(f.id);
       this.plans.delete(f.id);
     }
+    // The copies, as they ended, give the request-log entries (a woken waiter reads only after this returns).
+    this.ends.record(entries, recorded, now);
   }
 
   /** Write requests' ends into their rows now, with their outbox entries: one UPDATE over a JSON list. */
