@@ -168,7 +168,7 @@ describe("end records", () => {
     const left = await runInDurableObject(stub, async (_i: SchedulerObject, state) => {
       const sql = state.storage.sql;
       const ends = new Ends(sql);
-      ends.load();
+      ends.load(0);
       for (let k = 0; k < ids.length; k += 100) {
         const batch = ids.slice(k, k + 100);
         const rows = batch.map((id, j) => ({

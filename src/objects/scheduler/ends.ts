@@ -30,11 +30,13 @@ export class Ends {
 
   constructor(private readonly sql: SqlStorage) {}
 
-  /** When the object starts: the last record's seq, and the highest dispatch seq the records name (0: none). */
-  load(): number {
-    const last = this.sql.exec<{ seq: number | null; dispatch: number | null }>("SELECT MAX(seq) AS seq, MAX(last_dispatch) AS dispatch FROM ends").one();
-    this.seq = last.seq ?? 0;
-    return last.dispatch ?? 0;
+  /**
+   * When the object starts: the last record's seq, and the highest dispatch seq the records finished from
+   * `since` on name (0: none). Those before it name none above the load floor's (./load-floor.ts).
+   */
+  load(since: number): number {
+    this.seq = this.sql.exec<{ seq: number | null }>("SELECT MAX(seq) AS seq FROM ends").one().seq ?? 0;
+    return this.sql.exec<{ n: number | null }>("SELECT MAX(last_dispatch) AS n FROM ends WHERE finished_at >= ?", since).one().n ?? 0;
   }
 
   /**

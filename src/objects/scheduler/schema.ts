@@ -81,4 +81,6 @@ export function createTables(sql: SqlStorage): void {
   sql.exec("CREATE TABLE IF NOT EXISTS ends (seq INTEGER PRIMARY KEY, finished_at INTEGER NOT NULL, last_dispatch INTEGER NOT NULL, size INTEGER NOT NULL, rows TEXT NOT NULL)");
   sql.exec("CREATE TABLE IF NOT EXISTS end_ids (id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID");
   sql.exec("CREATE TABLE IF NOT EXISTS end_logs (seq INTEGER PRIMARY KEY, log TEXT NOT NULL)");
+  // The SLA check's window and a restart's read of the records go by when a record was written.
+  sql.exec("CREATE INDEX IF NOT EXISTS ends_finished ON ends (finished_at)");
 }

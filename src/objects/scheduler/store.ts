@@ -6,10 +6,11 @@
 import type { QueueName } from "../../domain/priority";
 import { ReadyIndex } from "../../domain/ready-index";
 import type { Tier } from "../../domain/types";
-import { log } from "../../log";
 import { EndWaiters } from "./end-waiters";
 import { END_JOIN, Ends, withoutEnd, type EndEntry, type RowWithEnd } from "./ends";
 import { Launches, type LaunchEntry } from "./launches";
+import { LoadFloor } from "./load-floor";
+import { purgeFinished } from "./purge";
 import { hasOptimizerRecords } from "./outbox";
 import { poolNeedsOf, readyAtOf, specConflict, view, type Finished, type Queued, type Row } from "./rows";
 import { newRequestId, type NewRequest, type RequestView, type StoredPlan } from "./types";
@@ -77,19 +78,25 @@ export class QueueStore {
   private readonly launches: Launches;
   /** The end records (./ends.ts): the ends of requests completed the usual way, a settlement batch's in one record. */
   readonly ends: Ends;
+  /** What a restart reads (./load-floor.ts). */
+  private readonly floor: LoadFloor;
 
   constructor(readonly sql: SqlStorage, private readonly host: StoreHost) {
     this.launches = new Launches(sql);
     this.ends = new Ends(sql);
+    this.floor = new LoadFloor(sql);
+  }
+
+  /** Save the load floor (at most every minute): a restart reads the rows from the oldest live request's creation on. */
+  saveLoadFloor(now: number): void {
+    this.floor.save(this.live.values(), this.seq, now);
   }
 
   /** Read the unfinished requests into memory: once, when the object starts. */
   load(): void {
-    this.seq = Math.max(this.sql.exec<{ n: number | null }>("SELECT MAX(dispatch_seq) AS n FROM requests").one().n ?? 0, this.ends.load());
-    // The attempts launched and not ended when the object stopped: their rows still say how they stood before.
-    this.seq = Math.max(this.seq, this.launches.begin());
-    // A row an end record names has ended, whatever it says (its row is not rewritten: ./ends.ts).
-    for (const read of this.sql.exec<RowWithEnd>(`${LIVE_ROW} WHERE r.status IN ('queued', 'dispatching', 'running') AND e.seq IS NULL`)) {
+    // Only the rows created from the load floor on (./load-floor.ts): every one before it had ended.
+    const launched = this.launches.begin();
+    for (const read of this.floor.liveRows(LIVE_ROW)) {
       const row = withoutEnd(read);
       this.launches.resume(row);
       this.live.set(row.id, row);
@@ -97,6 +104,7 @@ export class QueueStore {
       if (row.status === "queued") this.index(row);
       else this.active.add(row.id);
     }
+    this.seq = Math.max(launched, this.floor.lastSeq(this.ends, this.live.values()));
     this.launches.prune();
   }
 
@@ -363,22 +371,9 @@ export class QueueStore {
     this.plans.delete(id);
   }
 
-  /**
-   * Forget about `limit` requests finished before `cutoff` whose request-log entry has reached D1
-   * (reports read D1). The retention run calls it each cron minute with the "requests" setting.
-   */
+  /** Forget about `limit` requests finished before `cutoff` whose request-log entry reached D1 (./purge.ts). */
   purgeFinished(cutoff: number, limit: number): number {
-    // Counted by RETURNING: rowsWritten would include index writes.
-    const ids = this.sql.exec<{ id: string }>(
-      `DELETE FROM requests WHERE id IN (
-         SELECT id FROM requests WHERE finished_at < ? AND id NOT IN (SELECT id FROM finished_outbox) ORDER BY finished_at LIMIT ?) RETURNING id`,
-      cutoff, limit,
-    ).toArray().map((r) => r.id);
-    if (ids.length) this.sql.exec("DELETE FROM request_bodies WHERE id IN (SELECT value FROM json_each(?))", JSON.stringify(ids));
-    // And those an end record holds, with their records (./ends.ts).
-    const purged = ids.length + (ids.length < limit ? this.ends.purge(cutoff, limit - ids.length) : 0);
-    if (purged) log.info("requests_purged", { count: purged });
-    return purged;
+    return purgeFinished(this.sql, this.ends, cutoff, limit);
   }
 
   /** The id of the request a client made with this idempotency key, if any, and whether `specHash` conflicts with its spec. */
