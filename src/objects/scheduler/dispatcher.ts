@@ -182,7 +182,7 @@ export class Dispatcher {
     if (!onlyIds) await this.health.checkAlerts(Date.now());
     // Nothing left queued here: the units lent to this shard and not in use go back to their pools.
     if (!onlyIds && this.store.queued.size === 0) await Promise.all([this.units.handBackFree(), this.slots.handBackFree()]);
-    // What a restart would read, moved up to the oldest request still live (at most every minute).
+    // What a restart would read, moved up to the oldest request still live (at most every 30 s).
     if (!onlyIds) this.store.saveLoadFloor(Date.now());
     if (!onlyIds) {
       // A pass the alarm brought in a busy stretch delivers with the next one due (Outbox.flushPaced).

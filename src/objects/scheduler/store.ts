@@ -87,7 +87,7 @@ export class QueueStore {
     this.floor = new LoadFloor(sql);
   }
 
-  /** Save the load floor (at most every minute): a restart reads the rows from the oldest live request's creation on. */
+  /** Save the load floor (at most every 30 s): a restart reads the rows from the oldest live request's creation on. */
   saveLoadFloor(now: number): void {
     this.floor.save(this.live.values(), this.seq, now);
   }
