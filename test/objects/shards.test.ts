@@ -1,7 +1,7 @@
 // Runs in the "resource-manager-shards" project: SCHEDULER_SHARDS = 4 (vitest.config.ts).
 import { abortAllDurableObjects, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import type { SchedulerObject } from "../../src/objects/scheduler";
 import { ownerShard, shardIndexOf, shardStub } from "../../src/objects/scheduler/shards";
 import type { NewRequest } from "../../src/objects/scheduler/types";
@@ -9,7 +9,7 @@ import { clearConfigCache, poolConfigs, templateConfigs } from "../../src/storag
 import { enqueueMany } from "../../src/services/requests";
 import { clearShardSpan, getRequestView, passAll, purgeFinished, retireEmptyShards, setRunning, shardSpan } from "../../src/services/scheduler";
 import { listUsageEvents } from "../../src/storage/usage";
-import { ADMIN, call, enqueue, eventually, KEYS, makePool, makeTemplate, sleep, STORED_REQUESTS } from "../support/helpers";
+import { ADMIN, call, captureLog, enqueue, eventually, KEYS, makePool, makeTemplate, readyToExecute, sleep, STORED_REQUESTS } from "../support/helpers";
 
 const CLIENTS = [["acme", KEYS.acme], ["globex", KEYS.globex], ["initech", KEYS.initech], ["hooli", KEYS.hooli]] as const;
 const start = () => call("POST", "/admin/scheduler/start", { token: ADMIN });
@@ -215,4 +215,28 @@ describe("scheduler shards (SCHEDULER_SHARDS = 4)", () => {
     expect(await shardSpan(two)).toBe(2);
     clearShardSpan();
   }, 60_000);
+
+  it("a shard alone with work takes the idle shards' part of the pacing budget: up to 256 calls a pass, where its own part is 128", async () => {
+    const { template, client } = await readyToExecute("pace-alone", { capacity: 100_000 });
+    expect((await call("PUT", `/admin/clients/${client.id}/quota`, { token: ADMIN, json: { max_concurrent: 2000, cpu_millicores: null, memory_mb: null } })).status).toBe(200);
+    expect((await stop()).status).toBe(200);
+    const ids: string[] = [];
+    // Each job held 1.5 s: the calls a pass starts stay young (250 ms), so each pass launches what its budget leaves.
+    for (let k = 0; k < 10; k++) {
+      const requests = Array.from({ length: 100 }, () => ({ template, params: { tokens_used: 1, simulate: { latency_ms: 1500 } } }));
+      const res = await call("POST", "/api/queue/enqueue", { token: client.key, json: { requests } });
+      expect(res.status).toBe(200);
+      ids.push(...(res.body.results as Array<{ request: { id: string } }>).map((r) => r.request.id));
+    }
+    const lines = captureLog();
+    expect((await start()).status).toBe(200);
+    await eventually(async () => (await Promise.all([ids[0]!, ids[999]!].map((id) => getRequestView(env, id, null)))).every((v) => v?.status === "completed") || null, 30_000, "the backlog ran");
+    vi.restoreAllMocks();
+    const launched = lines.filter((l) => l.msg === "dispatch_pass" && l.trigger !== "execute").map((l) => l.launched as number);
+    // Slow start from 16, doubling, up to the budget less the calls still young: 512 over the one shard
+    // with work, at most 256 (its own part, 512 / 4, kept every pass at 128 or less).
+    expect(Math.max(...launched), JSON.stringify(launched)).toBeGreaterThan(128);
+    expect(Math.max(...launched), JSON.stringify(launched)).toBeLessThanOrEqual(256);
+    expect(launched.reduce((a, b) => a + b, 0)).toBe(1000);
+  });
 });

@@ -15,7 +15,7 @@ export const IMMEDIATE_HEADROOM = 32;
 export const CHUNK = 512;
 /**
  * Pacing: calls started within YOUNG_MS and still running, at most, per shard (YOUNG_TOTAL over the
- * shard count). Quick calls leave this set as they end and long ones as they age, so held jobs still
+ * shard count, or over the shards of the isolate that have work, up to CHUNK / 2: Dispatcher.pass). Quick calls leave this set as they end and long ones as they age, so held jobs still
  * reach MAX_IN_FLIGHT; what it bounds is the burst of answers and settlements a pass queues in front of
  * other work (under `wrangler dev` every object shares one thread: an execute waited behind it).
  * 512 rather than 1,024: on a quiet machine executes during a drain went from p95 202-255 / p99
