@@ -10,7 +10,7 @@ import type { Template } from "../../storage/templates";
 import type { Admission, Admitted } from "./admission";
 import type { WorkerCalls } from "./calls";
 import type { Health } from "./health";
-import { CHUNK, IMMEDIATE_HEADROOM, MAX_IN_FLIGHT, SCAN_LIMIT, YOUNG_MS, YOUNG_TOTAL } from "./limits";
+import { CHUNK, IMMEDIATE_HEADROOM, MAX_IN_FLIGHT, paceLimitOf, SCAN_LIMIT, YOUNG_MS } from "./limits";
 import { shardCount } from "./shards";
 import type { Outbox } from "./outbox";
 import type { Ranking } from "./ranking";
@@ -55,7 +55,7 @@ function busyCount(now: number): number {
     if (now - at > BUSY_FRESH_MS) busyShards.delete(shard);
     else n += 1;
   }
-  return Math.max(1, n);
+  return n;
 }
 
 /** The collaborators a pass drives. */
@@ -137,8 +137,7 @@ export class Dispatcher {
       if (this.store.readyCount(now) > 0) busyShards.set(this, now);
       else busyShards.delete(this);
     }
-    // Its share of the shards' budget; more while fewer of them have work (up to CHUNK / 2 calls: a chunk's task stays short).
-    const paceLimit = Math.max(CHUNK / 4, Math.floor(YOUNG_TOTAL / shardCount(this.env)), Math.min(CHUNK / 2, Math.floor(YOUNG_TOTAL / busyCount(now))));
+    const paceLimit = paceLimitOf(shardCount(this.env), busyCount(now));
     // Quiet: nothing in flight and nothing launched for QUIET_MS (a shard held at its limits, or polling a former client, is not).
     if (!onlyIds && this.calls.inflight.size === 0 && now - this.lastLaunchAt > QUIET_MS) this.ramp = this.store.readyCount(now) > paceLimit ? RAMP_FIRST : paceLimit;
     const youngLimit = onlyIds ? Infinity : Math.min(paceLimit, this.ramp);

@@ -14,8 +14,8 @@ export const IMMEDIATE_HEADROOM = 32;
  */
 export const CHUNK = 512;
 /**
- * Pacing: calls started within YOUNG_MS and still running, at most, per shard (YOUNG_TOTAL over the
- * shard count, or over the shards of the isolate that have work, up to CHUNK / 2: Dispatcher.pass). Quick calls leave this set as they end and long ones as they age, so held jobs still
+ * Pacing: calls started within YOUNG_MS and still running, at most, per shard (paceLimitOf: YOUNG_TOTAL
+ * over the shard count, or over the shards of the isolate that have work). Quick calls leave this set as they end and long ones as they age, so held jobs still
  * reach MAX_IN_FLIGHT; what it bounds is the burst of answers and settlements a pass queues in front of
  * other work (under `wrangler dev` every object shares one thread: an execute waited behind it).
  * 512 rather than 1,024: on a quiet machine executes during a drain went from p95 202-255 / p99
@@ -23,5 +23,14 @@ export const CHUNK = 512;
  */
 export const YOUNG_MS = 250;
 export const YOUNG_TOTAL = 512;
+
+/**
+ * A shard's pacing limit: its own part of YOUNG_TOTAL (at least CHUNK / 4), or YOUNG_TOTAL over the
+ * shards of its isolate that have work (`busy`) when that is more, up to CHUNK / 2 (a chunk's task
+ * stays short: one shard taking chunks of 512 made executes wait 255-263 ms at p95).
+ */
+export function paceLimitOf(shards: number, busy: number): number {
+  return Math.max(CHUNK / 4, Math.floor(YOUNG_TOTAL / shards), Math.min(CHUNK / 2, Math.floor(YOUNG_TOTAL / Math.max(1, busy))));
+}
 /** Ready requests one pass looks at, at most (the head of the fair order). */
 export const SCAN_LIMIT = 2048;
