@@ -7,7 +7,7 @@ import { Outbox } from "../../src/objects/scheduler/outbox";
 import type { Row } from "../../src/objects/scheduler/rows";
 import type { QueueStore } from "../../src/objects/scheduler/store";
 import { passAll } from "../../src/services/scheduler";
-import { ADMIN, call, enqueue, eventually, makeClient, makePool, makeTemplate, settled, shardOf, STORED_REQUESTS } from "../support/helpers";
+import { ADMIN, call, enqueue, eventually, readyToExecute, settled, shardOf, STORED_REQUESTS } from "../support/helpers";
 
 /**
  * End records (src/objects/scheduler/ends.ts): requests completed the usual way have their ends in one
@@ -36,13 +36,8 @@ const inShard = (clientId: string, ids: string[]) =>
     };
   });
 
-async function setup(prefix: string) {
-  const pool = await makePool({ capacity: 1000 });
-  const template = await makeTemplate([{ pool: pool.id, amount: 1 }]);
-  const client = await makeClient(prefix);
-  expect((await call("POST", "/admin/scheduler/start", { token: ADMIN })).status).toBe(200);
-  return { template, client };
-}
+/** A fresh client, a template needing one unit of a fresh pool, and the scheduler running. */
+const setup = (prefix: string) => readyToExecute(prefix, { capacity: 1000 });
 
 /** Enqueue `n` quick requests (the first with an idempotency key) and wait until all completed. */
 async function completeSome(template: string, key: string, n: number): Promise<Array<Record<string, any>>> {

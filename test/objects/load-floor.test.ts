@@ -3,11 +3,11 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { SchedulerObject } from "../../src/objects/scheduler";
 import { Ends } from "../../src/objects/scheduler/ends";
-import { LoadFloor, MARGIN_MS } from "../../src/objects/scheduler/load-floor";
+import { FLOOR_KEY, LoadFloor, MARGIN_MS } from "../../src/objects/scheduler/load-floor";
 import type { Row } from "../../src/objects/scheduler/rows";
 import type { QueueStore } from "../../src/objects/scheduler/store";
 import { passAll } from "../../src/services/scheduler";
-import { ADMIN, call, enqueue, makeClient, makePool, makeTemplate, settled, shardOf } from "../support/helpers";
+import { enqueue, readyToExecute, settled, shardOf } from "../support/helpers";
 
 /**
  * The load floor (src/objects/scheduler/load-floor.ts): a shard's restart reads only the rows created
@@ -17,18 +17,13 @@ import { ADMIN, call, enqueue, makeClient, makePool, makeTemplate, settled, shar
 
 const storeOf = (i: SchedulerObject) => (i as unknown as { store: QueueStore }).store;
 
-async function setup(prefix: string) {
-  const pool = await makePool({ capacity: 1000 });
-  const template = await makeTemplate([{ pool: pool.id, amount: 1 }]);
-  const client = await makeClient(prefix);
-  expect((await call("POST", "/admin/scheduler/start", { token: ADMIN })).status).toBe(200);
-  return { template, client };
-}
+/** A fresh client, a template needing one unit of a fresh pool, and the scheduler running. */
+const setup = (prefix: string) => readyToExecute(prefix, { capacity: 1000 });
 
 /** The floor the shard saved (state `load_floor`). */
 const savedFloor = (clientId: string) =>
   runInDurableObject(shardOf(clientId), (_i: SchedulerObject, state) => {
-    const v = state.storage.sql.exec<{ v: string }>("SELECT v FROM state WHERE k = 'load_floor'").toArray()[0]?.v;
+    const v = state.storage.sql.exec<{ v: string }>("SELECT v FROM state WHERE k = ?", FLOOR_KEY).toArray()[0]?.v;
     return v === undefined ? null : (JSON.parse(v) as { createdAt: number; seq: number });
   });
 
@@ -127,22 +122,22 @@ describe("the load floor", () => {
     const seqs = await runInDurableObject(stub, (_i: SchedulerObject, state) => {
       const sql = state.storage.sql;
       for (const t of ["requests", "request_bodies", "ends", "end_ids", "end_logs", "launches"]) sql.exec(`DELETE FROM ${t}`);
-      sql.exec("INSERT INTO state (k, v) VALUES ('load_floor', ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v", JSON.stringify({ createdAt: 1_000, seq: 5 }));
+      const saved = { createdAt: 1_000, seq: 5 };
       const floor = new LoadFloor(sql);
       const ends = new Ends(sql);
       const row = (id: string, finishedAt: number | null, seq: number) => sql.exec(
         `INSERT INTO requests (id, client_id, tier, max_concurrent, template, queue, status, max_attempts, estimate_nano, created_at, updated_at, not_before, finished_at, dispatch_seq)
          VALUES (?, 'acme', 'standard', 1, 't', 'batch', ?, 1, 0, 500, 500, 500, ?, ?)`, id, finishedAt === null ? "queued" : "failed", finishedAt, seq,
       );
-      const out: number[] = [floor.lastSeq(ends, [])];
+      const out: number[] = [floor.lastSeq(saved, ends, [])];
       // Finished before the floor: its number was given before the floor's (a row like it cannot exist; ignored).
       row("before", 999, 50);
-      out.push(floor.lastSeq(ends, []));
+      out.push(floor.lastSeq(saved, ends, []));
       row("after", 1_000, 9);
-      out.push(floor.lastSeq(ends, []));
+      out.push(floor.lastSeq(saved, ends, []));
       sql.exec("INSERT INTO ends (seq, finished_at, last_dispatch, size, rows) VALUES (1, 999, 60, 1, '[]'), (2, 2_000, 12, 1, '[]')");
-      out.push(floor.lastSeq(ends, []));
-      out.push(floor.lastSeq(ends, [{ dispatch_seq: 15 } as Row, { dispatch_seq: null } as Row]));
+      out.push(floor.lastSeq(saved, ends, []));
+      out.push(floor.lastSeq(saved, ends, [{ dispatch_seq: 15 } as Row, { dispatch_seq: null } as Row]));
       return out;
     });
     expect(seqs).toEqual([5, 5, 9, 12, 15]);

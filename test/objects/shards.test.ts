@@ -9,7 +9,7 @@ import { clearConfigCache, poolConfigs, templateConfigs } from "../../src/storag
 import { enqueueMany } from "../../src/services/requests";
 import { clearShardSpan, getRequestView, passAll, purgeFinished, retireEmptyShards, setRunning, shardSpan } from "../../src/services/scheduler";
 import { listUsageEvents } from "../../src/storage/usage";
-import { ADMIN, call, captureLog, enqueue, eventually, KEYS, makePool, makeTemplate, readyToExecute, sleep, STORED_REQUESTS } from "../support/helpers";
+import { ADMIN, call, captureLog, enqueue, enqueueHeld, eventually, KEYS, makePool, makeTemplate, readyToExecute, sleep, STORED_REQUESTS } from "../support/helpers";
 
 const CLIENTS = [["acme", KEYS.acme], ["globex", KEYS.globex], ["initech", KEYS.initech], ["hooli", KEYS.hooli]] as const;
 const start = () => call("POST", "/admin/scheduler/start", { token: ADMIN });
@@ -220,14 +220,8 @@ describe("scheduler shards (SCHEDULER_SHARDS = 4)", () => {
     const { template, client } = await readyToExecute("pace-alone", { capacity: 100_000 });
     expect((await call("PUT", `/admin/clients/${client.id}/quota`, { token: ADMIN, json: { max_concurrent: 2000, cpu_millicores: null, memory_mb: null } })).status).toBe(200);
     expect((await stop()).status).toBe(200);
-    const ids: string[] = [];
     // Each job held 1.5 s: the calls a pass starts stay young (250 ms), so each pass launches what its budget leaves.
-    for (let k = 0; k < 10; k++) {
-      const requests = Array.from({ length: 100 }, () => ({ template, params: { tokens_used: 1, simulate: { latency_ms: 1500 } } }));
-      const res = await call("POST", "/api/queue/enqueue", { token: client.key, json: { requests } });
-      expect(res.status).toBe(200);
-      ids.push(...(res.body.results as Array<{ request: { id: string } }>).map((r) => r.request.id));
-    }
+    const ids = await enqueueHeld(template, client.key, 1000, 1500);
     const lines = captureLog();
     expect((await start()).status).toBe(200);
     await eventually(async () => (await Promise.all([ids[0]!, ids[999]!].map((id) => getRequestView(env, id, null)))).every((v) => v?.status === "completed") || null, 30_000, "the backlog ran");

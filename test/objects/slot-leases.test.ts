@@ -3,7 +3,7 @@ import { afterEach, describe, expect, it, vi } from "vitest";
 import { SLOT_LEASE } from "../../src/domain/leases";
 import type { ResolvedQuota } from "../../src/domain/quota";
 import { SlotLeases, type SlotClaim } from "../../src/objects/scheduler/slot-leases";
-import { ADMIN, call, captureLog, eventually, makeClient, makeTemplate, makePool, settled, sleep } from "../support/helpers";
+import { ADMIN, call, captureLog, enqueueHeld, eventually, makeClient, makeTemplate, makePool, settled, sleep } from "../support/helpers";
 
 /**
  * Job slots lent to scheduler shards by client objects (decision 007, "Slots";
@@ -198,14 +198,8 @@ describe("a drain on a block of slots", () => {
     const client = await makeClient("slots-drain");
     expect((await call("PUT", `/admin/clients/${client.id}/quota`, { token: ADMIN, json: { max_concurrent: 1000, cpu_millicores: null, memory_mb: null } })).status).toBe(200);
     expect((await call("POST", "/admin/scheduler/stop", { token: ADMIN })).status).toBe(200);
-    const ids: string[] = [];
-    for (let i = 0; i < 13; i++) {
-      // Each call held 3 s by the sample worker: the first 1,000 are all running before the first ends.
-      const requests = Array.from({ length: 100 }, () => ({ template, params: { tokens_used: 1, simulate: { latency_ms: 3000 } } }));
-      const res = await call("POST", "/api/queue/enqueue", { token: client.key, json: { requests } });
-      expect(res.status).toBe(200);
-      ids.push(...(res.body.results as Array<{ request: { id: string } }>).map((r) => r.request.id));
-    }
+    // Each call held 3 s by the sample worker: the first 1,000 are all running before the first ends.
+    const ids = await enqueueHeld(template, client.key, 1300, 3000);
     expect((await call("POST", "/admin/scheduler/start", { token: ADMIN })).status).toBe(200);
     let peakRunning = 0;
     let peakJobs = 0;

@@ -1,6 +1,6 @@
 import { env } from "cloudflare:workers";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { ADMIN, call, captureLog, eventually, readyToExecute, settled, sleep } from "../support/helpers";
+import { ADMIN, call, captureLog, enqueueHeld, eventually, readyToExecute, settled, sleep } from "../support/helpers";
 
 /**
  * Slow start (src/objects/scheduler/dispatcher.ts): a shard that launched nothing for a second and finds
@@ -17,15 +17,7 @@ async function backlog(latencyMs: number) {
   expect((await call("PUT", `/admin/clients/${client.id}/quota`, { token: ADMIN, json: { max_concurrent: 1000, cpu_millicores: null, memory_mb: null } })).status).toBe(200);
   const enqueueAll = async (n: number) => {
     expect((await call("POST", "/admin/scheduler/stop", { token: ADMIN })).status).toBe(200);
-    const ids: string[] = [];
-    // Batches of 100 at most (the enqueue's limit).
-    for (let left = n; left > 0; left -= 100) {
-      const requests = Array.from({ length: Math.min(100, left) }, () => ({ template, params: { tokens_used: 1, simulate: { latency_ms: latencyMs } } }));
-      const res = await call("POST", "/api/queue/enqueue", { token: client.key, json: { requests } });
-      expect(res.status).toBe(200);
-      ids.push(...(res.body.results as Array<{ request: { id: string } }>).map((r) => r.request.id));
-    }
-    return ids;
+    return enqueueHeld(template, client.key, n, latencyMs);
   };
   return { client, enqueueAll };
 }

@@ -193,6 +193,21 @@ export async function readyToExecute(prefix: string, pool: Partial<Omit<PoolConf
   return { pool: made, template, client };
 }
 
+/**
+ * A backlog of `n` requests of `template` for the client of `token`, each holding its job `latencyMs` in
+ * the sample worker, enqueued 100 a call (the batch limit); their ids, in order.
+ */
+export async function enqueueHeld(template: string, token: string, n: number, latencyMs: number): Promise<string[]> {
+  const ids: string[] = [];
+  for (let left = n; left > 0; left -= 100) {
+    const requests = Array.from({ length: Math.min(100, left) }, () => ({ template, params: { tokens_used: 1, simulate: { latency_ms: latencyMs } } }));
+    const res = await call("POST", "/api/queue/enqueue", { token, json: { requests } });
+    expect(res.status).toBe(200);
+    ids.push(...(res.body.results as Array<{ request: { id: string } }>).map((r) => r.request.id));
+  }
+  return ids;
+}
+
 /** The service's log lines while a test runs (every line goes through console.log, src/log.ts); vi.restoreAllMocks() ends it. */
 export function captureLog(): Array<Record<string, unknown>> {
   const lines: Array<Record<string, unknown>> = [];

@@ -21,7 +21,8 @@ const SAVE_EVERY_MS = 30_000;
  * object may run on another machine's clock, a little behind.
  */
 export const MARGIN_MS = 10_000;
-const KEY = "load_floor";
+/** The `state` key the floor is saved under (QueueStore.writeState). */
+export const FLOOR_KEY = "load_floor";
 
 /**
  * The shard's distinct client ids, walked through `requests_client_created` (one index probe per client,
@@ -44,17 +45,17 @@ export interface Floor {
   seq: number;
 }
 
+/** The floor as saved (`state` FLOOR_KEY's value): none yet reads every row. */
+export function floorFrom(saved: string | undefined): Floor {
+  if (saved === undefined) return { createdAt: 0, seq: 0 };
+  const floor = JSON.parse(saved) as Floor;
+  return { createdAt: floor.createdAt, seq: floor.seq };
+}
+
 export class LoadFloor {
   private savedAt = 0;
 
   constructor(private readonly sql: SqlStorage) {}
-
-  read(): Floor {
-    const v = this.sql.exec<{ v: string }>("SELECT v FROM state WHERE k = ?", KEY).toArray()[0]?.v;
-    if (v === undefined) return { createdAt: 0, seq: 0 };
-    const floor = JSON.parse(v) as Floor;
-    return { createdAt: floor.createdAt, seq: floor.seq };
-  }
 
   /**
    * The last dispatch number given before the object started, after its live rows were read (`live`):
@@ -62,8 +63,7 @@ export class LoadFloor {
    * its end or an end record finished from the floor on holds. (The attempts launched and not ended
    * hold their own: Launches.begin.) Each was given after the floor was saved, so it ended after it.
    */
-  lastSeq(ends: Ends, live: Iterable<Row>): number {
-    const floor = this.read();
+  lastSeq(floor: Floor, ends: Ends, live: Iterable<Row>): number {
     let seq = Math.max(floor.seq, ends.load(floor.createdAt));
     const written = this.sql.exec<{ n: number | null }>("SELECT MAX(dispatch_seq) AS n FROM requests WHERE finished_at >= ?", floor.createdAt).one().n;
     seq = Math.max(seq, written ?? 0);
@@ -76,19 +76,19 @@ export class LoadFloor {
    * unfinished, and held by no end record (a row an end record names has ended, whatever it says: its
    * row is not rewritten, ./ends.ts). In the order they were written, as a read of the whole table had them.
    */
-  liveRows(select: string): Iterable<RowWithEnd> {
+  liveRows(floor: Floor, select: string): Iterable<RowWithEnd> {
     return this.sql.exec<RowWithEnd>(
-      `${CLIENT_IDS} ${select} WHERE ${CREATED_SINCE} AND r.status IN ('queued', 'dispatching', 'running') AND e.seq IS NULL ORDER BY r.rowid`, this.read().createdAt,
+      `${CLIENT_IDS} ${select} WHERE ${CREATED_SINCE} AND r.status IN ('queued', 'dispatching', 'running') AND e.seq IS NULL ORDER BY r.rowid`, floor.createdAt,
     );
   }
 
-  /** Save the floor for the live copies and the last dispatch number, unless one was saved within SAVE_EVERY_MS. */
-  save(live: Iterable<Row>, seq: number, now: number): void {
-    if (now - this.savedAt < SAVE_EVERY_MS) return;
+  /** The floor to save for the live copies and the last dispatch number, as text; null when one was within SAVE_EVERY_MS. */
+  next(live: Iterable<Row>, seq: number, now: number): string | null {
+    if (now - this.savedAt < SAVE_EVERY_MS) return null;
     this.savedAt = now;
     let oldest = now;
     for (const row of live) if (row.created_at < oldest) oldest = row.created_at;
     const floor: Floor = { createdAt: oldest - MARGIN_MS, seq };
-    this.sql.exec("INSERT INTO state (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v", KEY, JSON.stringify(floor));
+    return JSON.stringify(floor);
   }
 }

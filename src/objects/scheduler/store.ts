@@ -9,7 +9,7 @@ import type { Tier } from "../../domain/types";
 import { EndWaiters } from "./end-waiters";
 import { END_JOIN, Ends, withoutEnd, type EndEntry, type RowWithEnd } from "./ends";
 import { Launches, type LaunchEntry } from "./launches";
-import { LoadFloor } from "./load-floor";
+import { FLOOR_KEY, floorFrom, LoadFloor } from "./load-floor";
 import { purgeFinished } from "./purge";
 import { hasOptimizerRecords } from "./outbox";
 import { poolNeedsOf, readyAtOf, specConflict, view, type Finished, type Queued, type Row } from "./rows";
@@ -89,14 +89,16 @@ export class QueueStore {
 
   /** Save the load floor (at most every 30 s): a restart reads the rows from the oldest live request's creation on. */
   saveLoadFloor(now: number): void {
-    this.floor.save(this.live.values(), this.seq, now);
+    const floor = this.floor.next(this.live.values(), this.seq, now);
+    if (floor !== null) this.writeState(FLOOR_KEY, floor);
   }
 
   /** Read the unfinished requests into memory: once, when the object starts. */
   load(): void {
     // Only the rows created from the load floor on (./load-floor.ts): every one before it had ended.
+    const floor = floorFrom(this.readState().get(FLOOR_KEY));
     const launched = this.launches.begin();
-    for (const read of this.floor.liveRows(LIVE_ROW)) {
+    for (const read of this.floor.liveRows(floor, LIVE_ROW)) {
       const row = withoutEnd(read);
       this.launches.resume(row);
       this.live.set(row.id, row);
@@ -104,7 +106,7 @@ export class QueueStore {
       if (row.status === "queued") this.index(row);
       else this.active.add(row.id);
     }
-    this.seq = Math.max(launched, this.floor.lastSeq(this.ends, this.live.values()));
+    this.seq = Math.max(launched, this.floor.lastSeq(floor, this.ends, this.live.values()));
     this.launches.prune();
   }
 
