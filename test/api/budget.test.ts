@@ -6,7 +6,7 @@ import { monthKey, nextMonthStart } from "../../src/domain/calendar";
 import { sha256Hex } from "../../src/http/auth";
 import type { ClientObject } from "../../src/objects/client";
 import { clearConfigCache } from "../../src/storage/config";
-import { ADMIN, call, enqueue, eventually, expectError, INTERNAL, KEYS, makePool, makeTemplate, mulberry32, settled, type Call } from "../support/helpers";
+import { addSpend, ADMIN, call, enqueue, eventually, expectError, INTERNAL, KEYS, makePool, makeTemplate, mulberry32, settled, type Call } from "../support/helpers";
 
 const STANDARD_BUDGET = 500_000_000_000; // seed.sql: the standard tier's monthly budget
 const start = () => call("POST", "/admin/scheduler/start", { token: ADMIN });
@@ -338,7 +338,7 @@ describe("month boundary", () => {
     const now = new Date();
     const lastMonth = monthKey(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - 1, 15));
     // Spend booked through the object itself, as a settlement books it (an event dated last month).
-    await clientStub(id).recordSpend(null, [{ eventId: "last-month", costNano: 9_000_000_000_000_000, at: Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - 1, 15) }]);
+    await addSpend(clientStub(id), null, [{ eventId: "last-month", costNano: 9_000_000_000_000_000, at: Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - 1, 15) }]);
     expect(await runInDurableObject(clientStub(id), async (_: ClientObject, state) =>
       state.storage.sql.exec<{ n: number }>("SELECT spent_nano AS n FROM spend WHERE month = ?", lastMonth).one().n)).toBe(9_000_000_000_000_000);
 
@@ -348,7 +348,7 @@ describe("month boundary", () => {
     expect(r.status).toBe(202);
 
     // The same amount booked on this month's key refuses at once.
-    await clientStub(id).recordSpend(null, [{ eventId: "this-month", costNano: 995_000, at: Date.now() }]);
+    await addSpend(clientStub(id), null, [{ eventId: "this-month", costNano: 995_000, at: Date.now() }]);
     expectError(await enqueue({ template }, key), 402, "budget_exceeded");
     expect((await current(id)).body).toMatchObject({ spent_nano: 995_000, in_flight_nano: 10_000, remaining_nano: 0 });
     await cancelAll([r.body.request.id], key);

@@ -7,6 +7,7 @@ import { idFloor, newId } from "../../src/domain/ids";
 import type { ResolvedQuota } from "../../src/domain/quota";
 import type { ClientObject } from "../../src/objects/client";
 import type { SpendEvent } from "../../src/objects/client/types";
+import { addSpend } from "../support/helpers";
 
 /** Batched quota and spend decisions against a real client object: exact counts, in order, once per id. */
 
@@ -77,7 +78,7 @@ describe("acquireJobs decides a batch in order", () => {
   it("a daily cap per pool is counted exactly across a batch, on top of today's spend", async () => {
     const { stub } = freshClient();
     const q = quota({ maxConcurrent: 100, poolDaily: { p: 10 } });
-    await stub.recordSpend(UNLIMITED, [event("ev-today", 0, { pool: "p", units: 3 })]);
+    await addSpend(stub, UNLIMITED, [event("ev-today", 0, { pool: "p", units: 3 })]);
     const decisions = await stub.acquireJobs(q, [
       job("a", { pools: { p: 2 } }),
       job("free", { pools: { other: 50 } }),
@@ -137,7 +138,7 @@ describe("settle counts each event once", () => {
     const { stub } = freshClient();
     const q = quota();
     const limit: BudgetLimit = { limitNano: 1_000_000, source: "client" };
-    await stub.recordSpend(null, [event("e0", 100, { pool: "p", units: 1 })]);
+    await addSpend(stub, null, [event("e0", 100, { pool: "p", units: 1 })]);
     expect(await stub.acquireJobs(q, [job("r1"), job("r2")])).toEqual([{ ok: true }, { ok: true }]);
     expect(await stub.admit(limit, [{ requestId: "r1", estimateNano: 1000 }, { requestId: "r2", estimateNano: 2000 }])).toEqual([{ ok: true }, { ok: true }]);
     const lastMonth = Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth(), 1) - 5 * DAY_MS;
@@ -209,7 +210,7 @@ describe("settle counts each event once", () => {
       state.storage.sql.exec("INSERT INTO counted (event_id, cost_nano, at) VALUES (?, 1, ?), (?, 1, ?), ('e-other', 1, ?)", old, now - 3 * DAY_MS, dayOld, now - DAY_MS, now - 3 * DAY_MS);
     });
     // The object's first spend runs the cleanup; the event a day old is still known, so not counted again.
-    await stub.recordSpend(UNLIMITED, [event(fresh, 10), event(dayOld, 1000, { at: now - DAY_MS })]);
+    await addSpend(stub, UNLIMITED, [event(fresh, 10), event(dayOld, 1000, { at: now - DAY_MS })]);
     expect((await stub.budget(UNLIMITED)).spent_nano).toBe(10);
     const { ids, plan } = await runInDurableObject(stub, (_: ClientObject, state) => ({
       ids: state.storage.sql.exec<{ event_id: string }>("SELECT event_id FROM counted ORDER BY event_id").toArray().map((r) => r.event_id),
@@ -247,7 +248,7 @@ describe("settle counts each event once", () => {
     expect(await after.budget(UNLIMITED)).toMatchObject({ spent_nano: 1234, in_flight_nano: 700, concurrency_in_use: 1 });
     // The event a day old is still known (in the table set aside): delivered again, it counts nothing.
     // This first spend of the object's life also runs the cleanup: the 20-day-old id goes.
-    await after.recordSpend(UNLIMITED, [event(recent, 1000, { at: now - DAY_MS })]);
+    await addSpend(after, UNLIMITED, [event(recent, 1000, { at: now - DAY_MS })]);
     expect((await after.budget(UNLIMITED)).spent_nano).toBe(1234);
     const tables = (o: DurableObjectStub<ClientObject>) => runInDurableObject(o, (_: ClientObject, state) => {
       const sql = state.storage.sql;
@@ -269,19 +270,19 @@ describe("settle counts each event once", () => {
     await abortAllDurableObjects();
     const later = env.CLIENT.get(env.CLIENT.idFromName(id));
     const fresh = newId("event", now);
-    await later.recordSpend(UNLIMITED, [event(fresh, 5)]);
+    await addSpend(later, UNLIMITED, [event(fresh, 5)]);
     expect((await later.budget(UNLIMITED)).spent_nano).toBe(1239);
     expect(await tables(later)).toEqual({ before: null, counted: [fresh], rowidTables: [] });
   });
 
-  it("spend through recordSpend with a budget: totals exact and the budget alert raised once the line is crossed", async () => {
+  it("spend counted by id (a retried attempt's settlement) with a budget: totals exact and the budget alert raised once the line is crossed", async () => {
     const { id, stub } = freshClient();
     const limit: BudgetLimit = { limitNano: 1000, source: "client" };
-    await stub.recordSpend(limit, [event("a", 300), event("b", 300), event("a", 300)]);
+    await addSpend(stub, limit, [event("a", 300), event("b", 300), event("a", 300)]);
     expect((await stub.budget(limit)).spent_nano).toBe(600);
     const open = () => env.DB.prepare("SELECT kind FROM alerts WHERE subject = ?1 AND state = 'open' ORDER BY kind").bind(id).all<{ kind: string }>();
     expect((await open()).results).toEqual([]);
-    await stub.recordSpend(limit, [event("b", 300), event("c", 250), event("c", 250)]);
+    await addSpend(stub, limit, [event("b", 300), event("c", 250), event("c", 250)]);
     expect((await stub.budget(limit)).spent_nano).toBe(850);
     expect((await open()).results.map((r) => r.kind)).toEqual(["budget_80"]);
   });

@@ -5,6 +5,9 @@ import { clearConfigCache } from "../../src/storage/config";
 import { checkResponse } from "./contract";
 import { upsertPool } from "../../src/storage/pools";
 import type { PoolConfig } from "../../src/domain/types";
+import type { BudgetLimit } from "../../src/domain/budget";
+import type { ClientObject } from "../../src/objects/client";
+import type { SpendEvent } from "../../src/objects/client/types";
 import { ownerShard, shardStub } from "../../src/objects/scheduler/shards";
 
 export const ADMIN = "test-admin-token";
@@ -234,3 +237,11 @@ export const STORED_REQUESTS = `(SELECT r.id, r.client_id, r.tier, r.queue, r.te
     CASE WHEN e.seq IS NULL THEN r.finished_at ELSE en.finished_at END AS finished_at
   FROM requests r LEFT JOIN end_ids e ON e.id = r.id LEFT JOIN ends en ON en.seq = e.seq
     LEFT JOIN json_each(en.rows) x ON x.value ->> 0 = r.id)`;
+
+/**
+ * Put spend on a client object as a retried attempt's settlement counts it (ClientObject.settle with
+ * keepInFlight: each event once by its id, no estimate landed): how tests give a client spend to start from.
+ */
+export function addSpend(stub: DurableObjectStub<ClientObject>, limit: BudgetLimit | null, events: SpendEvent[]): Promise<void> {
+  return stub.settle(limit, [{ requestId: "test-added-spend", events, keepInFlight: true }]);
+}

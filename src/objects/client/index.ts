@@ -9,7 +9,7 @@ import { Jobs } from "./jobs";
 import { Ledger } from "./ledger";
 import { MoneyBook } from "./money";
 import { createTables, migrate } from "./schema";
-import type { AdmitDecision, BudgetDecision, BudgetItem, BurstResult, MoneyAnswer, MoneyRequest, PoolSpend, QuotaState, RunSlots, Settlement, SlotAsk, SpendEvent, SpendMark } from "./types";
+import type { AdmitDecision, BudgetDecision, BudgetItem, BurstResult, MoneyAnswer, MoneyRequest, PoolSpend, QuotaState, RunSlots, Settlement, SlotAsk, SpendMark } from "./types";
 
 /**
  * One client's limit owner: its quota (jobs held at once — running requests and active allocations —,
@@ -179,16 +179,6 @@ export class ClientObject extends DurableObject<Env> {
   async settle(limit: BudgetLimit | null, items: Settlement[]): Promise<void> {
     this.jobs.release(items.map((i) => i.requestId));
     await this.ledger.settle(limit, items);
-  }
-
-  /**
-   * Spend events counted by id, as a retried attempt's settlement (idempotent: an id is counted once while the object
-   * keeps it, COUNTED_EVENT_KEEP_MS by event time). Ids are event ids (`evt_` and time-ordered): the
-   * cleanup forgets ranges of those, and would keep any other id for good. Pool outboxes deliver by seq
-   * (recordPoolSpend).
-   */
-  async recordSpend(limit: BudgetLimit | null, events: SpendEvent[]): Promise<void> {
-    await this.ledger.spend(limit, events);
   }
 
   /**

@@ -120,7 +120,8 @@ export class Ledger {
    * (the row goes in the same write): a settlement made again finds none in flight and counts nothing
    * twice, with no row kept per event (a counted id each was a write per request and a delete two days
    * later; decision 007, "Spend"). Events of a request that goes on (a retry keeps its estimate in
-   * flight) are counted by id, as recordSpend's.
+   * flight) are counted by id (`counted`: once while the object keeps the id, COUNTED_EVENT_KEEP_MS by event time;
+   * ids are event ids, `evt_` and time-ordered, whose ranges the cleanup forgets).
    */
   async settle(limit: BudgetLimit | null, items: Settlement[]): Promise<void> {
     const done = items.filter((i) => !i.keepInFlight).map((i) => i.requestId);
@@ -139,12 +140,6 @@ export class Ledger {
       }
     }
     await this.counted(limit, this.tally([...once, ...this.fresh(byId)]), Date.now());
-  }
-
-  /** Count new events (synchronously), then raise budget alerts if this month's spend crossed a line. */
-  async spend(limit: BudgetLimit | null, events: SpendEvent[]): Promise<void> {
-    const now = Date.now();
-    await this.counted(limit, this.tally(this.fresh(events)), now);
   }
 
   /** Spend delivered by a pool object's outbox, new exactly when its seq is above the highest counted from `source`. */
