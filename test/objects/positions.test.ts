@@ -175,6 +175,37 @@ describe("a single enqueue placed into a cached order", () => {
     });
   });
 
+  it("after requests left the order (claimed, cancelled) is placed into what is left, not ranked again: the position a fresh ranking gives", async () => {
+    await stoppedWithBacklog(async (template) => {
+      let checked = 0;
+      for (let attempt = 0; attempt < 5 && checked === 0; attempt++) {
+        const { at } = await untilPlaced(template);
+        // Three of acme's requests ahead in that order leave it: cancelled by their caller (a pass's claims take them out the same way).
+        const ahead = await runInDurableObject(shardOf("acme"), (i: SchedulerObject) =>
+          (i as unknown as { ranking: { rankCache: { items: Array<{ id: string; clientId: string }> } } }).ranking.rankCache.items.filter((o) => o.clientId === "acme").slice(0, 3).map((o) => o.id));
+        expect(ahead).toHaveLength(3);
+        for (const id of ahead) expect((await call("DELETE", `/api/queue/${id}`, { token: KEYS.acme })).status).toBe(200);
+        const x = await call("POST", "/api/queue/enqueue", { token: KEYS.acme, json: { template, queue: "normal", params: {} } });
+        expect(x.status).toBe(202);
+        const seen = await runInDurableObject(shardOf("acme"), (i: SchedulerObject) => {
+          const cache = rankingOf(i).rankCache as (Ranked["rankCache"] & { placed?: { id: string; place: number } }) | null;
+          return cache && { at: cache.at, order: cache.order, placed: cache.placed ?? null };
+        });
+        // The order aged out (a second) before the enqueue came: ranked afresh, try again.
+        if (!seen || seen.at !== at) continue;
+        checked += 1;
+        expect(seen.placed?.id).toBe(x.body.request.id);
+        expect(seen.order.filter((id) => ahead.includes(id))).toEqual([]);
+        expect(x.body.position).toBe(seen.placed!.place + 1);
+        // What a fresh ranking of the shard's queued requests gives it (GET position ranks afresh).
+        const exact = await call("GET", `/api/queue/position/${x.body.request.id}`, { token: KEYS.acme });
+        expect(exact.status).toBe(200);
+        expect(x.body.position).toBe(exact.body.position);
+      }
+      expect(checked).toBe(1);
+    });
+  });
+
   it("keeps its client's own order: none of its later requests before it, none of its earlier ones after it", async () => {
     expect((await call("POST", "/admin/scheduler/stop", { token: ADMIN })).status).toBe(200);
     try {

@@ -52,7 +52,7 @@ export class Ranking {
    * what is ahead, made at the first splice; `placed`: the place of the last request spliced in.
    */
   private rankCache: {
-    at: number; epoch: number; order: string[]; items: Array<Queued | Omit<Queued, "recentShare">>; readyCount: number; spliced: boolean;
+    at: number; epoch: number; added: number; order: string[]; items: Array<Queued | Omit<Queued, "recentShare">>; readyCount: number; spliced: boolean;
     index?: OrderIndex; placed?: { id: string; place: number };
   } | null = null;
   /** Measured dispatch rates (overall, per queue) and pool grant rates, for wait estimates. */
@@ -76,14 +76,14 @@ export class Ranking {
     const life = !cache ? 0 : cache.spliced ? (allowSplice ? SPLICE_CACHE_MS : 0) : RANK_CACHE_MS;
     if (cache && now - cache.at < life) {
       if (cache.epoch === this.store.epoch) return cache;
-      if (allowSplice && cache.epoch === this.store.epoch - 1 && this.splice(cache, now)) return cache;
+      if (allowSplice && this.splice(cache, now)) return cache;
     }
     const all = [...this.store.queued.values()];
     const ready = fairRank(all.filter((q) => q.notBefore <= now), now, this.recentCounts(now), this.weightOf, SCAN_LIMIT);
     const later = all.filter((q) => q.notBefore > now).sort((a, b) => a.notBefore - b.notBefore || a.createdAt - b.createdAt);
     const items = [...ready, ...later];
     const order = items.map((q) => q.id);
-    this.rankCache = { at: now, epoch: this.store.epoch, order, items, readyCount: ready.length, spliced: false };
+    this.rankCache = { at: now, epoch: this.store.epoch, added: this.store.lastIndexed?.added ?? 0, order, items, readyCount: ready.length, spliced: false };
     return this.rankCache;
   }
 
@@ -96,12 +96,17 @@ export class Ranking {
    * of its own: exact for clients taking turns, an estimate otherwise. Not placed (false: rank again)
    * when it is not ready, when its client has fewer than two requests ranked (no spacing to go by), or
    * when it ranks ahead of all its client's queued work (it may then pass other clients' work).
+   * It is placed when it is the one request added since the order was ranked (or last placed into) and
+   * the latest change; the others since can only have taken requests out (a pass's claims, a cancel),
+   * and those leave the order first (compact): while a backlog drains, every enqueue found the order
+   * changed by a claim and ranked the whole backlog again (~27 ms at 10,000 queued; docs/benchmarks.md).
    */
   private splice(cache: NonNullable<Ranking["rankCache"]>, now: number): boolean {
     const last = this.store.lastIndexed;
-    if (!last || last.epoch !== this.store.epoch) return false;
+    if (!last || last.epoch !== this.store.epoch || last.added !== cache.added + 1) return false;
     const x = this.store.queued.get(last.id);
     if (!x || x.notBefore > now) return false;
+    if (cache.epoch !== this.store.epoch - 1) this.compact(cache);
     const index = (cache.index ??= new OrderIndex(cache.items, cache.readyCount));
     const span = index.span(x.clientId);
     if (!span || span.count < 2) return false;
@@ -127,8 +132,21 @@ export class Ranking {
     cache.placed = { id: x.id, place: at };
     cache.readyCount += 1;
     cache.epoch = this.store.epoch;
+    cache.added = last.added;
     cache.spliced = true;
     return true;
+  }
+
+  /** Drop from a cached order the requests no longer queued (claimed, cancelled, finished); the rest keep their order. */
+  private compact(cache: NonNullable<Ranking["rankCache"]>): void {
+    const items: typeof cache.items = [];
+    let readyCount = 0;
+    cache.items.forEach((q, i) => {
+      if (!this.store.queued.has(q.id)) return;
+      items.push(q);
+      if (i < cache.readyCount) readyCount += 1;
+    });
+    Object.assign(cache, { items, order: items.map((q) => q.id), readyCount, index: undefined, placed: undefined });
   }
 
   /**

@@ -64,8 +64,8 @@ export class QueueStore {
   epoch = 0;
   /** The last dispatch sequence number given. */
   seq = 0;
-  /** The request the last change of the queued index added, and the epoch it made (Ranking.splice). */
-  lastIndexed: { id: string; epoch: number } | null = null;
+  /** The request the last change of the queued index added, the epoch it made, and how many were added so far (Ranking.splice). */
+  lastIndexed: { id: string; epoch: number; added: number } | null = null;
   /** Callers waiting for a request's attempt to end (an execute). */
   readonly waiters = new EndWaiters();
   /**
@@ -199,7 +199,7 @@ export class QueueStore {
     this.queued.set(row.id, q);
     this.ready.add(q, Date.now());
     this.epoch += 1;
-    this.lastIndexed = { id: row.id, epoch: this.epoch };
+    this.lastIndexed = { id: row.id, epoch: this.epoch, added: (this.lastIndexed?.added ?? 0) + 1 };
   }
 
   /**
