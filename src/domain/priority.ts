@@ -125,22 +125,45 @@ export function fairRank<T extends FairItem>(
     return { ...(rest as unknown as T), priority };
   });
   if (out.length < items.length && !headOnly) {
-    // The rest in plain priority order (rank's), each client's fairness from its recent share, scored
-    // from the numbers already computed: no object per request but the one returned.
-    const tail = clients.flatMap((c) => {
-      const share = total > 0 ? (recent.get(c.clientId) ?? 0) / total : 0;
-      return c.ranked.rest().map((e) => {
-        const fairness = fairnessPoints(share, (e.item as FairItem & { entitled?: number }).entitled);
-        return { e, priority: { score: round2(e.base + fairness), tier: e.tier, queue: e.queue, wait: round2(e.wait), fairness: round2(fairness), starved: e.starved } };
-      });
-    });
-    tail.sort((a, b) => Number(b.priority.starved) - Number(a.priority.starved) || b.priority.score - a.priority.score || readyThenId(a.e, b.e));
-    for (const { e, priority } of tail) {
+    for (const { e, score, fairness } of fairTail(clients, recent, total)) {
       const { recentShare: _s, priority: _p, ...item } = e.item as T & { recentShare?: number; priority?: Priority };
-      out.push({ ...(item as unknown as T), priority });
+      out.push({ ...(item as unknown as T), priority: { score, tier: e.tier, queue: e.queue, wait: round2(e.wait), fairness: round2(fairness), starved: e.starved } });
     }
   }
   return out;
+}
+
+/**
+ * fairRank's order of the items themselves, with no copy of each and no priority attached: what the
+ * scheduler's cache of positions keeps. The two copies per request were most of a ranking's time and
+ * garbage (fairRank ~27 ms at 10,000 queued; docs/benchmarks.md).
+ */
+export function fairOrder<T extends FairItem>(
+  items: T[], now: number, recent: ReadonlyMap<string, number>, weightOf: (clientId: string, tier: Tier) => number, limit = Infinity,
+): T[] {
+  const { picks, clients, total } = fairPicks(items, now, recent, weightOf, limit);
+  const out = picks.map((p) => p.item);
+  if (out.length < items.length) for (const t of fairTail(clients, recent, total)) out.push(t.e.item);
+  return out;
+}
+
+/**
+ * What follows the interleaved part: every client's requests left, in plain priority order, each
+ * client's fairness from its recent share, scored from the numbers already computed.
+ */
+function fairTail<T extends FairItem>(
+  clients: Array<{ clientId: string; ranked: LazyOrder<Scored<T>> }>, recent: ReadonlyMap<string, number>, total: number,
+): Array<{ e: Scored<T>; score: number; fairness: number }> {
+  const tail: Array<{ e: Scored<T>; score: number; fairness: number }> = [];
+  for (const c of clients) {
+    const share = total > 0 ? (recent.get(c.clientId) ?? 0) / total : 0;
+    for (const e of c.ranked.rest()) {
+      const fairness = fairnessPoints(share, (e.item as FairItem & { entitled?: number }).entitled);
+      tail.push({ e, score: round2(e.base + fairness), fairness });
+    }
+  }
+  tail.sort((a, b) => Number(b.e.starved) - Number(a.e.starved) || b.score - a.score || readyThenId(a.e, b.e));
+  return tail;
 }
 
 /**

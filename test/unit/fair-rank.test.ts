@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { fairIds, fairRank, priorityOf, rank, STARVATION_MS, type FairItem, type Priority, type QueueName } from "../../src/domain/priority";
+import { fairIds, fairOrder, fairRank, priorityOf, rank, STARVATION_MS, type FairItem, type Priority, type QueueName } from "../../src/domain/priority";
 import type { Tier } from "../../src/domain/types";
 import { headIds, mulberry32 as random } from "../support/helpers";
 
@@ -84,6 +84,12 @@ describe("fairRank computes the plain formula's order, from numbers", () => {
       const actual = fairRank(items, NOW, recent, weightOf, limit, headOnly);
       expect(actual.map((o) => o.id), `seed ${seed}`).toEqual(expected.map((o) => o.id));
       expect(actual, `seed ${seed}`).toEqual(expected);
+      // The same order of the items themselves, uncopied (the scheduler's cache of positions); headOnly is fairRank's alone.
+      if (!headOnly) {
+        const order = fairOrder(items, NOW, recent, weightOf, limit);
+        expect(order.map((o) => o.id), `seed ${seed}`).toEqual(expected.map((o) => o.id));
+        expect(order.every((o) => items.includes(o)), `seed ${seed}`).toBe(true);
+      }
       if (limit !== Infinity) expect(headIds(fairIds(items, NOW, recent, weightOf), limit), `seed ${seed}`).toEqual(expected.slice(0, limit).map((o) => o.id));
     }
   });

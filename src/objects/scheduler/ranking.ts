@@ -3,7 +3,7 @@
  * recent dispatches against its weight), a request's position and its estimated wait. It keeps the
  * dispatch log the shares and rates come from, and the tier and client weights from configuration.
  */
-import { DEFAULT_TIER_POINTS, DEFAULT_TIER_WEIGHTS, fairIdsOf, fairRank, priorityOf, readyOf, type Priority, type QueueName } from "../../domain/priority";
+import { DEFAULT_TIER_POINTS, DEFAULT_TIER_WEIGHTS, fairIdsOf, fairOrder, priorityOf, readyOf, type Priority, type QueueName } from "../../domain/priority";
 import type { Tier } from "../../domain/types";
 import { DispatchWindow } from "../../domain/dispatch-window";
 import { OrderIndex } from "../../domain/order-index";
@@ -79,7 +79,7 @@ export class Ranking {
       if (allowSplice && this.splice(cache, now)) return cache;
     }
     const all = [...this.store.queued.values()];
-    const ready = fairRank(all.filter((q) => q.notBefore <= now), now, this.recentCounts(now), this.weightOf, SCAN_LIMIT);
+    const ready = fairOrder(all.filter((q) => q.notBefore <= now), now, this.recentCounts(now), this.weightOf, SCAN_LIMIT);
     const later = all.filter((q) => q.notBefore > now).sort((a, b) => a.notBefore - b.notBefore || a.createdAt - b.createdAt);
     const items = [...ready, ...later];
     const order = items.map((q) => q.id);
