@@ -46,13 +46,14 @@ export class Ranking {
   /** Priority points and fair-share weight by tier, from the tier rows (loadWeights refreshes them). */
   private tierRows = new Map<Tier, { points: number; weight: number }>();
   /**
-   * The full order for positions, reused while young and while the queued index has not changed.
-   * `items` holds what each id was ranked with; `spliced`: single enqueues were placed into it since
+   * The full order for positions, reused while young and while the queued index has not changed (or, for a
+   * single enqueue, only lost requests: see splice).
+   * `items` holds the queued objects themselves, in that order; `spliced`: single enqueues were placed into it since
    * (see splice), so it serves only enqueue answers; `index`: each client's places and running sums of
    * what is ahead, made at the first splice; `placed`: the place of the last request spliced in.
    */
   private rankCache: {
-    at: number; epoch: number; added: number; order: string[]; items: Array<Queued | Omit<Queued, "recentShare">>; readyCount: number; spliced: boolean;
+    at: number; epoch: number; added: number; order: string[]; items: Queued[]; readyCount: number; spliced: boolean;
     index?: OrderIndex; placed?: { id: string; place: number };
   } | null = null;
   /** Measured dispatch rates (overall, per queue) and pool grant rates, for wait estimates. */
@@ -111,7 +112,7 @@ export class Ranking {
     const span = index.span(x.clientId);
     if (!span || span.count < 2) return false;
     // Within a client every request has the same fairness term: the order is fairRank's per-client rank.
-    const key = (q: Omit<Queued, "recentShare">) => ({ q, p: priorityOf({ ...q, recentShare: 0 }, cache.at) });
+    const key = (q: Queued) => ({ q, p: priorityOf({ ...q, recentShare: 0 }, cache.at) });
     const kx = key(x);
     const before = (a: ReturnType<typeof key>, b: ReturnType<typeof key>) =>
       Number(b.p.starved) - Number(a.p.starved) || b.p.score - a.p.score || readyOf(a.q) - readyOf(b.q) || (a.q.id < b.q.id ? -1 : 1);
