@@ -33,6 +33,11 @@ const Settings = z.object({
    * isolate has 128 MB (docs/operations.md). New work for a full shard is refused with `queue_full`.
    */
   SCHEDULER_MAX_QUEUED: int(1, 10_000_000, 50_000),
+  /**
+   * "on": a single enqueue's money is admitted by its scheduler shard against a hold lent by the client's
+   * object (decision 008), one call and one commit fewer per enqueue; "off": by the client's object.
+   */
+  ENQUEUE_MONEY_LEASES: z.enum(["on", "off"]).catch("on"),
 });
 
 export type Settings = z.infer<typeof Settings>;

@@ -107,6 +107,25 @@ export const MONEY_LEASE = {
 } as const;
 
 /**
+ * Money leases (client objects to scheduler shards; decision 008, src/objects/scheduler/money-leases.ts):
+ * a shard admits its clients' single enqueues against one hold per client, in memory.
+ */
+export const SHARD_MONEY = {
+  /**
+   * A hold the shard does not renew is dropped by the client this long after its last exchange. The
+   * shard returns it (converting its requests) IDLE_MS after the client's last enqueue, and a restarted
+   * shard at its first wake (the cron wakes every shard each minute): this is the backstop only.
+   */
+  HOLD_MS: 60 * 60_000,
+  /** No single enqueue of the client for this long: the shard converts its requests and returns the hold. */
+  IDLE_MS: 1_000,
+  /** A hold aims at this much of the client's enqueued estimates (its rate over the window). */
+  WINDOW_MS: 1_000,
+  /** Requests converted per exchange call at most (a restart's backlog goes in several). */
+  CONVERT_CHUNK: 2_000,
+} as const;
+
+/**
  * What one lease request may take from `available` when `holders` others hold leases: at most a fair
  * share, what is left split between them, this one and one more that may come (so no request, however
  * frequent, takes the last units from a slower holder), but always at least `need` when that much is

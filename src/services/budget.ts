@@ -4,14 +4,24 @@ import { clientIds } from "../storage/clients";
 import { budgetLimit } from "../storage/config";
 import { unfinished } from "./scheduler";
 import { clientStub } from "../objects/client/stub";
+import { ownerShard, shardStub } from "../objects/scheduler/shards";
+import { log } from "../log";
 
 /**
  * A client's budget as its object keeps it: the limit that applies, this month's spend, money in
  * flight and what remains, plus the concurrency slots in use. 404 for an unknown client.
+ * Money in flight counts every hold of the client's budget; a scheduler shard's hold for single
+ * enqueues (decision 008) is returned first unless `leases` is "count".
  */
-export async function clientBudget(env: Env, clientId: string): Promise<BudgetView & { concurrency_in_use: number }> {
+export async function clientBudget(env: Env, clientId: string, leases: "return" | "count" = "return"): Promise<BudgetView & { concurrency_in_use: number }> {
   const limit = await budgetLimit(env, clientId);
   if (!limit) throw new AppError("client_not_found", `no client ${clientId}`, { client_id: clientId });
+  // The owner shard's money lease (decision 008) first becomes its requests' estimates in flight, so the
+  // view counts requests, as it would without leases; unreachable, the view counts the hold instead.
+  // "count": the hold is counted as it stands (the optimizer's budget pressure, read per enqueue).
+  if (leases === "return") await shardStub(env, ownerShard(env, clientId)).returnMoneyLease(clientId).catch((err: unknown) => {
+    log.warn("money_lease_return_failed", { client_id: clientId, error: String(err) });
+  });
   return clientStub(env, clientId).budget(limit);
 }
 

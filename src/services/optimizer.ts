@@ -206,7 +206,7 @@ export async function planRequest(env: Env, input: PlanInput, logger: Logger = l
   };
   let decision = downgradeDecision(base);
   if (!decision.downgrade && mayDowngrade(base)) {
-    const b = await clientBudget(env, caller.clientId).catch((err: unknown) => {
+    const b = await clientBudget(env, caller.clientId, "count").catch((err: unknown) => {
       if (err instanceof AppError) throw err;
       // A budget that cannot be read is not pressing: no downgrade on its account (the admission asks the client object again).
       logger.warn("plan_input_unavailable", { input: "budget", client_id: caller.clientId, error: String(err) });

@@ -2,7 +2,7 @@ import { canonicalJson } from "../domain/json";
 import { QUEUES, type QueueName } from "../domain/priority";
 import type { Caller } from "../domain/types";
 import { AppError, type ErrorBody } from "../errors";
-import type { BudgetView } from "../domain/budget";
+import type { BudgetLimit, BudgetView } from "../domain/budget";
 import { newRequestId, type EnqueueOutcome, type NewRequest, type PositionView, isQueueFull, type QueueFull, type RequestView } from "../objects/scheduler/types";
 import type { QuotaShortfall } from "../domain/quota";
 import { budgetLimit, clientQuota, templateConfig, tierLimits } from "../storage/config";
@@ -14,7 +14,7 @@ import { cacheGet } from "../storage/optimizer-cache";
 import { unwrap } from "./pools";
 import { cancelHeld, findByKey, getRequestView, positionView } from "./scheduler";
 import { ownerShard, shardStub } from "../objects/scheduler/shards";
-import type { Held } from "../objects/scheduler/types";
+import type { Held, LeaseRefusal } from "../objects/scheduler/types";
 import type { AdmitDecision } from "../objects/client/types";
 import { holdUnits, readyToRun, releaseUnits, runSlots } from "./run-now";
 import { spendQuotaRefusal } from "./refusals";
@@ -102,7 +102,7 @@ export async function prepare(env: Env, caller: Caller, spec: RequestSpec): Prom
 export type EnqueueResult = { ok: true; value: EnqueueOutcome } | { ok: false; error: ErrorBody; index: number };
 
 type Prepared =
-  | { ok: true; value: NewRequest; alternative: CostEstimate["alternative"]; index: number; existing?: { id: string }; shard: number }
+  | { ok: true; value: NewRequest; alternative: CostEstimate["alternative"]; index: number; existing?: { id: string }; shard: number; onLease?: BudgetLimit }
   | { ok: false; error: ErrorBody; index: number };
 
 /**
@@ -145,6 +145,13 @@ async function admitAll(env: Env, caller: Caller, specs: RequestSpec[], traceId:
   if (!limit) throw new AppError("client_not_found", `no client ${caller.clientId}`, { client_id: caller.clientId });
   // One call into the client's object: daily caps per pool (with the quota), then money held in flight.
   const quota = await clientQuota(env, caller.clientId);
+  // A single new enqueue's money is admitted by its owner shard, against a hold lent by the client's object
+  // (decision 008): no call to that object here. Not for keyed work, executes, or a client with daily caps.
+  const only = fresh.length === 1 && specs.length === 1 ? fresh[0]! : null;
+  if (only && !runNow && !only.value.idempotencyKey && quota && Object.keys(quota.poolDaily).length === 0 && settings(env).ENQUEUE_MONEY_LEASES === "on") {
+    only.onLease = limit;
+    return prepared;
+  }
   // An execute that can run at once also takes its job slot in that call, and its units beside it (./run-now.ts).
   const ready = runNow ? readyToRun(fresh.map((p) => p.value)) : [];
   // Units it could not take (the pools' configuration unreadable) are asked for by the shard's admission, as when a pool refuses.
@@ -157,14 +164,27 @@ async function admitAll(env: Env, caller: Caller, specs: RequestSpec[], traceId:
   const slots = ready.length ? await runSlots(env, ready, owner) : undefined;
   let decisions: AdmitDecision[];
   try {
-    decisions = await clientStub(env, caller.clientId).admit(
-      limit, fresh.map((p) => ({ requestId: p.value.id!, estimateNano: p.value.estimateNano, pools: unitsByPool(p.value) })), quota, slots,
-    );
+    const items = fresh.map((p) => ({ requestId: p.value.id!, estimateNano: p.value.estimateNano, pools: unitsByPool(p.value) }));
+    decisions = await clientStub(env, caller.clientId).admit(limit, items, quota, slots);
+    // Refused for money while the owner shard may hold some for single enqueues (decision 008): that hold
+    // is returned (its requests' estimates stay in flight) and the refused are asked once more, so a refusal
+    // at the budget's edge counts requests only, as without leases.
+    const again = decisions.flatMap((d, i) => (!d.ok && "budget" in d ? [i] : []));
+    if (again.length && settings(env).ENQUEUE_MONEY_LEASES === "on") {
+      const returned = await shardStub(env, owner).returnMoneyLease(caller.clientId).then(() => true, (err: unknown) => {
+        log.warn("money_lease_return_failed", { client_id: caller.clientId, error: String(err), trace_id: traceId });
+        return false;
+      });
+      if (returned) {
+        const second = await clientStub(env, caller.clientId).admit(limit, again.map((i) => items[i]!), quota, slots);
+        again.forEach((i, j) => (decisions[i] = second[j]!));
+      }
+    }
   } catch (err) {
     // The client object could not be reached: the units taken beside it go back before the error does.
     // Money it may have booked before its answer was lost is dropped by the cron (reconcileInFlight).
     await releaseUnits(env, [...(await held)].map(([id, list]) => ({ request: ready.find((r) => r.id === id)!, held: list })));
-    throw unreachable(err, "client", "the client's budget and quota could not be checked; nothing was queued, try again", { client_id: caller.clientId }, traceId);
+    throw unreachable(err, "client", CLIENT_DOWN, { client_id: caller.clientId }, traceId);
   }
   const units = await held;
   const refused = new Map<number, ErrorBody>();
@@ -218,27 +238,34 @@ export async function enqueueMany(env: Env, caller: Caller, specs: RequestSpec[]
   const prepared = await admitAll(env, caller, specs, traceId);
   const toEnqueue = prepared.filter((p): p is Extract<Prepared, { ok: true }> => p.ok);
   // One call per shard: the owner's, and a shard holding a repeated key's first request.
-  const outcomes: Array<EnqueueOutcome | QueueFull> = new Array(toEnqueue.length);
+  const outcomes: Array<EnqueueOutcome | QueueFull | { refused: BudgetView }> = new Array(toEnqueue.length);
   const byShard = new Map<number, number[]>();
   toEnqueue.forEach((p, i) => byShard.set(p.shard, [...(byShard.get(p.shard) ?? []), i]));
   const maxQueued = settings(env).SCHEDULER_MAX_QUEUED;
   await Promise.all([...byShard].map(async ([shard, list]) => {
-    let answers: Array<EnqueueOutcome | QueueFull>;
+    let answers: Array<EnqueueOutcome | QueueFull | LeaseRefusal>;
+    const onLease = list.length === 1 ? toEnqueue[list[0]!]!.onLease : undefined;
     try {
-      answers = (await shardStub(env, shard).enqueue(list.map((i) => toEnqueue[i]!.value), maxQueued)) as Array<EnqueueOutcome | QueueFull>;
+      answers = onLease
+        ? [(await shardStub(env, shard).enqueueOnLease(toEnqueue[list[0]!]!.value, onLease, maxQueued)) as EnqueueOutcome | QueueFull | LeaseRefusal]
+        : (await shardStub(env, shard).enqueue(list.map((i) => toEnqueue[i]!.value), maxQueued)) as Array<EnqueueOutcome | QueueFull>;
     } catch (err) {
       throw unreachable(err, "scheduler", SCHEDULER_DOWN, { shard, request_ids: list.map((i) => toEnqueue[i]!.existing?.id ?? toEnqueue[i]!.value.id) }, traceId);
     }
-    list.forEach((i, j) => (outcomes[i] = answers[j]!));
+    const down = answers.find((a) => "clientUnreachable" in a);
+    if (down) throw unreachable(new Error((down as { clientUnreachable: string }).clientUnreachable), "client", CLIENT_DOWN, { client_id: caller.clientId }, traceId);
+    list.forEach((i, j) => (outcomes[i] = answers[j] as Exclude<(typeof answers)[number], { clientUnreachable: string }>));
   }));
   // Not queued: a concurrent first use of the same key won the insert, or the shard was full. This admission's money was never needed.
-  const unused = toEnqueue.filter((p, i) => { const o = outcomes[i]!; return !p.existing && (isQueueFull(o) || o.request.id !== p.value.id); }).map((p) => p.value.id!);
+  // (Money admitted on a shard's lease is the shard's to give back: Scheduler.enqueueOnLease.)
+  const unused = toEnqueue.filter((p, i) => { const o = outcomes[i]!; return !p.existing && !p.onLease && (isQueueFull(o) || "refused" in o || o.request.id !== p.value.id); }).map((p) => p.value.id!);
   if (unused.length) await dropUnused(env, caller.clientId, unused, traceId);
   const byIndex = new Map(toEnqueue.map((p, i) => [p.index, { outcome: outcomes[i]!, shard: p.shard }]));
   return prepared.map((p): EnqueueResult => {
     if (!p.ok) return { ok: false, error: p.error, index: p.index };
     const { outcome, shard } = byIndex.get(p.index)!;
     if (isQueueFull(outcome)) return { ok: false, error: queueFull(shard, outcome), index: p.index };
+    if ("refused" in outcome) return { ok: false, error: budgetRefusal(caller, p.value, p.alternative, outcome.refused), index: p.index };
     const { conflict, ...value } = outcome;
     return conflict ? { ok: false, error: idempotencyConflict(p.value.idempotencyKey!, value.request.id), index: p.index } : { ok: true, value };
   });
@@ -299,6 +326,8 @@ function idempotencyConflict(key: string, firstId: string): ErrorBody {
     details: { idempotency_key: key, request_id: firstId },
   };
 }
+
+const CLIENT_DOWN = "the client's budget and quota could not be checked; nothing was queued, try again";
 
 /** What a caller is told when its shard did not answer: the request may have been queued, so a retry should not make it twice. */
 const SCHEDULER_DOWN = "the scheduler did not answer; the request may or may not be queued: look it up by its request_id, or retry with the same idempotency key";

@@ -53,6 +53,8 @@ describe("an object that cannot be reached during an enqueue or execute", () => 
     const { template, client } = await readyToExecute("down-client-enq", { capacity: 10 });
     expect((await call("POST", "/admin/scheduler/stop", { token: ADMIN })).status).toBe(200);
     const admit = vi.spyOn(ClientObject.prototype, "admit").mockRejectedValue(new Error("Durable Object reset because its code was updated."));
+    // A single enqueue's money is asked of the client by its shard (decision 008: its money lease).
+    const lend = vi.spyOn(ClientObject.prototype, "lendShard").mockRejectedValue(new Error("Durable Object reset because its code was updated."));
     const one = await call("POST", "/api/queue/enqueue", { token: client.key, json: { template, params: {} } });
     expect(one.status).toBe(503);
     expect(one.body.error.code).toBe("unavailable");
@@ -60,7 +62,9 @@ describe("an object that cannot be reached during an enqueue or execute", () => 
     const batch = await call("POST", "/api/queue/enqueue", { token: client.key, json: { requests: [{ template, params: {} }, { template, params: {} }] } });
     expect(batch.status).toBe(503);
     expect(batch.body.error.code).toBe("unavailable");
-    expect(admit).toHaveBeenCalledTimes(2);
+    expect(one.body.error.message).toContain("nothing was queued");
+    expect(lend).toHaveBeenCalledTimes(1);
+    expect(admit).toHaveBeenCalledTimes(1);
     vi.restoreAllMocks();
     expect(await backlogOf(client.key)).toBe(0);
     expect(await spendOf(client.id)).toMatchObject({ in_flight_nano: 0 });

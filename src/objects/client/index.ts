@@ -9,7 +9,7 @@ import { Jobs } from "./jobs";
 import { Ledger } from "./ledger";
 import { MoneyBook } from "./money";
 import { createTables, migrate } from "./schema";
-import type { AdmitDecision, BudgetDecision, BudgetItem, BurstResult, MoneyAnswer, MoneyRequest, PoolSpend, QuotaState, RunSlots, Settlement, SlotAsk, SpendMark } from "./types";
+import type { AdmitDecision, BudgetDecision, BudgetItem, BurstResult, MoneyAnswer, MoneyRequest, PoolSpend, QuotaState, RunSlots, Settlement, ShardMoneyAnswer, ShardMoneyAsk, SlotAsk, SpendMark } from "./types";
 
 /**
  * One client's limit owner: its quota (jobs held at once — running requests and active allocations —,
@@ -200,6 +200,18 @@ export class ClientObject extends DurableObject<Env> {
    */
   leaseMoney(limit: BudgetLimit, req: MoneyRequest): MoneyAnswer {
     return this.money.lease(limit, req, Date.now());
+  }
+
+  /**
+   * A scheduler shard's money exchange (decision 008; ../scheduler/money-leases.ts): the requests it
+   * admitted under its hold become requests in flight, then the hold is replaced (`want`, `need`; see
+   * ./money.ts, lendShard) unless `keepHold`. Synchronous: no admission sees the money in between.
+   */
+  lendShard(limit: BudgetLimit | null, ask: ShardMoneyAsk): ShardMoneyAnswer {
+    const now = Date.now();
+    this.ledger.convert(ask.convert, now);
+    if (ask.keepHold) return { lent: 0, refused: null };
+    return this.money.lendShard(limit, ask.holder, ask.want, ask.need, now);
   }
 
   /**

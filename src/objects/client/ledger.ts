@@ -104,6 +104,23 @@ export class Ledger {
     });
   }
 
+  /**
+   * Requests a scheduler shard admitted against its money lease (decision 008) become ordinary requests
+   * in flight, before any of them can run: a row each, `ON CONFLICT DO NOTHING`, so a conversion made
+   * again (its answer was lost, the shard restarted) counts nothing twice.
+   */
+  convert(items: Array<[string, number]>, now: number): void {
+    let sum = this.flyingNano();
+    for (const [requestId, nano] of items) {
+      const inserted = this.sql.exec(
+        "INSERT INTO in_flight (request_id, estimate_nano, admitted_at) VALUES (?, ?, ?) ON CONFLICT (request_id) DO NOTHING RETURNING 1",
+        requestId, nano, now,
+      ).toArray().length > 0;
+      if (inserted) sum += exactNano(nano);
+    }
+    this.flying = sum;
+  }
+
   /** Requests whose estimates have been in flight since before `before`. */
   inFlightSince(before: number): string[] {
     return this.sql.exec<{ request_id: string }>("SELECT request_id FROM in_flight WHERE admitted_at < ?", before).toArray().map((r) => r.request_id);

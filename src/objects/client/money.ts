@@ -1,7 +1,7 @@
 import { budgetView, type BudgetLimit, type BudgetView } from "../../domain/budget";
-import { MONEY_LEASE } from "../../domain/leases";
+import { MONEY_LEASE, SHARD_MONEY } from "../../domain/leases";
 import { newId } from "../../domain/ids";
-import type { MoneyAnswer, MoneyRequest, SpendMark } from "./types";
+import type { MoneyAnswer, MoneyRequest, ShardMoneyAnswer, SpendMark } from "./types";
 
 /** What the money book needs of the client object. */
 export interface MoneyHost {
@@ -85,6 +85,34 @@ export class MoneyBook {
       id, nano, now + MONEY_LEASE.TTL_MS + MONEY_LEASE.GRACE_MS,
     );
     return { lease: { id, nano, ttlMs: MONEY_LEASE.TTL_MS }, refused };
+  }
+
+  /**
+   * A scheduler shard's money lease (decision 008): one hold per shard, `shard:<holder>`, set anew by
+   * every exchange (a repeated exchange replaces it, never adds to it). The shard's requests admitted
+   * under the previous hold were converted first (Ledger.convert), so the new one covers only what the
+   * shard has yet to admit: `need` (else refused, with the budget as it stands: the 402's explanation)
+   * and up to `want`, at most half of what is left. 0 and 0 (or no limit: the client is gone): the hold ends.
+   */
+  lendShard(limit: BudgetLimit | null, holder: string, want: number, need: number, now: number): ShardMoneyAnswer {
+    const id = `shard:${holder}`;
+    this.kept = null;
+    this.sql.exec("DELETE FROM money_holds WHERE id = ?", id);
+    // Nothing asked, or the client is gone (no budget to lend from).
+    if ((want <= 0 && need <= 0) || !limit) return { lent: 0, refused: null };
+    const spent = this.host.spent(now);
+    const inFlight = this.inFlight(now);
+    let nano: number;
+    if (limit.limitNano === null) {
+      nano = Math.max(need, want);
+    } else {
+      const left = limit.limitNano - spent - inFlight;
+      if (left < need) return { lent: 0, refused: budgetView(limit, spent, inFlight, now) };
+      nano = Math.max(0, Math.min(left, Math.max(need, Math.min(want, Math.floor(left / 2)))));
+    }
+    this.kept = null;
+    if (nano > 0) this.sql.exec("INSERT INTO money_holds (id, nano, drop_at) VALUES (?, ?, ?)", id, nano, now + SHARD_MONEY.HOLD_MS);
+    return { lent: nano, refused: null };
   }
 
   /** Hold a reservation's price until it is settled or its expiry (plus the grace) passes. */

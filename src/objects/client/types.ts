@@ -89,6 +89,26 @@ export interface MoneyRequest {
   want: number;
 }
 
+/** A scheduler shard's money exchange (decision 008; ClientObject.lendShard). */
+export interface ShardMoneyAsk {
+  /** The shard's name: its hold is `shard:<holder>`, replaced by each exchange. */
+  holder: string;
+  /** Requests admitted under the hold so far, with their estimates: in flight as rows from now on. */
+  convert: Array<[requestId: string, estimateNano: number]>;
+  /** What the shard would like held for the enqueues to come, and what the one waiting needs (else refused). */
+  want: number;
+  need: number;
+  /** Convert only, leaving the hold as it is (a restart's backlog, converted in pieces before the last replaces the hold). */
+  keepHold?: boolean;
+}
+
+export interface ShardMoneyAnswer {
+  /** The new hold's size (0: none). */
+  lent: number;
+  /** Set when `need` did not fit: the budget as it stands, the converted requests in flight (the 402's explanation). */
+  refused: BudgetView | null;
+}
+
 export interface MoneyAnswer {
   lease: { id: string; nano: number; ttlMs: number } | null;
   /** Set when `need` does not fit: the budget as it stands (the 402's explanation). */

@@ -20,6 +20,7 @@ import type { Release } from "./settlement";
 import type { QueueStore } from "./store";
 import { settings } from "../../settings";
 import { clientStub } from "../client/stub";
+import type { MoneyLeases } from "./money-leases";
 import type { SlotLeases } from "./slot-leases";
 import type { UnitLeases } from "./unit-leases";
 
@@ -67,6 +68,7 @@ export class Admission {
     private readonly env: Env, private readonly store: QueueStore, private readonly host: AdmissionHost, private readonly shard: string,
     private readonly units: UnitLeases,
     private readonly slots: SlotLeases,
+    private readonly money: MoneyLeases,
   ) {}
 
   /**
@@ -90,6 +92,8 @@ export class Admission {
     // Held already (an execute's, taken before it reached this shard): given back like the rest if it is not admitted.
     const got: Got = { held: new Map(poolsHeld ?? []), abandoned: false };
     try {
+      // Money admitted against this shard's lease is in flight at its client before anything runs (./money-leases.ts).
+      await this.money.convertFor(rows.map((r) => r.id));
       return await this.decide(rows, templates, pools, blockedPools, fullClients, got, slotsHeld ?? NONE);
     } catch (err) {
       this.abandon(rows, got, err);

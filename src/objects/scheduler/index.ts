@@ -1,4 +1,5 @@
 import { DurableObject } from "cloudflare:workers";
+import type { BudgetLimit, BudgetView } from "../../domain/budget";
 import type { QueueName } from "../../domain/priority";
 import type { RequestSla, SlaTarget } from "../../domain/sla";
 import type { Tier } from "../../domain/types";
@@ -8,6 +9,7 @@ import { Admission } from "./admission";
 import { WorkerCalls } from "./calls";
 import { Dispatcher } from "./dispatcher";
 import { Health } from "./health";
+import { MoneyLeases } from "./money-leases";
 import { MAX_IN_FLIGHT } from "./limits";
 import { Outbox } from "./outbox";
 import { OwedSettlements } from "./owed";
@@ -19,7 +21,7 @@ import { ownerShard, shardName } from "./shards";
 import { QueueStore } from "./store";
 import { SlotLeases } from "./slot-leases";
 import { UnitLeases } from "./unit-leases";
-import { isQueueFull, type EnqueueOutcome, type NewRequest, type PositionView, type QueueFull, type QueueStats, type RequestView, type SchedulerMetrics, type SchedulerState, type SlaGroup } from "./types";
+import { isQueueFull, type EnqueueOutcome, type LeaseRefusal, type NewRequest, type PositionView, type QueueFull, type QueueStats, type RequestView, type SchedulerMetrics, type SchedulerState, type SlaGroup } from "./types";
 
 /**
  * The scheduler: the single owner of the five queues. It ranks queued requests, claims the best
@@ -44,6 +46,7 @@ export class SchedulerObject extends DurableObject<Env> {
   private readonly outbox: Outbox;
   private readonly health: Health;
   private readonly dispatcher: Dispatcher;
+  private readonly money: MoneyLeases;
   private running: boolean;
   private alarmAt: number | null = null;
   /** This shard's name ("scheduler", "scheduler-<k>") and index. */
@@ -82,13 +85,18 @@ export class SchedulerObject extends DurableObject<Env> {
       dropCall: (id, reason) => this.calls.drop(id, reason),
       ensureAlarm: (at) => this.ensureAlarm(at),
     });
-    this.admission = new Admission(env, this.store, this.settlement, this.shard, units, slots);
+    this.money = new MoneyLeases(env, this.shard, {
+      isLive: (id) => this.store.live.has(id),
+      markConverted: (ids) => void sql.exec("UPDATE requests SET money_lease = NULL WHERE id IN (SELECT value FROM json_each(?))", JSON.stringify(ids)),
+    });
+    this.admission = new Admission(env, this.store, this.settlement, this.shard, units, slots, this.money);
     this.dispatcher = new Dispatcher(
       env,
       { store: this.store, ranking: this.ranking, admission: this.admission, calls: this.calls, settlement: this.settlement, health: this.health, outbox: this.outbox, units, slots },
       { isRunning: () => this.running, ensureAlarm: (at) => this.ensureAlarm(at), ownsClient: (id) => ownerShard(env, id) === this.shardIndex },
     );
     this.store.load();
+    this.money.restore(sql.exec<{ id: string; client_id: string; estimate_nano: number }>("SELECT id, client_id, estimate_nano FROM requests WHERE money_lease IS NOT NULL").toArray());
     void ctx.blockConcurrencyWhile(async () => {
       this.alarmAt = await ctx.storage.getAlarm();
       // Settlements owed from before a restart are made again when due (the alarm's pass: Dispatcher.pass).
@@ -115,6 +123,39 @@ export class SchedulerObject extends DurableObject<Env> {
     const positions = this.ranking.positionsOf(taken.map((o) => o.request.id), now, items.length === 1 && taken.length === 1 && !taken[0]!.duplicate);
     let next = 0;
     return outcomes.map((o) => (isQueueFull(o) ? o : { ...o, ...positions[next++]! }));
+  }
+
+  /**
+   * Enqueue one request whose money this shard admits against its hold from the client's object
+   * (decision 008; ./money-leases.ts), within `maxQueued` as enqueue's: `{ refused }` with the budget as
+   * it stands when its estimate does not fit, `{ clientUnreachable }` when the client's object could not
+   * be asked (nothing queued either way).
+   */
+  async enqueueOnLease(item: NewRequest, limit: BudgetLimit, maxQueued?: number): Promise<EnqueueOutcome | QueueFull | LeaseRefusal> {
+    // Full already: refused (enqueue logs it) before any money is asked for.
+    if (this.fullFor(item, maxQueued)) return this.enqueue([item], maxQueued)[0]!;
+    let outcome: EnqueueOutcome | QueueFull | undefined;
+    let refused: BudgetView | null;
+    let inserting = false;
+    try {
+      // Its money taken and its row inserted in one synchronous section (a conversion in between would miss it).
+      refused = await this.money.admit(item.clientId, item.id!, item.estimateNano, limit, () => {
+        inserting = true;
+        [outcome] = this.enqueue([{ ...item, moneyLeased: true }], maxQueued);
+        inserting = false;
+        return !isQueueFull(outcome!);
+      });
+    } catch (err) {
+      if (inserting) throw err;
+      // The client's object could not be reached: nothing was queued (the caller says so, as for its own call there).
+      return { clientUnreachable: String(err) };
+    }
+    return refused ? { refused } : outcome!;
+  }
+
+  /** A budget read: the requests admitted against the client's hold here become requests in flight, and the hold ends. */
+  returnMoneyLease(clientId: string): Promise<void> {
+    return this.money.giveBack(clientId);
   }
 
   /**

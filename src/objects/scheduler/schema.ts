@@ -69,6 +69,9 @@ export function createTables(sql: SqlStorage): void {
   if (!columns.has("spec_hash")) sql.exec("ALTER TABLE requests ADD COLUMN spec_hash TEXT");
   // The trace id of the enqueue or execute that made the request: on its scheduler log lines and its jobs.
   if (!columns.has("trace_id")) sql.exec("ALTER TABLE requests ADD COLUMN trace_id TEXT");
+  // 1: admitted against this shard's money lease and not converted yet (./money-leases.ts); NULL otherwise.
+  if (!columns.has("money_lease")) sql.exec("ALTER TABLE requests ADD COLUMN money_lease INTEGER");
+  sql.exec("CREATE INDEX IF NOT EXISTS requests_money_lease ON requests (id) WHERE money_lease IS NOT NULL");
   sql.exec("CREATE INDEX IF NOT EXISTS requests_finished ON requests (finished_at)");
   // Settlements owed: ended worker calls whose settlement failed, until one goes through (./owed.ts).
   sql.exec("CREATE TABLE IF NOT EXISTS settle_owed (id TEXT PRIMARY KEY, attempt INTEGER NOT NULL, outcome TEXT NOT NULL, failures INTEGER NOT NULL, next_at INTEGER NOT NULL)");

@@ -147,12 +147,12 @@ export class QueueStore {
       this.sql.exec(
         `INSERT INTO requests (id, client_id, tier, max_concurrent, template, queue, status, priority, attempts, max_attempts,
            idempotency_key, estimate_nano, created_at, updated_at, not_before, ready_at,
-           result, actual_nano, actual_detail, first_started_at, started_at, finished_at, spec_hash, trace_id)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+           result, actual_nano, actual_detail, first_started_at, started_at, finished_at, spec_hash, trace_id, money_lease)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         id, item.clientId, item.tier, item.maxConcurrent, item.template, item.queue, cached ? "completed" : "queued", priority,
         item.maxAttempts, item.idempotencyKey, item.estimateNano, now, now, notBefore, notBefore,
         cached ? JSON.stringify(cached.result ?? null) : null, cached ? 0 : null, cached ? "[]" : null, cached ? now : null, cached ? now : null, cached ? now : null,
-        item.specHash ?? null, item.traceId ?? null,
+        item.specHash ?? null, item.traceId ?? null, item.moneyLeased ? 1 : null,
       );
       this.sql.exec("INSERT INTO request_bodies (id, params, plan, estimate_detail) VALUES (?, ?, ?, ?)", id, params, planText, estimateText);
     };

@@ -3,6 +3,7 @@
  * back. Wire types only (and the request id), so that callers depend on this file and never on the
  * Durable Object class or its collaborators.
  */
+import type { BudgetView } from "../../domain/budget";
 import { newId } from "../../domain/ids";
 import type { HistogramSnapshot } from "../../domain/histogram";
 import type { DowngradeReason, Strategy } from "../../domain/optimizer";
@@ -48,9 +49,14 @@ export interface NewRequest {
   traceId?: string | null;
   /** An execute's job slot, taken with its money (services/requests.ts): its admission asks its client object for none. */
   slotHeld?: boolean;
+  /** Its money was admitted against this shard's lease from its client (./money-leases.ts): marked until converted. */
+  moneyLeased?: boolean;
   /** An execute's reservations, taken beside its money (services/requests.ts): its admission asks those pools for nothing more. */
   poolsHeld?: Held[];
 }
+
+/** A single enqueue on its shard's money lease (decision 008) not queued: refused for money, or its client's object unreachable. */
+export type LeaseRefusal = { refused: BudgetView } | { clientUnreachable: string };
 
 /** The optimizer's decisions a request carries through the scheduler (stored as JSON with it). */
 export interface StoredPlan {

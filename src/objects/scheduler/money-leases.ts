@@ -1,0 +1,211 @@
+/**
+ * Money lent to this shard by client objects (decision 008): a single enqueue's estimate is admitted
+ * here, in memory, against the shard's hold of its client's budget headroom, instead of by a call to
+ * the client's object (one call and one commit fewer per enqueue; the shard's insert is the only write).
+ *
+ * Exact under any concurrency: the hold (`shard:<this shard>` in the client's `money_holds`) is money in
+ * flight for every other admission before any request is admitted against it, and a request admitted
+ * here becomes an ordinary request in flight (a row of the client's `in_flight`) before it can run:
+ * every exchange with the client first *converts* the requests admitted so far (idempotent: a row each,
+ * `ON CONFLICT DO NOTHING`), then replaces the hold. No request is admitted while an exchange is in
+ * flight, so what the shard admits never exceeds what the client holds for it. An exchange whose answer
+ * is lost leaves nothing to admit from (free 0) until the next one, which replaces that hold whatever it
+ * was (one id per shard and client).
+ *
+ * When: an enqueue the hold cannot cover makes an exchange (concurrent ones of the client wait for it); a
+ * pass converts before it admits a client's requests (Admission.admit); IDLE_MS after the client's last
+ * enqueue here the requests are converted and the hold returned; a budget read has it returned first
+ * (services/budget.ts). The requests not converted yet carry `money_lease = 1` in `requests`: a restarted
+ * shard converts them at its first wake, and until then the hold covers them (the client drops it only
+ * SHARD_MONEY.HOLD_MS after the last exchange; the cron wakes every shard each minute).
+ */
+import type { BudgetLimit, BudgetView } from "../../domain/budget";
+import { newMeter, observe, rateOf, SHARD_MONEY, sliceWant, type RateMeter } from "../../domain/leases";
+import { log } from "../../log";
+import { budgetLimit } from "../../storage/config";
+import { clientStub } from "../client/stub";
+
+interface Lease {
+  clientId: string;
+  /** The client's budget as the last enqueue here read it (an exchange with nothing to lend reads none). */
+  limit: BudgetLimit | null;
+  /** Money of the hold not admitted yet. */
+  free: number;
+  /** The client may hold money for this shard (a hold lent, an answer lost, or a restart): the idle return ends it. */
+  held: boolean;
+  /** Requests admitted under the hold and not converted yet, with their estimates. */
+  pending: Map<string, number>;
+  exchanging: Promise<unknown> | null;
+  /** Estimates enqueued here per second (what a hold aims at), and when the last came. */
+  rate: RateMeter;
+  lastAt: number;
+}
+
+/** What the leases need of the shard: whether a request is still unfinished, and to clear the converted requests' mark. */
+export interface MoneyLeaseHost {
+  isLive(requestId: string): boolean;
+  markConverted(requestIds: string[]): void;
+}
+
+export class MoneyLeases {
+  private readonly leases = new Map<string, Lease>();
+  /** Request id → its client, for every request admitted here and not converted. */
+  private readonly unconverted = new Map<string, string>();
+  private timer: ReturnType<typeof setTimeout> | null = null;
+
+  constructor(private readonly env: Env, private readonly shard: string, private readonly host: MoneyLeaseHost) {}
+
+  /** A restart: the requests admitted under a hold and not converted (their `money_lease` mark); converted at once in the background. */
+  restore(rows: Array<{ id: string; client_id: string; estimate_nano: number }>): void {
+    const now = Date.now();
+    for (const row of rows) {
+      if (!this.host.isLive(row.id)) continue;
+      const l = this.lease(row.client_id, now);
+      l.held = true;
+      l.pending.set(row.id, row.estimate_nano);
+      this.unconverted.set(row.id, row.client_id);
+    }
+    if (this.leases.size) this.idleLater(0);
+  }
+
+  /** Requests admitted here and not converted yet, and the money the shard holds free (for tests and the dashboard's reading of holds). */
+  state(): { unconverted: number; free: number } {
+    let free = 0;
+    for (const l of this.leases.values()) free += l.free;
+    return { unconverted: this.unconverted.size, free };
+  }
+
+  /**
+   * Admit one request's estimate against the client's hold and, in the same synchronous section,
+   * `insert` it (false: it was not queued after all, nothing is taken). Null when done, else the budget
+   * as it stands (the 402's explanation; nothing inserted). Throws when the client's object cannot be
+   * reached (nothing inserted).
+   */
+  async admit(clientId: string, requestId: string, nano: number, limit: BudgetLimit, insert: () => boolean): Promise<BudgetView | null> {
+    const now = Date.now();
+    const l = this.lease(clientId, now);
+    l.limit = limit;
+    observe(l.rate, now, nano);
+    l.lastAt = now;
+    for (;;) {
+      while (l.exchanging) await l.exchanging.catch(() => undefined);
+      if (l.free >= nano) {
+        if (insert()) {
+          l.free -= nano;
+          l.pending.set(requestId, nano);
+          this.unconverted.set(requestId, clientId);
+          this.idleLater(SHARD_MONEY.IDLE_MS);
+        }
+        return null;
+      }
+      // Enough for about a window of this client's enqueues here; the client lends at most half of what is left.
+      const want = sliceWant(rateOf(l.rate, Date.now()), SHARD_MONEY.WINDOW_MS, nano, Number.MAX_SAFE_INTEGER);
+      const refused = await this.exchangeNow(l, want, nano);
+      if (refused) return refused;
+    }
+  }
+
+  /**
+   * Before any of these requests runs: convert the unconverted ones' clients' requests (one exchange per
+   * client; none in a drain of work enqueued otherwise). A client still enqueueing here keeps a hold.
+   */
+  async convertFor(ids: string[]): Promise<void> {
+    const clients = new Set<string>();
+    for (const id of ids) {
+      const c = this.unconverted.get(id);
+      if (c) clients.add(c);
+    }
+    if (clients.size === 0) return;
+    await Promise.all([...clients].map(async (clientId) => {
+      const l = this.leases.get(clientId)!;
+      while (l.exchanging) await l.exchanging.catch(() => undefined);
+      if (!ids.some((id) => l.pending.has(id))) return;
+      const now = Date.now();
+      const active = now - l.lastAt < SHARD_MONEY.IDLE_MS;
+      await this.exchangeNow(l, active ? sliceWant(rateOf(l.rate, now), SHARD_MONEY.WINDOW_MS, 0, Number.MAX_SAFE_INTEGER) : 0, 0);
+    }));
+  }
+
+  /** Convert the client's requests and end its hold (a budget read: the view is then the requests' estimates, as without leases). */
+  async giveBack(clientId: string): Promise<void> {
+    const l = this.leases.get(clientId);
+    if (!l) return;
+    while (l.exchanging) await l.exchanging.catch(() => undefined);
+    if (l.held || l.pending.size > 0) await this.exchangeNow(l, 0, 0);
+  }
+
+  private lease(clientId: string, now: number): Lease {
+    let l = this.leases.get(clientId);
+    if (!l) {
+      l = { clientId, limit: null, free: 0, held: false, pending: new Map(), exchanging: null, rate: newMeter(now), lastAt: 0 };
+      this.leases.set(clientId, l);
+    }
+    return l;
+  }
+
+  private async exchangeNow(l: Lease, want: number, need: number): Promise<BudgetView | null> {
+    const run = this.exchange(l, want, need);
+    l.exchanging = run;
+    try {
+      return await run;
+    } finally {
+      l.exchanging = null;
+    }
+  }
+
+  /**
+   * Convert every request admitted under the hold (those finished meanwhile, e.g. cancelled, are left
+   * out: their money ends with the hold), then replace the hold. Until answered nothing is admitted
+   * from it; a failed exchange leaves nothing free (the client may have ended the hold) and the pending
+   * requests to the next one (converting again counts nothing twice).
+   */
+  private async exchange(l: Lease, want: number, need: number): Promise<BudgetView | null> {
+    l.free = 0;
+    const sent = [...l.pending];
+    const convert = sent.filter(([id]) => this.host.isLive(id));
+    const limit = l.limit ?? (want > 0 || need > 0 ? await budgetLimit(this.env, l.clientId) : null);
+    const client = clientStub(this.env, l.clientId);
+    try {
+      // A restart's backlog goes in pieces, under the hold as it is; the last piece also replaces the hold.
+      const pieces: Array<Array<[string, number]>> = [];
+      for (let i = 0; i < convert.length; i += SHARD_MONEY.CONVERT_CHUNK) pieces.push(convert.slice(i, i + SHARD_MONEY.CONVERT_CHUNK));
+      const last = pieces.pop() ?? [];
+      for (const piece of pieces) await client.lendShard(limit, { holder: this.shard, convert: piece, want: 0, need: 0, keepHold: true });
+      const answer = await client.lendShard(limit, { holder: this.shard, convert: last, want, need });
+      for (const [id] of sent) {
+        l.pending.delete(id);
+        this.unconverted.delete(id);
+      }
+      if (sent.length) this.host.markConverted(sent.map(([id]) => id));
+      l.free = answer.lent;
+      l.held = answer.lent > 0;
+      if (l.held) this.idleLater(SHARD_MONEY.IDLE_MS);
+      return answer.refused;
+    } catch (err) {
+      l.held = true;
+      log.warn("money_lease_failed", { client_id: l.clientId, shard: this.shard, pending: l.pending.size, error: String(err) });
+      throw err;
+    }
+  }
+
+  /** The idle return: a client with no enqueue here for IDLE_MS has its requests converted and its hold ended. */
+  private idleLater(ms: number): void {
+    if (this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      const now = Date.now();
+      let waiting = false;
+      for (const l of this.leases.values()) {
+        if (!l.held && l.pending.size === 0) continue;
+        if (l.exchanging || now - l.lastAt < SHARD_MONEY.IDLE_MS) {
+          waiting = true;
+          continue;
+        }
+        // A failure is logged by the exchange and tried again at the next round.
+        this.exchangeNow(l, 0, 0).catch(() => undefined);
+        waiting = true;
+      }
+      if (waiting) this.idleLater(SHARD_MONEY.IDLE_MS);
+    }, ms);
+  }
+}
