@@ -146,9 +146,10 @@ async function admitAll(env: Env, caller: Caller, specs: RequestSpec[], traceId:
   // One call into the client's object: daily caps per pool (with the quota), then money held in flight.
   const quota = await clientQuota(env, caller.clientId);
   // A single new enqueue's money is admitted by its owner shard, against a hold lent by the client's object
-  // (decision 008): no call to that object here. Not for keyed work, executes, or a client with daily caps.
+  // (decision 008): no call to that object here. Not for keyed work, executes, a client with daily caps,
+  // or a template with a cheaper alternative (the optimizer weighs its client's budget use, which a hold would inflate).
   const only = fresh.length === 1 && specs.length === 1 ? fresh[0]! : null;
-  if (only && !runNow && !only.value.idempotencyKey && quota && Object.keys(quota.poolDaily).length === 0 && settings(env).ENQUEUE_MONEY_LEASES === "on") {
+  if (only && !runNow && !only.value.idempotencyKey && !only.alternative && quota && Object.keys(quota.poolDaily).length === 0 && settings(env).ENQUEUE_MONEY_LEASES === "on") {
     only.onLease = limit;
     return prepared;
   }
