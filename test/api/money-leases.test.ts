@@ -3,11 +3,12 @@
 // row of the client's `in_flight`) before it can run. These tests read both objects' tables directly.
 import { abortAllDurableObjects, createExecutionContext, runInDurableObject, waitOnExecutionContext } from "cloudflare:test";
 import { env } from "cloudflare:workers";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { createApp } from "../../src/app";
+import { ClientObject } from "../../src/objects/client";
 import type { SchedulerObject } from "../../src/objects/scheduler";
 import type { MoneyLeases } from "../../src/objects/scheduler/money-leases";
-import { ADMIN, call, enqueue, eventually, expectError, makeClient, makePool, makeTemplate, settled, shardOf, type Call } from "../support/helpers";
+import { ADMIN, call, enqueue, eventually, expectError, makeClient, makePool, makeTemplate, requestOf, settled, shardOf, sleep, type Call } from "../support/helpers";
 
 const start = () => call("POST", "/admin/scheduler/start", { token: ADMIN });
 const stop = () => call("POST", "/admin/scheduler/stop", { token: ADMIN });
@@ -27,7 +28,7 @@ function stored(clientId: string): Promise<{ rows: number; rowsNano: number; sha
 /** The owner shard's side: requests admitted on its lease and not converted yet (in memory, and marked in its table). */
 function shardSide(clientId: string): Promise<{ unconverted: number; marked: number }> {
   return runInDurableObject(shardOf(clientId), (o: SchedulerObject, state) => ({
-    unconverted: (o as unknown as { money: MoneyLeases }).money.state().unconverted,
+    unconverted: (o as unknown as { money: MoneyLeases }).money.state(clientId).unconverted.length,
     marked: state.storage.sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM requests WHERE money_lease IS NOT NULL AND client_id = ?", clientId).one().n,
   }));
 }
@@ -43,6 +44,7 @@ async function setUp(prefix: string, estimate: number, budget: number): Promise<
 
 describe("single enqueues on the owner shard's money lease (decision 008)", () => {
   afterEach(async () => {
+    vi.restoreAllMocks();
     await start();
   });
 
@@ -144,6 +146,47 @@ describe("single enqueues on the owner shard's money lease (decision 008)", () =
     expectError(more, 402, "budget_exceeded");
     expect(more.body.error.details).toMatchObject({ client_id: id, budget_nano: 10 * est, spent_nano: 0, in_flight_nano: 10 * est, remaining_nano: 0, estimate_nano: est });
     expect(await current(id)).toMatchObject({ in_flight_nano: 10 * est, requests_by_status: { queued: 10 } });
+  });
+
+  it("singles and batches sent together never admit more than fits, and in flight ends exactly the admitted estimates", async () => {
+    await stop();
+    const est = 10_000;
+    const { id, key, template } = await setUp("ml-mixed", est, 25 * est);
+    const calls: Array<Promise<Call>> = [];
+    for (let i = 0; i < 30; i++) calls.push(enqueue({ template }, key));
+    for (let i = 0; i < 3; i++) calls.push(enqueue({ requests: Array.from({ length: 5 }, () => ({ template })) }, key));
+    const answers = await Promise.all(calls);
+    const admitted = answers.reduce((n, r) => n + (r.status === 202 ? 1 : r.status === 200 ? r.body.accepted : 0), 0);
+    const refused = answers.reduce((n, r) => n + (r.status === 402 ? 1 : r.status === 200 ? r.body.rejected : 0), 0);
+    expect(admitted + refused).toBe(45);
+    expect(admitted).toBeLessThanOrEqual(25);
+    // The shard's hold is conservative only while it lasts: here, at least all but what one hold could keep.
+    expect(admitted).toBeGreaterThanOrEqual(20);
+    expect(await current(id)).toMatchObject({ in_flight_nano: admitted * est, requests_by_status: { queued: admitted } });
+    expect(await stored(id)).toEqual({ rows: admitted, rowsNano: admitted * est, shardHolds: 0 });
+  });
+
+  it("a pass whose conversion fails queues the requests again; they run once when the client's object answers, and the money comes out exact", async () => {
+    await stop();
+    const est = 10_000;
+    const { id, key, template } = await setUp("ml-fail", est, 1_000 * est);
+    const ids = (await Promise.all(Array.from({ length: 4 }, () => enqueue({ template }, key)))).map((r) => r.body.request.id as string);
+    // Those the enqueues' own exchanges did not convert yet (the first is admitted before any conversion).
+    const pending = await runInDurableObject(shardOf(id), (o: SchedulerObject) => (o as unknown as { money: MoneyLeases }).money.state(id).unconverted);
+    expect(pending.length).toBeGreaterThan(0);
+    const lend = vi.spyOn(ClientObject.prototype, "lendShard").mockRejectedValue(new Error("Network connection lost."));
+    await start();
+    await eventually(async () => lend.mock.calls.length > 0, 5000, "a conversion tried");
+    await sleep(300);
+    // Nothing ran on money not yet in flight at the client.
+    for (const r of pending) expect((await requestOf(r, key)).status).toBe("queued");
+    vi.restoreAllMocks();
+    const done = await Promise.all(ids.map((r) => settled(r, ["completed", "failed"], 10_000, key)));
+    expect(done.every((d) => d.status === "completed" && d.attempts === 1)).toBe(true);
+    const spent = done.reduce((sum, d) => sum + d.actual_nano, 0);
+    await eventually(async () => (await current(id)).spent_nano === spent, 5000, "the spend");
+    expect(await current(id)).toMatchObject({ in_flight_nano: 0, spent_nano: spent });
+    expect(await stored(id)).toEqual({ rows: 0, rowsNano: 0, shardHolds: 0 });
   });
 
   it("keyed enqueues, batches, executes and clients with daily caps are admitted by the client's object (a row at once, nothing on the shard)", async () => {

@@ -92,9 +92,12 @@ export class Admission {
     // Held already (an execute's, taken before it reached this shard): given back like the rest if it is not admitted.
     const got: Got = { held: new Map(poolsHeld ?? []), abandoned: false };
     try {
-      // Money admitted against this shard's lease is in flight at its client before anything runs (./money-leases.ts).
-      await this.money.convertFor(rows.map((r) => r.id));
-      return await this.decide(rows, templates, pools, blockedPools, fullClients, got, slotsHeld ?? NONE);
+      // Money admitted against this shard's lease is in flight at its client before anything runs
+      // (./money-leases.ts): a client whose object cannot be reached has its requests queued again, as an admission that failed.
+      const money = await this.money.convertFor(rows.map((r) => r.id));
+      if (money.failed.size) this.abandon(rows.filter((r) => money.failed.has(r.id)), { held: new Map(), abandoned: false }, money.error);
+      const admissible = money.failed.size ? rows.filter((r) => !money.failed.has(r.id)) : rows;
+      return await this.decide(admissible, templates, pools, blockedPools, fullClients, got, slotsHeld ?? NONE);
     } catch (err) {
       this.abandon(rows, got, err);
       throw err;

@@ -68,11 +68,10 @@ export class MoneyLeases {
     if (this.leases.size) this.idleLater(0);
   }
 
-  /** Requests admitted here and not converted yet, and the money the shard holds free (for tests and the dashboard's reading of holds). */
-  state(): { unconverted: number; free: number } {
-    let free = 0;
-    for (const l of this.leases.values()) free += l.free;
-    return { unconverted: this.unconverted.size, free };
+  /** A client's requests admitted here and not converted yet, and the money of its hold not admitted yet (for tests). */
+  state(clientId: string): { unconverted: string[]; free: number } {
+    const l = this.leases.get(clientId);
+    return { unconverted: l ? [...l.pending.keys()] : [], free: l?.free ?? 0 };
   }
 
   /**
@@ -108,22 +107,30 @@ export class MoneyLeases {
   /**
    * Before any of these requests runs: convert the unconverted ones' clients' requests (one exchange per
    * client; none in a drain of work enqueued otherwise). A client still enqueueing here keeps a hold.
+   * Returns the requests whose client's exchange failed (they must not run yet), and its error.
    */
-  async convertFor(ids: string[]): Promise<void> {
-    const clients = new Set<string>();
+  async convertFor(ids: string[]): Promise<{ failed: Set<string>; error: unknown }> {
+    const out: { failed: Set<string>; error: unknown } = { failed: new Set(), error: null };
+    const clients = new Map<string, string[]>();
     for (const id of ids) {
       const c = this.unconverted.get(id);
-      if (c) clients.add(c);
+      if (c) clients.set(c, [...(clients.get(c) ?? []), id]);
     }
-    if (clients.size === 0) return;
-    await Promise.all([...clients].map(async (clientId) => {
+    if (clients.size === 0) return out;
+    await Promise.all([...clients].map(async ([clientId, mine]) => {
       const l = this.leases.get(clientId)!;
       while (l.exchanging) await l.exchanging.catch(() => undefined);
-      if (!ids.some((id) => l.pending.has(id))) return;
+      if (!mine.some((id) => l.pending.has(id))) return;
       const now = Date.now();
       const active = now - l.lastAt < SHARD_MONEY.IDLE_MS;
-      await this.exchangeNow(l, active ? sliceWant(rateOf(l.rate, now), SHARD_MONEY.WINDOW_MS, 0, Number.MAX_SAFE_INTEGER) : 0, 0);
+      try {
+        await this.exchangeNow(l, active ? sliceWant(rateOf(l.rate, now), SHARD_MONEY.WINDOW_MS, 0, Number.MAX_SAFE_INTEGER) : 0, 0);
+      } catch (err) {
+        for (const id of mine) out.failed.add(id);
+        out.error = err;
+      }
     }));
+    return out;
   }
 
   /** Convert the client's requests and end its hold (a budget read: the view is then the requests' estimates, as without leases). */
