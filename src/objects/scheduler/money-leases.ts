@@ -186,6 +186,8 @@ export class MoneyLeases {
       if (sent.length) this.host.markConverted(sent.map(([id]) => id));
       l.free = answer.lent;
       l.held = answer.lent > 0;
+      // The client lends at least `need` or refuses it: anything else would have admit ask again and again.
+      if (!answer.refused && answer.lent < need) throw new Error(`client ${l.clientId} lent ${answer.lent} nano-dollars where ${need} were needed`);
       if (l.held) this.idleLater(SHARD_MONEY.IDLE_MS);
       return answer.refused;
     } catch (err) {
