@@ -176,6 +176,8 @@ describe("scheduler shards (SCHEDULER_SHARDS = 4)", () => {
     for (const [, key] of CLIENTS) {
       const r = await enqueue({ requests: Array.from({ length: 25 }, (_, i) => ({ template, queue: "normal", params: { tokens_used: 1 }, ...(i === 0 ? { idempotency_key: `reshard-${key}` } : {}) })) }, key);
       four.push(...r.body.results.map((x: { request: { id: string } }) => x.request.id));
+      // Single enqueues too: their money admitted on the old owner's hold (decision 008), converted there before they run.
+      for (let i = 0; i < 3; i++) four.push((await enqueue({ template, queue: "normal", params: { tokens_used: 1 } }, key)).body.request.id);
     }
     // Now two shards: new work goes to the new owners; the old shards keep (and finish) what they hold.
     const two = { ...env, SCHEDULER_SHARDS: "2" } as Env;
@@ -190,19 +192,26 @@ describe("scheduler shards (SCHEDULER_SHARDS = 4)", () => {
       expect(out[0]).toMatchObject({ ok: true, value: { duplicate: true } });
       expect(four).toContain((out[0] as { value: { request: { id: string } } }).value.request.id);
       after.push(...out.slice(1).map((o) => (o as { value: { request: { id: string } } }).value.request.id));
+      // And one single enqueue on the new owner's hold.
+      const [single] = await enqueueMany(two, { clientId, tier, via: "api" }, [{ template, queue: "normal", params: { tokens_used: 1 } }]);
+      after.push((single as { value: { request: { id: string } } }).value.request.id);
     }
     // acme moved from shard 3 to shard 1 (and initech stayed on 1): its new work is there.
-    expect((await rowsIn(1, template)).filter((r) => r.client_id === "acme")).toHaveLength(10);
-    expect((await rowsIn(3, template)).filter((r) => r.client_id === "acme")).toHaveLength(25);
+    expect((await rowsIn(1, template)).filter((r) => r.client_id === "acme")).toHaveLength(11);
+    expect((await rowsIn(3, template)).filter((r) => r.client_id === "acme")).toHaveLength(28);
     expect(await setRunning(two, true)).toMatchObject({ running: true, shards: 4 });
     await passAll(two, "test");
     const ids = [...four, ...after];
-    await eventually(async () => (await allRows(template)).filter((r) => r.status === "completed").length === ids.length, 20_000, "all 140 to complete").catch(async (err) => {
+    await eventually(async () => (await allRows(template)).filter((r) => r.status === "completed").length === ids.length, 20_000, "all 156 to complete").catch(async (err) => {
       const left = (await allRows(template)).filter((r) => r.status !== "completed");
       throw new Error(`${err}: left ${JSON.stringify(left.slice(0, 5))} of ${left.length}`);
     });
     const rows = await allRows(template);
-    expect(rows).toHaveLength(140);
+    expect(rows).toHaveLength(156);
+    // Nothing of theirs is in flight any more, on either side of the change (holds returned, requests settled).
+    for (const [clientId] of callers) {
+      await eventually(async () => (await env.CLIENT.get(env.CLIENT.idFromName(clientId)).budget({ limitNano: null, source: "unlimited" })).in_flight_nano === 0, 5000, `${clientId} out of flight`);
+    }
     expect(rows.every((r) => r.attempts === 1)).toBe(true);
     for (const id of ids) expect((await getRequestView(two, id, null))?.status).toBe("completed");
     await env.POOL.get(env.POOL.idFromName(pool.id)).flush();
