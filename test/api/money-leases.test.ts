@@ -75,6 +75,8 @@ describe("single enqueues on the owner shard's money lease (decision 008)", () =
     const ids = (await Promise.all(Array.from({ length: 8 }, () => enqueue({ template }, key)))).map((r) => r.body.request.id as string);
     await eventually(async () => (await stored(id)).shardHolds === 0 && (await shardSide(id)).unconverted === 0, 5000, "the idle return");
     expect(await stored(id)).toEqual({ rows: 8, rowsNano: 8 * est, shardHolds: 0 });
+    // A round later the shard forgets the client (it keeps nothing per client it no longer lends to).
+    await eventually(() => runInDurableObject(shardOf(id), (o: SchedulerObject) => !(o as unknown as { money: MoneyLeases }).money.state(id).kept), 5000, "the entry forgotten");
     await start();
     const done = await Promise.all(ids.map((r) => settled(r, ["completed", "failed"], 10_000, key)));
     expect(done.map((d) => d.status)).toEqual(Array(8).fill("completed"));

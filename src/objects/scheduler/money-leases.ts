@@ -68,10 +68,10 @@ export class MoneyLeases {
     if (this.leases.size) this.idleLater(0);
   }
 
-  /** A client's requests admitted here and not converted yet, and the money of its hold not admitted yet (for tests). */
-  state(clientId: string): { unconverted: string[]; free: number } {
+  /** A client's requests admitted here and not converted yet, the money of its hold not admitted yet, and whether this shard keeps an entry for it (for tests). */
+  state(clientId: string): { unconverted: string[]; free: number; kept: boolean } {
     const l = this.leases.get(clientId);
-    return { unconverted: l ? [...l.pending.keys()] : [], free: l?.free ?? 0 };
+    return { unconverted: l ? [...l.pending.keys()] : [], free: l?.free ?? 0, kept: l !== undefined };
   }
 
   /**
@@ -86,6 +86,7 @@ export class MoneyLeases {
     l.limit = limit;
     observe(l.rate, now, nano);
     l.lastAt = now;
+    this.idleLater(SHARD_MONEY.IDLE_MS);
     for (;;) {
       while (l.exchanging) await l.exchanging.catch(() => undefined);
       if (l.free >= nano) {
@@ -197,7 +198,10 @@ export class MoneyLeases {
     }
   }
 
-  /** The idle return: a client with no enqueue here for IDLE_MS has its requests converted and its hold ended. */
+  /**
+   * The idle return: a client with no enqueue here for IDLE_MS has its requests converted and its hold
+   * ended, and at the next round its entry goes. Runs while any entry is left.
+   */
   private idleLater(ms: number): void {
     if (this.timer) return;
     this.timer = setTimeout(() => {
@@ -205,9 +209,14 @@ export class MoneyLeases {
       const now = Date.now();
       let waiting = false;
       for (const l of this.leases.values()) {
-        if (!l.held && l.pending.size === 0) continue;
         if (l.exchanging || now - l.lastAt < SHARD_MONEY.IDLE_MS) {
           waiting = true;
+          continue;
+        }
+        // Idle, nothing held and nothing to convert: forgotten (a shard sees many clients over its life).
+        // No call can be waiting on it: an enqueue would have moved lastAt, and the others only wait on an exchange.
+        if (!l.held && l.pending.size === 0) {
+          this.leases.delete(l.clientId);
           continue;
         }
         // A failure is logged by the exchange and tried again at the next round.
