@@ -19,10 +19,19 @@ export async function clientBudget(env: Env, clientId: string, leases: "return" 
   // The owner shard's money lease (decision 008) first becomes its requests' estimates in flight, so the
   // view counts requests, as it would without leases; unreachable, the view counts the hold instead.
   // "count": the hold is counted as it stands (the optimizer's budget pressure, read per enqueue).
-  if (leases === "return") await shardStub(env, ownerShard(env, clientId)).returnMoneyLease(clientId).catch((err: unknown) => {
-    log.warn("money_lease_return_failed", { client_id: clientId, error: String(err) });
-  });
+  if (leases === "return") await returnShardHold(env, clientId, null);
   return clientStub(env, clientId).budget(limit);
+}
+
+/**
+ * Have the client's owner shard convert the requests admitted on its money hold and end the hold (decision
+ * 008), so the client's money in flight counts requests only. False (logged) when the shard could not be reached.
+ */
+export function returnShardHold(env: Env, clientId: string, traceId: string | null): Promise<boolean> {
+  return shardStub(env, ownerShard(env, clientId)).returnMoneyLease(clientId).then(() => true, (err: unknown) => {
+    log.warn("money_lease_return_failed", { client_id: clientId, error: String(err), trace_id: traceId });
+    return false;
+  });
 }
 
 /** An estimate older than this with no unfinished request behind it is taken out of flight by the cron. */

@@ -18,6 +18,7 @@ import type { Held, LeaseRefusal } from "../objects/scheduler/types";
 import type { AdmitDecision } from "../objects/client/types";
 import { holdUnits, readyToRun, releaseUnits, runSlots } from "./run-now";
 import { spendQuotaRefusal } from "./refusals";
+import { returnShardHold } from "./budget";
 import { log } from "../log";
 import { settings } from "../settings";
 import { clientStub } from "../objects/client/stub";
@@ -172,11 +173,7 @@ async function admitAll(env: Env, caller: Caller, specs: RequestSpec[], traceId:
     // at the budget's edge counts requests only, as without leases.
     const again = decisions.flatMap((d, i) => (!d.ok && "budget" in d ? [i] : []));
     if (again.length && settings(env).ENQUEUE_MONEY_LEASES === "on") {
-      const returned = await shardStub(env, owner).returnMoneyLease(caller.clientId).then(() => true, (err: unknown) => {
-        log.warn("money_lease_return_failed", { client_id: caller.clientId, error: String(err), trace_id: traceId });
-        return false;
-      });
-      if (returned) {
+      if (await returnShardHold(env, caller.clientId, traceId)) {
         const second = await clientStub(env, caller.clientId).admit(limit, again.map((i) => items[i]!), quota, slots);
         again.forEach((i, j) => (decisions[i] = second[j]!));
       }

@@ -25,6 +25,23 @@ function stored(clientId: string): Promise<{ rows: number; rowsNano: number; sha
   });
 }
 
+/** The owner shard's money lease of a client, as it keeps it (in memory). */
+function leaseOf(clientId: string): Promise<ReturnType<MoneyLeases["state"]>> {
+  return runInDurableObject(shardOf(clientId), (o: SchedulerObject) => (o as unknown as { money: MoneyLeases }).money.state(clientId));
+}
+
+/**
+ * Wait for these requests to settle: each completed on its first attempt, and the client's spend
+ * reached their actual cost. Returns that cost.
+ */
+async function settleAll(ids: string[], key: string, clientId: string): Promise<number> {
+  const done = await Promise.all(ids.map((r) => settled(r, ["completed", "failed"], 10_000, key)));
+  expect(done.map((d) => [d.status, d.attempts])).toEqual(ids.map(() => ["completed", 1]));
+  const spent = done.reduce((sum, d) => sum + d.actual_nano, 0);
+  await eventually(async () => (await current(clientId)).spent_nano === spent, 5000, "the spend");
+  return spent;
+}
+
 /** The owner shard's side: requests admitted on its lease and not converted yet (in memory, and marked in its table). */
 function shardSide(clientId: string): Promise<{ unconverted: number; marked: number }> {
   return runInDurableObject(shardOf(clientId), (o: SchedulerObject, state) => ({
@@ -76,13 +93,10 @@ describe("single enqueues on the owner shard's money lease (decision 008)", () =
     await eventually(async () => (await stored(id)).shardHolds === 0 && (await shardSide(id)).unconverted === 0, 5000, "the idle return");
     expect(await stored(id)).toEqual({ rows: 8, rowsNano: 8 * est, shardHolds: 0 });
     // A round later the shard forgets the client (it keeps nothing per client it no longer lends to).
-    await eventually(() => runInDurableObject(shardOf(id), (o: SchedulerObject) => !(o as unknown as { money: MoneyLeases }).money.state(id).kept), 5000, "the entry forgotten");
+    await eventually(async () => !(await leaseOf(id)).kept, 5000, "the entry forgotten");
     await start();
-    const done = await Promise.all(ids.map((r) => settled(r, ["completed", "failed"], 10_000, key)));
-    expect(done.map((d) => d.status)).toEqual(Array(8).fill("completed"));
-    const spent = done.reduce((sum, d) => sum + d.actual_nano, 0);
+    const spent = await settleAll(ids, key, id);
     expect(spent).toBeGreaterThan(0);
-    await eventually(async () => (await current(id)).spent_nano === spent, 5000, "the spend");
     expect(await current(id)).toMatchObject({ in_flight_nano: 0, spent_nano: spent });
     expect(await stored(id)).toEqual({ rows: 0, rowsNano: 0, shardHolds: 0 });
   });
@@ -93,10 +107,7 @@ describe("single enqueues on the owner shard's money lease (decision 008)", () =
     const { id, key, template } = await setUp("ml-run", est, 1_000 * est);
     const answers = await Promise.all(Array.from({ length: 30 }, () => enqueue({ template }, key)));
     expect(answers.every((r) => r.status === 202)).toBe(true);
-    const done = await Promise.all(answers.map((r) => settled(r.body.request.id, ["completed", "failed"], 10_000, key)));
-    expect(done.every((d) => d.status === "completed" && d.attempts === 1)).toBe(true);
-    const spent = done.reduce((sum, d) => sum + d.actual_nano, 0);
-    await eventually(async () => (await current(id)).spent_nano === spent, 5000, "the spend");
+    const spent = await settleAll(answers.map((r) => r.body.request.id), key, id);
     expect(await current(id)).toMatchObject({ in_flight_nano: 0, spent_nano: spent, requests_by_status: { completed: 30 } });
     expect(await shardSide(id)).toEqual({ unconverted: 0, marked: 0 });
   });
@@ -113,10 +124,7 @@ describe("single enqueues on the owner shard's money lease (decision 008)", () =
     await eventually(async () => (await shardSide(id)).marked === 0, 5000, "the restart's conversion");
     expect(await stored(id)).toEqual({ rows: 10, rowsNano: 10 * est, shardHolds: 0 });
     await start();
-    const done = await Promise.all(ids.map((r) => settled(r, ["completed", "failed"], 10_000, key)));
-    expect(done.every((d) => d.status === "completed" && d.attempts === 1)).toBe(true);
-    const spent = done.reduce((sum, d) => sum + d.actual_nano, 0);
-    await eventually(async () => (await current(id)).spent_nano === spent, 5000, "the spend");
+    const spent = await settleAll(ids, key, id);
     expect(await current(id)).toMatchObject({ in_flight_nano: 0, spent_nano: spent });
   });
 
@@ -174,7 +182,7 @@ describe("single enqueues on the owner shard's money lease (decision 008)", () =
     const { id, key, template } = await setUp("ml-fail", est, 1_000 * est);
     const ids = (await Promise.all(Array.from({ length: 4 }, () => enqueue({ template }, key)))).map((r) => r.body.request.id as string);
     // Those the enqueues' own exchanges did not convert yet (the first is admitted before any conversion).
-    const pending = await runInDurableObject(shardOf(id), (o: SchedulerObject) => (o as unknown as { money: MoneyLeases }).money.state(id).unconverted);
+    const pending = (await leaseOf(id)).unconverted;
     expect(pending.length).toBeGreaterThan(0);
     const lend = vi.spyOn(ClientObject.prototype, "lendShard").mockRejectedValue(new Error("Network connection lost."));
     await start();
@@ -183,10 +191,7 @@ describe("single enqueues on the owner shard's money lease (decision 008)", () =
     // Nothing ran on money not yet in flight at the client.
     for (const r of pending) expect((await requestOf(r, key)).status).toBe("queued");
     vi.restoreAllMocks();
-    const done = await Promise.all(ids.map((r) => settled(r, ["completed", "failed"], 10_000, key)));
-    expect(done.every((d) => d.status === "completed" && d.attempts === 1)).toBe(true);
-    const spent = done.reduce((sum, d) => sum + d.actual_nano, 0);
-    await eventually(async () => (await current(id)).spent_nano === spent, 5000, "the spend");
+    const spent = await settleAll(ids, key, id);
     expect(await current(id)).toMatchObject({ in_flight_nano: 0, spent_nano: spent });
     expect(await stored(id)).toEqual({ rows: 0, rowsNano: 0, shardHolds: 0 });
   });

@@ -89,15 +89,8 @@ export class Ledger {
         if (!daily.ok) return already(item) ? { ok: true } : { ok: false, quota: daily.shortfall };
       }
       if (!fitsBudget(limit, spent, inFlight, item.estimateNano)) return already(item) ? { ok: true } : { ok: false, budget: budgetView(limit, spent, inFlight, now) };
-      // Read (and if need be load) the sum before the insert, so a first load cannot count the row twice.
-      const sum = this.flyingNano() + exactNano(item.estimateNano);
       // It fits: one statement admits it, or finds it admitted before (then nothing is counted again).
-      const inserted = this.sql.exec(
-        "INSERT INTO in_flight (request_id, estimate_nano, admitted_at) VALUES (?, ?, ?) ON CONFLICT (request_id) DO NOTHING RETURNING 1",
-        item.requestId, item.estimateNano, now,
-      ).toArray().length > 0;
-      if (!inserted) return { ok: true };
-      this.flying = sum;
+      if (!this.book(item.requestId, item.estimateNano, now)) return { ok: true };
       inFlight += item.estimateNano;
       if (use && item.pools) for (const [pool, units] of Object.entries(item.pools)) use.poolToday[pool] = (use.poolToday[pool] ?? 0) + units;
       return { ok: true };
@@ -110,15 +103,19 @@ export class Ledger {
    * again (its answer was lost, the shard restarted) counts nothing twice.
    */
   convert(items: Array<[string, number]>, now: number): void {
-    let sum = this.flyingNano();
-    for (const [requestId, nano] of items) {
-      const inserted = this.sql.exec(
-        "INSERT INTO in_flight (request_id, estimate_nano, admitted_at) VALUES (?, ?, ?) ON CONFLICT (request_id) DO NOTHING RETURNING 1",
-        requestId, nano, now,
-      ).toArray().length > 0;
-      if (inserted) sum += exactNano(nano);
-    }
-    this.flying = sum;
+    for (const [requestId, nano] of items) this.book(requestId, nano, now);
+  }
+
+  /** A request's estimate in flight: one row, and the kept sum with it; false when it was in flight already (nothing counted). */
+  private book(requestId: string, nano: number, now: number): boolean {
+    // Read (and if need be load) the sum before the insert, so a first load cannot count the row twice.
+    const sum = this.flyingNano() + exactNano(nano);
+    const inserted = this.sql.exec(
+      "INSERT INTO in_flight (request_id, estimate_nano, admitted_at) VALUES (?, ?, ?) ON CONFLICT (request_id) DO NOTHING RETURNING 1",
+      requestId, nano, now,
+    ).toArray().length > 0;
+    if (inserted) this.flying = sum;
+    return inserted;
   }
 
   /** Requests whose estimates have been in flight since before `before`. */

@@ -71,7 +71,7 @@ export class MoneyBook {
     } else {
       const left = limit.limitNano - spent - inFlight;
       if (left >= min) {
-        nano = Math.min(left, Math.max(min, Math.min(req.want, Math.floor(left / 2))));
+        nano = holdSize(left, min, req.want);
       } else {
         nano = carry;
         refused = budgetView(limit, spent, inFlight + carry, now);
@@ -108,7 +108,7 @@ export class MoneyBook {
     } else {
       const left = limit.limitNano - spent - inFlight;
       if (left < need) return { lent: 0, refused: budgetView(limit, spent, inFlight, now) };
-      nano = Math.max(0, Math.min(left, Math.max(need, Math.min(want, Math.floor(left / 2)))));
+      nano = holdSize(left, need, want);
     }
     this.kept = null;
     if (nano > 0) this.sql.exec("INSERT INTO money_holds (id, nano, drop_at) VALUES (?, ?, ?)", id, nano, now + SHARD_MONEY.HOLD_MS);
@@ -147,4 +147,9 @@ export class MoneyBook {
   view(limit: BudgetLimit, now: number): BudgetView {
     return budgetView(limit, this.host.spent(now), this.inFlight(now), now);
   }
+}
+
+/** What a hold lends of `left` (which covers `min`): `min` at least, up to `want`, but beyond `min` at most half of what is left. */
+function holdSize(left: number, min: number, want: number): number {
+  return Math.min(left, Math.max(min, Math.min(want, Math.floor(left / 2))));
 }

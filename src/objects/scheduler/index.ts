@@ -1,5 +1,5 @@
 import { DurableObject } from "cloudflare:workers";
-import type { BudgetLimit, BudgetView } from "../../domain/budget";
+import type { BudgetLimit } from "../../domain/budget";
 import type { QueueName } from "../../domain/priority";
 import type { RequestSla, SlaTarget } from "../../domain/sla";
 import type { Tier } from "../../domain/types";
@@ -135,22 +135,12 @@ export class SchedulerObject extends DurableObject<Env> {
     // Full already: refused (enqueue logs it) before any money is asked for.
     if (this.fullFor(item, maxQueued)) return this.enqueue([item], maxQueued)[0]!;
     let outcome: EnqueueOutcome | QueueFull | undefined;
-    let refused: BudgetView | null;
-    let inserting = false;
-    try {
-      // Its money taken and its row inserted in one synchronous section (a conversion in between would miss it).
-      refused = await this.money.admit(item.clientId, item.id!, item.estimateNano, limit, () => {
-        inserting = true;
-        [outcome] = this.enqueue([{ ...item, moneyLeased: true }], maxQueued);
-        inserting = false;
-        return !isQueueFull(outcome!);
-      });
-    } catch (err) {
-      if (inserting) throw err;
-      // The client's object could not be reached: nothing was queued (the caller says so, as for its own call there).
-      return { clientUnreachable: String(err) };
-    }
-    return refused ? { refused } : outcome!;
+    // Its money taken and its row inserted in one synchronous section (a conversion in between would miss it).
+    const refusal = await this.money.admit(item.clientId, item.id!, item.estimateNano, limit, () => {
+      [outcome] = this.enqueue([{ ...item, moneyLeased: true }], maxQueued);
+      return !isQueueFull(outcome!);
+    });
+    return refusal ?? outcome!;
   }
 
   /** A budget read: the requests admitted against the client's hold here become requests in flight, and the hold ends. */

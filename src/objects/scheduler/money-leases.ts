@@ -24,6 +24,7 @@ import { newMeter, observe, rateOf, SHARD_MONEY, sliceWant, type RateMeter } fro
 import { log } from "../../log";
 import { budgetLimit } from "../../storage/config";
 import { clientStub } from "../client/stub";
+import type { LeaseRefusal } from "./types";
 
 interface Lease {
   clientId: string;
@@ -49,8 +50,6 @@ export interface MoneyLeaseHost {
 
 export class MoneyLeases {
   private readonly leases = new Map<string, Lease>();
-  /** Request id → its client, for every request admitted here and not converted. */
-  private readonly unconverted = new Map<string, string>();
   private timer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(private readonly env: Env, private readonly shard: string, private readonly host: MoneyLeaseHost) {}
@@ -63,7 +62,6 @@ export class MoneyLeases {
       const l = this.lease(row.client_id, now);
       l.held = true;
       l.pending.set(row.id, row.estimate_nano);
-      this.unconverted.set(row.id, row.client_id);
     }
     if (this.leases.size) this.idleLater(0);
   }
@@ -76,11 +74,10 @@ export class MoneyLeases {
 
   /**
    * Admit one request's estimate against the client's hold and, in the same synchronous section,
-   * `insert` it (false: it was not queued after all, nothing is taken). Null when done, else the budget
-   * as it stands (the 402's explanation; nothing inserted). Throws when the client's object cannot be
-   * reached (nothing inserted).
+   * `insert` it (false: it was not queued after all, nothing is taken). Null when done, else why nothing
+   * was inserted: the budget as it stands (the 402's explanation), or the client's object unreachable.
    */
-  async admit(clientId: string, requestId: string, nano: number, limit: BudgetLimit, insert: () => boolean): Promise<BudgetView | null> {
+  async admit(clientId: string, requestId: string, nano: number, limit: BudgetLimit, insert: () => boolean): Promise<LeaseRefusal | null> {
     const now = Date.now();
     const l = this.lease(clientId, now);
     l.limit = limit;
@@ -93,15 +90,19 @@ export class MoneyLeases {
         if (insert()) {
           l.free -= nano;
           l.pending.set(requestId, nano);
-          this.unconverted.set(requestId, clientId);
           this.idleLater(SHARD_MONEY.IDLE_MS);
         }
         return null;
       }
       // Enough for about a window of this client's enqueues here; the client lends at most half of what is left.
       const want = sliceWant(rateOf(l.rate, Date.now()), SHARD_MONEY.WINDOW_MS, nano, Number.MAX_SAFE_INTEGER);
-      const refused = await this.exchangeNow(l, want, nano);
-      if (refused) return refused;
+      let refused: BudgetView | null;
+      try {
+        refused = await this.exchangeNow(l, want, nano);
+      } catch (err) {
+        return { clientUnreachable: String(err) };
+      }
+      if (refused) return { refused };
     }
   }
 
@@ -112,14 +113,13 @@ export class MoneyLeases {
    */
   async convertFor(ids: string[]): Promise<{ failed: Set<string>; error: unknown }> {
     const out: { failed: Set<string>; error: unknown } = { failed: new Set(), error: null };
-    const clients = new Map<string, string[]>();
-    for (const id of ids) {
-      const c = this.unconverted.get(id);
-      if (c) clients.set(c, [...(clients.get(c) ?? []), id]);
+    const clients: Array<{ l: Lease; mine: string[] }> = [];
+    for (const l of this.leases.values()) {
+      if (l.pending.size === 0) continue;
+      const mine = ids.filter((id) => l.pending.has(id));
+      if (mine.length) clients.push({ l, mine });
     }
-    if (clients.size === 0) return out;
-    await Promise.all([...clients].map(async ([clientId, mine]) => {
-      const l = this.leases.get(clientId)!;
+    await Promise.all(clients.map(async ({ l, mine }) => {
       while (l.exchanging) await l.exchanging.catch(() => undefined);
       if (!mine.some((id) => l.pending.has(id))) return;
       const now = Date.now();
@@ -180,10 +180,7 @@ export class MoneyLeases {
       const last = pieces.pop() ?? [];
       for (const piece of pieces) await client.lendShard(limit, { holder: this.shard, convert: piece, want: 0, need: 0, keepHold: true });
       const answer = await client.lendShard(limit, { holder: this.shard, convert: last, want, need });
-      for (const [id] of sent) {
-        l.pending.delete(id);
-        this.unconverted.delete(id);
-      }
+      for (const [id] of sent) l.pending.delete(id);
       if (sent.length) this.host.markConverted(sent.map(([id]) => id));
       l.free = answer.lent;
       l.held = answer.lent > 0;
