@@ -6,6 +6,7 @@ import {
 } from "../../domain/allocations";
 import type { QuotaDecision, ResolvedQuota } from "../../domain/quota";
 import { log } from "../../log";
+import { AlarmClock } from "../alarm";
 import { Releases, RELEASE_RETRY_MS } from "./releases";
 import { AllocationRows, createTables, live, notFound, view, type Row } from "./rows";
 import type { AllocateInput, Allocation, AllocationFilter, AllocResult, UsageView } from "./types";
@@ -31,21 +32,22 @@ export class AllocationObject extends DurableObject<Env> {
   private readonly releases: Releases;
   private config: AllocationConfig;
   /** Time of the alarm we know to be set. */
-  private alarmAt: number | null = null;
+  private readonly clock: AlarmClock;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
+    this.clock = new AlarmClock(ctx.storage, "allocations");
     this.sql = ctx.storage.sql;
     createTables(this.sql);
     this.rows = new AllocationRows(this.sql);
     this.releases = new Releases(this.sql, this.rows, {
       clientStub: (clientId) => this.clientStub(clientId),
-      ensureAlarm: (at) => this.ensureAlarm(at),
+      ensureAlarm: (at) => this.clock.ensure(at),
     });
     const saved = this.sql.exec<{ value: string }>("SELECT value FROM settings WHERE name = 'config'").toArray()[0];
     this.config = saved ? (JSON.parse(saved.value) as AllocationConfig) : DEFAULT_ALLOCATION_CONFIG;
     void ctx.blockConcurrencyWhile(async () => {
-      this.alarmAt = await ctx.storage.getAlarm();
+      await this.clock.load();
     });
   }
 
@@ -184,7 +186,7 @@ export class AllocationObject extends DurableObject<Env> {
   }
 
   override async alarm(): Promise<void> {
-    this.alarmAt = null;
+    this.clock.fired();
     const now = Date.now();
     await this.releases.expireDue(now);
     await this.releases.retry(now - RELEASE_RETRY_MS);
@@ -240,7 +242,7 @@ export class AllocationObject extends DurableObject<Env> {
       id, input.clientId, input.jobId, input.parentId ?? null, depth, input.workers, input.cpuMillicores, input.memoryMb,
       input.priority, priorityRank(input.priority), input.ttlMs, now, expiresAt,
     );
-    this.ensureAlarm(expiresAt);
+    this.clock.ensure(expiresAt);
     return { ok: true, value: this.rows.row(id)! };
   }
 
@@ -248,20 +250,12 @@ export class AllocationObject extends DurableObject<Env> {
     return clientStub(this.env, clientId);
   }
 
-  /** Make sure an alarm fires no later than `at`. */
-  private ensureAlarm(at: number): void {
-    // An alarm already due no later than `at` will do, unless it is overdue (a failed alarm waits in
-    // the runtime's retry backoff): then set it again.
-    if (this.alarmAt !== null && this.alarmAt <= at && this.alarmAt >= Date.now() - 1000) return;
-    this.alarmAt = at;
-    void this.ctx.storage.setAlarm(at);
-  }
 
   /** After a sweep: wake for the earliest expiry, or to retry stuck releases. */
   private scheduleNext(now: number): void {
     const next = this.sql.exec<{ t: number | null }>(`SELECT MIN(expires_at) AS t FROM allocations WHERE ${live}`).one().t;
-    if (next !== null) this.ensureAlarm(Math.max(next, now));
+    if (next !== null) this.clock.ensure(Math.max(next, now));
     const stuck = this.sql.exec<{ t: number | null }>("SELECT MIN(updated_at) AS t FROM allocations WHERE state = 'releasing'").one().t;
-    if (stuck !== null) this.ensureAlarm(Math.max(stuck + RELEASE_RETRY_MS, now));
+    if (stuck !== null) this.clock.ensure(Math.max(stuck + RELEASE_RETRY_MS, now));
   }
 }

@@ -2,6 +2,7 @@ import { burstRefusal, type BurstAsk, type BurstPolicy, type BurstSession } from
 import { newId } from "../../domain/ids";
 import { log } from "../../log";
 import { upsertBurstSessions } from "../../storage/quotas";
+import { AlarmClock } from "../alarm";
 import type { BurstResult } from "./types";
 
 /** What the burst sessions need of the object that hosts them. */
@@ -17,11 +18,15 @@ export interface BurstHost {
  * the alarm ends the active session on time and retries deliveries that failed.
  */
 export class Bursts {
+  private readonly clock: AlarmClock;
+
   constructor(
     private readonly env: Env,
     private readonly ctx: DurableObjectState,
     private readonly host: BurstHost,
-  ) {}
+  ) {
+    this.clock = new AlarmClock(ctx.storage, "client");
+  }
 
   /**
    * Ask for a burst under the tier's policy: active at once, or pending an operator's approval when
@@ -125,6 +130,6 @@ export class Bursts {
     const ends = this.sessions().filter((s) => s.state === "active" && s.ends_at !== null).map((s) => s.ends_at!);
     const unsynced = this.sql().exec("SELECT 1 FROM bursts WHERE synced = 0 LIMIT 1").toArray().length > 0;
     const at = Math.min(...ends, unsynced ? now + 5000 : Infinity);
-    if (at !== Infinity) void this.ctx.storage.setAlarm(Math.max(at, now));
+    if (at !== Infinity) this.clock.set(Math.max(at, now));
   }
 }

@@ -3,6 +3,7 @@ import { giveBack } from "../../domain/bucket";
 import { accessFor } from "../../domain/sharing";
 import type { Caller, PoolConfig } from "../../domain/types";
 import { log } from "../../log";
+import { AlarmClock } from "../alarm";
 import { LeaseBook } from "./leases";
 import { LevelAlert } from "./level-alert";
 import { Outbox } from "./outbox";
@@ -35,12 +36,13 @@ export class PoolObject extends DurableObject<Env> {
   private readonly outbox: Outbox;
   private readonly levelAlert: LevelAlert;
   /** Time of the alarm we know to be set, to avoid rewriting it on every spend. */
-  private alarmAt: number | null = null;
+  private readonly clock: AlarmClock;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
+    this.clock = new AlarmClock(ctx.storage, "pool");
     const store = (this.store = new PoolStore(ctx.storage.sql, {
-      ensureAlarm: (at) => this.ensureAlarm(at),
+      ensureAlarm: (at) => this.clock.ensure(at),
       flushDelay: () => this.outbox.delay(),
     }));
     this.leases = new LeaseBook(store.sql, {
@@ -59,20 +61,20 @@ export class PoolObject extends DurableObject<Env> {
       },
       lastSeq: () => store.lastSeq,
       source: (cfg) => store.source(cfg.id),
-      wakeAt: (at) => this.ensureAlarm(at),
+      wakeAt: (at) => this.clock.ensure(at),
       othersWaiting: (shard, now) => this.reservations.othersWaiting(shard, now),
     });
     store.load();
     this.spending = new Spending(env, ctx, store);
     this.reservations = new Reservations(env, store, {
       admit: (cfg, caller, amount, now, spending) => this.spending.admit(cfg, caller, amount, now, spending),
-      ensureAlarm: (at) => this.ensureAlarm(at),
+      ensureAlarm: (at) => this.clock.ensure(at),
       waitUntil: (promise) => ctx.waitUntil(promise),
     });
-    this.outbox = new Outbox(env, store, (at) => this.ensureAlarm(at));
+    this.outbox = new Outbox(env, store, (at) => this.clock.ensure(at));
     this.levelAlert = new LevelAlert(env, store);
     void ctx.blockConcurrencyWhile(async () => {
-      this.alarmAt = await ctx.storage.getAlarm();
+      await this.clock.load();
     });
   }
 
@@ -227,7 +229,7 @@ export class PoolObject extends DurableObject<Env> {
   }
 
   override async alarm(): Promise<void> {
-    this.alarmAt = null;
+    this.clock.fired();
     const store = this.store;
     const now = Date.now();
     if (store.config) {
@@ -269,21 +271,13 @@ export class PoolObject extends DurableObject<Env> {
     };
   }
 
-  /** Make sure an alarm fires no later than `at`. */
-  private ensureAlarm(at: number): void {
-    // An alarm already due no later than `at` will do, unless it is overdue (a failed alarm waits in
-    // the runtime's retry backoff): then set it again.
-    if (this.alarmAt !== null && this.alarmAt <= at && this.alarmAt >= Date.now() - 1000) return;
-    this.alarmAt = at;
-    void this.ctx.storage.setAlarm(at);
-  }
 
   /** After an alarm: wake for the next reservation expiry, or soon if events are still waiting. */
   private scheduleNext(now: number): void {
     const next = this.reservations.nextExpiry();
-    if (next !== null) this.ensureAlarm(Math.max(next, now));
+    if (next !== null) this.clock.ensure(Math.max(next, now));
     const leaseDue = this.leases.nextDue();
-    if (leaseDue !== null) this.ensureAlarm(Math.max(leaseDue, now));
-    if (this.store.outboxSize() > 0 && !this.outbox.failing()) this.ensureAlarm(now + this.outbox.delay());
+    if (leaseDue !== null) this.clock.ensure(Math.max(leaseDue, now));
+    if (this.store.outboxSize() > 0 && !this.outbox.failing()) this.clock.ensure(now + this.outbox.delay());
   }
 }

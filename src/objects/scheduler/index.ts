@@ -4,6 +4,7 @@ import type { QueueName } from "../../domain/priority";
 import type { RequestSla, SlaTarget } from "../../domain/sla";
 import type { Tier } from "../../domain/types";
 import { log } from "../../log";
+import { AlarmClock } from "../alarm";
 import type { Result } from "../pool/types";
 import { Admission } from "./admission";
 import { WorkerCalls } from "./calls";
@@ -48,13 +49,14 @@ export class SchedulerObject extends DurableObject<Env> {
   private readonly dispatcher: Dispatcher;
   private readonly money: MoneyLeases;
   private running: boolean;
-  private alarmAt: number | null = null;
+  private readonly clock: AlarmClock;
   /** This shard's name ("scheduler", "scheduler-<k>") and index. */
   private readonly shard: string;
   private readonly shardIndex: number;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
+    this.clock = new AlarmClock(ctx.storage, "scheduler");
     const sql = ctx.storage.sql;
     createTables(sql);
     this.shard = ctx.id.name ?? shardName(0);
@@ -78,12 +80,12 @@ export class SchedulerObject extends DurableObject<Env> {
     const units = new UnitLeases(env, this.shard);
     // A block with room again: a pass, for work a pass could not admit while its block was being exchanged.
     const slots = new SlotLeases(env, this.shard, () => {
-      if (this.store.queued.size > 0) this.ensureAlarm(Date.now());
+      if (this.store.queued.size > 0) this.clock.ensure(Date.now());
     });
     this.settlement = new Settlement(env, this.store, this.health, this.owed, units, slots, {
       abortCall: (id, reason) => this.calls.abort(id, reason),
       dropCall: (id, reason) => this.calls.drop(id, reason),
-      ensureAlarm: (at) => this.ensureAlarm(at),
+      ensureAlarm: (at) => this.clock.ensure(at),
     });
     this.money = new MoneyLeases(env, this.shard, {
       isLive: (id) => this.store.live.has(id),
@@ -93,15 +95,15 @@ export class SchedulerObject extends DurableObject<Env> {
     this.dispatcher = new Dispatcher(
       env,
       { store: this.store, ranking: this.ranking, admission: this.admission, calls: this.calls, settlement: this.settlement, health: this.health, outbox: this.outbox, units, slots },
-      { isRunning: () => this.running, ensureAlarm: (at) => this.ensureAlarm(at), ownsClient: (id) => ownerShard(env, id) === this.shardIndex },
+      { isRunning: () => this.running, ensureAlarm: (at) => this.clock.ensure(at), ownsClient: (id) => ownerShard(env, id) === this.shardIndex },
     );
     this.store.load();
     this.money.restore(sql.exec<{ id: string; client_id: string; estimate_nano: number }>("SELECT id, client_id, estimate_nano FROM requests WHERE money_lease IS NOT NULL").toArray());
     void ctx.blockConcurrencyWhile(async () => {
-      this.alarmAt = await ctx.storage.getAlarm();
+      await this.clock.load();
       // Settlements owed from before a restart are made again when due (the alarm's pass: Dispatcher.pass).
       const owedDue = this.owed.nextDue();
-      if (owedDue !== null) this.ensureAlarm(owedDue);
+      if (owedDue !== null) this.clock.ensure(owedDue);
     });
   }
 
@@ -118,7 +120,7 @@ export class SchedulerObject extends DurableObject<Env> {
     const taken = outcomes.filter((o): o is Exclude<typeof o, QueueFull> => !isQueueFull(o));
     if (taken.length < items.length) this.logFull(items.length - taken.length, maxQueued!, items);
     // A pass for new work; while dispatch is stopped only a cache hit's outbox entry needs one (setRunning wakes the rest).
-    if (outcomes.some((o, i) => !isQueueFull(o) && !o.duplicate && (this.running || items[i]!.cached))) this.ensureAlarm(now);
+    if (outcomes.some((o, i) => !isQueueFull(o) && !o.duplicate && (this.running || items[i]!.cached))) this.clock.ensure(now);
     // A single new request is placed into the cached order (Ranking.splice), not ranked with the whole backlog again.
     const positions = this.ranking.positionsOf(taken.map((o) => o.request.id), now, items.length === 1 && taken.length === 1 && !taken[0]!.duplicate);
     let next = 0;
@@ -178,7 +180,7 @@ export class SchedulerObject extends DurableObject<Env> {
         this.store.writeHeldBack(id); // not started (it waits in its queue), or the admission failed
       }
     }
-    if (this.store.queued.has(id)) this.ensureAlarm(Date.now());
+    if (this.store.queued.has(id)) this.clock.ensure(Date.now());
     const row = this.store.rowOf(id)!;
     return { request: await viewOf(row), duplicate: inserted.duplicate, ...(inserted.conflict ? { conflict: true } : {}), ...this.ranking.positionOf(id, Date.now()) };
   }
@@ -295,7 +297,7 @@ export class SchedulerObject extends DurableObject<Env> {
     this.running = running;
     this.store.writeState("running", String(running));
     log.info(running ? "scheduler_started" : "scheduler_stopped", {});
-    if (running) this.ensureAlarm(Date.now());
+    if (running) this.clock.ensure(Date.now());
     return this.state();
   }
 
@@ -339,11 +341,11 @@ export class SchedulerObject extends DurableObject<Env> {
 
   /** Capacity was freed or work arrived elsewhere: run a pass soon. */
   wake(): void {
-    this.ensureAlarm(Date.now());
+    this.clock.ensure(Date.now());
   }
 
   override async alarm(): Promise<void> {
-    this.alarmAt = null;
+    this.clock.fired();
     await this.dispatcher.pass("alarm");
   }
 
@@ -360,11 +362,4 @@ export class SchedulerObject extends DurableObject<Env> {
     return this.store.purgeFinished(cutoff, limit);
   }
 
-  private ensureAlarm(at: number): void {
-    // An alarm already due no later than `at` will do, unless it is overdue (a failed alarm waits in
-    // the runtime's retry backoff): then set it again.
-    if (this.alarmAt !== null && this.alarmAt <= at && this.alarmAt >= Date.now() - 1000) return;
-    this.alarmAt = at;
-    void this.ctx.storage.setAlarm(at);
-  }
 }
