@@ -54,6 +54,13 @@
 //   QUEUE_BENCH_PARAMS_BYTES a prompt of this many characters in each backlog request's params (service and baseline
 //                           alike; 0-3,000, under the optimizer's 4,096-byte compression threshold; default 0): what a
 //                           caller's real params weigh in the queue's writes
+//   QUEUE_BENCH_JOB_LOG     on: the sample workers write their `job` line per job, as under `npm start` (default off, for
+//                           the service and the baseline alike). Under wrangler dev every worker's console line goes
+//                           through wrangler's node process (each one source-mapped there, even below its log level):
+//                           at a drain's 6,000 lines/s that process took 0.87 of a core beside the runtime's 0.72 on
+//                           this 2-core machine, and the drain ran at ~6,000/s with them against ~8,400/s without
+//                           (docs/benchmarks.md, thirtieth session). In production a worker's lines are its own
+//                           isolate's, not the Resource Manager's; the service's own log lines stay on at its shipped level
 //   QUEUE_BENCH_KEEP_STATE  set to 1 to keep the temporary persist directory
 //   TMPDIR                  where the persist directories are made (both runs); TMPDIR=/dev/shm puts them on tmpfs: a
 //                           diagnostic of the local disk's share (each object's commit is a WAL write and an fsync on the
@@ -79,7 +86,7 @@ import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
-import { DEV_CONFIGS, freePortPair, freshD1Sql, HOST, ROOT, startWrangler, WRANGLER } from "../scripts/local-wrangler.mjs";
+import { freePortPair, freshD1Sql, HOST, ROOT, startWrangler, WRANGLER } from "../scripts/local-wrangler.mjs";
 import { haveWrk, wrkCalls } from "./wrk.mjs";
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
@@ -111,6 +118,7 @@ const EXECUTE_CONCURRENCY = intEnv("QUEUE_BENCH_EXECUTE_CONCURRENCY", 4, 1, 64);
 const IDLE_EXECUTES = intEnv("QUEUE_BENCH_IDLE_EXECUTES", 200, 0, 10_000);
 const HOLD_S = intEnv("QUEUE_BENCH_HOLD_S", 0, 0, 600);
 const BASELINE = process.env.QUEUE_BENCH_BASELINE !== "0";
+const JOB_LOG = process.env.QUEUE_BENCH_JOB_LOG === "on";
 /** What sends the single enqueues (service and baseline alike): wrk when installed, else Node's fetch. */
 const LOADGEN_ASKED = process.env.QUEUE_BENCH_LOADGEN ?? "";
 if (!["", "wrk", "node"].includes(LOADGEN_ASKED)) throw new Error(`QUEUE_BENCH_LOADGEN must be wrk or node, got ${LOADGEN_ASKED}`);
@@ -803,7 +811,7 @@ async function runBaseline(logFile) {
   const persist = join(stateDir, "floor-state");
   mkdirSync(persist, { recursive: true });
   const dev = spawnWrangler([
-    "dev", "-c", "bench/queue-floor/wrangler.toml", "-c", "examples/content-generator/wrangler.toml", "--ip", HOST, "--port", String(port),
+    "dev", "-c", "bench/queue-floor/wrangler.toml", "-c", sampleWorkerConfig("content-generator"), "--ip", HOST, "--port", String(port),
     "--inspector-port", String(port + 1000), "--persist-to", persist, "--log-level", "warn", "--show-interactive-dev-session=false",
   ], logFile);
   const post = async (path, body) => {
@@ -894,15 +902,25 @@ async function runBaseline(logFile) {
   }
 }
 
+/**
+ * A sample worker's wrangler config as examples/<name>/wrangler.toml has it, with `vars` over its [vars]
+ * (written to the state directory; `main` made absolute). JOB_LOG off unless QUEUE_BENCH_JOB_LOG=on.
+ */
+function sampleWorkerConfig(name, vars = {}) {
+  const all = { ...(JOB_LOG ? {} : { JOB_LOG: "off" }), ...vars };
+  const text = readFileSync(join(ROOT, "examples", name, "wrangler.toml"), "utf8")
+    .split("\n").filter((line) => !Object.keys(all).some((k) => line.startsWith(`${k} = `))).join("\n") // the file's own lines for these go
+    .replace(/^main = "(.*)"$/m, (_, file) => `main = "${join(ROOT, "examples", name, file)}"`)
+    .replace(/^\[vars\]$/m, ["[vars]", ...Object.entries(all).map(([k, v]) => `${k} = "${v}"`)].join("\n"));
+  const toml = join(stateDir, `${name}.toml`);
+  writeFileSync(toml, text);
+  return toml;
+}
+
 /** The wrangler dev configs of the service's session: in hold mode the content worker answers runMany at once (ACCEPT_MANY). */
 function devConfigs() {
-  if (HOLD_S === 0) return DEV_CONFIGS;
-  const toml = join(stateDir, "content-generator-hold.toml");
-  writeFileSync(toml, [
-    'name = "rm-content-generator"', `main = "${join(ROOT, "examples", "content-generator", "index.js")}"`, 'compatibility_date = "2026-04-20"',
-    "[vars]", 'LATENCY_MS = "20"', 'FAILURE_RATE = "0"', 'ACCEPT_MANY = "1"', 'JOB_LOG = "off"', "",
-  ].join("\n"));
-  return ["-c", "wrangler.toml", "-c", toml, "-c", "examples/notifier/wrangler.toml"];
+  const content = sampleWorkerConfig("content-generator", HOLD_S === 0 ? {} : { ACCEPT_MANY: "1", JOB_LOG: "off" });
+  return ["-c", "wrangler.toml", "-c", content, "-c", sampleWorkerConfig("notifier")];
 }
 
 // ---------------------------------------------------------------- main
@@ -930,6 +948,7 @@ async function main() {
   if (EXTRA_VARS.length) console.log(`queue bench: the service runs with ${EXTRA_VARS.join(" ")} over wrangler.toml`);
   console.log(`queue bench: single enqueues sent by ${LOADGEN === "wrk" ? "wrk (one native thread; QUEUE_BENCH_LOADGEN=node: Node's fetch)" : "Node's fetch (QUEUE_BENCH_LOADGEN=wrk: wrk, apt-get install wrk)"}, service and baseline alike`);
   console.log(`queue bench: ${BASE}, state in ${stateDir}, wrangler log in bench/results/queue-wrangler.log`);
+  console.log(`queue bench: the sample workers' job lines ${JOB_LOG ? "on (as under npm start)" : "off (QUEUE_BENCH_JOB_LOG=on keeps them)"}, service and baseline alike`);
   console.log(`queue bench: wrangler inspector proxy ${INSPECTOR ? "ON (wrangler's default)" : "off (VSCODE_INSPECTOR_OPTIONS set; QUEUE_BENCH_INSPECTOR=1 keeps it)"}`);
 
   const result = { date: new Date().toISOString() };
@@ -1194,7 +1213,7 @@ function summarize(result, { port, wranglerVersion, started }) {
   const out = {
     ...result,
     machine: { cpus: cpus().length, cpu_model: cpus()[0]?.model, platform: platform(), release: release(), node: process.version, wrangler: wranglerVersion, loadavg_end: loadavg() },
-    config: { vars: EXTRA_VARS, load_generator_single: LOADGEN, hold_s: HOLD_S, idle_executes: IDLE_EXECUTES, second_backlog: SECOND && HOLD_S === 0, execute_concurrency: EXECUTE_CONCURRENCY, baseline: BASELINE, port, wrangler_inspector_proxy: INSPECTOR, execute_during_drain: DRAIN_EXECUTE, params_bytes: PARAMS_BYTES, single: SINGLE, batched: BATCHED, batch_size: BATCH_SIZE, single_concurrency: SINGLE_CONCURRENCY, batch_concurrency: BATCH_CONCURRENCY, samples: SAMPLES, warmup_calls: WARMUP_CALLS, poll_ms: POLL_MS, drain_max_s: DRAIN_MAX_S, template: TEMPLATE, queues: BENCH_QUEUES, batchable: BATCHABLE },
+    config: { vars: EXTRA_VARS, job_log: JOB_LOG, load_generator_single: LOADGEN, hold_s: HOLD_S, idle_executes: IDLE_EXECUTES, second_backlog: SECOND && HOLD_S === 0, execute_concurrency: EXECUTE_CONCURRENCY, baseline: BASELINE, port, wrangler_inspector_proxy: INSPECTOR, execute_during_drain: DRAIN_EXECUTE, params_bytes: PARAMS_BYTES, single: SINGLE, batched: BATCHED, batch_size: BATCH_SIZE, single_concurrency: SINGLE_CONCURRENCY, batch_concurrency: BATCH_CONCURRENCY, samples: SAMPLES, warmup_calls: WARMUP_CALLS, poll_ms: POLL_MS, drain_max_s: DRAIN_MAX_S, template: TEMPLATE, queues: BENCH_QUEUES, batchable: BATCHABLE },
     targets,
     errors,
     elapsed_s: (Date.now() - started) / 1000,
