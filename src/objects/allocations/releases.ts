@@ -101,6 +101,10 @@ export class Releases {
 
 function groupByClient(rows: Array<{ id: string; client_id: string }>): Map<string, string[]> {
   const groups = new Map<string, string[]>();
-  for (const r of rows) groups.set(r.client_id, [...(groups.get(r.client_id) ?? []), r.id]);
+  for (const r of rows) {
+    const ids = groups.get(r.client_id);
+    if (ids) ids.push(r.id);
+    else groups.set(r.client_id, [r.id]);
+  }
   return groups;
 }

@@ -182,8 +182,15 @@ export async function viewOf(row: Row): Promise<RequestView> {
 }
 
 export function groupBy<T>(items: T[], key: (t: T) => string): Map<string, T[]> {
+  // Appended in place: a copy per item made a group of k items allocate ~k^2/2 slots (18% of a
+  // drain's allocations, chunks being mostly one client and one template).
   const map = new Map<string, T[]>();
-  for (const item of items) map.set(key(item), [...(map.get(key(item)) ?? []), item]);
+  for (const item of items) {
+    const k = key(item);
+    const group = map.get(k);
+    if (group) group.push(item);
+    else map.set(k, [item]);
+  }
   return map;
 }
 
