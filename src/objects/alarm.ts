@@ -37,9 +37,18 @@ export class AlarmClock {
   /** Set the alarm to `at`, earlier or later than the one set. */
   set(at: number): void {
     this.at = at;
-    this.storage.setAlarm(at).catch((err: unknown) => {
-      if (this.at === at) this.at = null;
-      log.warn("alarm_set_failed", { object: this.owner, at, error: String(err) });
-    });
+    let setting: Promise<void>;
+    try {
+      setting = this.storage.setAlarm(at);
+    } catch (err) {
+      this.failed(at, err);
+      return;
+    }
+    setting.catch((err: unknown) => this.failed(at, err));
+  }
+
+  private failed(at: number, err: unknown): void {
+    if (this.at === at) this.at = null;
+    log.warn("alarm_set_failed", { object: this.owner, at, error: String(err) });
   }
 }

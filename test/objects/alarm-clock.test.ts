@@ -66,6 +66,18 @@ describe("AlarmClock", () => {
       await settle();
       expect(calls).toBe(2);
       expect(await state.storage.getAlarm()).toBe(t);
+      // A storage that throws at once (rather than rejecting) is logged the same way, and forgotten.
+      const throwing = new Proxy(state.storage, {
+        get(target, prop) {
+          if (prop === "setAlarm") return () => { throw new Error("storage gone"); };
+          const v = Reflect.get(target, prop) as unknown;
+          return typeof v === "function" ? v.bind(target) : v;
+        },
+      });
+      const other = new AlarmClock(throwing, "allocations");
+      expect(() => other.ensure(t + 1_000)).not.toThrow();
+      const thrown = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.msg === "alarm_set_failed" && l.object === "allocations");
+      expect(thrown).toEqual([expect.objectContaining({ level: "warn", at: t + 1_000, error: "Error: storage gone" })]);
       await state.storage.deleteAlarm();
     });
   });
