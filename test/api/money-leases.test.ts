@@ -51,6 +51,12 @@ function shardSide(clientId: string): Promise<{ unconverted: number; marked: num
 }
 
 /** A fresh client with `budget`, a template whose estimate is `estimate` nano-dollars (10 units at estimate/10 each). */
+/** Every one of the client's `n` requests is an in-flight row at its object: no shard holds money for it, none is unconverted. */
+async function expectAllAtClient(clientId: string, n: number, estimate: number): Promise<void> {
+  expect(await stored(clientId)).toEqual({ rows: n, rowsNano: n * estimate, shardHolds: 0 });
+  expect(await shardSide(clientId)).toEqual({ unconverted: 0, marked: 0 });
+}
+
 async function setUp(prefix: string, estimate: number, budget: number): Promise<{ id: string; key: string; template: string }> {
   const pool = await makePool({ costPerUnitNano: estimate / 10, capacity: 1_000_000 });
   const template = await makeTemplate([{ pool: pool.id, amount: 10 }]);
@@ -81,8 +87,7 @@ describe("single enqueues on the owner shard's money lease (decision 008)", () =
     expect(before.shardHolds).toBeGreaterThanOrEqual(side.unconverted * est);
     // The budget view first has the shard convert and return its hold.
     expect(await current(id)).toMatchObject({ in_flight_nano: 12 * est, spent_nano: 0, requests_by_status: { queued: 12 } });
-    expect(await stored(id)).toEqual({ rows: 12, rowsNano: 12 * est, shardHolds: 0 });
-    expect(await shardSide(id)).toEqual({ unconverted: 0, marked: 0 });
+    await expectAllAtClient(id, 12, est);
   });
 
   it("an idle shard converts and returns its hold on its own; the requests then run once, and spend and flight come out exact", async () => {
@@ -203,15 +208,13 @@ describe("single enqueues on the owner shard's money lease (decision 008)", () =
     expect((await enqueue({ template, idempotency_key: "k-1" }, key)).status).toBe(202);
     expect((await enqueue({ requests: [{ template }, { template }] }, key)).status).toBe(200);
     expect((await call("POST", "/api/execute", { token: key, json: { template, queue: "fast" } })).status).toBe(202);
-    expect(await stored(id)).toEqual({ rows: 4, rowsNano: 4 * est, shardHolds: 0 });
-    expect(await shardSide(id)).toEqual({ unconverted: 0, marked: 0 });
+    await expectAllAtClient(id, 4, est);
     // Daily caps per pool: the client's object keeps the day's units, so each enqueue asks it.
     const pool = (await env.DB.prepare("SELECT requirements FROM templates WHERE id = ?").bind(template).first<{ requirements: string }>())!;
     const poolId = JSON.parse(pool.requirements)[0].pool as string;
     expect((await call("PUT", `/admin/clients/${id}/quota`, { token: ADMIN, json: { max_concurrent: null, cpu_millicores: null, memory_mb: null, pool_daily: { [poolId]: 1_000 } } })).status).toBe(200);
     expect((await enqueue({ template }, key)).status).toBe(202);
-    expect(await stored(id)).toEqual({ rows: 5, rowsNano: 5 * est, shardHolds: 0 });
-    expect(await shardSide(id)).toEqual({ unconverted: 0, marked: 0 });
+    await expectAllAtClient(id, 5, est);
   });
 
   it("ENQUEUE_MONEY_LEASES=off: a single enqueue is admitted by the client's object", async () => {
@@ -226,7 +229,6 @@ describe("single enqueues on the owner shard's money lease (decision 008)", () =
     const r: Call = { status: res.status, body: await res.json(), headers: res.headers };
     await waitOnExecutionContext(ctx);
     expect(r.status).toBe(202);
-    expect(await stored(id)).toEqual({ rows: 1, rowsNano: est, shardHolds: 0 });
-    expect(await shardSide(id)).toEqual({ unconverted: 0, marked: 0 });
+    await expectAllAtClient(id, 1, est);
   });
 });

@@ -361,5 +361,4 @@ export class SchedulerObject extends DurableObject<Env> {
   purgeFinished(cutoff: number, limit: number): number {
     return this.store.purgeFinished(cutoff, limit);
   }
-
 }
