@@ -147,8 +147,11 @@ describe("units lent to a scheduler shard", () => {
   });
 });
 
-/** Enqueue n requests of one unit each (dispatch stopped), start dispatch, and wait until every one has completed. */
-async function drain(template: string, client: { id: string; key: string }, n: number): Promise<string[]> {
+/**
+ * Enqueue n requests of one unit each (dispatch stopped), run `beforeStart` if given, start dispatch, and
+ * wait until every one has completed.
+ */
+async function drain(template: string, client: { id: string; key: string }, n: number, beforeStart?: () => Promise<void>): Promise<string[]> {
   expect((await call("PUT", `/admin/clients/${client.id}/quota`, { token: ADMIN, json: { max_concurrent: 1000, cpu_millicores: null, memory_mb: null } })).status).toBe(200);
   expect((await call("POST", "/admin/scheduler/stop", { token: ADMIN })).status).toBe(200);
   const ids: string[] = [];
@@ -158,6 +161,7 @@ async function drain(template: string, client: { id: string; key: string }, n: n
     expect(res.status).toBe(200);
     ids.push(...(res.body.results as Array<{ request: { id: string } }>).map((r) => r.request.id));
   }
+  await beforeStart?.();
   expect((await call("POST", "/admin/scheduler/start", { token: ADMIN })).status).toBe(200);
   await eventually(async () => {
     const { scheduler } = (await call("GET", "/api/queue/status", { token: client.key })).body as { scheduler: { queued: number; in_flight: number } };
@@ -208,7 +212,15 @@ describe("a drain through a shard's slice", () => {
         return real(pools);
       };
     });
-    const ids = await drain(template, client, 600);
+    // The shard holds a slice of the pool before dispatch starts, so the drain's requests take their units
+    // from it whatever the machine's pace (left to the drain, the slice may come after the last chunk).
+    const ids = await drain(template, client, 600, async () => {
+      const unitsOf = (instance: SchedulerObject) => (instance as unknown as { settlement: { units: UnitLeases } }).settlement.units;
+      await runInDurableObject(scheduler(), (instance: SchedulerObject) => {
+        expect(unitsOf(instance).take(pool, busy(1000), Date.now() + 60_000, Date.now(), true)).toBeNull();
+      });
+      await eventually(() => runInDurableObject(scheduler(), (instance: SchedulerObject) => unitsOf(instance).held().free >= 600 || null), 5000, "the pool lent the shard a slice");
+    });
     expect(lines.filter((l) => l.msg === "settle_failed")).toHaveLength(1);
     const views = await Promise.all(ids.slice(0, 50).map(async (id) => (await call("GET", `/api/execution/${id}`, { token: client.key })).body.request));
     expect(views.every((v) => v.status === "completed" && v.attempts === 1)).toBe(true);
