@@ -202,25 +202,24 @@ describe("a drain through a shard's slice", () => {
     const { pool, template, client } = await readyToExecute("unit-lease-fail", { capacity: 1_000_000, refillPerSec: 0, costPerUnitNano: 5 });
     const before = (await spendOf(client.id)).spent_nano as number;
     const lines = captureLog();
-    // The shard's first report of leased use to a pool fails, as when the pool cannot be reached.
-    await runInDurableObject(scheduler(), (instance: SchedulerObject) => {
-      const units = (instance as unknown as { settlement: { units: { report: (pools: Set<string>) => Promise<void> } } }).settlement.units;
-      const real = units.report.bind(units);
-      let left = 1;
-      units.report = async (pools: Set<string>) => {
-        if (pools.size > 0 && left-- > 0) throw new Error("pool object unreachable");
-        return real(pools);
-      };
-    });
-    // The shard holds a slice of the pool before dispatch starts, so the drain's requests take their units
-    // from it whatever the machine's pace (left to the drain, the slice may come after the last chunk).
+    // Before dispatch starts, the shard's first report of leased use to a pool is made to fail (as when the
+    // pool cannot be reached), and the shard takes a slice of the pool, so the drain's requests take their
+    // units from it whatever the machine's pace (left to the drain, the slice may come after its last chunk).
+    const unitsOf = (instance: SchedulerObject) => (instance as unknown as { settlement: { units: UnitLeases } }).settlement.units;
+    let failed = 0;
     const ids = await drain(template, client, 600, async () => {
-      const unitsOf = (instance: SchedulerObject) => (instance as unknown as { settlement: { units: UnitLeases } }).settlement.units;
       await runInDurableObject(scheduler(), (instance: SchedulerObject) => {
-        expect(unitsOf(instance).take(pool, busy(1000), Date.now() + 60_000, Date.now(), true)).toBeNull();
+        const units = unitsOf(instance);
+        const real = units.report.bind(units);
+        units.report = async (pools: Iterable<string>) => {
+          if (new Set(pools).size > 0 && failed++ === 0) throw new Error("pool object unreachable");
+          return real(pools);
+        };
+        expect(units.take(pool, busy(1000), Date.now() + 60_000, Date.now(), true)).toBeNull();
       });
       await eventually(() => runInDurableObject(scheduler(), (instance: SchedulerObject) => unitsOf(instance).held().free >= 600 || null), 5000, "the pool lent the shard a slice");
     });
+    expect(failed).toBeGreaterThan(0);
     expect(lines.filter((l) => l.msg === "settle_failed")).toHaveLength(1);
     const views = await Promise.all(ids.slice(0, 50).map(async (id) => (await call("GET", `/api/execution/${id}`, { token: client.key })).body.request));
     expect(views.every((v) => v.status === "completed" && v.attempts === 1)).toBe(true);
