@@ -13,6 +13,7 @@ import { FLOOR_KEY, floorFrom, LoadFloor } from "./load-floor";
 import { purgeFinished } from "./purge";
 import { hasOptimizerRecords } from "./outbox";
 import { poolNeedsOf, readyAtOf, specConflict, view, type Finished, type Queued, type Row } from "./rows";
+import { SharedTexts } from "./shared-texts";
 import { newRequestId, type NewRequest, type RequestView, type StoredPlan } from "./types";
 
 /** What the store asks of ranking: the numbers a request is indexed and first scored with. */
@@ -51,8 +52,10 @@ export class QueueStore {
    * writer of its table, so the copy stays exact.
    */
   readonly live = new Map<string, Row>();
-  /** The optimizer's plan of each live request that has one (parsed once). */
+  /** The optimizer's plan of each live request that has one (parsed once; requests with the same plan share one object). */
   readonly plans = new Map<string, StoredPlan>();
+  /** The one copy of texts and plans that live requests share (./shared-texts.ts). */
+  private readonly shared = new SharedTexts();
   /** Requests claimed by a pass and still being admitted. */
   readonly admitting = new Set<string>();
   /**
@@ -99,10 +102,10 @@ export class QueueStore {
     const floor = floorFrom(this.readState().get(FLOOR_KEY));
     const launched = this.launches.begin();
     for (const read of this.floor.liveRows(floor, LIVE_ROW)) {
-      const row = withoutEnd(read);
+      const row = this.shared.row(withoutEnd(read));
       this.launches.resume(row);
       this.live.set(row.id, row);
-      if (row.plan) this.plans.set(row.id, JSON.parse(row.plan) as StoredPlan);
+      if (row.plan) this.plans.set(row.id, this.shared.plan(row.plan));
       if (row.status === "queued") this.index(row);
       else this.active.add(row.id);
     }
@@ -140,9 +143,9 @@ export class QueueStore {
       plan.cached = true;
       plan.strategies = [...plan.strategies, { strategy: "caching", saved_nano: item.cached.costNano, detail: "answered from the result cache" }];
     }
-    const planText = plan ? JSON.stringify(plan) : null;
+    const planText = this.shared.text(plan ? JSON.stringify(plan) : null);
     const cached = item.cached ?? null;
-    const estimateText = JSON.stringify(item.estimate);
+    const estimateText = this.shared.text(JSON.stringify(item.estimate));
     const write = () => {
       this.sql.exec(
         `INSERT INTO requests (id, client_id, tier, max_concurrent, template, queue, status, priority, attempts, max_attempts,
@@ -159,7 +162,7 @@ export class QueueStore {
     if (defer && !cached && !item.idempotencyKey) this.unwritten.set(id, write);
     else write();
     const row: Row = {
-      id, client_id: item.clientId, tier: item.tier, max_concurrent: item.maxConcurrent, template: item.template,
+      id, client_id: this.shared.text(item.clientId), tier: item.tier, max_concurrent: item.maxConcurrent, template: this.shared.text(item.template),
       params: params.length <= KEEP_PARAMS_CHARS ? params : null, queue: item.queue, status: cached ? "completed" : "queued", priority, attempts: 0,
       max_attempts: item.maxAttempts, idempotency_key: item.idempotencyKey, estimate_nano: item.estimateNano,
       actual_nano: cached ? 0 : null, result: cached ? JSON.stringify(cached.result ?? null) : null, error: null, created_at: now, updated_at: now, not_before: notBefore,
@@ -172,7 +175,7 @@ export class QueueStore {
       return { request: view(row), duplicate: false };
     }
     this.live.set(id, row);
-    if (plan) this.plans.set(id, plan);
+    if (plan) this.plans.set(id, this.shared.plan(planText!, plan));
     this.index(row);
     return { request: view(row), duplicate: false };
   }
