@@ -214,9 +214,9 @@ describe("a drain through a shard's slice", () => {
         // Only a report that carries use fails: one with none (an admission giving back units it took) goes through.
         const slices = (units as unknown as { slices: Map<string, { grants: unknown[] }> }).slices;
         units.report = async (pools: Iterable<string>) => {
-          const carriesUse = [...pools].some((p) => (slices.get(p)?.grants.length ?? 0) > 0);
-          if (carriesUse && failed++ === 0) throw new Error("pool object unreachable");
-          return real(pools);
+          const named = [...pools];
+          if (named.some((p) => (slices.get(p)?.grants.length ?? 0) > 0) && failed++ === 0) throw new Error("pool object unreachable");
+          return real(named);
         };
         expect(units.take(pool, busy(1000), Date.now() + 60_000, Date.now(), true)).toBeNull();
       });
