@@ -1,3 +1,4 @@
+import { appendTo } from "../domain/groups";
 import { canonicalJson } from "../domain/json";
 import { QUEUES, type QueueName } from "../domain/priority";
 import type { Caller } from "../domain/types";
@@ -238,11 +239,7 @@ export async function enqueueMany(env: Env, caller: Caller, specs: RequestSpec[]
   // One call per shard: the owner's, and a shard holding a repeated key's first request.
   const outcomes: Array<EnqueueOutcome | QueueFull | { refused: BudgetView }> = new Array(toEnqueue.length);
   const byShard = new Map<number, number[]>();
-  toEnqueue.forEach((p, i) => {
-    const list = byShard.get(p.shard);
-    if (list) list.push(i);
-    else byShard.set(p.shard, [i]);
-  });
+  toEnqueue.forEach((p, i) => appendTo(byShard, p.shard, i));
   const maxQueued = settings(env).SCHEDULER_MAX_QUEUED;
   await Promise.all([...byShard].map(async ([shard, list]) => {
     let answers: Array<EnqueueOutcome | QueueFull | LeaseRefusal>;

@@ -1,7 +1,7 @@
-// groupBy (src/objects/scheduler/rows.ts): the groups a chunk is split into (by template to launch,
+// groupBy (src/domain/groups.ts): the groups a chunk is split into (by template to launch,
 // by client to admit and settle), each in the items' order, the groups in order of first appearance.
 import { describe, expect, it } from "vitest";
-import { groupBy } from "../../src/objects/scheduler/rows";
+import { appendTo, groupBy } from "../../src/domain/groups";
 
 describe("groupBy", () => {
   it("keeps each group's items in their order, and the groups in order of first appearance", () => {
@@ -19,5 +19,15 @@ describe("groupBy", () => {
     const list = groups.get("one")!;
     expect(list).toHaveLength(512);
     expect(list.every((item, i) => item === items[i])).toBe(true);
+  });
+
+  it("appendTo adds to the list at a key in place, making it when missing (any key type: shards by number)", () => {
+    const byShard = new Map<number, number[]>();
+    [2, 0, 2, 1, 2].forEach((shard, i) => appendTo(byShard, shard, i));
+    expect([...byShard]).toEqual([[2, [0, 2, 4]], [0, [1]], [1, [3]]]);
+    const list = byShard.get(2)!;
+    appendTo(byShard, 2, 5);
+    expect(byShard.get(2)).toBe(list);
+    expect(list).toEqual([0, 2, 4, 5]);
   });
 });

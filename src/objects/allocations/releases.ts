@@ -1,3 +1,4 @@
+import { appendTo } from "../../domain/groups";
 import { log } from "../../log";
 import { live, type AllocationRows } from "./rows";
 
@@ -99,12 +100,9 @@ export class Releases {
   }
 }
 
+/** Allocation ids by client. */
 function groupByClient(rows: Array<{ id: string; client_id: string }>): Map<string, string[]> {
   const groups = new Map<string, string[]>();
-  for (const r of rows) {
-    const ids = groups.get(r.client_id);
-    if (ids) ids.push(r.id);
-    else groups.set(r.client_id, [r.id]);
-  }
+  for (const r of rows) appendTo(groups, r.client_id, r.id);
   return groups;
 }

@@ -15,7 +15,8 @@ import type { Template } from "../../storage/templates";
 import type { TierRow } from "../../storage/tiers";
 import type { ReserveResult, Result } from "../pool/types";
 import type { WaitClaim } from "../pool/types";
-import { callerOf, groupBy, type Held, type Row } from "./rows";
+import { appendTo, groupBy } from "../../domain/groups";
+import { callerOf, type Held, type Row } from "./rows";
 import type { Release } from "./settlement";
 import type { QueueStore } from "./store";
 import { settings } from "../../settings";
@@ -237,10 +238,7 @@ export class Admission {
       const already = got.held.get(row.id);
       for (const req of templates.get(row.template)!.requirements) {
         if (already?.some((h) => h.pool === req.pool)) continue;
-        // Appended in place: copying the list per request was quadratic in a chunk of 512.
-        const list = needs.get(req.pool);
-        if (list) list.push({ row, amount: req.amount });
-        else needs.set(req.pool, [{ row, amount: req.amount }]);
+        appendTo(needs, req.pool, { row, amount: req.amount });
       }
     }
     const held = got.held;

@@ -8,7 +8,8 @@ import { batchGroups } from "../../domain/optimizer";
 import type { Template } from "../../storage/templates";
 import { log } from "../../log";
 import { CallHandle, Deadlines } from "./deadlines";
-import { groupBy, type Outcome, type Row } from "./rows";
+import { groupBy } from "../../domain/groups";
+import { type Outcome, type Row } from "./rows";
 import type { QueueStore } from "./store";
 import { itemOutcome, jobOf, lacksMethod, WorkerAnswer, type ItemAnswer, type WorkerBinding } from "./worker-protocol";
 

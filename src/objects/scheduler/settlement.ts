@@ -12,7 +12,8 @@ import { poolStub } from "../pool/stub";
 import type { Settlement as ClientSettlement, SpendEvent } from "../client/types";
 import type { ReleaseResult, Result } from "../pool/types";
 import type { Health } from "./health";
-import { callerOf, fail, groupBy, timedOut, view, type Finished, type Held, type Outcome, type Row } from "./rows";
+import { appendTo, groupBy } from "../../domain/groups";
+import { callerOf, fail, timedOut, view, type Finished, type Held, type Outcome, type Row } from "./rows";
 import { BUSY_FLUSH_MS } from "./outbox";
 import { settleRetryMs, type Owed, type OwedSettlements } from "./owed";
 import type { QueueStore } from "./store";
@@ -295,14 +296,11 @@ export class Settlement {
             cfg, eventId: hold.lease, clientId: row.client_id, tier: row.tier, requestId: row.id, amount: hold.amount, used: asked, costNano: costOf(asked, cfg.costPerUnitNano), at: now,
           });
           leasedPools.add(hold.pool);
-          used.set(row.id, [...(used.get(row.id) ?? []), { pool: hold.pool, units, cost_nano: costNano }]);
-          if (units > 0) events.set(row.id, [...(events.get(row.id) ?? []), { eventId: hold.lease, costNano, at: now, pool: hold.pool, units }]);
+          appendTo(used, row.id, { pool: hold.pool, units, cost_nano: costNano });
+          if (units > 0) appendTo(events, row.id, { eventId: hold.lease, costNano, at: now, pool: hold.pool, units });
           continue;
         }
-        // Appended in place: copying the list per request was quadratic in a batch of 512.
-        const list = byPool.get(hold.pool);
-        if (list) list.push({ row, hold, used: actual[hold.pool] ?? 0 });
-        else byPool.set(hold.pool, [{ row, hold, used: actual[hold.pool] ?? 0 }]);
+        appendTo(byPool, hold.pool, { row, hold, used: actual[hold.pool] ?? 0 });
       }
     }
     const reported = this.units.report(leasedPools);
@@ -318,8 +316,8 @@ export class Settlement {
           log.warn("release_refused", { request_id: row.id, pool, error: r.error.code, trace_id: row.trace_id });
           return;
         }
-        used.set(row.id, [...(used.get(row.id) ?? []), { pool, units: r.value.consumed, cost_nano: r.value.costNano }]);
-        if (r.value.eventId) events.set(row.id, [...(events.get(row.id) ?? []), { eventId: r.value.eventId, costNano: r.value.costNano, at: r.value.at, pool, units: r.value.consumed }]);
+        appendTo(used, row.id, { pool, units: r.value.consumed, cost_nano: r.value.costNano });
+        if (r.value.eventId) appendTo(events, row.id, { eventId: r.value.eventId, costNano: r.value.costNano, at: r.value.at, pool, units: r.value.consumed });
       });
     })]);
     await Promise.all([...groupBy(items.filter((i) => !i.poolsOnly), (i) => i.row.client_id)].map(async ([clientId, list]) => {

@@ -12,6 +12,7 @@ import { Launches, type LaunchEntry } from "./launches";
 import { FLOOR_KEY, floorFrom, LoadFloor } from "./load-floor";
 import { purgeFinished } from "./purge";
 import { hasOptimizerRecords } from "./outbox";
+import { appendTo } from "../../domain/groups";
 import { poolNeedsOf, readyAtOf, specConflict, view, type Finished, type Queued, type Row } from "./rows";
 import { SharedTexts } from "./shared-texts";
 import { newRequestId, type NewRequest, type RequestView, type StoredPlan } from "./types";
@@ -437,7 +438,7 @@ export class QueueStore {
     const out = new Map<string, string[]>();
     for (const [id, plan] of this.plans) {
       if (!plan.cache_key || !keys.has(plan.cache_key) || this.live.get(id)?.status !== "queued") continue;
-      out.set(plan.cache_key, [...(out.get(plan.cache_key) ?? []), id]);
+      appendTo(out, plan.cache_key, id);
     }
     return out;
   }
