@@ -14,6 +14,7 @@ import { applyAlerts } from "../../storage/alert-apply";
 import { slaTargets, templateConfigs } from "../../storage/config";
 import type { Ranking } from "./ranking";
 import { readyAtOf, timedOut, type Outcome, type Queued, type Row } from "./rows";
+import { slaRows } from "./report-reads";
 import type { QueueStore } from "./store";
 import { WAIT_BUCKETS_S, type DispatchCounters, type QueueStats, type SchedulerMetrics, type SlaGroup } from "./types";
 
@@ -52,7 +53,7 @@ export class Health {
    */
   slaSummary(from: number, to: number, targets: SlaTarget[], filter: { clientId?: string; tier?: Tier; queue?: QueueName }): SlaGroup[] {
     const now = Date.now();
-    const rows = this.store.slaRows(from, to, filter);
+    const rows = slaRows(this.store, from, to, filter);
     const groups = new Map<string, { tier: Tier; queue: QueueName; verdicts: RequestSla[] }>();
     for (const row of rows) {
       const verdict = requestSla(slaRecord(this.store.live.get(row.id) ?? row), targetFor(targets, row.tier, row.queue), Math.min(now, to));

@@ -15,6 +15,7 @@ import { MAX_IN_FLIGHT } from "./limits";
 import { Outbox } from "./outbox";
 import { OwedSettlements } from "./owed";
 import { Ranking } from "./ranking";
+import { activeFor, countsFor } from "./report-reads";
 import { viewOf } from "./rows";
 import { createTables } from "./schema";
 import { Settlement } from "./settlement";
@@ -219,7 +220,7 @@ export class SchedulerObject extends DurableObject<Env> {
 
   /** How many of a client's requests created at or after `since` are in each status. */
   countsFor(clientId: string, since: number): Record<string, number> {
-    return this.store.countsFor(clientId, since);
+    return countsFor(this.store, clientId, since);
   }
 
   async position(id: string, clientId: string | null): Promise<PositionView | null> {
@@ -256,7 +257,7 @@ export class SchedulerObject extends DurableObject<Env> {
 
   /** A client's unfinished requests: queued, and dispatching or running. */
   activeFor(clientId: string): { queued: number; running: number } {
-    return this.store.activeFor(clientId);
+    return activeFor(this.store, clientId);
   }
 
   // --- RPC: service levels, status, metrics ---------------------------------------------------
