@@ -13,10 +13,10 @@
 // Node 20 needs --experimental-websocket (Node 22 has WebSocket built in). Profiling slows the
 // isolate by 10-20%: read shares, not rates, from a profiled run.
 
-import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { connect, inspectorUrl } from "./inspector.mjs";
 
 const args = new Map();
 for (let i = 2; i < process.argv.length; i += 2) args.set(process.argv[i].replace(/^--/, ""), process.argv[i + 1]);
@@ -28,23 +28,7 @@ const MARKER = args.get("marker") ?? "";
 // Several wrangler dev instances of one worker (a benchmark's product and its baseline, or another
 // engineer's): --pid names the workerd process whose isolate to profile.
 const PID = args.get("pid");
-if (typeof WebSocket === "undefined") throw new Error("no WebSocket: run with node --experimental-websocket (Node 20)");
 if (!(SECONDS > 0)) throw new Error("--seconds must be a positive number");
-
-async function inspectorUrl() {
-  const lines = execFileSync("ss", ["-ltnp"]).toString().split("\n").filter((l) => l.includes("workerd") && (!PID || l.includes(`pid=${PID},`)));
-  for (const line of lines) {
-    const port = line.split(/\s+/)[3]?.split(":").pop();
-    try {
-      const targets = await (await fetch(`http://127.0.0.1:${port}/json/list`)).json();
-      const target = targets.find((t) => String(t.webSocketDebuggerUrl ?? "").endsWith(`:${WORKER}`));
-      if (target) return target.webSocketDebuggerUrl;
-    } catch {
-      // not the inspector port
-    }
-  }
-  return null;
-}
 
 async function waitForStart() {
   if (!WAIT_FOR) return;
@@ -56,28 +40,13 @@ async function waitForStart() {
 }
 
 async function profile(url) {
-  const socket = new WebSocket(url);
-  await new Promise((resolve, reject) => {
-    socket.addEventListener("open", resolve);
-    socket.addEventListener("error", reject);
-  });
-  let id = 0;
-  const pending = new Map();
-  socket.addEventListener("message", (event) => {
-    const message = JSON.parse(event.data);
-    pending.get(message.id)?.(message);
-    pending.delete(message.id);
-  });
-  const call = (method, params = {}) => new Promise((resolve) => {
-    pending.set(++id, resolve);
-    socket.send(JSON.stringify({ id, method, params }));
-  });
-  await call("Profiler.enable");
-  await call("Profiler.setSamplingInterval", { interval: 200 });
-  await call("Profiler.start");
+  const session = await connect(url);
+  await session.call("Profiler.enable");
+  await session.call("Profiler.setSamplingInterval", { interval: 200 });
+  await session.call("Profiler.start");
   await sleep(SECONDS * 1000);
-  const { result } = await call("Profiler.stop");
-  socket.close();
+  const { result } = await session.call("Profiler.stop");
+  session.close();
   return result.profile;
 }
 
@@ -107,7 +76,7 @@ function summarize(p) {
 }
 
 await waitForStart();
-const url = await inspectorUrl();
+const url = await inspectorUrl(WORKER, PID);
 if (!url) throw new Error(`no workerd inspector target for ${WORKER} (is wrangler dev running?)`);
 console.log(`profiling ${url} for ${SECONDS} s`);
 const result = await profile(url);

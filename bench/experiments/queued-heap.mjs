@@ -9,8 +9,9 @@
 // queued (the scheduler stopped). A snapshot is taken after a full GC: it holds what is live. Prints
 // both, the growth per queued request, and the kinds of objects that grew most. The snapshots pause
 // the isolate for a second or two each: read no rate from this run.
-import { spawn, execFileSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { setTimeout as sleep } from "node:timers/promises";
+import { connect, inspectorUrl } from "../inspector.mjs";
 
 const bench = spawn(process.execPath, ["bench/queue.mjs"], {
   cwd: new URL("../..", import.meta.url),
@@ -33,36 +34,16 @@ async function waitFor(pattern) {
   throw new Error(`queued-heap: ${pattern} did not appear in the benchmark's output:\n${output}`);
 }
 
-/** The inspector of the runtime's isolate named resource-manager (the runtime's own inspector port, whatever wrangler chose). */
-async function inspectorUrl() {
-  const lines = execFileSync("ss", ["-ltnp"]).toString().split("\n").filter((l) => l.includes("workerd"));
-  for (const line of lines) {
-    const port = line.split(/\s+/)[3]?.split(":").pop();
-    try {
-      const targets = await (await fetch(`http://127.0.0.1:${port}/json/list`)).json();
-      const target = targets.find((t) => String(t.webSocketDebuggerUrl ?? "").endsWith(":resource-manager"));
-      if (target) return target.webSocketDebuggerUrl;
-    } catch { /* not an inspector */ }
-  }
-  throw new Error("queued-heap: no inspector of the resource-manager isolate found (ss -ltnp)");
-}
-
 /** A heap snapshot's live bytes and object count in all, and per kind (node type and, for objects, constructor). */
 async function snapshot() {
-  const ws = new WebSocket(await inspectorUrl());
-  await new Promise((resolve, reject) => { ws.addEventListener("open", resolve); ws.addEventListener("error", reject); });
-  let id = 0;
-  const pending = new Map();
+  const url = await inspectorUrl("resource-manager");
+  if (!url) throw new Error("queued-heap: no inspector of the resource-manager isolate found (ss -ltnp)");
+  const session = await connect(url);
   const chunks = [];
-  ws.addEventListener("message", (e) => {
-    const m = JSON.parse(e.data);
-    if (m.method === "HeapProfiler.addHeapSnapshotChunk") chunks.push(m.params.chunk);
-    else if (m.id !== undefined) { pending.get(m.id)?.(m); pending.delete(m.id); }
-  });
-  const call = (method, params = {}) => new Promise((resolve) => { pending.set(++id, resolve); ws.send(JSON.stringify({ id, method, params })); });
-  await call("HeapProfiler.enable");
-  await call("HeapProfiler.takeHeapSnapshot", { reportProgress: false });
-  ws.close();
+  session.onEvent((m) => { if (m.method === "HeapProfiler.addHeapSnapshotChunk") chunks.push(m.params.chunk); });
+  await session.call("HeapProfiler.enable");
+  await session.call("HeapProfiler.takeHeapSnapshot", { reportProgress: false });
+  session.close();
   const snap = JSON.parse(chunks.join(""));
   const fields = snap.snapshot.meta.node_fields;
   const types = snap.snapshot.meta.node_types[0];
