@@ -10,7 +10,7 @@ import type { Template } from "../../storage/templates";
 import type { Admission, Admitted } from "./admission";
 import type { WorkerCalls } from "./calls";
 import type { Health } from "./health";
-import { CHUNK, IMMEDIATE_HEADROOM, MAX_IN_FLIGHT, paceLimitOf, SCAN_LIMIT, YOUNG_MS } from "./limits";
+import { IMMEDIATE_HEADROOM, MAX_IN_FLIGHT, paceLimitOf, passChunkOf, SCAN_LIMIT, YOUNG_MS } from "./limits";
 import { shardCount } from "./shards";
 import type { Outbox } from "./outbox";
 import type { Ranking } from "./ranking";
@@ -137,7 +137,9 @@ export class Dispatcher {
       if (this.store.readyCount(now) > 0) busyShards.set(this, now);
       else busyShards.delete(this);
     }
-    const paceLimit = paceLimitOf(shardCount(this.env), busyCount(now));
+    const shards = shardCount(this.env);
+    const paceLimit = paceLimitOf(shards, busyCount(now));
+    const chunkLimit = passChunkOf(shards);
     // Quiet: nothing in flight and nothing launched for QUIET_MS (a shard held at its limits, or polling a former client, is not).
     if (!onlyIds && this.calls.inflight.size === 0 && now - this.lastLaunchAt > QUIET_MS) this.ramp = this.store.readyCount(now) > paceLimit ? RAMP_FIRST : paceLimit;
     const youngLimit = onlyIds ? Infinity : Math.min(paceLimit, this.ramp);
@@ -150,7 +152,7 @@ export class Dispatcher {
       }
       // The next requests in rank order, as many as there is room for: none is passed over unless it
       // cannot run now (room freed while a chunk was admitted goes to the very next in line).
-      const room = Math.min(CHUNK, youngRoom, limit - this.calls.inflight.size - this.store.admitting.size);
+      const room = Math.min(chunkLimit, youngRoom, limit - this.calls.inflight.size - this.store.admitting.size);
       const chunk: Array<{ id: string; template: Template | undefined }> = [];
       while (chunk.length < room) {
         const id = scanned < SCAN_LIMIT ? nextInOrder() : undefined;

@@ -26,11 +26,21 @@ export const YOUNG_TOTAL = 512;
 
 /**
  * A shard's pacing limit: its own part of YOUNG_TOTAL (at least CHUNK / 4), or YOUNG_TOTAL over the
- * shards of its isolate that have work (`busy`) when that is more, up to CHUNK / 2 (a chunk's task
- * stays short: one shard taking chunks of 512 made executes wait 255-263 ms at p95).
+ * shards of its isolate that have work (`busy`) when that is more. A shard alone with work takes the
+ * whole budget: a backlog's last client drained alone at half the rate of the rest (the thirty-second
+ * session, docs/benchmarks.md). Its chunks stay short all the same (passChunkOf).
  */
 export function paceLimitOf(shards: number, busy: number): number {
-  return Math.max(CHUNK / 4, Math.floor(YOUNG_TOTAL / shards), Math.min(CHUNK / 2, Math.floor(YOUNG_TOTAL / Math.max(1, busy))));
+  return Math.max(CHUNK / 4, Math.floor(YOUNG_TOTAL / shards), Math.floor(YOUNG_TOTAL / Math.max(1, busy)));
+}
+
+/**
+ * Requests one pass admits together at most: CHUNK with one shard, half of it with several, whose
+ * passes share the isolate's thread. A chunk's admission and launch is one task that every other
+ * request waits behind: one of four shards taking chunks of 512 made executes wait 255-263 ms at p95.
+ */
+export function passChunkOf(shards: number): number {
+  return shards > 1 ? CHUNK / 2 : CHUNK;
 }
 /** Ready requests one pass looks at, at most (the head of the fair order). */
 export const SCAN_LIMIT = 2048;
