@@ -8,19 +8,30 @@ import { execFileSync } from "node:child_process";
  * each asked for its targets (`/json/list`); `pid` picks one workerd process when several run. Null: none.
  */
 export async function inspectorUrl(worker, pid) {
+  return (await inspectorTargets(pid)).find((t) => t.name === worker || t.name.endsWith(`:${worker}`))?.url ?? null;
+}
+
+/**
+ * Every isolate workerd's inspectors serve (`name`: the part of its debugger URL after the port, e.g.
+ * "core:user:resource-manager", "d1:db" for the local D1 database), across its listening ports.
+ */
+export async function inspectorTargets(pid) {
   if (typeof WebSocket === "undefined") throw new Error("no WebSocket: run with node --experimental-websocket (Node 20)");
   const lines = execFileSync("ss", ["-ltnp"]).toString().split("\n").filter((l) => l.includes("workerd") && (!pid || l.includes(`pid=${pid},`)));
+  const found = [];
   for (const line of lines) {
     const port = line.split(/\s+/)[3]?.split(":").pop();
     try {
       const targets = await (await fetch(`http://127.0.0.1:${port}/json/list`)).json();
-      const target = targets.find((t) => String(t.webSocketDebuggerUrl ?? "").endsWith(`:${worker}`));
-      if (target) return target.webSocketDebuggerUrl;
+      for (const t of targets) {
+        const url = String(t.webSocketDebuggerUrl ?? "");
+        if (url) found.push({ name: url.replace(/^ws:\/\/[^/]+\//, ""), url });
+      }
     } catch {
       // not the inspector port
     }
   }
-  return null;
+  return found;
 }
 
 /**
