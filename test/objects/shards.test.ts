@@ -210,7 +210,14 @@ describe("scheduler shards (SCHEDULER_SHARDS = 4)", () => {
     expect(rows).toHaveLength(156);
     // Nothing of theirs is in flight any more, on either side of the change (holds returned, requests settled).
     for (const [clientId] of callers) {
-      await eventually(async () => (await env.CLIENT.get(env.CLIENT.idFromName(clientId)).budget({ limitNano: null, source: "unlimited" })).in_flight_nano === 0, 5000, `${clientId} out of flight`);
+      await eventually(async () => (await env.CLIENT.get(env.CLIENT.idFromName(clientId)).budget({ limitNano: null, source: "unlimited" })).in_flight_nano === 0, 5000, `${clientId} out of flight`).catch(async (err) => {
+        const dump = await runInDurableObject(env.CLIENT.get(env.CLIENT.idFromName(clientId)), (_i, state) => ({
+          holds: state.storage.sql.exec("SELECT * FROM money_holds").toArray(),
+          flying: state.storage.sql.exec("SELECT * FROM in_flight").toArray(),
+          now: Date.now(),
+        }));
+        throw new Error(`${err}: ${JSON.stringify(dump)}`);
+      });
     }
     expect(rows.every((r) => r.attempts === 1)).toBe(true);
     for (const id of ids) expect((await getRequestView(two, id, null))?.status).toBe("completed");
