@@ -133,6 +133,38 @@ describe("single enqueues on the owner shard's money lease (decision 008)", () =
     expect(await current(id)).toMatchObject({ in_flight_nano: 0, spent_nano: spent });
   });
 
+  it("a shard restarted while its client's object holds money for it, with nothing left to convert, returns that hold at its first wake", async () => {
+    await stop();
+    const est = 10_000;
+    const { id, key, template } = await setUp("ml-holder", est, 1_000 * est);
+    const ids = (await Promise.all(Array.from({ length: 6 }, () => enqueue({ template }, key)))).map((r) => r.body.request.id as string);
+    const failed = await runInDurableObject(shardOf(id), async (o: SchedulerObject) => {
+      // In this life only: no idle return (it would end the hold a second after the last enqueue), and the
+      // client counts as still enqueueing, so the conversion lends a new hold for the enqueues to come.
+      const money = (o as unknown as { money: { timer: ReturnType<typeof setTimeout> | null; idleLater: (ms: number) => void; leases: Map<string, { lastAt: number }> } }).money;
+      if (money.timer) clearTimeout(money.timer);
+      money.timer = null;
+      money.idleLater = () => undefined;
+      money.leases.get(id)!.lastAt = Date.now();
+      return (await (o as unknown as { money: MoneyLeases }).money.convertFor(ids)).failed.size;
+    });
+    expect(failed).toBe(0);
+    const holders = () => runInDurableObject(shardOf(id), (_o: SchedulerObject, state) => state.storage.sql.exec<{ client_id: string }>("SELECT client_id FROM money_holders").toArray().map((r) => r.client_id));
+    expect(await shardSide(id)).toEqual({ unconverted: 0, marked: 0 });
+    const held = await stored(id);
+    expect(held).toMatchObject({ rows: 6, rowsNano: 6 * est });
+    expect(held.shardHolds).toBeGreaterThan(0);
+    expect(await holders()).toEqual([id]);
+    await abortAllDurableObjects();
+    // Its first wake (the cron wakes every shard each minute; here a read): the new life knows the client
+    // may hold money for it and returns that (before: counted in flight for SHARD_MONEY.HOLD_MS, an
+    // hour), then forgets the client.
+    expect(await shardSide(id)).toEqual({ unconverted: 0, marked: 0 });
+    await eventually(async () => (await stored(id)).shardHolds === 0, 5000, "the restarted shard's return");
+    expect(await stored(id)).toEqual({ rows: 6, rowsNano: 6 * est, shardHolds: 0 });
+    await eventually(async () => (await holders()).length === 0, 5000, "the holder forgotten");
+  });
+
   it("a request cancelled before its conversion leaves flight with the hold: in flight is the others' estimates", async () => {
     await stop();
     const est = 10_000;

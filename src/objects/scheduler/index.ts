@@ -91,6 +91,9 @@ export class SchedulerObject extends DurableObject<Env> {
     this.money = new MoneyLeases(env, this.shard, {
       isLive: (id) => this.store.live.has(id),
       markConverted: (ids) => void sql.exec("UPDATE requests SET money_lease = NULL WHERE id IN (SELECT value FROM json_each(?))", JSON.stringify(ids)),
+      markHolding: (clientId, holding) => void (holding
+        ? sql.exec("INSERT INTO money_holders (client_id) VALUES (?) ON CONFLICT DO NOTHING", clientId)
+        : sql.exec("DELETE FROM money_holders WHERE client_id = ?", clientId)),
     });
     this.admission = new Admission(env, this.store, this.settlement, this.shard, units, slots, this.money);
     this.dispatcher = new Dispatcher(
@@ -99,7 +102,10 @@ export class SchedulerObject extends DurableObject<Env> {
       { isRunning: () => this.running, ensureAlarm: (at) => this.clock.ensure(at), ownsClient: (id) => ownerShard(env, id) === this.shardIndex },
     );
     this.store.load();
-    this.money.restore(sql.exec<{ id: string; client_id: string; estimate_nano: number }>("SELECT id, client_id, estimate_nano FROM requests WHERE money_lease IS NOT NULL").toArray());
+    this.money.restore(
+      sql.exec<{ id: string; client_id: string; estimate_nano: number }>("SELECT id, client_id, estimate_nano FROM requests WHERE money_lease IS NOT NULL").toArray(),
+      sql.exec<{ client_id: string }>("SELECT client_id FROM money_holders").toArray().map((r) => r.client_id),
+    );
     void ctx.blockConcurrencyWhile(async () => {
       await this.clock.load();
       // Settlements owed from before a restart are made again when due (the alarm's pass: Dispatcher.pass).

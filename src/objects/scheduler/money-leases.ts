@@ -17,7 +17,10 @@
  * enqueue here the requests are converted and the hold returned; a budget read has it returned first
  * (services/budget.ts). The requests not converted yet carry `money_lease = 1` in `requests`: a restarted
  * shard converts them at its first wake, and until then the hold covers them (the client drops it only
- * SHARD_MONEY.HOLD_MS after the last exchange; the cron wakes every shard each minute).
+ * SHARD_MONEY.HOLD_MS after the last exchange; the cron wakes every shard each minute). The clients
+ * whose objects may hold money for this shard are kept too (`money_holders`, written when that changes):
+ * a restarted shard returns their holds at its first wake, also those with nothing left to convert
+ * (before, such a hold was counted in flight until HOLD_MS, an hour, after a deploy).
  */
 import type { BudgetLimit, BudgetView } from "../../domain/budget";
 import { newMeter, observe, rateOf, SHARD_MONEY, sliceWant, type RateMeter } from "../../domain/leases";
@@ -42,10 +45,14 @@ interface Lease {
   lastAt: number;
 }
 
-/** What the leases need of the shard: whether a request is still unfinished, and to clear the converted requests' mark. */
+/**
+ * What the leases need of the shard: whether a request is still unfinished, to clear the converted
+ * requests' mark, and to keep whether a client's object may hold money for it (across a restart).
+ */
 export interface MoneyLeaseHost {
   isLive(requestId: string): boolean;
   markConverted(requestIds: string[]): void;
+  markHolding(clientId: string, holding: boolean): void;
 }
 
 export class MoneyLeases {
@@ -54,9 +61,13 @@ export class MoneyLeases {
 
   constructor(private readonly env: Env, private readonly shard: string, private readonly host: MoneyLeaseHost) {}
 
-  /** A restart: the requests admitted under a hold and not converted (their `money_lease` mark); converted at once in the background. */
-  restore(rows: Array<{ id: string; client_id: string; estimate_nano: number }>): void {
+  /**
+   * A restart: the requests admitted under a hold and not converted (their `money_lease` mark), and the
+   * clients that may hold money for this shard; converted and returned at once in the background.
+   */
+  restore(rows: Array<{ id: string; client_id: string; estimate_nano: number }>, holders: string[] = []): void {
     const now = Date.now();
+    for (const clientId of holders) this.lease(clientId, now).held = true;
     for (const row of rows) {
       if (!this.host.isLive(row.id)) continue;
       const l = this.lease(row.client_id, now);
@@ -169,6 +180,7 @@ export class MoneyLeases {
    */
   private async exchange(l: Lease, want: number, need: number): Promise<BudgetView | null> {
     l.free = 0;
+    const wasHeld = l.held;
     const sent = [...l.pending];
     const convert = sent.filter(([id]) => this.host.isLive(id));
     const limit = l.limit ?? (want > 0 || need > 0 ? await budgetLimit(this.env, l.clientId) : null);
@@ -184,12 +196,14 @@ export class MoneyLeases {
       if (sent.length) this.host.markConverted(sent.map(([id]) => id));
       l.free = answer.lent;
       l.held = answer.lent > 0;
+      if (l.held !== wasHeld) this.host.markHolding(l.clientId, l.held);
       // The client lends at least `need` or refuses it: anything else would have admit ask again and again.
       if (!answer.refused && answer.lent < need) throw new Error(`client ${l.clientId} lent ${answer.lent} nano-dollars where ${need} were needed`);
       if (l.held) this.idleLater(SHARD_MONEY.IDLE_MS);
       return answer.refused;
     } catch (err) {
       l.held = true;
+      if (!wasHeld) this.host.markHolding(l.clientId, true);
       log.warn("money_lease_failed", { client_id: l.clientId, shard: this.shard, pending: l.pending.size, error: String(err) });
       throw err;
     }

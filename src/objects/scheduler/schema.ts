@@ -86,4 +86,6 @@ export function createTables(sql: SqlStorage): void {
   sql.exec("CREATE TABLE IF NOT EXISTS end_logs (seq INTEGER PRIMARY KEY, log TEXT NOT NULL)");
   // The SLA check's window and a restart's read of the records go by when a record was written.
   sql.exec("CREATE INDEX IF NOT EXISTS ends_finished ON ends (finished_at)");
+  // Clients whose objects may hold money lent to this shard (./money-leases.ts): a restart returns it.
+  sql.exec("CREATE TABLE IF NOT EXISTS money_holders (client_id TEXT PRIMARY KEY) WITHOUT ROWID");
 }
