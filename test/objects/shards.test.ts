@@ -130,7 +130,9 @@ describe("scheduler shards (SCHEDULER_SHARDS = 4)", () => {
   it("a shard killed mid-pass loses nothing: a chunk it claimed and admitted but never started is queued again at restart and runs once; other shards' work runs once", async () => {
     await stop();
     const pool = await makePool({ capacity: 100 });
-    const template = await makeTemplate([{ pool: pool.id, amount: 1 }], { timeoutMs: 300 });
+    // A timeout short enough that the orphaned reservations below expire within the test, long enough
+    // that a worker call on a loaded machine does not time out (300 ms did, under three busy loops: a retry).
+    const template = await makeTemplate([{ pool: pool.id, amount: 1 }], { timeoutMs: 2000 });
     const ids: Array<[string, string]> = [];
     for (const [, key] of CLIENTS) for (let i = 0; i < 5; i++) ids.push([(await enqueue({ template, queue: "fast", params: { tokens_used: 1 } }, key)).body.request.id, key]);
     const acme = ids.slice(0, 5).map(([id]) => id);
