@@ -103,6 +103,13 @@ function summarize(p) {
   return `${p.samples.length} samples\n--- self\n${top(self)}\n--- inclusive\n${top(inclusive)}`;
 }
 
+/** Write the service's profile to OUT and print its summary. */
+function save(p, label) {
+  mkdirSync(dirname(OUT), { recursive: true });
+  writeFileSync(OUT, JSON.stringify(p));
+  console.log(`wrote ${OUT}${label}\n${summarize(p)}`);
+}
+
 await waitForStart();
 if (ALL) {
   const targets = await inspectorTargets(PID);
@@ -115,17 +122,10 @@ if (ALL) {
     console.log(`${r.name.padEnd(50)} ${String(r.samples).padStart(8)} ${r.busy.toFixed(0).padStart(9)}  ${((100 * r.busy) / (SECONDS * 1000)).toFixed(1).padStart(5)}%`);
   }
   const main = targets.findIndex((t) => t.name === WORKER || t.name.endsWith(`:${WORKER}`));
-  if (main >= 0) {
-    mkdirSync(dirname(OUT), { recursive: true });
-    writeFileSync(OUT, JSON.stringify(profiles[main]));
-    console.log(`wrote ${OUT} (${targets[main].name})\n${summarize(profiles[main])}`);
-  }
+  if (main >= 0) save(profiles[main], ` (${targets[main].name})`);
 } else {
   const url = await inspectorUrl(WORKER, PID);
   if (!url) throw new Error(`no workerd inspector target for ${WORKER} (is wrangler dev running?)`);
   console.log(`profiling ${url} for ${SECONDS} s`);
-  const result = await profile(url);
-  mkdirSync(dirname(OUT), { recursive: true });
-  writeFileSync(OUT, JSON.stringify(result));
-  console.log(`wrote ${OUT}\n${summarize(result)}`);
+  save(await profile(url), "");
 }

@@ -141,12 +141,14 @@ describe("single enqueues on the owner shard's money lease (decision 008)", () =
     const failed = await runInDurableObject(shardOf(id), async (o: SchedulerObject) => {
       // In this life only: no idle return (it would end the hold a second after the last enqueue), and the
       // client counts as still enqueueing, so the conversion lends a new hold for the enqueues to come.
-      const money = (o as unknown as { money: { timer: ReturnType<typeof setTimeout> | null; idleLater: (ms: number) => void; leases: Map<string, { lastAt: number }> } }).money;
+      const money = (o as unknown as {
+        money: Pick<MoneyLeases, "convertFor"> & { timer: ReturnType<typeof setTimeout> | null; idleLater: (ms: number) => void; leases: Map<string, { lastAt: number }> };
+      }).money;
       if (money.timer) clearTimeout(money.timer);
       money.timer = null;
       money.idleLater = () => undefined;
       money.leases.get(id)!.lastAt = Date.now();
-      return (await (o as unknown as { money: MoneyLeases }).money.convertFor(ids)).failed.size;
+      return (await money.convertFor(ids)).failed.size;
     });
     expect(failed).toBe(0);
     const holders = () => runInDurableObject(shardOf(id), (_o: SchedulerObject, state) => state.storage.sql.exec<{ client_id: string }>("SELECT client_id FROM money_holders").toArray().map((r) => r.client_id));

@@ -65,7 +65,7 @@ export class MoneyLeases {
    * A restart: the requests admitted under a hold and not converted (their `money_lease` mark), and the
    * clients that may hold money for this shard; converted and returned at once in the background.
    */
-  restore(rows: Array<{ id: string; client_id: string; estimate_nano: number }>, holders: string[] = []): void {
+  restore(rows: Array<{ id: string; client_id: string; estimate_nano: number }>, holders: string[]): void {
     const now = Date.now();
     for (const clientId of holders) this.lease(clientId, now).held = true;
     for (const row of rows) {
