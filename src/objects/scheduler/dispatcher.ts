@@ -20,10 +20,11 @@ import type { QueueStore } from "./store";
 import type { SlotLeases } from "./slot-leases";
 import type { UnitLeases } from "./unit-leases";
 
-/** What the pass asks of the object that hosts it: whether dispatch is on, an alarm, and whether it owns a client. */
+/** What the pass asks of the object that hosts it: whether dispatch is on, a pass later, and whether it owns a client. */
 export interface DispatcherHost {
   isRunning(): boolean;
-  ensureAlarm(at: number): void;
+  /** Make sure a pass runs no later than `at` (a timer when soon, the alarm behind it: ./wake.ts). */
+  passBy(at: number): void;
   /** False for a client whose new work goes to another shard now (SCHEDULER_SHARDS changed): this shard drains its old work. */
   ownsClient(clientId: string): boolean;
 }
@@ -202,16 +203,16 @@ export class Dispatcher {
       wakeAt = Math.min(wakeAt ?? Infinity, Date.now() + YOUNG_MS / 5);
     }
     if ([...fullClients].some((c) => !this.host.ownsClient(c))) wakeAt = Math.min(wakeAt ?? Infinity, Date.now() + FORMER_CLIENT_POLL_MS);
-    if (wakeAt !== null) this.host.ensureAlarm(wakeAt);
+    if (wakeAt !== null) this.host.passBy(wakeAt);
     if (!onlyIds) await this.health.checkAlerts(Date.now());
     // Nothing left queued here: the units lent to this shard and not in use go back to their pools.
     if (!onlyIds && this.store.queued.size === 0) await Promise.all([this.units.handBackFree(), this.slots.handBackFree()]);
     // What a restart would read, moved up to the oldest request still live (at most every 30 s).
     if (!onlyIds) this.store.saveLoadFloor(Date.now());
     if (!onlyIds) {
-      // A pass the alarm brought in a busy stretch delivers with the next one due (Outbox.flushPaced).
-      const due = trigger === "alarm" ? await this.outbox.flushPaced(Date.now()) : (await this.outbox.flush(), null);
-      if (due !== null) this.host.ensureAlarm(due);
+      // A pass the alarm or the timer brought in a busy stretch delivers with the next one due (Outbox.flushPaced).
+      const due = trigger === "alarm" || trigger === "timer" ? await this.outbox.flushPaced(Date.now()) : (await this.outbox.flush(), null);
+      if (due !== null) this.host.passBy(due);
     }
     return launched;
   }
@@ -254,7 +255,7 @@ export class Dispatcher {
     this.start(admitted.rows, Date.now());
     this.calls.launchAll(admitted.rows, templates);
     this.health.saveCounters();
-    if (admitted.rows.length === 0) this.host.ensureAlarm(admitted.retryAt ?? Date.now());
+    if (admitted.rows.length === 0) this.host.passBy(admitted.retryAt ?? Date.now());
     return admitted.rows.length > 0;
   }
 

@@ -23,6 +23,7 @@ import { ownerShard, shardName } from "./shards";
 import { QueueStore } from "./store";
 import { SlotLeases } from "./slot-leases";
 import { UnitLeases } from "./unit-leases";
+import { PassWaker } from "./wake";
 import { isQueueFull, type EnqueueOutcome, type LeaseRefusal, type NewRequest, type PositionView, type QueueFull, type QueueStats, type RequestView, type SchedulerMetrics, type SchedulerState, type SlaGroup } from "./types";
 
 /**
@@ -51,6 +52,8 @@ export class SchedulerObject extends DurableObject<Env> {
   private readonly money: MoneyLeases;
   private running: boolean;
   private readonly clock: AlarmClock;
+  /** When the next pass runs: a timer for soon, the alarm behind it and for later (./wake.ts). */
+  private readonly waker: PassWaker;
   /** This shard's name ("scheduler", "scheduler-<k>") and index. */
   private readonly shard: string;
   private readonly shardIndex: number;
@@ -58,6 +61,7 @@ export class SchedulerObject extends DurableObject<Env> {
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     this.clock = new AlarmClock(ctx.storage, "scheduler");
+    this.waker = new PassWaker(this.clock, () => this.dispatcher.pass("timer"));
     const sql = ctx.storage.sql;
     createTables(sql);
     this.shard = ctx.id.name ?? shardName(0);
@@ -81,12 +85,12 @@ export class SchedulerObject extends DurableObject<Env> {
     const units = new UnitLeases(env, this.shard);
     // A block with room again: a pass, for work a pass could not admit while its block was being exchanged.
     const slots = new SlotLeases(env, this.shard, () => {
-      if (this.store.queued.size > 0) this.clock.ensure(Date.now());
+      if (this.store.queued.size > 0) this.waker.ensure(Date.now());
     });
     this.settlement = new Settlement(env, this.store, this.health, this.owed, units, slots, {
       abortCall: (id, reason) => this.calls.abort(id, reason),
       dropCall: (id, reason) => this.calls.drop(id, reason),
-      ensureAlarm: (at) => this.clock.ensure(at),
+      passBy: (at) => this.waker.ensure(at),
     });
     this.money = new MoneyLeases(env, this.shard, {
       isLive: (id) => this.store.live.has(id),
@@ -99,7 +103,7 @@ export class SchedulerObject extends DurableObject<Env> {
     this.dispatcher = new Dispatcher(
       env,
       { store: this.store, ranking: this.ranking, admission: this.admission, calls: this.calls, settlement: this.settlement, health: this.health, outbox: this.outbox, units, slots },
-      { isRunning: () => this.running, ensureAlarm: (at) => this.clock.ensure(at), ownsClient: (id) => ownerShard(env, id) === this.shardIndex },
+      { isRunning: () => this.running, passBy: (at) => this.waker.ensure(at), ownsClient: (id) => ownerShard(env, id) === this.shardIndex },
     );
     this.store.load();
     this.money.restore(
@@ -127,7 +131,7 @@ export class SchedulerObject extends DurableObject<Env> {
     const taken = outcomes.filter((o): o is Exclude<typeof o, QueueFull> => !isQueueFull(o));
     if (taken.length < items.length) this.logFull(items.length - taken.length, maxQueued!, items);
     // A pass for new work; while dispatch is stopped only a cache hit's outbox entry needs one (setRunning wakes the rest).
-    if (outcomes.some((o, i) => !isQueueFull(o) && !o.duplicate && (this.running || items[i]!.cached))) this.clock.ensure(now);
+    if (outcomes.some((o, i) => !isQueueFull(o) && !o.duplicate && (this.running || items[i]!.cached))) this.waker.ensure(now);
     // A single new request is placed into the cached order (Ranking.splice), not ranked with the whole backlog again.
     const positions = this.ranking.positionsOf(taken.map((o) => o.request.id), now, items.length === 1 && taken.length === 1 && !taken[0]!.duplicate);
     let next = 0;
@@ -187,7 +191,7 @@ export class SchedulerObject extends DurableObject<Env> {
         this.store.writeHeldBack(id); // not started (it waits in its queue), or the admission failed
       }
     }
-    if (this.store.queued.has(id)) this.clock.ensure(Date.now());
+    if (this.store.queued.has(id)) this.waker.ensure(Date.now());
     const row = this.store.rowOf(id)!;
     return { request: await viewOf(row), duplicate: inserted.duplicate, ...(inserted.conflict ? { conflict: true } : {}), ...this.ranking.positionOf(id, Date.now()) };
   }
@@ -304,7 +308,7 @@ export class SchedulerObject extends DurableObject<Env> {
     this.running = running;
     this.store.writeState("running", String(running));
     log.info(running ? "scheduler_started" : "scheduler_stopped", {});
-    if (running) this.clock.ensure(Date.now());
+    if (running) this.waker.ensure(Date.now());
     return this.state();
   }
 
@@ -348,7 +352,7 @@ export class SchedulerObject extends DurableObject<Env> {
 
   /** Capacity was freed or work arrived elsewhere: run a pass soon. */
   wake(): void {
-    this.clock.ensure(Date.now());
+    this.waker.ensure(Date.now());
   }
 
   override async alarm(): Promise<void> {

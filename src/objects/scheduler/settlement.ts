@@ -49,7 +49,8 @@ export interface Release {
 export interface SettlementHost {
   abortCall(id: string, reason: Error): void;
   dropCall(id: string, reason: Error): void;
-  ensureAlarm(at: number): void;
+  /** Make sure a pass runs no later than `at`. */
+  passBy(at: number): void;
 }
 
 export class Settlement {
@@ -83,7 +84,7 @@ export class Settlement {
     log.info("request_cancelled", { request_id: id, client_id: row.client_id, was, trace_id: row.trace_id });
     if (wasActive) this.host.abortCall(id, new Error("cancelled"));
     await this.releaseHolds([{ row, actual: {}, final: true }]);
-    if (wasActive) this.host.ensureAlarm(Date.now());
+    if (wasActive) this.host.passBy(Date.now());
     this.store.waiters.wake(id);
     return { ok: true, value: view(this.store.rowOf(id)!) };
   }
@@ -131,7 +132,7 @@ export class Settlement {
         const at = Date.now() + retryInMs;
         this.unlessDead(() => {
           this.owed.keep(batch, n, at);
-          this.host.ensureAlarm(at);
+          this.host.passBy(at);
         });
       },
     );
@@ -158,7 +159,7 @@ export class Settlement {
     const due = this.owed.takeDue(now);
     if (due) this.settleSafely(due.batch, due.failures);
     const next = this.owed.nextDue(now);
-    if (next !== null) this.host.ensureAlarm(next);
+    if (next !== null) this.host.passBy(next);
   }
 
   /**
@@ -237,7 +238,7 @@ export class Settlement {
     // Capacity came back: a pass now when this shard has work waiting. With none, a pass within
     // BUSY_FLUSH_MS delivers the finished requests to the request log: executes that end close together
     // share it, where each took an alarm (a write of its own) and a pass of its own.
-    if (live.length) this.host.ensureAlarm(this.store.queued.size > 0 ? Date.now() : Date.now() + BUSY_FLUSH_MS);
+    if (live.length) this.host.passBy(this.store.queued.size > 0 ? Date.now() : Date.now() + BUSY_FLUSH_MS);
   }
 
   /**
