@@ -14,7 +14,7 @@ import { log } from "../../log";
 import type { AlarmClock } from "../alarm";
 import { BUSY_FLUSH_MS } from "./outbox";
 
-/** A pass wanted within this many ms runs on a timer: the next pass of a busy stretch, and its outbox's next delivery. */
+/** A pass wanted within this many ms runs on a timer: the next pass of a busy stretch, and its outbox's next delivery (BUSY_FLUSH_MS). */
 export const SOON_MS = BUSY_FLUSH_MS;
 /** The durable alarm behind a timer is set no later than this far ahead. */
 export const BACKSTOP_MS = 1000;
