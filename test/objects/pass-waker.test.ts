@@ -68,6 +68,50 @@ describe("PassWaker", () => {
     });
   });
 
+  it("never overlaps its passes: a timer that fires during a pass runs one more after it, and the alarm's pass waits for the timer's", async () => {
+    await runInDurableObject(stub(), async (_i, state) => {
+      const clock = new AlarmClock(state.storage, "test");
+      await clock.load();
+      let running = 0;
+      let most = 0;
+      const triggers: string[] = [];
+      const waker = new PassWaker(clock, async (trigger) => {
+        running += 1;
+        most = Math.max(most, running);
+        triggers.push(trigger);
+        await sleep(40);
+        running -= 1;
+      });
+      waker.ensure(Date.now());
+      await sleep(10); // the first timer pass is running
+      waker.ensure(Date.now()); // fires during it: one more after it
+      waker.ensure(Date.now()); // still that one
+      const alarm = waker.alarm(); // waits for the timer's passes' turn
+      await alarm;
+      await sleep(120);
+      expect(most).toBe(1);
+      expect(triggers).toHaveLength(3);
+      expect(triggers[0]).toBe("timer");
+      expect(triggers.filter((t) => t === "alarm")).toHaveLength(1);
+      await state.storage.deleteAlarm();
+    });
+  });
+
+  it("sets a timer again when the one it holds is overdue (it never fired: its object's context went)", async () => {
+    await runInDurableObject(stub(), async (_i, state) => {
+      const clock = new AlarmClock(state.storage, "test");
+      await clock.load();
+      let passes = 0;
+      const waker = new PassWaker(clock, async () => void (passes += 1));
+      // As a waker whose timer was set 2 s ago and never ran.
+      (waker as unknown as { timerAt: number }).timerAt = Date.now() - 2000;
+      waker.ensure(Date.now());
+      await sleep(20);
+      expect(passes).toBe(1);
+      await state.storage.deleteAlarm();
+    });
+  });
+
   it("logs a timer pass that fails (the alarm behind it passes again) instead of rejecting unhandled", async () => {
     await runInDurableObject(stub(), async (_i, state) => {
       const lines: string[] = [];

@@ -61,7 +61,7 @@ export class SchedulerObject extends DurableObject<Env> {
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     this.clock = new AlarmClock(ctx.storage, "scheduler");
-    this.waker = new PassWaker(this.clock, () => this.dispatcher.pass("timer"));
+    this.waker = new PassWaker(this.clock, (trigger) => this.dispatcher.pass(trigger));
     const sql = ctx.storage.sql;
     createTables(sql);
     this.shard = ctx.id.name ?? shardName(0);
@@ -357,7 +357,7 @@ export class SchedulerObject extends DurableObject<Env> {
 
   override async alarm(): Promise<void> {
     this.clock.fired();
-    await this.dispatcher.pass("alarm");
+    await this.waker.alarm();
   }
 
   /** One dispatch pass (see Dispatcher.pass); the cron calls it every minute as a backstop. */
