@@ -21,21 +21,26 @@ function counted(storage: DurableObjectStorage, writes: number[]): DurableObject
   });
 }
 
+/** A waker on the object's alarm (its setAlarm calls recorded in `seen.writes`) whose pass counts itself in `seen.passes`. */
+async function countingWaker(state: DurableObjectState): Promise<{ waker: PassWaker; seen: { passes: number; writes: number[] } }> {
+  const seen = { passes: 0, writes: [] as number[] };
+  const clock = new AlarmClock(counted(state.storage, seen.writes), "test");
+  await clock.load();
+  return { waker: new PassWaker(clock, async () => void (seen.passes += 1)), seen };
+}
+
 describe("PassWaker", () => {
   afterEach(() => vi.restoreAllMocks());
 
   it("runs a pass wanted soon on a timer, once for many asks, behind one alarm write BACKSTOP_MS ahead", async () => {
     await runInDurableObject(stub(), async (_i, state) => {
-      const writes: number[] = [];
-      const clock = new AlarmClock(counted(state.storage, writes), "test");
-      await clock.load();
-      let passes = 0;
-      const waker = new PassWaker(clock, async () => void (passes += 1));
+      const { waker, seen } = await countingWaker(state);
+      const { writes } = seen;
       const before = Date.now();
       for (let i = 0; i < 20; i++) waker.ensure(Date.now()); // a busy stretch: 20 asks for a pass now
-      expect(passes).toBe(0); // not inside the caller's task
+      expect(seen.passes).toBe(0); // not inside the caller's task
       await sleep(20);
-      expect(passes).toBe(1);
+      expect(seen.passes).toBe(1);
       // One alarm write, the backstop, however many asks.
       expect(writes).toHaveLength(1);
       expect(writes[0]!).toBeGreaterThanOrEqual(before + BACKSTOP_MS);
@@ -45,7 +50,7 @@ describe("PassWaker", () => {
       waker.ensure(Date.now() + 30);
       waker.ensure(Date.now() + 10); // sooner: the timer moves
       await sleep(60);
-      expect(passes).toBe(2);
+      expect(seen.passes).toBe(2);
       expect(writes).toHaveLength(1);
       await state.storage.deleteAlarm();
     });
@@ -53,15 +58,12 @@ describe("PassWaker", () => {
 
   it(`leaves a pass wanted later than ${SOON_MS} ms to the alarm alone`, async () => {
     await runInDurableObject(stub(), async (_i, state) => {
-      const writes: number[] = [];
-      const clock = new AlarmClock(counted(state.storage, writes), "test");
-      await clock.load();
-      let passes = 0;
-      const waker = new PassWaker(clock, async () => void (passes += 1));
+      const { waker, seen } = await countingWaker(state);
+      const { writes } = seen;
       const at = Date.now() + SOON_MS + 200;
       waker.ensure(at);
       await sleep(SOON_MS + 50);
-      expect(passes).toBe(0);
+      expect(seen.passes).toBe(0);
       expect(writes).toEqual([at]);
       expect(await state.storage.getAlarm()).toBe(at);
       await state.storage.deleteAlarm();
@@ -99,15 +101,12 @@ describe("PassWaker", () => {
 
   it("sets a timer again when the one it holds is overdue (it never fired: its object's context went)", async () => {
     await runInDurableObject(stub(), async (_i, state) => {
-      const clock = new AlarmClock(state.storage, "test");
-      await clock.load();
-      let passes = 0;
-      const waker = new PassWaker(clock, async () => void (passes += 1));
+      const { waker, seen } = await countingWaker(state);
       // As a waker whose timer was set 2 s ago and never ran.
       (waker as unknown as { timerAt: number }).timerAt = Date.now() - 2000;
       waker.ensure(Date.now());
       await sleep(20);
-      expect(passes).toBe(1);
+      expect(seen.passes).toBe(1);
       await state.storage.deleteAlarm();
     });
   });

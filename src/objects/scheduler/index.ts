@@ -356,7 +356,6 @@ export class SchedulerObject extends DurableObject<Env> {
   }
 
   override async alarm(): Promise<void> {
-    this.clock.fired();
     await this.waker.alarm();
   }
 

@@ -55,12 +55,13 @@ export class PassWaker {
   }
 
   /**
-   * The alarm's pass, after the timer's or alarm's pass running now. These passes never overlap, as
+   * The alarm fired: its pass, after the timer's or alarm's pass running now. These passes never overlap, as
    * alarm passes alone never did (the runtime runs one alarm of an object at a time): two passes
    * ranking at once each walk their own fair order, and a backlog's first dispatches drifted from the
    * clients' weights by up to 30% (test/api/fairness.test.ts).
    */
   async alarm(): Promise<void> {
+    this.clock.fired();
     while (this.running) await this.running.catch(() => undefined);
     await this.track(this.runPass("alarm"));
   }
