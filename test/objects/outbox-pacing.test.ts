@@ -32,11 +32,12 @@ describe("request-log delivery from busy passes", () => {
       const outbox = new Outbox(env, state.storage.sql, new Ends(state.storage.sql));
       const before = Date.now();
       finished(state.storage.sql, a, before);
-      expect(await outbox.flushPaced(before)).toBeNull(); // nothing delivered yet in this object's life: at once
+      expect(outbox.flushPaced(before)).toBeNull(); // nothing delivered yet in this object's life: at once, in the background
       finished(state.storage.sql, b, before);
       finished(state.storage.sql, c, before);
+      await outbox.idle();
       // The delivery just began at or after `before`: the next is due BUSY_FLUSH_MS after it.
-      const next = await outbox.flushPaced(before);
+      const next = outbox.flushPaced(before);
       expect(next).not.toBeNull();
       expect(next!).toBeGreaterThanOrEqual(before + BUSY_FLUSH_MS);
       expect(next! - Date.now()).toBeLessThanOrEqual(BUSY_FLUSH_MS);
@@ -45,10 +46,25 @@ describe("request-log delivery from busy passes", () => {
     expect(await logged([a, b, c])).toEqual([a]);
     await runInDurableObject(scheduler(), async (_i: SchedulerObject, state) => {
       const outbox = new Outbox(env, state.storage.sql, new Ends(state.storage.sql));
-      expect(await outbox.flushPaced(due)).toBeNull();
+      expect(outbox.flushPaced(due)).toBeNull();
+      await outbox.idle();
       expect(state.storage.sql.exec("SELECT COUNT(*) AS n FROM finished_outbox WHERE id IN (?, ?, ?)", a, b, c).one().n).toBe(0);
     });
     expect(await logged([a, b, c])).toEqual([a, b, c].sort());
+  });
+
+  it("a flush while a paced delivery runs waits for it, then delivers what finished after it began: nothing is left behind", async () => {
+    const [d, e] = [rid("pace-d"), rid("pace-e")];
+    await runInDurableObject(scheduler(), async (_i: SchedulerObject, state) => {
+      const outbox = new Outbox(env, state.storage.sql, new Ends(state.storage.sql));
+      finished(state.storage.sql, d, Date.now());
+      expect(outbox.flushPaced(Date.now())).toBeNull();
+      // d's delivery is under way (it read the outbox when it began); e finishes meanwhile.
+      finished(state.storage.sql, e, Date.now());
+      await outbox.flush();
+      expect(state.storage.sql.exec("SELECT COUNT(*) AS n FROM finished_outbox WHERE id IN (?, ?)", d, e).one().n).toBe(0);
+    });
+    expect(await logged([d, e])).toEqual([d, e].sort());
   });
 
   it("requests finished by alarm passes reach request_log with no other pass asked for (the pass sets its alarm for the delivery due)", async () => {

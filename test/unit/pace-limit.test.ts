@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { paceLimitOf, passChunkOf } from "../../src/objects/scheduler/limits";
+import { BUSY_FRESH_MS, BusyShards, paceLimitOf, passChunkOf } from "../../src/objects/scheduler/limits";
 
 /**
  * A shard's pacing limit (src/objects/scheduler/limits.ts): the calls started in the last 250 ms it may
@@ -24,5 +24,32 @@ describe("paceLimitOf", () => {
     expect(paceLimitOf(8, 8)).toBe(128);
     expect(paceLimitOf(64, 64)).toBe(128);
     expect(paceLimitOf(64, 3)).toBe(170);
+  });
+});
+
+describe("BusyShards", () => {
+  it("a shard whose pass launched all its ready work stops counting at once: the last one with work gets the whole budget", () => {
+    const busy = new BusyShards<string>();
+    const t = 1_000_000;
+    for (const shard of ["a", "b", "c"]) busy.note(shard, true, t);
+    expect(busy.count(t)).toBe(3);
+    expect(paceLimitOf(4, busy.count(t))).toBe(170);
+    // a's and b's passes launched the last of their backlogs: c is alone, 10 ms later, not BUSY_FRESH_MS later.
+    busy.note("a", false, t + 5);
+    busy.note("b", false, t + 6);
+    expect(busy.count(t + 10)).toBe(1);
+    expect(paceLimitOf(4, busy.count(t + 10))).toBe(512);
+  });
+
+  it("a shard noted busy and heard from no more counts until BUSY_FRESH_MS, then not (its object stopped or went)", () => {
+    const busy = new BusyShards<string>();
+    busy.note("a", true, 0);
+    busy.note("b", true, 500);
+    expect(busy.count(BUSY_FRESH_MS)).toBe(2);
+    expect(busy.count(BUSY_FRESH_MS + 1)).toBe(1);
+    expect(busy.count(500 + BUSY_FRESH_MS + 1)).toBe(0);
+    // Noted busy again: counted again, from then.
+    busy.note("a", true, 3000);
+    expect(busy.count(3000)).toBe(1);
   });
 });

@@ -10,7 +10,7 @@ import type { Template } from "../../storage/templates";
 import type { Admission, Admitted } from "./admission";
 import type { WorkerCalls } from "./calls";
 import type { Health } from "./health";
-import { IMMEDIATE_HEADROOM, MAX_IN_FLIGHT, paceLimitOf, passChunkOf, SCAN_LIMIT, YOUNG_MS } from "./limits";
+import { BusyShards, IMMEDIATE_HEADROOM, MAX_IN_FLIGHT, paceLimitOf, passChunkOf, SCAN_LIMIT, YOUNG_MS } from "./limits";
 import { shardCount } from "./shards";
 import type { Outbox } from "./outbox";
 import type { Ranking } from "./ranking";
@@ -41,23 +41,8 @@ const FORMER_CLIENT_POLL_MS = 1000;
 const QUIET_MS = 1000;
 const RAMP_FIRST = 16;
 
-/**
- * The shards of this isolate whose last pass found ready work, and when. They share its thread, so they
- * share the pacing budget (YOUNG_TOTAL): a shard with work takes the part the idle ones leave. With the
- * demo's four clients on three of four shards, each took 128 calls a pass where 170 were free.
- */
-const busyShards = new Map<Dispatcher, number>();
-/** A shard whose last such pass is older than this counts as idle (it stopped, or its object went). */
-const BUSY_FRESH_MS = 1000;
-
-function busyCount(now: number): number {
-  let n = 0;
-  for (const [shard, at] of busyShards) {
-    if (now - at > BUSY_FRESH_MS) busyShards.delete(shard);
-    else n += 1;
-  }
-  return n;
-}
+/** The shards of this isolate that have ready work: they share its thread, so they share the pacing budget (./limits.ts). */
+const busyShards = new BusyShards<Dispatcher>();
 
 /** The collaborators a pass drives. */
 export interface PassParts {
@@ -134,12 +119,9 @@ export class Dispatcher {
     const limit = onlyIds ? MAX_IN_FLIGHT + IMMEDIATE_HEADROOM : MAX_IN_FLIGHT;
     let scanned = 0;
     let exhausted = false;
-    if (!onlyIds) {
-      if (this.store.readyCount(now) > 0) busyShards.set(this, now);
-      else busyShards.delete(this);
-    }
+    if (!onlyIds) busyShards.note(this, this.store.readyCount(now) > 0, now);
     const shards = shardCount(this.env);
-    const paceLimit = paceLimitOf(shards, busyCount(now));
+    const paceLimit = paceLimitOf(shards, busyShards.count(now));
     const chunkLimit = passChunkOf(shards);
     // Quiet: nothing in flight and nothing launched for QUIET_MS (a shard held at its limits, or polling a former client, is not).
     if (!onlyIds && this.calls.inflight.size === 0 && now - this.lastLaunchAt > QUIET_MS) this.ramp = this.store.readyCount(now) > paceLimit ? RAMP_FIRST : paceLimit;
@@ -185,6 +167,8 @@ export class Dispatcher {
       launched += admitted.rows.length;
       if (admitted.retryAt !== null) wakeAt = Math.min(wakeAt ?? Infinity, admitted.retryAt);
     }
+    // Its ready work all launched: not busy any more, so a shard left alone with work takes the whole budget at its next pass.
+    if (!onlyIds && this.store.readyCount(Date.now()) === 0) busyShards.note(this, false, Date.now());
     if (launched > 0) {
       log.info("dispatch_pass", { trigger, launched, queued: this.store.queued.size, in_flight: this.calls.inflight.size });
       if (!onlyIds) {
@@ -210,8 +194,9 @@ export class Dispatcher {
     // What a restart would read, moved up to the oldest request still live (at most every 30 s).
     if (!onlyIds) this.store.saveLoadFloor(Date.now());
     if (!onlyIds) {
-      // A pass the alarm or the timer brought in a busy stretch delivers with the next one due (Outbox.flushPaced).
-      const due = trigger === "alarm" || trigger === "timer" ? await this.outbox.flushPaced(Date.now()) : (await this.outbox.flush(), null);
+      // A pass the alarm or the timer brought in a busy stretch delivers with the next one due, in the background: the
+      // next pass does not wait for D1 (Outbox.flushPaced). Other passes (the cron's, explicit ones) deliver before they end.
+      const due = trigger === "alarm" || trigger === "timer" ? this.outbox.flushPaced(Date.now()) : (await this.outbox.flush(), null);
       if (due !== null) this.host.passBy(due);
     }
     return launched;

@@ -42,5 +42,35 @@ export function paceLimitOf(shards: number, busy: number): number {
 export function passChunkOf(shards: number): number {
   return shards > 1 ? CHUNK / 2 : CHUNK;
 }
+/**
+ * The shards of an isolate whose last pass found ready work, and when (paceLimitOf's `busy`). A shard is
+ * noted busy by a pass that finds ready work, and idle by one that finds none or launches all it found:
+ * then the shard left alone with work takes the whole budget at its next pass. A backlog's last shard
+ * used to drain at a third of it for up to BUSY_FRESH_MS after the others had launched their last
+ * requests, as their shards' passes ended with nothing left and no pass came to say so (the
+ * thirty-fourth session, docs/benchmarks.md).
+ */
+export class BusyShards<K> {
+  private readonly since = new Map<K, number>();
+
+  note(shard: K, busy: boolean, now: number): void {
+    if (busy) this.since.set(shard, now);
+    else this.since.delete(shard);
+  }
+
+  /** Shards noted busy within BUSY_FRESH_MS (one older stopped, or its object went). */
+  count(now: number): number {
+    let n = 0;
+    for (const [shard, at] of this.since) {
+      if (now - at > BUSY_FRESH_MS) this.since.delete(shard);
+      else n += 1;
+    }
+    return n;
+  }
+}
+
+/** A shard noted busy longer ago than this counts as idle. */
+export const BUSY_FRESH_MS = 1000;
+
 /** Ready requests one pass looks at, at most (the head of the fair order). */
 export const SCAN_LIMIT = 2048;

@@ -32,7 +32,8 @@ export const BUSY_FLUSH_MS = 1000;
 const LOG_ROW = REQUEST_LOG_COLUMNS.map((c) => (c === "error" ? "substr(r.error, 1, ?1)" : `r.${c}`)).join(", ");
 
 export class Outbox {
-  private flushing = false;
+  /** The delivery running now (one at a time). */
+  private delivery: Promise<void> | null = null;
   private failures = 0;
   private retryAt = 0;
   /** When the last delivery began (0: not yet in this object's life). */
@@ -65,25 +66,44 @@ export class Outbox {
   }
 
   /**
-   * Deliver now unless the last delivery began less than BUSY_FLUSH_MS ago; then answer when to come
-   * back (the pass sets its alarm for it), delivering nothing.
+   * Start a delivery now, in the background, unless the last one began less than BUSY_FLUSH_MS ago; then
+   * answer when to come back (the pass asks for a pass then), delivering nothing. The pass that starts it
+   * does not wait for it: the shard's next pass would otherwise wait for D1, which under `wrangler dev`
+   * shares the runtime's thread (a second's request log took it 70-130 ms, and the shard launched nothing
+   * meanwhile). A delivery cannot fail: a failure is logged and backed off (flush).
    */
-  async flushPaced(now: number): Promise<number | null> {
+  flushPaced(now: number): number | null {
     const due = this.flushedAt + BUSY_FLUSH_MS;
     if (now < due) return due;
-    await this.flush();
+    void this.flush();
     return null;
+  }
+
+  /** The delivery running now, if any, has ended (tests). */
+  async idle(): Promise<void> {
+    while (this.delivery) await this.delivery;
   }
 
   /**
    * Deliver finished requests (queued by finish and cancel in the same SQLite write as their status) to
    * D1's request_log for reports: one upsert per batch, keyed by request id, then drop them from the
-   * outbox. Run at the end of a pass (paced for the alarm's passes: flushPaced). A failure leaves them
-   * for a later pass, after a backoff; it never fails the pass.
+   * outbox. Run at the end of a pass (paced for the timer's and alarm's passes: flushPaced). One delivery
+   * at a time: a flush that finds one running waits for it, then delivers what came after, so that what
+   * was finished before it was called is delivered when it returns (unless D1 failed). A failure leaves
+   * them for a later pass, after a backoff; it never fails the pass.
    */
   async flush(): Promise<void> {
-    if (this.flushing || Date.now() < this.retryAt) return;
-    this.flushing = true;
+    // None running: this one starts now, before the caller goes on (what it finds is what was finished by then).
+    if (this.delivery) await this.idle();
+    if (Date.now() < this.retryAt) return;
+    const delivery = this.deliver().finally(() => {
+      if (this.delivery === delivery) this.delivery = null;
+    });
+    this.delivery = delivery;
+    await delivery;
+  }
+
+  private async deliver(): Promise<void> {
     this.flushedAt = Date.now();
     try {
       for (;;) {
@@ -115,8 +135,6 @@ export class Outbox {
       const backoff = Math.min(60_000, 500 * 2 ** this.failures);
       this.retryAt = Date.now() + backoff;
       log.warn("request_log_flush_failed", { attempt: this.failures, retry_in_ms: backoff, error: String(err) });
-    } finally {
-      this.flushing = false;
     }
   }
 }
