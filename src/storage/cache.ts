@@ -1,3 +1,5 @@
+import { waitUntil } from "cloudflare:workers";
+
 interface Entry<V> {
   value: Promise<V>;
   expiresAt: number;
@@ -41,6 +43,20 @@ async function joinOrLoad<V>(pending: Promise<V>, load: () => Promise<V>): Promi
 const TIMED_OUT = Symbol("timed out");
 
 /**
+ * A background load outlives the request that started it (which answers from the cache at once): the
+ * runtime cancels a request's I/O once it has answered, unless it was handed to waitUntil. Outside a
+ * request (no context to extend) it runs as it can; one that never settles is replaced after JOIN_TIMEOUT_MS.
+ */
+function keepAlive(load: Promise<unknown>): void {
+  const settled = load.catch(() => undefined);
+  try {
+    waitUntil(settled);
+  } catch {
+    // No request context here: nothing to extend.
+  }
+}
+
+/**
  * A small per-isolate cache with a time to live: configuration and key lookups stay off D1 on the hot
  * path. Concurrent misses for one key share one load (for at most JOIN_TIMEOUT_MS). Bounded: when full, the oldest entry goes, one
  * at a time (never the whole cache). With `negative`, negative answers are kept in a FIFO of their
@@ -66,11 +82,12 @@ export class TtlCache<V> {
   get(key: string, ttlMs: number, load: () => Promise<V>, now = Date.now()): Promise<V> {
     const hit = this.entries.get(key) ?? this.negatives.get(key);
     if (hit && hit.expiresAt > now) {
-      if (now >= hit.refreshAt && !this.loadingSince(key, now)) this.start(key, ttlMs, load, now).catch(() => undefined);
+      if (now >= hit.refreshAt && !this.loadingSince(key, now)) keepAlive(this.start(key, ttlMs, load, now));
       return hit.value;
     }
+    // A load older than JOIN_TIMEOUT_MS may never settle (a background one whose request ended): not joined.
     const pending = this.loading.get(key);
-    if (pending) return joinOrLoad(pending.value, load);
+    if (pending && this.loadingSince(key, now)) return joinOrLoad(pending.value, load);
     return this.start(key, ttlMs, load, now);
   }
 

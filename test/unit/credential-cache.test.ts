@@ -180,6 +180,21 @@ describe("refreshing ahead", () => {
     expect(await cache.get("k", TTL, db.load, half + JOIN_TIMEOUT_MS + 1)).toBe("new");
   });
 
+  it("at expiry, a background load that never settled is not waited for: the read loads at once", async () => {
+    const cache = new TtlCache<string>();
+    const db = controlled();
+    const first = cache.get("k", TTL, db.load, NOW);
+    db.loads[0]!.resolve("v1");
+    await first;
+    await cache.get("k", TTL, db.load, NOW + TTL / 2); // a background load, never to settle (its request ended)
+    const started = Date.now();
+    const expired = cache.get("k", TTL, db.load, NOW + TTL);
+    expect(db.loads).toHaveLength(3); // its own load, not a join of the dead one
+    db.loads[2]!.resolve("v3");
+    expect(await expired).toBe("v3");
+    expect(Date.now() - started).toBeLessThan(JOIN_TIMEOUT_MS / 2);
+  });
+
   it("a background load begun before clear() stores nothing", async () => {
     const cache = new TtlCache<string>();
     const db = controlled();
