@@ -210,9 +210,11 @@ describe("scheduler shards (SCHEDULER_SHARDS = 4)", () => {
     });
     const rows = await allRows(template);
     expect(rows).toHaveLength(156);
-    // Nothing of theirs is in flight any more, on either side of the change (holds returned, requests settled).
+    // Nothing of theirs is in flight any more, on either side of the change (holds returned, requests settled). A
+    // shard returns a client's hold IDLE_MS after its last enqueue there, by a timer; under the full suite's load
+    // that took more than 5 s once. A hold not returned would stay for HOLD_MS (an hour).
     for (const [clientId] of callers) {
-      await eventually(async () => (await env.CLIENT.get(env.CLIENT.idFromName(clientId)).budget({ limitNano: null, source: "unlimited" })).in_flight_nano === 0, 5000, `${clientId} out of flight`).catch(async (err) => {
+      await eventually(async () => (await env.CLIENT.get(env.CLIENT.idFromName(clientId)).budget({ limitNano: null, source: "unlimited" })).in_flight_nano === 0, 15_000, `${clientId} out of flight`).catch(async (err) => {
         const dump = await runInDurableObject(env.CLIENT.get(env.CLIENT.idFromName(clientId)), (_i, state) => ({
           holds: state.storage.sql.exec("SELECT * FROM money_holds").toArray(),
           flying: state.storage.sql.exec("SELECT * FROM in_flight").toArray(),
@@ -232,7 +234,7 @@ describe("scheduler shards (SCHEDULER_SHARDS = 4)", () => {
     expect(await retireEmptyShards(two)).toBe(2);
     expect(await shardSpan(two)).toBe(2);
     clearShardSpan();
-  }, 60_000);
+  }, 90_000);
 
   it("a shard alone with work takes the idle shards' part of the pacing budget: up to 512 young calls, where its own part is 128, in chunks of 256", async () => {
     const { template, client } = await readyToExecute("pace-alone", { capacity: 100_000 });
