@@ -27,8 +27,9 @@
 //   QUEUE_BENCH_SAMPLES     sequential calls per latency measurement (default 200)
 //   QUEUE_BENCH_DRAIN_S     longest wait for the drain, seconds (default 180)
 //   QUEUE_BENCH_DRAIN_EXECUTE set to 0 not to time POST /api/execute during the drain (default 1)
-//   QUEUE_BENCH_EXECUTE_CONCURRENCY  POST /api/execute calls in flight at once during the drain (default 4), so
-//                           that at least 50 are timed while the backlog drains
+//   QUEUE_BENCH_EXECUTE_CONCURRENCY  POST /api/execute calls in flight at once during the drain (default 5; 4 until
+//                           the thirty-fourth session, when drains of ~10,000/s timed only 39-48 at 4), so that at
+//                           least 50 are timed while the backlog drains
 //   QUEUE_BENCH_IDLE_EXECUTES POST /api/execute calls timed with nothing queued and the scheduler running, before the
 //                           enqueue: that many one at a time, then as many again EXECUTE_CONCURRENCY at a time, each with the
 //                           runtime's CPU per execute (the immediate lane's own cost, which executes during a drain take from
@@ -114,7 +115,7 @@ const EXTRA_VARS = (process.env.QUEUE_BENCH_VARS ?? "").split(/[\s,]+/).filter(B
   if (!/^[A-Z_][A-Z0-9_]*=[^\s]*$/.test(v)) throw new Error(`QUEUE_BENCH_VARS: expected NAME=value items, got ${v}`);
   return v;
 });
-const EXECUTE_CONCURRENCY = intEnv("QUEUE_BENCH_EXECUTE_CONCURRENCY", 4, 1, 64);
+const EXECUTE_CONCURRENCY = intEnv("QUEUE_BENCH_EXECUTE_CONCURRENCY", 5, 1, 64);
 const IDLE_EXECUTES = intEnv("QUEUE_BENCH_IDLE_EXECUTES", 200, 0, 10_000);
 const HOLD_S = intEnv("QUEUE_BENCH_HOLD_S", 0, 0, 600);
 const BASELINE = process.env.QUEUE_BENCH_BASELINE !== "0";
