@@ -81,20 +81,15 @@ export class TtlCache<V> {
 
   get(key: string, ttlMs: number, load: () => Promise<V>, now = Date.now()): Promise<V> {
     const hit = this.entries.get(key) ?? this.negatives.get(key);
+    // A load older than JOIN_TIMEOUT_MS may never settle (a background one whose request ended): neither joined nor waited on.
+    const pending = this.loading.get(key);
+    const joinable = pending && now - pending.startedAt < JOIN_TIMEOUT_MS ? pending : undefined;
     if (hit && hit.expiresAt > now) {
-      if (now >= hit.refreshAt && !this.loadingSince(key, now)) keepAlive(this.start(key, ttlMs, load, now));
+      if (now >= hit.refreshAt && !joinable) keepAlive(this.start(key, ttlMs, load, now));
       return hit.value;
     }
-    // A load older than JOIN_TIMEOUT_MS may never settle (a background one whose request ended): not joined.
-    const pending = this.loading.get(key);
-    if (pending && this.loadingSince(key, now)) return joinOrLoad(pending.value, load);
+    if (joinable) return joinOrLoad(joinable.value, load);
     return this.start(key, ttlMs, load, now);
-  }
-
-  /** A load of `key` began less than JOIN_TIMEOUT_MS ago (an older one may never settle: its request ended). */
-  private loadingSince(key: string, now: number): boolean {
-    const pending = this.loading.get(key);
-    return pending !== undefined && now - pending.startedAt < JOIN_TIMEOUT_MS;
   }
 
   private start(key: string, ttlMs: number, load: () => Promise<V>, now: number): Promise<V> {

@@ -118,12 +118,18 @@ describe("refreshing ahead", () => {
     };
   }
 
-  it("a read in the second half of the TTL answers the cached value at once and starts one load behind it, which replaces it", async () => {
+  /** A cache holding "k" = "v1", loaded at NOW (the loader's first load). */
+  async function primed() {
     const cache = new TtlCache<string>();
     const db = controlled();
     const first = cache.get("k", TTL, db.load, NOW);
     db.loads[0]!.resolve("v1");
     expect(await first).toBe("v1");
+    return { cache, db };
+  }
+
+  it("a read in the second half of the TTL answers the cached value at once and starts one load behind it, which replaces it", async () => {
+    const { cache, db } = await primed();
     expect(await cache.get("k", TTL, db.load, NOW + TTL / 2 - 1)).toBe("v1");
     expect(db.loads).toHaveLength(1); // first half: no load
     // Second half: the cached value, without waiting for the load it started (which has not settled).
@@ -140,11 +146,7 @@ describe("refreshing ahead", () => {
   });
 
   it("never answers a value past its TTL: a background load that failed leaves the entry until its expiry, then a read waits", async () => {
-    const cache = new TtlCache<string>();
-    const db = controlled();
-    const first = cache.get("k", TTL, db.load, NOW);
-    db.loads[0]!.resolve("v1");
-    await first;
+    const { cache, db } = await primed();
     expect(await cache.get("k", TTL, db.load, NOW + TTL - 1)).toBe("v1");
     db.loads[1]!.reject(new Error("D1 down"));
     await Promise.resolve();
@@ -162,11 +164,7 @@ describe("refreshing ahead", () => {
   });
 
   it("a background load that never settles (its request ended) does not stop the next one after JOIN_TIMEOUT_MS, and a late answer does not replace a newer one", async () => {
-    const cache = new TtlCache<string>();
-    const db = controlled();
-    const first = cache.get("k", TTL, db.load, NOW);
-    db.loads[0]!.resolve("v1");
-    await first;
+    const { cache, db } = await primed();
     const half = NOW + TTL / 2;
     await cache.get("k", TTL, db.load, half);
     await cache.get("k", TTL, db.load, half + JOIN_TIMEOUT_MS - 1);
@@ -181,11 +179,7 @@ describe("refreshing ahead", () => {
   });
 
   it("at expiry, a background load that never settled is not waited for: the read loads at once", async () => {
-    const cache = new TtlCache<string>();
-    const db = controlled();
-    const first = cache.get("k", TTL, db.load, NOW);
-    db.loads[0]!.resolve("v1");
-    await first;
+    const { cache, db } = await primed();
     await cache.get("k", TTL, db.load, NOW + TTL / 2); // a background load, never to settle (its request ended)
     const started = Date.now();
     const expired = cache.get("k", TTL, db.load, NOW + TTL);
@@ -196,11 +190,7 @@ describe("refreshing ahead", () => {
   });
 
   it("a background load begun before clear() stores nothing", async () => {
-    const cache = new TtlCache<string>();
-    const db = controlled();
-    const first = cache.get("k", TTL, db.load, NOW);
-    db.loads[0]!.resolve("v1");
-    await first;
+    const { cache, db } = await primed();
     await cache.get("k", TTL, db.load, NOW + TTL / 2);
     cache.clear();
     db.loads[1]!.resolve("from before the clear");

@@ -79,7 +79,7 @@ export class Outbox {
     return null;
   }
 
-  /** The delivery running now, if any, has ended (tests). */
+  /** Until no delivery runs (flush waits so; tests too). */
   async idle(): Promise<void> {
     while (this.delivery) await this.delivery;
   }
