@@ -52,9 +52,10 @@ export interface PreparedRequest {
  * Plan the request with the cost optimizer (model downgrade, off-peak deferral, cache key, batching,
  * compression) and price what will run, per pool (the one estimate of services/estimate.ts): 404 for
  * an unknown template or pool, 403 for a pool dedicated to another client. Params above the plan's
- * threshold are stored compressed.
+ * threshold are stored compressed. `id`: the request's, made by the caller before anything is awaited
+ * (admitAll: a batch's ids, which break ties in rank, follow its order).
  */
-export async function prepare(env: Env, caller: Caller, spec: RequestSpec): Promise<PreparedRequest> {
+export async function prepare(env: Env, caller: Caller, spec: RequestSpec, id: string = newRequestId()): Promise<PreparedRequest> {
   const queue = spec.queue ?? DEFAULT_QUEUE;
   checkDowngradeChoice({ quality: spec.quality, allowDowngrade: spec.allow_downgrade });
   const [plan, tiers] = await Promise.all([
@@ -69,7 +70,7 @@ export async function prepare(env: Env, caller: Caller, spec: RequestSpec): Prom
   const notBefore = Math.max(spec.not_before ?? 0, plan.not_before ?? 0) || null;
   return {
     request: {
-      id: newRequestId(),
+      id,
       clientId: caller.clientId,
       tier: caller.tier,
       maxConcurrent: tiers.get(caller.tier)?.max_concurrent ?? 1,
@@ -115,6 +116,10 @@ type Prepared =
  */
 async function admitAll(env: Env, caller: Caller, specs: RequestSpec[], traceId: string | null, runNow = false): Promise<Prepared[]> {
   const owner = ownerShard(env, caller.clientId);
+  // Made in the batch's order, before anything is awaited: ids sort by when they were made and break
+  // ties in rank, so a spec prepared later (its key looked up first, a slower configuration read) still
+  // queues in its place.
+  const ids = specs.map(() => newRequestId());
   const prepared: Prepared[] = await Promise.all(specs.map(async (spec, index): Promise<Prepared> => {
     try {
       const key = spec.idempotency_key ?? null;
@@ -126,7 +131,7 @@ async function admitAll(env: Env, caller: Caller, specs: RequestSpec[], traceId:
         })
         : null;
       if (keyed?.conflict) return { ok: false, error: idempotencyConflict(key!, keyed.id), index };
-      const { request: value, alternative } = await prepare(env, caller, spec);
+      const { request: value, alternative } = await prepare(env, caller, spec, ids[index]!);
       value.specHash = specHash;
       value.traceId = traceId;
       return keyed ? { ok: true, value, alternative, index, existing: { id: keyed.id }, shard: keyed.shard } : { ok: true, value, alternative, index, shard: owner };

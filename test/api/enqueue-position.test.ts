@@ -30,3 +30,38 @@ describe("the position a single enqueue answers", () => {
     expect(seen.slice(10, 13).map(([answered]) => answered)).toEqual([1, 2, 3]);
   });
 });
+
+/**
+ * A batch is queued in the order it was sent: its requests' ids (which break ties in rank between
+ * requests made in the same millisecond) are made in the batch's order before anything is awaited.
+ * They were made as each spec's preparation finished: a first spec with an idempotency key (its shard
+ * is asked about the key first), or one whose configuration read was slower, queued after the rest.
+ */
+describe("the order of a batch", () => {
+  it("is the order of its requests in the queue, also when the first one carries an idempotency key", async () => {
+    expect((await call("POST", "/admin/scheduler/stop", { token: ADMIN })).status).toBe(200);
+    const pool = await makePool({ capacity: 1000 });
+    const template = await makeTemplate([{ pool: pool.id, amount: 1 }]);
+    const c = await makeClient("batch-order");
+    const specs = [
+      { template, queue: "normal", idempotency_key: "batch-order-first" },
+      { template, queue: "normal" },
+      { template, queue: "normal" },
+      { template, queue: "normal", idempotency_key: "batch-order-fourth" },
+      { template, queue: "normal" },
+    ];
+    const r = await enqueue({ requests: specs }, c.key);
+    expect(r.status).toBe(200);
+    const ids: string[] = r.body.results.map((x: { request: { id: string } }) => x.request.id);
+    expect(ids).toHaveLength(5);
+    expect([...ids].sort()).toEqual(ids);
+    const positions: number[] = [];
+    for (const id of ids) {
+      const p = await call("GET", `/api/queue/position/${id}`, { token: c.key });
+      expect(p.status).toBe(200);
+      positions.push(p.body.position);
+    }
+    // Other clients' work queued before it interleaves by fairness: the batch's own order holds.
+    expect(positions.slice(1).every((p, i) => p > positions[i]!)).toBe(true);
+  });
+});
