@@ -42,7 +42,7 @@ const TIMED_OUT = Symbol("timed out");
  * How long past its TTL an entry may still be answered, and only while a fresh load of it is under
  * way (stale while revalidating). Executes during a drain found a config entry expired every few
  * seconds and all waited for its one load, ~300 ms under `wrangler dev` behind the local D1's
- * request-log writes (docs/benchmarks.md, the thirty-fifth session). Now the reads that arrive during
+ * request-log writes (docs/benchmarks.md, the thirty-fourth and thirty-fifth sessions). Now the reads that arrive during
  * the load answer the previous value at once, and the read that started the load waits for it at most
  * LOAD_PATIENCE_MS before it answers the previous value too; the load still completes in its request.
  * Nothing is answered more than TTL + STALE_GRACE_MS after it was loaded, and clear() drops it at once.

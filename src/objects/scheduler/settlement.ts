@@ -58,7 +58,7 @@ export class Settlement {
   /**
    * Requests whose worker call has ended, from then until their settlement has gone through or is kept
    * as owed: their lease no longer sends them back to their queue (reclaimLeases). Under load a
-   * settlement of 172 held jobs took 3 s (the pool and client objects' calls queued behind a drain's),
+   * settlement of 172 held jobs took 3 s (waiting on its client object's calls, test/objects/slot-leases.test.ts),
    * and their leases ran out meanwhile: completed work was queued again and ran a second time.
    */
   private readonly ending = new Map<string, number>();
