@@ -57,9 +57,11 @@ export class Settlement {
   private settleBuffer: Owed[] = [];
   /**
    * Requests whose worker call has ended, from then until their settlement has gone through or is kept
-   * as owed: their lease no longer sends them back to their queue (reclaimLeases). Under load a
-   * settlement of 172 held jobs took 3 s (waiting on its client object's calls, test/objects/slot-leases.test.ts),
-   * and their leases ran out meanwhile: completed work was queued again and ran a second time.
+   * as owed: their lease no longer sends them back to their queue (reclaimLeases). A settlement's calls
+   * to the client and pool objects wait behind the shard's open worker calls (an object may have six
+   * outgoing calls waiting at once, docs/kam.md): with 3 s jobs in open `runMany` calls, a settlement
+   * took 3 s (test/objects/slot-leases.test.ts), their leases ran out meanwhile, and completed work was
+   * queued again and ran a second time.
    */
   private readonly ending = new Map<string, number>();
   private settleTimer: ReturnType<typeof setTimeout> | null = null;
