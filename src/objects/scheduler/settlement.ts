@@ -57,11 +57,10 @@ export class Settlement {
   private settleBuffer: Owed[] = [];
   /**
    * Requests whose worker call has ended, from then until their settlement has gone through or is kept
-   * as owed: their lease no longer sends them back to their queue (reclaimLeases). A settlement's calls
-   * to the client and pool objects wait behind the shard's open worker calls (an object may have six
-   * outgoing calls waiting at once, docs/kam.md): with 3 s jobs in open `runMany` calls, a settlement
-   * took 3 s (test/objects/slot-leases.test.ts), their leases ran out meanwhile, and completed work was
-   * queued again and ran a second time.
+   * as owed: their lease no longer sends them back to their queue (reclaimLeases). With many held jobs
+   * running, a settlement's calls to the client and pool objects waited as long as the jobs ran
+   * (docs/kam.md): with 3 s jobs one took 3 s (test/objects/slot-leases.test.ts), their leases ran out
+   * meanwhile, and completed work was queued again and ran a second time.
    */
   private readonly ending = new Map<string, number>();
   private settleTimer: ReturnType<typeof setTimeout> | null = null;
