@@ -1,14 +1,6 @@
 interface Entry<V> {
   value: Promise<V>;
   expiresAt: number;
-  /** When the load that answered it began: an older load that settles later does not replace it. */
-  loadedAt: number;
-}
-
-/** A load under way, and when it began: one older than JOIN_TIMEOUT_MS may never settle. */
-interface Loading<V> {
-  value: Promise<V>;
-  startedAt: number;
 }
 
 /** Keeps answers that mean "no such thing" (an unknown API key) apart, in their own bound. */
@@ -39,43 +31,15 @@ async function joinOrLoad<V>(pending: Promise<V>, load: () => Promise<V>): Promi
 const TIMED_OUT = Symbol("timed out");
 
 /**
- * How long past its TTL an entry may still be answered, and only while a fresh load of it is under
- * way (stale while revalidating). Executes during a drain found a config entry expired every few
- * seconds and all waited for its one load, ~300 ms under `wrangler dev` behind the local D1's
- * request-log writes (docs/benchmarks.md, the thirty-fourth and thirty-fifth sessions). Now the reads that arrive during
- * the load answer the previous value at once, and the read that started the load waits for it at most
- * LOAD_PATIENCE_MS before it answers the previous value too; the load still completes in its request.
- * Nothing is answered more than TTL + STALE_GRACE_MS after it was loaded, and clear() drops it at once.
- */
-export const STALE_GRACE_MS = 1000;
-/** How long the read that starts a reload waits for it before answering the entry it replaces. */
-export const LOAD_PATIENCE_MS = 25;
-
-async function patiently<V>(load: Promise<V>, previous: Promise<V>): Promise<V> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timedOut = new Promise<typeof TIMED_OUT>((resolve) => (timer = setTimeout(() => resolve(TIMED_OUT), LOAD_PATIENCE_MS)));
-  try {
-    const first = await Promise.race([load, timedOut]);
-    return first === TIMED_OUT ? await previous : (first as V);
-  } catch {
-    // The reload failed: the previous answer still stands, within its grace (the next read loads again).
-    return previous;
-  } finally {
-    if (timer !== undefined) clearTimeout(timer);
-  }
-}
-
-/**
  * A small per-isolate cache with a time to live: configuration and key lookups stay off D1 on the hot
  * path. Concurrent misses for one key share one load (for at most JOIN_TIMEOUT_MS). Bounded: when full, the oldest entry goes, one
  * at a time (never the whole cache). With `negative`, negative answers are kept in a FIFO of their
  * own, so that a flood of distinct bad keys pushes out only older bad keys, never a valid one.
- * Stale while revalidating, for at most STALE_GRACE_MS past the TTL: see there.
  */
 export class TtlCache<V> {
   private readonly entries = new Map<string, Entry<V>>();
   private readonly negatives = new Map<string, Entry<V>>();
-  private readonly loading = new Map<string, Loading<V>>();
+  private readonly loading = new Map<string, Promise<V>>();
   /** Bumped by clear(): a load started before it must not store what may be stale by now. */
   private generation = 0;
 
@@ -84,29 +48,19 @@ export class TtlCache<V> {
   get(key: string, ttlMs: number, load: () => Promise<V>, now = Date.now()): Promise<V> {
     const hit = this.entries.get(key) ?? this.negatives.get(key);
     if (hit && hit.expiresAt > now) return hit.value;
-    const stale = hit && now < hit.expiresAt + STALE_GRACE_MS ? hit.value : undefined;
-    // A load older than JOIN_TIMEOUT_MS may never settle (its request ended first): replaced, not joined.
     const pending = this.loading.get(key);
-    if (pending && now - pending.startedAt < JOIN_TIMEOUT_MS) return stale ?? joinOrLoad(pending.value, load);
-    const value = this.start(key, ttlMs, load, now);
-    return stale ? patiently(value, stale) : value;
-  }
-
-  private start(key: string, ttlMs: number, load: () => Promise<V>, now: number): Promise<V> {
+    if (pending) return joinOrLoad(pending, load);
     const generation = this.generation;
     const value = load();
-    const loading = { value, startedAt: now };
-    this.loading.set(key, loading);
+    this.loading.set(key, value);
     value.then(
       (v) => {
         if (generation !== this.generation) return;
-        if (this.loading.get(key) === loading) this.loading.delete(key);
-        const held = this.entries.get(key) ?? this.negatives.get(key);
-        if (held && held.loadedAt > now) return;
-        this.store(key, { value, expiresAt: now + ttlMs, loadedAt: now }, this.negative?.isNegative(v) ?? false);
+        this.loading.delete(key);
+        this.store(key, { value, expiresAt: now + ttlMs }, this.negative?.isNegative(v) ?? false);
       },
       () => {
-        if (generation === this.generation && this.loading.get(key) === loading) this.loading.delete(key);
+        if (generation === this.generation) this.loading.delete(key);
       },
     );
     return value;

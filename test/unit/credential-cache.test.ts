@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { JOIN_TIMEOUT_MS, LOAD_PATIENCE_MS, STALE_GRACE_MS, TtlCache } from "../../src/storage/cache";
+import { JOIN_TIMEOUT_MS, TtlCache } from "../../src/storage/cache";
 import { KEY_MISSES_MAX, newKeyCache } from "../../src/storage/config";
 import type { KeyOwner } from "../../src/storage/clients";
 
@@ -104,101 +104,5 @@ describe("the failed-credential cache", () => {
     const second = cache.get("j", TTL, () => Promise.resolve("not used"), NOW);
     resolve("shared");
     expect(await Promise.all([first, second])).toEqual(["shared", "shared"]);
-  });
-});
-
-/** A load the test settles by hand, counting how often it was started. */
-function manual<V>() {
-  const settle: { resolve: (v: V) => void; reject: (e: Error) => void }[] = [];
-  return {
-    get started() {
-      return settle.length;
-    },
-    load: () => new Promise<V>((resolve, reject) => settle.push({ resolve, reject })),
-    resolve: (i: number, v: V) => settle[i]!.resolve(v),
-    reject: (i: number, e: Error) => settle[i]!.reject(e),
-  };
-}
-
-async function timed<V>(read: Promise<V>): Promise<{ value: V; ms: number }> {
-  const started = Date.now();
-  const value = await read;
-  return { value, ms: Date.now() - started };
-}
-
-describe("the config cache while an entry reloads (stale while revalidating)", () => {
-  const EXPIRED = NOW + TTL;
-
-  async function primed(): Promise<TtlCache<string>> {
-    const cache = new TtlCache<string>();
-    await cache.get("k", TTL, () => Promise.resolve("v1"), NOW);
-    return cache;
-  }
-
-  it("reads during a reload answer the previous value at once; the read that started it waits at most LOAD_PATIENCE_MS", async () => {
-    const cache = await primed();
-    const reload = manual<string>();
-    const first = await timed(cache.get("k", TTL, reload.load, EXPIRED));
-    expect(first.value).toBe("v1");
-    // It answered although its load never settled (a wait for it would never end): after its patience, not at once.
-    expect(first.ms).toBeGreaterThanOrEqual(LOAD_PATIENCE_MS - 5);
-    const others = manual<string>();
-    const second = await timed(cache.get("k", TTL, others.load, EXPIRED + STALE_GRACE_MS - 1));
-    expect(second.value).toBe("v1");
-    expect(others.started).toBe(0);
-    expect(reload.started).toBe(1);
-
-    reload.resolve(0, "v2");
-    await Promise.resolve();
-    expect(await cache.get("k", TTL, others.load, EXPIRED + 1)).toBe("v2");
-    // The reload's answer lives its own TTL from when it began.
-    expect(await cache.get("k", TTL, others.load, EXPIRED + TTL - 1)).toBe("v2");
-    expect(others.started).toBe(0);
-  });
-
-  it("a reload that answers within LOAD_PATIENCE_MS is what the read that started it gets", async () => {
-    const cache = await primed();
-    expect(await cache.get("k", TTL, () => Promise.resolve("v2"), EXPIRED)).toBe("v2");
-  });
-
-  it("an entry expired STALE_GRACE_MS ago or more is never answered: reads wait for its load", async () => {
-    const cache = await primed();
-    const slow = () => new Promise<string>((resolve) => setTimeout(() => resolve("v2"), LOAD_PATIENCE_MS + 40));
-    const late = EXPIRED + STALE_GRACE_MS;
-    const [a, b] = await Promise.all([timed(cache.get("k", TTL, slow, late)), timed(cache.get("k", TTL, slow, late))]);
-    expect([a.value, b.value]).toEqual(["v2", "v2"]);
-    expect(Math.min(a.ms, b.ms)).toBeGreaterThanOrEqual(LOAD_PATIENCE_MS + 30);
-  });
-
-  it("a failed reload leaves the previous answer within its grace, and the next read loads again", async () => {
-    const cache = await primed();
-    expect(await cache.get("k", TTL, () => Promise.reject(new Error("D1 down")), EXPIRED)).toBe("v1");
-    const again = manual<string>();
-    const read = cache.get("k", TTL, again.load, EXPIRED + 5);
-    expect(again.started).toBe(1);
-    again.resolve(0, "v3");
-    expect(await read).toBe("v3");
-  });
-
-  it("a reload that never settles is replaced after JOIN_TIMEOUT_MS, and its late answer never replaces a newer one", async () => {
-    const cache = await primed();
-    const dead = manual<string>();
-    expect(await cache.get("k", TTL, dead.load, EXPIRED)).toBe("v1");
-    // Past the grace and the join timeout: a new load, not a second's wait on the dead one.
-    const fresh = await timed(cache.get("k", TTL, () => Promise.resolve("v3"), EXPIRED + Math.max(JOIN_TIMEOUT_MS, STALE_GRACE_MS)));
-    expect(fresh.value).toBe("v3");
-    expect(fresh.ms).toBeLessThan(JOIN_TIMEOUT_MS / 2);
-    dead.resolve(0, "v2");
-    await Promise.resolve();
-    expect(await cache.get("k", TTL, () => Promise.resolve("unused"), EXPIRED + JOIN_TIMEOUT_MS + 2)).toBe("v3");
-  });
-
-  it("clear() drops an expired entry at once: the next read waits for the load, never the old value", async () => {
-    const cache = await primed();
-    cache.clear();
-    const reload = manual<string>();
-    const read = cache.get("k", TTL, reload.load, EXPIRED);
-    setTimeout(() => reload.resolve(0, "v2"), LOAD_PATIENCE_MS + 20);
-    expect(await read).toBe("v2");
   });
 });
