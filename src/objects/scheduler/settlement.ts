@@ -129,7 +129,6 @@ export class Settlement {
    * them back to their queue: they ran), also across a restart. `failures`: of this batch so far.
    */
   private settleSafely(batch: Owed[], failures = 0): void {
-    for (const b of batch) this.ending.set(b.id, b.attempt);
     this.settle(batch).then(
       () => {
         this.ended(batch);
