@@ -29,6 +29,7 @@ export class ClientObject extends DurableObject<Env> {
   private readonly ledger: Ledger;
   /** Money held outside requests: leases to isolates, reservations, spend awaiting delivery (./money.ts). */
   private money!: MoneyBook;
+  private name: string | null = null;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -41,6 +42,8 @@ export class ClientObject extends DurableObject<Env> {
 
   private createTables(): void {
     createTables(this.sql);
+    const named = this.ctx.id.name;
+    if (named !== undefined) this.sql.exec("INSERT INTO identity (name) SELECT ? WHERE NOT EXISTS (SELECT 1 FROM identity)", named);
     this.money = new MoneyBook(this.sql, {
       delivered: (source) => this.ledger.delivered(source),
       spent: (now) => this.ledger.spentIn(monthKey(now)),
@@ -249,8 +252,13 @@ export class ClientObject extends DurableObject<Env> {
     this.createTables();
   }
 
+  /**
+   * The client's id: the name this object was reached by. workerd gives none to an object an alarm wakes
+   * cold (the burst's end, a retried delivery; cloudflare/partykit#391), and that instance then serves
+   * later calls too: the name is kept in storage at the first named construction, and read back then.
+   */
   private clientId(): string {
-    return this.ctx.id.name ?? this.ctx.id.toString();
+    return (this.name ??= this.ctx.id.name ?? this.sql.exec<{ name: string }>("SELECT name FROM identity").toArray()[0]?.name ?? this.ctx.id.toString());
   }
 
   /** A burst began: wake the scheduler shard that owns this client. */

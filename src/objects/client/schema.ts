@@ -9,6 +9,8 @@ export const COUNTED_BEFORE = "counted_before";
  * are keyed tables (../sqlite.ts).
  */
 export function createTables(sql: SqlStorage): void {
+  // The client id this object was first reached by (ClientObject.clientId: an alarm that wakes it cold gives no name).
+  sql.exec("CREATE TABLE IF NOT EXISTS identity (name TEXT NOT NULL)");
   sql.exec("CREATE TABLE IF NOT EXISTS bursts (id TEXT PRIMARY KEY, requested_at INTEGER NOT NULL, session TEXT NOT NULL, synced INTEGER NOT NULL DEFAULT 0)");
   keyedTable(sql, {
     name: "jobs",

@@ -19,7 +19,7 @@ import { activeFor, countsFor } from "./report-reads";
 import { viewOf } from "./rows";
 import { createTables } from "./schema";
 import { Settlement } from "./settlement";
-import { ownerShard, shardName } from "./shards";
+import { ownerShard, shardName, shardOfId } from "./shards";
 import { QueueStore } from "./store";
 import { SlotLeases } from "./slot-leases";
 import { UnitLeases } from "./unit-leases";
@@ -64,8 +64,12 @@ export class SchedulerObject extends DurableObject<Env> {
     this.waker = new PassWaker(this.clock, (trigger) => this.dispatcher.pass(trigger));
     const sql = ctx.storage.sql;
     createTables(sql);
-    this.shard = ctx.id.name ?? shardName(0);
-    this.shardIndex = this.shard === shardName(0) ? 0 : Number(this.shard.slice("scheduler-".length));
+    // Not ctx.id.name alone: an alarm that wakes this object cold gives it none (./shards.ts, shardOfId).
+    const self = shardOfId(env, ctx.id);
+    // A scheduler by another name (tests' scratch objects) keeps it and owns no client.
+    if (!self && ctx.id.name === undefined) log.error("scheduler_not_a_shard", { id: ctx.id.toString() });
+    this.shard = self?.name ?? ctx.id.name ?? shardName(0);
+    this.shardIndex = self?.index ?? -1;
     // Collaborators call each other through narrow hosts; the arrows resolve once all are wired.
     this.store = new QueueStore(sql, {
       tierPointsOf: (tier) => this.ranking.tierPointsOf(tier),

@@ -30,6 +30,26 @@ export function shardName(index: number): string {
 /** Shards' object ids (at most MAX_SHARDS): every enqueue needs one. */
 const shardIds = new ObjectIds(MAX_SHARDS);
 
+/**
+ * Which shard an object is, from its id. `id.name` is missing when an alarm wakes an object with no
+ * instance in memory (workerd gives the name only to calls through a stub made by name; observed after
+ * a restart, and by cloudflare/partykit#391): the id is then matched against every shard's, as
+ * `idFromName` is deterministic. Before this, such a shard ran as shard 0 ("scheduler") until its next
+ * restart: its money holds, unit and slot leases under shard 0's name, and the wrong clients as its own.
+ * Null for an object that is no shard (not one of the first MAX_SHARDS names).
+ */
+export function shardOfId(env: Env, id: DurableObjectId): { name: string; index: number } | null {
+  const named = id.name;
+  if (named !== undefined) {
+    const index = named === shardName(0) ? 0 : Number(named.slice("scheduler-".length));
+    return Number.isInteger(index) && index >= 0 && index < MAX_SHARDS && shardName(index) === named ? { name: named, index } : null;
+  }
+  for (let index = 0; index < MAX_SHARDS; index++) {
+    if (shardIds.of(env.SCHEDULER, shardName(index)).equals(id)) return { name: shardName(index), index };
+  }
+  return null;
+}
+
 export function shardStub(env: Env, index: number) {
   return env.SCHEDULER.get(shardIds.of(env.SCHEDULER, shardName(index)));
 }
