@@ -246,25 +246,28 @@ export class Admission {
     const rankedAt = Date.now();
     const claimOf = (row: Row): WaitClaim => waitClaimOf(row, tiers, weights.get(row.client_id) ?? 1, this.shard, rankedAt);
     await Promise.all([...needs].map(async ([pool, list]) => {
-      // From this shard's lease of the pool when it has enough (one event id each, no call); else one reservation each.
+      // From this shard's slice of the pool while it has units (one event id each, no call); the rest one reservation each.
       let leaseUntil = 0;
       for (const { row } of list) leaseUntil = Math.max(leaseUntil, row.lease_until!);
       // A slice serves a backlog: a shard that keeps up with its arrivals (nothing left queued) reserves per request.
       const leased = this.units.take(pools.get(pool)!, list.map((l) => l.amount), leaseUntil, Date.now(), this.store.queued.size > 0);
-      if (leased) {
-        list.forEach(({ row, amount }, i) => held.set(row.id, [...(held.get(row.id) ?? []), { pool, reservationId: "", amount, lease: leased[i]! }]));
-        return;
-      }
-      const results = (await this.poolStub(pool).reserveMany(pools.get(pool)!, list.map(({ row, amount }) => ({
+      leased.forEach((lease, i) => {
+        const { row, amount } = list[i]!;
+        held.set(row.id, [...(held.get(row.id) ?? []), { pool, reservationId: "", amount, lease }]);
+      });
+      // The slice ran short, or there is none: a reservation each for the rest.
+      const rest = leased.length === 0 ? list : list.slice(leased.length);
+      if (rest.length === 0) return;
+      const results = (await this.poolStub(pool).reserveMany(pools.get(pool)!, rest.map(({ row, amount }) => ({
         caller: callerOf(row), amount, ttlMs: Math.max(1000, row.lease_until! - Date.now()), requestId: row.id, wait: claimOf(row),
       })))) as Result<ReserveResult>[];
       if (got.abandoned) {
         // Answered after the admission was given up: release what this pool granted, and only that (abandon released the slots).
-        const late = results.flatMap((res, i) => (res.ok ? [{ row: { ...list[i]!.row, reservations: JSON.stringify([{ pool, reservationId: res.value.reservationId, amount: list[i]!.amount }]) }, actual: {}, final: false, poolsOnly: true as const }] : []));
+        const late = results.flatMap((res, i) => (res.ok ? [{ row: { ...rest[i]!.row, reservations: JSON.stringify([{ pool, reservationId: res.value.reservationId, amount: rest[i]!.amount }]) }, actual: {}, final: false, poolsOnly: true as const }] : []));
         return this.giveBack(late);
       }
       results.forEach((res, i) => {
-        const { row, amount } = list[i]!;
+        const { row, amount } = rest[i]!;
         if (res.ok) held.set(row.id, [...(held.get(row.id) ?? []), { pool, reservationId: res.value.reservationId, amount }]);
         else if (!refused.has(row.id)) refused.set(row.id, res.error);
       });

@@ -102,35 +102,44 @@ export class UnitLeases {
   }
 
   /**
-   * Take `amounts` of a pool for a chunk's requests whose leases end by `leaseUntil`: all from the slice,
-   * answered with an event id each, or none (null; the requests reserve one by one). While `backlog`
-   * (work is left queued after this chunk), a slice running low is topped up, or asked for, in the
-   * background; a shard that keeps up with its arrivals asks for none, so a steady trickle that empties
-   * the queue at every pass does not take a slice only to hand it back (Dispatcher.pass) at the pass's end.
+   * Take `amounts` of a pool for a chunk's requests whose leases end by `leaseUntil`, in order, while the
+   * slice has them: an event id each for the first requests (all, some or none), and the rest reserve one
+   * by one. While `backlog` (work is left queued after this chunk), a slice is topped up in the background
+   * before it runs dry, or asked for; a shard that keeps up with its arrivals asks for none, so a steady
+   * trickle that empties the queue at every pass does not take a slice only to hand it back
+   * (Dispatcher.pass) at the pass's end.
    */
-  take(cfg: PoolConfig, amounts: number[], leaseUntil: number, now: number, backlog: boolean): string[] | null {
+  take(cfg: PoolConfig, amounts: number[], leaseUntil: number, now: number, backlog: boolean): string[] {
     // A request whose lease would outlive any slice reserves on its own (and asks for no slice).
-    if (!poolLends(cfg) || leaseUntil > now + SHARD_LEASE.TTL_MS - SHARD_LEASE.MARGIN_MS) return null;
+    if (!poolLends(cfg) || leaseUntil > now + SHARD_LEASE.TTL_MS - SHARD_LEASE.MARGIN_MS) return [];
     const s = this.slice(cfg);
     let total = 0;
     for (const a of amounts) total += a;
     observe(s.meter, now, total);
     observe(s.requests, now, amounts.length);
-    if (now < s.pausedUntil) return null;
-    if (s.free >= total && now < s.until && leaseUntil <= s.until) {
-      s.free -= total;
-      s.inUse += total;
-      if (s.free < total && backlog) this.exchangeLater(s, 0);
+    if (now < s.pausedUntil) return [];
+    const ids: string[] = [];
+    if (now < s.until && leaseUntil <= s.until) {
       const issued = { pool: cfg.id, epoch: s.epoch };
-      return amounts.map(() => {
+      for (const a of amounts) {
+        if (s.free < a) break;
+        s.free -= a;
+        s.inUse += a;
         const id = newId("event", now);
         this.issued.set(id, issued);
-        return id;
-      });
+        ids.push(id);
+      }
     }
-    // Only a pool this shard admits to often enough is worth a slice (below, a reservation each is cheaper).
-    if (backlog && rateOf(s.requests, now) >= SHARD_LEASE.MIN_RATE) this.exchangeLater(s, total);
-    return null;
+    if (!backlog) return ids;
+    if (ids.length < amounts.length) {
+      // Short: only a pool this shard admits to often enough is worth a slice (below, a reservation each is cheaper).
+      if (rateOf(s.requests, now) >= SHARD_LEASE.MIN_RATE) this.exchangeLater(s, total);
+    } else if (s.free < Math.max(total, sliceWant(rateOf(s.meter, now), SHARD_LEASE.WINDOW_MS, 0, s.cfg.capacity) / 2)) {
+      // Topped up at half of what it aims at (a window of this shard's use), not once the next chunk no
+      // longer fits: that chunk, and each until the answer came, reserved one by one (472 of a 600 drain's).
+      this.exchangeLater(s, total);
+    }
+    return ids;
   }
 
   /**
