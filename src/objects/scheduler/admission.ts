@@ -256,7 +256,7 @@ export class Admission {
         held.set(row.id, [...(held.get(row.id) ?? []), { pool, reservationId: "", amount, lease }]);
       });
       // The slice ran short, or there is none: a reservation each for the rest.
-      const rest = leased.length === 0 ? list : list.slice(leased.length);
+      const rest = list.slice(leased.length);
       if (rest.length === 0) return;
       const results = (await this.poolStub(pool).reserveMany(pools.get(pool)!, rest.map(({ row, amount }) => ({
         caller: callerOf(row), amount, ttlMs: Math.max(1000, row.lease_until! - Date.now()), requestId: row.id, wait: claimOf(row),
